@@ -1,0 +1,1687 @@
+//! The in-memory index (id → position, (org, stream) → versions, org → positions, position →
+//! file offset) and its checkpoint files.
+//!
+//! Memory per event, by design: 4 bytes file offset + 4 bytes stream id + 4 bytes type id
+//! (per segment, indexed by position), 12 bytes id entry (u64 hash + u32 slot, sorted per
+//! sealed segment), 8 bytes in the stream's position list and 8 in the organization's: 40
+//! bytes, plus interned names once per stream/type/org and a hash map for the active segment's
+//! ids only.
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::format::{arr16, le_u16, le_u32, le_u64};
+use crate::types::{EventId, OrgId};
+
+/// A segment file opened for reading (positional reads; shared by all readers).
+#[derive(Debug)]
+pub struct SegmentFile {
+    pub path: PathBuf,
+    pub first_position: u64,
+    pub file: File,
+}
+
+/// A 64-bit hash of an event id. UUIDv7 ids share their leading (timestamp) bytes, so both
+/// halves are mixed. Collisions are possible and resolved by reading the record.
+pub fn id_key(id: &EventId) -> u64 {
+    let a = le_u64(&id.0[0..8]);
+    let b = le_u64(&id.0[8..16]);
+    let mut h = a ^ b.rotate_left(29) ^ 0x9E37_79B9_7F4A_7C15;
+    h = (h ^ (h >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    h ^ (h >> 31) ^ b
+}
+
+/// Hasher for keys that are already well-mixed `u64`s.
+#[derive(Default)]
+pub struct PassThroughHasher(u64);
+
+impl Hasher for PassThroughHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type IdMap = HashMap<u64, u32, BuildHasherDefault<PassThroughHasher>>;
+
+/// Hasher for our own small integer ids (stream/org indexes; never client-chosen values).
+#[derive(Default)]
+pub struct IntHasher(u64);
+
+impl Hasher for IntHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u32(&mut self, n: u32) {
+        // hashbrown uses the top bits too: spread them with a multiply.
+        self.0 = u64::from(n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+pub type IntMap<V> = HashMap<u32, V, BuildHasherDefault<IntHasher>>;
+
+const CHUNK: usize = 4096;
+
+/// An append-only list of u64 that can drop elements from the front cheaply and never
+/// over-allocates by more than one chunk (a plain `Vec` can hold 2x its length).
+#[derive(Debug, Default)]
+pub struct ChunkList {
+    chunks: VecDeque<Vec<u64>>,
+    head: usize,
+    len: usize,
+}
+
+impl ChunkList {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn extend(&mut self, values: impl ExactSizeIterator<Item = u64>) {
+        let mut values = values.peekable();
+        while values.peek().is_some() {
+            let room = self.chunks.back().map_or(0, |c| CHUNK - c.len());
+            if room == 0 {
+                let want = values.len().min(CHUNK);
+                self.chunks.push_back(Vec::with_capacity(want));
+                continue;
+            }
+            let Some(c) = self.chunks.back_mut() else {
+                break;
+            };
+            let take = values.len().min(room);
+            grow_chunk(c, take);
+            c.extend(values.by_ref().take(take));
+            self.len += take;
+        }
+    }
+
+    pub fn push(&mut self, v: u64) {
+        match self.chunks.back_mut() {
+            Some(c) if c.len() < CHUNK => {
+                grow_chunk(c, 1);
+                c.push(v);
+            }
+            _ => {
+                self.chunks.push_back(vec![v]);
+            }
+        }
+        self.len += 1;
+    }
+
+    pub fn get(&self, i: usize) -> Option<u64> {
+        if i >= self.len {
+            return None;
+        }
+        let j = i + self.head;
+        self.chunks
+            .get(j / CHUNK)
+            .and_then(|c| c.get(j % CHUNK))
+            .copied()
+    }
+
+    pub fn drop_front(&mut self, n: usize) {
+        let n = n.min(self.len);
+        self.len -= n;
+        self.head += n;
+        if self.len == 0 {
+            self.chunks.clear();
+            self.head = 0;
+            return;
+        }
+        // Every chunk but the last is full, so whole chunks before `head` can go.
+        while self.head >= CHUNK && self.chunks.pop_front().is_some() {
+            self.head -= CHUNK;
+        }
+    }
+
+    /// First index whose value is `>= v` (values are increasing).
+    pub fn lower_bound(&self, v: u64) -> usize {
+        let (mut lo, mut hi) = (0, self.len);
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if self.get(mid).is_some_and(|x| x < v) {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    }
+
+    pub fn heap_bytes(&self) -> usize {
+        self.chunks.iter().map(|c| c.capacity() * 8).sum::<usize>()
+            + self.chunks.capacity() * std::mem::size_of::<Vec<u64>>()
+    }
+
+    pub fn shrink(&mut self) {
+        if let Some(c) = self.chunks.back_mut() {
+            c.shrink_to_fit();
+        }
+    }
+}
+
+/// Makes room for `extra` more values, doubling but never beyond `CHUNK` (plain `Vec` growth
+/// could reach almost twice the chunk size).
+fn grow_chunk(c: &mut Vec<u64>, extra: usize) {
+    let need = c.len() + extra;
+    if need > c.capacity() {
+        let target = (c.capacity() * 2).max(need).clamp(4, CHUNK.max(need));
+        c.reserve_exact(target - c.len());
+    }
+}
+
+#[derive(Debug)]
+pub struct StreamEntry {
+    pub org: u32,
+    pub name: Box<str>,
+    /// Version of `positions[0]`; `first_version + positions.len() - 1` is the last version.
+    /// 0 until the stream's first event is indexed (streams can be known from the registry
+    /// before any of their events).
+    pub first_version: u64,
+    pub positions: ChunkList,
+}
+
+impl StreamEntry {
+    /// 0 when the stream has no known events.
+    pub fn last_version(&self) -> u64 {
+        if self.first_version == 0 {
+            return 0;
+        }
+        self.first_version + self.positions.len() as u64 - 1
+    }
+}
+
+#[derive(Debug)]
+pub struct OrgEntry {
+    pub id: OrgId,
+    /// Org position of `positions[0]`; 0 until the org's first event is indexed.
+    pub first_org_position: u64,
+    pub positions: ChunkList,
+    pub bytes: u64,
+    pub streams: HashMap<Box<str>, u32>,
+}
+
+impl OrgEntry {
+    /// 0 when the org has no known events.
+    pub fn last_org_position(&self) -> u64 {
+        if self.first_org_position == 0 {
+            return 0;
+        }
+        self.first_org_position + self.positions.len() as u64 - 1
+    }
+}
+
+/// Per-organization usage inside one segment (for retention and stats).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OrgUsage {
+    pub events: u64,
+    pub bytes: u64,
+    pub first_org_position: u64,
+}
+
+#[derive(Debug)]
+pub struct SegIndex {
+    pub file: Arc<SegmentFile>,
+    pub first_position: u64,
+    pub offsets: Vec<u32>,
+    pub type_ids: Vec<u32>,
+    /// Sorted id hashes of this segment until they are merged into [`Index::ids`].
+    ids_sorted: Arc<SortedIds>,
+    /// True once `ids_sorted` was merged into the global run (and freed).
+    ids_merged: bool,
+    ids_recent: IdMap,
+    ids_overflow: Vec<(u64, u32)>,
+    /// Byte length of the segment covered by indexed records (header included).
+    pub end_offset: u64,
+    pub max_timestamp: i64,
+    pub last_crc: u32,
+    pub org_usage: IntMap<OrgUsage>,
+}
+
+impl SegIndex {
+    pub fn new(file: Arc<SegmentFile>, header_len: u64) -> Self {
+        SegIndex {
+            first_position: file.first_position,
+            file,
+            offsets: Vec::new(),
+            type_ids: Vec::new(),
+            ids_sorted: Arc::default(),
+            ids_merged: false,
+            ids_recent: IdMap::default(),
+            ids_overflow: Vec::new(),
+            end_offset: header_len,
+            max_timestamp: i64::MIN,
+            last_crc: 0,
+            org_usage: IntMap::default(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.offsets.len()
+    }
+
+    fn insert_id(&mut self, key: u64, slot: u32) {
+        match self.ids_recent.entry(key) {
+            // Two ids with the same 64-bit hash: keep the second one aside.
+            std::collections::hash_map::Entry::Occupied(_) => self.ids_overflow.push((key, slot)),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(slot);
+            }
+        }
+    }
+
+    /// Local slots whose id hash equals `key`.
+    fn find_key(&self, key: u64, out: &mut Vec<u32>) {
+        let sorted = &self.ids_sorted;
+        let start = sorted.keys.partition_point(|k| *k < key);
+        for i in start..sorted.keys.len() {
+            if sorted.keys[i] != key {
+                break;
+            }
+            out.push(sorted.slots[i]);
+        }
+        if let Some(s) = self.ids_recent.get(&key) {
+            out.push(*s);
+        }
+        out.extend(
+            self.ids_overflow
+                .iter()
+                .filter(|(k, _)| *k == key)
+                .map(|(_, s)| *s),
+        );
+    }
+
+    pub fn has_recent_ids(&self) -> bool {
+        !self.ids_recent.is_empty() || !self.ids_overflow.is_empty()
+    }
+
+    /// All (key, slot) pairs, sorted by key.
+    pub fn sorted_ids(&self) -> (Vec<u64>, Vec<u32>) {
+        let mut all: Vec<(u64, u32)> = Vec::with_capacity(self.len());
+        let sorted = &self.ids_sorted;
+        all.extend(
+            sorted
+                .keys
+                .iter()
+                .copied()
+                .zip(sorted.slots.iter().copied()),
+        );
+        all.extend(self.ids_recent.iter().map(|(k, s)| (*k, *s)));
+        all.extend(self.ids_overflow.iter().copied());
+        all.sort_unstable();
+        all.into_iter().unzip()
+    }
+
+    /// Replaces the id hash map by compact sorted vectors (done when the segment is sealed).
+    /// `ids` must be `self.sorted_ids()` (computed beforehand, outside the write lock).
+    pub fn set_sorted_ids(&mut self, ids: (Vec<u64>, Vec<u32>)) {
+        let (keys, slots) = ids;
+        self.ids_sorted = Arc::new(SortedIds { keys, slots });
+        self.ids_merged = false;
+        self.ids_recent = IdMap::default();
+        self.ids_overflow = Vec::new();
+        self.offsets.shrink_to_fit();
+        self.type_ids.shrink_to_fit();
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.offsets.capacity() * 4
+            + self.type_ids.capacity() * 4
+            + self.ids_sorted.keys.capacity() * 8
+            + self.ids_sorted.slots.capacity() * 4
+            // hashbrown: 16-byte (u64, u32) buckets + 1 control byte each.
+            + self.ids_recent.capacity() * 17
+            + self.ids_overflow.capacity() * 16
+            + self.org_usage.capacity() * 40
+    }
+}
+
+/// One record as the index needs it.
+#[derive(Debug, Clone, Copy)]
+pub struct Entry<'a> {
+    pub position: u64,
+    pub org_position: u64,
+    pub stream_version: u64,
+    pub timestamp_micros: i64,
+    pub id: EventId,
+    pub org: OrgId,
+    pub stream: &'a str,
+    pub event_type: &'a str,
+    pub offset: u32,
+    pub len: u32,
+    pub crc: u32,
+}
+
+/// Where an event lives.
+#[derive(Debug, Clone)]
+pub struct Location {
+    pub file: Arc<SegmentFile>,
+    pub offset: u64,
+    pub position: u64,
+}
+
+/// The sorted id hashes of one segment, with the record slot of each.
+#[derive(Debug, Default)]
+pub struct SortedIds {
+    pub keys: Vec<u64>,
+    pub slots: Vec<u32>,
+}
+
+/// Sorted (id hash, global position) pairs of all merged sealed segments: one structure, so
+/// an id lookup costs an interpolation search (about two cache misses) however many segments
+/// there are. Searching every segment's own run made appends O(segments) (measured: 78% of
+/// the writer's CPU at 24 segments).
+#[derive(Debug, Default)]
+pub struct IdRun {
+    /// (id hash, global position), sorted by hash then position.
+    entries: Vec<(u64, u64)>,
+    /// `dir[b]` = index of the first entry whose hash's top `bits` bits are `>= b`
+    /// (`2^bits + 1` slots, about 8 entries per bucket): a lookup reads one slot pair and
+    /// searches a handful of entries, instead of ~20 cache misses of a binary search.
+    dir: Vec<u32>,
+    bits: u32,
+}
+
+impl IdRun {
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn from_sorted(entries: Vec<(u64, u64)>) -> IdRun {
+        let bits = dir_bits(entries.len());
+        let mut dir = vec![0u32; (1usize << bits) + 1];
+        for (k, _) in &entries {
+            dir[bucket_of(*k, bits) + 1] += 1;
+        }
+        for i in 1..dir.len() {
+            dir[i] += dir[i - 1];
+        }
+        IdRun { entries, dir, bits }
+    }
+
+    /// Positions whose id hash is `key`.
+    pub fn find(&self, key: u64, out: &mut Vec<u64>) {
+        if self.entries.is_empty() {
+            return;
+        }
+        let b = bucket_of(key, self.bits);
+        let (lo, hi) = (self.dir[b] as usize, self.dir[b + 1] as usize);
+        let bucket = &self.entries[lo..hi];
+        let mut i = bucket.partition_point(|x| x.0 < key);
+        while i < bucket.len() && bucket[i].0 == key {
+            out.push(bucket[i].1);
+            i += 1;
+        }
+    }
+
+    /// Merges `base` with segment runs (`(first position, ids)`), dropping positions below
+    /// `min_position`. Returns `None` if `stop` becomes true (shutdown).
+    ///
+    /// Keys are uniform hashes, so instead of a k-way merge the entries are scattered into
+    /// buckets by their top bits (one counting pass, one scatter pass) and each small bucket
+    /// is sorted: three cache-friendly passes.
+    pub fn merge(
+        base: &IdRun,
+        runs: &[(u64, Arc<SortedIds>)],
+        min_position: u64,
+        stop: &dyn Fn() -> bool,
+    ) -> Option<IdRun> {
+        let total = base.len() + runs.iter().map(|(_, r)| r.keys.len()).sum::<usize>();
+        // About 64 entries per bucket for the scatter.
+        let bits = (usize::BITS - (total / 64).max(1).leading_zeros()).clamp(1, 24);
+        let bucket = |k: u64| bucket_of(k, bits);
+        let mut starts = vec![0usize; (1 << bits) + 1];
+        let each = |f: &mut dyn FnMut(u64, u64)| {
+            for (k, p) in &base.entries {
+                f(*k, *p);
+            }
+            for (first, r) in runs {
+                for (k, slot) in r.keys.iter().zip(&r.slots) {
+                    f(*k, first + u64::from(*slot));
+                }
+            }
+        };
+        each(&mut |k, p| {
+            if p >= min_position {
+                starts[bucket(k) + 1] += 1;
+            }
+        });
+        for i in 1..starts.len() {
+            starts[i] += starts[i - 1];
+        }
+        let kept = starts[starts.len() - 1];
+        let mut entries = vec![(0u64, 0u64); kept];
+        let mut fill = starts.clone();
+        each(&mut |k, p| {
+            if p >= min_position {
+                let b = bucket(k);
+                entries[fill[b]] = (k, p);
+                fill[b] += 1;
+            }
+        });
+        if stop() {
+            return None;
+        }
+        for w in starts.windows(2) {
+            entries[w[0]..w[1]].sort_unstable();
+        }
+        Some(IdRun::from_sorted(entries))
+    }
+
+    fn retain_from(&self, min_position: u64) -> IdRun {
+        let kept = self
+            .entries
+            .iter()
+            .filter(|(_, p)| *p >= min_position)
+            .copied()
+            .collect();
+        IdRun::from_sorted(kept)
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.entries.capacity() * 16 + self.dir.capacity() * 4
+    }
+}
+
+/// Directory size for `n` entries: about 8 per bucket. (u32 offsets: an in-memory index of
+/// more than 4 billion events would not fit this machine class anyway.)
+fn dir_bits(n: usize) -> u32 {
+    (usize::BITS - (n / 8).max(1).leading_zeros()).clamp(1, 28)
+}
+
+fn bucket_of(key: u64, bits: u32) -> usize {
+    (key >> (64 - bits)) as usize
+}
+
+#[derive(Debug, Default)]
+pub struct Index {
+    pub segments: Vec<SegIndex>,
+    /// Ids of merged sealed segments (see [`IdRun`]).
+    pub ids: Arc<IdRun>,
+    /// Bumped whenever retention drops a segment (a merge started before must re-filter).
+    pub retention_generation: u64,
+    /// Identifies the stream registry the ids of this index belong to. A new random epoch
+    /// starts whenever the registry is rebuilt from scratch; checkpoints record it, so one
+    /// written against another registry (whose ids may differ) is never used.
+    pub registry_epoch: u64,
+    pub streams: Vec<StreamEntry>,
+    pub orgs: Vec<OrgEntry>,
+    pub org_lookup: HashMap<OrgId, u32>,
+    pub types: Vec<Box<str>>,
+    pub type_lookup: HashMap<Box<str>, u32>,
+    /// Last global position ever indexed (never decreases, even when retention drops all).
+    pub last_position: u64,
+    /// True when the log still starts at position 1, so first-seen orgs and streams must
+    /// start at 1 (otherwise retention may have dropped their beginning).
+    pub starts_at_one: bool,
+    /// (org, stream name) → (org index, stream index) of the last push: appends are batches
+    /// to one stream, so this saves two string-hashing lookups per record on rebuild.
+    last_stream: Option<(OrgId, Box<str>, u32, u32)>,
+    /// Last event type pushed and its id.
+    last_type: Option<(Box<str>, u32)>,
+    /// Stream positions of loaded checkpoints not yet in the stream lists (during open).
+    deferred: Option<Deferred>,
+}
+
+impl Index {
+    pub fn org(&self, org: &OrgId) -> Option<&OrgEntry> {
+        self.org_lookup.get(org).map(|i| &self.orgs[*i as usize])
+    }
+
+    pub fn stream(&self, org: &OrgId, name: &str) -> Option<&StreamEntry> {
+        let o = self.org(org)?;
+        o.streams.get(name).map(|s| &self.streams[*s as usize])
+    }
+
+    pub fn stream_version(&self, org: &OrgId, name: &str) -> u64 {
+        self.stream(org, name).map_or(0, StreamEntry::last_version)
+    }
+
+    pub fn org_last_position(&self, org: &OrgId) -> u64 {
+        self.org(org).map_or(0, OrgEntry::last_org_position)
+    }
+
+    pub fn first_position(&self) -> u64 {
+        self.segments
+            .iter()
+            .find(|s| s.len() > 0)
+            .map_or(self.last_position + 1, |s| s.first_position)
+    }
+
+    pub fn events(&self) -> u64 {
+        self.segments.iter().map(|s| s.len() as u64).sum()
+    }
+
+    fn segment_of(&self, position: u64) -> Option<&SegIndex> {
+        let i = self
+            .segments
+            .partition_point(|s| s.first_position <= position);
+        let seg = self.segments.get(i.checked_sub(1)?)?;
+        ((position - seg.first_position) < seg.len() as u64).then_some(seg)
+    }
+
+    pub fn location(&self, position: u64) -> Option<Location> {
+        let seg = self.segment_of(position)?;
+        let local = (position - seg.first_position) as usize;
+        Some(Location {
+            file: seg.file.clone(),
+            offset: u64::from(seg.offsets[local]),
+            position,
+        })
+    }
+
+    /// Type id of a retained position.
+    pub fn type_of(&self, position: u64) -> Option<u32> {
+        let seg = self.segment_of(position)?;
+        let local = (position - seg.first_position) as usize;
+        Some(seg.type_ids[local])
+    }
+
+    /// The stream id of every record of segment `seg_pos`, derived from the streams' position
+    /// lists (not stored per record: that saves 4 bytes per event; this is only needed to
+    /// write a checkpoint). `None` if some record has no stream (an index bug).
+    pub fn segment_stream_ids(&self, seg_pos: usize) -> Option<Vec<u32>> {
+        let seg = &self.segments[seg_pos];
+        let (first, end) = (seg.first_position, seg.first_position + seg.len() as u64);
+        let mut out = vec![u32::MAX; seg.len()];
+        for (sid, st) in self.streams.iter().enumerate() {
+            let mut i = st.positions.lower_bound(first);
+            while let Some(p) = st.positions.get(i).filter(|p| *p < end) {
+                out[(p - first) as usize] = sid as u32;
+                i += 1;
+            }
+        }
+        (!out.contains(&u32::MAX)).then_some(out)
+    }
+
+    /// Candidate locations of an id (same 64-bit hash); the caller confirms by reading.
+    pub fn id_candidates(&self, id: &EventId) -> Vec<Location> {
+        let key = id_key(id);
+        let mut out = Vec::new();
+        let mut positions = Vec::new();
+        self.ids.find(key, &mut positions);
+        out.extend(positions.into_iter().filter_map(|p| self.location(p)));
+        let mut slots = Vec::new();
+        // Segments not merged yet: the active one, and sealed ones until the indexer ran.
+        for seg in self.segments.iter().filter(|s| !s.ids_merged) {
+            slots.clear();
+            seg.find_key(key, &mut slots);
+            for slot in &slots {
+                out.push(Location {
+                    file: seg.file.clone(),
+                    offset: u64::from(seg.offsets[*slot as usize]),
+                    position: seg.first_position + u64::from(*slot),
+                });
+            }
+        }
+        out
+    }
+
+    pub fn unmerged_segments(&self) -> usize {
+        let sealed = self.segments.len().saturating_sub(1);
+        self.segments[..sealed]
+            .iter()
+            .filter(|s| !s.ids_merged && s.len() > 0)
+            .count()
+    }
+
+    /// Sealed segments whose ids are not merged yet, for the background indexer.
+    pub fn merge_plan(&self) -> Vec<(u64, Arc<SortedIds>)> {
+        let sealed = self.segments.len().saturating_sub(1);
+        self.segments[..sealed]
+            .iter()
+            .filter(|s| !s.ids_merged && s.ids_recent.is_empty())
+            .map(|s| (s.first_position, s.ids_sorted.clone()))
+            .collect()
+    }
+
+    /// Installs a merged run built from `ids` plus the planned segments.
+    pub fn install_merged(&mut self, mut run: IdRun, merged: &[u64], generation: u64) {
+        if generation != self.retention_generation {
+            run = run.retain_from(self.first_position());
+        }
+        for seg in &mut self.segments {
+            if merged.contains(&seg.first_position) {
+                seg.ids_sorted = Arc::default();
+                seg.ids_merged = true;
+            }
+        }
+        self.ids = Arc::new(run);
+    }
+
+    /// Sorted (hash, slot) pairs of segment `seg_pos`, wherever they live now.
+    pub fn segment_ids(&self, seg_pos: usize) -> (Vec<u64>, Vec<u32>) {
+        let seg = &self.segments[seg_pos];
+        if !seg.ids_merged {
+            return seg.sorted_ids();
+        }
+        let end = seg.first_position + seg.len() as u64;
+        let mut keys = Vec::with_capacity(seg.len());
+        let mut slots = Vec::with_capacity(seg.len());
+        for (k, p) in &self.ids.entries {
+            if (seg.first_position..end).contains(p) {
+                keys.push(*k);
+                slots.push((p - seg.first_position) as u32);
+            }
+        }
+        (keys, slots)
+    }
+
+    pub fn type_id(&self, name: &str) -> Option<u32> {
+        self.type_lookup.get(name).copied()
+    }
+
+    pub fn push_segment(&mut self, file: Arc<SegmentFile>, header_len: u64) {
+        if self.segments.is_empty() {
+            self.starts_at_one = file.first_position == 1;
+        }
+        self.segments.push(SegIndex::new(file, header_len));
+    }
+
+    fn intern_type(&mut self, name: &str) -> u32 {
+        if let Some(t) = self.type_lookup.get(name) {
+            return *t;
+        }
+        let t = self.types.len() as u32;
+        self.types.push(name.into());
+        self.type_lookup.insert(name.into(), t);
+        t
+    }
+
+    fn intern_org(&mut self, org: OrgId) -> u32 {
+        if let Some(o) = self.org_lookup.get(&org) {
+            return *o;
+        }
+        let o = self.orgs.len() as u32;
+        self.orgs.push(OrgEntry {
+            id: org,
+            first_org_position: 0,
+            positions: ChunkList::default(),
+            bytes: 0,
+            streams: HashMap::new(),
+        });
+        self.org_lookup.insert(org, o);
+        o
+    }
+
+    fn intern_stream(&mut self, org: u32, name: &str) -> u32 {
+        if let Some(s) = self.orgs[org as usize].streams.get(name) {
+            return *s;
+        }
+        let s = self.streams.len() as u32;
+        self.streams.push(StreamEntry {
+            org,
+            name: name.into(),
+            first_version: 0,
+            positions: ChunkList::default(),
+        });
+        self.orgs[org as usize].streams.insert(name.into(), s);
+        s
+    }
+
+    /// Appends the stream positions of checkpoints loaded since the last call to the stream
+    /// lists: one pass over the streams in id order, reading every deferred segment's slots
+    /// for that stream. Sequential memory access instead of ~100k random list extensions per
+    /// segment (the main cost of a restart before).
+    pub fn flush_deferred(&mut self) {
+        let Some(d) = self.deferred.take() else {
+            return;
+        };
+        for (s, st) in self
+            .streams
+            .iter_mut()
+            .enumerate()
+            .take(d.next_version.len())
+        {
+            if d.first_version[s] != 0 && st.first_version == 0 {
+                st.first_version = d.first_version[s];
+            }
+            for g in &d.segs {
+                let slots = &g.slots[g.starts[s] as usize..g.starts[s + 1] as usize];
+                if !slots.is_empty() {
+                    st.positions
+                        .extend(slots.iter().map(|i| g.first + u64::from(*i)));
+                }
+            }
+        }
+    }
+
+    /// Adds a record to the last segment, checking that positions and versions continue the
+    /// log without gaps. An error means the log (or a checkpoint) is inconsistent.
+    pub fn push(&mut self, e: &Entry<'_>) -> Result<(), String> {
+        self.flush_deferred();
+        if e.position != self.last_position + 1 {
+            return Err(format!(
+                "global position {} does not follow {}",
+                e.position, self.last_position
+            ));
+        }
+        let strict = self.starts_at_one;
+        let cached = match &self.last_stream {
+            Some((o, name, oi, si)) if *o == e.org && **name == *e.stream => Some((*oi, *si)),
+            _ => None,
+        };
+        let (org_idx, stream_idx) = match cached {
+            Some((oi, si)) => (Some(oi), Some(si)),
+            None => {
+                let oi = self.org_lookup.get(&e.org).copied();
+                let si = oi.and_then(|o| self.orgs[o as usize].streams.get(e.stream).copied());
+                (oi, si)
+            }
+        };
+        let org_expected = match org_idx.map(|o| &self.orgs[o as usize]) {
+            Some(o) if o.first_org_position > 0 => o.last_org_position() + 1,
+            _ if strict => 1,
+            _ => e.org_position,
+        };
+        if e.org_position != org_expected {
+            return Err(format!(
+                "org position {} of org {} does not follow {}",
+                e.org_position,
+                e.org,
+                org_expected - 1
+            ));
+        }
+        let stream_expected = match stream_idx.map(|s| &self.streams[s as usize]) {
+            Some(st) if st.first_version > 0 => st.last_version() + 1,
+            _ if strict => 1,
+            _ => e.stream_version,
+        };
+        if e.stream_version != stream_expected {
+            return Err(format!(
+                "stream version {} of stream {:?} does not follow {}",
+                e.stream_version,
+                e.stream,
+                stream_expected - 1
+            ));
+        }
+        let Some(seg_pos) = self.segments.len().checked_sub(1) else {
+            return Err("no segment to index into".into());
+        };
+        if e.position != self.segments[seg_pos].first_position + self.segments[seg_pos].len() as u64
+        {
+            return Err("position does not match its segment".into());
+        }
+        let org = match org_idx {
+            Some(o) => o,
+            None => self.intern_org(e.org),
+        };
+        let stream = match stream_idx {
+            Some(s) => s,
+            None => self.intern_stream(org, e.stream),
+        };
+        if cached.is_none() {
+            self.last_stream = Some((e.org, e.stream.into(), org, stream));
+        }
+        let ty = match &self.last_type {
+            Some((name, t)) if **name == *e.event_type => *t,
+            _ => {
+                let t = self.intern_type(e.event_type);
+                self.last_type = Some((e.event_type.into(), t));
+                t
+            }
+        };
+        let st = &mut self.streams[stream as usize];
+        if st.first_version == 0 {
+            st.first_version = e.stream_version;
+        }
+        st.positions.push(e.position);
+        let o = &mut self.orgs[org as usize];
+        if o.first_org_position == 0 {
+            o.first_org_position = e.org_position;
+        }
+        o.positions.push(e.position);
+        o.bytes += u64::from(e.len);
+        let seg = &mut self.segments[seg_pos];
+        let slot = seg.offsets.len() as u32;
+        seg.offsets.push(e.offset);
+        seg.type_ids.push(ty);
+        seg.insert_id(id_key(&e.id), slot);
+        seg.end_offset = u64::from(e.offset) + u64::from(e.len);
+        seg.max_timestamp = seg.max_timestamp.max(e.timestamp_micros);
+        seg.last_crc = e.crc;
+        let u = seg.org_usage.entry(org).or_insert(OrgUsage {
+            first_org_position: e.org_position,
+            ..OrgUsage::default()
+        });
+        u.events += 1;
+        u.bytes += u64::from(e.len);
+        self.last_position = e.position;
+        Ok(())
+    }
+
+    /// Removes the oldest segment from the index (retention). Returns it.
+    pub fn drop_first_segment(&mut self) -> Option<SegIndex> {
+        if self.segments.is_empty() {
+            return None;
+        }
+        let seg = self.segments.remove(0);
+        self.retention_generation += 1;
+        if seg.ids_merged {
+            let next = seg.first_position + seg.len() as u64;
+            self.ids = Arc::new(self.ids.retain_from(next));
+        }
+        // The dropped segment holds the oldest retained events: in every stream's list they
+        // are the prefix of positions below the segment's end.
+        let end = seg.first_position + seg.len() as u64;
+        for st in &mut self.streams {
+            let n = st.positions.lower_bound(end);
+            if n > 0 {
+                st.positions.drop_front(n);
+                st.first_version += n as u64;
+            }
+        }
+        for (o, u) in &seg.org_usage {
+            let org = &mut self.orgs[*o as usize];
+            org.positions.drop_front(u.events as usize);
+            org.first_org_position += u.events;
+            org.bytes = org.bytes.saturating_sub(u.bytes);
+        }
+        if self.segments.is_empty() {
+            self.starts_at_one = false;
+        } else {
+            self.starts_at_one = self.segments[0].first_position == 1;
+        }
+        Some(seg)
+    }
+
+    pub fn heap_bytes(&self) -> u64 {
+        let segs: usize = self
+            .segments
+            .iter()
+            .map(SegIndex::heap_bytes)
+            .sum::<usize>()
+            + self.ids.heap_bytes();
+        let streams: usize = self
+            .streams
+            .iter()
+            .map(|s| s.positions.heap_bytes() + s.name.len() + std::mem::size_of::<StreamEntry>())
+            .sum();
+        let orgs: usize = self
+            .orgs
+            .iter()
+            .map(|o| {
+                o.positions.heap_bytes()
+                    + std::mem::size_of::<OrgEntry>()
+                    + o.streams
+                        .keys()
+                        .map(|k| k.len() + 16 + 4 + 1)
+                        .sum::<usize>()
+            })
+            .sum();
+        let types: usize = self.types.iter().map(|t| t.len() * 2 + 16 + 4 + 16).sum();
+        (segs + streams + orgs + types + self.org_lookup.capacity() * 21) as u64
+    }
+
+    pub fn shrink(&mut self) {
+        for s in &mut self.streams {
+            s.positions.shrink();
+        }
+        for o in &mut self.orgs {
+            o.positions.shrink();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stream registry and checkpoint files
+// ---------------------------------------------------------------------------------------------
+
+/// File name of the stream registry.
+pub const REGISTRY_FILE_NAME: &str = "streams.idx";
+/// Magic bytes of the stream registry.
+pub const REGISTRY_MAGIC: [u8; 8] = *b"TLEVREG\0";
+const REGISTRY_VERSION: u32 = 1;
+
+/// A decoded stream registry: every org and stream the log has indexed, in index order.
+#[derive(Debug, Default)]
+pub struct Registry {
+    pub epoch: u64,
+    /// (org id, last org position when written)
+    orgs: Vec<(OrgId, u64)>,
+    /// (org index, last version when written, name)
+    streams: Vec<(u32, u64, String)>,
+}
+
+/// Serializes the orgs and streams of the index (their ids are their order). Segment
+/// checkpoints name streams by these ids, so loading them needs no string lookups; the last
+/// versions/positions keep streams and orgs whose events retention dropped counting on.
+pub fn encode_registry(index: &Index) -> Vec<u8> {
+    let mut out = Vec::with_capacity(32 + index.orgs.len() * 24 + index.streams.len() * 40);
+    out.extend_from_slice(&REGISTRY_MAGIC);
+    out.extend_from_slice(&REGISTRY_VERSION.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&index.registry_epoch.to_le_bytes());
+    out.extend_from_slice(&(index.orgs.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(index.streams.len() as u32).to_le_bytes());
+    for o in &index.orgs {
+        out.extend_from_slice(&o.id.0);
+        out.extend_from_slice(&o.last_org_position().to_le_bytes());
+    }
+    for s in &index.streams {
+        out.extend_from_slice(&s.org.to_le_bytes());
+        out.extend_from_slice(&s.last_version().to_le_bytes());
+        out.extend_from_slice(&(s.name.len() as u16).to_le_bytes());
+        out.extend_from_slice(s.name.as_bytes());
+    }
+    let crc = crc32c::crc32c(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+pub fn decode_registry(b: &[u8]) -> Result<Registry, String> {
+    if b.len() < 36 {
+        return Err("registry too short".into());
+    }
+    let mut c = CrcReader {
+        inner: b,
+        crc: 0,
+        remaining: b.len() as u64 - 4,
+        chunk: Vec::new(),
+    };
+    if c.take(8)? != REGISTRY_MAGIC {
+        return Err("bad registry magic".into());
+    }
+    if c.u32()? != REGISTRY_VERSION {
+        return Err("unsupported registry version".into());
+    }
+    c.u32()?;
+    let epoch = c.u64()?;
+    let n_orgs = c.u32()? as usize;
+    let n_streams = c.u32()? as usize;
+    let mut reg = Registry {
+        epoch,
+        ..Registry::default()
+    };
+    for _ in 0..n_orgs.min(b.len() / 24) {
+        let id = OrgId(arr16(c.take(16)?));
+        reg.orgs.push((id, c.u64()?));
+    }
+    for _ in 0..n_streams.min(b.len() / 15) {
+        let org = c.u32()?;
+        let last = c.u64()?;
+        let name = c.str()?;
+        if org as usize >= n_orgs {
+            return Err("registry stream refers to an unknown org".into());
+        }
+        reg.streams.push((org, last, name));
+    }
+    if reg.orgs.len() != n_orgs || reg.streams.len() != n_streams || c.remaining != 0 {
+        return Err("registry counts do not match its size".into());
+    }
+    let computed = c.crc;
+    if computed != le_u32(&b[b.len() - 4..]) {
+        return Err("registry checksum mismatch".into());
+    }
+    Ok(reg)
+}
+
+impl Index {
+    /// Interns every org and stream of the registry, in order (so ids match the checkpoints).
+    /// Must be called on an empty index.
+    pub fn preload_registry(&mut self, reg: &Registry) -> Result<(), String> {
+        if !self.orgs.is_empty() || !self.streams.is_empty() {
+            return Err("registry loaded into a non-empty index".into());
+        }
+        self.registry_epoch = reg.epoch;
+        for (i, (id, _)) in reg.orgs.iter().enumerate() {
+            if self.intern_org(*id) as usize != i {
+                return Err("duplicate org in registry".into());
+            }
+        }
+        for (i, (org, _, name)) in reg.streams.iter().enumerate() {
+            if self.intern_stream(*org, name) as usize != i {
+                return Err("duplicate stream in registry".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// After all segments are indexed: orgs and streams with no retained event continue from
+    /// the positions/versions the registry recorded.
+    pub fn finish_registry(&mut self, reg: &Registry) {
+        for (o, (_, last)) in self.orgs.iter_mut().zip(&reg.orgs) {
+            if o.first_org_position == 0 && *last > 0 {
+                o.first_org_position = last + 1;
+            }
+        }
+        for (s, (_, last, _)) in self.streams.iter_mut().zip(&reg.streams) {
+            if s.first_version == 0 && *last > 0 {
+                s.first_version = last + 1;
+            }
+        }
+    }
+}
+
+/// Magic bytes at the start of every index checkpoint file.
+pub const CHECKPOINT_MAGIC: [u8; 8] = *b"TLEVIDX\0";
+/// Version of the checkpoint format.
+pub const CHECKPOINT_VERSION: u32 = 1;
+const CHECKPOINT_HEADER_LEN: usize = 72;
+
+/// Serializes the index of segment `seg_pos` (see the crate docs for the layout); `None` if
+/// the index is inconsistent (then no checkpoint is written: it is only an acceleration).
+pub fn encode_checkpoint(index: &Index, seg_pos: usize) -> Option<Vec<u8>> {
+    let seg = &index.segments[seg_pos];
+    let n = seg.len();
+    let stream_ids = index.segment_stream_ids(seg_pos)?;
+    // Local tables: orgs and streams in order of first appearance in this segment.
+    let mut org_local: HashMap<u32, u32> = HashMap::new();
+    let mut orgs: Vec<u32> = Vec::new();
+    let mut stream_local: HashMap<u32, u32> = HashMap::new();
+    let mut streams: Vec<u32> = Vec::new();
+    let mut type_local: HashMap<u32, u32> = HashMap::new();
+    let mut types: Vec<u32> = Vec::new();
+    let mut rec_stream = Vec::with_capacity(n);
+    let mut rec_type = Vec::with_capacity(n);
+    for (i, &s) in stream_ids.iter().enumerate() {
+        let ls = *stream_local.entry(s).or_insert_with(|| {
+            streams.push(s);
+            let o = index.streams[s as usize].org;
+            org_local.entry(o).or_insert_with(|| {
+                orgs.push(o);
+                (orgs.len() - 1) as u32
+            });
+            (streams.len() - 1) as u32
+        });
+        let t = seg.type_ids[i];
+        let lt = *type_local.entry(t).or_insert_with(|| {
+            types.push(t);
+            (types.len() - 1) as u32
+        });
+        rec_stream.push(ls);
+        rec_type.push(lt);
+    }
+    let mut out = Vec::with_capacity(CHECKPOINT_HEADER_LEN + n * 24 + 4096);
+    out.extend_from_slice(&CHECKPOINT_MAGIC);
+    out.extend_from_slice(&CHECKPOINT_VERSION.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&seg.first_position.to_le_bytes());
+    out.extend_from_slice(&seg.end_offset.to_le_bytes());
+    out.extend_from_slice(&(n as u64).to_le_bytes());
+    out.extend_from_slice(&seg.last_crc.to_le_bytes());
+    out.extend_from_slice(&(orgs.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(streams.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(types.len() as u32).to_le_bytes());
+    out.extend_from_slice(&seg.max_timestamp.to_le_bytes());
+    out.extend_from_slice(&index.registry_epoch.to_le_bytes());
+    debug_assert_eq!(out.len(), CHECKPOINT_HEADER_LEN);
+    for o in &orgs {
+        let u = seg.org_usage.get(o).copied().unwrap_or_default();
+        out.extend_from_slice(&index.orgs[*o as usize].id.0);
+        out.extend_from_slice(&u.first_org_position.to_le_bytes());
+        out.extend_from_slice(&u.events.to_le_bytes());
+        out.extend_from_slice(&u.bytes.to_le_bytes());
+    }
+    for s in &streams {
+        // Streams are referred to by their registry id (no names: see `encode_registry`).
+        let st = &index.streams[*s as usize];
+        // Version of the stream's first event in this segment, from its position list.
+        let first_version = st.first_version + st.positions.lower_bound(seg.first_position) as u64;
+        out.extend_from_slice(&s.to_le_bytes());
+        out.extend_from_slice(&org_local.get(&st.org).copied().unwrap_or(0).to_le_bytes());
+        out.extend_from_slice(&first_version.to_le_bytes());
+    }
+    for t in &types {
+        let name = &index.types[*t as usize];
+        out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        out.extend_from_slice(name.as_bytes());
+    }
+    for v in &seg.offsets {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    for v in &rec_stream {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    for v in &rec_type {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    let (keys, slots) = index.segment_ids(seg_pos);
+    for k in &keys {
+        out.extend_from_slice(&k.to_le_bytes());
+    }
+    for s in &slots {
+        out.extend_from_slice(&s.to_le_bytes());
+    }
+    let crc = crc32c::crc32c(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    Some(out)
+}
+
+/// A parsed, checksum-verified checkpoint (not yet merged into an index).
+#[derive(Debug)]
+pub struct Checkpoint {
+    /// Epoch of the stream registry whose ids this checkpoint uses.
+    pub registry_epoch: u64,
+    pub first_position: u64,
+    pub end_offset: u64,
+    pub records: usize,
+    pub last_crc: u32,
+    pub max_timestamp: i64,
+    /// (org, first org position in segment, events, bytes)
+    orgs: Vec<(OrgId, OrgUsage)>,
+    /// (registry stream id, local org, first version in segment)
+    streams: Vec<(u32, u32, u64)>,
+    types: Vec<String>,
+    offsets: Vec<u32>,
+    rec_stream: Vec<u32>,
+    rec_type: Vec<u32>,
+    id_keys: Vec<u64>,
+    id_slots: Vec<u32>,
+}
+
+/// Reads a checkpoint sequentially, checksumming as it goes, so the big arrays are decoded
+/// straight into their final vectors (no whole-file buffer: that doubled the page faults).
+struct CrcReader<R> {
+    inner: R,
+    crc: u32,
+    /// Bytes left before the trailing checksum.
+    remaining: u64,
+    chunk: Vec<u8>,
+}
+
+impl<R: Read> CrcReader<R> {
+    fn take(&mut self, n: usize) -> Result<&[u8], String> {
+        if n as u64 > self.remaining {
+            return Err("checkpoint truncated or lengths inconsistent".into());
+        }
+        self.remaining -= n as u64;
+        self.chunk.resize(n, 0);
+        self.inner
+            .read_exact(&mut self.chunk)
+            .map_err(|e| e.to_string())?;
+        self.crc = crc32c::crc32c_append(self.crc, &self.chunk);
+        Ok(&self.chunk)
+    }
+    fn u16(&mut self) -> Result<u16, String> {
+        self.take(2).map(le_u16)
+    }
+    fn u32(&mut self) -> Result<u32, String> {
+        self.take(4).map(le_u32)
+    }
+    fn u64(&mut self) -> Result<u64, String> {
+        self.take(8).map(le_u64)
+    }
+    fn str(&mut self) -> Result<String, String> {
+        let n = self.u16()? as usize;
+        let b = self.take(n)?;
+        String::from_utf8(b.to_vec()).map_err(|_| "name is not UTF-8".to_string())
+    }
+    /// `n` little-endian integers of `W` bytes, read in 256 KiB chunks.
+    fn array<T, const W: usize>(
+        &mut self,
+        n: usize,
+        conv: fn([u8; W]) -> T,
+    ) -> Result<Vec<T>, String> {
+        let total = n.checked_mul(W).ok_or("overflow")?;
+        if total as u64 > self.remaining {
+            return Err("checkpoint truncated or lengths inconsistent".into());
+        }
+        let mut out = Vec::with_capacity(n);
+        let per_chunk = (256 * 1024 / W).max(1);
+        let mut left = n;
+        while left > 0 {
+            let k = left.min(per_chunk);
+            let b = self.take(k * W)?;
+            out.extend(b.chunks_exact(W).map(|c| {
+                let mut a = [0u8; W];
+                a.copy_from_slice(c);
+                conv(a)
+            }));
+            left -= k;
+        }
+        Ok(out)
+    }
+}
+
+/// Reads and verifies a checkpoint file.
+pub fn read_checkpoint(path: &Path) -> Result<Checkpoint, String> {
+    let file = File::open(path).map_err(|e| e.to_string())?;
+    let len = file.metadata().map_err(|e| e.to_string())?.len();
+    decode_checkpoint_from(std::io::BufReader::with_capacity(256 * 1024, file), len)
+}
+
+/// Parses and verifies a checkpoint held in memory.
+pub fn decode_checkpoint(b: &[u8]) -> Result<Checkpoint, String> {
+    decode_checkpoint_from(b, b.len() as u64)
+}
+
+fn decode_checkpoint_from(r: impl Read, len: u64) -> Result<Checkpoint, String> {
+    if len < (CHECKPOINT_HEADER_LEN + 4) as u64 {
+        return Err("checkpoint too short".into());
+    }
+    let mut c = CrcReader {
+        inner: r,
+        crc: 0,
+        remaining: len - 4,
+        chunk: Vec::new(),
+    };
+    if c.take(8)? != CHECKPOINT_MAGIC {
+        return Err("bad checkpoint magic".into());
+    }
+    let version = c.u32()?;
+    if version != CHECKPOINT_VERSION {
+        return Err(format!("unsupported checkpoint version {version}"));
+    }
+    c.u32()?;
+    let first_position = c.u64()?;
+    let end_offset = c.u64()?;
+    let records = usize::try_from(c.u64()?).map_err(|_| "record count overflow")?;
+    let last_crc = c.u32()?;
+    let n_orgs = c.u32()? as usize;
+    let n_streams = c.u32()? as usize;
+    let n_types = c.u32()? as usize;
+    let max_timestamp = c.u64()? as i64;
+    let registry_epoch = c.u64()?;
+    if records as u64 > len / 24 {
+        return Err("record count larger than the file".into());
+    }
+    let mut orgs = Vec::with_capacity(n_orgs.min(records));
+    for _ in 0..n_orgs {
+        let id = OrgId(arr16(c.take(16)?));
+        let first_org_position = c.u64()?;
+        let events = c.u64()?;
+        let bytes = c.u64()?;
+        orgs.push((
+            id,
+            OrgUsage {
+                events,
+                bytes,
+                first_org_position,
+            },
+        ));
+    }
+    let mut streams = Vec::with_capacity(n_streams.min(records));
+    for _ in 0..n_streams {
+        let id = c.u32()?;
+        let org = c.u32()?;
+        let first_version = c.u64()?;
+        if org as usize >= n_orgs {
+            return Err("stream refers to an unknown org".into());
+        }
+        streams.push((id, org, first_version));
+    }
+    let mut types = Vec::with_capacity(n_types.min(records));
+    for _ in 0..n_types {
+        types.push(c.str()?);
+    }
+    let offsets = c.array(records, u32::from_le_bytes)?;
+    let rec_stream = c.array(records, u32::from_le_bytes)?;
+    let rec_type = c.array(records, u32::from_le_bytes)?;
+    let id_keys = c.array(records, u64::from_le_bytes)?;
+    let id_slots = c.array(records, u32::from_le_bytes)?;
+    if c.remaining != 0 {
+        return Err("trailing bytes in checkpoint".into());
+    }
+    let computed = c.crc;
+    let mut stored = [0u8; 4];
+    c.inner.read_exact(&mut stored).map_err(|e| e.to_string())?;
+    if computed != u32::from_le_bytes(stored) {
+        return Err("checkpoint checksum mismatch".into());
+    }
+    if rec_stream.iter().any(|s| *s as usize >= n_streams)
+        || rec_type.iter().any(|t| *t as usize >= n_types)
+        || id_slots.iter().any(|s| *s as usize >= records)
+        || offsets.windows(2).any(|w| w[0] >= w[1])
+        || id_keys.windows(2).any(|w| w[0] > w[1])
+    {
+        return Err("checkpoint tables are inconsistent".into());
+    }
+    Ok(Checkpoint {
+        registry_epoch,
+        first_position,
+        end_offset,
+        records,
+        last_crc,
+        max_timestamp,
+        orgs,
+        streams,
+        types,
+        offsets,
+        rec_stream,
+        rec_type,
+        id_keys,
+        id_slots,
+    })
+}
+
+impl Checkpoint {
+    /// Offset of the last covered record (to confirm the checkpoint matches the segment).
+    pub fn last_offset(&self) -> Option<u64> {
+        self.offsets.last().map(|o| u64::from(*o))
+    }
+}
+
+impl Index {
+    /// Merges a verified checkpoint as the index of the (new, empty) last segment. Checks that
+    /// it continues the index; on error the index is left unchanged.
+    pub fn apply_checkpoint(&mut self, cp: Checkpoint) -> Result<(), String> {
+        let Some(seg_pos) = self.segments.len().checked_sub(1) else {
+            return Err("no segment".into());
+        };
+        if self.segments[seg_pos].len() != 0 || cp.first_position != self.last_position + 1 {
+            return Err("checkpoint does not continue the index".into());
+        }
+        if self.segments[seg_pos].first_position != cp.first_position {
+            return Err("checkpoint belongs to another segment".into());
+        }
+        if cp.registry_epoch != self.registry_epoch {
+            return Err("checkpoint was written against another stream registry".into());
+        }
+        let strict = self.starts_at_one;
+        // Validate continuity before mutating anything.
+        for (org, u) in &cp.orgs {
+            let expected = match self.org(org) {
+                Some(o) if o.first_org_position > 0 => o.last_org_position() + 1,
+                _ if strict => 1,
+                _ => u.first_org_position,
+            };
+            if u.first_org_position != expected || u.first_org_position == 0 {
+                return Err(format!("org {org} positions do not continue"));
+            }
+        }
+        // Streams: with the usual shape (streams not vastly outnumbering records) their lists
+        // are filled later in one sequential pass (see `Deferred`); validation then uses the
+        // dense next-version table instead of touching every stream entry.
+        let n_streams = self.streams.len();
+        let dense = n_streams <= 4 * cp.records + 4096;
+        if !dense {
+            self.flush_deferred();
+        } else if self.deferred.is_none() {
+            self.deferred = Some(Deferred::start(&self.streams));
+        }
+        for (id, o, v) in &cp.streams {
+            // Streams must be known from the registry, in the org the checkpoint says.
+            let id = *id as usize;
+            if id >= n_streams {
+                return Err(format!("stream id {id} is not in the stream registry"));
+            }
+            let (org, next) = match &self.deferred {
+                Some(d) => (d.stream_org[id], d.next_version[id]),
+                None => {
+                    let st = &self.streams[id];
+                    let next = if st.first_version == 0 {
+                        0
+                    } else {
+                        st.last_version() + 1
+                    };
+                    (st.org, next)
+                }
+            };
+            if self.orgs[org as usize].id != cp.orgs[*o as usize].0 {
+                return Err(format!("stream id {id} belongs to another org"));
+            }
+            let expected = match next {
+                0 if strict => 1,
+                0 => *v,
+                n => n,
+            };
+            if *v != expected || *v == 0 {
+                return Err(format!("stream id {id}: versions do not continue"));
+            }
+        }
+        let mut counts = vec![0u64; cp.orgs.len()];
+        for s in &cp.rec_stream {
+            counts[cp.streams[*s as usize].1 as usize] += 1;
+        }
+        if counts
+            .iter()
+            .zip(&cp.orgs)
+            .any(|(n, (_, u))| *n != u.events)
+        {
+            return Err("org event counts do not match the records".into());
+        }
+        let org_map: Vec<u32> = cp.orgs.iter().map(|(id, _)| self.intern_org(*id)).collect();
+        let stream_map: Vec<u32> = cp.streams.iter().map(|(id, _, _)| *id).collect();
+        let type_map: Vec<u32> = cp.types.iter().map(|t| self.intern_type(t)).collect();
+        let mut seg_usage = IntMap::default();
+        for (i, (_, u)) in cp.orgs.iter().enumerate() {
+            seg_usage.insert(org_map[i], *u);
+            let o = &mut self.orgs[org_map[i] as usize];
+            o.bytes += u.bytes;
+            if o.first_org_position == 0 {
+                o.first_org_position = u.first_org_position;
+            }
+        }
+        let seg_first = cp.first_position;
+        if let Some(d) = self.deferred.as_mut() {
+            // Group the segment's slots by stream id (counting sort); `flush_deferred` appends
+            // them to the lists.
+            let mut starts = vec![0u32; n_streams + 1];
+            for ls in &cp.rec_stream {
+                starts[stream_map[*ls as usize] as usize + 1] += 1;
+            }
+            for i in 1..starts.len() {
+                starts[i] += starts[i - 1];
+            }
+            let mut fill = starts.clone();
+            let mut slots = vec![0u32; cp.records];
+            for (i, ls) in cp.rec_stream.iter().enumerate() {
+                let g = stream_map[*ls as usize] as usize;
+                slots[fill[g] as usize] = i as u32;
+                fill[g] += 1;
+            }
+            for (id, _, v) in &cp.streams {
+                let id = *id as usize;
+                if d.next_version[id] == 0 {
+                    d.first_version[id] = *v;
+                }
+                d.next_version[id] = v + u64::from(starts[id + 1] - starts[id]);
+            }
+            d.segs.push(DeferredSegment {
+                first: seg_first,
+                starts,
+                slots,
+            });
+        } else {
+            for (id, _, v) in &cp.streams {
+                let st = &mut self.streams[*id as usize];
+                if st.first_version == 0 {
+                    st.first_version = *v;
+                }
+            }
+            // Group the segment's positions by stream (counting sort), then extend each list
+            // once.
+            let by_stream = group_slots(&cp.rec_stream, cp.streams.len());
+            for (ls, slots) in by_stream.groups() {
+                let list = &mut self.streams[stream_map[ls] as usize].positions;
+                list.extend(slots.iter().map(|i| seg_first + u64::from(*i)));
+            }
+        }
+        let rec_org: Vec<u32> = cp
+            .rec_stream
+            .iter()
+            .map(|ls| cp.streams[*ls as usize].1)
+            .collect();
+        let by_org = group_slots(&rec_org, cp.orgs.len());
+        for (lo, slots) in by_org.groups() {
+            let list = &mut self.orgs[org_map[lo] as usize].positions;
+            list.extend(slots.iter().map(|i| seg_first + u64::from(*i)));
+        }
+        let seg = &mut self.segments[seg_pos];
+        seg.offsets = cp.offsets;
+        seg.type_ids = cp.rec_type.iter().map(|t| type_map[*t as usize]).collect();
+        seg.ids_sorted = Arc::new(SortedIds {
+            keys: cp.id_keys,
+            slots: cp.id_slots,
+        });
+        seg.ids_merged = false;
+        seg.end_offset = cp.end_offset;
+        seg.max_timestamp = cp.max_timestamp;
+        seg.last_crc = cp.last_crc;
+        seg.org_usage = seg_usage;
+        self.last_position += cp.records as u64;
+        Ok(())
+    }
+}
+
+/// Checkpoint stream data waiting to be appended to the stream lists (see
+/// [`Index::flush_deferred`]), with the dense tables that validate continuity meanwhile.
+#[derive(Debug)]
+struct Deferred {
+    /// Per stream id: the next expected version (0: no event known yet).
+    next_version: Vec<u64>,
+    /// Per stream id: its org index (a dense copy, so validation touches no stream entry).
+    stream_org: Vec<u32>,
+    /// Per stream id: the first version, for streams whose first event is in these segments.
+    first_version: Vec<u64>,
+    segs: Vec<DeferredSegment>,
+}
+
+#[derive(Debug)]
+struct DeferredSegment {
+    first: u64,
+    /// `slots[starts[s]..starts[s + 1]]` are the record slots of stream id `s`.
+    starts: Vec<u32>,
+    slots: Vec<u32>,
+}
+
+impl Deferred {
+    fn start(streams: &[StreamEntry]) -> Self {
+        Deferred {
+            next_version: streams
+                .iter()
+                .map(|s| {
+                    if s.first_version == 0 {
+                        0
+                    } else {
+                        s.last_version() + 1
+                    }
+                })
+                .collect(),
+            stream_org: streams.iter().map(|s| s.org).collect(),
+            first_version: vec![0; streams.len()],
+            segs: Vec::new(),
+        }
+    }
+}
+
+/// Record slots grouped by a small key (stream or org local index), in slot order per key.
+struct Grouped {
+    starts: Vec<usize>,
+    slots: Vec<u32>,
+}
+
+impl Grouped {
+    fn groups(&self) -> impl Iterator<Item = (usize, &[u32])> {
+        self.starts
+            .windows(2)
+            .enumerate()
+            .map(|(k, w)| (k, &self.slots[w[0]..w[1]]))
+    }
+}
+
+fn group_slots(keys: &[u32], n_keys: usize) -> Grouped {
+    let mut starts = vec![0usize; n_keys + 1];
+    for k in keys {
+        starts[*k as usize + 1] += 1;
+    }
+    for i in 1..starts.len() {
+        starts[i] += starts[i - 1];
+    }
+    let mut fill = starts.clone();
+    let mut slots = vec![0u32; keys.len()];
+    for (i, k) in keys.iter().enumerate() {
+        slots[fill[*k as usize]] = i as u32;
+        fill[*k as usize] += 1;
+    }
+    Grouped { starts, slots }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // Tests: a panic is the failure report.
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_list_indexes_and_drops_from_the_front() {
+        let mut l = ChunkList::default();
+        for i in 0..10_000u64 {
+            l.push(i * 2);
+        }
+        assert_eq!(l.get(9_999), Some(19_998));
+        assert_eq!(l.lower_bound(101), 51);
+        l.drop_front(5_000);
+        assert_eq!(l.len(), 5_000);
+        assert_eq!(l.get(0), Some(10_000));
+        assert_eq!(l.lower_bound(0), 0);
+        l.drop_front(5_000);
+        assert_eq!(l.len(), 0);
+        assert_eq!(l.get(0), None);
+        l.push(7);
+        assert_eq!(l.get(0), Some(7));
+        l.extend((0..10_000u64).collect::<Vec<_>>().into_iter());
+        assert_eq!(
+            (l.len(), l.get(4096), l.get(10_000)),
+            (10_001, Some(4095), Some(9_999))
+        );
+    }
+
+    #[test]
+    fn id_run_merges_segment_runs_and_finds_every_key_including_duplicates() {
+        let mut x = 1u64;
+        let mut next = || {
+            x = x
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            x
+        };
+        let mut runs = Vec::new();
+        let mut all: Vec<(u64, u64)> = Vec::new();
+        for seg in 0..5u64 {
+            let first = 1 + seg * 1000;
+            let mut pairs: Vec<(u64, u32)> = (0..1000u32).map(|slot| (next(), slot)).collect();
+            if seg == 3 {
+                pairs[7].0 = all[0].0; // a hash collision across segments
+            }
+            all.extend(pairs.iter().map(|(k, s)| (*k, first + u64::from(*s))));
+            pairs.sort_unstable();
+            let (keys, slots) = pairs.into_iter().unzip();
+            runs.push((first, Arc::new(SortedIds { keys, slots })));
+        }
+        let half = IdRun::merge(&IdRun::default(), &runs[..2], 1, &|| false).unwrap();
+        let run = IdRun::merge(&half, &runs[2..], 1, &|| false).unwrap();
+        assert_eq!(run.len(), 5000);
+        for (k, p) in &all {
+            let mut out = Vec::new();
+            run.find(*k, &mut out);
+            assert!(out.contains(p), "key {k} position {p}");
+        }
+        let mut out = Vec::new();
+        run.find(all[0].0, &mut out);
+        assert_eq!(out.len(), 2);
+        out.clear();
+        run.find(0, &mut out);
+        run.find(u64::MAX, &mut out);
+        assert!(out.is_empty());
+        // Dropping positions below 2001 (retention) keeps the rest findable.
+        let kept = run.retain_from(2001);
+        assert_eq!(kept.len(), 3000);
+    }
+
+    #[test]
+    fn id_key_differs_for_ids_sharing_a_uuid_v7_prefix() {
+        let mut a = [0u8; 16];
+        let mut b = [0u8; 16];
+        a[15] = 1;
+        b[15] = 2;
+        assert_ne!(id_key(&EventId(a)), id_key(&EventId(b)));
+    }
+}

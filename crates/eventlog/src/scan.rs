@@ -1,0 +1,222 @@
+//! Sequential scanning of a segment file, and the torn-tail / corruption decision.
+//!
+//! The scanner reads a segment in large chunks, verifies every record (checksum, field
+//! consistency, positions continuing without gaps, batch and frame fields) and hands complete
+//! appends (all records of one batch) to a callback. It stops at the first problem and
+//! reports where it is; [`classify_tail`] then decides whether that problem is a torn tail
+//! (safe to truncate) or corruption (refuse).
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+
+use crate::format::{
+    BODY_LEN_LIMIT, DecodeError, RECORD_MIN_LEN, RECORD_PREFIX_LEN, RecordView, SEGMENT_HEADER_LEN,
+    body_len_of, decode_record, decode_record_checked, peek_global_position,
+};
+
+const READ_CHUNK: usize = 8 * 1024 * 1024;
+
+/// Where a scan stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanResult {
+    /// Records delivered to the callback.
+    pub records: u64,
+    /// End of the last complete append (where the file can be truncated safely).
+    pub good_end: u64,
+    /// Global position of the last delivered record (or `first_position - 1`).
+    pub last_position: u64,
+    /// The first bad record at or after `good_end`, with the reason. An append whose last
+    /// records are missing at the end of the file is reported at the end of the file.
+    pub bad: Option<(u64, String)>,
+    /// The callback rejected a valid record (e.g. its org position does not continue):
+    /// always corruption.
+    pub rejected: Option<(u64, String)>,
+}
+
+/// Scans `file` from `start` (a record boundary) to `file_len`. `next_position` is the global
+/// position the first record must have.
+pub fn scan_segment(
+    file: &File,
+    start: u64,
+    file_len: u64,
+    next_position: u64,
+    mut on_record: impl FnMut(u64, &RecordView<'_>) -> Result<(), String>,
+) -> io::Result<ScanResult> {
+    let mut res = ScanResult {
+        records: 0,
+        good_end: start,
+        last_position: next_position - 1,
+        bad: None,
+        rejected: None,
+    };
+    // buf holds file bytes [buf_off, buf_off + buf.len()).
+    let mut buf: Vec<u8> = Vec::new();
+    let mut buf_off = start;
+    let mut off = start;
+    let mut expect_pos = next_position;
+    // State of the append being read (records of one batch are delivered together).
+    let mut batch: Option<(u64, u16, u16, u32)> = None; // (start offset, next index, count, frame)
+    loop {
+        if off >= file_len {
+            if let Some((bstart, ..)) = batch {
+                res.bad = Some((
+                    off,
+                    format!("append starting at byte {bstart} is incomplete"),
+                ));
+            }
+            return Ok(res);
+        }
+        let rel = (off - buf_off) as usize;
+        let decoded = decode_record(&buf[rel..]);
+        let rec = match decoded {
+            Ok(r) => r,
+            Err(DecodeError::Incomplete { needed }) if off + needed as u64 <= file_len => {
+                // Refill: keep bytes from the start of the current append.
+                let keep_from = batch.map_or(off, |b| b.0);
+                let drop = (keep_from - buf_off) as usize;
+                buf.drain(..drop);
+                buf_off = keep_from;
+                let have_end = buf_off + buf.len() as u64;
+                let want = (needed.max(READ_CHUNK) as u64).min(file_len - have_end);
+                let old = buf.len();
+                buf.resize(old + want as usize, 0);
+                file.read_exact_at(&mut buf[old..], have_end)?;
+                continue;
+            }
+            Err(DecodeError::Incomplete { .. }) => {
+                res.bad = Some((off, "record runs past the end of the file".into()));
+                return Ok(res);
+            }
+            Err(e) => {
+                res.bad = Some((off, e.to_string()));
+                return Ok(res);
+            }
+        };
+        if let Some(problem) = check_sequence(&rec, off, expect_pos, batch) {
+            res.bad = Some((off, problem));
+            return Ok(res);
+        }
+        expect_pos += 1;
+        let rec_end = off + rec.len as u64;
+        if rec.batch_index + 1 < rec.batch_count {
+            let bstart = batch.map_or(off, |b| b.0);
+            batch = Some((
+                bstart,
+                rec.batch_index + 1,
+                rec.batch_count,
+                rec.frame_start,
+            ));
+            off = rec_end;
+            continue;
+        }
+        // The append is complete: deliver its records.
+        let bstart = batch.map_or(off, |b| b.0);
+        batch = None;
+        let mut p = bstart;
+        while p < rec_end {
+            let r = decode_record_checked(&buf[(p - buf_off) as usize..], false)
+                .map_err(|e| io::Error::other(format!("record changed while scanning: {e}")))?;
+            if let Err(why) = on_record(p, &r) {
+                res.rejected = Some((p, why));
+                return Ok(res);
+            }
+            res.records += 1;
+            res.last_position = r.global_position;
+            p += r.len as u64;
+        }
+        res.good_end = rec_end;
+        off = rec_end;
+    }
+}
+
+fn check_sequence(
+    rec: &RecordView<'_>,
+    off: u64,
+    expect_pos: u64,
+    batch: Option<(u64, u16, u16, u32)>,
+) -> Option<String> {
+    if rec.global_position != expect_pos {
+        return Some(format!(
+            "record has global position {}, expected {expect_pos}",
+            rec.global_position
+        ));
+    }
+    if u64::from(rec.frame_start) > off || u64::from(rec.frame_start) < SEGMENT_HEADER_LEN {
+        return Some("record frame start out of range".into());
+    }
+    match batch {
+        None if rec.batch_index != 0 => Some("append does not start with batch index 0".into()),
+        Some((_, next, count, frame))
+            if rec.batch_index != next || rec.batch_count != count || rec.frame_start != frame =>
+        {
+            Some("record does not continue the append before it".into())
+        }
+        _ => None,
+    }
+}
+
+/// True when every byte of `file` in `from..to` is zero (space the writer preallocated).
+pub fn is_zero_range(file: &File, from: u64, to: u64) -> io::Result<bool> {
+    let mut buf = vec![0u8; (to.saturating_sub(from)).min(1 << 20) as usize];
+    let mut off = from;
+    while off < to {
+        let n = ((to - off) as usize).min(buf.len());
+        file.read_exact_at(&mut buf[..n], off)?;
+        if buf[..n].iter().any(|b| *b != 0) {
+            return Ok(false);
+        }
+        off += n as u64;
+    }
+    Ok(true)
+}
+
+/// Verdict on a problem found by a scan of the LAST segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TailVerdict {
+    /// Nothing after the damage was written by a later write: truncate at `good_end`.
+    Torn,
+    /// A valid record written by a later write follows the damage at this offset.
+    Corrupt { later_record_at: u64 },
+}
+
+/// Decides whether the damage at `bad_offset` (in the last segment) is a torn tail.
+///
+/// Rule: it is corruption if some offset after `bad_offset` holds a complete record whose
+/// checksum verifies, whose global position is after `last_good_position` and whose
+/// `frame_start` is after `bad_offset`, i.e. the writer started a new write after the damaged
+/// one. In `Always` mode a new write starts only after the previous one was fsynced, so the
+/// damaged bytes were durable once: that is not a crash artifact. Valid records with
+/// `frame_start <= bad_offset` belong to the same (never acknowledged) write and are
+/// discarded with the tail.
+pub fn classify_tail(
+    file: &File,
+    bad_offset: u64,
+    file_len: u64,
+    last_good_position: u64,
+) -> io::Result<TailVerdict> {
+    if bad_offset >= file_len {
+        return Ok(TailVerdict::Torn);
+    }
+    let mut tail = vec![0u8; (file_len - bad_offset) as usize];
+    file.read_exact_at(&mut tail, bad_offset)?;
+    let max_pos = last_good_position + (tail.len() / RECORD_MIN_LEN) as u64 + 1;
+    let mut i = 1usize;
+    while i + RECORD_MIN_LEN <= tail.len() {
+        let c = &tail[i..];
+        let plausible = body_len_of(c)
+            .is_ok_and(|n| n <= BODY_LEN_LIMIT && RECORD_PREFIX_LEN + n <= c.len())
+            && (last_good_position + 1..=max_pos).contains(&peek_global_position(c));
+        if plausible && let Ok(r) = decode_record(c) {
+            if u64::from(r.frame_start) > bad_offset {
+                return Ok(TailVerdict::Corrupt {
+                    later_record_at: bad_offset + i as u64,
+                });
+            }
+            i += r.len;
+            continue;
+        }
+        i += 1;
+    }
+    Ok(TailVerdict::Torn)
+}

@@ -1,0 +1,265 @@
+use std::time::Duration;
+
+use trueline_eventlog::{Direction, ExpectedVersion, NewEvent, Options, OrgFilter, Retention};
+
+use crate::support::{
+    assert_gapless, checkpoint_files, event, id, open_with, org, segment_files, tempdir,
+};
+
+fn small_segments() -> Options {
+    Options {
+        segment_size_bytes: 8 * 1024,
+        ..Options::default()
+    }
+}
+
+fn fill(log: &trueline_eventlog::EventLog, from: u64, to: u64) {
+    for n in from..=to {
+        let o = org(1 + (n % 3) as u8);
+        log.append(
+            o,
+            &format!("s{}", n % 5),
+            ExpectedVersion::Any,
+            vec![event(n, "t", &[b'p'; 150])],
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn clean_close_then_reopen_loads_checkpoints_without_scanning() {
+    let dir = tempdir();
+    let (log, _) = open_with(dir.path(), small_segments());
+    fill(&log, 1, 300);
+    let segments = log.storage_stats().segments;
+    assert!(segments > 3);
+    log.close().unwrap();
+    assert_eq!(checkpoint_files(dir.path()).len(), segments);
+    let (log, report) = open_with(dir.path(), small_segments());
+    assert_eq!(report.segments, segments);
+    assert_eq!(report.segments_from_checkpoint, segments);
+    assert_eq!(report.records_scanned, 0);
+    assert_eq!(report.records_from_checkpoint, 300);
+    assert!(report.checkpoints_rejected.is_empty());
+    assert_gapless(&log);
+    for n in 1..=300 {
+        assert_eq!(log.get(id(n)).unwrap().unwrap().global_position, n);
+    }
+    // Once the background indexer merged the sealed segments' ids, lookups still find all.
+    while log.storage_stats().index_unmerged_segments > 0 {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    for n in 1..=300 {
+        assert_eq!(log.get(id(n)).unwrap().unwrap().global_position, n);
+    }
+    assert!(log.get(id(301)).unwrap().is_none());
+    // Appends continue after a checkpoint load, and versions continue too.
+    fill(&log, 301, 310);
+    let expected = (1..=310u64).filter(|n| n % 3 == 1 && n % 5 == 0).count() as u64;
+    assert_eq!(log.stream_version(org(2), "s0"), expected);
+}
+
+#[test]
+fn reopen_after_a_crash_scans_only_the_active_segment() {
+    let dir = tempdir();
+    let (log, _) = open_with(dir.path(), small_segments());
+    fill(&log, 1, 300);
+    drop(log);
+    // No clean close of the active segment: remove its checkpoint as a crash would.
+    let active = segment_files(dir.path()).pop().unwrap();
+    std::fs::remove_file(active.with_extension("idx")).unwrap();
+    let (log, report) = open_with(dir.path(), small_segments());
+    assert_eq!(report.segments_from_checkpoint, report.segments - 1);
+    assert!(report.records_scanned > 0 && report.records_scanned < 100);
+    assert_gapless(&log);
+}
+
+#[test]
+fn damaged_checkpoint_is_ignored_and_the_index_rebuilt() {
+    let dir = tempdir();
+    let (log, _) = open_with(dir.path(), small_segments());
+    fill(&log, 1, 200);
+    drop(log);
+    let cps = checkpoint_files(dir.path());
+    let victim = &cps[1];
+    let mut bytes = std::fs::read(victim).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(victim, bytes).unwrap();
+    // And one truncated checkpoint.
+    let other = &cps[0];
+    let len = std::fs::metadata(other).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(other)
+        .unwrap()
+        .set_len(len - 9)
+        .unwrap();
+    let (log, report) = open_with(dir.path(), small_segments());
+    assert_eq!(report.checkpoints_rejected.len(), 2);
+    assert!(report.records_scanned > 0);
+    assert_gapless(&log);
+    for n in 1..=200 {
+        assert!(log.get(id(n)).unwrap().is_some());
+    }
+    drop(log);
+    // The rebuilt segments got fresh checkpoints.
+    let (_log, report) = open_with(dir.path(), small_segments());
+    assert!(report.checkpoints_rejected.is_empty());
+    assert_eq!(report.records_scanned, 0);
+}
+
+#[test]
+fn damaged_stream_registry_is_ignored_and_the_index_rebuilt() {
+    let dir = tempdir();
+    let (log, _) = open_with(dir.path(), small_segments());
+    fill(&log, 1, 200);
+    drop(log);
+    let registry = dir.path().join("streams.idx");
+    let mut bytes = std::fs::read(&registry).unwrap();
+    bytes[30] ^= 1;
+    std::fs::write(&registry, bytes).unwrap();
+    let (log, report) = open_with(dir.path(), small_segments());
+    assert!(report.checkpoints_rejected.contains(&registry));
+    assert_eq!(report.records_scanned, 200);
+    assert_gapless(&log);
+    let expected = (1..=200u64).filter(|n| n % 3 == 1 && n % 5 == 0).count() as u64;
+    assert_eq!(log.stream_version(org(2), "s0"), expected);
+    drop(log);
+    let (_log, report) = open_with(dir.path(), small_segments());
+    assert!(report.checkpoints_rejected.is_empty(), "{report:?}");
+    assert_eq!(report.records_scanned, 0, "{report:?}");
+}
+
+#[test]
+fn missing_checkpoints_rebuild_the_whole_index() {
+    let dir = tempdir();
+    let (log, _) = open_with(dir.path(), small_segments());
+    fill(&log, 1, 200);
+    drop(log);
+    for cp in checkpoint_files(dir.path()) {
+        std::fs::remove_file(cp).unwrap();
+    }
+    let (log, report) = open_with(dir.path(), small_segments());
+    assert_eq!(report.records_scanned, 200);
+    assert_eq!(report.segments_from_checkpoint, 0);
+    assert_gapless(&log);
+}
+
+#[test]
+fn retention_by_size_drops_sealed_segments_only() {
+    let dir = tempdir();
+    let options = Options {
+        retention: Retention {
+            max_total_bytes: Some(20 * 1024),
+            max_age: None,
+        },
+        ..small_segments()
+    };
+    let (log, _) = open_with(dir.path(), options.clone());
+    // A stream whose only event retention will drop.
+    log.append(
+        org(7),
+        "early",
+        ExpectedVersion::NoStream,
+        vec![event(100_000, "t", b"{}")],
+    )
+    .unwrap();
+    fill(&log, 1, 400);
+    let stats = log.storage_stats();
+    assert!(stats.first_global_position > 1, "nothing dropped");
+    assert!(stats.bytes <= 20 * 1024 + 8 * 1024);
+    assert_eq!(stats.last_global_position, 401);
+    assert_eq!(segment_files(dir.path()).len(), stats.segments);
+    let first = stats.first_global_position;
+    // Dropped positions read as absent; retained ones as usual.
+    assert!(log.get(id(1)).unwrap().is_none());
+    assert!(log.get(id(100_000)).unwrap().is_none());
+    assert!(log.get_by_position(first - 1).unwrap().is_none());
+    // (Event n is at position n + 1: "early" took position 1.)
+    assert_eq!(
+        log.get(id(first - 1)).unwrap().unwrap().global_position,
+        first
+    );
+    // Versions and org positions keep counting; reads start at the oldest retained event.
+    assert_eq!(log.stream_version(org(1), "s0"), 400 / 15);
+    let s = log
+        .read_stream(org(1), "s0", 1, Direction::Forward, 1000)
+        .unwrap();
+    assert!(s[0].stream_version > 1);
+    let o = log.org_stats(org(1));
+    assert!(o.first_org_position > 1);
+    let evs = log.read_org(org(1), 0, 1000, OrgFilter::default()).unwrap();
+    assert_eq!(evs[0].org_position, o.first_org_position);
+    assert_eq!(evs.len() as u64, o.events);
+    drop(log);
+    // Reopen a log that no longer starts at position 1 and keep appending.
+    let (log, report) = open_with(dir.path(), options);
+    assert!(report.is_clean());
+    // Versions and org positions of fully dropped streams/orgs survive the reopen.
+    assert_eq!(log.stream_version(org(7), "early"), 1);
+    assert_eq!(log.org_stats(org(7)).last_org_position, 1);
+    let again = log.append(
+        org(7),
+        "early",
+        ExpectedVersion::NoStream,
+        vec![event(100_001, "t", b"{}")],
+    );
+    assert_eq!(
+        again,
+        Err(trueline_eventlog::AppendError::WrongExpectedVersion { current: 1 })
+    );
+    let r = log.append(
+        org(7),
+        "early",
+        ExpectedVersion::Exact(1),
+        vec![event(100_001, "t", b"{}")],
+    );
+    assert_eq!(
+        (
+            r.as_ref().unwrap()[0].stream_version,
+            r.unwrap()[0].org_position
+        ),
+        (2, 2)
+    );
+    fill(&log, 401, 420);
+    assert_eq!(log.last_global_position(), 422);
+    drop(log);
+    for cp in checkpoint_files(dir.path()) {
+        std::fs::remove_file(cp).unwrap();
+    }
+    let (log, report) = open_with(dir.path(), small_segments());
+    assert_eq!(report.segments_from_checkpoint, 0);
+    assert_eq!(log.stream_version(org(1), "s0"), 420 / 15);
+    assert_eq!(log.stream_version(org(7), "early"), 2);
+}
+
+#[test]
+fn retention_by_age_keeps_the_active_segment() {
+    let dir = tempdir();
+    let (log, _) = open_with(dir.path(), small_segments());
+    for n in 1..=200u64 {
+        let ev = NewEvent {
+            timestamp_micros: 0,
+            ..event(n, "t", &[b'p'; 150])
+        };
+        log.append(org(1), "s", ExpectedVersion::Any, vec![ev])
+            .unwrap();
+    }
+    drop(log);
+    let options = Options {
+        retention: Retention {
+            max_age: Some(Duration::from_secs(3600)),
+            max_total_bytes: None,
+        },
+        ..small_segments()
+    };
+    let (log, _) = open_with(dir.path(), options);
+    let before = log.storage_stats().segments;
+    assert!(before > 2);
+    assert_eq!(log.apply_retention().unwrap(), before - 1);
+    let stats = log.storage_stats();
+    assert_eq!(stats.segments, 1);
+    assert_eq!(log.stream_version(org(1), "s"), 200);
+    assert_eq!(log.get(id(200)).unwrap().unwrap().global_position, 200);
+}

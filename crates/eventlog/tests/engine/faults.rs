@@ -1,0 +1,167 @@
+use std::sync::Arc;
+
+use trueline_eventlog::{
+    AppendError, Durability, EventLog, ExpectedVersion, Fault, FaultSwitch, Options,
+};
+
+use crate::support::{assert_gapless, event, id, open, open_with, org, tempdir};
+
+fn faulty(dir: &std::path::Path, durability: Durability) -> (EventLog, Arc<FaultSwitch>) {
+    let switch = Arc::new(FaultSwitch::default());
+    let options = Options {
+        durability,
+        fault_hook: Some(switch.clone()),
+        ..Options::default()
+    };
+    (open_with(dir, options).0, switch)
+}
+
+fn is_full(e: &AppendError) -> bool {
+    matches!(e, AppendError::StorageFull { .. })
+}
+
+fn is_io(e: &AppendError) -> bool {
+    matches!(e, AppendError::Io { .. })
+}
+
+#[test]
+fn write_and_fsync_faults_fail_the_append_leave_no_trace_and_appends_resume() {
+    type KindCheck = fn(&AppendError) -> bool;
+    let cases: [(Fault, KindCheck); 5] = [
+        (Fault::WriteNoSpace { after_bytes: 0 }, is_full),
+        (Fault::WriteNoSpace { after_bytes: 57 }, is_full),
+        (Fault::WriteIo { after_bytes: 200 }, is_io),
+        (Fault::SyncNoSpace, is_full),
+        (Fault::SyncIo, is_io),
+    ];
+    for (fault, kind_ok) in cases {
+        let dir = tempdir();
+        let (log, switch) = faulty(dir.path(), Durability::Always);
+        let o = org(1);
+        log.append(o, "s", ExpectedVersion::Any, vec![event(1, "t", b"{}")])
+            .unwrap();
+        switch.set(Some(fault));
+        let batch = vec![event(2, "t", b"{\"big\":1}"), event(3, "t", b"{}")];
+        let err = log
+            .append(o, "s", ExpectedVersion::Any, batch.clone())
+            .unwrap_err();
+        assert!(kind_ok(&err), "{fault:?} gave {err:?}");
+        assert!(
+            log.get(id(2)).unwrap().is_none(),
+            "{fault:?}: failed event visible"
+        );
+        assert_eq!(log.stream_version(o, "s"), 1);
+        // Still failing while the fault lasts, and nothing sticks.
+        assert!(
+            log.append(o, "s", ExpectedVersion::Any, batch.clone())
+                .is_err()
+        );
+        switch.set(None);
+        let r = log
+            .append(o, "s", ExpectedVersion::Exact(1), batch)
+            .unwrap();
+        assert_eq!(
+            (r[0].global_position, r[1].global_position),
+            (2, 3),
+            "{fault:?}"
+        );
+        assert!(!r[0].duplicate);
+        assert!(log.storage_stats().writer_failure.is_none());
+        drop(log);
+        let (log, report) = open(dir.path());
+        assert!(report.is_clean(), "{fault:?}: {report:?}");
+        assert_eq!(log.last_global_position(), 3);
+        assert_eq!(log.get(id(2)).unwrap().unwrap().payload, b"{\"big\":1}");
+        assert_gapless(&log);
+    }
+}
+
+#[test]
+fn fsync_failure_in_interval_mode_stops_the_writer_until_reopen() {
+    let dir = tempdir();
+    let (log, switch) = faulty(dir.path(), Durability::IntervalMs(0));
+    log.append(
+        org(1),
+        "s",
+        ExpectedVersion::Any,
+        vec![event(1, "t", b"{}")],
+    )
+    .unwrap();
+    switch.set(Some(Fault::SyncIo));
+    // Acknowledged after the write; the periodic sync that follows fails.
+    let _ = log.append(
+        org(1),
+        "s",
+        ExpectedVersion::Any,
+        vec![event(2, "t", b"{}")],
+    );
+    let err = log
+        .append(
+            org(1),
+            "s",
+            ExpectedVersion::Any,
+            vec![event(3, "t", b"{}")],
+        )
+        .unwrap_err();
+    assert!(matches!(err, AppendError::WriterFailed { .. }), "{err:?}");
+    assert!(log.storage_stats().writer_failure.is_some());
+    switch.set(None);
+    assert!(matches!(
+        log.append(
+            org(1),
+            "s",
+            ExpectedVersion::Any,
+            vec![event(4, "t", b"{}")]
+        ),
+        Err(AppendError::WriterFailed { .. })
+    ));
+    drop(log);
+    let (log, _) = open(dir.path());
+    assert!(log.last_global_position() >= 1);
+    assert_gapless(&log);
+    log.append(
+        org(1),
+        "s",
+        ExpectedVersion::Any,
+        vec![event(5, "t", b"{}")],
+    )
+    .unwrap();
+}
+
+#[test]
+fn write_fault_in_never_mode_fails_the_append_and_appends_resume() {
+    let dir = tempdir();
+    let (log, switch) = faulty(dir.path(), Durability::Never);
+    log.append(
+        org(1),
+        "s",
+        ExpectedVersion::Any,
+        vec![event(1, "t", b"{}")],
+    )
+    .unwrap();
+    switch.set(Some(Fault::WriteNoSpace { after_bytes: 10 }));
+    let err = log
+        .append(
+            org(1),
+            "s",
+            ExpectedVersion::Any,
+            vec![event(2, "t", b"{}")],
+        )
+        .unwrap_err();
+    assert!(is_full(&err));
+    switch.set(None);
+    let r = log
+        .append(
+            org(1),
+            "s",
+            ExpectedVersion::Any,
+            vec![event(2, "t", b"{}")],
+        )
+        .unwrap();
+    assert_eq!(r[0].global_position, 2);
+    drop(log);
+    let (log, report) = open(dir.path());
+    assert!(report.is_clean());
+    assert_gapless(&log);
+    assert_eq!(log.last_global_position(), 2);
+}

@@ -1,0 +1,112 @@
+use trueline_eventlog::{EventLog, OpenError, Options};
+
+use crate::support::{open, tempdir};
+
+#[test]
+fn second_open_of_the_same_directory_fails_naming_the_directory() {
+    let dir = tempdir();
+    let (_log, _) = open(dir.path());
+    let err = EventLog::open(dir.path(), Options::default()).unwrap_err();
+    match &err {
+        OpenError::Locked { dir: d } => assert_eq!(d, dir.path()),
+        other => panic!("expected Locked, got {other:?}"),
+    }
+    assert!(err.to_string().contains(&dir.path().display().to_string()));
+}
+
+#[test]
+fn directory_can_be_reopened_after_the_log_is_closed() {
+    let dir = tempdir();
+    let (log, _) = open(dir.path());
+    log.close().unwrap();
+    let (_log, report) = open(dir.path());
+    assert!(report.is_clean());
+}
+
+const LOCK_CHILD_ENV: &str = "TRUELINE_EVENTLOG_LOCK_CHILD_DIR";
+
+/// Child mode: tries to open the directory and reports the outcome on stdout.
+#[test]
+#[ignore = "child process of open_from_another_process_fails_while_the_log_is_open"]
+fn lock_child_tries_to_open() {
+    let Ok(dir) = std::env::var(LOCK_CHILD_ENV) else {
+        return;
+    };
+    match EventLog::open(&dir, Options::default()) {
+        Err(OpenError::Locked { .. }) => println!("RESULT LOCKED"),
+        Err(e) => println!("RESULT ERROR {e}"),
+        Ok(_) => println!("RESULT OPENED"),
+    }
+}
+
+#[test]
+fn open_from_another_process_fails_while_the_log_is_open() {
+    let dir = tempdir();
+    let (log, _) = open(dir.path());
+    let run = || {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--ignored",
+                "--exact",
+                "lock::lock_child_tries_to_open",
+                "--nocapture",
+            ])
+            .env(LOCK_CHILD_ENV, dir.path())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("RESULT ").map(str::to_string))
+            .unwrap()
+    };
+    assert_eq!(run(), "LOCKED");
+    drop(log);
+    assert_eq!(run(), "OPENED");
+}
+
+#[test]
+fn dropping_the_last_handle_inside_a_callback_neither_deadlocks_nor_loses_the_lock() {
+    use std::sync::{Arc, mpsc};
+    use std::time::{Duration, Instant};
+    use trueline_eventlog::ExpectedVersion;
+
+    use crate::support::{event, org};
+
+    let dir = tempdir();
+    let log = Arc::new(open(dir.path()).0);
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let held = log.clone();
+    log.append_with(
+        org(1),
+        "s",
+        ExpectedVersion::Any,
+        vec![event(1, "t", b"{}")],
+        Box::new(move |r| {
+            r.unwrap();
+            go_rx.recv().unwrap(); // until the test has dropped its own handle
+            drop(held); // the last handle, dropped on the writer thread
+            done_tx.send(()).unwrap();
+        }),
+    );
+    drop(log);
+    go_tx.send(()).unwrap();
+    done_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("drop inside a callback deadlocked");
+    // The lock is released once the writer finished; then the log opens with the event.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match EventLog::open(dir.path(), Options::default()) {
+            Ok((log, _)) => {
+                assert_eq!(log.last_global_position(), 1);
+                break;
+            }
+            Err(OpenError::Locked { .. }) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+}

@@ -1,0 +1,126 @@
+use trueline_eventlog::{
+    EventLog, ExpectedVersion, NewEvent, OpenError, Options, dump, repair, verify,
+};
+
+use crate::support::{event, id, org, segment_files, tempdir};
+
+fn small() -> Options {
+    Options {
+        segment_size_bytes: 8 * 1024,
+        ..Options::default()
+    }
+}
+
+fn filled(n: u64) -> tempfile::TempDir {
+    let dir = tempdir();
+    let (log, _) = EventLog::open(dir.path(), small()).unwrap();
+    for i in 1..=n {
+        log.append(
+            org(1),
+            "s",
+            ExpectedVersion::Any,
+            vec![event(i, "t", &[b'x'; 100])],
+        )
+        .unwrap();
+    }
+    dir
+}
+
+#[test]
+fn verify_checks_every_record_and_checkpoint_and_reports_progress() {
+    let dir = filled(200);
+    let mut calls = Vec::new();
+    let report = verify(dir.path(), &mut |done, total| calls.push((done, total))).unwrap();
+    assert!(report.is_clean(), "{report:?}");
+    assert!(report.problems.is_empty());
+    assert_eq!(report.records, 200);
+    // One per segment, plus the stream registry.
+    assert_eq!(report.checkpoints_ok, report.segments + 1);
+    let (done, total) = *calls.last().unwrap();
+    assert_eq!(done, total);
+    assert_eq!(total, report.bytes);
+}
+
+#[test]
+fn dump_prints_one_json_object_per_record() {
+    let dir = tempdir();
+    {
+        let (log, _) = EventLog::open(dir.path(), Options::default()).unwrap();
+        let evs = vec![
+            NewEvent {
+                metadata: b"{\"a\":\n[1, 2]}".to_vec(),
+                ..event(1, "json", b"{\"x\":\"\\u2028\"}")
+            },
+            event(2, "text", "plain \u{2028} text 🎉\n".as_bytes()),
+            event(3, "binary", &[0, 159, 146, 150]),
+        ];
+        log.append(org(1), "s\"q", ExpectedVersion::Any, evs)
+            .unwrap();
+    }
+    let mut out = Vec::new();
+    assert_eq!(dump(dir.path(), &mut out, 1).unwrap(), 3);
+    let text = String::from_utf8(out).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[0]["stream"], "s\"q");
+    assert_eq!(lines[0]["metadata"]["a"][1], 2);
+    assert_eq!(lines[0]["payload"]["x"], "\u{2028}");
+    assert_eq!(lines[0]["id"], id(1).to_string());
+    assert_eq!(lines[1]["payload_text"], "plain \u{2028} text 🎉\n");
+    assert_eq!(lines[2]["payload_base64"], "AJ+Slg==");
+    let mut out = Vec::new();
+    assert_eq!(dump(dir.path(), &mut out, 3).unwrap(), 1);
+}
+
+#[test]
+fn repair_cuts_after_the_last_good_record_only_when_asked() {
+    let dir = filled(200);
+    let segs = segment_files(dir.path());
+    assert!(segs.len() > 3);
+    // Damage a record in the middle of the second segment.
+    let victim = &segs[1];
+    let mut bytes = std::fs::read(victim).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x10;
+    std::fs::write(victim, &bytes).unwrap();
+    std::fs::remove_file(victim.with_extension("idx")).unwrap();
+    let err = EventLog::open(dir.path(), small()).unwrap_err();
+    assert!(matches!(err, OpenError::Corrupt { .. }), "{err:?}");
+    let report = verify(dir.path(), &mut |_, _| {}).unwrap();
+    assert!(!report.is_clean());
+    assert_eq!(report.problems[0].file, *victim);
+    // Repair refuses while the log is open elsewhere? (It is not open here.)
+    let r = repair(dir.path()).unwrap();
+    let t = r.truncated.unwrap();
+    assert_eq!(&t.segment, victim);
+    assert!(r.quarantined.len() > segs.len() - 2);
+    let (log, report) = EventLog::open(dir.path(), small()).unwrap();
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(log.last_global_position(), r.last_global_position);
+    assert!(r.last_global_position > 1 && r.last_global_position < 200);
+    for p in 1..=r.last_global_position {
+        assert!(log.get_by_position(p).unwrap().is_some());
+    }
+    // Appends continue after the cut.
+    let rec = log
+        .append(
+            org(1),
+            "s",
+            ExpectedVersion::Any,
+            vec![event(10_000, "t", b"{}")],
+        )
+        .unwrap();
+    assert_eq!(rec[0].global_position, r.last_global_position + 1);
+    drop(log);
+    assert!(verify(dir.path(), &mut |_, _| {}).unwrap().is_clean());
+}
+
+#[test]
+fn repair_refuses_while_the_log_is_open() {
+    let dir = filled(3);
+    let (_log, _) = EventLog::open(dir.path(), small()).unwrap();
+    assert!(matches!(repair(dir.path()), Err(OpenError::Locked { .. })));
+}

@@ -1,0 +1,1519 @@
+//! Assessments, employer side: authoring drafts, importing questions, the lifecycle, invites,
+//! share links, submissions and their review, and the results export.
+
+use crate::extract::{ApiJson, ApiQuery, PathId, Principal};
+use crate::idempotency::{Idem, Stored, json_response};
+use crate::list_type;
+use crate::observe::RequestId;
+use crate::pagination::ListQuery;
+use crate::problem::{ApiError, codes};
+use crate::state::AppState;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Path, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use time::OffsetDateTime;
+use trueline_core::accounts::{Email, Role};
+use trueline_core::assessments::{
+    AssessmentSettings, AssessmentSettingsInput, AssessmentStatus, JsonInteger, QuestionSpec,
+    ReviewDecision, SubmissionStatus,
+};
+use trueline_core::validation::{FieldError, clean_name};
+use trueline_import::{Format, ImportError};
+use trueline_store::{
+    Actor, Assessment, Invite, InviteOutcome, NewInvite, Question, Submission, SubmissionFilter,
+};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_assessment, list_assessments))
+        .routes(routes!(get_assessment, update_assessment))
+        .routes(routes!(add_question))
+        .routes(routes!(replace_question, delete_question))
+        .routes(routes!(reorder_questions))
+        .routes(routes!(import_questions))
+        .routes(routes!(template_csv))
+        .routes(routes!(template_xlsx))
+        .routes(routes!(publish))
+        .routes(routes!(close))
+        .routes(routes!(archive))
+        .routes(routes!(revise))
+        .routes(routes!(create_invites, list_invites))
+        .routes(routes!(revoke_invite))
+        .routes(routes!(create_share_link, delete_share_link))
+        .routes(routes!(list_submissions))
+        .routes(routes!(results_csv))
+        .routes(routes!(get_submission))
+        .routes(routes!(review_submission))
+}
+
+/// Candidates invited in one request.
+pub const INVITES_PER_REQUEST_MAX: usize = 500;
+pub const INVITE_EXPIRY_HOURS_DEFAULT: i64 = 7 * 24;
+pub const INVITE_EXPIRY_HOURS_MAX: i64 = 90 * 24;
+pub const REVIEW_NOTE_CHARS_MAX: usize = 2000;
+/// Rows of one results export (beyond it, page through the JSON listing).
+pub const RESULTS_CSV_ROWS_MAX: usize = 100_000;
+
+// ---- wire types ----
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct AssessmentView {
+    pub id: Uuid,
+    /// The first version's id; revisions share it.
+    pub family_id: Uuid,
+    pub version_number: u32,
+    /// `draft`, `published`, `closed` or `archived`.
+    pub status: String,
+    pub title: String,
+    pub description: Option<String>,
+    pub time_limit_minutes: u32,
+    pub passing_score_percent: u8,
+    pub shuffle_questions: bool,
+    pub show_score_to_candidate: bool,
+    /// The ETag is `"r<revision>"`.
+    pub revision: u64,
+    pub has_share_link: bool,
+    pub question_count: u32,
+    pub invite_count: u64,
+    pub submission_count: u64,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub published_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub closed_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+impl From<&Assessment> for AssessmentView {
+    fn from(a: &Assessment) -> Self {
+        Self {
+            id: a.id,
+            family_id: a.family_id,
+            version_number: a.version_number,
+            status: a.status.as_str().to_owned(),
+            title: a.settings.title().to_owned(),
+            description: a.settings.description().map(str::to_owned),
+            time_limit_minutes: a.settings.time_limit_minutes(),
+            passing_score_percent: a.settings.passing_score_percent().get(),
+            shuffle_questions: a.settings.shuffle_questions(),
+            show_score_to_candidate: a.settings.show_score_to_candidate(),
+            revision: a.revision,
+            has_share_link: a.has_share_link,
+            question_count: a.question_count,
+            invite_count: a.invite_count,
+            submission_count: a.submission_count,
+            published_at: a.published_at,
+            closed_at: a.closed_at,
+            created_at: a.created_at,
+            updated_at: a.updated_at,
+        }
+    }
+}
+
+/// A question as its author sees it, answer key included.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct QuestionView {
+    pub id: Uuid,
+    pub position: u32,
+    /// `{type, prompt, points, options?, correct?, accepted_answers?, value?, tolerance?}`.
+    #[schema(value_type = Object)]
+    pub question: Value,
+}
+
+impl From<&Question> for QuestionView {
+    fn from(q: &Question) -> Self {
+        Self {
+            id: q.id,
+            position: q.position,
+            question: q.spec.to_json(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct AssessmentDetail {
+    #[serde(flatten)]
+    pub assessment: AssessmentView,
+    pub questions: Vec<QuestionView>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct QuestionList {
+    pub questions: Vec<QuestionView>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct InviteView {
+    pub id: Uuid,
+    pub email: String,
+    pub name: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+    pub revoked: bool,
+    pub via_share_link: bool,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub started_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub submitted_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+impl From<&Invite> for InviteView {
+    fn from(i: &Invite) -> Self {
+        Self {
+            id: i.id,
+            email: i.email.clone(),
+            name: i.name.clone(),
+            expires_at: i.expires_at,
+            revoked: i.revoked_at.is_some(),
+            via_share_link: i.via_share_link,
+            started_at: i.started_at,
+            submitted_at: i.submitted_at,
+            created_at: i.created_at,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct InviteResult {
+    #[serde(flatten)]
+    pub invite: InviteView,
+    /// `created`, or `already_invited` (the existing token is never shown again).
+    pub status: String,
+    /// The candidate's token, shown once, only for invites created now.
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct InvitesResponse {
+    pub invites: Vec<InviteResult>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ReviewView {
+    pub from: String,
+    pub to: String,
+    pub decision: String,
+    pub note: Option<String>,
+    pub actor_user_id: Uuid,
+    pub request_id: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SubmissionView {
+    pub id: Uuid,
+    pub assessment_id: Uuid,
+    pub invite_id: Uuid,
+    pub email: String,
+    pub earned: u64,
+    pub total: u64,
+    /// Two decimals, for display; `passed` was decided on exact integers.
+    pub percent: String,
+    pub passed: bool,
+    pub auto_submitted: bool,
+    /// `submitted`, `verified`, `approved`, `rejected` or `archived`.
+    pub review_status: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub submitted_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+/// `earned / total` as a percentage with two decimals, computed in integers.
+pub fn percent(earned: u64, total: u64) -> String {
+    if total == 0 {
+        return "0.00".into();
+    }
+    let hundredths = (u128::from(earned) * 10_000 + u128::from(total) / 2) / u128::from(total);
+    format!("{}.{:02}", hundredths / 100, hundredths % 100)
+}
+
+impl From<&Submission> for SubmissionView {
+    fn from(s: &Submission) -> Self {
+        Self {
+            id: s.id,
+            assessment_id: s.assessment_id,
+            invite_id: s.invite_id,
+            email: s.email.clone(),
+            earned: s.earned,
+            total: s.total,
+            percent: percent(s.earned, s.total),
+            passed: s.passed,
+            auto_submitted: s.auto_submitted,
+            review_status: s.review_status.as_str().to_owned(),
+            submitted_at: s.submitted_at,
+            updated_at: s.updated_at,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SubmissionDetail {
+    #[serde(flatten)]
+    pub submission: SubmissionView,
+    /// Per question: `{question_id, earned, max, correct, answered}`.
+    #[schema(value_type = Vec<Object>)]
+    pub questions: Value,
+    /// The candidate's answers, by question id (employers only).
+    #[schema(value_type = Object)]
+    pub answers: Value,
+    pub reviews: Vec<ReviewView>,
+}
+
+impl From<&Submission> for SubmissionDetail {
+    fn from(s: &Submission) -> Self {
+        Self {
+            submission: SubmissionView::from(s),
+            questions: s.per_question.clone(),
+            answers: s.answers.clone(),
+            reviews: s
+                .reviews
+                .iter()
+                .map(|r| ReviewView {
+                    from: r.from.as_str().to_owned(),
+                    to: r.to.as_str().to_owned(),
+                    decision: r.decision.as_str().to_owned(),
+                    note: r.note.clone(),
+                    actor_user_id: r.actor_user_id.0,
+                    request_id: r.request_id.clone(),
+                    at: r.at,
+                })
+                .collect(),
+        }
+    }
+}
+
+list_type!(AssessmentList, AssessmentView);
+list_type!(InviteList, InviteView);
+list_type!(SubmissionList, SubmissionView);
+
+/// The settings of a new assessment.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAssessmentRequest {
+    pub title: String,
+    pub description: Option<String>,
+    /// 5 to 240.
+    #[schema(value_type = i64)]
+    pub time_limit_minutes: JsonInteger,
+    /// 0 to 100.
+    #[schema(value_type = i64)]
+    pub passing_score_percent: JsonInteger,
+    #[serde(default)]
+    pub shuffle_questions: bool,
+    #[serde(default)]
+    pub show_score_to_candidate: bool,
+}
+
+/// Fields to change; absent fields keep their value (`description: null` clears it).
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateAssessmentRequest {
+    pub title: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub description: Option<Option<String>>,
+    #[schema(value_type = Option<i64>)]
+    pub time_limit_minutes: Option<JsonInteger>,
+    #[schema(value_type = Option<i64>)]
+    pub passing_score_percent: Option<JsonInteger>,
+    pub shuffle_questions: Option<bool>,
+    pub show_score_to_candidate: Option<bool>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReorderRequest {
+    /// Every question id of the assessment, in the new order.
+    pub question_ids: Vec<Uuid>,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CandidateInput {
+    pub email: String,
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InvitesRequest {
+    /// 1 to 500 candidates.
+    pub candidates: Vec<CandidateInput>,
+    /// Default 168 (7 days), at most 2160 (90 days).
+    #[schema(value_type = Option<i64>)]
+    pub expires_in_hours: Option<JsonInteger>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ShareLinkResponse {
+    /// Shown once: candidates register with `POST /api/v1/public/share/{token}/register`.
+    pub token: String,
+    pub register_url: String,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewRequest {
+    /// `verify`, `approve`, `reject` or `archive`.
+    pub decision: String,
+    pub note: Option<String>,
+}
+
+/// The multipart form of an import.
+#[derive(Debug, Clone, ToSchema)]
+pub struct ImportForm {
+    /// The spreadsheet (`.csv` or `.xlsx`).
+    #[schema(value_type = String, format = Binary)]
+    pub file: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ImportResponse {
+    pub imported: usize,
+    pub questions: Vec<QuestionView>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct AssessmentListQuery {
+    /// `draft`, `published`, `closed` or `archived`.
+    pub status: Option<String>,
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct SubmissionListQuery {
+    pub passed: Option<bool>,
+    /// `submitted`, `verified`, `approved`, `rejected` or `archived`.
+    pub review_status: Option<String>,
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
+}
+
+// ---- helpers ----
+
+pub fn etag(revision: u64) -> String {
+    format!("\"r{revision}\"")
+}
+
+fn actor(p: &Principal, state: &AppState, rid: &RequestId) -> Actor {
+    Actor {
+        org_id: p.org_id,
+        user_id: p.user_id,
+        role: p.role,
+        request_id: rid.0.clone(),
+        now: state.clock.now(),
+    }
+}
+
+fn not_found() -> ApiError {
+    ApiError::new(codes::NOT_FOUND, "assessment not found")
+}
+
+/// `If-Match: "r<revision>"` (or `*`): `Ok(None)` for `*`. Required when `required`.
+fn if_match(headers: &HeaderMap, required: bool) -> Result<Option<u64>, ApiError> {
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return if required {
+            Err(ApiError::new(
+                codes::PRECONDITION_REQUIRED,
+                "send If-Match with the assessment's ETag",
+            ))
+        } else {
+            Ok(None)
+        };
+    };
+    let value = value.to_str().unwrap_or("").trim();
+    if value == "*" {
+        return Ok(None);
+    }
+    value
+        .trim_start_matches("W/")
+        .strip_prefix("\"r")
+        .and_then(|v| v.strip_suffix('"'))
+        .and_then(|v| v.parse().ok())
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError::new(
+                codes::PRECONDITION_FAILED,
+                "If-Match is not an ETag of this assessment",
+            )
+        })
+}
+
+fn detail_response(
+    status: StatusCode,
+    a: &Assessment,
+    questions: &[Question],
+    location: bool,
+) -> trueline_store::StoredResponse {
+    let mut headers = vec![("etag", etag(a.revision))];
+    if location {
+        headers.push(("location", format!("/api/v1/assessments/{}", a.id)));
+    }
+    let body = AssessmentDetail {
+        assessment: a.into(),
+        questions: questions.iter().map(QuestionView::from).collect(),
+    };
+    json_response(status, &headers, &body)
+}
+
+fn assessment_response(status: StatusCode, a: &Assessment) -> trueline_store::StoredResponse {
+    json_response(
+        status,
+        &[("etag", etag(a.revision))],
+        &AssessmentView::from(a),
+    )
+}
+
+fn log<T>(action: &str, result: &Result<T, ApiError>) {
+    match result {
+        Ok(_) => tracing::info!(event = %format!("mutation.assessments.{action}.success")),
+        Err(e) => {
+            tracing::info!(event = %format!("mutation.assessments.{action}.rejected"), code = e.code.code)
+        }
+    }
+}
+
+/// `tli_…` (invites) and `tls_…` (share links): 256 random bits, base64url.
+pub fn new_token(prefix: &str) -> Result<(String, [u8; 32]), ApiError> {
+    use base64::Engine as _;
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(ApiError::internal)?;
+    let token = format!(
+        "{prefix}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    );
+    let hash = crate::auth::hash_token(&token);
+    Ok((token, hash))
+}
+
+// ---- authoring ----
+
+/// Create a draft assessment (admin).
+#[utoipa::path(post, path = "/assessments", tag = "assessments", security(("bearer" = [])),
+    request_body = CreateAssessmentRequest,
+    responses((status = 201, description = "Draft created; `Location`, `ETag`", body = AssessmentDetail)))]
+async fn create_assessment(
+    State(state): State<AppState>,
+    p: Principal,
+    Extension(rid): Extension<RequestId>,
+    idem: Idem,
+    ApiJson(body): ApiJson<CreateAssessmentRequest>,
+) -> Result<Response, ApiError> {
+    let result = async {
+        p.require(Role::Admin)?;
+        let settings = AssessmentSettings::parse(AssessmentSettingsInput {
+            title: body.title,
+            description: body.description,
+            time_limit_minutes: body.time_limit_minutes,
+            passing_score_percent: body.passing_score_percent,
+            shuffle_questions: body.shuffle_questions,
+            show_score_to_candidate: body.show_score_to_candidate,
+        })
+        .map_err(ApiError::validation)?;
+        let render = |a: &Assessment| detail_response(StatusCode::CREATED, a, &[], true);
+        let a = state
+            .store
+            .create_assessment(
+                &actor(&p, &state, &rid),
+                Uuid::now_v7(),
+                settings,
+                idem.with(&render),
+            )
+            .await?;
+        Ok(render(&a))
+    }
+    .await;
+    log("create", &result);
+    Ok(Stored(result?).into_response())
+}
+
+/// The organization's assessments, with question, invite and submission counts.
+#[utoipa::path(get, path = "/assessments", tag = "assessments", security(("bearer" = [])),
+    params(AssessmentListQuery),
+    responses((status = 200, description = "Assessments", body = AssessmentList)))]
+async fn list_assessments(
+    State(state): State<AppState>,
+    p: Principal,
+    ApiQuery(query): ApiQuery<AssessmentListQuery>,
+) -> Result<Json<AssessmentList>, ApiError> {
+    let status = query
+        .status
+        .as_deref()
+        .map(|s| {
+            AssessmentStatus::parse(s).ok_or_else(|| {
+                ApiError::field(
+                    "/query/status",
+                    "invalid_value",
+                    "must be draft, published, closed or archived",
+                )
+            })
+        })
+        .transpose()?;
+    let page = ListQuery {
+        limit: query.limit,
+        cursor: query.cursor,
+    }
+    .page()?;
+    let page = state.store.assessments(p.org_id, status, page).await?;
+    Ok(Json(AssessmentList::from_page(page, |a| {
+        AssessmentView::from(&a)
+    })))
+}
+
+/// An assessment with its questions and answer keys.
+#[utoipa::path(get, path = "/assessments/{id}", tag = "assessments", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Assessment id")),
+    responses((status = 200, description = "The assessment; `ETag`", body = AssessmentDetail)))]
+async fn get_assessment(
+    State(state): State<AppState>,
+    p: Principal,
+    PathId(id): PathId,
+) -> Result<Response, ApiError> {
+    let (a, questions) = state
+        .store
+        .assessment(p.org_id, id)
+        .await?
+        .ok_or_else(not_found)?;
+    Ok(Stored(detail_response(StatusCode::OK, &a, &questions, false)).into_response())
+}
+
+/// Change a draft's settings (`If-Match` required).
+#[utoipa::path(patch, path = "/assessments/{id}", tag = "assessments", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Assessment id"), ("If-Match" = String, Header, description = "The ETag, e.g. \"r3\"")),
+    request_body = UpdateAssessmentRequest,
+    responses((status = 200, description = "Updated", body = AssessmentView),
+              (status = 409, description = "`not_editable`", body = crate::problem::Problem, content_type = "application/problem+json"),
+              (status = 412, description = "`precondition_failed`", body = crate::problem::Problem, content_type = "application/problem+json"),
+              (status = 428, description = "`precondition_required`", body = crate::problem::Problem, content_type = "application/problem+json")))]
+async fn update_assessment(
+    State(state): State<AppState>,
+    p: Principal,
+    PathId(id): PathId,
+    Extension(rid): Extension<RequestId>,
+    idem: Idem,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<UpdateAssessmentRequest>,
+) -> Result<Response, ApiError> {
+    let result = async {
+        p.require(Role::Admin)?;
+        let expected = if_match(&headers, true)?;
+        let (current, _) = state
+            .store
+            .assessment(p.org_id, id)
+            .await?
+            .ok_or_else(not_found)?;
+        let s = &current.settings;
+        let settings = AssessmentSettings::parse(AssessmentSettingsInput {
+            title: body.title.unwrap_or_else(|| s.title().to_owned()),
+            description: body
+                .description
+                .unwrap_or_else(|| s.description().map(str::to_owned)),
+            time_limit_minutes: body
+                .time_limit_minutes
+                .unwrap_or(JsonInteger(i64::from(s.time_limit_minutes()))),
+            passing_score_percent: body
+                .passing_score_percent
+                .unwrap_or(JsonInteger(i64::from(s.passing_score_percent().get()))),
+            shuffle_questions: body.shuffle_questions.unwrap_or(s.shuffle_questions()),
+            show_score_to_candidate: body
+                .show_score_to_candidate
+                .unwrap_or(s.show_score_to_candidate()),
+        })
+        .map_err(ApiError::validation)?;
+        let render = |a: &Assessment| assessment_response(StatusCode::OK, a);
+        let a = state
+            .store
+            .update_assessment(
+                &actor(&p, &state, &rid),
+                id,
+                expected,
+                settings,
+                idem.with(&render),
+            )
+            .await?;
+        Ok(render(&a))
+    }
+    .await;
+    log("update", &result);
+    Ok(Stored(result?).into_response())
+}
+
+/// Add a question to a draft (`If-Match` optional).
+#[utoipa::path(post, path = "/assessments/{id}/questions", tag = "assessments", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Assessment id")),
+    request_body(content = Object, description = "`{type, prompt, points?, options?, correct?, accepted_answers?, value?, tolerance?}`"),
+    responses((status = 201, description = "Added", body = QuestionView),
+              (status = 409, description = "`not_editable`", body = crate::problem::Problem, content_type = "application/problem+json"),
+              (status = 412, description = "`precondition_failed`", body = crate::problem::Problem, content_type = "application/problem+json")))]
+async fn add_question(
+    State(state): State<AppState>,
+    p: Principal,
+    PathId(id): PathId,
+    Extension(rid): Extension<RequestId>,
+    idem: Idem,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<Value>,
+) -> Result<Response, ApiError> {
+    let result = async {
+        p.require(Role::Admin)?;
+        let spec = QuestionSpec::from_json(&body).map_err(ApiError::validation)?;
+        let expected = if_match(&headers, false)?;
+        let render = |qs: &Vec<Question>| {
+            json_response(
+                StatusCode::CREATED,
+                &[],
+                &qs.first().map(QuestionView::from),
+            )
+        };
+        let added = state
+            .store
+            .add_questions(
+                &actor(&p, &state, &rid),
+                id,
+                expected,
+                vec![(Uuid::now_v7(), spec)],
+                idem.with(&render),
+            )
+            .await?;
+        Ok(render(&added))
+    }
+    .await;
+    log("question_added", &result);
+    Ok(Stored(result?).into_response())
+}
+
+/// Replace a draft's question (`If-Match` required).
+#[utoipa::path(patch, path = "/assessments/{id}/questions/{question_id}", tag = "assessments", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Assessment id"), ("question_id" = Uuid, Path, description = "Question id"),
+           ("If-Match" = String, Header, description = "The assessment's ETag")),
+    request_body(content = Object, description = "The whole question"),
+    responses((status = 200, description = "Replaced", body = QuestionView),
+              (status = 409, description = "`not_editable`", body = crate::problem::Problem, content_type = "application/problem+json"),
+              (status = 412, description = "`precondition_failed`", body = crate::problem::Problem, content_type = "application/problem+json"),
+              (status = 428, description = "`precondition_required`", body = crate::problem::Problem, content_type = "application/problem+json")))]
+async fn replace_question(
+    State(state): State<AppState>,
+    p: Principal,
+    Path((id, question_id)): Path<(String, String)>,
+    Extension(rid): Extension<RequestId>,
+    idem: Idem,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<Value>,
+) -> Result<Response, ApiError> {
+    let result = async {
+        p.require(Role::Admin)?;
+        let (id, question_id) = (parse_id(&id)?, parse_id(&question_id)?);
+        let spec = QuestionSpec::from_json(&body).map_err(ApiError::validation)?;
+        let expected = if_match(&headers, true)?;
+        let render = |q: &Question| json_response(StatusCode::OK, &[], &QuestionView::from(q));
+        let q = state
+            .store
+            .replace_question(
+                &actor(&p, &state, &rid),
+                id,
+                question_id,
+                expected,
+                spec,
+                idem.with(&render),
+            )
+            .await?;
+        Ok(render(&q))
+    }
+    .await;
+    log("question_replaced", &result);
+    Ok(Stored(result?).into_response())
+}
+
+fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| ApiError::new(codes::NOT_FOUND, "no resource has this id"))
+}
+
+/// Remove a draft's question (`If-Match` required). Idempotent.
+#[utoipa::path(delete, path = "/assessments/{id}/questions/{question_id}", tag = "assessments", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Assessment id"), ("question_id" = Uuid, Path, description = "Question id"),
+           ("If-Match" = String, Header, description = "The assessment's ETag")),
+    responses((status = 204, description = "Removed, or was not there"),
+              (status = 409, description = "`not_editable`", body = crate::problem::Problem, content_type = "application/problem+json"),
+              (status = 412, description = "`precondition_failed`", body = crate::problem::Problem, content_type = "application/problem+json"),
+              (status = 428, description = "`precondition_required`", body = crate::problem::Problem, content_type = "application/problem+json")))]
+async fn delete_question(
+    State(state): State<AppState>,
+    p: Principal,
+    Path((id, question_id)): Path<(String, String)>,
+    Extension(rid): Extension<RequestId>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    p.require(Role::Admin)?;
+    let (id, question_id) = (parse_id(&id)?, parse_id(&question_id)?);
+    let expected = if_match(&headers, true)?;
+    state
+        .store
+        .delete_question(&actor(&p, &state, &rid), id, question_id, expected)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Reorder a draft's questions (`If-Match` required).
+#[utoipa::path(put, path = "/assessments/{id}/questions/order", tag = "assessments", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Assessment id"), ("If-Match" = String, Header, description = "The assessment's ETag")),
+    request_body = ReorderRequest,
+    responses((status = 200, description = "The questions in their new order", body = QuestionList),
+              (status = 409, description = "`not_editable`", body = crate::problem::Problem, content_type = "application/problem+json"),
+              (status = 412, description = "`precondition_failed`", body = crate::problem::Problem, content_type = "application/problem+json"),
+              (status = 428, description = "`precondition_required`", body = crate::problem::Problem, content_type = "application/problem+json")))]
+async fn reorder_questions(
+    State(state): State<AppState>,
+    p: Principal,
+    PathId(id): PathId,
+    Extension(rid): Extension<RequestId>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<ReorderRequest>,
+) -> Result<Json<QuestionList>, ApiError> {
+    p.require(Role::Admin)?;
+    let expected = if_match(&headers, true)?;
+    let questions = state
+        .store
+        .reorder_questions(
+            &actor(&p, &state, &rid),
+            id,
+            expected,
+            body.question_ids,
+            None,
+        )
+        .await?;
+    Ok(Json(QuestionList {
+        questions: questions.iter().map(QuestionView::from).collect(),
+    }))
+}
+
+/// The uploaded spreadsheet: a multipart `file` part, or the raw body with its media type.
+struct Upload {
+    format: Format,
+    bytes: Bytes,
+}
+
+impl<S: Send + Sync> FromRequest<S> for Upload {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let content_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let too_large = || ApiError::new(codes::PAYLOAD_TOO_LARGE, "the upload exceeds 5 MiB");
+        if content_type
+            .to_ascii_lowercase()
+            .starts_with("multipart/form-data")
+        {
+            let mut multipart = axum::extract::Multipart::from_request(req, state)
+                .await
+                .map_err(|e| ApiError::field("/file", "invalid_upload", e.body_text()))?;
+            while let Some(field) = multipart.next_field().await.map_err(|e| {
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    too_large()
+                } else {
+                    ApiError::field("/file", "invalid_upload", e.body_text())
+                }
+            })? {
+                if field.name() != Some("file") {
+                    continue;
+                }
+                let format = field
+                    .content_type()
+                    .and_then(Format::from_media_type)
+                    .or_else(|| field.file_name().and_then(format_of_name))
+                    .ok_or_else(|| {
+                        ApiError::field(
+                            "/file",
+                            "unsupported_file_type",
+                            "the file must be CSV (.csv, text/csv) or XLSX (.xlsx)",
+                        )
+                    })?;
+                let bytes = field.bytes().await.map_err(|e| {
+                    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                        too_large()
+                    } else {
+                        ApiError::field("/file", "invalid_upload", e.body_text())
+                    }
+                })?;
+                return Ok(Upload { format, bytes });
+            }
+            return Err(ApiError::field(
+                "/file",
+                "missing_field",
+                "send the spreadsheet in a multipart part named `file`",
+            ));
+        }
+        let format = Format::from_media_type(&content_type).ok_or_else(unsupported)?;
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                too_large()
+            } else {
+                ApiError::new(codes::MALFORMED_JSON, e.body_text())
+            }
+        })?;
+        Ok(Upload { format, bytes })
+    }
+}
+
+fn unsupported() -> ApiError {
+    ApiError::new(
+        codes::UNSUPPORTED_MEDIA_TYPE,
+        "upload text/csv or application/vnd.openxmlformats-officedocument.spreadsheetml.sheet (raw body or a multipart `file` part)",
+    )
+}
+
+fn format_of_name(name: &str) -> Option<Format> {
+    let lower = name.to_ascii_lowercase();
+    if lower.ends_with(".csv") {
+        Some(Format::Csv)
+    } else if lower.ends_with(".xlsx") {
+        Some(Format::Xlsx)
+    } else {
+        None
+    }
+}
+
+fn import_error(e: ImportError) -> ApiError {
+    match e {
+        ImportError::TooLarge { .. } => ApiError::new(codes::PAYLOAD_TOO_LARGE, e.to_string()),
+        ImportError::Rows(rows) => {
+            let detail = format!("{} row error(s); nothing was imported", rows.len());
+            let errors = rows
+                .into_iter()
+                .map(|r| FieldError::new(format!("/rows/{}/{}", r.row, r.column), r.code, r.detail))
+                .collect();
+            ApiError {
+                errors,
+                ..ApiError::new(codes::INVALID_IMPORT, detail)
+            }
+        }
+        other => {
+            let code = other.code();
+            ApiError {
+                errors: vec![FieldError::new("/file", code, other.to_string())],
+                ..ApiError::new(codes::INVALID_IMPORT, other.to_string())
+            }
+        }
+    }
+}
+
+/// Import questions from CSV or XLSX (columns `type,prompt,options,correct,points`), all or
+/// nothing: any bad row → 400 listing every row error, and nothing is imported.
+#[utoipa::path(post, path = "/assessments/{id}/questions/import", tag = "assessments", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Assessment id")),
+    request_body(description = "CSV or XLSX, raw or as a multipart `file` part; at most 5 MiB and 1,000 rows",
+        content((String = "text/csv"),
+                (Vec<u8> = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"),
+                (ImportForm = "multipart/form-data"))),
+    responses((status = 201, description = "Imported", body = ImportResponse),
+              (status = 409, description = "`not_editable`", body = crate::problem::Problem, content_type = "application/problem+json")))]
+async fn import_questions(
+    State(state): State<AppState>,
+    p: Principal,
+    PathId(id): PathId,
+    Extension(rid): Extension<RequestId>,
+    idem: Idem,
+    upload: Upload,
+) -> Result<Response, ApiError> {
+    let result = async {
+        p.require(Role::Admin)?;
+        let (format, bytes) = (upload.format, upload.bytes);
+        let specs = tokio::task::spawn_blocking(move || trueline_import::parse(&bytes, format))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(import_error)?;
+        let questions = specs.into_iter().map(|s| (Uuid::now_v7(), s)).collect();
+        let render = |qs: &Vec<Question>| json_response(StatusCode::CREATED, &[], &ImportResponse { imported: qs.len(), questions: qs.iter().map(QuestionView::from).collect() });
+        let added = state.store.add_questions(&actor(&p, &state, &rid), id, None, questions, idem.with(&render)).await?;
+        tracing::info!(event = "assessments.imported", assessment_id = %id, questions = added.len());
+        Ok(render(&added))
+    }
+    .await;
+    log("import", &result);
+    Ok(Stored(result?).into_response())
+}
+
+/// The CSV import template (one example of every question type).
+#[utoipa::path(get, path = "/assessments/import-template.csv", tag = "assessments", security(("bearer" = [])),
+    responses((status = 200, description = "CSV template", content_type = "text/csv", body = String)))]
+async fn template_csv(_p: Principal) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"questions.csv\"",
+            ),
+        ],
+        trueline_import::template_csv(),
+    )
+        .into_response()
+}
+
+/// The XLSX import template.
+#[utoipa::path(get, path = "/assessments/import-template.xlsx", tag = "assessments", security(("bearer" = [])),
+    responses((status = 200, description = "XLSX template", content_type = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet", body = Vec<u8>)))]
+async fn template_xlsx(_p: Principal) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, Format::Xlsx.media_type()),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"questions.xlsx\"",
+            ),
+        ],
+        trueline_import::template_xlsx(),
+    )
+        .into_response()
+}
+
+// ---- lifecycle ----
+
+async fn move_to(
+    state: AppState,
+    p: Principal,
+    id: Uuid,
+    rid: RequestId,
+    idem: Idem,
+    to: AssessmentStatus,
+) -> Result<Response, ApiError> {
+    let result = async {
+        p.require(Role::Admin)?;
+        let render = |a: &Assessment| assessment_response(StatusCode::OK, a);
+        let a = state
+            .store
+            .transition_assessment(
+                &actor(&p, &state, &rid),
+                id,
+                to,
+                state.settings.published_assessments_max,
+                idem.with(&render),
+            )
+            .await?;
+        Ok(render(&a))
+    }
+    .await;
+    log(to.as_str(), &result);
+    Ok(Stored(result?).into_response())
+}
+
+/// Publish a draft: its settings and questions freeze; at most N published per organization.
+#[utoipa::path(post, path = "/assessments/{id}/publish", tag = "assessments", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Assessment id")),
+    responses((status = 200, description = "Published", body = AssessmentView),
+              (status = 409, description = "`invalid_transition` or `active_assessment_limit`", body = crate::problem::Problem, content_type = "application/problem+json")))]
+async fn publish(
+    State(state): State<AppState>,
+    p: Principal,
+    PathId(id): PathId,
+    Extension(rid): Extension<RequestId>,
+    idem: Idem,
+) -> Result<Response, ApiError> {
+    move_to(state, p, id, rid, idem, AssessmentStatus::Published).await
+}
+
+/// Close a published assessment: no new attempts; frees a publishing slot.
+#[utoipa::path(post, path = "/assessments/{id}/close", tag = "assessments", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Assessment id")),
+    responses((status = 200, description = "Closed", body = AssessmentView),
+              (status = 409, description = "`invalid_transition`", body = crate::problem::Problem, content_type = "application/problem+json")))]
+async fn close(
+    State(state): State<AppState>,
+    p: Principal,
+    PathId(id): PathId,
+    Extension(rid): Extension<RequestId>,
+    idem: Idem,
+) -> Result<Response, ApiError> {
+    move_to(state, p, id, rid, idem, AssessmentStatus::Closed).await
+}
+
+/// Archive a closed assessment.
+#[utoipa::path(post, path = "/assessments/{id}/archive", tag = "assessments", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Assessment id")),
+    responses((status = 200, description = "Archived", body = AssessmentView),
+              (status = 409, description = "`invalid_transition`", body = crate::problem::Problem, content_type = "application/problem+json")))]
+async fn archive(
+    State(state): State<AppState>,
+    p: Principal,
+    PathId(id): PathId,
+    Extension(rid): Extension<RequestId>,
+    idem: Idem,
+) -> Result<Response, ApiError> {
+    move_to(state, p, id, rid, idem, AssessmentStatus::Archived).await
+}
+
+/// A new draft version of a published, closed or archived assessment (questions copied).
+#[utoipa::path(post, path = "/assessments/{id}/revise", tag = "assessments", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Assessment id")),
+    responses((status = 201, description = "The new draft", body = AssessmentDetail),
+              (status = 409, description = "`invalid_transition` (already a draft)", body = crate::problem::Problem, content_type = "application/problem+json")))]
+async fn revise(
+    State(state): State<AppState>,
+    p: Principal,
+    PathId(id): PathId,
+    Extension(rid): Extension<RequestId>,
+    idem: Idem,
+) -> Result<Response, ApiError> {
+    let result = async {
+        p.require(Role::Admin)?;
+        let render = |a: &Assessment| assessment_response(StatusCode::CREATED, a);
+        let a = state
+            .store
+            .revise_assessment(
+                &actor(&p, &state, &rid),
+                id,
+                Uuid::now_v7(),
+                idem.with(&render),
+            )
+            .await?;
+        Ok(render(&a))
+    }
+    .await;
+    log("revise", &result);
+    Ok(Stored(result?).into_response())
+}
+
+// ---- candidates ----
+
+/// Invite candidates (one invite per email); tokens are returned once.
+#[utoipa::path(post, path = "/assessments/{id}/invites", tag = "assessments", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Assessment id")),
+    request_body = InvitesRequest,
+    responses((status = 201, description = "Invites (created or already invited)", body = InvitesResponse),
+              (status = 409, description = "`invalid_transition` (not published), `idempotency_key_other_token`", body = crate::problem::Problem, content_type = "application/problem+json")))]
+async fn create_invites(
+    State(state): State<AppState>,
+    p: Principal,
+    PathId(id): PathId,
+    Extension(rid): Extension<RequestId>,
+    idem: Idem,
+    ApiJson(body): ApiJson<InvitesRequest>,
+) -> Result<Response, ApiError> {
+    let result = async {
+        p.require(Role::Admin)?;
+        let count = body.candidates.len();
+        if count == 0 || count > INVITES_PER_REQUEST_MAX {
+            return Err(ApiError::field(
+                "/candidates",
+                "invalid_length",
+                format!("must list 1 to {INVITES_PER_REQUEST_MAX} candidates"),
+            ));
+        }
+        let hours = body
+            .expires_in_hours
+            .map_or(INVITE_EXPIRY_HOURS_DEFAULT, |h| h.0);
+        if !(1..=INVITE_EXPIRY_HOURS_MAX).contains(&hours) {
+            return Err(ApiError::field(
+                "/expires_in_hours",
+                "out_of_range",
+                format!("must be between 1 and {INVITE_EXPIRY_HOURS_MAX}"),
+            ));
+        }
+        let now = state.clock.now();
+        let mut errors = Vec::new();
+        let mut invites = Vec::with_capacity(count);
+        let mut tokens = std::collections::HashMap::new();
+        let mut seen = std::collections::HashSet::new();
+        for (i, c) in body.candidates.iter().enumerate() {
+            let email = Email::parse(&c.email)
+                .map_err(|e| errors.push(e.at(format!("/candidates/{i}/email"))))
+                .ok();
+            let name = match &c.name {
+                Some(n) => clean_name(n, 200)
+                    .map(Some)
+                    .map_err(|e| errors.push(e.at(format!("/candidates/{i}/name"))))
+                    .ok()
+                    .flatten(),
+                None => None,
+            };
+            if let Some(email) = email {
+                if !seen.insert(email.as_str().to_owned()) {
+                    errors.push(FieldError::new(
+                        format!("/candidates/{i}/email"),
+                        "duplicate_email",
+                        "listed twice",
+                    ));
+                    continue;
+                }
+                let (token, hash) = new_token("tli_")?;
+                let invite_id = Uuid::now_v7();
+                tokens.insert(invite_id, token);
+                invites.push(NewInvite {
+                    id: invite_id,
+                    email,
+                    name,
+                    token_hash: hash,
+                    expires_at: now + time::Duration::hours(hours),
+                });
+            }
+        }
+        if !errors.is_empty() {
+            return Err(ApiError::validation(errors));
+        }
+        let render = |outcomes: &Vec<InviteOutcome>| {
+            let invites = outcomes
+                .iter()
+                .map(|o| InviteResult {
+                    invite: InviteView::from(&o.invite),
+                    status: if o.created {
+                        "created"
+                    } else {
+                        "already_invited"
+                    }
+                    .to_owned(),
+                    token: if o.created {
+                        tokens.get(&o.invite.id).cloned()
+                    } else {
+                        None
+                    },
+                })
+                .collect();
+            json_response(StatusCode::CREATED, &[], &InvitesResponse { invites })
+        };
+        // The tokens are shown once: the replayable copy is sealed to the caller's token.
+        let sealed = |outcomes: &Vec<InviteOutcome>| idem.seal(render(outcomes));
+        let outcomes = state
+            .store
+            .create_invites(&actor(&p, &state, &rid), id, invites, idem.with(&sealed))
+            .await?;
+        Ok(render(&outcomes))
+    }
+    .await;
+    log("invite", &result);
+    Ok(Stored(result?).into_response())
+}
+
+/// The assessment's invites (tokens are never shown again).
+#[utoipa::path(get, path = "/assessments/{id}/invites", tag = "assessments", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Assessment id"), ListQuery),
+    responses((status = 200, description = "Invites", body = InviteList)))]
+async fn list_invites(
+    State(state): State<AppState>,
+    p: Principal,
+    PathId(id): PathId,
+    ApiQuery(query): ApiQuery<ListQuery>,
+) -> Result<Json<InviteList>, ApiError> {
+    p.require(Role::Admin)?;
+    let page = state.store.invites(p.org_id, id, query.page()?).await?;
+    Ok(Json(InviteList::from_page(page, |i| InviteView::from(&i))))
+}
+
+/// Revoke an invite: its token stops working. Idempotent.
+#[utoipa::path(delete, path = "/assessments/{id}/invites/{invite_id}", tag = "assessments", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Assessment id"), ("invite_id" = Uuid, Path, description = "Invite id")),
+    responses((status = 204, description = "Revoked (or already)")))]
+async fn revoke_invite(
+    State(state): State<AppState>,
+    p: Principal,
+    Path((id, invite_id)): Path<(String, String)>,
+    Extension(rid): Extension<RequestId>,
+) -> Result<StatusCode, ApiError> {
+    p.require(Role::Admin)?;
+    let (id, invite_id) = (parse_id(&id)?, parse_id(&invite_id)?);
+    state
+        .store
+        .revoke_invite(&actor(&p, &state, &rid), id, invite_id)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Create (or replace) the public share link; its token is shown once.
+#[utoipa::path(post, path = "/assessments/{id}/share-link", tag = "assessments", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Assessment id")),
+    responses((status = 201, description = "The link", body = ShareLinkResponse)))]
+async fn create_share_link(
+    State(state): State<AppState>,
+    p: Principal,
+    PathId(id): PathId,
+    Extension(rid): Extension<RequestId>,
+    idem: Idem,
+) -> Result<Response, ApiError> {
+    p.require(Role::Admin)?;
+    let (token, hash) = new_token("tls_")?;
+    let body = ShareLinkResponse {
+        register_url: format!("/api/v1/public/share/{token}/register"),
+        token,
+    };
+    let render = |_: &()| json_response(StatusCode::CREATED, &[], &body);
+    // The token is shown once: the replayable copy is sealed to the caller's token.
+    let sealed = |_: &()| idem.seal(render(&()));
+    state
+        .store
+        .set_share_link(&actor(&p, &state, &rid), id, Some(hash), idem.with(&sealed))
+        .await?;
+    Ok(Stored(render(&())).into_response())
+}
+
+/// Remove the share link. Idempotent.
+#[utoipa::path(delete, path = "/assessments/{id}/share-link", tag = "assessments", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Assessment id")),
+    responses((status = 204, description = "Removed")))]
+async fn delete_share_link(
+    State(state): State<AppState>,
+    p: Principal,
+    PathId(id): PathId,
+    Extension(rid): Extension<RequestId>,
+) -> Result<StatusCode, ApiError> {
+    p.require(Role::Admin)?;
+    state
+        .store
+        .set_share_link(&actor(&p, &state, &rid), id, None, None)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---- results ----
+
+fn submission_filter(query: &SubmissionListQuery) -> Result<SubmissionFilter, ApiError> {
+    let review_status = query
+        .review_status
+        .as_deref()
+        .map(|s| {
+            SubmissionStatus::parse(s).ok_or_else(|| {
+                ApiError::field(
+                    "/query/review_status",
+                    "invalid_value",
+                    "must be submitted, verified, approved, rejected or archived",
+                )
+            })
+        })
+        .transpose()?;
+    Ok(SubmissionFilter {
+        passed: query.passed,
+        review_status,
+    })
+}
+
+/// Submissions of an assessment, filtered by outcome and review status.
+#[utoipa::path(get, path = "/assessments/{id}/submissions", tag = "assessments", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Assessment id"), SubmissionListQuery),
+    responses((status = 200, description = "Submissions", body = SubmissionList)))]
+async fn list_submissions(
+    State(state): State<AppState>,
+    p: Principal,
+    PathId(id): PathId,
+    ApiQuery(query): ApiQuery<SubmissionListQuery>,
+) -> Result<Json<SubmissionList>, ApiError> {
+    p.require(Role::Admin)?;
+    let filter = submission_filter(&query)?;
+    let page = ListQuery {
+        limit: query.limit,
+        cursor: query.cursor,
+    }
+    .page()?;
+    let page = state.store.submissions(p.org_id, id, &filter, page).await?;
+    Ok(Json(SubmissionList::from_page(page, |s| {
+        SubmissionView::from(&s)
+    })))
+}
+
+/// A cell that a spreadsheet would evaluate as a formula (`=`, `+`, `-`, `@`, tab, CR) is
+/// prefixed with `'` so it shows as text.
+pub fn spreadsheet_safe(cell: &str) -> String {
+    match cell.chars().next() {
+        Some('=' | '+' | '-' | '@' | '\t' | '\r') => format!("'{cell}"),
+        _ => cell.to_owned(),
+    }
+}
+
+/// All submissions of an assessment as CSV (formula-escaped).
+#[utoipa::path(get, path = "/assessments/{id}/results.csv", tag = "assessments", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Assessment id")),
+    responses((status = 200, description = "CSV", content_type = "text/csv", body = String)))]
+async fn results_csv(
+    State(state): State<AppState>,
+    p: Principal,
+    PathId(id): PathId,
+) -> Result<Response, ApiError> {
+    p.require(Role::Admin)?;
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    let header = [
+        "submission_id",
+        "email",
+        "earned",
+        "total",
+        "percent",
+        "passed",
+        "review_status",
+        "auto_submitted",
+        "submitted_at",
+    ];
+    writer.write_record(header).map_err(ApiError::internal)?;
+    let mut after = None;
+    let mut rows = 0;
+    loop {
+        let page = state
+            .store
+            .submissions(
+                p.org_id,
+                id,
+                &SubmissionFilter::default(),
+                trueline_store::PageRequest { limit: 200, after },
+            )
+            .await?;
+        for s in &page.items {
+            let submitted = s
+                .submitted_at
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default();
+            let record = [
+                s.id.to_string(),
+                spreadsheet_safe(&s.email),
+                s.earned.to_string(),
+                s.total.to_string(),
+                percent(s.earned, s.total),
+                s.passed.to_string(),
+                s.review_status.as_str().to_owned(),
+                s.auto_submitted.to_string(),
+                submitted,
+            ];
+            writer.write_record(&record).map_err(ApiError::internal)?;
+            rows += 1;
+        }
+        match page.next {
+            Some(next) if rows < RESULTS_CSV_ROWS_MAX => after = Some(next),
+            _ => break,
+        }
+    }
+    let body = writer.into_inner().map_err(ApiError::internal)?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"results.csv\"",
+            ),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+/// One submission with its per-question breakdown, answers and review trail.
+#[utoipa::path(get, path = "/submissions/{id}", tag = "assessments", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Submission id")),
+    responses((status = 200, description = "The submission", body = SubmissionDetail)))]
+async fn get_submission(
+    State(state): State<AppState>,
+    p: Principal,
+    PathId(id): PathId,
+) -> Result<Json<SubmissionDetail>, ApiError> {
+    p.require(Role::Admin)?;
+    let s = state
+        .store
+        .submission(p.org_id, id)
+        .await?
+        .ok_or_else(|| ApiError::new(codes::NOT_FOUND, "submission not found"))?;
+    Ok(Json(SubmissionDetail::from(&s)))
+}
+
+/// Move a submission through review: `submitted → verified → approved | rejected → archived`.
+#[utoipa::path(post, path = "/submissions/{id}/review", tag = "assessments", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Submission id")),
+    request_body = ReviewRequest,
+    responses((status = 200, description = "Reviewed", body = SubmissionDetail),
+              (status = 409, description = "`invalid_transition`", body = crate::problem::Problem, content_type = "application/problem+json")))]
+async fn review_submission(
+    State(state): State<AppState>,
+    p: Principal,
+    PathId(id): PathId,
+    Extension(rid): Extension<RequestId>,
+    idem: Idem,
+    ApiJson(body): ApiJson<ReviewRequest>,
+) -> Result<Response, ApiError> {
+    let result = async {
+        p.require(Role::Admin)?;
+        let decision = ReviewDecision::parse(&body.decision).ok_or_else(|| {
+            ApiError::field(
+                "/decision",
+                "invalid_value",
+                "must be verify, approve, reject or archive",
+            )
+        })?;
+        let note = match &body.note {
+            Some(n) => Some(
+                trueline_core::assessments::text::clean_multiline(n, REVIEW_NOTE_CHARS_MAX, true)
+                    .map_err(|e| ApiError::validation(vec![e.at("/note")]))?,
+            )
+            .flatten(),
+            None => None,
+        };
+        let render =
+            |s: &Submission| json_response(StatusCode::OK, &[], &SubmissionDetail::from(s));
+        let s = state
+            .store
+            .review_submission(
+                &actor(&p, &state, &rid),
+                id,
+                decision,
+                note,
+                idem.with(&render),
+            )
+            .await?;
+        Ok(render(&s))
+    }
+    .await;
+    log("review", &result);
+    Ok(Stored(result?).into_response())
+}
+
+#[cfg(test)]
+mod if_match_tests {
+    use super::if_match;
+    use axum::http::{HeaderMap, HeaderValue, header};
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+        /// Arbitrary header bytes never panic: the answer is `*`, one revision, or a refusal.
+        #[test]
+        fn if_match_never_panics(raw in prop::collection::vec(any::<u8>(), 0..200)) {
+            if let Ok(value) = HeaderValue::from_bytes(&raw) {
+                let mut headers = HeaderMap::new();
+                headers.insert(header::IF_MATCH, value);
+                if let Ok(Some(revision)) = if_match(&headers, true) {
+                    let text = String::from_utf8_lossy(&raw);
+                    let tag = revision.to_string();
+                    prop_assert!(text.contains(&tag), "{} not in {}", tag, text);
+                }
+            }
+        }
+
+        #[test]
+        fn if_match_round_trips(revision in any::<u64>(), weak in any::<bool>()) {
+            let mut headers = HeaderMap::new();
+            let raw = format!("{}\"r{revision}\"", if weak { "W/" } else { "" });
+            headers.insert(header::IF_MATCH, HeaderValue::from_str(&raw).unwrap());
+            prop_assert_eq!(if_match(&headers, true).unwrap(), Some(revision));
+        }
+    }
+}

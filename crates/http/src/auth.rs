@@ -1,0 +1,224 @@
+//! Credentials: API tokens, password hashing and the login-failure limiter.
+//!
+//! Tokens are `tl_` + 43 base64url characters (32 random bytes = 256 bits). Only the SHA-256
+//! of a token is stored, so a database leak yields no usable token, and lookup by hash means
+//! no secret is ever compared byte by byte in application code. Passwords are argon2id.
+
+use argon2::password_hash::phc::PasswordHash;
+use argon2::password_hash::{PasswordHasher as _, PasswordVerifier as _};
+use argon2::{Algorithm, Argon2, Params, Version};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use trueline_core::accounts::Password;
+
+pub const TOKEN_PREFIX: &str = "tl_";
+const TOKEN_SECRET_BYTES: usize = 32;
+/// `tl_` + base64url(32 bytes) without padding.
+pub const TOKEN_LENGTH: usize = 3 + 43;
+
+/// A freshly issued token: the secret (shown once) and the hash to store.
+pub struct IssuedToken {
+    pub secret: String,
+    pub hash: [u8; 32],
+}
+
+impl std::fmt::Debug for IssuedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IssuedToken([redacted])")
+    }
+}
+
+pub fn issue_token() -> Result<IssuedToken, getrandom::Error> {
+    let mut secret = [0u8; TOKEN_SECRET_BYTES];
+    getrandom::fill(&mut secret)?;
+    let secret = format!("{TOKEN_PREFIX}{}", URL_SAFE_NO_PAD.encode(secret));
+    let hash = hash_token(&secret);
+    Ok(IssuedToken { secret, hash })
+}
+
+pub fn hash_token(secret: &str) -> [u8; 32] {
+    Sha256::digest(secret.as_bytes()).into()
+}
+
+/// Whether a presented string could be one of our tokens at all (saves a database lookup and
+/// keeps garbage out of the query).
+pub fn looks_like_token(candidate: &str) -> bool {
+    candidate.len() == TOKEN_LENGTH
+        && candidate.starts_with(TOKEN_PREFIX)
+        && candidate[TOKEN_PREFIX.len()..]
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// argon2id cost parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PasswordCost {
+    pub memory_kib: u32,
+    pub iterations: u32,
+}
+
+impl Default for PasswordCost {
+    /// OWASP's argon2id recommendation: 19 MiB, 2 iterations, 1 lane.
+    fn default() -> Self {
+        Self {
+            memory_kib: 19 * 1024,
+            iterations: 2,
+        }
+    }
+}
+
+/// Hashes and verifies passwords on the blocking pool (argon2 is deliberately slow).
+#[derive(Clone)]
+pub struct PasswordHasher {
+    argon2: Arc<Argon2<'static>>,
+    /// A hash of a random password, verified against when the email is unknown so that login
+    /// takes the same time whether or not an account exists.
+    dummy_hash: Arc<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PasswordError {
+    #[error("invalid argon2 parameters: {0}")]
+    Params(String),
+    #[error("password hashing failed: {0}")]
+    Hash(String),
+}
+
+impl PasswordHasher {
+    pub fn new(cost: PasswordCost) -> Result<Self, PasswordError> {
+        let params = Params::new(cost.memory_kib, cost.iterations, 1, None)
+            .map_err(|e| PasswordError::Params(e.to_string()))?;
+        let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
+        let dummy_hash = argon2
+            .hash_password(uuid::Uuid::new_v4().as_bytes())
+            .map_err(|e| PasswordError::Hash(e.to_string()))?
+            .to_string();
+        Ok(Self {
+            argon2: Arc::new(argon2),
+            dummy_hash: Arc::new(dummy_hash),
+        })
+    }
+
+    pub async fn hash(&self, password: &Password) -> Result<String, PasswordError> {
+        let argon2 = self.argon2.clone();
+        let password = password.clone();
+        tokio::task::spawn_blocking(move || {
+            argon2
+                .hash_password(password.expose().as_bytes())
+                .map(|h| h.to_string())
+                .map_err(|e| PasswordError::Hash(e.to_string()))
+        })
+        .await
+        .map_err(|e| PasswordError::Hash(e.to_string()))?
+    }
+
+    /// Constant-time verification (argon2 compares digests in constant time). With `None`
+    /// (unknown email) a dummy hash is verified so the response time reveals nothing.
+    pub async fn verify(&self, password: &str, stored: Option<String>) -> bool {
+        let argon2 = self.argon2.clone();
+        let known = stored.is_some();
+        let stored = stored.unwrap_or_else(|| self.dummy_hash.as_str().to_owned());
+        let password = password.to_owned();
+        let verified = tokio::task::spawn_blocking(move || {
+            PasswordHash::new(&stored)
+                .map(|hash| argon2.verify_password(password.as_bytes(), &hash).is_ok())
+                .unwrap_or(false)
+        })
+        .await
+        .unwrap_or(false);
+        known && verified
+    }
+}
+
+/// Counts failed logins per key (an email, a client IP) in a fixed window. Only failures
+/// count, so a user who types the right password is never locked out by their own logins.
+#[derive(Debug)]
+pub struct LoginLimiter {
+    max_failures: u32,
+    window: Duration,
+    failures: Mutex<HashMap<String, (u32, Instant)>>,
+}
+
+/// Entries kept before expired windows are swept (bounds memory under a spraying attack).
+const LOGIN_LIMITER_ENTRIES_MAX: usize = 100_000;
+
+impl LoginLimiter {
+    pub fn new(max_failures: u32, window: Duration) -> Self {
+        Self {
+            max_failures,
+            window,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// `Some(seconds to wait)` if `key` has used up its failures allowance (scaled by
+    /// `factor`, e.g. 4× for an IP shared by several users).
+    pub fn blocked(&self, key: &str, factor: u32) -> Option<u64> {
+        let failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let (count, since) = failures.get(key)?;
+        let elapsed = since.elapsed();
+        if elapsed >= self.window || *count < self.max_failures * factor {
+            return None;
+        }
+        Some((self.window - elapsed).as_secs().max(1))
+    }
+
+    pub fn record_failure(&self, key: &str) {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if failures.len() >= LOGIN_LIMITER_ENTRIES_MAX {
+            let window = self.window;
+            failures.retain(|_, (_, since)| since.elapsed() < window);
+        }
+        let entry = failures
+            .entry(key.to_owned())
+            .or_insert((0, Instant::now()));
+        if entry.1.elapsed() >= self.window {
+            *entry = (0, Instant::now());
+        }
+        entry.0 += 1;
+    }
+
+    pub fn clear(&self, key: &str) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issued_tokens_are_prefixed_random_and_recognisable() {
+        let a = issue_token().map(|t| t.secret).unwrap_or_default();
+        let b = issue_token().map(|t| t.secret).unwrap_or_default();
+        assert_ne!(a, b);
+        assert!(looks_like_token(&a), "{a}");
+        assert!(!looks_like_token("tl_short"));
+        assert!(!looks_like_token(&a.replace("tl_", "xx_")));
+        assert_eq!(hash_token(&a), hash_token(&a));
+    }
+
+    #[test]
+    fn only_failures_beyond_the_allowance_block_a_key() {
+        let limiter = LoginLimiter::new(2, Duration::from_secs(60));
+        assert_eq!(limiter.blocked("ann", 1), None);
+        limiter.record_failure("ann");
+        assert_eq!(limiter.blocked("ann", 1), None);
+        limiter.record_failure("ann");
+        assert!(limiter.blocked("ann", 1).is_some());
+        assert_eq!(
+            limiter.blocked("ann", 2),
+            None,
+            "a larger factor allows more"
+        );
+        limiter.clear("ann");
+        assert_eq!(limiter.blocked("ann", 1), None);
+    }
+}

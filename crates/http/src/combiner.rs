@@ -1,0 +1,111 @@
+//! Hot-row combining for quantity deltas.
+//!
+//! With one transaction per request, a hot item is capped by the database's commit rate (one
+//! `fsync` per commit on SQLite; a row-lock hand-off plus a WAL flush on PostgreSQL). The
+//! combiner queues concurrent deltas, and one worker applies everything queued in ONE
+//! transaction ([`ItemStore::apply_deltas`](trueline_store::ItemStore::apply_deltas)):
+//! every delta is still checked by the guarded statement against the running quantity and
+//! refused on its own, every applied delta still gets its own history record, outbox event
+//! and idempotency record, and no response is sent before the batch committed. While one
+//! batch commits the next one fills up, so throughput grows with load instead of queueing.
+//!
+//! Combining is per server instance; with several instances on PostgreSQL each combines its
+//! own requests, rows are locked in item order (no deadlocks between instances), and the
+//! guarded statement stays the authority.
+
+use crate::problem::{ApiError, codes};
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+use trueline_store::{DeltaJob, DeltaOutcome, Store, StoreError};
+
+type Reply = oneshot::Sender<Result<DeltaOutcome, StoreError>>;
+
+pub struct Combiner {
+    queue: mpsc::Sender<(DeltaJob, Reply)>,
+}
+
+fn copy_error(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Domain(d) => StoreError::Domain(d.clone()),
+        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+        StoreError::Internal(m) => StoreError::Internal(m.clone()),
+    }
+}
+
+impl Combiner {
+    /// Starts the worker. `max_batch`: deltas per transaction; `queue`: deltas waiting at
+    /// most (beyond it requests are shed with 503).
+    pub fn start(store: Arc<dyn Store>, max_batch: usize, queue: usize) -> Arc<Self> {
+        let (tx, rx) = mpsc::channel(queue.max(1));
+        // Its own thread and runtime: each statement of a batch is an await, and on the
+        // shared runtime every one of them would queue behind the HTTP tasks of all waiting
+        // clients, stretching the batch (and the write lock) by the length of that queue.
+        let worker = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
+        match worker {
+            Ok(runtime) => {
+                let spawned = std::thread::Builder::new()
+                    .name("delta-combiner".into())
+                    .spawn(move || runtime.block_on(run(store, rx, max_batch.max(1))));
+                if let Err(e) = spawned {
+                    tracing::error!(event = "inventory.combiner_failed", error = %e);
+                }
+            }
+            Err(e) => tracing::error!(event = "inventory.combiner_failed", error = %e),
+        }
+        Arc::new(Self { queue: tx })
+    }
+
+    /// Queues one delta and waits for the outcome of the batch it lands in.
+    pub async fn submit(&self, job: DeltaJob) -> Result<DeltaOutcome, ApiError> {
+        let (reply, outcome) = oneshot::channel();
+        self.queue.try_send((job, reply)).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => ApiError::new(
+                codes::OVERLOADED,
+                "too many quantity changes are queued; retry shortly",
+            )
+            .retry_after(1),
+            mpsc::error::TrySendError::Closed(_) => {
+                ApiError::internal("the delta combiner stopped")
+            }
+        })?;
+        let result = outcome
+            .await
+            .map_err(|_| ApiError::internal("the delta combiner dropped a job"))?;
+        Ok(result?)
+    }
+}
+
+async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<(DeltaJob, Reply)>, max_batch: usize) {
+    let mut batch = Vec::with_capacity(max_batch);
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        // Everything that arrived while the previous batch committed joins this one.
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let (jobs, replies): (Vec<DeltaJob>, Vec<Reply>) = batch.drain(..).unzip();
+        metrics::histogram!("inventory_combined_batch_size").record(jobs.len() as f64);
+        let started = std::time::Instant::now();
+        let applied = store.apply_deltas(&jobs).await;
+        metrics::histogram!("inventory_combined_batch_seconds")
+            .record(started.elapsed().as_secs_f64());
+        match applied {
+            Ok(outcomes) => {
+                for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                    let _ = reply.send(Ok(outcome));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(event = "inventory.combined_batch_failed", jobs = jobs.len(), error = %e);
+                for reply in replies {
+                    let _ = reply.send(Err(copy_error(&e)));
+                }
+            }
+        }
+    }
+}

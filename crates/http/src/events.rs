@@ -1,0 +1,741 @@
+//! The Events API: append (single, or a batch to one stream), read by id, catch-up by
+//! position, read a stream, live subscription over Server-Sent Events, statistics.
+
+use crate::extract::{ApiJson, ApiQuery, Principal};
+use crate::list_type;
+use crate::problem::{ApiError, codes};
+use crate::state::AppState;
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::stream::Stream;
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
+use serde_json::value::RawValue;
+use std::convert::Infallible;
+use std::time::Duration;
+use time::OffsetDateTime;
+use trueline_core::accounts::Role;
+use trueline_core::ids::EventId;
+use trueline_store::events::*;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(append_event, list_events))
+        .routes(routes!(subscribe))
+        .routes(routes!(get_event))
+        .routes(routes!(append_to_stream))
+        .routes(routes!(read_stream))
+        .routes(routes!(stats))
+}
+
+/// Default stream of `POST /events` without `stream`.
+pub const DEFAULT_STREAM: &str = "default";
+/// Events per page of catch-up reads and of one SSE read.
+const READ_BATCH_MAX: usize = 1000;
+
+// ---- wire types ----
+
+/// `expected_version`: an integer (the stream's current version), `"no_stream"` or `"any"`.
+#[derive(Debug, Clone, Copy, ToSchema)]
+#[schema(value_type = Value, example = json!("any"))]
+pub struct Expected(pub ExpectedVersion);
+
+impl<'de> Deserialize<'de> for Expected {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match Value::deserialize(d)? {
+            Value::String(s) if s == "any" => Ok(Expected(ExpectedVersion::Any)),
+            Value::String(s) if s == "no_stream" => Ok(Expected(ExpectedVersion::NoStream)),
+            Value::Number(n) if n.as_u64().is_some() => {
+                Ok(Expected(ExpectedVersion::Exact(n.as_u64().unwrap_or(0))))
+            }
+            _ => Err(D::Error::custom(
+                "[invalid_value] must be a non-negative integer, \"no_stream\" or \"any\"",
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EventInput {
+    /// 1-128 bytes.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// Any JSON value.
+    pub data: Value,
+    /// A JSON object (default `{}`).
+    pub metadata: Option<Value>,
+    /// A client-chosen UUID makes the append idempotent.
+    pub id: Option<Uuid>,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AppendEventRequest {
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub data: Value,
+    pub metadata: Option<Value>,
+    pub id: Option<Uuid>,
+    /// Default `default`. 1-256 bytes.
+    pub stream: Option<String>,
+    pub expected_version: Option<Expected>,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AppendStreamRequest {
+    pub expected_version: Option<Expected>,
+    /// 1 to 1000 events, appended atomically.
+    pub events: Vec<EventInput>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AppendedView {
+    pub id: Uuid,
+    /// Gapless per organization, from 1.
+    pub position: u64,
+    pub stream: String,
+    /// Gapless per stream, from 1.
+    pub stream_version: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub recorded_at: OffsetDateTime,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AppendStreamResponse {
+    pub events: Vec<AppendedView>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct EventView {
+    pub id: Uuid,
+    pub position: u64,
+    pub stream: String,
+    pub stream_version: u64,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    #[schema(value_type = Value)]
+    pub data: Box<RawValue>,
+    #[schema(value_type = Value)]
+    pub metadata: Box<RawValue>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub recorded_at: OffsetDateTime,
+}
+
+fn raw(bytes: Vec<u8>) -> Box<RawValue> {
+    // Stored bytes are the compact JSON this API wrote; anything else is shown as a string.
+    String::from_utf8(bytes)
+        .ok()
+        .and_then(|s| RawValue::from_string(s).ok())
+        .unwrap_or_else(|| RawValue::from_string("null".into()).unwrap_or_default())
+}
+
+impl From<EventRecord> for EventView {
+    fn from(e: EventRecord) -> Self {
+        Self {
+            id: e.id.0,
+            position: e.position,
+            stream: e.stream,
+            stream_version: e.stream_version,
+            event_type: e.event_type,
+            data: raw(e.data),
+            metadata: raw(e.metadata),
+            recorded_at: e.recorded_at,
+        }
+    }
+}
+
+list_type!(EventList, EventView);
+
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct EventsQuery {
+    /// Return events with a position greater than this (default 0).
+    #[param(minimum = 0, maximum = 9007199254740991_u64)]
+    pub after: Option<u64>,
+    /// Same as `after` (the `next_cursor` of the previous page).
+    pub cursor: Option<String>,
+    /// 1 to 1000 (default 100).
+    pub limit: Option<u32>,
+    #[serde(rename = "type")]
+    #[param(rename = "type")]
+    pub event_type: Option<String>,
+    pub stream: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct StreamQuery {
+    /// First version to read (forward, default 1) or last (backward, default: the end).
+    #[param(minimum = 0, maximum = 9007199254740991_u64)]
+    pub from: Option<u64>,
+    /// `forward` (default) or `backward`.
+    pub direction: Option<String>,
+    /// 1 to 1000 (default 100).
+    pub limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct SubscribeQuery {
+    /// Start after this position (default 0); `Last-Event-ID` takes precedence.
+    #[param(minimum = 0, maximum = 9007199254740991_u64)]
+    pub after: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct StatsResponse {
+    pub organization: OrgStatsView,
+    /// Facts about the event backend that concern no organization's data: `backend`, and
+    /// for the embedded engine its last recovery and writer state.
+    #[schema(value_type = Object)]
+    pub storage: Value,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct OrgStatsView {
+    pub events: u64,
+    pub bytes: u64,
+    pub streams: u64,
+    pub first_position: u64,
+    pub last_position: u64,
+}
+
+// ---- validation ----
+
+fn check_name(
+    field: &str,
+    value: &str,
+    max_bytes: usize,
+) -> Result<(), trueline_core::validation::FieldError> {
+    use trueline_core::validation::FieldError;
+    if value.is_empty() {
+        return Err(FieldError::new(field, "empty", "must not be empty"));
+    }
+    if value.len() > max_bytes {
+        return Err(FieldError::new(
+            field,
+            "too_long",
+            format!("must be at most {max_bytes} bytes"),
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(FieldError::new(
+            field,
+            "control_character",
+            "must not contain control characters",
+        ));
+    }
+    Ok(())
+}
+
+fn new_event(
+    input_type: &str,
+    data: &Value,
+    metadata: Option<&Value>,
+    id: Option<Uuid>,
+    prefix: &str,
+    errors: &mut Vec<trueline_core::validation::FieldError>,
+) -> NewEvent {
+    if let Err(e) = check_name(&format!("{prefix}/type"), input_type, EVENT_TYPE_BYTES_MAX) {
+        errors.push(e);
+    }
+    if metadata.is_some_and(|m| !m.is_object()) {
+        errors.push(trueline_core::validation::FieldError::new(
+            format!("{prefix}/metadata"),
+            "invalid_type",
+            "must be a JSON object",
+        ));
+    }
+    NewEvent {
+        id: id.map_or_else(EventId::new, EventId),
+        event_type: input_type.to_owned(),
+        data: serde_json::to_vec(data).unwrap_or_default(),
+        metadata: metadata.map_or_else(
+            || b"{}".to_vec(),
+            |m| serde_json::to_vec(m).unwrap_or_default(),
+        ),
+    }
+}
+
+fn refusal_error(e: EventStoreError) -> ApiError {
+    match e {
+        EventStoreError::Refused(AppendRefusal::WrongExpectedVersion { current }) => ApiError {
+            current_version: Some(current),
+            ..ApiError::new(
+                codes::WRONG_EXPECTED_VERSION,
+                format!("the stream is at version {current}"),
+            )
+        },
+        EventStoreError::Refused(r @ AppendRefusal::EventIdConflict { .. }) => {
+            ApiError::new(codes::EVENT_ID_CONFLICT, r.to_string())
+        }
+        EventStoreError::Refused(r @ AppendRefusal::DuplicateIdInBatch { .. }) => {
+            ApiError::field("/events", "duplicate_id", r.to_string())
+        }
+        EventStoreError::Refused(r @ AppendRefusal::EventTooLarge { .. }) => {
+            ApiError::new(codes::EVENT_TOO_LARGE, r.to_string())
+        }
+        EventStoreError::Refused(AppendRefusal::StorageFull) => ApiError::new(
+            codes::STORAGE_FULL,
+            "the event log's disk is full; nothing was written",
+        )
+        .retry_after(30),
+        EventStoreError::Store(e) => e.into(),
+    }
+}
+
+fn log_append(result: &Result<Vec<Appended>, ApiError>) {
+    match result {
+        Ok(appended) => tracing::info!(
+            event = "mutation.events.append.success",
+            events = appended.len(),
+            first_position = appended.first().map_or(0, |a| a.position),
+            duplicate = appended.iter().all(|a| a.duplicate),
+        ),
+        Err(e) => tracing::info!(
+            event = "mutation.events.append.rejected",
+            code = e.code.code
+        ),
+    }
+}
+
+fn appended_view(stream: &str, a: &Appended) -> AppendedView {
+    AppendedView {
+        id: a.id.0,
+        position: a.position,
+        stream: stream.to_owned(),
+        stream_version: a.stream_version,
+        recorded_at: a.recorded_at,
+    }
+}
+
+/// Positions and versions are at most 2^53-1 (exact in JavaScript), like every integer here.
+fn position_param(field: &str, value: Option<u64>) -> Result<Option<u64>, ApiError> {
+    match value {
+        Some(v) if v > trueline_core::inventory::JSON_SAFE_INTEGER_MAX as u64 => Err(
+            ApiError::field(field, "out_of_range", "must be at most 2^53-1"),
+        ),
+        other => Ok(other),
+    }
+}
+
+fn page_limit(limit: Option<u32>) -> Result<usize, ApiError> {
+    let limit = limit.unwrap_or(100);
+    if !(1..=READ_BATCH_MAX as u32).contains(&limit) {
+        return Err(ApiError::field(
+            "/query/limit",
+            "out_of_range",
+            "must be between 1 and 1000",
+        ));
+    }
+    Ok(limit as usize)
+}
+
+fn cursor_position(cursor: Option<&str>) -> Result<Option<u64>, ApiError> {
+    cursor
+        .map(|c| {
+            c.parse::<u64>()
+                .map_err(|_| ApiError::new(codes::INVALID_CURSOR, "the cursor is not a position"))
+        })
+        .transpose()
+}
+
+// ---- handlers ----
+
+/// Append one event (to `stream`, default `default`). A client `id` makes it idempotent:
+/// the same id and content again → 200 with the original position.
+#[utoipa::path(post, path = "/events", tag = "events", security(("bearer" = [])),
+    request_body = AppendEventRequest,
+    responses((status = 201, description = "Appended", body = AppendedView),
+              (status = 200, description = "Already appended with this id and content", body = AppendedView),
+              (status = 409, description = "`wrong_expected_version` (with `current_version`) or `event_id_conflict`", body = crate::problem::Problem, content_type = "application/problem+json"),
+              (status = 507, description = "`storage_full`", body = crate::problem::Problem, content_type = "application/problem+json")))]
+async fn append_event(
+    State(state): State<AppState>,
+    p: Principal,
+    ApiJson(body): ApiJson<AppendEventRequest>,
+) -> Result<Response, ApiError> {
+    let result = async {
+        p.require(Role::Member)?;
+        let mut errors = Vec::new();
+        let stream = body
+            .stream
+            .clone()
+            .unwrap_or_else(|| DEFAULT_STREAM.to_owned());
+        if let Err(e) = check_name("/stream", &stream, STREAM_NAME_BYTES_MAX) {
+            errors.push(e);
+        }
+        let event = new_event(
+            &body.event_type,
+            &body.data,
+            body.metadata.as_ref(),
+            body.id,
+            "",
+            &mut errors,
+        );
+        if !errors.is_empty() {
+            return Err(ApiError::validation(errors));
+        }
+        let expected = body.expected_version.map_or(ExpectedVersion::Any, |e| e.0);
+        let appended = state
+            .events
+            .append(p.org_id, &stream, expected, vec![event], state.clock.now())
+            .await
+            .map_err(refusal_error)?;
+        Ok((stream, appended))
+    }
+    .await;
+    log_append(
+        &result
+            .as_ref()
+            .map(|(_, a)| a.clone())
+            .map_err(|e| ApiError::new(e.code, "")),
+    );
+    let (stream, appended) = result?;
+    let first = appended
+        .first()
+        .ok_or_else(|| ApiError::internal("append returned no event"))?;
+    let status = if first.duplicate {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, Json(appended_view(&stream, first))).into_response())
+}
+
+/// Append 1-1000 events to one stream atomically.
+#[utoipa::path(post, path = "/streams/{stream}/events", tag = "events", security(("bearer" = [])),
+    params(("stream" = String, Path, description = "Stream name (1-256 bytes)")),
+    request_body = AppendStreamRequest,
+    responses((status = 201, description = "Appended", body = AppendStreamResponse),
+              (status = 200, description = "All already appended with these ids and contents", body = AppendStreamResponse),
+              (status = 409, description = "`wrong_expected_version` or `event_id_conflict`", body = crate::problem::Problem, content_type = "application/problem+json"),
+              (status = 507, description = "`storage_full`", body = crate::problem::Problem, content_type = "application/problem+json")))]
+async fn append_to_stream(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(stream): Path<String>,
+    ApiJson(body): ApiJson<AppendStreamRequest>,
+) -> Result<Response, ApiError> {
+    let result = async {
+        p.require(Role::Member)?;
+        let mut errors = Vec::new();
+        if let Err(e) = check_name("/path/stream", &stream, STREAM_NAME_BYTES_MAX) {
+            errors.push(e);
+        }
+        let count = body.events.len();
+        if count == 0 || count > APPEND_EVENTS_MAX {
+            errors.push(trueline_core::validation::FieldError::new(
+                "/events",
+                "invalid_length",
+                format!("must contain 1 to {APPEND_EVENTS_MAX} events, got {count}"),
+            ));
+        }
+        let events: Vec<NewEvent> = body
+            .events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                new_event(
+                    &e.event_type,
+                    &e.data,
+                    e.metadata.as_ref(),
+                    e.id,
+                    &format!("/events/{i}"),
+                    &mut errors,
+                )
+            })
+            .collect();
+        if !errors.is_empty() {
+            return Err(ApiError::validation(errors));
+        }
+        let expected = body.expected_version.map_or(ExpectedVersion::Any, |e| e.0);
+        state
+            .events
+            .append(p.org_id, &stream, expected, events, state.clock.now())
+            .await
+            .map_err(refusal_error)
+    }
+    .await;
+    log_append(
+        &result
+            .as_ref()
+            .map(Clone::clone)
+            .map_err(|e| ApiError::new(e.code, "")),
+    );
+    let appended = result?;
+    let status = if appended.iter().all(|a| a.duplicate) {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    let events = appended.iter().map(|a| appended_view(&stream, a)).collect();
+    Ok((status, Json(AppendStreamResponse { events })).into_response())
+}
+
+/// One event by id.
+#[utoipa::path(get, path = "/events/{id}", tag = "events", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Event id")),
+    responses((status = 200, description = "The event", body = EventView)))]
+async fn get_event(
+    State(state): State<AppState>,
+    p: Principal,
+    crate::extract::PathId(id): crate::extract::PathId,
+) -> Result<Json<EventView>, ApiError> {
+    let event = state
+        .events
+        .event(p.org_id, EventId(id))
+        .await?
+        .ok_or_else(|| ApiError::new(codes::NOT_FOUND, "event not found"))?;
+    Ok(Json(event.into()))
+}
+
+/// The organization's events in position order (catch-up): `after` a position, optionally
+/// of one `type` or `stream`. Positions are gapless per organization.
+#[utoipa::path(get, path = "/events", tag = "events", security(("bearer" = [])),
+    params(EventsQuery),
+    responses((status = 200, description = "A page of events; `next_cursor` is the last position", body = EventList)))]
+async fn list_events(
+    State(state): State<AppState>,
+    p: Principal,
+    ApiQuery(query): ApiQuery<EventsQuery>,
+) -> Result<Json<EventList>, ApiError> {
+    let limit = page_limit(query.limit)?;
+    let after = position_param("/query/after", query.after)?;
+    let after = cursor_position(query.cursor.as_deref())?
+        .or(after)
+        .unwrap_or(0);
+    let filter = EventFilter {
+        event_type: query.event_type,
+        stream: query.stream,
+    };
+    let mut events = state
+        .events
+        .events_after(p.org_id, after, limit + 1, &filter)
+        .await?;
+    let more = events.len() > limit;
+    events.truncate(limit);
+    let next_cursor = if more {
+        events.last().map(|e| e.position.to_string())
+    } else {
+        None
+    };
+    Ok(Json(EventList {
+        data: events.into_iter().map(EventView::from).collect(),
+        next_cursor,
+    }))
+}
+
+/// A stream's events by version, forward or backward.
+#[utoipa::path(get, path = "/streams/{stream}", tag = "events", security(("bearer" = [])),
+    params(("stream" = String, Path, description = "Stream name"), StreamQuery),
+    responses((status = 200, description = "A page of the stream; `next_cursor` is the next version to read", body = EventList)))]
+async fn read_stream(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(stream): Path<String>,
+    ApiQuery(query): ApiQuery<StreamQuery>,
+) -> Result<Json<EventList>, ApiError> {
+    let limit = page_limit(query.limit)?;
+    let direction = match query.direction.as_deref().unwrap_or("forward") {
+        "forward" => ReadDirection::Forward,
+        "backward" => ReadDirection::Backward,
+        _ => {
+            return Err(ApiError::field(
+                "/query/direction",
+                "invalid_value",
+                "must be forward or backward",
+            ));
+        }
+    };
+    let from = position_param("/query/from", query.from)?;
+    let from = cursor_position(query.cursor.as_deref())?
+        .or(from)
+        .unwrap_or(match direction {
+            ReadDirection::Forward => 1,
+            ReadDirection::Backward => u64::MAX,
+        });
+    let mut events = state
+        .events
+        .read_stream(p.org_id, &stream, from, direction, limit + 1)
+        .await?;
+    let more = events.len() > limit;
+    events.truncate(limit);
+    let next_cursor = if more {
+        events.last().map(|e| match direction {
+            ReadDirection::Forward => (e.stream_version + 1).to_string(),
+            ReadDirection::Backward => e.stream_version.saturating_sub(1).to_string(),
+        })
+    } else {
+        None
+    };
+    Ok(Json(EventList {
+        data: events.into_iter().map(EventView::from).collect(),
+        next_cursor,
+    }))
+}
+
+/// Server-Sent Events: every event after `after` (catch-up), then live. Each message's `id`
+/// is the position, so a reconnect with `Last-Event-ID` resumes exactly. A slow reader is
+/// never dropped and never slows writers: it simply reads from its own position.
+#[utoipa::path(get, path = "/events/subscribe", tag = "events", security(("bearer" = [])),
+    params(SubscribeQuery),
+    responses((status = 200, description = "`text/event-stream`; `event:` is the type, `data:` the event JSON", content_type = "text/event-stream")))]
+async fn subscribe(
+    State(state): State<AppState>,
+    p: Principal,
+    headers: HeaderMap,
+    ApiQuery(query): ApiQuery<SubscribeQuery>,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    let resume = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let start = resume
+        .or(position_param("/query/after", query.after)?)
+        .unwrap_or(0);
+    tracing::info!(event = "events.subscribed", after = start);
+    let live = Live {
+        state: state.clone(),
+        org: p.org_id,
+        position: start,
+        pending: Vec::new().into_iter(),
+        changes: state.events.changes(),
+        shutdown: state.shutdown.subscribe(),
+    };
+    let stream = futures_util::stream::unfold(live, |mut live| async move {
+        let event = live.next().await?;
+        let sse = SseEvent::default()
+            .id(event.position.to_string())
+            .event(event.event_type.clone())
+            .json_data(EventView::from(event))
+            .unwrap_or_default();
+        Some((Ok(sse), live))
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// One subscriber's cursor: reads from its own position, so it never holds writers back.
+struct Live {
+    state: AppState,
+    org: trueline_core::ids::OrgId,
+    position: u64,
+    pending: std::vec::IntoIter<EventRecord>,
+    changes: tokio::sync::watch::Receiver<u64>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Live {
+    /// The next event, waiting for one if caught up; `None` when the server shuts down or
+    /// the store fails (the client reconnects with `Last-Event-ID`).
+    async fn next(&mut self) -> Option<EventRecord> {
+        loop {
+            if let Some(event) = self.pending.next() {
+                self.position = event.position;
+                return Some(event);
+            }
+            if *self.shutdown.borrow() {
+                return None;
+            }
+            // Mark the current change as seen BEFORE reading, so an append that lands between
+            // the read and the wait still wakes us.
+            self.changes.borrow_and_update();
+            let filter = EventFilter::default();
+            match self
+                .state
+                .events
+                .events_after(self.org, self.position, READ_BATCH_MAX, &filter)
+                .await
+            {
+                Ok(events) if !events.is_empty() => self.pending = events.into_iter(),
+                Ok(_) => {
+                    tokio::select! {
+                        _ = self.changes.changed() => {}
+                        _ = self.shutdown.changed() => {}
+                        // Wake-ups from other instances may be missed; re-read now and then.
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(event = "events.subscription_failed", error = %e);
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// Totals of the organization's events and facts about the event storage.
+#[utoipa::path(get, path = "/stats", tag = "events", security(("bearer" = [])),
+    responses((status = 200, description = "Statistics", body = StatsResponse)))]
+async fn stats(
+    State(state): State<AppState>,
+    p: Principal,
+) -> Result<Json<StatsResponse>, ApiError> {
+    let s = state.events.stats(p.org_id).await?;
+    Ok(Json(StatsResponse {
+        organization: OrgStatsView {
+            events: s.events,
+            bytes: s.bytes,
+            streams: s.streams,
+            first_position: s.first_position,
+            last_position: s.last_position,
+        },
+        storage: tenant_visible(state.events.storage()),
+    }))
+}
+
+/// The storage facts a tenant may see. Totals over the whole log (events, bytes, segments,
+/// index memory) count every organization's events, so showing them would let one
+/// organization watch another's activity; operators have them in `/metrics` and
+/// `trueline eventlog verify`.
+const TENANT_VISIBLE_STORAGE_KEYS: &[&str] = &[
+    "backend",
+    "last_recovery_ms",
+    "last_recovery_truncated_bytes",
+    "writer_failure",
+];
+
+fn tenant_visible(storage: Value) -> Value {
+    match storage {
+        Value::Object(facts) => Value::Object(
+            facts
+                .into_iter()
+                .filter(|(key, _)| TENANT_VISIBLE_STORAGE_KEYS.contains(&key.as_str()))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenants_see_no_totals_of_the_whole_log() {
+        let storage = serde_json::json!({"backend": "file", "segments": 3, "bytes": 10,
+            "events": 7, "index_memory_bytes": 5, "last_recovery_ms": 1.5,
+            "last_recovery_truncated_bytes": 0, "writer_failure": null});
+        assert_eq!(
+            tenant_visible(storage),
+            serde_json::json!({"backend": "file", "last_recovery_ms": 1.5,
+                "last_recovery_truncated_bytes": 0, "writer_failure": null})
+        );
+    }
+}

@@ -1,0 +1,382 @@
+//! Extractors whose rejections are problem+json with precise codes: JSON bodies (415, 413,
+//! `malformed_json`, `validation_failed` with a JSON pointer per field), query strings, path
+//! ids, and the authenticated [`Principal`].
+
+use crate::auth::{hash_token, looks_like_token};
+use crate::problem::{ApiError, codes};
+use crate::state::AppState;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use serde::de::DeserializeOwned;
+use serde_path_to_error::{Path as ErrorPath, Segment};
+use trueline_core::accounts::Role;
+use trueline_core::ids::{OrgId, TokenId, UserId};
+use trueline_core::validation::FieldError;
+
+/// A JSON request body. Requires `Content-Type: application/json` (or `+json`).
+#[derive(Debug, Clone)]
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        require_json_content_type(req.headers())?;
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    codes::PAYLOAD_TOO_LARGE,
+                    "the request body exceeds the size limit",
+                )
+            } else {
+                ApiError::new(codes::MALFORMED_JSON, rejection.body_text())
+            }
+        })?;
+        parse_json(&bytes).map(ApiJson)
+    }
+}
+
+pub fn require_json_content_type(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let is_json = content_type.is_some_and(|ct| {
+        let essence = ct
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        essence == "application/json"
+            || (essence.starts_with("application/") && essence.ends_with("+json"))
+    });
+    if is_json {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            codes::UNSUPPORTED_MEDIA_TYPE,
+            format!(
+                "expected Content-Type: application/json, got {}",
+                content_type.unwrap_or("none")
+            ),
+        ))
+    }
+}
+
+/// Parses JSON, turning serde's errors into problems with the failing field's JSON pointer.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // Syntax first, without building anything: a truncated document must be reported as
+    // malformed, not as whichever field the typed parse happened to be missing.
+    serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
+        .map_err(|e| ApiError::new(codes::MALFORMED_JSON, e.to_string()))?;
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+        let path = pointer(e.path());
+        let inner = e.into_inner();
+        match inner.classify() {
+            serde_json::error::Category::Data => {
+                ApiError::validation(vec![data_error(&path, &inner)])
+            }
+            _ => ApiError::new(codes::MALFORMED_JSON, inner.to_string()),
+        }
+    })?;
+    deserializer
+        .end()
+        .map_err(|e| ApiError::new(codes::MALFORMED_JSON, e.to_string()))?;
+    Ok(value)
+}
+
+fn pointer(path: &ErrorPath) -> String {
+    let mut out = String::new();
+    for segment in path.iter() {
+        out.push('/');
+        match segment {
+            Segment::Seq { index } => out.push_str(&index.to_string()),
+            Segment::Map { key } => out.push_str(&key.replace('~', "~0").replace('/', "~1")),
+            Segment::Enum { variant } => out.push_str(variant),
+            Segment::Unknown => out.push('?'),
+        }
+    }
+    out
+}
+
+/// Classifies a serde data error by its message. Our own deserializers report
+/// `[code] detail`; serde's built-in messages have fixed prefixes.
+fn data_error(path: &str, e: &serde_json::Error) -> FieldError {
+    let full = e.to_string();
+    // serde_json appends " at line L column C"; the pointer says where, so drop it.
+    let message = full
+        .rsplit_once(" at line ")
+        .map_or(full.as_str(), |(m, _)| m)
+        .to_owned();
+    let backticked = || message.split('`').nth(1).unwrap_or("").to_owned();
+    if let Some(rest) = message.strip_prefix('[')
+        && let Some((code, detail)) = rest.split_once("] ")
+    {
+        let code = CUSTOM_CODES
+            .iter()
+            .find(|c| **c == code)
+            .copied()
+            .unwrap_or("invalid_value");
+        return FieldError::new(path, code, detail);
+    }
+    if message.starts_with("missing field") {
+        let field = backticked();
+        return FieldError::new(
+            format!("{path}/{field}"),
+            "missing_field",
+            format!("`{field}` is required"),
+        );
+    }
+    if message.starts_with("unknown field") {
+        let field = backticked();
+        let at = if path.ends_with(&format!("/{field}")) {
+            path.to_owned()
+        } else {
+            format!("{path}/{field}")
+        };
+        return FieldError::new(at, "unknown_field", message);
+    }
+    let code = if message.starts_with("invalid type") {
+        "invalid_type"
+    } else if message.starts_with("invalid length") {
+        "invalid_length"
+    } else {
+        "invalid_value"
+    };
+    FieldError::new(if path.is_empty() { "/" } else { path }, code, message)
+}
+
+/// Codes our custom deserializers may report (anything else becomes `invalid_value`).
+const CUSTOM_CODES: &[&str] = &[
+    "invalid_type",
+    "out_of_range",
+    "invalid_value",
+    "too_long",
+    "empty",
+];
+
+/// A query string parsed into `T`, with problem rejections.
+#[derive(Debug, Clone)]
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let query = parts.uri.query().unwrap_or("");
+        let deserializer =
+            serde_urlencoded::Deserializer::new(form_urlencoded_parse(query.as_bytes()));
+        serde_path_to_error::deserialize(deserializer)
+            .map(ApiQuery)
+            .map_err(|e| {
+                let field = e.path().to_string();
+                let message = e.into_inner().to_string();
+                let code = if message.starts_with("unknown field") {
+                    "unknown_field"
+                } else {
+                    "invalid_value"
+                };
+                let field = if field == "." {
+                    message.split('`').nth(1).unwrap_or("").to_owned()
+                } else {
+                    field
+                };
+                ApiError::field(&format!("/query/{field}"), code, message)
+            })
+    }
+}
+
+fn form_urlencoded_parse(input: &[u8]) -> form_urlencoded::Parse<'_> {
+    form_urlencoded::parse(input)
+}
+
+/// A UUID path parameter. A malformed id names no resource, so it is a 404 like any other
+/// unknown id (and reveals nothing).
+#[derive(Debug, Clone, Copy)]
+pub struct PathId(pub uuid::Uuid);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let axum::extract::Path(raw): axum::extract::Path<String> =
+            axum::extract::Path::from_request_parts(parts, state)
+                .await
+                .map_err(|_| ApiError::new(codes::NOT_FOUND, "not found"))?;
+        uuid::Uuid::parse_str(&raw)
+            .map(PathId)
+            .map_err(|_| ApiError::new(codes::NOT_FOUND, "no resource has this id"))
+    }
+}
+
+/// The authenticated caller: a user acting in one organization through one token.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub user_id: UserId,
+    pub org_id: OrgId,
+    pub role: Role,
+    pub token_id: TokenId,
+}
+
+impl Principal {
+    /// 403 `insufficient_role` unless the caller's role is at least `required`.
+    pub fn require(&self, required: Role) -> Result<(), ApiError> {
+        self.role.require(required).map_err(|e| {
+            tracing::info!(
+                event = "auth.denied",
+                user_id = %self.user_id,
+                org_id = %self.org_id,
+                role = %self.role,
+                required = %required,
+            );
+            ApiError::from(e)
+        })
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` header value (not yet validated).
+pub fn bearer_token(value: &axum::http::HeaderValue) -> Option<&str> {
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
+}
+
+fn unauthorized(code: crate::problem::ErrorCode, reason: &'static str, detail: &str) -> ApiError {
+    tracing::info!(event = "auth.unauthorized", reason);
+    ApiError::new(code, detail)
+}
+
+impl FromRequestParts<AppState> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if let Some(principal) = parts.extensions.get::<Principal>() {
+            return Ok(principal.clone());
+        }
+        let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
+            return Err(unauthorized(
+                codes::UNAUTHENTICATED,
+                "missing",
+                "send Authorization: Bearer <token>",
+            ));
+        };
+        let token = bearer_token(value)
+            .filter(|token| looks_like_token(token))
+            .ok_or_else(|| {
+                unauthorized(
+                    codes::INVALID_TOKEN,
+                    "malformed",
+                    "the bearer token is malformed",
+                )
+            })?;
+        let record = state
+            .store
+            .token_by_hash(&hash_token(token))
+            .await?
+            .ok_or_else(|| {
+                unauthorized(codes::INVALID_TOKEN, "unknown", "the token is not valid")
+            })?;
+        if record.revoked_at.is_some() {
+            return Err(unauthorized(
+                codes::INVALID_TOKEN,
+                "revoked",
+                "the token was revoked",
+            ));
+        }
+        if state.clock.now() >= record.expires_at {
+            return Err(unauthorized(
+                codes::TOKEN_EXPIRED,
+                "expired",
+                "the token has expired; log in again",
+            ));
+        }
+        let principal = Principal {
+            user_id: record.user_id,
+            org_id: record.org_id,
+            role: record.role,
+            token_id: record.token_id,
+        };
+        parts.extensions.insert(principal.clone());
+        Ok(principal)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Body {
+        email: String,
+        n: i64,
+    }
+
+    fn code_of(input: &str) -> (String, Vec<(String, &'static str)>) {
+        match parse_json::<Body>(input.as_bytes()) {
+            Ok(_) => ("ok".into(), vec![]),
+            Err(e) => (
+                e.code.code.to_owned(),
+                e.errors.iter().map(|f| (f.field.clone(), f.code)).collect(),
+            ),
+        }
+    }
+
+    #[test]
+    fn json_errors_are_classified_with_pointers() {
+        assert_eq!(code_of("{\"email\": ").0, "malformed_json");
+        assert_eq!(code_of("{} x").0, "malformed_json");
+        assert_eq!(
+            code_of("{\"email\": \"a\"}").1,
+            vec![("/n".to_owned(), "missing_field")]
+        );
+        assert_eq!(
+            code_of("{\"email\": \"a\", \"n\": true}").1,
+            vec![("/n".to_owned(), "invalid_type")]
+        );
+        assert_eq!(
+            code_of("{\"email\": \"a\", \"n\": 1, \"x\": 1}").1,
+            vec![("/x".to_owned(), "unknown_field")]
+        );
+        assert_eq!(code_of("{\"email\": \"a\", \"n\": 1}").0, "ok");
+    }
+
+    mod bearer_header {
+        use super::super::bearer_token;
+        use axum::http::HeaderValue;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+            /// Any bytes a client can put in the header: no panic, and a token is always a
+            /// trimmed part of what was sent after `Bearer `.
+            #[test]
+            fn never_panics_and_only_takes_what_follows_the_scheme(
+                raw in prop::collection::vec(any::<u8>(), 0..300)
+            ) {
+                if let Ok(value) = HeaderValue::from_bytes(&raw)
+                    && let Some(token) = bearer_token(&value)
+                {
+                    let text = value.to_str().unwrap();
+                    prop_assert!(text[..7].eq_ignore_ascii_case("bearer "));
+                    prop_assert!(text[7..].contains(token));
+                    prop_assert_eq!(token, token.trim());
+                }
+            }
+
+            #[test]
+            fn a_well_formed_header_yields_its_token(token in "[A-Za-z0-9_-]{1,100}") {
+                let value = HeaderValue::from_str(&format!("Bearer {token}")).unwrap();
+                prop_assert_eq!(bearer_token(&value), Some(token.as_str()));
+            }
+        }
+    }
+}

@@ -1,0 +1,418 @@
+//! `Idempotency-Key` on every authenticated `POST` and `PATCH`.
+//!
+//! Before the handler runs, this middleware claims the key for (organization, user, key) with
+//! a fingerprint of (method, path, canonical JSON body):
+//! - first use → the handler runs, and its store operation completes the record with the
+//!   response **in the same transaction as the mutation**;
+//! - same key, same request, already completed → the stored response, byte-identical, with
+//!   `Idempotent-Replayed: true`;
+//! - same key while the first request still runs → `409 idempotency_key_in_use`;
+//! - same key, different request → `422 idempotency_key_reused`.
+//!
+//! A request that fails (validation, a refused transition, an outage) changed nothing, so its
+//! claim is released and a retry runs afresh. A claim whose request died (crash) expires after
+//! `idempotency_lock_ms` and is taken over by the next retry.
+//!
+//! Responses that hand out a secret once (invite tokens, a webhook's signing secret) must
+//! replay the same secret, so their stored copy holds it, but sealed: encrypted
+//! (ChaCha20-Poly1305) under a key derived from the bearer token of the request. The database
+//! keeps that token only as a SHA-256, so a copy of the database opens none of them; a retry
+//! with the same token replays the response byte-identical, one with another token of the same
+//! user gets `409 idempotency_key_other_token`.
+
+use crate::extract::Principal;
+use crate::problem::{ApiError, codes};
+use crate::state::AppState;
+use axum::body::Body;
+use axum::extract::{FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use trueline_core::idempotency::IdempotencyKey;
+use trueline_store::{Claim, Idempotency, IdempotencyScope, StoredResponse};
+
+pub static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+pub static IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+
+/// A claimed key, handed to the handler through the request extensions.
+#[derive(Clone)]
+pub struct IdempotencyClaim {
+    pub scope: IdempotencyScope,
+    /// Set when the handler hands the claim to a store operation; a 2xx without it is a
+    /// handler bug (the key would never complete), caught and logged.
+    used: Arc<AtomicBool>,
+    /// Seals stored responses that carry a secret to this request's bearer token.
+    seal_key: SealKey,
+}
+
+impl std::fmt::Debug for IdempotencyClaim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdempotencyClaim")
+            .field("scope", &self.scope)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The key that seals stored responses to one bearer token.
+#[derive(Clone)]
+struct SealKey([u8; 32]);
+
+impl SealKey {
+    /// SHA-256 of a domain label and the token. The token carries 256 random bits; the label
+    /// keeps this key unrelated to the token hash the database stores.
+    fn of(bearer_token: &str) -> Self {
+        let mut hasher = Sha256::new();
+        hasher.update(b"trueline idempotency seal v1\n");
+        hasher.update(bearer_token.as_bytes());
+        Self(hasher.finalize().into())
+    }
+
+    fn cipher(&self) -> Option<LessSafeKey> {
+        UnboundKey::new(&CHACHA20_POLY1305, &self.0)
+            .ok()
+            .map(LessSafeKey::new)
+    }
+}
+
+/// Marks a stored response whose body is sealed (internal; never sent).
+const SEALED_HEADER: &str = "trueline-sealed";
+const SEALED_V1: &str = "v1";
+
+/// Replaces the body with `nonce ‖ ciphertext ‖ tag`. Should sealing fail (no randomness),
+/// the body is dropped instead: a replay then answers 409, and the secret is never stored.
+fn seal(mut response: StoredResponse, key: &SealKey) -> StoredResponse {
+    let sealed = (|| {
+        let cipher = key.cipher()?;
+        let mut nonce = [0u8; NONCE_LEN];
+        getrandom::fill(&mut nonce).ok()?;
+        let mut body = std::mem::take(&mut response.body);
+        cipher
+            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::empty(), &mut body)
+            .ok()?;
+        let mut out = nonce.to_vec();
+        out.append(&mut body);
+        Some(out)
+    })();
+    response.body = sealed.unwrap_or_default();
+    response
+        .headers
+        .push((SEALED_HEADER.to_owned(), SEALED_V1.to_owned()));
+    response
+}
+
+/// The stored response as sent: opened if sealed; `None` if `key` cannot open it.
+fn open(mut response: StoredResponse, key: &SealKey) -> Option<StoredResponse> {
+    let Some(at) = response
+        .headers
+        .iter()
+        .position(|(k, _)| k == SEALED_HEADER)
+    else {
+        return Some(response);
+    };
+    response.headers.remove(at);
+    if response.body.len() < NONCE_LEN {
+        return None;
+    }
+    let mut body = response.body.split_off(NONCE_LEN);
+    let nonce = Nonce::try_assume_unique_for_key(&response.body).ok()?;
+    let plain = key
+        .cipher()?
+        .open_in_place(nonce, Aad::empty(), &mut body)
+        .ok()?
+        .len();
+    body.truncate(plain);
+    response.body = body;
+    Some(response)
+}
+
+/// A key this middleware did not claim because the handler resolves it inside its own
+/// mutation transaction (the combined quantity path: one commit per batch, not per key).
+#[derive(Debug, Clone)]
+pub struct DeferredKey {
+    pub scope: IdempotencyScope,
+    pub fingerprint: [u8; 32],
+}
+
+/// The route whose keys are resolved inline when hot-row combining is on.
+const INLINE_ROUTE: &str = "/api/v1/items/{id}/qty";
+
+/// The claim of this request, if it carried a key (extractor; never fails).
+#[derive(Debug, Clone, Default)]
+pub struct Idem(pub Option<IdempotencyClaim>);
+
+impl Idem {
+    /// The store-side half: complete the claim with `render(result)` in the mutation's
+    /// transaction.
+    pub fn with<'a, T>(
+        &'a self,
+        render: &'a (dyn Fn(&T) -> StoredResponse + Send + Sync),
+    ) -> Option<Idempotency<'a, T>> {
+        self.0.as_ref().map(|claim| {
+            claim.used.store(true, Ordering::SeqCst);
+            Idempotency {
+                scope: &claim.scope,
+                render,
+            }
+        })
+    }
+
+    /// The stored copy of a response that hands out a secret: sealed to the caller's bearer
+    /// token (see the module docs). Store with `idem.with(&|x| idem.seal(render(x)))` and send
+    /// `render(x)`.
+    pub fn seal(&self, response: StoredResponse) -> StoredResponse {
+        match &self.0 {
+            Some(claim) => seal(response, &claim.seal_key),
+            None => response,
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Idem {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Idem(parts.extensions.get::<IdempotencyClaim>().cloned()))
+    }
+}
+
+/// A response that can be stored for replay and sent as is.
+pub struct Stored(pub StoredResponse);
+
+impl IntoResponse for Stored {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.0.status).unwrap_or(StatusCode::OK);
+        let mut response = (status, self.0.body).into_response();
+        for (name, value) in &self.0.headers {
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::try_from(name.as_str()),
+                HeaderValue::from_str(value),
+            ) {
+                response.headers_mut().insert(name, value);
+            }
+        }
+        response
+    }
+}
+
+/// A JSON response in storable form.
+pub fn json_response<T: Serialize>(
+    status: StatusCode,
+    extra_headers: &[(&str, String)],
+    body: &T,
+) -> StoredResponse {
+    let mut headers = vec![("content-type".to_owned(), "application/json".to_owned())];
+    headers.extend(
+        extra_headers
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone())),
+    );
+    StoredResponse {
+        status: status.as_u16(),
+        headers,
+        body: serde_json::to_vec(body).unwrap_or_default(),
+    }
+}
+
+/// SHA-256 over (method, path, canonical JSON body): what makes two requests "the same".
+pub fn fingerprint(method: &Method, path: &str, body: &[u8]) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update(method.as_str().as_bytes());
+    hasher.update(b"\n");
+    hasher.update(path.as_bytes());
+    hasher.update(b"\n");
+    // Canonical JSON (keys sorted, insignificant whitespace dropped) so a client that
+    // re-serializes the same request is recognised; anything else is hashed as sent.
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(value) => hasher.update(serde_json::to_vec(&value).unwrap_or_default()),
+        Err(_) => hasher.update(body),
+    }
+    hasher.finalize().into()
+}
+
+pub async fn layer(request: Request, next: Next) -> Response {
+    if !matches!(*request.method(), Method::POST | Method::PATCH) {
+        return next.run(request).await;
+    }
+    let Some(raw_key) = request.headers().get(&IDEMPOTENCY_KEY).cloned() else {
+        return next.run(request).await;
+    };
+    match claimed(request, raw_key, next).await {
+        Ok(response) | Err(response) => response,
+    }
+}
+
+async fn claimed(request: Request, raw_key: HeaderValue, next: Next) -> Result<Response, Response> {
+    let key = raw_key
+        .to_str()
+        .ok()
+        .and_then(|k| IdempotencyKey::parse(k).ok())
+        .ok_or_else(|| {
+            ApiError::field(
+                "/headers/idempotency-key",
+                "invalid_idempotency_key",
+                "must be 1 to 255 printable ASCII characters, bare or quoted",
+            )
+            .into_response()
+        })?;
+    let state = request
+        .extensions()
+        .get::<AppState>()
+        .cloned()
+        .ok_or_else(|| ApiError::internal("AppState extension missing").into_response())?;
+    let (mut parts, body) = request.into_parts();
+    let principal = Principal::from_request_parts(&mut parts, &state)
+        .await
+        .map_err(IntoResponse::into_response)?;
+    // The principal was resolved from this header, so it is there.
+    let seal_key = SealKey::of(
+        parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(crate::extract::bearer_token)
+            .unwrap_or_default(),
+    );
+    let bytes = axum::body::to_bytes(body, state.settings.body_limit_bytes)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                codes::PAYLOAD_TOO_LARGE,
+                "the request body exceeds the size limit",
+            )
+            .into_response()
+        })?;
+    let scope = IdempotencyScope {
+        org_id: principal.org_id,
+        user_id: principal.user_id,
+        key: key.as_str().to_owned(),
+    };
+    // Nested routers see the path without their prefix; the fingerprint uses the full one.
+    let path = parts
+        .extensions
+        .get::<axum::extract::OriginalUri>()
+        .map_or_else(|| parts.uri.path().to_owned(), |uri| uri.path().to_owned());
+    let print = fingerprint(&parts.method, &path, &bytes);
+    let inline = state.combiner.is_some()
+        && parts.method == Method::PATCH
+        && parts
+            .extensions
+            .get::<axum::extract::MatchedPath>()
+            .is_some_and(|p| p.as_str() == INLINE_ROUTE);
+    if inline {
+        parts.extensions.insert(DeferredKey {
+            scope,
+            fingerprint: print,
+        });
+        return Ok(next
+            .run(Request::from_parts(parts, Body::from(bytes)))
+            .await);
+    }
+    let now = state.clock.now();
+    let lock =
+        time::Duration::try_from(state.settings.idempotency_lock).unwrap_or(time::Duration::MINUTE);
+    let claim = state
+        .store
+        .claim(&scope, &print, now, now + lock)
+        .await
+        .map_err(|e| ApiError::from(e).into_response())?;
+    match claim {
+        Claim::Replay(stored) => {
+            let stored = open(stored, &seal_key).ok_or_else(|| {
+                ApiError::new(
+                    codes::IDEMPOTENCY_KEY_OTHER_TOKEN,
+                    "the response stored for this Idempotency-Key holds a secret sealed to the \
+                     token that sent the first request; retry with that token",
+                )
+                .into_response()
+            })?;
+            tracing::info!(event = "idempotency.replayed", key_len = scope.key.len());
+            let mut response = Stored(stored).into_response();
+            response.headers_mut().insert(
+                IDEMPOTENT_REPLAYED.clone(),
+                HeaderValue::from_static("true"),
+            );
+            return Ok(response);
+        }
+        Claim::InProgress => {
+            return Err(ApiError::new(
+                codes::IDEMPOTENCY_KEY_IN_USE,
+                "a request with this Idempotency-Key is still being processed; retry later",
+            )
+            .retry_after(1)
+            .into_response());
+        }
+        Claim::Mismatch => {
+            return Err(ApiError::new(
+                codes::IDEMPOTENCY_KEY_REUSED,
+                "this Idempotency-Key was used for a different request (method, path or body)",
+            )
+            .into_response());
+        }
+        Claim::Acquired => {}
+    }
+    let used = Arc::new(AtomicBool::new(false));
+    parts.extensions.insert(IdempotencyClaim {
+        scope: scope.clone(),
+        used: used.clone(),
+        seal_key,
+    });
+    let response = next
+        .run(Request::from_parts(parts, Body::from(bytes)))
+        .await;
+    if !response.status().is_success() || !used.load(Ordering::SeqCst) {
+        if response.status().is_success() {
+            tracing::error!(
+                event = "error.unhandled",
+                error = "2xx without completing the idempotency claim"
+            );
+        }
+        // Nothing was stored with the key: free it so a retry runs afresh.
+        if let Err(e) = state.store.release(&scope).await {
+            tracing::warn!(event = "idempotency.release_failed", error = %e);
+        }
+    }
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response(body: &str) -> StoredResponse {
+        json_response(StatusCode::CREATED, &[("location", "/x".into())], &body)
+    }
+
+    #[test]
+    fn a_sealed_response_opens_only_with_the_token_that_sealed_it() {
+        let secret = "tli_the-secret-token";
+        let plain = response(secret);
+        let key = SealKey::of("tl_first");
+        let sealed = seal(plain.clone(), &key);
+        assert!(
+            !sealed
+                .body
+                .windows(secret.len())
+                .any(|w| w == secret.as_bytes()),
+            "the stored body does not show the secret"
+        );
+        assert_ne!(seal(plain.clone(), &key).body, sealed.body, "fresh nonce");
+        assert_eq!(open(sealed.clone(), &key), Some(plain.clone()));
+        assert!(open(sealed.clone(), &SealKey::of("tl_other")).is_none());
+        let mut tampered = sealed;
+        if let Some(last) = tampered.body.last_mut() {
+            *last ^= 1;
+        }
+        assert!(open(tampered, &key).is_none(), "tampering is detected");
+    }
+
+    #[test]
+    fn unsealed_responses_replay_as_stored() {
+        let plain = response("no secret");
+        assert_eq!(open(plain.clone(), &SealKey::of("tl_any")), Some(plain));
+    }
+}

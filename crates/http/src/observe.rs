@@ -1,0 +1,96 @@
+//! The outermost middleware: request id, the one `http.request.completed` log line, the
+//! latency histogram, and the guarantee that every error response is problem+json (axum's own
+//! 404/405, a layer's 413 or timeout, a caught panic) with the request id in header and body.
+
+use crate::problem::{self, PROBLEM_JSON};
+use crate::request_id;
+use axum::extract::{MatchedPath, Request};
+use axum::http::{HeaderName, HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use std::time::Instant;
+use tracing::Instrument;
+
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The request's id, available to handlers as an extension.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+pub async fn observe(mut request: Request, next: Next) -> Response {
+    let id = request_id::accept_or_new(request.headers().get(&X_REQUEST_ID));
+    request.extensions_mut().insert(RequestId(id.clone()));
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let started = Instant::now();
+    let wake = request
+        .extensions()
+        .get::<crate::state::AppState>()
+        .map(|s| s.outbox_wake.clone());
+    let span = tracing::info_span!("request", request_id = %id);
+    tracing::debug!(parent: &span, event = "http.request.started", method = %method, route = %route);
+
+    let mut response =
+        request_id::scope(id.clone(), next.run(request).instrument(span.clone())).await;
+
+    let status = response.status();
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
+    if status.as_u16() >= 400 && !is_problem {
+        let headers = std::mem::take(response.headers_mut());
+        response =
+            request_id::sync_scope(id.clone(), || problem::for_status(status).into_response());
+        for (name, value) in headers.iter() {
+            if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+                response.headers_mut().insert(name.clone(), value.clone());
+            }
+        }
+    }
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(X_REQUEST_ID.clone(), value);
+    }
+
+    // A committed mutation has an outbox row: wake the relay.
+    if response.status().is_success()
+        && matches!(
+            method,
+            axum::http::Method::POST | axum::http::Method::PATCH | axum::http::Method::DELETE
+        )
+        && let Some(state) = wake
+    {
+        state.notify_one();
+    }
+    let latency = started.elapsed();
+    let status_code = response.status().as_u16();
+    tracing::info!(
+        parent: &span,
+        event = "http.request.completed",
+        method = %method,
+        route = %route,
+        status = status_code,
+        latency_ms = latency.as_secs_f64() * 1000.0,
+    );
+    metrics::histogram!(
+        "http_request_duration_seconds",
+        "route" => route,
+        "method" => method.to_string(),
+        "status" => status_code.to_string(),
+    )
+    .record(latency.as_secs_f64());
+    response
+}
+
+/// The body of a caught panic: a 500 problem; the panic message goes to the log only.
+pub fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic".to_owned());
+    problem::ApiError::internal(format!("handler panicked: {message}")).into_response()
+}

@@ -1,0 +1,228 @@
+//! XLSX workbooks: typed cells, hand-written XML parts, dates, malformed archives.
+
+use crate::files::{X, handwritten_xlsx, xlsx, zip};
+use trueline_core::assessments::{AnswerKey, QuestionSpec};
+use trueline_import::{Format, ImportError, RowError, parse};
+
+fn read(bytes: &[u8]) -> Result<Vec<QuestionSpec>, ImportError> {
+    parse(bytes, Format::Xlsx)
+}
+
+fn header() -> Vec<X> {
+    ["type", "prompt", "options", "correct", "points"]
+        .map(X::S)
+        .to_vec()
+}
+
+#[test]
+fn a_workbook_with_strings_numbers_booleans_and_empty_cells_imports_every_type() {
+    use X::*;
+    let bytes = xlsx(&[
+        header(),
+        vec![S("single_choice"), S("2 + 2?"), S("3|4|5"), N(4.0), N(2.0)],
+        vec![
+            S("multiple_choice"),
+            S("Even?"),
+            S("1|2|3|4"),
+            S("2|4"),
+            Blank,
+        ],
+        vec![S("true_false"), S("Sky is blue"), Blank, B(true), N(1.0)],
+        vec![S("short_text"), S("Say hi"), Blank, S("hi|hello")],
+        vec![S("numeric"), N(42.0), Blank, N(2.5)],
+        vec![S("numeric"), S("e?"), Blank, S("2.72+/-0.01"), N(3.0)],
+    ]);
+    let questions = read(&bytes).expect("imports");
+    assert_eq!(questions.len(), 6);
+    assert_eq!(
+        questions[0].key(),
+        &AnswerKey::SingleChoice {
+            options: vec!["3".into(), "4".into(), "5".into()],
+            correct: 1
+        }
+    );
+    assert_eq!(questions[0].points(), 2);
+    assert_eq!(
+        questions[1].key(),
+        &AnswerKey::MultipleChoice {
+            options: vec!["1".into(), "2".into(), "3".into(), "4".into()],
+            correct: vec![1, 3]
+        }
+    );
+    assert_eq!(questions[1].points(), 1);
+    assert_eq!(questions[2].key(), &AnswerKey::TrueFalse { correct: true });
+    assert_eq!(questions[4].prompt(), "42");
+    assert_eq!(
+        questions[4].key(),
+        &AnswerKey::Numeric {
+            value: 2.5,
+            tolerance: 0.0
+        }
+    );
+    assert_eq!(
+        questions[5].key(),
+        &AnswerKey::Numeric {
+            value: 2.72,
+            tolerance: 0.01
+        }
+    );
+    assert_eq!(questions[5].points(), 3);
+}
+
+#[test]
+fn spreadsheet_numbers_must_be_whole_where_a_whole_number_is_required() {
+    use X::*;
+    let bytes = xlsx(&[
+        header(),
+        vec![S("true_false"), S("p"), Blank, S("FALSE"), N(2.5)],
+        vec![S("single_choice"), S("p"), S("a|b"), N(1.5), B(true)],
+        vec![S("true_false"), S("p"), Blank, N(1.0), N(1.0)],
+        vec![S("numeric"), S("p"), Blank, B(false)],
+    ]);
+    let Err(ImportError::Rows(errors)) = read(&bytes) else {
+        panic!("expected row errors")
+    };
+    let got: Vec<_> = errors
+        .iter()
+        .map(|e| (e.row, e.column.as_str(), e.code))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (2, "points", "invalid_type"),
+            (3, "correct", "invalid_correct_answer"),
+            (3, "points", "invalid_type"),
+            (4, "correct", "invalid_value"),
+            (5, "correct", "invalid_type"),
+        ]
+    );
+}
+
+#[test]
+fn date_cells_are_reported_not_guessed() {
+    use X::*;
+    let bytes = xlsx(&[header(), vec![S("short_text"), S("When?"), Blank, Date]]);
+    assert_eq!(
+        read(&bytes),
+        Err(ImportError::Rows(vec![RowError {
+            row: 2,
+            column: "correct".into(),
+            code: "unsupported_cell",
+            detail: "holds a date or time, which a question cannot use; type it as text".into(),
+        }]))
+    );
+}
+
+#[test]
+fn leading_blank_rows_and_gaps_keep_the_row_numbers_a_person_sees() {
+    use X::*;
+    let bytes = xlsx(&[
+        vec![],
+        vec![Blank, Blank],
+        header(),
+        vec![S("true_false"), S("ok"), Blank, B(false)],
+        vec![],
+        vec![S("true_false"), S(""), Blank, S("maybe")],
+    ]);
+    let Err(ImportError::Rows(errors)) = read(&bytes) else {
+        panic!("expected row errors")
+    };
+    let got: Vec<_> = errors
+        .iter()
+        .map(|e| (e.row, e.column.as_str(), e.code))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (6, "prompt", "missing_field"),
+            (6, "correct", "invalid_value")
+        ]
+    );
+}
+
+#[test]
+fn inline_strings_self_closing_cells_and_shared_strings_are_read() {
+    let sheet = r#"
+<row r="1">
+  <c r="A1" t="inlineStr"><is><t>Type</t></is></c>
+  <c r="B1" t="s"><v>0</v></c>
+  <c r="C1" t="inlineStr"><is><t> options </t></is></c>
+  <c r="D1" t="inlineStr"><is><r><t>cor</t></r><r><t>rect</t></r></is></c>
+  <c r="E1" t="s"><v>1</v></c>
+</row>
+<row r="2">
+  <c r="A2" t="inlineStr"><is><t>single_choice</t></is></c>
+  <c r="B2" t="s"><v>2</v></c>
+  <c r="C2" t="inlineStr"><is><t>Red|Green</t></is></c>
+  <c r="D2" t="s"><v>3</v></c>
+  <c r="E2"/>
+</row>
+<row r="3"><c r="A3"/><c r="B3" s="1"/><c r="C3" t="s"/></row>
+<row r="4">
+  <c r="A4" t="inlineStr"><is><t>true_false</t></is></c>
+  <c r="B4" t="inlineStr"><is><t>Is &amp; works?</t></is></c>
+  <c r="C4"/>
+  <c r="D4" t="b"><v>1</v></c>
+  <c r="E4"><v>4</v></c>
+</row>"#;
+    let bytes = handwritten_xlsx(sheet, &["prompt", "points", "Colour of grass?", "green"]);
+    let questions = read(&bytes).expect("imports");
+    assert_eq!(questions.len(), 2);
+    assert_eq!(questions[0].prompt(), "Colour of grass?");
+    assert_eq!(
+        questions[0].key(),
+        &AnswerKey::SingleChoice {
+            options: vec!["Red".into(), "Green".into()],
+            correct: 1
+        }
+    );
+    assert_eq!(questions[0].points(), 1);
+    assert_eq!(questions[1].prompt(), "Is & works?");
+    assert_eq!(questions[1].key(), &AnswerKey::TrueFalse { correct: true });
+    assert_eq!(questions[1].points(), 4);
+}
+
+#[test]
+fn files_that_are_not_workbooks_are_refused_clearly() {
+    let good = xlsx(&[
+        header(),
+        vec![X::S("true_false"), X::S("p"), X::Blank, X::B(true)],
+    ]);
+    read(&good).expect("the untruncated file imports");
+    let not_xlsx = |bytes: &[u8]| match read(bytes) {
+        Err(ImportError::NotXlsx { detail }) => detail,
+        other => panic!("expected NotXlsx, got {other:?}"),
+    };
+    not_xlsx(&good[..good.len() / 2]);
+    not_xlsx(&good[..good.len() - 10]);
+    not_xlsx(b"type,prompt,correct\ntrue_false,p,true\n");
+    not_xlsx(b"");
+    not_xlsx(&[0xff; 4096]);
+    not_xlsx(b"PK\x03\x04 garbage that only starts like a zip");
+    // A valid zip that is no workbook.
+    not_xlsx(&zip(&[("hello.txt", b"hello")]));
+    // A corrupt entry: flip bytes in the middle of the compressed data.
+    let mut corrupt = good.clone();
+    for byte in &mut corrupt[200..260] {
+        *byte ^= 0x5a;
+    }
+    assert!(read(&corrupt).is_err());
+    assert_eq!(read(b"").map_err(|e| e.code()), Err("not_xlsx"));
+}
+
+#[test]
+fn a_workbook_whose_sheet_is_empty_has_no_questions() {
+    assert_eq!(read(&xlsx(&[])), Err(ImportError::Empty));
+    assert_eq!(read(&xlsx(&[header()])), Err(ImportError::Empty));
+}
+
+#[test]
+fn a_worksheet_that_makes_the_spreadsheet_reader_fail_is_refused_not_crashed() {
+    // calamine's cell-reference parser overflows on this row number (found by the
+    // robustness proptest); the import reports a malformed workbook instead.
+    let sheet = r#"<row r="1"><c r="A99999999999" t="inlineStr"><is><t>type</t></is></c></row>"#;
+    assert!(matches!(
+        read(&handwritten_xlsx(sheet, &[])),
+        Err(ImportError::NotXlsx { .. })
+    ));
+}

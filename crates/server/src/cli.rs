@@ -1,0 +1,255 @@
+//! Command-line interface.
+
+use crate::config::{Config, Overrides};
+use crate::startup::{Application, open_store, shutdown_signal};
+use crate::telemetry;
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(name = "trueline", version, about = "The backend that never lies.")]
+pub struct Cli {
+    /// Config file (default: ./trueline.toml if it exists).
+    #[arg(long, global = true, env = "TRUELINE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Data directory for the embedded database and event log (default ./data).
+    #[arg(long, global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// sqlite://… or postgres://… (default: SQLite in the data directory).
+    #[arg(long, global = true)]
+    pub database_url: Option<String>,
+    /// Address to listen on (default 127.0.0.1:8080; port 0 picks a free port).
+    #[arg(long, global = true)]
+    pub bind: Option<String>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (the default).
+    Serve,
+    /// Print the effective configuration (secrets redacted).
+    Config,
+    /// Apply, revert or list schema migrations.
+    Migrate {
+        #[command(subcommand)]
+        action: MigrateAction,
+    },
+    /// Inspect or repair the embedded event log (stop the server first: it holds the lock).
+    Eventlog {
+        #[command(subcommand)]
+        action: EventlogAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EventlogAction {
+    /// Check every record and checkpoint; exit 1 if anything is damaged.
+    Verify,
+    /// Print records as NDJSON (one object per line) on stdout.
+    Dump {
+        /// First global position to print.
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+    },
+    /// Cut the log after its last good record (damaged bytes are moved aside, not deleted).
+    Repair {
+        /// Required: repairing discards every record after the first damaged one.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MigrateAction {
+    /// Apply every pending migration.
+    Up,
+    /// Revert the most recent migrations.
+    Down {
+        /// How many migrations to revert.
+        #[arg(long, default_value_t = 1)]
+        steps: u32,
+    },
+    /// List migrations and whether each is applied.
+    Status,
+}
+
+impl Cli {
+    fn config(&self) -> anyhow::Result<Config> {
+        let overrides = Overrides {
+            data_dir: self.data_dir.clone(),
+            bind: self.bind.clone(),
+            database_url: self.database_url.clone(),
+        };
+        Config::load(self.config.as_deref(), &overrides).context("loading configuration")
+    }
+}
+
+fn banner(config: &Config, addr: std::net::SocketAddr) -> String {
+    let storage = if config.is_postgres() {
+        "postgres".to_owned()
+    } else {
+        format!("sqlite {}", config.data_dir.join("trueline.db").display())
+    };
+    format!(
+        "Trueline is listening on http://{addr}  (storage: {storage})\n\
+         Create the first account:\n  \
+         curl -s -X POST http://{addr}/api/v1/auth/signup -H 'content-type: application/json' \\\n    \
+         -d '{{\"email\":\"you@example.com\",\"password\":\"a long passphrase\",\"organization_name\":\"My shop\"}}'\n\
+         API reference: http://{addr}/docs   Stop: Ctrl-C\n"
+    )
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = cli.config()?;
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            telemetry::init_logging(&config.log.level);
+            let app = Application::build(config.clone()).await?;
+            eprint!("{}", banner(&config, app.local_addr()));
+            app.run_until_stopped(shutdown_signal()).await
+        }
+        Command::Config => {
+            print!("{}", config.to_redacted_toml());
+            Ok(())
+        }
+        Command::Migrate { action } => {
+            let store = open_store(&config).await?;
+            match action {
+                MigrateAction::Up => {
+                    let applied = store.migrate_up().await?;
+                    println!("applied {} migration(s): {applied:?}", applied.len());
+                }
+                MigrateAction::Down { steps } => {
+                    let reverted = store.migrate_down(steps).await?;
+                    println!("reverted {} migration(s): {reverted:?}", reverted.len());
+                }
+                MigrateAction::Status => {
+                    for m in store.migration_status().await? {
+                        let state = if m.applied { "applied" } else { "pending" };
+                        println!("{:>4}  {:<8} {}", m.version, state, m.description);
+                    }
+                }
+            }
+            Ok(())
+        }
+        Command::Eventlog { action } => eventlog(&config, action),
+    }
+}
+
+fn eventlog(config: &Config, action: EventlogAction) -> anyhow::Result<()> {
+    let dir = config.eventlog_dir();
+    anyhow::ensure!(dir.is_dir(), "no event log at {}", dir.display());
+    match action {
+        EventlogAction::Verify => {
+            let bar = indicatif::ProgressBar::new(0).with_style(
+                indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {eta}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            let report = trueline_eventlog::verify(&dir, &mut |done, total| {
+                bar.set_length(total);
+                bar.set_position(done);
+            })?;
+            bar.finish_and_clear();
+            println!(
+                "{} segment(s), {} record(s), {} bytes, {} checkpoint(s) ok",
+                report.segments, report.records, report.bytes, report.checkpoints_ok
+            );
+            for p in &report.problems {
+                println!(
+                    "problem: {:?} in {} at offset {}: {}",
+                    p.kind,
+                    p.file.display(),
+                    p.offset,
+                    p.detail
+                );
+            }
+            anyhow::ensure!(
+                report.problems.is_empty(),
+                "{} problem(s) found",
+                report.problems.len()
+            );
+            Ok(())
+        }
+        EventlogAction::Dump { from } => {
+            let stdout = std::io::stdout();
+            let mut out = ApiIds(std::io::BufWriter::new(stdout.lock()), Vec::new());
+            let count = trueline_eventlog::dump(&dir, &mut out, from)?;
+            std::io::Write::flush(&mut out)?;
+            eprintln!("{count} record(s)");
+            Ok(())
+        }
+        EventlogAction::Repair { yes } => {
+            anyhow::ensure!(
+                yes,
+                "repair discards every record after the first damaged one; run `trueline eventlog verify` first, then `repair --yes`"
+            );
+            let report = trueline_eventlog::repair(&dir)?;
+            match &report.truncated {
+                Some(t) => println!(
+                    "cut {} at offset {} ({} bytes): {}",
+                    t.segment.display(),
+                    t.offset,
+                    t.truncated_bytes,
+                    t.reason
+                ),
+                None => println!("nothing to cut"),
+            }
+            for q in &report.quarantined {
+                println!("moved aside: {}", q.display());
+            }
+            println!(
+                "the log now ends at global position {}",
+                report.last_global_position
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Rewrites each dumped NDJSON line's `id` from the engine's stored form to the id the API
+/// shows (the adapter stores `id XOR organization`, see `trueline_store_eventlog`), so an
+/// operator can search a dump for an id a client reported.
+struct ApiIds<W: std::io::Write>(W, Vec<u8>);
+
+impl<W: std::io::Write> ApiIds<W> {
+    fn line(&mut self, line: &[u8]) -> std::io::Result<()> {
+        let mut record: serde_json::Value = match serde_json::from_slice(line) {
+            Ok(record) => record,
+            Err(_) => return self.0.write_all(line),
+        };
+        let parse = |field: &str| {
+            record
+                .get(field)
+                .and_then(serde_json::Value::as_str)
+                .and_then(|s| uuid::Uuid::parse_str(s).ok())
+        };
+        if let (Some(org), Some(stored)) = (parse("org"), parse("id")) {
+            let id = trueline_store_eventlog::api_event_id(org, stored);
+            record["id"] = serde_json::Value::String(id.to_string());
+        }
+        serde_json::to_writer(&mut self.0, &record)?;
+        self.0.write_all(b"\n")
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for ApiIds<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.1.extend_from_slice(buf);
+        while let Some(end) = self.1.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.1.drain(..=end).collect();
+            self.line(&line[..end])?;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if !self.1.is_empty() {
+            let rest = std::mem::take(&mut self.1);
+            self.line(&rest)?;
+        }
+        self.0.flush()
+    }
+}

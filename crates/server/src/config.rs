@@ -1,0 +1,488 @@
+//! Configuration: defaults that work with zero setup, then an optional `trueline.toml`, then
+//! `TRUELINE_<SECTION>__<KEY>` environment variables, then command-line flags.
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// The file read when present in the working directory (or named by `--config`).
+pub const DEFAULT_CONFIG_FILE: &str = "trueline.toml";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the embedded database and the event log live (created on first start).
+    pub data_dir: PathBuf,
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    pub auth: AuthConfig,
+    pub idempotency: IdempotencyConfig,
+    pub events: EventsConfig,
+    pub outbox: OutboxConfig,
+    pub publish: PublishConfig,
+    pub webhooks: WebhooksConfig,
+    pub assessments: AssessmentsConfig,
+    pub limits: LimitsConfig,
+    pub inventory: InventoryConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct InventoryConfig {
+    /// Hot-row combining: concurrent quantity deltas share one transaction.
+    pub combine_deltas: bool,
+    /// Deltas per combined transaction.
+    pub combine_max_batch: usize,
+    /// Deltas waiting at most; beyond it, `503 overloaded`.
+    pub combine_queue: usize,
+}
+
+impl Default for InventoryConfig {
+    fn default() -> Self {
+        Self {
+            combine_deltas: true,
+            combine_max_batch: 256,
+            combine_queue: 8192,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub enabled: bool,
+    pub per_ip_per_second: u32,
+    pub per_ip_burst: u32,
+    pub per_token_per_second: u32,
+    pub per_token_burst: u32,
+    /// Signup, login and share-link registration, per client IP.
+    pub auth_per_ip_per_minute: u32,
+    pub auth_per_ip_burst: u32,
+    /// API requests served at once; beyond it, `503 overloaded` at once.
+    pub max_in_flight: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let d = trueline_http::limits::LimitSettings::default();
+        Self {
+            enabled: d.enabled,
+            per_ip_per_second: d.per_ip_per_second,
+            per_ip_burst: d.per_ip_burst,
+            per_token_per_second: d.per_token_per_second,
+            per_token_burst: d.per_token_burst,
+            auth_per_ip_per_minute: d.auth_per_ip_per_minute,
+            auth_per_ip_burst: d.auth_per_ip_burst,
+            max_in_flight: d.max_in_flight,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AssessmentsConfig {
+    /// Published assessments per organization.
+    pub published_max: u32,
+    /// Submissions are accepted this long after the deadline (network latency).
+    pub submit_grace_s: u64,
+    /// How often overdue attempts are auto-submitted.
+    pub sweep_interval_s: u64,
+}
+
+impl Default for AssessmentsConfig {
+    fn default() -> Self {
+        Self {
+            published_max: 3,
+            submit_grace_s: 30,
+            sweep_interval_s: 5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboxConfig {
+    /// How often the relay looks for rows committed by other instances (local commits wake
+    /// it at once).
+    pub poll_ms: u64,
+    /// `/readyz` warns when the oldest unpublished change is older than this.
+    pub lag_warn_s: u64,
+    /// How long a relay holds an organization before another instance may take it over.
+    pub lease_s: u64,
+    /// Run the relay in this instance (every instance may; they share the work).
+    pub relay_enabled: bool,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        Self {
+            poll_ms: 1_000,
+            lag_warn_s: 30,
+            lease_s: 30,
+            relay_enabled: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PublishConfig {
+    pub nats: NatsConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsConfig {
+    /// `nats://host:4222`; unset: no NATS publishing.
+    pub url: Option<String>,
+    /// The JetStream stream (created if missing, with subjects `<subject_prefix>.>`).
+    pub stream: String,
+    /// Subjects are `<subject_prefix>.<organization>.<event type>`.
+    pub subject_prefix: String,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            stream: "TRUELINE".into(),
+            subject_prefix: "trueline".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksConfig {
+    /// Allow loopback and private-network targets (tests; never on a public deployment).
+    pub allow_private_targets: bool,
+    pub timeout_ms: u64,
+    pub max_attempts: u32,
+    pub backoff_base_ms: u64,
+    pub backoff_max_ms: u64,
+    pub poll_ms: u64,
+    pub concurrency: u32,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        Self {
+            allow_private_targets: false,
+            timeout_ms: 10_000,
+            max_attempts: 8,
+            backoff_base_ms: 1_000,
+            backoff_max_ms: 3_600_000,
+            poll_ms: 500,
+            concurrency: 8,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// `file` (the embedded engine, one server per directory) or `postgres` (many instances;
+    /// needs a `postgres://` database.url).
+    pub backend: String,
+    /// Directory of the file backend (default `<data_dir>/eventlog`).
+    pub dir: Option<PathBuf>,
+    /// `always` (acknowledge after fdatasync), `interval` (fsync every `sync_interval_ms`),
+    /// or `never` (the OS decides).
+    pub durability: String,
+    pub sync_interval_ms: u64,
+    pub segment_size_bytes: u64,
+    /// Largest `data` + `metadata` of one event.
+    pub event_bytes_max: usize,
+    /// Largest request body of the event routes.
+    pub body_limit_bytes: usize,
+    /// Drop sealed segments older than this (0: keep forever).
+    pub retention_max_age_hours: u64,
+    /// Drop the oldest sealed segments beyond this total size (0: no limit).
+    pub retention_max_bytes: u64,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            backend: "file".into(),
+            dir: None,
+            durability: "always".into(),
+            sync_interval_ms: 10,
+            segment_size_bytes: 128 * 1024 * 1024,
+            event_bytes_max: 1024 * 1024,
+            body_limit_bytes: 16 * 1024 * 1024,
+            retention_max_age_hours: 0,
+            retention_max_bytes: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdempotencyConfig {
+    /// How long completed idempotency records are kept (and replayed).
+    pub retention_hours: u64,
+    /// How long a claim stays locked to its request; must exceed the request timeout.
+    pub lock_ms: u64,
+    /// How often the purge job runs.
+    pub purge_interval_s: u64,
+}
+
+impl Default for IdempotencyConfig {
+    fn default() -> Self {
+        Self {
+            retention_hours: 24,
+            lock_ms: 60_000,
+            purge_interval_s: 600,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub bind: String,
+    pub request_timeout_ms: u64,
+    pub body_limit_bytes: usize,
+    /// After SIGTERM, how long `/readyz` fails while requests are still served, so load
+    /// balancers stop routing here before the listener closes.
+    pub shutdown_drain_ms: u64,
+    /// How long in-flight requests get to finish after the listener closes.
+    pub shutdown_grace_ms: u64,
+    /// Open connections at most; further clients wait in the kernel's accept backlog.
+    pub max_connections: usize,
+    /// A request head must arrive within this time; idle keep-alive connections close
+    /// after it too (slowloris protection).
+    pub header_read_timeout_ms: u64,
+    /// A larger request head (request line and headers) is refused with 431.
+    pub max_request_head_bytes: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `sqlite://…` (default: `<data_dir>/trueline.db`) or `postgres://…`.
+    pub url: Option<String>,
+    pub max_connections: u32,
+    pub acquire_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub token_ttl_days: u32,
+    /// argon2id memory cost (KiB) and iterations; lower them only for tests.
+    pub password_memory_kib: u32,
+    pub password_iterations: u32,
+    pub login_failures_max: u32,
+    pub login_failure_window_s: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// An `EnvFilter` directive: `info`, `debug`, `trueline_http=debug,info`, …
+    pub level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./data"),
+            server: ServerConfig::default(),
+            database: DatabaseConfig::default(),
+            auth: AuthConfig::default(),
+            idempotency: IdempotencyConfig::default(),
+            events: EventsConfig::default(),
+            outbox: OutboxConfig::default(),
+            publish: PublishConfig::default(),
+            webhooks: WebhooksConfig::default(),
+            assessments: AssessmentsConfig::default(),
+            limits: LimitsConfig::default(),
+            inventory: InventoryConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            bind: "127.0.0.1:8080".into(),
+            request_timeout_ms: 30_000,
+            body_limit_bytes: 1024 * 1024,
+            shutdown_drain_ms: 1_000,
+            shutdown_grace_ms: 30_000,
+            max_connections: 1024,
+            header_read_timeout_ms: 10_000,
+            max_request_head_bytes: 64 * 1024,
+        }
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            max_connections: 16,
+            acquire_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            token_ttl_days: 30,
+            password_memory_kib: 19 * 1024,
+            password_iterations: 2,
+            login_failures_max: 5,
+            login_failure_window_s: 15 * 60,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+        }
+    }
+}
+
+/// Flags given on the command line (highest precedence).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bind: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_url: Option<String>,
+}
+
+impl Config {
+    /// Layers the sources. `file`: an explicit `--config` (must exist) or `None` to read
+    /// `trueline.toml` only if present.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, Box<figment::Error>> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        figment = match file {
+            Some(path) => {
+                if !path.exists() {
+                    return Err(Box::new(figment::Error::from(format!(
+                        "config file {} does not exist",
+                        path.display()
+                    ))));
+                }
+                figment.merge(Toml::file(path))
+            }
+            None => figment.merge(Toml::file(DEFAULT_CONFIG_FILE)),
+        };
+        figment = figment.merge(
+            Env::prefixed("TRUELINE_")
+                .filter(|key| is_configuration_key(key.as_str()))
+                .split("__"),
+        );
+        if let Some(dir) = &overrides.data_dir {
+            figment = figment.merge(Serialized::default("data_dir", dir));
+        }
+        if let Some(bind) = &overrides.bind {
+            figment = figment.merge(Serialized::default("server.bind", bind));
+        }
+        if let Some(url) = &overrides.database_url {
+            figment = figment.merge(Serialized::default("database.url", url));
+        }
+        figment.extract().map_err(Box::new)
+    }
+
+    /// The database URL in effect: the configured one or the SQLite file in the data dir.
+    pub fn database_url(&self) -> String {
+        self.database
+            .url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("trueline.db").display()))
+    }
+
+    /// Directory of the embedded event log.
+    pub fn eventlog_dir(&self) -> PathBuf {
+        self.events
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("eventlog"))
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        let url = self.database_url();
+        url.starts_with("postgres://") || url.starts_with("postgresql://")
+    }
+
+    /// The configuration as TOML with secrets (database passwords) redacted.
+    pub fn to_redacted_toml(&self) -> String {
+        let mut shown = self.clone();
+        shown.database.url = Some(redact_url(&self.database_url()));
+        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render config: {e}"))
+    }
+}
+
+/// Replaces the password of `scheme://user:password@host/…` with `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    let Some(at) = authority.rfind('@') else {
+        return url.to_owned();
+    };
+    let userinfo = &authority[..at];
+    let Some(colon) = userinfo.find(':') else {
+        return url.to_owned();
+    };
+    format!(
+        "{}://{}:***{}",
+        &url[..scheme_end],
+        &userinfo[..colon],
+        &rest[at..]
+    )
+}
+
+/// `TRUELINE_TEST_*` (after the prefix: `TEST_*`) belong to the test suites (database and
+/// broker URLs), not to the configuration: a shell exporting them can still run the server.
+fn is_configuration_key(key: &str) -> bool {
+    !key.get(..5)
+        .is_some_and(|p| p.eq_ignore_ascii_case("test_"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_test_suites_variables_are_not_configuration() {
+        assert!(!is_configuration_key("TEST_POSTGRES_URL"));
+        assert!(!is_configuration_key("test_nats_url"));
+        assert!(is_configuration_key("SERVER__BIND"));
+        assert!(is_configuration_key("TEST"));
+    }
+
+    #[test]
+    fn database_passwords_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact_url("sqlite://./data/x.db"), "sqlite://./data/x.db");
+    }
+
+    #[test]
+    fn defaults_serve_sqlite_under_data_on_localhost_8080() {
+        let config = Config::default();
+        assert_eq!(config.server.bind, "127.0.0.1:8080");
+        assert_eq!(config.database_url(), "sqlite://./data/trueline.db");
+        assert!(!config.is_postgres());
+    }
+}

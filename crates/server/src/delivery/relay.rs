@@ -1,0 +1,341 @@
+//! The outbox relay to the event log (and, through [`super::nats`], to NATS).
+//!
+//! One loop per destination per server instance. Each round leases a few organizations
+//! (several instances never interleave one organization's rows), publishes their pending
+//! rows in sequence order, then completes them. Rows of one stream that follow each other
+//! are appended as one batch; if such a batch partly exists already (a retry after a crash),
+//! the rows are appended one by one and the duplicates are recognised by event id.
+
+use super::backoff;
+use crate::delivery::nats::NatsPublisher;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Notify, watch};
+use trueline_core::ids::OrgId;
+use trueline_http::State;
+use trueline_store::events::{AppendRefusal, EventStoreError, ExpectedVersion, NewEvent};
+use trueline_store::{Destination, NewDelivery, OutboxRow, Webhook};
+use uuid::Uuid;
+
+/// Tunables of the relay.
+#[derive(Debug, Clone)]
+pub struct RelaySettings {
+    /// This instance's lease holder name.
+    pub holder: String,
+    pub lease: Duration,
+    /// How often to look for rows without a wake-up (other instances' commits).
+    pub poll: Duration,
+    pub orgs_per_round: u32,
+    pub rows_per_org: u32,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// After a round that caught up, how long to let new rows gather before the next one:
+    /// under load, fewer and larger rounds (each costs a durable write transaction, the
+    /// completion; on PostgreSQL also the lease) leave the database's writer to the requests.
+    pub gather: Duration,
+}
+
+impl Default for RelaySettings {
+    fn default() -> Self {
+        Self {
+            holder: format!("relay-{}", Uuid::now_v7()),
+            lease: Duration::from_secs(30),
+            poll: Duration::from_millis(1000),
+            orgs_per_round: 16,
+            rows_per_org: 500,
+            backoff_base: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(30),
+            gather: Duration::from_millis(10),
+        }
+    }
+}
+
+/// The metadata recorded with a relayed event: deterministic per row, so a republished row
+/// is recognised as the same event.
+fn metadata(row: &OutboxRow) -> Vec<u8> {
+    let committed = row
+        .created_at
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    serde_json::to_vec(&serde_json::json!({ "source": "outbox", "committed_at": committed }))
+        .unwrap_or_default()
+}
+
+fn event_of(row: &OutboxRow) -> NewEvent {
+    NewEvent {
+        id: row.event_id,
+        event_type: row.event_type.clone(),
+        data: serde_json::to_vec(&row.payload).unwrap_or_default(),
+        metadata: metadata(row),
+    }
+}
+
+/// Publishes one organization's rows to the event log in order; returns the sequence
+/// numbers published, stopping at the first failure (which is returned with the rows it
+/// concerns).
+pub async fn publish_to_log(
+    state: &State,
+    org: OrgId,
+    rows: &[OutboxRow],
+) -> (Vec<i64>, Option<(Vec<i64>, String)>) {
+    let mut done = Vec::with_capacity(rows.len());
+    let mut i = 0;
+    while i < rows.len() {
+        let stream = &rows[i].stream;
+        let run = rows[i..]
+            .iter()
+            .take_while(|r| &r.stream == stream)
+            .take(1000)
+            .count();
+        let batch = &rows[i..i + run];
+        let events: Vec<NewEvent> = batch.iter().map(event_of).collect();
+        let now = state.clock.now();
+        let result = state
+            .events
+            .append(org, stream, ExpectedVersion::Any, events, now)
+            .await;
+        match result {
+            Ok(_) => done.extend(batch.iter().map(|r| r.seq)),
+            Err(EventStoreError::Refused(AppendRefusal::EventIdConflict { .. })) if run > 1 => {
+                // Part of this run was published before a crash: go one by one.
+                for row in batch {
+                    match state
+                        .events
+                        .append(org, stream, ExpectedVersion::Any, vec![event_of(row)], now)
+                        .await
+                    {
+                        Ok(_) => done.push(row.seq),
+                        Err(e) => return (done, Some((vec![row.seq], e.to_string()))),
+                    }
+                }
+            }
+            Err(e) => {
+                return (
+                    done,
+                    Some((batch.iter().map(|r| r.seq).collect(), e.to_string())),
+                );
+            }
+        }
+        i += run;
+    }
+    (done, None)
+}
+
+/// The webhook deliveries the published rows call for.
+fn deliveries(rows: &[OutboxRow], published: &[i64], hooks: &[Webhook]) -> Vec<NewDelivery> {
+    rows.iter()
+        .filter(|r| published.contains(&r.seq))
+        .flat_map(|r| {
+            hooks
+                .iter()
+                .filter(move |h| h.org_id == r.org_id && h.matches(&r.event_type))
+                .map(move |h| NewDelivery {
+                    id: Uuid::now_v7(),
+                    webhook_id: h.id,
+                    org_id: r.org_id,
+                    event_id: r.event_id,
+                    event_type: r.event_type.clone(),
+                    payload: r.payload.clone(),
+                })
+        })
+        .collect()
+}
+
+/// What one round did.
+struct Round {
+    published: usize,
+    failed: bool,
+    /// Rows were found (so this instance holds leases).
+    found: bool,
+    /// The round was limited by `rows_per_org` or `orgs_per_round`: more is waiting.
+    full: bool,
+}
+
+/// One round for `destination`. The leases it takes are kept (renewed by the next rounds)
+/// and released when a round finds nothing, so a busy relay does not pay for a release each
+/// round and another instance takes over an organization at most `lease` after a crash.
+async fn round(
+    state: &State,
+    destination: Destination,
+    settings: &RelaySettings,
+    nats: Option<&NatsPublisher>,
+) -> Result<Round, String> {
+    let now = state.clock.now();
+    let lease = time::Duration::try_from(settings.lease).unwrap_or(time::Duration::seconds(30));
+    let rows = state
+        .store
+        .lease_outbox(
+            destination,
+            &settings.holder,
+            now,
+            now + lease,
+            settings.orgs_per_round,
+            settings.rows_per_org,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    if rows.is_empty() {
+        return Ok(Round {
+            published: 0,
+            failed: false,
+            found: false,
+            full: false,
+        });
+    }
+    let mut by_org: Vec<(OrgId, Vec<OutboxRow>)> = Vec::new();
+    for row in rows {
+        match by_org.last_mut() {
+            Some((org, list)) if *org == row.org_id => list.push(row),
+            _ => by_org.push((row.org_id, vec![row])),
+        }
+    }
+    let full = by_org.len() as u32 >= settings.orgs_per_round
+        || by_org
+            .iter()
+            .any(|(_, rows)| rows.len() as u32 >= settings.rows_per_org);
+    // Organizations are independent: publish them concurrently, each in order.
+    let results = futures_util::future::join_all(by_org.iter().map(|(org, rows)| async move {
+        match (destination, nats) {
+            (Destination::EventLog, _) => publish_to_log(state, *org, rows).await,
+            (Destination::Nats, Some(nats)) => nats.publish(rows).await,
+            (Destination::Nats, None) => (Vec::new(), None),
+        }
+    }))
+    .await;
+    let mut published = Vec::new();
+    let mut failed = false;
+    for (done, failure) in results {
+        published.extend(done);
+        if let Some((seqs, error)) = failure {
+            failed = true;
+            tracing::warn!(event = "outbox.failed", destination = destination.as_str(), rows = seqs.len(), error = %error);
+            metrics::counter!("outbox_failures_total", "destination" => destination.as_str())
+                .increment(1);
+            let _ = state.store.fail_outbox(&seqs, &error).await;
+        }
+    }
+    let deliveries = if destination == Destination::EventLog && !published.is_empty() {
+        let orgs: Vec<OrgId> = by_org.iter().map(|(o, _)| *o).collect();
+        let hooks = state
+            .store
+            .webhooks_of(&orgs)
+            .await
+            .map_err(|e| e.to_string())?;
+        let all: Vec<OutboxRow> = by_org.into_iter().flat_map(|(_, rows)| rows).collect();
+        deliveries(&all, &published, &hooks)
+    } else {
+        Vec::new()
+    };
+    if !published.is_empty() {
+        state
+            .store
+            .complete_outbox(destination, &published, &deliveries, state.clock.now())
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::info!(
+            event = "outbox.published",
+            destination = destination.as_str(),
+            rows = published.len(),
+            webhook_deliveries = deliveries.len(),
+        );
+        metrics::counter!("outbox_published_total", "destination" => destination.as_str())
+            .increment(published.len() as u64);
+    }
+    Ok(Round {
+        published: published.len(),
+        failed,
+        found: true,
+        full,
+    })
+}
+
+/// Runs the relay for `destination` until `stop` flips.
+pub async fn run(
+    state: State,
+    destination: Destination,
+    settings: RelaySettings,
+    nats: Option<Arc<NatsPublisher>>,
+    wake: Arc<Notify>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut failures = 0u32;
+    let mut holding = false;
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        let outcome = round(&state, destination, &settings, nats.as_deref()).await;
+        let wait = match outcome {
+            Ok(round) if !round.failed => {
+                failures = 0;
+                holding = round.found;
+                if !round.found {
+                    // Idle: let other instances have our organizations.
+                    let _ = state
+                        .store
+                        .release_outbox(destination, &settings.holder)
+                        .await;
+                }
+                if round.full {
+                    continue; // A backlog: go again at once.
+                }
+                if round.published > 0 {
+                    Some(settings.gather)
+                } else {
+                    None
+                }
+            }
+            Ok(round) => {
+                holding = round.found;
+                failures += 1;
+                Some(backoff(
+                    failures,
+                    settings.backoff_base,
+                    settings.backoff_max,
+                ))
+            }
+            Err(error) => {
+                failures += 1;
+                tracing::warn!(event = "outbox.failed", destination = destination.as_str(), error = %error);
+                Some(backoff(
+                    failures,
+                    settings.backoff_base,
+                    settings.backoff_max,
+                ))
+            }
+        };
+        match wait {
+            Some(delay) => {
+                tokio::select! {
+                    _ = stop.changed() => {}
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+            None => {
+                tokio::select! {
+                    _ = stop.changed() => {}
+                    () = wake.notified() => {}
+                    () = tokio::time::sleep(settings.poll) => {}
+                }
+            }
+        }
+    }
+    if holding {
+        let _ = state
+            .store
+            .release_outbox(destination, &settings.holder)
+            .await;
+    }
+}
+
+/// Refreshes the `outbox_pending` and `outbox_lag_seconds` gauges.
+pub async fn record_lag(state: &State, destination: Destination) -> Option<f64> {
+    let stats = state.store.outbox_stats(destination).await.ok()?;
+    let lag = stats
+        .oldest_pending_at
+        .map_or(0.0, |at| (state.clock.now() - at).as_seconds_f64().max(0.0));
+    metrics::gauge!("outbox_pending", "destination" => destination.as_str())
+        .set(stats.pending as f64);
+    metrics::gauge!("outbox_lag_seconds", "destination" => destination.as_str()).set(lag);
+    Some(lag)
+}

@@ -1,0 +1,11 @@
+//! The `trueline` server: configuration, telemetry, startup and shutdown, and the CLI
+//! subcommands (`serve`, `config`, `migrate`). The binary in `main.rs` is a thin shell over
+//! this library so tests can build and drive the same [`startup::Application`].
+
+pub mod cli;
+pub mod config;
+pub mod delivery;
+pub mod serve;
+pub mod startup;
+pub mod telemetry;
+pub mod workers;

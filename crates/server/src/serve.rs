@@ -1,0 +1,89 @@
+//! The HTTP connection layer: our own accept loop over hyper's HTTP/1 connection builder.
+//!
+//! `axum::serve` gives hyper no timer, so hyper's header read timeout never runs: a client
+//! that sends its request head one byte at a time (slowloris), or opens a connection and
+//! sends nothing, holds that connection forever; and it accepts connections without bound.
+//! Here every connection needs a permit (`max_connections`; beyond it new connections wait
+//! in the kernel's backlog), a request head must arrive completely within
+//! `header_read_timeout` (the same clock closes keep-alive connections left idle that long),
+//! and a request head larger than `max_request_head_bytes` is refused by hyper with
+//! `431 Request Header Fields Too Large` before any handler runs.
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tower::ServiceExt as _;
+
+/// What one client may hold of the server before a request reaches the router.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+    pub max_request_head_bytes: usize,
+}
+
+/// Serves `router` on `listener` until `stop` resolves; then closes the listener and asks
+/// every open connection to finish its in-flight request and close. Resolves when the last
+/// connection has closed (the caller bounds that wait with its grace period).
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: ConnectionLimits,
+    stop: impl Future<Output = ()>,
+) {
+    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let connections = GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_header_size(limits.max_request_head_bytes);
+    tokio::pin!(stop);
+    loop {
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            () = &mut stop => break,
+        };
+        let (stream, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Typically EMFILE: back off instead of spinning; the connections that
+                    // hold the descriptors time out or finish.
+                    tracing::warn!(event = "server.accept_failed", error = %e);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut stop => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let router = router.clone();
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(remote));
+            router.clone().oneshot(request)
+        });
+        let connection = connections.watch(http.serve_connection(TokioIo::new(stream), service));
+        let open = metrics::gauge!("http_connections_open");
+        open.increment(1.0);
+        tokio::spawn(async move {
+            // Errors here are the client's (reset, timeout, malformed head): nothing to do.
+            if let Err(e) = connection.await {
+                tracing::debug!(event = "server.connection_closed", error = %e);
+            }
+            open.decrement(1.0);
+            drop(permit);
+        });
+    }
+    drop(listener);
+    connections.shutdown().await;
+}

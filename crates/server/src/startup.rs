@@ -1,0 +1,394 @@
+//! Building and running the server: open the store (creating the data dir and applying
+//! migrations), bind the listener, serve until a shutdown signal, drain, exit.
+
+use crate::config::Config;
+use crate::telemetry;
+use anyhow::Context as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use trueline_core::clock::{Clock, SystemClock};
+use trueline_http::auth::{PasswordCost, PasswordHasher};
+use trueline_http::{HttpSettings, State};
+use trueline_store::Store;
+use trueline_store::events::EventStore;
+use trueline_store_eventlog::{Durability, FileEventOptions, FileEventStore};
+use trueline_store_postgres::{PgOptions, PgStore};
+use trueline_store_sqlite::{SqliteOptions, SqliteStore};
+
+/// Test-only knobs that have no place in the configuration file.
+#[doc(hidden)]
+#[derive(Clone, Default)]
+pub struct TestHooks {
+    /// I/O faults (ENOSPC, EIO on write or fsync) injected into the file event log.
+    pub event_log_faults: Option<Arc<dyn trueline_eventlog::FaultHook>>,
+}
+
+/// Opens the configured event store. The file backend logs what recovery did.
+pub fn open_events(config: &Config, pg: Option<&PgStore>) -> anyhow::Result<Arc<dyn EventStore>> {
+    open_events_with(config, pg, &TestHooks::default())
+}
+
+fn open_events_with(
+    config: &Config,
+    pg: Option<&PgStore>,
+    hooks: &TestHooks,
+) -> anyhow::Result<Arc<dyn EventStore>> {
+    match config.events.backend.as_str() {
+        "postgres" => {
+            let pg =
+                pg.context("events.backend = \"postgres\" needs a postgres:// database.url")?;
+            Ok(Arc::new(pg.event_store(config.events.event_bytes_max)))
+        }
+        "file" => {
+            let dir = config.eventlog_dir();
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("creating the event log directory {}", dir.display()))?;
+            let options = FileEventOptions {
+                fault_hook: hooks.event_log_faults.clone(),
+                ..file_options(config)?
+            };
+            let events = FileEventStore::open(&dir, options)
+                .with_context(|| format!("opening the event log in {}", dir.display()))?;
+            let r = events.recovery();
+            tracing::info!(
+                event = "eventlog.recovered",
+                dir = %dir.display(),
+                duration_ms = r.duration.as_secs_f64() * 1000.0,
+                segments = r.segments,
+                records_scanned = r.records_scanned,
+                records_from_checkpoint = r.records_from_checkpoint,
+                truncated_bytes = r.truncated.as_ref().map_or(0, |t| t.truncated_bytes),
+                truncated_segment = ?r.truncated.as_ref().map(|t| t.segment.display().to_string()),
+                truncated_at = r.truncated.as_ref().map_or(0, |t| t.offset),
+                truncated_reason = ?r.truncated.as_ref().map(|t| t.reason.clone()),
+                last_global_position = r.last_global_position,
+            );
+            Ok(Arc::new(events))
+        }
+        other => anyhow::bail!("events.backend must be \"file\" or \"postgres\" (got {other:?})"),
+    }
+}
+
+pub fn file_options(config: &Config) -> anyhow::Result<FileEventOptions> {
+    let e = &config.events;
+    let durability = match e.durability.as_str() {
+        "always" => Durability::Always,
+        "interval" => Durability::IntervalMs(e.sync_interval_ms.max(1)),
+        "never" => Durability::Never,
+        other => {
+            anyhow::bail!("events.durability must be always, interval or never (got {other:?})")
+        }
+    };
+    let hours = |h: u64| (h > 0).then(|| Duration::from_secs(h * 3600));
+    Ok(FileEventOptions {
+        durability,
+        segment_size_bytes: e.segment_size_bytes,
+        event_bytes_max: e.event_bytes_max,
+        retention: trueline_eventlog::Retention {
+            max_age: hours(e.retention_max_age_hours),
+            max_total_bytes: (e.retention_max_bytes > 0).then_some(e.retention_max_bytes),
+        },
+        fault_hook: None,
+    })
+}
+
+/// Opens the configured store without migrating it.
+pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(open_stores(config).await?.store)
+}
+
+/// The opened store, with its concrete handle.
+pub struct Stores {
+    pub store: Arc<dyn Store>,
+    pub pg: Option<PgStore>,
+    pub sqlite: Option<SqliteStore>,
+}
+
+/// Opens the configured store (not migrated).
+pub async fn open_stores(config: &Config) -> anyhow::Result<Stores> {
+    let url = config.database_url();
+    let acquire_timeout = Duration::from_millis(config.database.acquire_timeout_ms);
+    if config.is_postgres() {
+        let options = PgOptions {
+            max_connections: config.database.max_connections,
+            acquire_timeout,
+            ..PgOptions::default()
+        };
+        let store = PgStore::connect(&url, options)
+            .await
+            .context("connecting to PostgreSQL")?;
+        Ok(Stores {
+            store: Arc::new(store.clone()),
+            pg: Some(store),
+            sqlite: None,
+        })
+    } else if url.starts_with("sqlite:") {
+        std::fs::create_dir_all(&config.data_dir).with_context(|| {
+            format!("creating the data directory {}", config.data_dir.display())
+        })?;
+        let options = SqliteOptions {
+            acquire_timeout,
+            ..SqliteOptions::default()
+        };
+        let store = SqliteStore::connect(&url, options)
+            .await
+            .context("opening SQLite")?;
+        Ok(Stores {
+            store: Arc::new(store.clone()),
+            pg: None,
+            sqlite: Some(store),
+        })
+    } else {
+        anyhow::bail!("database.url must start with sqlite:// or postgres:// (got {url})")
+    }
+}
+
+pub struct Application {
+    listener: TcpListener,
+    router: axum::Router,
+    pub state: State,
+    config: Config,
+    /// SQLite: held while this server runs (one server per database file).
+    _sqlite_lock: Option<std::fs::File>,
+}
+
+/// An embedded database serves exactly one server process: take `<database>.server-lock`
+/// (a second server gets a clear error), then release at once what a previous, dead process
+/// still held (pending idempotency claims, outbox and delivery leases) instead of letting
+/// retries wait up to `idempotency.lock_ms` and the relay up to `outbox.lease_s`.
+async fn take_over_sqlite(
+    config: &Config,
+    sqlite: &SqliteStore,
+    now: time::OffsetDateTime,
+) -> anyhow::Result<std::fs::File> {
+    let url = config.database_url();
+    let path = url
+        .trim_start_matches("sqlite://")
+        .trim_start_matches("sqlite:")
+        .split('?')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let lock_path = format!("{path}.server-lock");
+    let lock = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("opening {lock_path}"))?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            anyhow::bail!("another trueline server is using {path} (it holds {lock_path})")
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("locking {lock_path}"));
+        }
+    }
+    let released = sqlite
+        .release_leftovers(now)
+        .await
+        .context("releasing what a previous process held")?;
+    if released.any() {
+        tracing::info!(
+            event = "db.leftovers_released",
+            idempotency_claims = released.idempotency_claims,
+            outbox_leases = released.outbox_leases,
+            delivery_leases = released.delivery_leases,
+        );
+    }
+    Ok(lock)
+}
+
+impl Application {
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        Self::build_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    /// Like [`build`](Self::build) with a chosen clock (tests of expiry and deadlines).
+    pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+        Self::build_with(config, clock, axum::Router::new()).await
+    }
+
+    /// Like [`build_with_clock`](Self::build_with_clock) plus extra routes under the same
+    /// middleware (tests only).
+    pub async fn build_with(
+        config: Config,
+        clock: Arc<dyn Clock>,
+        extra: axum::Router<State>,
+    ) -> anyhow::Result<Self> {
+        Self::build_with_hooks(config, clock, extra, TestHooks::default()).await
+    }
+
+    /// Like [`build_with`](Self::build_with) plus test-only fault injection.
+    #[doc(hidden)]
+    pub async fn build_with_hooks(
+        config: Config,
+        clock: Arc<dyn Clock>,
+        extra: axum::Router<State>,
+        hooks: TestHooks,
+    ) -> anyhow::Result<Self> {
+        // reqwest (webhooks) uses rustls without a built-in provider: install ring's once.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let Stores { store, pg, sqlite } = open_stores(&config).await?;
+        let applied = store.migrate_up().await.context("applying migrations")?;
+        if !applied.is_empty() {
+            tracing::info!(event = "db.migrated", versions = ?applied, backend = store.backend());
+        }
+        let sqlite_lock = match &sqlite {
+            Some(sqlite) => Some(take_over_sqlite(&config, sqlite, clock.now()).await?),
+            None => None,
+        };
+        let passwords = PasswordHasher::new(PasswordCost {
+            memory_kib: config.auth.password_memory_kib,
+            iterations: config.auth.password_iterations,
+        })?;
+        let settings = HttpSettings {
+            body_limit_bytes: config.server.body_limit_bytes,
+            request_timeout: Duration::from_millis(config.server.request_timeout_ms),
+            token_ttl: Duration::from_secs(u64::from(config.auth.token_ttl_days) * 24 * 3600),
+            login_failures_max: config.auth.login_failures_max,
+            login_failure_window: Duration::from_secs(config.auth.login_failure_window_s),
+            idempotency_lock: Duration::from_millis(
+                config
+                    .idempotency
+                    .lock_ms
+                    .max(config.server.request_timeout_ms + 1_000),
+            ),
+            events_body_limit_bytes: config.events.body_limit_bytes,
+            event_bytes_max: config.events.event_bytes_max,
+            published_assessments_max: config.assessments.published_max,
+            submit_grace: Duration::from_secs(config.assessments.submit_grace_s),
+        };
+        let events = open_events_with(&config, pg.as_ref(), &hooks)?;
+        let metrics = telemetry::metrics_handle();
+        let mut state = State::new(
+            store,
+            events,
+            clock,
+            settings,
+            passwords,
+            Arc::new(move || metrics.render()),
+        );
+        state.allow_private_webhook_targets = config.webhooks.allow_private_targets;
+        let l = &config.limits;
+        state.limits = Arc::new(trueline_http::limits::Limits::new(
+            trueline_http::limits::LimitSettings {
+                enabled: l.enabled,
+                per_ip_per_second: l.per_ip_per_second,
+                per_ip_burst: l.per_ip_burst,
+                per_token_per_second: l.per_token_per_second,
+                per_token_burst: l.per_token_burst,
+                auth_per_ip_per_minute: l.auth_per_ip_per_minute,
+                auth_per_ip_burst: l.auth_per_ip_burst,
+                max_in_flight: l.max_in_flight,
+            },
+        ));
+        trueline_http::limits::spawn_sweeper(state.limits.clone());
+        if config.inventory.combine_deltas {
+            state.combiner = Some(trueline_http::combiner::Combiner::start(
+                state.store.clone(),
+                config.inventory.combine_max_batch,
+                config.inventory.combine_queue,
+            ));
+        }
+        state.outbox_lag_warn = Duration::from_secs(config.outbox.lag_warn_s);
+        let router = trueline_http::app_with(state.clone(), extra);
+        let listener = TcpListener::bind(&config.server.bind)
+            .await
+            .with_context(|| format!("binding {}", config.server.bind))?;
+        Ok(Self {
+            listener,
+            router,
+            state,
+            config,
+            _sqlite_lock: sqlite_lock,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// Serves until `shutdown` resolves, then: `/readyz` fails for `shutdown_drain_ms` while
+    /// requests are still served, the listener closes, in-flight requests get
+    /// `shutdown_grace_ms` to finish, and the store is closed.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let addr = self.local_addr();
+        tracing::info!(
+            event = "server.started",
+            address = %addr,
+            backend = self.state.store.backend(),
+        );
+        let (stop_workers, workers_stopped) = tokio::sync::watch::channel(false);
+        let workers = crate::workers::spawn_all(&self.state, &self.config, workers_stopped);
+        let state_for_shutdown = self.state.clone();
+        let drain = Duration::from_millis(self.config.server.shutdown_drain_ms);
+        let grace = Duration::from_millis(self.config.server.shutdown_grace_ms);
+        let closing = Arc::new(tokio::sync::Notify::new());
+        let closing_signal = closing.clone();
+        let graceful = async move {
+            shutdown.await;
+            state_for_shutdown.begin_shutdown();
+            tracing::info!(
+                event = "server.draining",
+                drain_ms = drain.as_millis() as u64
+            );
+            tokio::time::sleep(drain).await;
+            tracing::info!(event = "server.closing_listener");
+            closing_signal.notify_one();
+        };
+        let limits = crate::serve::ConnectionLimits {
+            max_connections: self.config.server.max_connections,
+            header_read_timeout: Duration::from_millis(self.config.server.header_read_timeout_ms),
+            max_request_head_bytes: self.config.server.max_request_head_bytes,
+        };
+        let server = crate::serve::serve(self.listener, self.router, limits, graceful);
+        let deadline = async move {
+            closing.notified().await;
+            tokio::time::sleep(grace).await;
+        };
+        tokio::select! {
+            () = server => {}
+            () = deadline => {
+                tracing::warn!(event = "server.grace_expired", grace_ms = grace.as_millis() as u64);
+            }
+        }
+        let _ = stop_workers.send(true);
+        for worker in workers {
+            let _ = worker.await;
+        }
+        tracing::info!(event = "server.stopped");
+        Ok(())
+    }
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!(event = "server.signal_received");
+}

@@ -1,0 +1,476 @@
+//! Accounts and tenancy over HTTP.
+
+use crate::both_backends;
+use crate::helpers::*;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+both_backends!(
+    signup_returns_the_user_the_organization_and_a_working_token,
+    signup_reports_every_invalid_field_and_creates_nothing,
+    signup_with_a_taken_email_is_a_conflict_and_creates_nothing,
+    login_issues_tokens_scoped_to_the_requested_organization,
+    login_failures_are_rate_limited_per_email,
+    revoked_tokens_are_refused,
+    expired_tokens_are_refused_with_token_expired,
+    missing_and_malformed_credentials_are_401_with_www_authenticate,
+    members_can_be_added_listed_promoted_and_removed,
+    roles_are_enforced_on_member_management,
+    another_organizations_member_is_not_found_and_unchanged,
+    the_last_owner_cannot_leave_or_be_demoted,
+    two_owners_demoting_each_other_concurrently_leave_exactly_one_owner,
+    organizations_can_be_created_and_listed_with_pagination,
+);
+
+async fn signup_returns_the_user_the_organization_and_a_working_token(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let body = json!({"email": " Ann@Example.COM ", "password": PASSWORD, "organization_name": "  Ann's shop "});
+    let response = app
+        .send_json(Method::POST, "/api/v1/auth/signup", None, &body)
+        .await;
+    assert_eq!(response.status(), 201);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["user"]["email"], "ann@example.com");
+    assert_eq!(body["organization"]["name"], "Ann's shop");
+    assert_eq!(body["organization"]["role"], "owner");
+    let token = body["token"]["token"].as_str().unwrap();
+    assert!(token.starts_with("tl_") && token.len() == 46, "{token}");
+    assert_eq!(body["token"]["token_type"], "Bearer");
+    let me: Value = app.get("/api/v1/me", token).await.json().await.unwrap();
+    assert_eq!(me["user"]["email"], "ann@example.com");
+    assert_eq!(me["organization"]["id"], body["organization"]["id"]);
+    assert_eq!(me["organization"]["role"], "owner");
+    // Only the hash of the token is stored, and the password only as argon2id.
+    assert_eq!(app.count("api_tokens").await, 1);
+    let hashed = app
+        .scalar("SELECT count(*) FROM users WHERE password_hash LIKE '$argon2id$%'")
+        .await;
+    assert_eq!(hashed, 1);
+}
+
+async fn signup_reports_every_invalid_field_and_creates_nothing(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let before = app.snapshot().await;
+    let body = json!({"email": "not-an-email", "password": "short", "organization_name": "  "});
+    let response = app
+        .send_json(Method::POST, "/api/v1/auth/signup", None, &body)
+        .await;
+    let problem = assert_problem(response, 400, "validation_failed").await;
+    let fields: Vec<&str> = problem["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["/email", "/password", "/organization_name"]);
+    let unknown = json!({"email": "a@example.com", "password": PASSWORD, "organization_name": "x", "admin": true});
+    let response = app
+        .send_json(Method::POST, "/api/v1/auth/signup", None, &unknown)
+        .await;
+    let problem = assert_problem(response, 400, "validation_failed").await;
+    assert_eq!(problem["errors"][0]["code"], "unknown_field");
+    assert_eq!(problem["errors"][0]["field"], "/admin");
+    let missing = json!({"email": "a@example.com"});
+    let response = app
+        .send_json(Method::POST, "/api/v1/auth/signup", None, &missing)
+        .await;
+    let problem = assert_problem(response, 400, "validation_failed").await;
+    assert_eq!(problem["errors"][0]["code"], "missing_field");
+    assert_eq!(app.snapshot().await, before);
+}
+
+async fn signup_with_a_taken_email_is_a_conflict_and_creates_nothing(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.sign_up("ann@example.com").await;
+    let before = app.snapshot().await;
+    let body =
+        json!({"email": "ANN@example.com", "password": PASSWORD, "organization_name": "Again"});
+    let response = app
+        .send_json(Method::POST, "/api/v1/auth/signup", None, &body)
+        .await;
+    assert_problem(response, 409, "email_taken").await;
+    assert_eq!(app.snapshot().await, before);
+}
+
+async fn login_issues_tokens_scoped_to_the_requested_organization(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let ann = app.sign_up("ann@example.com").await;
+    let response = app
+        .post(
+            "/api/v1/organizations",
+            &ann.token,
+            &json!({"name": "Second"}),
+        )
+        .await;
+    assert_eq!(response.status(), 201);
+    let second: Value = response.json().await.unwrap();
+    let second_id = second["id"].as_str().unwrap();
+    let token = app.log_in(&ann, second_id).await;
+    let me: Value = app.get("/api/v1/me", &token).await.json().await.unwrap();
+    assert_eq!(me["organization"]["id"], second_id);
+    // Without organization_id: the first organization (by id).
+    let body = json!({"email": "ann@example.com", "password": PASSWORD});
+    let response = app
+        .send_json(Method::POST, "/api/v1/auth/tokens", None, &body)
+        .await;
+    assert_eq!(response.status(), 201);
+    // An organization the user is not in is a 404.
+    let bob = app.sign_up("bob@example.com").await;
+    let body =
+        json!({"email": "ann@example.com", "password": PASSWORD, "organization_id": bob.org_id});
+    let response = app
+        .send_json(Method::POST, "/api/v1/auth/tokens", None, &body)
+        .await;
+    assert_problem(response, 404, "not_found").await;
+}
+
+async fn login_failures_are_rate_limited_per_email(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.sign_up("ann@example.com").await;
+    let tokens_before = app.count("api_tokens").await;
+    let wrong = json!({"email": "ann@example.com", "password": "wrong password!"});
+    for _ in 0..5 {
+        let response = app
+            .send_json(Method::POST, "/api/v1/auth/tokens", None, &wrong)
+            .await;
+        assert_problem(response, 401, "invalid_credentials").await;
+    }
+    let right = json!({"email": "ann@example.com", "password": PASSWORD});
+    let response = app
+        .send_json(Method::POST, "/api/v1/auth/tokens", None, &right)
+        .await;
+    assert!(response.headers().contains_key("retry-after"));
+    assert_problem(response, 429, "rate_limited").await;
+    assert_eq!(app.count("api_tokens").await, tokens_before);
+    // Unknown emails fail exactly like wrong passwords (no account enumeration).
+    let unknown = json!({"email": "nobody@example.com", "password": "whatever password"});
+    let response = app
+        .send_json(Method::POST, "/api/v1/auth/tokens", None, &unknown)
+        .await;
+    assert_problem(response, 401, "invalid_credentials").await;
+}
+
+async fn revoked_tokens_are_refused(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let ann = app.sign_up("ann@example.com").await;
+    let response = app
+        .request(
+            Method::DELETE,
+            "/api/v1/auth/tokens/current",
+            Some(&ann.token),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    assert_problem(
+        app.get("/api/v1/me", &ann.token).await,
+        401,
+        "invalid_token",
+    )
+    .await;
+    assert_eq!(
+        app.scalar("SELECT count(*) FROM api_tokens WHERE revoked_at IS NOT NULL")
+            .await,
+        1
+    );
+}
+
+async fn expired_tokens_are_refused_with_token_expired(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let ann = app.sign_up("ann@example.com").await;
+    assert_eq!(app.get("/api/v1/me", &ann.token).await.status(), 200);
+    app.clock.advance(time::Duration::days(30));
+    let response = app.get("/api/v1/me", &ann.token).await;
+    assert_eq!(
+        response.headers()["www-authenticate"],
+        "Bearer realm=\"trueline\""
+    );
+    assert_problem(response, 401, "token_expired").await;
+}
+
+async fn missing_and_malformed_credentials_are_401_with_www_authenticate(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let response = app
+        .request(Method::GET, "/api/v1/me", None)
+        .send()
+        .await
+        .unwrap();
+    assert!(response.headers().contains_key("www-authenticate"));
+    assert_problem(response, 401, "unauthenticated").await;
+    for bad in ["garbage", "tl_short", &format!("tl_{}", "A".repeat(43))] {
+        assert_problem(app.get("/api/v1/me", bad).await, 401, "invalid_token").await;
+    }
+    let response = app
+        .client
+        .get(app.url("/api/v1/me"))
+        .header("authorization", "Basic abc")
+        .send()
+        .await
+        .unwrap();
+    assert_problem(response, 401, "invalid_token").await;
+}
+
+async fn members_can_be_added_listed_promoted_and_removed(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let owner = app.sign_up("owner@example.com").await;
+    let bob = app.sign_up("bob@example.com").await;
+    let bob_token = app.add_member(&owner, &bob, "member").await;
+    let list: Value = app
+        .get("/api/v1/members", &owner.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["data"].as_array().unwrap().len(), 2);
+    assert_eq!(list["next_cursor"], Value::Null);
+    let path = format!("/api/v1/members/{}", bob.user_id);
+    let response = app
+        .send_json(
+            Method::PATCH,
+            &path,
+            Some(&owner.token),
+            &json!({"role": "admin"}),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let member: Value = response.json().await.unwrap();
+    assert_eq!(member["role"], "admin");
+    let me: Value = app
+        .get("/api/v1/me", &bob_token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        me["organization"]["role"], "admin",
+        "the role applies to existing tokens"
+    );
+    let response = app
+        .request(Method::DELETE, &path, Some(&owner.token))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    let response = app
+        .request(Method::DELETE, &path, Some(&owner.token))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204, "removing again is idempotent");
+    assert_problem(
+        app.get("/api/v1/me", &bob_token).await,
+        401,
+        "invalid_token",
+    )
+    .await;
+    // Paging: limit 1 walks the list.
+    let page: Value = app
+        .get("/api/v1/members?limit=1", &owner.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["data"].as_array().unwrap().len(), 1);
+    assert_problem(
+        app.get("/api/v1/members?limit=0", &owner.token).await,
+        400,
+        "validation_failed",
+    )
+    .await;
+    assert_problem(
+        app.get("/api/v1/members?cursor=zzz", &owner.token).await,
+        400,
+        "invalid_cursor",
+    )
+    .await;
+    assert_problem(
+        app.get("/api/v1/members?bogus=1", &owner.token).await,
+        400,
+        "validation_failed",
+    )
+    .await;
+}
+
+async fn roles_are_enforced_on_member_management(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let owner = app.sign_up("owner@example.com").await;
+    let viewer = app.sign_up("viewer@example.com").await;
+    let admin = app.sign_up("admin@example.com").await;
+    let carol = app.sign_up("carol@example.com").await;
+    let viewer_token = app.add_member(&owner, &viewer, "viewer").await;
+    let admin_token = app.add_member(&owner, &admin, "admin").await;
+    let before = app.snapshot().await;
+    let add = json!({"email": carol.email, "role": "member"});
+    assert_problem(
+        app.post("/api/v1/members", &viewer_token, &add).await,
+        403,
+        "insufficient_role",
+    )
+    .await;
+    let owner_path = format!("/api/v1/members/{}", owner.user_id);
+    let demote = json!({"role": "member"});
+    let response = app
+        .send_json(Method::PATCH, &owner_path, Some(&admin_token), &demote)
+        .await;
+    assert_problem(response, 403, "insufficient_role").await;
+    let make_owner = json!({"email": carol.email, "role": "owner"});
+    assert_problem(
+        app.post("/api/v1/members", &admin_token, &make_owner).await,
+        403,
+        "insufficient_role",
+    )
+    .await;
+    assert_eq!(app.snapshot().await, before);
+    // Admins may manage non-owners.
+    assert_eq!(
+        app.post("/api/v1/members", &admin_token, &add)
+            .await
+            .status(),
+        201
+    );
+    // Anyone may leave.
+    let viewer_path = format!("/api/v1/members/{}", viewer.user_id);
+    let response = app
+        .request(Method::DELETE, &viewer_path, Some(&viewer_token))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+}
+
+async fn another_organizations_member_is_not_found_and_unchanged(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let ann = app.sign_up("ann@example.com").await;
+    let bob = app.sign_up("bob@example.com").await;
+    let before = app.snapshot().await;
+    let path = format!("/api/v1/members/{}", bob.user_id);
+    let response = app
+        .send_json(
+            Method::PATCH,
+            &path,
+            Some(&ann.token),
+            &json!({"role": "viewer"}),
+        )
+        .await;
+    assert_problem(response, 404, "not_found").await;
+    let response = app
+        .send_json(
+            Method::PATCH,
+            "/api/v1/members/not-a-uuid",
+            Some(&ann.token),
+            &json!({"role": "viewer"}),
+        )
+        .await;
+    assert_problem(response, 404, "not_found").await;
+    assert_eq!(app.snapshot().await, before);
+    let me: Value = app
+        .get("/api/v1/me", &bob.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["organization"]["role"], "owner");
+}
+
+async fn the_last_owner_cannot_leave_or_be_demoted(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let ann = app.sign_up("ann@example.com").await;
+    let before = app.snapshot().await;
+    let path = format!("/api/v1/members/{}", ann.user_id);
+    let response = app
+        .send_json(
+            Method::PATCH,
+            &path,
+            Some(&ann.token),
+            &json!({"role": "admin"}),
+        )
+        .await;
+    assert_problem(response, 409, "last_owner").await;
+    let response = app
+        .request(Method::DELETE, &path, Some(&ann.token))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(response, 409, "last_owner").await;
+    assert_eq!(app.snapshot().await, before);
+}
+
+async fn two_owners_demoting_each_other_concurrently_leave_exactly_one_owner(backend: Backend) {
+    let app = std::sync::Arc::new(spawn_app(backend).await);
+    for round in 0..8 {
+        let a = app.sign_up(&format!("a{round}@example.com")).await;
+        let b = app.sign_up(&format!("b{round}@example.com")).await;
+        let b_token = app.add_member(&a, &b, "owner").await;
+        let mut tasks = Vec::new();
+        for (token, target) in [
+            (a.token.clone(), b.user_id.clone()),
+            (b_token, a.user_id.clone()),
+        ] {
+            let app = app.clone();
+            tasks.push(tokio::spawn(async move {
+                let path = format!("/api/v1/members/{target}");
+                app.send_json(
+                    Method::PATCH,
+                    &path,
+                    Some(&token),
+                    &json!({"role": "admin"}),
+                )
+                .await
+                .status()
+                .as_u16()
+            }));
+        }
+        let mut statuses = Vec::new();
+        for t in tasks {
+            statuses.push(t.await.unwrap());
+        }
+        statuses.sort();
+        assert!(
+            statuses == [200, 403] || statuses == [200, 409],
+            "round {round}: {statuses:?}"
+        );
+        let owners = app
+            .scalar(&format!(
+                "SELECT count(*) FROM memberships WHERE role = 'owner' AND org_id IN
+                 (SELECT m.org_id FROM memberships m JOIN users u ON u.id = m.user_id
+                  WHERE u.email = 'a{round}@example.com')"
+            ))
+            .await;
+        assert_eq!(owners, 1, "round {round}");
+    }
+}
+
+async fn organizations_can_be_created_and_listed_with_pagination(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let ann = app.sign_up("ann@example.com").await;
+    for i in 0..3 {
+        let response = app
+            .post(
+                "/api/v1/organizations",
+                &ann.token,
+                &json!({"name": format!("Org {i}")}),
+            )
+            .await;
+        assert_eq!(response.status(), 201);
+    }
+    let response = app
+        .post("/api/v1/organizations", &ann.token, &json!({"name": ""}))
+        .await;
+    assert_problem(response, 400, "validation_failed").await;
+    let mut names = Vec::new();
+    let mut path = "/api/v1/organizations?limit=3".to_owned();
+    loop {
+        let page: Value = app.get(&path, &ann.token).await.json().await.unwrap();
+        for org in page["data"].as_array().unwrap() {
+            assert_eq!(org["role"], "owner");
+            names.push(org["name"].as_str().unwrap().to_owned());
+        }
+        match page["next_cursor"].as_str() {
+            Some(cursor) => path = format!("/api/v1/organizations?limit=3&cursor={cursor}"),
+            None => break,
+        }
+    }
+    assert_eq!(names.len(), 4);
+    assert_eq!(app.count("organizations").await, 4);
+}

@@ -1,0 +1,242 @@
+//! The `trueline` binary itself: its logs, `config` and `migrate` subcommands.
+
+use crate::helpers::PASSWORD;
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_trueline");
+
+/// Starts `trueline serve` on a free port in `dir`; returns the child and its address, read
+/// from the `server.started` log line.
+fn start_server(dir: &std::path::Path) -> (Child, String, std::sync::mpsc::Receiver<String>) {
+    start_server_with(dir, &[])
+}
+
+/// [`start_server`] with extra environment variables (configuration).
+pub(crate) fn start_server_with(
+    dir: &std::path::Path,
+    env: &[(&str, String)],
+) -> (Child, String, std::sync::mpsc::Receiver<String>) {
+    // The test's HTTP client (reqwest on rustls without a built-in provider) needs one, also
+    // when no in-process server installed it first.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut command = Command::new(BIN);
+    // Only the configuration given here: the test runner's own TRUELINE_TEST_* variables
+    // are not configuration keys and would stop the server.
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("TRUELINE_")) {
+        command.env_remove(key);
+    }
+    let mut child = command
+        .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
+        .arg(dir)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("TRUELINE_AUTH__PASSWORD_MEMORY_KIB", "64")
+        .env("TRUELINE_AUTH__PASSWORD_ITERATIONS", "1")
+        .env("TRUELINE_SERVER__SHUTDOWN_DRAIN_MS", "0")
+        .env("TRUELINE_LOG__LEVEL", "debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start trueline");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let address = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("server.started line");
+        let value: Value = serde_json::from_str(&line).expect("every log line is JSON");
+        if value["event"] == "server.started" {
+            break format!("http://{}", value["address"].as_str().unwrap());
+        }
+    };
+    (child, address, rx)
+}
+
+pub(crate) fn terminate(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = child.wait().unwrap();
+    assert!(
+        status.success(),
+        "SIGTERM leads to a clean exit: {status:?}"
+    );
+}
+
+#[tokio::test]
+async fn logs_are_json_lines_with_base_fields_and_never_contain_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, address, lines) = start_server(dir.path());
+    // reqwest is built without a default TLS provider; in-process apps install ring's, but
+    // this test may run before any of them.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::new();
+    let signup =
+        json!({"email": "ann@example.com", "password": PASSWORD, "organization_name": "Ann"});
+    let body: Value = client
+        .post(format!("{address}/api/v1/auth/signup"))
+        .json(&signup)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = body["token"]["token"].as_str().unwrap().to_owned();
+    let me = client
+        .get(format!("{address}/api/v1/me"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), 200);
+    let wrong = json!({"email": "ann@example.com", "password": "the wrong password"});
+    client
+        .post(format!("{address}/api/v1/auth/tokens"))
+        .json(&wrong)
+        .send()
+        .await
+        .unwrap();
+    let login = json!({"email": "ann@example.com", "password": PASSWORD});
+    let issued: Value = client
+        .post(format!("{address}/api/v1/auth/tokens"))
+        .json(&login)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let second_token = issued["token"].as_str().unwrap().to_owned();
+    client
+        .get(format!("{address}/api/v1/me"))
+        .bearer_auth("tl_not_a_real_token")
+        .send()
+        .await
+        .unwrap();
+    terminate(&mut child);
+    let lines: Vec<String> = lines.try_iter().collect();
+    assert!(lines.len() >= 6, "{lines:?}");
+    let mut completed = 0;
+    for line in &lines {
+        for secret in [
+            PASSWORD,
+            "the wrong password",
+            &token,
+            &second_token,
+            "tl_not_a_real_token",
+        ] {
+            assert!(
+                !line.contains(secret),
+                "a secret leaked into the log: {line}"
+            );
+        }
+        let value: Value = serde_json::from_str(line).expect("JSON line");
+        for field in ["timestamp", "level", "event", "service"] {
+            assert!(value.get(field).is_some(), "{field} missing in {line}");
+        }
+        assert!(
+            value.get("request_id").is_some(),
+            "request_id key present in {line}"
+        );
+        if value["event"] == "http.request.completed" {
+            completed += 1;
+            for field in ["method", "route", "status", "latency_ms"] {
+                assert!(value.get(field).is_some(), "{field} missing in {line}");
+            }
+            assert!(value["request_id"].is_string());
+        }
+    }
+    assert_eq!(completed, 5, "one completion line per request");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("\"event\":\"auth.unauthorized\""))
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("\"event\":\"mutation.accounts.signup.success\""))
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("\"event\":\"server.stopped\""))
+    );
+}
+
+#[test]
+fn config_prints_the_effective_configuration_with_secrets_redacted() {
+    let output = Command::new(BIN)
+        .args([
+            "--database-url",
+            "postgres://app:hunter2secret@db.internal:5432/trueline",
+            "config",
+        ])
+        .env("TRUELINE_SERVER__REQUEST_TIMEOUT_MS", "1234")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(!text.contains("hunter2secret"), "{text}");
+    assert!(
+        text.contains("postgres://app:***@db.internal:5432/trueline"),
+        "{text}"
+    );
+    assert!(
+        text.contains("request_timeout_ms = 1234"),
+        "env vars apply: {text}"
+    );
+    assert!(
+        text.contains("bind = \"127.0.0.1:8080\""),
+        "defaults shown: {text}"
+    );
+}
+
+#[test]
+fn migrate_status_down_and_up_work_on_the_embedded_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let output = Command::new(BIN)
+            .args(args)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    assert!(run(&["migrate", "status"]).contains("pending"));
+    assert!(run(&["migrate", "up"]).contains("applied"));
+    let status = run(&["migrate", "status"]);
+    assert!(
+        status.contains("applied") && !status.contains("pending"),
+        "{status}"
+    );
+    assert!(run(&["migrate", "down", "--steps", "99"]).contains("reverted"));
+    assert!(!run(&["migrate", "status"]).contains("applied"));
+    run(&["migrate", "up"]);
+}
+
+#[test]
+fn an_unusable_database_url_fails_startup_with_a_clear_error() {
+    let output = Command::new(BIN)
+        .args(["--database-url", "mysql://x", "--bind", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("sqlite:// or postgres://"));
+}

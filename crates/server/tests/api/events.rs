@@ -1,0 +1,554 @@
+//! The Events API over HTTP: the file engine (SQLite runs) and PostgreSQL (PostgreSQL runs).
+
+use crate::both_backends;
+use crate::helpers::*;
+use reqwest::Method;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+both_backends!(
+    a_single_append_returns_its_position_and_a_client_id_makes_it_idempotent,
+    expected_versions_guard_concurrent_writers,
+    a_batch_appends_atomically_to_one_stream,
+    events_are_read_by_id_only_within_the_organization,
+    catch_up_reads_are_gapless_filtered_and_paginated,
+    streams_are_read_forward_and_backward,
+    subscriptions_catch_up_then_go_live_and_resume_with_last_event_id,
+    stats_report_the_organization_and_the_storage,
+    invalid_events_are_rejected_and_write_nothing,
+    viewers_may_read_events_but_not_append,
+);
+
+/// An app whose outbox relay is off, so the event log holds only what the test appends.
+async fn quiet_app(backend: Backend) -> TestApp {
+    spawn_app_with(
+        backend,
+        |c| c.outbox.relay_enabled = false,
+        axum::Router::new(),
+    )
+    .await
+}
+
+async fn append(app: &TestApp, token: &str, body: Value) -> reqwest::Response {
+    app.post("/api/v1/events", token, &body).await
+}
+
+async fn a_single_append_returns_its_position_and_a_client_id_makes_it_idempotent(
+    backend: Backend,
+) {
+    let app = quiet_app(backend).await;
+    let ann = app.sign_up("ann@example.com").await;
+    let response = append(
+        &app,
+        &ann.token,
+        json!({"type": "order.placed", "data": {"total": 12.5, "note": "héllo 👋"}}),
+    )
+    .await;
+    assert_eq!(response.status(), 201);
+    let first: Value = response.json().await.unwrap();
+    assert_eq!(
+        (
+            first["position"].as_u64(),
+            first["stream"].as_str(),
+            first["stream_version"].as_u64()
+        ),
+        (Some(1), Some("default"), Some(1))
+    );
+    let id = uuid::Uuid::now_v7();
+    let body =
+        json!({"id": id, "type": "order.paid", "stream": "order-1", "data": [1, "two", null]});
+    let created: Value = append(&app, &ann.token, body.clone())
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(created["position"], 2);
+    let again = append(&app, &ann.token, body.clone()).await;
+    assert_eq!(
+        again.status(),
+        200,
+        "same id and content: the original position"
+    );
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["position"], 2);
+    let mut changed = body.clone();
+    changed["data"] = json!("different");
+    assert_problem(
+        append(&app, &ann.token, changed).await,
+        409,
+        "event_id_conflict",
+    )
+    .await;
+    let event: Value = app
+        .get(&format!("/api/v1/events/{id}"), &ann.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(event["data"], json!([1, "two", null]));
+    assert_eq!(event["type"], "order.paid");
+    let stats: Value = app
+        .get("/api/v1/stats", &ann.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["organization"]["last_position"], 2);
+}
+
+async fn expected_versions_guard_concurrent_writers(backend: Backend) {
+    let app = quiet_app(backend).await;
+    let ann = app.sign_up("ann@example.com").await;
+    let body =
+        |v: Value| json!({"type": "t", "stream": "acct-1", "data": 1, "expected_version": v});
+    assert_eq!(
+        append(&app, &ann.token, body(json!("no_stream")))
+            .await
+            .status(),
+        201
+    );
+    let problem = assert_problem(
+        append(&app, &ann.token, body(json!("no_stream"))).await,
+        409,
+        "wrong_expected_version",
+    )
+    .await;
+    assert_eq!(problem["current_version"], 1);
+    assert_problem(
+        append(&app, &ann.token, body(json!(0))).await,
+        409,
+        "wrong_expected_version",
+    )
+    .await;
+    assert_eq!(append(&app, &ann.token, body(json!(1))).await.status(), 201);
+    assert_eq!(
+        append(&app, &ann.token, body(json!("any"))).await.status(),
+        201
+    );
+    for bad in [json!(-1), json!("sometimes"), json!(1.5), json!(true)] {
+        assert_problem(
+            append(&app, &ann.token, body(bad)).await,
+            400,
+            "validation_failed",
+        )
+        .await;
+    }
+    let stream: Value = app
+        .get("/api/v1/streams/acct-1", &ann.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stream["data"].as_array().unwrap().len(), 3);
+}
+
+async fn a_batch_appends_atomically_to_one_stream(backend: Backend) {
+    let app = quiet_app(backend).await;
+    let ann = app.sign_up("ann@example.com").await;
+    let events: Vec<Value> = (0..5)
+        .map(|i| json!({"type": "line", "data": {"i": i}}))
+        .collect();
+    let response = app
+        .post(
+            "/api/v1/streams/cart-9/events",
+            &ann.token,
+            &json!({"events": events}),
+        )
+        .await;
+    assert_eq!(response.status(), 201);
+    let body: Value = response.json().await.unwrap();
+    let versions: Vec<u64> = body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["stream_version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(versions, [1, 2, 3, 4, 5]);
+    let stale = json!({"expected_version": 2, "events": [{"type": "line", "data": 1}]});
+    assert_problem(
+        app.post("/api/v1/streams/cart-9/events", &ann.token, &stale)
+            .await,
+        409,
+        "wrong_expected_version",
+    )
+    .await;
+    assert_problem(
+        app.post(
+            "/api/v1/streams/cart-9/events",
+            &ann.token,
+            &json!({"events": []}),
+        )
+        .await,
+        400,
+        "validation_failed",
+    )
+    .await;
+    let many: Vec<Value> = (0..1001).map(|_| json!({"type": "x", "data": 0})).collect();
+    assert_problem(
+        app.post(
+            "/api/v1/streams/cart-9/events",
+            &ann.token,
+            &json!({"events": many}),
+        )
+        .await,
+        400,
+        "validation_failed",
+    )
+    .await;
+    let stats: Value = app
+        .get("/api/v1/stats", &ann.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        stats["organization"]["events"], 5,
+        "refused batches wrote nothing"
+    );
+}
+
+async fn events_are_read_by_id_only_within_the_organization(backend: Backend) {
+    let app = quiet_app(backend).await;
+    let ann = app.sign_up("ann@example.com").await;
+    let bob = app.sign_up("bob@example.com").await;
+    let created: Value = append(&app, &ann.token, json!({"type": "t", "data": {}}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap();
+    assert_eq!(
+        app.get(&format!("/api/v1/events/{id}"), &ann.token)
+            .await
+            .status(),
+        200
+    );
+    assert_problem(
+        app.get(&format!("/api/v1/events/{id}"), &bob.token).await,
+        404,
+        "not_found",
+    )
+    .await;
+    assert_problem(
+        app.get(
+            &format!("/api/v1/events/{}", uuid::Uuid::now_v7()),
+            &ann.token,
+        )
+        .await,
+        404,
+        "not_found",
+    )
+    .await;
+    let bobs: Value = app
+        .get("/api/v1/events", &bob.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(bobs["data"].as_array().unwrap().len(), 0);
+}
+
+async fn catch_up_reads_are_gapless_filtered_and_paginated(backend: Backend) {
+    let app = quiet_app(backend).await;
+    let ann = app.sign_up("ann@example.com").await;
+    for i in 0..7 {
+        let kind = if i % 2 == 0 { "even" } else { "odd" };
+        append(
+            &app,
+            &ann.token,
+            json!({"type": kind, "stream": format!("s{}", i % 3), "data": i}),
+        )
+        .await;
+    }
+    let mut positions = Vec::new();
+    let mut path = "/api/v1/events?limit=3".to_owned();
+    loop {
+        let page: Value = app.get(&path, &ann.token).await.json().await.unwrap();
+        positions.extend(
+            page["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["position"].as_u64().unwrap()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(c) => path = format!("/api/v1/events?limit=3&cursor={c}"),
+            None => break,
+        }
+    }
+    assert_eq!(positions, (1..=7).collect::<Vec<_>>());
+    let after: Value = app
+        .get("/api/v1/events?after=5", &ann.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(after["data"].as_array().unwrap().len(), 2);
+    let odd: Value = app
+        .get("/api/v1/events?type=odd", &ann.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(odd["data"].as_array().unwrap().len(), 3);
+    let s0: Value = app
+        .get("/api/v1/events?stream=s0", &ann.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(s0["data"].as_array().unwrap().len(), 3);
+    assert_problem(
+        app.get("/api/v1/events?limit=0", &ann.token).await,
+        400,
+        "validation_failed",
+    )
+    .await;
+    assert_problem(
+        app.get("/api/v1/events?cursor=abc", &ann.token).await,
+        400,
+        "invalid_cursor",
+    )
+    .await;
+}
+
+async fn streams_are_read_forward_and_backward(backend: Backend) {
+    let app = quiet_app(backend).await;
+    let ann = app.sign_up("ann@example.com").await;
+    let events: Vec<Value> = (1..=5).map(|i| json!({"type": "t", "data": i})).collect();
+    app.post(
+        "/api/v1/streams/s/events",
+        &ann.token,
+        &json!({"events": events}),
+    )
+    .await;
+    let versions = |v: &Value| -> Vec<u64> {
+        v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["stream_version"].as_u64().unwrap())
+            .collect()
+    };
+    let forward: Value = app
+        .get("/api/v1/streams/s?from=2&limit=2", &ann.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(versions(&forward), [2, 3]);
+    assert_eq!(forward["next_cursor"], "4");
+    let backward: Value = app
+        .get("/api/v1/streams/s?direction=backward&limit=2", &ann.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(versions(&backward), [5, 4]);
+    let next: Value = app
+        .get(
+            &format!(
+                "/api/v1/streams/s?direction=backward&cursor={}",
+                backward["next_cursor"].as_str().unwrap()
+            ),
+            &ann.token,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(versions(&next), [3, 2, 1]);
+    let none: Value = app
+        .get("/api/v1/streams/nothing", &ann.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(none["data"].as_array().unwrap().len(), 0);
+    assert_problem(
+        app.get("/api/v1/streams/s?direction=sideways", &ann.token)
+            .await,
+        400,
+        "validation_failed",
+    )
+    .await;
+}
+
+/// Reads SSE messages until `count` `data:` lines arrived; returns (id, data) pairs.
+async fn read_sse(response: &mut reqwest::Response, count: usize) -> Vec<(u64, Value)> {
+    let mut buffer = String::new();
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while out.len() < count {
+        let chunk = tokio::time::timeout_at(deadline, response.chunk())
+            .await
+            .expect("SSE in time")
+            .unwrap()
+            .expect("open");
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buffer.find("\n\n") {
+            let message: String = buffer.drain(..end + 2).collect();
+            let id = message
+                .lines()
+                .find_map(|l| l.strip_prefix("id:"))
+                .map(|v| v.trim().parse().unwrap());
+            let data = message
+                .lines()
+                .find_map(|l| l.strip_prefix("data:"))
+                .map(|v| serde_json::from_str(v.trim()).unwrap());
+            if let (Some(id), Some(data)) = (id, data) {
+                out.push((id, data));
+            }
+        }
+    }
+    out
+}
+
+async fn subscriptions_catch_up_then_go_live_and_resume_with_last_event_id(backend: Backend) {
+    let app = quiet_app(backend).await;
+    let ann = app.sign_up("ann@example.com").await;
+    for i in 0..3 {
+        append(&app, &ann.token, json!({"type": "t", "data": i})).await;
+    }
+    let mut response = app
+        .request(
+            Method::GET,
+            "/api/v1/events/subscribe?after=1",
+            Some(&ann.token),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let caught_up = read_sse(&mut response, 2).await;
+    assert_eq!(
+        caught_up.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+        [2, 3]
+    );
+    append(&app, &ann.token, json!({"type": "live", "data": "now"})).await;
+    let live = read_sse(&mut response, 1).await;
+    assert_eq!((live[0].0, live[0].1["data"].clone()), (4, json!("now")));
+    drop(response);
+    let mut resumed = app
+        .request(Method::GET, "/api/v1/events/subscribe", Some(&ann.token))
+        .header("last-event-id", "3")
+        .send()
+        .await
+        .unwrap();
+    let again = read_sse(&mut resumed, 1).await;
+    assert_eq!(
+        again[0].0, 4,
+        "Last-Event-ID resumes right after what was seen"
+    );
+}
+
+async fn stats_report_the_organization_and_the_storage(backend: Backend) {
+    let app = quiet_app(backend).await;
+    let ann = app.sign_up("ann@example.com").await;
+    append(
+        &app,
+        &ann.token,
+        json!({"type": "t", "stream": "a", "data": 1}),
+    )
+    .await;
+    append(
+        &app,
+        &ann.token,
+        json!({"type": "t", "stream": "b", "data": 2}),
+    )
+    .await;
+    let stats: Value = app
+        .get("/api/v1/stats", &ann.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let org = &stats["organization"];
+    assert_eq!(
+        (
+            org["events"].as_u64(),
+            org["streams"].as_u64(),
+            org["first_position"].as_u64(),
+            org["last_position"].as_u64()
+        ),
+        (Some(2), Some(2), Some(1), Some(2))
+    );
+    let expected_backend = if backend == Backend::Sqlite {
+        "file"
+    } else {
+        "postgres"
+    };
+    assert_eq!(stats["storage"]["backend"], expected_backend);
+}
+
+async fn invalid_events_are_rejected_and_write_nothing(backend: Backend) {
+    let app = spawn_app_with(
+        backend,
+        |c| {
+            c.events.event_bytes_max = 1024;
+            c.outbox.relay_enabled = false;
+        },
+        axum::Router::new(),
+    )
+    .await;
+    let ann = app.sign_up("ann@example.com").await;
+    for (body, status, code) in [
+        (json!({"type": "", "data": 1}), 400, "validation_failed"),
+        (
+            json!({"type": "x".repeat(129), "data": 1}),
+            400,
+            "validation_failed",
+        ),
+        (
+            json!({"type": "t", "data": 1, "stream": "s".repeat(257)}),
+            400,
+            "validation_failed",
+        ),
+        (
+            json!({"type": "t", "data": 1, "metadata": [1]}),
+            400,
+            "validation_failed",
+        ),
+        (json!({"type": "t"}), 400, "validation_failed"),
+        (
+            json!({"type": "t", "data": 1, "extra": 1}),
+            400,
+            "validation_failed",
+        ),
+        (
+            json!({"type": "t", "data": "x".repeat(2000)}),
+            413,
+            "event_too_large",
+        ),
+    ] {
+        assert_problem(append(&app, &ann.token, body.clone()).await, status, code).await;
+    }
+    let stats: Value = app
+        .get("/api/v1/stats", &ann.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["organization"]["events"], 0);
+}
+
+async fn viewers_may_read_events_but_not_append(backend: Backend) {
+    let app = quiet_app(backend).await;
+    let ann = app.sign_up("ann@example.com").await;
+    let viewer = app.sign_up("viewer@example.com").await;
+    let token = app.add_member(&ann, &viewer, "viewer").await;
+    append(&app, &ann.token, json!({"type": "t", "data": 1})).await;
+    assert_eq!(app.get("/api/v1/events", &token).await.status(), 200);
+    assert_problem(
+        append(&app, &token, json!({"type": "t", "data": 1})).await,
+        403,
+        "insufficient_role",
+    )
+    .await;
+}

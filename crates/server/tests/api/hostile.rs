@@ -1,0 +1,530 @@
+//! Hostile input over HTTP. The connection layer: deeply nested and oversized JSON, huge
+//! request heads, slow-header (slowloris) and idle connections beyond the connection cap.
+//! And a mutation fuzzer: every documented mutation endpoint gets broken versions of a valid
+//! request (its JSON body mutated as a tree and as bytes, hostile `Idempotency-Key`,
+//! `If-Match`, `Authorization` and `Content-Type` headers). Every answer must be a documented
+//! status below 500, every refusal a problem+json body, and a refusal must change nothing.
+//!
+//! `TRUELINE_FUZZ_CASES` (default 8 per endpoint) and `TRUELINE_FUZZ_SEED` set the size and
+//! the seed of the fuzz run; a failure prints the seed, the case and the request.
+
+use crate::authz::{Body, World, documented_operations};
+use crate::both_backends;
+use crate::helpers::*;
+use reqwest::Method;
+use reqwest::header::HeaderValue;
+use serde_json::{Map, Value, json};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+both_backends!(
+    mutated_requests_to_every_mutation_endpoint_get_documented_answers_and_refusals_change_nothing,
+);
+
+fn nested(depth: usize) -> Value {
+    let mut value = json!(1);
+    for _ in 0..depth {
+        value = json!([value]);
+    }
+    value
+}
+
+/// A value chosen to break validators: wrong types, extreme numbers, control characters,
+/// huge strings and collections, deep nesting.
+fn hostile_value(rng: &mut Rng) -> Value {
+    match rng.index(20) {
+        0 => Value::Null,
+        1 => json!(true),
+        2 => json!(-1),
+        3 => json!(0),
+        4 => json!(9_007_199_254_740_993_u64),
+        5 => json!(u64::MAX),
+        6 => json!(i64::MIN),
+        7 => json!(1e308),
+        8 => json!(0.5),
+        9 => json!(""),
+        10 => json!(" \t "),
+        11 => json!("\u{0}\u{7}\u{1b}[31m\u{202e}ctrl"),
+        12 => json!("x".repeat(70_000)),
+        13 => json!("🦀".repeat(300)),
+        14 => nested(100),
+        15 => json!((0..5_000).collect::<Vec<_>>()),
+        16 => Value::Object(
+            (0..300)
+                .map(|i| (format!("k{i}"), json!(i)))
+                .collect::<Map<_, _>>(),
+        ),
+        17 => json!("00000000-0000-0000-0000-000000000000"),
+        18 => json!("2026-13-45T99:99:99Z"),
+        _ => json!({"$ref": "#/", "__proto__": {"admin": true}}),
+    }
+}
+
+/// A node of `value`, reached by a random walk that stops at each level with probability ⅓.
+fn pick_node<'a>(value: &'a mut Value, rng: &mut Rng) -> &'a mut Value {
+    let len = match &*value {
+        Value::Object(map) => map.len(),
+        Value::Array(items) => items.len(),
+        _ => 0,
+    };
+    if len == 0 || rng.index(3) == 0 {
+        return value;
+    }
+    let i = rng.index(len);
+    match value {
+        Value::Object(map) => pick_node(map.values_mut().nth(i).expect("in range"), rng),
+        Value::Array(items) => pick_node(&mut items[i], rng),
+        _ => unreachable!("only containers have children"),
+    }
+}
+
+/// One to three tree mutations of a JSON body.
+fn mutate_tree(mut value: Value, rng: &mut Rng) -> (Value, String) {
+    let mut done = Vec::new();
+    for _ in 0..=rng.index(3) {
+        let node = pick_node(&mut value, rng);
+        match rng.index(6) {
+            0 | 1 => {
+                *node = hostile_value(rng);
+                done.push("replaced a value");
+            }
+            2 => match node {
+                Value::Object(map) if !map.is_empty() => {
+                    let key = map.keys().nth(rng.index(map.len())).cloned();
+                    if let Some(key) = key {
+                        map.remove(&key);
+                    }
+                    done.push("removed a field");
+                }
+                _ => {
+                    *node = Value::Null;
+                    done.push("nulled a value");
+                }
+            },
+            3 => match node {
+                Value::Object(map) => {
+                    map.insert("unexpected_field".into(), hostile_value(rng));
+                    done.push("added an unknown field");
+                }
+                other => {
+                    *other = json!([other.take()]);
+                    done.push("wrapped a value in an array");
+                }
+            },
+            4 => {
+                *node = match node.take() {
+                    Value::String(s) => s.parse::<f64>().map_or(json!(s.len()), |n| json!(n)),
+                    Value::Number(n) => json!(n.to_string()),
+                    Value::Bool(b) => json!(b.to_string()),
+                    Value::Array(items) => json!({"0": items}),
+                    Value::Object(map) => Value::Array(map.into_values().collect()),
+                    Value::Null => json!("null"),
+                };
+                done.push("changed a value's type");
+            }
+            _ => {
+                value = hostile_value(rng);
+                done.push("replaced the whole body");
+                break;
+            }
+        }
+    }
+    (value, done.join(", "))
+}
+
+/// A byte-level mutation of a serialized body.
+fn mutate_bytes(text: &str, rng: &mut Rng) -> (Vec<u8>, &'static str) {
+    let mut bytes = text.as_bytes().to_vec();
+    let at = rng.index(bytes.len() + 1);
+    let what = match rng.index(8) {
+        0 => {
+            bytes.truncate(at);
+            "truncated"
+        }
+        1 => {
+            bytes.insert(at, rng.next() as u8);
+            "inserted a random byte"
+        }
+        2 => {
+            bytes.extend_from_slice(b"}},]");
+            "trailing garbage"
+        }
+        3 => {
+            // Every field twice: `{"a":1,"a":1}`.
+            if let Some(inner) = text.strip_prefix('{').and_then(|t| t.strip_suffix('}')) {
+                bytes = format!("{{{inner},{inner}}}").into_bytes();
+            }
+            "duplicated fields"
+        }
+        4 => {
+            let number = *rng.pick(&["1e400", "-0", "NaN", "Infinity", "0x10", "01", "1.", "-"]);
+            let start = bytes.iter().position(u8::is_ascii_digit);
+            if let Some(start) = start {
+                let end = bytes[start..]
+                    .iter()
+                    .position(|b| !b.is_ascii_digit())
+                    .map_or(bytes.len(), |n| start + n);
+                bytes.splice(start..end, number.bytes());
+            }
+            "a non-JSON or overflowing number"
+        }
+        5 => {
+            bytes.splice(0..0, "\u{feff}".bytes());
+            "a byte-order mark"
+        }
+        6 => {
+            let quote = bytes.iter().position(|b| *b == b'"').map_or(0, |q| q + 1);
+            bytes.splice(quote..quote, [0xff, 0xfe, 0xc0, 0x80]);
+            "invalid UTF-8 in a string"
+        }
+        _ => {
+            bytes = vec![b'['; 10_000];
+            "10 000 open brackets"
+        }
+    };
+    (bytes, what)
+}
+
+fn hostile_header(rng: &mut Rng, valid: &[String]) -> HeaderValue {
+    let mut options: Vec<Vec<u8>> = [
+        "",
+        " ",
+        "*",
+        "\"",
+        ",,,",
+        "W/",
+        "\"v18446744073709551616\"",
+        "\"v-1\"",
+        "\"r0\", \"r1\", W/\"v1\"",
+        "Bearer",
+        "Bearer ",
+        "Basic dXNlcjpwYXNz",
+        "tl_",
+        "a\tb",
+    ]
+    .iter()
+    .map(|s| s.as_bytes().to_vec())
+    .collect();
+    options.push("k".repeat(256).into_bytes());
+    options.push("x".repeat(10_000).into_bytes());
+    options.push(vec![0x80, 0xff, b'k', 0xfe]);
+    options.push("ключ".as_bytes().to_vec());
+    for v in valid {
+        options.push(format!("{v}x").into_bytes());
+        options.push(format!("{v} {v}").into_bytes());
+        let mut changed = v.clone().into_bytes();
+        if let Some(last) = changed.last_mut() {
+            *last = if *last == b'A' { b'B' } else { b'A' };
+        }
+        options.push(changed);
+    }
+    let raw = rng.pick(&options).clone();
+    HeaderValue::from_bytes(&raw).unwrap_or_else(|_| HeaderValue::from_static("?"))
+}
+
+async fn mutated_requests_to_every_mutation_endpoint_get_documented_answers_and_refusals_change_nothing(
+    backend: Backend,
+) {
+    let cases: usize = std::env::var("TRUELINE_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8);
+    let seed: u64 = std::env::var("TRUELINE_FUZZ_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(120_459_678);
+    let mut rng = Rng(seed);
+    let w = World::new(backend).await;
+    let operations: Vec<_> = documented_operations(&w.app)
+        .await
+        .into_iter()
+        .filter(|(method, ..)| matches!(method.as_str(), "POST" | "PUT" | "PATCH"))
+        .collect();
+    assert!(operations.len() >= 20, "the mutation endpoints were found");
+    let mut by_status: BTreeMap<u16, usize> = BTreeMap::new();
+    for (method, template, _, documented) in &operations {
+        for case in 0..cases {
+            let req = w.prepare(method, template).await;
+            let state_before = w.state_of_a(&req.reads).await;
+            let counts_before = w.counts().await;
+            let token = w.owner.token.clone();
+            let mut builder = w.app.request(
+                Method::from_bytes(method.as_bytes()).unwrap(),
+                &req.path,
+                None,
+            );
+            let mut what = Vec::new();
+            let mut authorization = HeaderValue::from_str(&format!("Bearer {token}")).unwrap();
+            let mut content_type = None;
+            let body: Vec<u8> = match (&req.body, rng.index(10)) {
+                (Body::Json(value), 0..=5) => {
+                    let (value, done) = mutate_tree(value.clone(), &mut rng);
+                    what.push(format!("body: {done}"));
+                    serde_json::to_vec(&value).unwrap()
+                }
+                (Body::Json(value), 6..=7) => {
+                    let (bytes, done) = mutate_bytes(&value.to_string(), &mut rng);
+                    what.push(format!("body bytes: {done}"));
+                    bytes
+                }
+                (Body::Csv(csv), 0..=7) => {
+                    let (bytes, done) = mutate_bytes(csv, &mut rng);
+                    what.push(format!("CSV bytes: {done}"));
+                    content_type = Some(HeaderValue::from_static("text/csv"));
+                    bytes
+                }
+                (Body::Json(value), _) => serde_json::to_vec(value).unwrap(),
+                (Body::Csv(csv), _) => csv.as_bytes().to_vec(),
+                (Body::None, _) => Vec::new(),
+            };
+            if matches!(req.body, Body::Json(_)) {
+                content_type = Some(HeaderValue::from_static("application/json"));
+            }
+            if req.if_match {
+                let value = if rng.index(2) == 0 {
+                    what.push("hostile If-Match".into());
+                    hostile_header(&mut rng, &["\"v1\"".into(), "\"r1\"".into()])
+                } else {
+                    HeaderValue::from_static("*")
+                };
+                builder = builder.header("if-match", value);
+            }
+            if rng.index(4) == 0 {
+                what.push("hostile Idempotency-Key".into());
+                builder = builder.header("idempotency-key", hostile_header(&mut rng, &[]));
+            } else if rng.index(3) == 0 {
+                builder = builder.header("idempotency-key", format!("fuzz-{seed}-{case}"));
+            }
+            if rng.index(8) == 0 {
+                what.push("hostile Authorization".into());
+                authorization = hostile_header(&mut rng, &[format!("Bearer {token}")]);
+            }
+            if content_type.is_some() && rng.index(12) == 0 {
+                what.push("hostile Content-Type".into());
+                let hostile: [&'static str; 4] = [
+                    "text/plain",
+                    "application/json; charset=latin1",
+                    "application/x-www-form-urlencoded",
+                    "application/jsonx",
+                ];
+                let chosen = *rng.pick(&hostile);
+                content_type = Some(HeaderValue::from_static(chosen));
+            }
+            builder = builder.header("authorization", authorization);
+            if let Some(content_type) = content_type {
+                builder = builder.header("content-type", content_type);
+            }
+            let context = format!(
+                "{method} {template} case {case} (seed {seed}): {}; body {}",
+                what.join("; "),
+                String::from_utf8_lossy(&body[..body.len().min(300)])
+            );
+            let response = builder.body(body).send().await.unwrap();
+            let status = response.status().as_u16();
+            *by_status.entry(status).or_default() += 1;
+            let headers = response.headers().clone();
+            let text = response.text().await.unwrap();
+            assert!(status < 500, "{context}\n→ {status} {text}");
+            assert!(
+                documented.contains(&status),
+                "{context}\n→ undocumented status {status} {text}"
+            );
+            if status < 400 {
+                continue;
+            }
+            assert_eq!(
+                headers.get("content-type").map(|v| v.to_str().unwrap()),
+                Some("application/problem+json"),
+                "{context}\n→ {status} {text}"
+            );
+            let problem: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(problem["status"], status, "{context}");
+            assert!(problem["code"].is_string(), "{context}\n→ {text}");
+            assert_eq!(
+                w.state_of_a(&req.reads).await,
+                state_before,
+                "{context}\n→ {status} {text}: the refusal changed what the owner sees"
+            );
+            assert_eq!(
+                w.counts().await,
+                counts_before,
+                "{context}\n→ {status} {text}: the refusal changed rows"
+            );
+        }
+    }
+    eprintln!(
+        "fuzzed {} mutation endpoints × {cases} cases (seed {seed}): answers by status {by_status:?}",
+        operations.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deeply_nested_and_oversized_json_gets_a_clear_4xx_and_changes_nothing() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let ann = app.sign_up("ann@example.com").await;
+    let before = app.snapshot().await;
+    let send = |body: Vec<u8>, path: &'static str| {
+        app.request(Method::POST, path, Some(&ann.token))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    // 100 000 open brackets: serde_json's recursion limit (128) stops the parser early.
+    let response = send(vec![b'['; 100_000], "/api/v1/items").await.unwrap();
+    assert_problem(response, 400, "malformed_json").await;
+    // Nesting in a free-form field (event data) beyond the limit, and within it.
+    let deep = json!({"type": "t.deep", "stream": "deep", "data": nested(200)});
+    let response = send(serde_json::to_vec(&deep).unwrap(), "/api/v1/events")
+        .await
+        .unwrap();
+    assert_problem(response, 400, "malformed_json").await;
+    assert_eq!(app.snapshot().await, before, "nothing changed");
+    // A name of 900 KB (under the body limit) and a number beyond any integer.
+    let long = json!({"name": "x".repeat(900_000), "qty": 1});
+    let response = send(serde_json::to_vec(&long).unwrap(), "/api/v1/items")
+        .await
+        .unwrap();
+    assert_problem(response, 400, "validation_failed").await;
+    let response = send(
+        br#"{"name": "Milk", "qty": 1e400}"#.to_vec(),
+        "/api/v1/items",
+    )
+    .await
+    .unwrap();
+    assert!(response.status().is_client_error(), "1e400");
+    // Over the body limit (1 MiB): refused before it is read whole.
+    let response = send(vec![b' '; 2 * 1024 * 1024], "/api/v1/items")
+        .await
+        .unwrap();
+    assert_problem(response, 413, "payload_too_large").await;
+    assert_eq!(app.snapshot().await, before, "nothing changed");
+    let shallow = json!({"type": "t.deep", "stream": "deep", "data": nested(60)});
+    let response = send(serde_json::to_vec(&shallow).unwrap(), "/api/v1/events")
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201, "60 levels are fine");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_request_heads_get_431_and_the_server_keeps_serving() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let ann = app.sign_up("ann@example.com").await;
+    let huge = app
+        .request(Method::GET, "/api/v1/me", Some(&ann.token))
+        .header("x-padding", "p".repeat(100_000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(huge.status(), 431, "one 100 KB header");
+    let mut many = app.request(Method::GET, "/api/v1/me", Some(&ann.token));
+    for i in 0..150 {
+        many = many.header(format!("x-h{i}"), "v");
+    }
+    assert_eq!(many.send().await.unwrap().status(), 431, "150 headers");
+    let huge_token = app
+        .request(Method::GET, "/api/v1/me", Some(&"t".repeat(200_000)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(huge_token.status(), 431, "a 200 KB bearer token");
+    let fine = app
+        .request(Method::GET, "/api/v1/me", Some(&ann.token))
+        .header("x-padding", "p".repeat(30_000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fine.status(), 200, "a 30 KB header is within the limit");
+}
+
+/// Opens a connection that sends a request head one line at a time, forever; returns how
+/// long the server took to close it (`None`: still open after `give_up`).
+async fn slow_client(address: String, give_up: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    let mut stream = TcpStream::connect(address.trim_start_matches("http://").to_owned())
+        .await
+        .ok()?;
+    let (mut reader, mut writer) = stream.split();
+    let trickle = async {
+        let _ = writer
+            .write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\n")
+            .await;
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if writer.write_all(b"X-Slow: 1\r\n").await.is_err() {
+                return;
+            }
+        }
+    };
+    let closed = async {
+        let mut buf = [0u8; 1024];
+        loop {
+            match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::select! {
+        () = closed => Some(started.elapsed()),
+        () = trickle => Some(started.elapsed()),
+        () = tokio::time::sleep(give_up) => None,
+    }
+}
+
+/// Opens a connection that sends nothing; returns how long until the server closed it.
+async fn idle_client(address: String, give_up: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    let mut stream = TcpStream::connect(address.trim_start_matches("http://").to_owned())
+        .await
+        .ok()?;
+    let mut buf = [0u8; 64];
+    match tokio::time::timeout(give_up, stream.read(&mut buf)).await {
+        Ok(_) => Some(started.elapsed()),
+        Err(_) => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_idle_connections_beyond_the_cap_are_cut_off_and_others_get_served() {
+    const CAP: usize = 8;
+    let app = spawn_app_with(
+        Backend::Sqlite,
+        |c| {
+            c.server.max_connections = CAP;
+            c.server.header_read_timeout_ms = 500;
+        },
+        axum::Router::new(),
+    )
+    .await;
+    let give_up = Duration::from_secs(30);
+    let slow: Vec<_> = (0..40)
+        .map(|_| tokio::spawn(slow_client(app.address.clone(), give_up)))
+        .collect();
+    let idle: Vec<_> = (0..60)
+        .map(|_| tokio::spawn(idle_client(app.address.clone(), give_up)))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // 100 hostile connections against a cap of 8: a real client still gets its answer once
+    // the header read timeout has cut off the ones ahead of it in the backlog.
+    let started = Instant::now();
+    let fresh = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let response = fresh.get(app.url("/livez")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let waited = started.elapsed();
+    for (kind, handles) in [("slow", slow), ("idle", idle)] {
+        for handle in handles {
+            let closed_after = handle.await.unwrap();
+            assert!(
+                closed_after.is_some(),
+                "a {kind} connection was never closed by the server"
+            );
+        }
+    }
+    eprintln!("100 hostile connections, cap {CAP}: a real request waited {waited:?}");
+    assert_eq!(status_of(&app, "/livez").await, 200, "still serving");
+}

@@ -1,0 +1,358 @@
+//! Assessment cases: frozen versions, the publish quota race, the double-submit race.
+
+use crate::fixtures::*;
+use crate::inventory::owner_actor;
+use std::sync::Arc;
+use time::Duration;
+use trueline_core::DomainError;
+use trueline_core::accounts::Email;
+use trueline_core::assessments::{
+    AssessmentSettings, AssessmentSettingsInput, AssessmentStatus, JsonInteger, QuestionSpec,
+};
+use trueline_store::{Actor, NewAttempt, NewInvite, NewSubmission, StoreError};
+use uuid::Uuid;
+
+fn settings(title: &str) -> AssessmentSettings {
+    AssessmentSettings::parse(AssessmentSettingsInput {
+        title: title.to_owned(),
+        description: None,
+        time_limit_minutes: JsonInteger(30),
+        passing_score_percent: JsonInteger(50),
+        shuffle_questions: false,
+        show_score_to_candidate: true,
+    })
+    .expect("valid settings")
+}
+
+fn question() -> QuestionSpec {
+    QuestionSpec::from_json(
+        &serde_json::json!({"type": "true_false", "prompt": "Is water wet?", "correct": true}),
+    )
+    .expect("valid question")
+}
+
+/// A draft with one question.
+async fn draft(f: &Fixture, a: &Actor, title: &str) -> Uuid {
+    let id = Uuid::now_v7();
+    f.store
+        .create_assessment(a, id, settings(title), None)
+        .await
+        .expect("create");
+    f.store
+        .add_questions(a, id, None, vec![(Uuid::now_v7(), question())], None)
+        .await
+        .expect("question");
+    id
+}
+
+fn invite(email: &str) -> NewInvite {
+    NewInvite {
+        id: Uuid::now_v7(),
+        email: Email::parse(email).expect("valid email"),
+        name: None,
+        token_hash: token_hash(email),
+        expires_at: now() + Duration::days(7),
+    }
+}
+
+pub async fn published_versions_are_frozen_by_the_schema(f: &Fixture) {
+    let a = owner_actor(f, "ann@example.com").await;
+    let id = draft(f, &a, "Rust basics").await;
+    f.store
+        .transition_assessment(&a, id, AssessmentStatus::Published, 3, None)
+        .await
+        .expect("publish");
+    let refused = f
+        .store
+        .add_questions(&a, id, None, vec![(Uuid::now_v7(), question())], None)
+        .await;
+    assert!(matches!(
+        refused,
+        Err(StoreError::Domain(DomainError::NotEditable { .. }))
+    ));
+    for statement in [
+        "UPDATE assessments SET title = 'Changed'",
+        "UPDATE assessment_questions SET points = 5",
+        "DELETE FROM assessment_questions",
+        "DELETE FROM assessments",
+    ] {
+        assert!(
+            f.raw.execute(statement).await.is_err(),
+            "{statement} must be refused"
+        );
+    }
+    let (stored, questions) = f
+        .store
+        .assessment(a.org_id, id)
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(
+        (stored.settings.title(), questions.len()),
+        ("Rust basics", 1)
+    );
+    // A revision is a new draft of the same family, with the questions copied.
+    let revision = f
+        .store
+        .revise_assessment(&a, id, Uuid::now_v7(), None)
+        .await
+        .expect("revise");
+    assert_eq!(
+        (
+            revision.family_id,
+            revision.version_number,
+            revision.status,
+            revision.question_count
+        ),
+        (id, 2, AssessmentStatus::Draft, 1)
+    );
+}
+
+pub async fn concurrent_publishes_never_exceed_the_quota(f: &Fixture) {
+    let a = owner_actor(f, "ann@example.com").await;
+    let mut drafts = Vec::new();
+    for i in 0..20 {
+        drafts.push(draft(f, &a, &format!("Draft {i}")).await);
+    }
+    let barrier = Arc::new(tokio::sync::Barrier::new(drafts.len()));
+    let mut tasks = Vec::new();
+    for id in drafts {
+        let (store, a, barrier) = (f.store.clone(), a.clone(), barrier.clone());
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            store
+                .transition_assessment(&a, id, AssessmentStatus::Published, 3, None)
+                .await
+        }));
+    }
+    let mut published = 0;
+    for t in tasks {
+        match t.await.expect("task") {
+            Ok(_) => published += 1,
+            Err(StoreError::Domain(DomainError::ActiveAssessmentLimit { max: 3 })) => {}
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+    }
+    assert_eq!(published, 3);
+    assert_eq!(
+        f.raw
+            .scalar("SELECT count(*) FROM assessments WHERE status = 'published'")
+            .await,
+        3
+    );
+    assert_eq!(
+        f.raw
+            .scalar(
+                "SELECT published_assessments FROM organizations WHERE published_assessments > 0"
+            )
+            .await,
+        3
+    );
+}
+
+pub async fn closing_frees_a_slot_and_the_counter_follows_the_status(f: &Fixture) {
+    let a = owner_actor(f, "ann@example.com").await;
+    let first = draft(f, &a, "One").await;
+    let second = draft(f, &a, "Two").await;
+    f.store
+        .transition_assessment(&a, first, AssessmentStatus::Published, 1, None)
+        .await
+        .expect("publish");
+    let full = f
+        .store
+        .transition_assessment(&a, second, AssessmentStatus::Published, 1, None)
+        .await;
+    assert!(matches!(
+        full,
+        Err(StoreError::Domain(DomainError::ActiveAssessmentLimit {
+            max: 1
+        }))
+    ));
+    f.store
+        .transition_assessment(&a, first, AssessmentStatus::Closed, 1, None)
+        .await
+        .expect("close");
+    f.store
+        .transition_assessment(&a, second, AssessmentStatus::Published, 1, None)
+        .await
+        .expect("publish second");
+    let back = f
+        .store
+        .transition_assessment(&a, first, AssessmentStatus::Published, 1, None)
+        .await;
+    assert!(matches!(
+        back,
+        Err(StoreError::Domain(DomainError::InvalidTransition { .. }))
+    ));
+    assert_eq!(
+        f.raw
+            .scalar("SELECT max(published_assessments) FROM organizations")
+            .await,
+        1
+    );
+}
+
+pub async fn two_concurrent_submits_leave_exactly_one_submission(f: &Fixture) {
+    let a = owner_actor(f, "ann@example.com").await;
+    let id = draft(f, &a, "Quiz").await;
+    f.store
+        .transition_assessment(&a, id, AssessmentStatus::Published, 3, None)
+        .await
+        .expect("publish");
+    let outcomes = f
+        .store
+        .create_invites(&a, id, vec![invite("cand@example.com")], None)
+        .await
+        .expect("invite");
+    let invite_id = outcomes[0].invite.id;
+    let t = now();
+    let attempt = f
+        .store
+        .start_attempt(
+            invite_id,
+            NewAttempt {
+                id: Uuid::now_v7(),
+                started_at: t,
+                deadline_at: t + Duration::minutes(30),
+                question_order: vec![],
+            },
+        )
+        .await
+        .expect("start");
+    let again = f
+        .store
+        .start_attempt(
+            invite_id,
+            NewAttempt {
+                id: Uuid::now_v7(),
+                started_at: t + Duration::minutes(1),
+                deadline_at: t + Duration::minutes(31),
+                question_order: vec![],
+            },
+        )
+        .await
+        .expect("start again");
+    assert_eq!(
+        again.id, attempt.id,
+        "starting twice returns the same attempt"
+    );
+    let submission = || NewSubmission {
+        id: Uuid::now_v7(),
+        earned: 1,
+        total: 1,
+        passed: true,
+        per_question: serde_json::json!([]),
+        answers: serde_json::json!({}),
+        auto_submitted: false,
+    };
+    let barrier = Arc::new(tokio::sync::Barrier::new(2));
+    let mut tasks = Vec::new();
+    for _ in 0..2 {
+        let (store, barrier, s) = (f.store.clone(), barrier.clone(), submission());
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            store.submit_attempt(attempt.id, s, t, Some(t)).await
+        }));
+    }
+    let mut ok = 0;
+    for task in tasks {
+        match task.await.expect("task") {
+            Ok(_) => ok += 1,
+            Err(StoreError::Domain(DomainError::AlreadySubmitted)) => {}
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+    }
+    assert_eq!(ok, 1);
+    assert_eq!(f.count("submissions").await, 1);
+    let late = f
+        .store
+        .save_answers(attempt.id, serde_json::json!({}), t, t)
+        .await;
+    assert!(matches!(
+        late,
+        Err(StoreError::Domain(DomainError::AlreadySubmitted))
+    ));
+}
+
+pub async fn deadlines_are_enforced_by_the_guarded_statements(f: &Fixture) {
+    let a = owner_actor(f, "ann@example.com").await;
+    let id = draft(f, &a, "Quiz").await;
+    f.store
+        .transition_assessment(&a, id, AssessmentStatus::Published, 3, None)
+        .await
+        .expect("publish");
+    let outcomes = f
+        .store
+        .create_invites(&a, id, vec![invite("late@example.com")], None)
+        .await
+        .expect("invite");
+    let t = now();
+    let attempt = f
+        .store
+        .start_attempt(
+            outcomes[0].invite.id,
+            NewAttempt {
+                id: Uuid::now_v7(),
+                started_at: t,
+                deadline_at: t + Duration::minutes(5),
+                question_order: vec![],
+            },
+        )
+        .await
+        .expect("start");
+    let later = t + Duration::minutes(10);
+    let save = f
+        .store
+        .save_answers(
+            attempt.id,
+            serde_json::json!({}),
+            later,
+            later - Duration::seconds(30),
+        )
+        .await;
+    assert!(matches!(
+        save,
+        Err(StoreError::Domain(DomainError::DeadlinePassed))
+    ));
+    let s = NewSubmission {
+        id: Uuid::now_v7(),
+        earned: 0,
+        total: 1,
+        passed: false,
+        per_question: serde_json::json!([]),
+        answers: serde_json::json!({}),
+        auto_submitted: false,
+    };
+    let late = f
+        .store
+        .submit_attempt(
+            attempt.id,
+            s.clone(),
+            later,
+            Some(later - Duration::seconds(30)),
+        )
+        .await;
+    assert!(matches!(
+        late,
+        Err(StoreError::Domain(DomainError::DeadlinePassed))
+    ));
+    assert_eq!(
+        f.store.overdue_attempts(later, 10).await.expect("overdue"),
+        vec![attempt.id]
+    );
+    let auto = NewSubmission {
+        auto_submitted: true,
+        ..s
+    };
+    f.store
+        .submit_attempt(attempt.id, auto, later, None)
+        .await
+        .expect("the sweeper may submit late");
+    assert!(
+        f.store
+            .overdue_attempts(later, 10)
+            .await
+            .expect("overdue")
+            .is_empty()
+    );
+}

@@ -1,0 +1,371 @@
+//! Delivery cases: outbox leases, per-destination progress, webhooks and delivery jobs.
+
+use crate::fixtures::*;
+use crate::inventory::{create, delta, owner_actor};
+use time::Duration;
+use trueline_store::{
+    AttemptOutcome, DeliveryAttempt, DeliveryState, Destination, NewDelivery, NewWebhook,
+    OutboxRow, PageRequest,
+};
+use uuid::Uuid;
+
+/// Leases until at least `expected` rows come back (PostgreSQL publishes a row only once no
+/// older transaction anywhere on the server is still running, so rows can lag briefly while
+/// other tests run).
+async fn lease(
+    f: &Fixture,
+    destination: Destination,
+    holder: &str,
+    t: time::OffsetDateTime,
+    max_orgs: u32,
+    expected: usize,
+) -> Vec<OutboxRow> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let rows = f
+            .store
+            .lease_outbox(
+                destination,
+                holder,
+                t,
+                t + Duration::seconds(30),
+                max_orgs,
+                100,
+            )
+            .await
+            .expect("lease");
+        if rows.len() >= expected || std::time::Instant::now() > deadline {
+            return rows;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+fn webhook(url: &str, types: &[&str]) -> NewWebhook {
+    NewWebhook {
+        id: Uuid::now_v7(),
+        url: url.to_owned(),
+        event_types: types.iter().map(|t| (*t).to_owned()).collect(),
+        secret: "s".repeat(40),
+    }
+}
+
+pub async fn outbox_rows_are_leased_per_organization_in_sequence_order(f: &Fixture) {
+    let a = owner_actor(f, "ann@example.com").await;
+    let b = owner_actor(f, "bob@example.com").await;
+    let item = create(f, &a, "Milk", 1).await;
+    for _ in 0..3 {
+        f.store
+            .adjust_qty(&a, item.id, delta(1), None)
+            .await
+            .expect("adjust");
+    }
+    create(f, &b, "Eggs", 1).await;
+    let t = now();
+    let rows = lease(f, Destination::EventLog, "relay-1", t, 10, 7).await;
+    assert_eq!(rows.len(), 7, "2 signups, 2 creates, 3 deltas");
+    let org_a: Vec<i64> = rows
+        .iter()
+        .filter(|r| r.org_id == a.org_id)
+        .map(|r| r.seq)
+        .collect();
+    let mut sorted = org_a.clone();
+    sorted.sort_unstable();
+    assert_eq!(org_a, sorted, "sequence order within an organization");
+    // Another relay cannot take the same organizations while the lease holds.
+    let other = f
+        .store
+        .lease_outbox(
+            Destination::EventLog,
+            "relay-2",
+            t,
+            t + Duration::seconds(30),
+            10,
+            100,
+        )
+        .await
+        .expect("lease");
+    assert!(other.is_empty(), "{other:?}");
+    // ... but can once it expired.
+    let later = t + Duration::seconds(31);
+    let taken = lease(f, Destination::EventLog, "relay-2", later, 1, 1).await;
+    assert!(!taken.is_empty());
+    assert!(
+        taken.iter().all(|r| r.org_id == taken[0].org_id),
+        "max_orgs = 1"
+    );
+}
+
+pub async fn completing_marks_rows_once_and_creates_each_delivery_once(f: &Fixture) {
+    let a = owner_actor(f, "ann@example.com").await;
+    let hook = f
+        .store
+        .create_webhook(
+            &a,
+            webhook("https://example.com/hook", &["inventory.*"]),
+            None,
+        )
+        .await
+        .expect("webhook");
+    create(f, &a, "Milk", 1).await;
+    let t = now();
+    let rows = lease(f, Destination::EventLog, "r", t, 10, 3).await;
+    let item_row = rows
+        .iter()
+        .find(|r| r.event_type == "inventory.item.created")
+        .expect("row");
+    let delivery = NewDelivery {
+        id: Uuid::now_v7(),
+        webhook_id: hook.id,
+        org_id: a.org_id,
+        event_id: item_row.event_id,
+        event_type: item_row.event_type.clone(),
+        payload: item_row.payload.clone(),
+    };
+    let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
+    let changed = f
+        .store
+        .complete_outbox(
+            Destination::EventLog,
+            &seqs,
+            std::slice::from_ref(&delivery),
+            t,
+        )
+        .await
+        .expect("complete");
+    assert_eq!(changed, seqs.len() as u64);
+    let again = NewDelivery {
+        id: Uuid::now_v7(),
+        ..delivery
+    };
+    let changed = f
+        .store
+        .complete_outbox(Destination::EventLog, &seqs, &[again], t)
+        .await
+        .expect("complete again");
+    assert_eq!(changed, 0, "completing twice changes nothing");
+    assert_eq!(
+        f.count("webhook_deliveries").await,
+        1,
+        "one delivery per (webhook, event)"
+    );
+    assert_eq!(
+        f.store
+            .outbox_stats(Destination::EventLog)
+            .await
+            .expect("stats")
+            .pending,
+        0
+    );
+    f.store
+        .release_outbox(Destination::EventLog, "r")
+        .await
+        .expect("release");
+    let nats = lease(f, Destination::Nats, "r", t, 10, seqs.len()).await;
+    assert_eq!(
+        nats.len(),
+        seqs.len(),
+        "NATS sees exactly what the event log got"
+    );
+    let stats = f
+        .store
+        .outbox_stats(Destination::Nats)
+        .await
+        .expect("stats");
+    assert_eq!(stats.pending, seqs.len() as u64);
+    assert!(stats.oldest_pending_at.is_some());
+}
+
+pub async fn failed_publications_are_counted(f: &Fixture) {
+    owner_actor(f, "ann@example.com").await;
+    let t = now();
+    let rows = lease(f, Destination::EventLog, "r", t, 10, 1).await;
+    let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
+    f.store
+        .fail_outbox(&seqs, "event log down")
+        .await
+        .expect("fail");
+    f.store
+        .release_outbox(Destination::EventLog, "r")
+        .await
+        .expect("release");
+    let rows = lease(f, Destination::EventLog, "r", t, 10, 1).await;
+    assert_eq!(rows.iter().map(|r| r.seq).collect::<Vec<_>>(), seqs);
+    assert!(rows.iter().all(|r| r.attempts == 1), "{rows:?}");
+}
+
+pub async fn webhooks_are_listed_per_organization_and_deleted_with_their_deliveries(f: &Fixture) {
+    let a = owner_actor(f, "ann@example.com").await;
+    let b = owner_actor(f, "bob@example.com").await;
+    let hook = f
+        .store
+        .create_webhook(&a, webhook("https://example.com/a", &[]), None)
+        .await
+        .expect("webhook");
+    f.store
+        .create_webhook(&b, webhook("https://example.com/b", &[]), None)
+        .await
+        .expect("webhook");
+    let page = f
+        .store
+        .webhooks(
+            a.org_id,
+            PageRequest {
+                limit: 10,
+                after: None,
+            },
+        )
+        .await
+        .expect("list");
+    assert_eq!(page.items, vec![hook.clone()]);
+    assert!(
+        f.store
+            .webhook(b.org_id, hook.id)
+            .await
+            .expect("get")
+            .is_none()
+    );
+    assert!(
+        !f.store
+            .delete_webhook(&b, hook.id)
+            .await
+            .expect("other org")
+    );
+    assert!(f.store.delete_webhook(&a, hook.id).await.expect("delete"));
+    assert!(!f.store.delete_webhook(&a, hook.id).await.expect("again"));
+    assert!(
+        f.raw
+            .execute("UPDATE webhooks SET url = 'ftp://x'")
+            .await
+            .is_err(),
+        "only http(s) URLs"
+    );
+}
+
+pub async fn deliveries_retry_then_die_and_can_be_redelivered(f: &Fixture) {
+    let a = owner_actor(f, "ann@example.com").await;
+    let hook = f
+        .store
+        .create_webhook(&a, webhook("http://127.0.0.1:9/hook", &[]), None)
+        .await
+        .expect("webhook");
+    let t = now();
+    let rows = lease(f, Destination::EventLog, "r", t, 10, 2).await;
+    let row = &rows[0];
+    let d = NewDelivery {
+        id: Uuid::now_v7(),
+        webhook_id: hook.id,
+        org_id: a.org_id,
+        event_id: row.event_id,
+        event_type: row.event_type.clone(),
+        payload: row.payload.clone(),
+    };
+    f.store
+        .complete_outbox(Destination::EventLog, &[row.seq], &[d], t)
+        .await
+        .expect("complete");
+    let due = f
+        .store
+        .lease_deliveries(t, t + Duration::seconds(30), 10)
+        .await
+        .expect("due");
+    assert_eq!(due.len(), 1);
+    assert_eq!(
+        (due[0].url.as_str(), due[0].secret.len()),
+        ("http://127.0.0.1:9/hook", 40)
+    );
+    assert!(
+        f.store
+            .lease_deliveries(t, t + Duration::seconds(30), 10)
+            .await
+            .expect("due")
+            .is_empty(),
+        "leased"
+    );
+    let attempt = |n: u32, status: Option<u16>| DeliveryAttempt {
+        attempt: n,
+        at: t,
+        status,
+        error: Some("boom".into()),
+        duration_ms: 3,
+    };
+    f.store
+        .record_attempt(
+            due[0].id,
+            attempt(1, Some(500)),
+            AttemptOutcome::RetryAt(t + Duration::seconds(60)),
+        )
+        .await
+        .expect("retry");
+    assert!(
+        f.store
+            .lease_deliveries(t, t + Duration::seconds(30), 10)
+            .await
+            .expect("due")
+            .is_empty(),
+        "not due yet"
+    );
+    let later = t + Duration::seconds(61);
+    let due = f
+        .store
+        .lease_deliveries(later, later + Duration::seconds(30), 10)
+        .await
+        .expect("due");
+    assert_eq!(due[0].attempts, 1);
+    f.store
+        .record_attempt(due[0].id, attempt(2, None), AttemptOutcome::Dead)
+        .await
+        .expect("dead");
+    let page = f
+        .store
+        .deliveries(
+            a.org_id,
+            hook.id,
+            Some(DeliveryState::Dead),
+            PageRequest {
+                limit: 10,
+                after: None,
+            },
+        )
+        .await
+        .expect("list");
+    let dead = &page.items[0];
+    assert_eq!(
+        (dead.state, dead.attempts, dead.attempt_log.len()),
+        (DeliveryState::Dead, 2, 2)
+    );
+    assert_eq!(dead.attempt_log[0].status, Some(500));
+    let redelivered = f
+        .store
+        .redeliver(&a, hook.id, dead.id, None)
+        .await
+        .expect("redeliver");
+    assert_eq!(redelivered.state, DeliveryState::Pending);
+    assert_eq!(
+        f.store
+            .lease_deliveries(later, later, 10)
+            .await
+            .expect("due")
+            .len(),
+        1
+    );
+    let b = owner_actor(f, "bob@example.com").await;
+    assert!(
+        f.store.redeliver(&b, hook.id, dead.id, None).await.is_err(),
+        "another organization's delivery"
+    );
+    assert!(
+        f.store
+            .deliveries(
+                b.org_id,
+                hook.id,
+                None,
+                PageRequest {
+                    limit: 10,
+                    after: None
+                }
+            )
+            .await
+            .is_err()
+    );
+}

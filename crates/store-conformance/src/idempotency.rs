@@ -1,0 +1,215 @@
+//! Idempotency records: claim, complete in the mutation's transaction, replay, mismatch,
+//! in-progress, takeover after expiry, release, purge.
+
+use crate::fixtures::*;
+use crate::inventory::{create, delta, owner_actor};
+use time::Duration;
+use trueline_core::DomainError;
+use trueline_store::{Claim, Idempotency, IdempotencyScope, Item, StoreError, StoredResponse};
+
+fn scope(a: &trueline_store::Actor, key: &str) -> IdempotencyScope {
+    IdempotencyScope {
+        org_id: a.org_id,
+        user_id: a.user_id,
+        key: key.to_owned(),
+    }
+}
+
+fn render(item: &Item) -> StoredResponse {
+    StoredResponse {
+        status: 200,
+        headers: vec![("etag".into(), format!("\"v{}\"", item.version))],
+        body: format!("{{\"qty\":{}}}", item.qty).into_bytes(),
+    }
+}
+
+pub async fn a_completed_key_replays_and_a_different_request_is_a_mismatch(f: &Fixture) {
+    let a = owner_actor(f, "ann@example.com").await;
+    let item = create(f, &a, "Milk", 1).await;
+    let s = scope(&a, "key-1");
+    let now = now();
+    assert_eq!(
+        f.store
+            .claim(&s, &[1; 32], now, now + Duration::minutes(1))
+            .await
+            .expect("claim"),
+        Claim::Acquired
+    );
+    assert_eq!(
+        f.store
+            .claim(&s, &[1; 32], now, now + Duration::minutes(1))
+            .await
+            .expect("claim"),
+        Claim::InProgress
+    );
+    assert_eq!(
+        f.store
+            .claim(&s, &[2; 32], now, now + Duration::minutes(1))
+            .await
+            .expect("claim"),
+        Claim::Mismatch
+    );
+    let idem = Idempotency {
+        scope: &s,
+        render: &render,
+    };
+    let after = f
+        .store
+        .adjust_qty(&a, item.id, delta(4), Some(idem))
+        .await
+        .expect("adjust");
+    assert_eq!(after.qty, 5);
+    let replay = f
+        .store
+        .claim(&s, &[1; 32], now, now + Duration::minutes(1))
+        .await
+        .expect("claim");
+    assert_eq!(replay, Claim::Replay(render(&after)));
+    assert_eq!(
+        f.store
+            .claim(&s, &[2; 32], now, now + Duration::minutes(1))
+            .await
+            .expect("claim"),
+        Claim::Mismatch
+    );
+    // Keys are scoped per user: another user's identical key is independent.
+    let b = owner_actor(f, "bob@example.com").await;
+    assert_eq!(
+        f.store
+            .claim(&scope(&b, "key-1"), &[1; 32], now, now)
+            .await
+            .expect("claim"),
+        Claim::Acquired
+    );
+}
+
+pub async fn a_failed_mutation_stores_nothing_and_a_released_key_can_be_reused(f: &Fixture) {
+    let a = owner_actor(f, "ann@example.com").await;
+    let item = create(f, &a, "Milk", 1).await;
+    let s = scope(&a, "key-2");
+    let now = now();
+    assert_eq!(
+        f.store
+            .claim(&s, &[1; 32], now, now + Duration::minutes(1))
+            .await
+            .expect("claim"),
+        Claim::Acquired
+    );
+    let idem = Idempotency {
+        scope: &s,
+        render: &render,
+    };
+    let refused = f.store.adjust_qty(&a, item.id, delta(-5), Some(idem)).await;
+    assert!(matches!(
+        refused,
+        Err(StoreError::Domain(DomainError::InsufficientQuantity { .. }))
+    ));
+    let completed = f
+        .raw
+        .scalar("SELECT count(*) FROM idempotency_keys WHERE state = 'completed'")
+        .await;
+    assert_eq!(completed, 0);
+    f.store.release(&s).await.expect("release");
+    assert_eq!(f.count("idempotency_keys").await, 0);
+    assert_eq!(
+        f.store
+            .claim(&s, &[2; 32], now, now + Duration::minutes(1))
+            .await
+            .expect("claim"),
+        Claim::Acquired
+    );
+}
+
+pub async fn a_mutation_whose_claim_was_lost_rolls_back(f: &Fixture) {
+    let a = owner_actor(f, "ann@example.com").await;
+    let item = create(f, &a, "Milk", 1).await;
+    let s = scope(&a, "never-claimed");
+    let before = (f.count("item_history").await, f.count("outbox").await);
+    let idem = Idempotency {
+        scope: &s,
+        render: &render,
+    };
+    let result = f.store.adjust_qty(&a, item.id, delta(1), Some(idem)).await;
+    assert!(matches!(
+        result,
+        Err(StoreError::Domain(DomainError::IdempotencyKeyInUse))
+    ));
+    assert_eq!(
+        f.store
+            .item(a.org_id, item.id)
+            .await
+            .expect("get")
+            .expect("exists")
+            .qty,
+        1,
+        "rolled back"
+    );
+    assert_eq!(
+        (f.count("item_history").await, f.count("outbox").await),
+        before
+    );
+}
+
+pub async fn an_expired_pending_claim_is_taken_over(f: &Fixture) {
+    let a = owner_actor(f, "ann@example.com").await;
+    let s = scope(&a, "key-3");
+    let now = now();
+    assert_eq!(
+        f.store
+            .claim(&s, &[1; 32], now, now + Duration::seconds(30))
+            .await
+            .expect("claim"),
+        Claim::Acquired
+    );
+    let later = now + Duration::seconds(31);
+    assert_eq!(
+        f.store
+            .claim(&s, &[1; 32], later, later + Duration::seconds(30))
+            .await
+            .expect("claim"),
+        Claim::Acquired
+    );
+    assert_eq!(
+        f.store
+            .claim(&s, &[1; 32], later, later)
+            .await
+            .expect("claim"),
+        Claim::InProgress
+    );
+}
+
+pub async fn old_records_are_purged(f: &Fixture) {
+    let a = owner_actor(f, "ann@example.com").await;
+    let item = create(f, &a, "Milk", 1).await;
+    let now = now();
+    for key in ["old-1", "old-2"] {
+        let s = scope(&a, key);
+        f.store
+            .claim(&s, &[1; 32], now, now + Duration::minutes(1))
+            .await
+            .expect("claim");
+        let idem = Idempotency {
+            scope: &s,
+            render: &render,
+        };
+        f.store
+            .adjust_qty(&a, item.id, delta(1), Some(idem))
+            .await
+            .expect("adjust");
+    }
+    assert_eq!(
+        f.store
+            .purge_idempotency(now - Duration::hours(1))
+            .await
+            .expect("purge"),
+        0
+    );
+    assert_eq!(
+        f.store
+            .purge_idempotency(now + Duration::hours(25))
+            .await
+            .expect("purge"),
+        2
+    );
+    assert_eq!(f.count("idempotency_keys").await, 0);
+}

@@ -1,0 +1,96 @@
+//! The behavioural suite every store adapter must pass. Each test takes a [`Fixture`] (a fresh,
+//! migrated database behind the `Store` trait, plus raw SQL access to prove the schema itself
+//! refuses what the code might forget). Adapters instantiate the whole suite with
+//! [`conformance_suite!`], so SQLite and PostgreSQL run exactly the same cases in every CI run.
+
+// A test-support crate: a failed expectation is a failed test, so panicking is the point.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod accounts;
+pub mod assessments;
+pub mod delivery;
+pub mod events;
+pub mod fixtures;
+pub mod idempotency;
+pub mod inventory;
+pub mod schema;
+
+pub use fixtures::*;
+
+/// Expands to one `#[tokio::test]` per conformance case, each calling `$make().await` for a
+/// fresh [`Fixture`]. Extra attributes (e.g. `#[ignore = "needs PostgreSQL"]`) apply to all.
+#[macro_export]
+macro_rules! conformance_suite {
+    ($make:path $(, #[$attr:meta])*) => {
+        $crate::__cases!($make, [$(#[$attr])*],
+            accounts::signup_creates_user_organization_owner_and_token,
+            accounts::signup_with_a_taken_email_is_refused_and_changes_nothing,
+            accounts::tokens_resolve_to_the_current_role_and_record_revocation,
+            accounts::tokens_of_a_removed_member_stop_resolving,
+            accounts::members_are_listed_in_keyset_pages,
+            accounts::organizations_of_a_user_are_listed_with_roles,
+            accounts::adding_members_checks_user_role_and_duplicates,
+            accounts::admins_cannot_touch_owners_and_members_cannot_manage,
+            accounts::the_last_owner_can_be_neither_demoted_nor_removed,
+            accounts::owners_demoting_each_other_concurrently_leave_one_owner,
+            accounts::owners_removing_each_other_concurrently_leave_one_owner,
+            accounts::membership_changes_write_audit_records,
+            accounts::removing_an_absent_member_is_idempotent,
+            schema::database_refuses_removing_the_last_owner_behind_the_codes_back,
+            schema::database_refuses_invalid_roles_emails_and_names,
+            schema::audit_records_cannot_be_changed_or_deleted,
+            schema::migrations_go_up_down_and_up_again,
+            inventory::items_are_created_with_history_and_outbox_in_one_transaction,
+            inventory::names_are_unique_per_organization_case_insensitively,
+            inventory::guarded_deltas_refuse_negative_and_overflow_and_change_nothing,
+            inventory::another_organizations_item_is_not_found_and_unchanged,
+            inventory::updates_check_the_expected_version,
+            inventory::deletes_are_idempotent_and_keep_history,
+            inventory::batches_are_all_or_nothing_and_list_every_failing_line,
+            inventory::crossing_batches_do_not_deadlock,
+            inventory::concurrent_deltas_never_lose_updates_or_go_negative,
+            inventory::listings_filter_sort_and_page_without_gaps,
+            inventory::the_schema_refuses_negative_quantities_and_history_rewrites,
+            inventory::outbox_rows_exist_exactly_for_committed_changes,
+            inventory::combined_deltas_apply_in_order_and_refuse_individually,
+            inventory::combined_deltas_honour_keys_of_earlier_requests,
+            inventory::large_combined_batches_apply_every_delta,
+            idempotency::a_completed_key_replays_and_a_different_request_is_a_mismatch,
+            idempotency::a_failed_mutation_stores_nothing_and_a_released_key_can_be_reused,
+            idempotency::a_mutation_whose_claim_was_lost_rolls_back,
+            idempotency::an_expired_pending_claim_is_taken_over,
+            idempotency::old_records_are_purged,
+            assessments::published_versions_are_frozen_by_the_schema,
+            assessments::concurrent_publishes_never_exceed_the_quota,
+            assessments::closing_frees_a_slot_and_the_counter_follows_the_status,
+            assessments::two_concurrent_submits_leave_exactly_one_submission,
+            assessments::deadlines_are_enforced_by_the_guarded_statements,
+            delivery::outbox_rows_are_leased_per_organization_in_sequence_order,
+            delivery::completing_marks_rows_once_and_creates_each_delivery_once,
+            delivery::failed_publications_are_counted,
+            delivery::webhooks_are_listed_per_organization_and_deleted_with_their_deliveries,
+            delivery::deliveries_retry_then_die_and_can_be_redelivered,
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __cases {
+    ($make:path, $attrs:tt, $($module:ident :: $case:ident),* $(,)?) => {$(
+        $crate::__case!($make, $attrs, $module, $case);
+    )*};
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __case {
+    ($make:path, [$(#[$attr:meta])*], $module:ident, $case:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        $(#[$attr])*
+        async fn $case() {
+            let fixture = $make().await;
+            $crate::$module::$case(&fixture).await;
+        }
+    };
+}

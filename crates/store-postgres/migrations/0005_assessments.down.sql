@@ -1,0 +1,12 @@
+DROP TRIGGER submission_reviews_immutable ON submission_reviews;
+DROP TABLE submission_reviews;
+DROP TABLE submissions;
+DROP TABLE attempts;
+DROP TABLE invites;
+DROP TRIGGER assessment_questions_guard ON assessment_questions;
+DROP FUNCTION assessment_questions_guard();
+DROP TABLE assessment_questions;
+DROP TRIGGER assessments_guard ON assessments;
+DROP FUNCTION assessments_guard();
+DROP TABLE assessments;
+ALTER TABLE organizations DROP COLUMN published_assessments;

@@ -1,0 +1,577 @@
+//! `AccountStore` on PostgreSQL.
+
+use crate::platform::{complete_idempotency, write_outbox};
+use crate::{PgStore, constraint_name, db_error};
+use sqlx::Row;
+use sqlx::postgres::PgRow;
+use time::OffsetDateTime;
+use trueline_core::DomainError;
+use trueline_core::accounts::{
+    Email, MembershipChange, OrganizationName, Role, authorize_membership_change,
+};
+use trueline_core::ids::{AuditId, EventId, OrgId, TokenId, UserId};
+use trueline_store::{
+    AccountStore, Actor, Credentials, Idempotency, Member, NewSignup, NewToken, Organization,
+    OrganizationMembership, OutboxEvent, Page, PageRequest, SignupRecord, StoreError, StoreHealth,
+    TokenRecord, User,
+};
+use uuid::Uuid;
+
+type Tx = sqlx::Transaction<'static, sqlx::Postgres>;
+
+fn role_of(row: &PgRow, column: &str) -> Result<Role, StoreError> {
+    let raw: String = row.try_get(column).map_err(db_error)?;
+    raw.parse()
+        .map_err(|_| StoreError::Internal(format!("unknown role {raw:?} in database")))
+}
+
+fn member_from(row: &PgRow) -> Result<Member, StoreError> {
+    Ok(Member {
+        user_id: UserId(row.try_get("user_id").map_err(db_error)?),
+        email: row.try_get("email").map_err(db_error)?,
+        role: role_of(row, "role")?,
+        joined_at: row.try_get("created_at").map_err(db_error)?,
+        updated_at: row.try_get("updated_at").map_err(db_error)?,
+    })
+}
+
+fn organization_from(row: &PgRow) -> Result<Organization, StoreError> {
+    Ok(Organization {
+        id: OrgId(row.try_get("id").map_err(db_error)?),
+        name: row.try_get("name").map_err(db_error)?,
+        created_at: row.try_get("created_at").map_err(db_error)?,
+    })
+}
+
+/// Translates the membership trigger's abort into the domain rule it protects.
+fn membership_error(e: sqlx::Error) -> StoreError {
+    match constraint_name(&e) {
+        Some("organizations_last_owner") => DomainError::LastOwner.into(),
+        Some("memberships_pkey") => DomainError::AlreadyMember.into(),
+        _ => db_error(e),
+    }
+}
+
+async fn insert_organization(
+    tx: &mut Tx,
+    id: OrgId,
+    name: &OrganizationName,
+    owner: UserId,
+    now: OffsetDateTime,
+) -> Result<Organization, StoreError> {
+    sqlx::query("INSERT INTO organizations (id, name, created_at) VALUES ($1, $2, $3)")
+        .bind(id.0)
+        .bind(name.as_str())
+        .bind(now)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_error)?;
+    sqlx::query(
+        "INSERT INTO memberships (org_id, user_id, role, created_at, updated_at)
+         VALUES ($1, $2, 'owner', $3, $3)",
+    )
+    .bind(id.0)
+    .bind(owner.0)
+    .bind(now)
+    .execute(&mut **tx)
+    .await
+    .map_err(membership_error)?;
+    Ok(Organization {
+        id,
+        name: name.as_str().to_owned(),
+        created_at: now,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn audit(
+    tx: &mut Tx,
+    org_id: OrgId,
+    actor: UserId,
+    request_id: &str,
+    action: &str,
+    subject: Option<Uuid>,
+    detail: serde_json::Value,
+    now: OffsetDateTime,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO audit_log (id, org_id, actor_user_id, request_id, action, subject_id, detail, at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(AuditId::new().0)
+    .bind(org_id.0)
+    .bind(actor.0)
+    .bind(request_id)
+    .bind(action)
+    .bind(subject)
+    .bind(&detail)
+    .bind(now)
+    .execute(&mut **tx)
+    .await
+    .map_err(db_error)?;
+    // Every audited change is also a domain event (`accounts.member.added`, …).
+    let mut payload = detail;
+    if let Some(p) = payload.as_object_mut() {
+        p.insert("actor_user_id".into(), serde_json::json!(actor));
+        p.insert("subject_id".into(), serde_json::json!(subject));
+        p.insert("request_id".into(), serde_json::json!(request_id));
+    }
+    let event = OutboxEvent {
+        event_id: EventId::new(),
+        org_id,
+        event_type: format!("accounts.{action}"),
+        stream: format!("organization-{org_id}"),
+        payload,
+        created_at: now,
+    };
+    write_outbox(tx, &event).await
+}
+
+async fn insert_token(tx: &mut Tx, token: &NewToken) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO api_tokens (id, token_hash, user_id, org_id, created_at, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(token.id.0)
+    .bind(&token.hash[..])
+    .bind(token.user_id.0)
+    .bind(token.org_id.0)
+    .bind(token.created_at)
+    .bind(token.expires_at)
+    .execute(&mut **tx)
+    .await
+    .map_err(|e| match constraint_name(&e) {
+        Some("api_tokens_membership_fkey") => StoreError::not_found("organization"),
+        _ => db_error(e),
+    })?;
+    Ok(())
+}
+
+/// Starts a transaction that serializes membership changes of one organization (the lock on
+/// the organization row is what the last-owner trigger also takes).
+async fn begin_membership_change(store: &PgStore, org_id: OrgId) -> Result<Tx, StoreError> {
+    let mut tx = store.pool.begin().await.map_err(db_error)?;
+    sqlx::query("SELECT 1 FROM organizations WHERE id = $1 FOR UPDATE")
+        .bind(org_id.0)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+    Ok(tx)
+}
+
+/// The actor's role as of this transaction (the token's snapshot may be stale).
+async fn current_role(tx: &mut Tx, org_id: OrgId, user_id: UserId) -> Result<Role, StoreError> {
+    let row = sqlx::query("SELECT role FROM memberships WHERE org_id = $1 AND user_id = $2")
+        .bind(org_id.0)
+        .bind(user_id.0)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(db_error)?;
+    match row {
+        Some(row) => role_of(&row, "role"),
+        None => Err(StoreError::not_found("organization")),
+    }
+}
+
+async fn member_in(
+    tx: &mut Tx,
+    org_id: OrgId,
+    user_id: UserId,
+) -> Result<Option<Member>, StoreError> {
+    let row = sqlx::query(
+        "SELECT m.user_id, u.email, m.role, m.created_at, m.updated_at
+         FROM memberships m JOIN users u ON u.id = m.user_id
+         WHERE m.org_id = $1 AND m.user_id = $2",
+    )
+    .bind(org_id.0)
+    .bind(user_id.0)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(db_error)?;
+    row.as_ref().map(member_from).transpose()
+}
+
+#[async_trait::async_trait]
+impl AccountStore for PgStore {
+    async fn health(&self) -> StoreHealth {
+        self.health_check().await
+    }
+
+    async fn sign_up(&self, s: NewSignup) -> Result<SignupRecord, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        sqlx::query(
+            "INSERT INTO users (id, email, password_hash, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(s.user_id.0)
+        .bind(s.email.as_str())
+        .bind(&s.password_hash)
+        .bind(s.now)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| match constraint_name(&e) {
+            Some("users_email_key") => DomainError::EmailTaken.into(),
+            _ => db_error(e),
+        })?;
+        let organization =
+            insert_organization(&mut tx, s.org_id, &s.org_name, s.user_id, s.now).await?;
+        insert_token(&mut tx, &s.token).await?;
+        let detail = serde_json::json!({ "name": s.org_name.as_str() });
+        audit(
+            &mut tx,
+            s.org_id,
+            s.user_id,
+            "signup",
+            "organization.created",
+            Some(s.org_id.0),
+            detail,
+            s.now,
+        )
+        .await?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(SignupRecord {
+            user: User {
+                id: s.user_id,
+                email: s.email.as_str().to_owned(),
+                created_at: s.now,
+            },
+            organization,
+        })
+    }
+
+    async fn credentials(&self, email: &Email) -> Result<Option<Credentials>, StoreError> {
+        let row = sqlx::query("SELECT id, password_hash FROM users WHERE email = $1")
+            .bind(email.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error)?;
+        row.map(|row| {
+            Ok(Credentials {
+                user_id: UserId(row.try_get("id").map_err(db_error)?),
+                password_hash: row.try_get("password_hash").map_err(db_error)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn create_token(&self, token: NewToken) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        insert_token(&mut tx, &token).await?;
+        tx.commit().await.map_err(db_error)
+    }
+
+    async fn token_by_hash(&self, hash: &[u8; 32]) -> Result<Option<TokenRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT t.id, t.user_id, t.org_id, m.role, t.expires_at, t.revoked_at
+             FROM api_tokens t
+             JOIN memberships m ON m.org_id = t.org_id AND m.user_id = t.user_id
+             WHERE t.token_hash = $1",
+        )
+        .bind(&hash[..])
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_error)?;
+        row.map(|row| {
+            Ok(TokenRecord {
+                token_id: TokenId(row.try_get("id").map_err(db_error)?),
+                user_id: UserId(row.try_get("user_id").map_err(db_error)?),
+                org_id: OrgId(row.try_get("org_id").map_err(db_error)?),
+                role: role_of(&row, "role")?,
+                expires_at: row.try_get("expires_at").map_err(db_error)?,
+                revoked_at: row.try_get("revoked_at").map_err(db_error)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn revoke_token(&self, id: TokenId, now: OffsetDateTime) -> Result<(), StoreError> {
+        sqlx::query("UPDATE api_tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
+            .bind(id.0)
+            .bind(now)
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+
+    async fn user(&self, id: UserId) -> Result<Option<User>, StoreError> {
+        let row = sqlx::query("SELECT id, email, created_at FROM users WHERE id = $1")
+            .bind(id.0)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error)?;
+        row.map(|row| {
+            Ok(User {
+                id: UserId(row.try_get("id").map_err(db_error)?),
+                email: row.try_get("email").map_err(db_error)?,
+                created_at: row.try_get("created_at").map_err(db_error)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn organization_of(
+        &self,
+        user_id: UserId,
+        org_id: OrgId,
+    ) -> Result<Option<OrganizationMembership>, StoreError> {
+        let row = sqlx::query(
+            "SELECT o.id, o.name, o.created_at, m.role
+             FROM memberships m JOIN organizations o ON o.id = m.org_id
+             WHERE m.user_id = $1 AND m.org_id = $2",
+        )
+        .bind(user_id.0)
+        .bind(org_id.0)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_error)?;
+        row.map(|row| {
+            Ok(OrganizationMembership {
+                organization: organization_from(&row)?,
+                role: role_of(&row, "role")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn create_organization(
+        &self,
+        user_id: UserId,
+        org_id: OrgId,
+        name: OrganizationName,
+        now: OffsetDateTime,
+        idempotency: Option<Idempotency<'_, Organization>>,
+    ) -> Result<Organization, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let organization = insert_organization(&mut tx, org_id, &name, user_id, now).await?;
+        let detail = serde_json::json!({ "name": name.as_str() });
+        audit(
+            &mut tx,
+            org_id,
+            user_id,
+            "",
+            "organization.created",
+            Some(org_id.0),
+            detail,
+            now,
+        )
+        .await?;
+        complete_idempotency(&mut tx, idempotency, &organization, now).await?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(organization)
+    }
+
+    async fn organizations_of(
+        &self,
+        user_id: UserId,
+        page: PageRequest<OrgId>,
+    ) -> Result<Page<OrganizationMembership, OrgId>, StoreError> {
+        let after = page.after.map_or(Uuid::nil(), |id| id.0);
+        let rows = sqlx::query(
+            "SELECT o.id, o.name, o.created_at, m.role
+             FROM memberships m JOIN organizations o ON o.id = m.org_id
+             WHERE m.user_id = $1 AND m.org_id > $2
+             ORDER BY m.org_id LIMIT $3",
+        )
+        .bind(user_id.0)
+        .bind(after)
+        .bind(i64::from(page.limit) + 1)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        let items = rows
+            .iter()
+            .map(|row| {
+                Ok(OrganizationMembership {
+                    organization: organization_from(row)?,
+                    role: role_of(row, "role")?,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(Page::from_overfetch(items, page.limit, |m| {
+            m.organization.id
+        }))
+    }
+
+    async fn members(
+        &self,
+        org_id: OrgId,
+        page: PageRequest<UserId>,
+    ) -> Result<Page<Member, UserId>, StoreError> {
+        let after = page.after.map_or(Uuid::nil(), |id| id.0);
+        let rows = sqlx::query(
+            "SELECT m.user_id, u.email, m.role, m.created_at, m.updated_at
+             FROM memberships m JOIN users u ON u.id = m.user_id
+             WHERE m.org_id = $1 AND m.user_id > $2
+             ORDER BY m.user_id LIMIT $3",
+        )
+        .bind(org_id.0)
+        .bind(after)
+        .bind(i64::from(page.limit) + 1)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        let items = rows
+            .iter()
+            .map(member_from)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Page::from_overfetch(items, page.limit, |m| m.user_id))
+    }
+
+    async fn member(&self, org_id: OrgId, user_id: UserId) -> Result<Option<Member>, StoreError> {
+        let row = sqlx::query(
+            "SELECT m.user_id, u.email, m.role, m.created_at, m.updated_at
+             FROM memberships m JOIN users u ON u.id = m.user_id
+             WHERE m.org_id = $1 AND m.user_id = $2",
+        )
+        .bind(org_id.0)
+        .bind(user_id.0)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_error)?;
+        row.as_ref().map(member_from).transpose()
+    }
+
+    async fn add_member(
+        &self,
+        actor: &Actor,
+        email: &Email,
+        role: Role,
+        idempotency: Option<Idempotency<'_, Member>>,
+    ) -> Result<Member, StoreError> {
+        let mut tx = begin_membership_change(self, actor.org_id).await?;
+        let actor_role = current_role(&mut tx, actor.org_id, actor.user_id).await?;
+        authorize_membership_change(actor_role, MembershipChange::Add { role }, false)?;
+        let user = sqlx::query("SELECT id FROM users WHERE email = $1")
+            .bind(email.as_str())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_error)?
+            .ok_or(StoreError::not_found("user"))?;
+        let user_id = UserId(user.try_get("id").map_err(db_error)?);
+        sqlx::query(
+            "INSERT INTO memberships (org_id, user_id, role, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $4)",
+        )
+        .bind(actor.org_id.0)
+        .bind(user_id.0)
+        .bind(role.as_str())
+        .bind(actor.now)
+        .execute(&mut *tx)
+        .await
+        .map_err(membership_error)?;
+        let detail = serde_json::json!({ "role": role });
+        audit(
+            &mut tx,
+            actor.org_id,
+            actor.user_id,
+            &actor.request_id,
+            "member.added",
+            Some(user_id.0),
+            detail,
+            actor.now,
+        )
+        .await?;
+        let member = member_in(&mut tx, actor.org_id, user_id)
+            .await?
+            .ok_or_else(|| {
+                StoreError::Internal("membership vanished inside its own transaction".into())
+            })?;
+        complete_idempotency(&mut tx, idempotency, &member, actor.now).await?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(member)
+    }
+
+    async fn change_role(
+        &self,
+        actor: &Actor,
+        user_id: UserId,
+        role: Role,
+        idempotency: Option<Idempotency<'_, Member>>,
+    ) -> Result<Member, StoreError> {
+        let mut tx = begin_membership_change(self, actor.org_id).await?;
+        let actor_role = current_role(&mut tx, actor.org_id, actor.user_id).await?;
+        let target = member_in(&mut tx, actor.org_id, user_id)
+            .await?
+            .ok_or(StoreError::not_found("member"))?;
+        let change = MembershipChange::ChangeRole {
+            from: target.role,
+            to: role,
+        };
+        authorize_membership_change(actor_role, change, actor.user_id == user_id)?;
+        if target.role == role {
+            complete_idempotency(&mut tx, idempotency, &target, actor.now).await?;
+            tx.commit().await.map_err(db_error)?;
+            return Ok(target);
+        }
+        sqlx::query(
+            "UPDATE memberships SET role = $3, updated_at = $4 WHERE org_id = $1 AND user_id = $2",
+        )
+        .bind(actor.org_id.0)
+        .bind(user_id.0)
+        .bind(role.as_str())
+        .bind(actor.now)
+        .execute(&mut *tx)
+        .await
+        .map_err(membership_error)?;
+        let detail = serde_json::json!({ "from": target.role, "to": role });
+        audit(
+            &mut tx,
+            actor.org_id,
+            actor.user_id,
+            &actor.request_id,
+            "member.role_changed",
+            Some(user_id.0),
+            detail,
+            actor.now,
+        )
+        .await?;
+        let member = member_in(&mut tx, actor.org_id, user_id)
+            .await?
+            .ok_or_else(|| {
+                StoreError::Internal("membership vanished inside its own transaction".into())
+            })?;
+        complete_idempotency(&mut tx, idempotency, &member, actor.now).await?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(member)
+    }
+
+    async fn remove_member(&self, actor: &Actor, user_id: UserId) -> Result<bool, StoreError> {
+        let mut tx = begin_membership_change(self, actor.org_id).await?;
+        let actor_role = current_role(&mut tx, actor.org_id, actor.user_id).await?;
+        let is_self = actor.user_id == user_id;
+        let Some(target) = member_in(&mut tx, actor.org_id, user_id).await? else {
+            // Absent already: still refuse callers who could never remove anyone.
+            authorize_membership_change(
+                actor_role,
+                MembershipChange::Remove { role: Role::Viewer },
+                is_self,
+            )?;
+            return Ok(false);
+        };
+        authorize_membership_change(
+            actor_role,
+            MembershipChange::Remove { role: target.role },
+            is_self,
+        )?;
+        sqlx::query("DELETE FROM memberships WHERE org_id = $1 AND user_id = $2")
+            .bind(actor.org_id.0)
+            .bind(user_id.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(membership_error)?;
+        let detail = serde_json::json!({ "role": target.role });
+        audit(
+            &mut tx,
+            actor.org_id,
+            actor.user_id,
+            &actor.request_id,
+            "member.removed",
+            Some(user_id.0),
+            detail,
+            actor.now,
+        )
+        .await?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(true)
+    }
+}

@@ -1,0 +1,555 @@
+//! `DeliveryStore` on PostgreSQL: outbox leases and progress, webhooks, delivery jobs.
+
+use crate::accounts::audit;
+use crate::platform::complete_idempotency;
+use crate::{PgStore, db_error};
+use sqlx::Row;
+use sqlx::postgres::PgRow;
+use time::OffsetDateTime;
+use trueline_core::ids::{EventId, OrgId, UserId};
+use trueline_store::{
+    Actor, AttemptOutcome, Delivery, DeliveryAttempt, DeliveryState, DeliveryStore, Destination,
+    DueDelivery, Idempotency, NewDelivery, NewWebhook, OutboxRow, OutboxStats, Page, PageRequest,
+    StoreError, Webhook,
+};
+use uuid::Uuid;
+
+/// The "not yet published to this destination" condition.
+fn pending(destination: Destination) -> &'static str {
+    match destination {
+        Destination::EventLog => {
+            "published_at IS NULL AND xid < pg_snapshot_xmin(pg_current_snapshot())"
+        }
+        Destination::Nats => "published_at IS NOT NULL AND nats_published_at IS NULL",
+    }
+}
+
+/// Every row not yet published to this destination, eligible or not (for the lag figures).
+fn unpublished(destination: Destination) -> &'static str {
+    match destination {
+        Destination::EventLog => "published_at IS NULL",
+        Destination::Nats => "published_at IS NOT NULL AND nats_published_at IS NULL",
+    }
+}
+
+fn json_err(e: serde_json::Error) -> StoreError {
+    StoreError::Internal(format!("stored JSON is invalid: {e}"))
+}
+
+fn webhook_from(row: &PgRow) -> Result<Webhook, StoreError> {
+    let types: serde_json::Value = row.try_get("event_types").map_err(db_error)?;
+    Ok(Webhook {
+        id: row.try_get("id").map_err(db_error)?,
+        org_id: OrgId(row.try_get("org_id").map_err(db_error)?),
+        url: row.try_get("url").map_err(db_error)?,
+        event_types: serde_json::from_value(types).map_err(json_err)?,
+        created_at: row.try_get("created_at").map_err(db_error)?,
+        created_by: UserId(row.try_get("created_by").map_err(db_error)?),
+    })
+}
+
+fn delivery_from(row: &PgRow) -> Result<Delivery, StoreError> {
+    let state: String = row.try_get("state").map_err(db_error)?;
+    let attempts: i32 = row.try_get("attempts").map_err(db_error)?;
+    let status: Option<i32> = row.try_get("last_status").map_err(db_error)?;
+    Ok(Delivery {
+        id: row.try_get("id").map_err(db_error)?,
+        webhook_id: row.try_get("webhook_id").map_err(db_error)?,
+        event_id: EventId(row.try_get("event_id").map_err(db_error)?),
+        event_type: row.try_get("event_type").map_err(db_error)?,
+        state: DeliveryState::parse(&state)
+            .ok_or_else(|| StoreError::Internal(format!("unknown delivery state {state:?}")))?,
+        attempts: attempts as u32,
+        next_attempt_at: row.try_get("next_attempt_at").map_err(db_error)?,
+        last_status: status.map(|s| s as u16),
+        last_error: row.try_get("last_error").map_err(db_error)?,
+        created_at: row.try_get("created_at").map_err(db_error)?,
+        updated_at: row.try_get("updated_at").map_err(db_error)?,
+        attempt_log: Vec::new(),
+    })
+}
+
+const DELIVERY_COLUMNS: &str = "id, webhook_id, event_id, event_type, state, attempts, \
+     next_attempt_at, last_status, last_error, created_at, updated_at";
+
+async fn attempts_of(store: &PgStore, delivery: &mut Delivery) -> Result<(), StoreError> {
+    let rows = sqlx::query(
+        "SELECT attempt, at, status, error, duration_ms FROM webhook_attempts
+         WHERE delivery_id = $1 ORDER BY attempt",
+    )
+    .bind(delivery.id)
+    .fetch_all(&store.pool)
+    .await
+    .map_err(db_error)?;
+    for row in rows {
+        let attempt: i32 = row.try_get("attempt").map_err(db_error)?;
+        let status: Option<i32> = row.try_get("status").map_err(db_error)?;
+        let duration: i64 = row.try_get("duration_ms").map_err(db_error)?;
+        delivery.attempt_log.push(DeliveryAttempt {
+            attempt: attempt as u32,
+            at: row.try_get("at").map_err(db_error)?,
+            status: status.map(|s| s as u16),
+            error: row.try_get("error").map_err(db_error)?,
+            duration_ms: duration as u64,
+        });
+    }
+    Ok(())
+}
+
+#[async_trait::async_trait]
+impl DeliveryStore for PgStore {
+    async fn lease_outbox(
+        &self,
+        destination: Destination,
+        holder: &str,
+        now: OffsetDateTime,
+        until: OffsetDateTime,
+        max_orgs: u32,
+        max_rows: u32,
+    ) -> Result<Vec<OutboxRow>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let candidates = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT org_id, min(seq) AS first FROM outbox WHERE {} GROUP BY org_id
+             ORDER BY first LIMIT $1",
+            pending(destination)
+        )))
+        .bind(i64::from(max_orgs) * 4)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        let mut leased: Vec<OrgId> = Vec::new();
+        for row in candidates {
+            if leased.len() >= max_orgs as usize {
+                break;
+            }
+            let org = OrgId(row.try_get("org_id").map_err(db_error)?);
+            let taken = sqlx::query(
+                "INSERT INTO outbox_leases (destination, org_id, holder, until)
+                 VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (destination, org_id) DO UPDATE
+                 SET holder = excluded.holder, until = excluded.until
+                 WHERE outbox_leases.until < $5 OR outbox_leases.holder = excluded.holder",
+            )
+            .bind(destination.as_str())
+            .bind(org.0)
+            .bind(holder)
+            .bind(until)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+            if taken.rows_affected() == 1 {
+                leased.push(org);
+            }
+        }
+        let mut out = Vec::new();
+        for org in leased {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT seq, event_id, org_id, event_type, stream, payload, created_at, attempts
+                 FROM outbox WHERE org_id = $1 AND {} ORDER BY seq LIMIT $2",
+                pending(destination)
+            )))
+            .bind(org.0)
+            .bind(i64::from(max_rows))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_error)?;
+            for row in rows {
+                let payload: serde_json::Value = row.try_get("payload").map_err(db_error)?;
+                let attempts: i32 = row.try_get("attempts").map_err(db_error)?;
+                out.push(OutboxRow {
+                    seq: row.try_get("seq").map_err(db_error)?,
+                    event_id: EventId(row.try_get("event_id").map_err(db_error)?),
+                    org_id: OrgId(row.try_get("org_id").map_err(db_error)?),
+                    event_type: row.try_get("event_type").map_err(db_error)?,
+                    stream: row.try_get("stream").map_err(db_error)?,
+                    payload,
+                    created_at: row.try_get("created_at").map_err(db_error)?,
+                    attempts: attempts as u32,
+                });
+            }
+        }
+        tx.commit().await.map_err(db_error)?;
+        Ok(out)
+    }
+
+    async fn complete_outbox(
+        &self,
+        destination: Destination,
+        seqs: &[i64],
+        deliveries: &[NewDelivery],
+        now: OffsetDateTime,
+    ) -> Result<u64, StoreError> {
+        let column = match destination {
+            Destination::EventLog => "published_at",
+            Destination::Nats => "nats_published_at",
+        };
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let changed = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE outbox SET {column} = $2 WHERE seq = ANY($1) AND {column} IS NULL"
+        )))
+        .bind(seqs)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?
+        .rows_affected();
+        for d in deliveries {
+            sqlx::query(
+                "INSERT INTO webhook_deliveries
+                 (id, webhook_id, org_id, event_id, event_type, payload, state, next_attempt_at,
+                  created_at, updated_at)
+                 SELECT $1, $2, $3, $4, $5, $6, 'pending', $7, $7, $7
+                 WHERE EXISTS (SELECT 1 FROM webhooks WHERE id = $2)
+                 ON CONFLICT (webhook_id, event_id) DO NOTHING",
+            )
+            .bind(d.id)
+            .bind(d.webhook_id)
+            .bind(d.org_id.0)
+            .bind(d.event_id.0)
+            .bind(&d.event_type)
+            .bind(&d.payload)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        }
+        tx.commit().await.map_err(db_error)?;
+        Ok(changed)
+    }
+
+    async fn fail_outbox(&self, seqs: &[i64], error: &str) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        for seq in seqs {
+            sqlx::query(
+                "UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE seq = $1",
+            )
+            .bind(seq)
+            .bind(error)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        }
+        tx.commit().await.map_err(db_error)
+    }
+
+    async fn release_outbox(
+        &self,
+        destination: Destination,
+        holder: &str,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        sqlx::query("DELETE FROM outbox_leases WHERE destination = $1 AND holder = $2")
+            .bind(destination.as_str())
+            .bind(holder)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)
+    }
+
+    async fn outbox_stats(&self, destination: Destination) -> Result<OutboxStats, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) AS pending, min(created_at) AS oldest FROM outbox WHERE {}",
+            unpublished(destination)
+        )))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db_error)?;
+        let pending: i64 = row.try_get("pending").map_err(db_error)?;
+        let oldest: Option<OffsetDateTime> = row.try_get("oldest").map_err(db_error)?;
+        Ok(OutboxStats {
+            pending: pending as u64,
+            oldest_pending_at: oldest,
+        })
+    }
+
+    async fn webhooks_of(&self, orgs: &[OrgId]) -> Result<Vec<Webhook>, StoreError> {
+        let mut out = Vec::new();
+        for org in orgs {
+            let rows = sqlx::query(
+                "SELECT id, org_id, url, event_types, created_at, created_by FROM webhooks
+                 WHERE org_id = $1",
+            )
+            .bind(org.0)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)?;
+            for row in &rows {
+                out.push(webhook_from(row)?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn create_webhook(
+        &self,
+        actor: &Actor,
+        w: NewWebhook,
+        idempotency: Option<Idempotency<'_, Webhook>>,
+    ) -> Result<Webhook, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let types = serde_json::to_value(&w.event_types).map_err(json_err)?;
+        sqlx::query(
+            "INSERT INTO webhooks (id, org_id, url, event_types, secret, created_at, created_by)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(w.id)
+        .bind(actor.org_id.0)
+        .bind(&w.url)
+        .bind(&types)
+        .bind(&w.secret)
+        .bind(actor.now)
+        .bind(actor.user_id.0)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        let webhook = Webhook {
+            id: w.id,
+            org_id: actor.org_id,
+            url: w.url.clone(),
+            event_types: w.event_types.clone(),
+            created_at: actor.now,
+            created_by: actor.user_id,
+        };
+        let detail = serde_json::json!({ "url": w.url, "event_types": w.event_types });
+        audit(
+            &mut tx,
+            actor.org_id,
+            actor.user_id,
+            &actor.request_id,
+            "webhook.created",
+            Some(w.id),
+            detail,
+            actor.now,
+        )
+        .await?;
+        complete_idempotency(&mut tx, idempotency, &webhook, actor.now).await?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(webhook)
+    }
+
+    async fn webhooks(
+        &self,
+        org: OrgId,
+        page: PageRequest<Uuid>,
+    ) -> Result<Page<Webhook, Uuid>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, org_id, url, event_types, created_at, created_by FROM webhooks
+             WHERE org_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+        )
+        .bind(org.0)
+        .bind(page.after.unwrap_or(Uuid::nil()))
+        .bind(i64::from(page.limit) + 1)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        let items = rows
+            .iter()
+            .map(webhook_from)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Page::from_overfetch(items, page.limit, |w| w.id))
+    }
+
+    async fn webhook(&self, org: OrgId, id: Uuid) -> Result<Option<Webhook>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, org_id, url, event_types, created_at, created_by FROM webhooks
+             WHERE org_id = $1 AND id = $2",
+        )
+        .bind(org.0)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_error)?;
+        row.as_ref().map(webhook_from).transpose()
+    }
+
+    async fn delete_webhook(&self, actor: &Actor, id: Uuid) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let done = sqlx::query("DELETE FROM webhooks WHERE org_id = $1 AND id = $2")
+            .bind(actor.org_id.0)
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        audit(
+            &mut tx,
+            actor.org_id,
+            actor.user_id,
+            &actor.request_id,
+            "webhook.deleted",
+            Some(id),
+            serde_json::json!({}),
+            actor.now,
+        )
+        .await?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(true)
+    }
+
+    async fn lease_deliveries(
+        &self,
+        now: OffsetDateTime,
+        until: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<DueDelivery>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let rows = sqlx::query(
+            "SELECT d.id, d.webhook_id, d.event_id, d.event_type, d.payload, d.attempts, w.url, w.secret
+             FROM webhook_deliveries d JOIN webhooks w ON w.id = d.webhook_id
+             WHERE d.state = 'pending' AND d.next_attempt_at <= $1
+               AND (d.locked_until IS NULL OR d.locked_until < $1)
+             ORDER BY d.next_attempt_at LIMIT $2
+             FOR UPDATE OF d SKIP LOCKED",
+        )
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id: Uuid = row.try_get("id").map_err(db_error)?;
+            sqlx::query("UPDATE webhook_deliveries SET locked_until = $2 WHERE id = $1")
+                .bind(id)
+                .bind(until)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error)?;
+            let payload: serde_json::Value = row.try_get("payload").map_err(db_error)?;
+            let attempts: i32 = row.try_get("attempts").map_err(db_error)?;
+            out.push(DueDelivery {
+                id,
+                webhook_id: row.try_get("webhook_id").map_err(db_error)?,
+                event_id: EventId(row.try_get("event_id").map_err(db_error)?),
+                event_type: row.try_get("event_type").map_err(db_error)?,
+                url: row.try_get("url").map_err(db_error)?,
+                secret: row.try_get("secret").map_err(db_error)?,
+                payload,
+                attempts: attempts as u32,
+            });
+        }
+        tx.commit().await.map_err(db_error)?;
+        Ok(out)
+    }
+
+    async fn record_attempt(
+        &self,
+        delivery_id: Uuid,
+        attempt: DeliveryAttempt,
+        outcome: AttemptOutcome,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        sqlx::query(
+            "INSERT INTO webhook_attempts (delivery_id, attempt, at, status, error, duration_ms)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(delivery_id)
+        .bind(attempt.attempt as i32)
+        .bind(attempt.at)
+        .bind(attempt.status.map(i32::from))
+        .bind(&attempt.error)
+        .bind(attempt.duration_ms as i64)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        let (state, next) = match outcome {
+            AttemptOutcome::Succeeded => ("succeeded", attempt.at),
+            AttemptOutcome::RetryAt(at) => ("pending", at),
+            AttemptOutcome::Dead => ("dead", attempt.at),
+        };
+        sqlx::query(
+            "UPDATE webhook_deliveries
+             SET state = $2, attempts = $3, next_attempt_at = $4, locked_until = NULL,
+                 last_status = $5, last_error = $6, updated_at = $7
+             WHERE id = $1",
+        )
+        .bind(delivery_id)
+        .bind(state)
+        .bind(attempt.attempt as i32)
+        .bind(next)
+        .bind(attempt.status.map(i32::from))
+        .bind(&attempt.error)
+        .bind(attempt.at)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)
+    }
+
+    async fn deliveries(
+        &self,
+        org: OrgId,
+        webhook_id: Uuid,
+        state: Option<DeliveryState>,
+        page: PageRequest<Uuid>,
+    ) -> Result<Page<Delivery, Uuid>, StoreError> {
+        if self.webhook(org, webhook_id).await?.is_none() {
+            return Err(StoreError::not_found("webhook"));
+        }
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries
+             WHERE webhook_id = $1 AND org_id = $2 AND ($3::text IS NULL OR state = $3) AND id < $4
+             ORDER BY id DESC LIMIT $5"
+        )))
+        .bind(webhook_id)
+        .bind(org.0)
+        .bind(state.map(DeliveryState::as_str))
+        .bind(page.after.unwrap_or(Uuid::max()))
+        .bind(i64::from(page.limit) + 1)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        let mut items = rows
+            .iter()
+            .map(delivery_from)
+            .collect::<Result<Vec<_>, _>>()?;
+        for d in &mut items {
+            attempts_of(self, d).await?;
+        }
+        Ok(Page::from_overfetch(items, page.limit, |d| d.id))
+    }
+
+    async fn redeliver(
+        &self,
+        actor: &Actor,
+        webhook_id: Uuid,
+        delivery_id: Uuid,
+        idempotency: Option<Idempotency<'_, Delivery>>,
+    ) -> Result<Delivery, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE webhook_deliveries SET state = 'pending', next_attempt_at = $4,
+                    locked_until = NULL, updated_at = $4
+             WHERE id = $1 AND webhook_id = $2 AND org_id = $3
+             RETURNING {DELIVERY_COLUMNS}"
+        )))
+        .bind(delivery_id)
+        .bind(webhook_id)
+        .bind(actor.org_id.0)
+        .bind(actor.now)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_error)?
+        .ok_or(StoreError::not_found("delivery"))?;
+        let delivery = delivery_from(&row)?;
+        let detail = serde_json::json!({ "webhook_id": webhook_id });
+        audit(
+            &mut tx,
+            actor.org_id,
+            actor.user_id,
+            &actor.request_id,
+            "webhook.redelivered",
+            Some(delivery_id),
+            detail,
+            actor.now,
+        )
+        .await?;
+        complete_idempotency(&mut tx, idempotency, &delivery, actor.now).await?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(delivery)
+    }
+}

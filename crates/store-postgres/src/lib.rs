@@ -1,0 +1,129 @@
+//! The PostgreSQL adapter: Trueline's scale-out backend (many stateless server instances on
+//! one database). Same behaviour as the SQLite adapter, proven by the conformance suite; it
+//! uses what PostgreSQL is good at: row locks (`FOR UPDATE`), `SKIP LOCKED`, `ON CONFLICT`,
+//! named constraints (translated into domain errors here) and trigger-enforced invariants.
+
+mod accounts;
+mod assessments;
+mod combined;
+mod delivery;
+pub mod events;
+mod inventory;
+mod migrate;
+mod platform;
+pub mod testing;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use std::str::FromStr;
+use std::time::Duration;
+use trueline_store::{Store, StoreError, StoreHealth};
+
+/// Tunables of the PostgreSQL store.
+#[derive(Debug, Clone)]
+pub struct PgOptions {
+    pub max_connections: u32,
+    /// How long a request waits for a connection before `dependency_unavailable`.
+    pub acquire_timeout: Duration,
+    /// Server-side cap on any one statement, so a stuck query cannot hold a connection forever.
+    pub statement_timeout: Duration,
+}
+
+impl Default for PgOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    /// Connects lazily: the pool opens connections on demand, so the server starts (and
+    /// reports not-ready) even while the database is down, and recovers on its own.
+    pub async fn connect(url: &str, options: PgOptions) -> Result<Self, StoreError> {
+        let connect = PgConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Internal(format!("invalid PostgreSQL URL: {e}")))?
+            .options([(
+                "statement_timeout",
+                format!("{}", options.statement_timeout.as_millis()),
+            )]);
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections)
+            .acquire_timeout(options.acquire_timeout)
+            .connect_lazy_with(connect);
+        Ok(Self { pool })
+    }
+
+    /// The pool, for tests that must bypass the domain (to prove the schema refuses).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn health_check(&self) -> StoreHealth {
+        let ping = tokio::time::timeout(
+            Duration::from_secs(2),
+            sqlx::query("SELECT 1").execute(&self.pool),
+        )
+        .await;
+        let (ok, detail) = match ping {
+            Ok(Ok(_)) => (true, "postgres reachable".to_owned()),
+            Ok(Err(e)) => (false, format!("postgres error: {e}")),
+            Err(_) => (false, "postgres did not answer within 2s".to_owned()),
+        };
+        let size = self.pool.size();
+        let idle = self.pool.num_idle() as u32;
+        StoreHealth {
+            ok,
+            detail,
+            pool_idle: idle,
+            pool_in_use: size.saturating_sub(idle),
+        }
+    }
+}
+
+impl Store for PgStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn pool_stats(&self) -> (u32, u32) {
+        let idle = self.pool.num_idle() as u32;
+        (idle, self.pool.size().saturating_sub(idle))
+    }
+}
+
+/// Maps a driver error that no constraint translation claimed.
+pub(crate) fn db_error(e: sqlx::Error) -> StoreError {
+    match &e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_) => StoreError::Unavailable(e.to_string()),
+        // 57P01 admin_shutdown, 57P03 cannot_connect_now, 08xxx connection exceptions.
+        sqlx::Error::Database(d)
+            if d.code()
+                .is_some_and(|c| c.starts_with("08") || c == "57P01" || c == "57P03") =>
+        {
+            StoreError::Unavailable(e.to_string())
+        }
+        _ => StoreError::Internal(e.to_string()),
+    }
+}
+
+/// The name of the constraint (or trigger-raised pseudo constraint) that refused a change.
+pub(crate) fn constraint_name(e: &sqlx::Error) -> Option<&str> {
+    match e {
+        sqlx::Error::Database(d) => d.constraint(),
+        _ => None,
+    }
+}

@@ -1,0 +1,80 @@
+//! The conformance suite on PostgreSQL: every case in its own throwaway database.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use sqlx::Row;
+use std::sync::Arc;
+use trueline_store::Migrations;
+use trueline_store_conformance::{Fixture, RawSql, conformance_suite};
+use trueline_store_postgres::testing::TestDatabase;
+use trueline_store_postgres::{PgOptions, PgStore};
+
+struct Raw(sqlx::PgPool);
+
+#[async_trait::async_trait]
+impl RawSql for Raw {
+    async fn execute(&self, sql: &str) -> Result<u64, String> {
+        sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+            .execute(&self.0)
+            .await
+            .map(|r| r.rows_affected())
+            .map_err(|e| e.to_string())
+    }
+
+    async fn scalar(&self, sql: &str) -> i64 {
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+            .fetch_one(&self.0)
+            .await
+            .unwrap();
+        // count(*) is bigint; plain integer columns are int4.
+        row.try_get::<i64, _>(0)
+            .or_else(|_| row.try_get::<i32, _>(0).map(i64::from))
+            .unwrap()
+    }
+}
+
+async fn postgres_fixture() -> Fixture {
+    let database = TestDatabase::create().await;
+    let store = PgStore::connect(&database.url, PgOptions::default())
+        .await
+        .unwrap();
+    store.migrate_up().await.unwrap();
+    let raw = Raw(store.pool().clone());
+    Fixture {
+        store: Arc::new(store),
+        raw: Arc::new(raw),
+        guard: Box::new(database),
+    }
+}
+
+conformance_suite!(
+    postgres_fixture,
+    #[ignore = "needs PostgreSQL: set TRUELINE_TEST_POSTGRES_URL and run with --ignored"]
+);
+
+mod event_store {
+    use std::sync::Arc;
+    use trueline_store::Migrations;
+    use trueline_store_conformance::event_store_suite;
+    use trueline_store_conformance::events::EventsFixture;
+    use trueline_store_postgres::testing::TestDatabase;
+    use trueline_store_postgres::{PgOptions, PgStore};
+
+    async fn postgres_events() -> EventsFixture {
+        let database = TestDatabase::create().await;
+        let store = PgStore::connect(&database.url, PgOptions::default())
+            .await
+            .unwrap();
+        store.migrate_up().await.unwrap();
+        let events = store.event_store(trueline_store::events::EVENT_BYTES_MAX_DEFAULT);
+        EventsFixture {
+            events: Arc::new(events),
+            guard: Box::new((database, store)),
+        }
+    }
+
+    event_store_suite!(
+        postgres_events,
+        #[ignore = "needs PostgreSQL: set TRUELINE_TEST_POSTGRES_URL and run with --ignored"]
+    );
+}

@@ -1,0 +1,10 @@
+DROP TRIGGER audit_log_no_delete;
+DROP TRIGGER audit_log_no_update;
+DROP TABLE audit_log;
+DROP TABLE api_tokens;
+DROP TRIGGER memberships_owner_deleted;
+DROP TRIGGER memberships_owner_updated;
+DROP TRIGGER memberships_owner_inserted;
+DROP TABLE memberships;
+DROP TABLE organizations;
+DROP TABLE users;

@@ -1,0 +1,15 @@
+DROP TRIGGER submission_reviews_no_delete;
+DROP TRIGGER submission_reviews_no_update;
+DROP TABLE submission_reviews;
+DROP TABLE submissions;
+DROP TABLE attempts;
+DROP TABLE invites;
+DROP TRIGGER assessment_questions_frozen_delete;
+DROP TRIGGER assessment_questions_frozen_update;
+DROP TRIGGER assessment_questions_frozen_insert;
+DROP TABLE assessment_questions;
+DROP TRIGGER assessments_no_delete;
+DROP TRIGGER assessments_frozen;
+DROP TRIGGER assessments_published_count;
+DROP TABLE assessments;
+ALTER TABLE organizations DROP COLUMN published_assessments;

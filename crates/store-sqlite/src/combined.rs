@@ -1,0 +1,254 @@
+//! Hot-row combining on SQLite: a whole batch of quantity deltas in one `BEGIN IMMEDIATE`
+//! transaction with a fixed number of calls (begin, two reads, one multi-statement write, commit),
+//! decided by the shared planner [`trueline_store::combine::plan`].
+
+use crate::inventory::{ITEM_COLUMNS, item_from};
+use crate::platform::stored_response;
+use crate::{SqliteStore, db_error, from_micros, micros};
+use sqlx::{QueryBuilder, Row, Sqlite};
+use std::collections::HashMap;
+use trueline_core::ids::ItemId;
+use trueline_store::combine::{KeyId, KeyState, Plan, PlannedKey, plan};
+use trueline_store::{DeltaJob, DeltaOutcome, HistoryKind, Item, StoreError};
+
+/// Rows per multi-row statement: well under SQLite's 32766 bound parameters at 13 per row.
+const ROWS_PER_STATEMENT: usize = 500;
+
+type Tx = crate::platform::Tx;
+
+pub(crate) async fn apply_deltas(
+    store: &SqliteStore,
+    jobs: &[DeltaJob],
+) -> Result<Vec<DeltaOutcome>, StoreError> {
+    let mut tx = store.begin_write().await?;
+    let items = load_items(&mut tx, jobs).await?;
+    let keys = load_keys(&mut tx, jobs).await?;
+    let plan = plan(jobs, items, &keys);
+    write_rows(&mut tx, jobs, &plan).await?;
+    write_existing_keys(&mut tx, jobs, &plan).await?;
+    tx.commit().await.map_err(db_error)?;
+    Ok(plan.outcomes)
+}
+
+async fn load_items(tx: &mut Tx, jobs: &[DeltaJob]) -> Result<HashMap<ItemId, Item>, StoreError> {
+    let mut ids: Vec<ItemId> = jobs.iter().map(|j| j.item_id).collect();
+    ids.sort();
+    ids.dedup();
+    let mut items = HashMap::with_capacity(ids.len());
+    for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+        let mut query =
+            QueryBuilder::<Sqlite>::new(format!("SELECT {ITEM_COLUMNS} FROM items WHERE id IN ("));
+        let mut list = query.separated(", ");
+        for id in chunk {
+            list.push_bind(id.0);
+        }
+        query.push(")");
+        for row in query.build().fetch_all(&mut **tx).await.map_err(db_error)? {
+            let item = item_from(&row)?;
+            items.insert(item.id, item);
+        }
+    }
+    Ok(items)
+}
+
+async fn load_keys(tx: &mut Tx, jobs: &[DeltaJob]) -> Result<HashMap<KeyId, KeyState>, StoreError> {
+    let scopes: Vec<_> = jobs
+        .iter()
+        .filter_map(|j| j.idempotency.as_ref().map(|k| &k.scope))
+        .collect();
+    let mut keys = HashMap::new();
+    for chunk in scopes.chunks(ROWS_PER_STATEMENT) {
+        let mut query = QueryBuilder::<Sqlite>::new(
+            "SELECT org_id, user_id, key, fingerprint, state, locked_until, response_status,
+                    response_headers, response_body
+             FROM idempotency_keys WHERE (org_id, user_id, key) IN (",
+        );
+        query.push_values(chunk, |mut row, scope| {
+            row.push_bind(scope.org_id.0)
+                .push_bind(scope.user_id.0)
+                .push_bind(&scope.key);
+        });
+        query.push(")");
+        for row in query.build().fetch_all(&mut **tx).await.map_err(db_error)? {
+            let id: KeyId = (
+                row.try_get("org_id").map_err(db_error)?,
+                row.try_get("user_id").map_err(db_error)?,
+                row.try_get("key").map_err(db_error)?,
+            );
+            let fingerprint: Vec<u8> = row.try_get("fingerprint").map_err(db_error)?;
+            let state: String = row.try_get("state").map_err(db_error)?;
+            let completed = if state == "completed" {
+                Some(stored_response(&row)?)
+            } else {
+                None
+            };
+            keys.insert(
+                id,
+                KeyState {
+                    fingerprint: fingerprint.try_into().map_err(|_| {
+                        StoreError::Internal("a stored fingerprint is not 32 bytes".into())
+                    })?,
+                    completed,
+                    locked_until: from_micros(row.try_get("locked_until").map_err(db_error)?)?,
+                    fresh: false,
+                },
+            );
+        }
+    }
+    Ok(keys)
+}
+
+/// Every row the batch adds or changes, as one multi-statement string sent to SQLite in a
+/// single call: each statement is a round trip to the connection's worker thread, and those
+/// hand-offs, not SQLite's own work, were most of a batch's time (perf: context switches).
+/// The parameters are anonymous `?`, which SQLite numbers across the statements in order.
+///
+/// Every changed item once, guarded by the version it was loaded at (under the write lock
+/// nothing can have moved it; if something did, the batch fails as a whole), its history
+/// records, the outbox events, and the new idempotency keys, inserted completed. Inserts
+/// affect exactly their rows, so the total tells whether every guarded update matched.
+async fn write_rows(tx: &mut Tx, jobs: &[DeltaJob], plan: &Plan) -> Result<(), StoreError> {
+    let mut query = QueryBuilder::<Sqlite>::new("");
+    let mut expected = 0u64;
+    let mut separator = "";
+    for chunk in plan.items.chunks(ROWS_PER_STATEMENT) {
+        query.push(separator);
+        separator = ";\n";
+        query.push(
+            "UPDATE items SET qty = v.column2, version = v.column3, updated_at = v.column4
+             FROM (",
+        );
+        query.push_values(chunk, |mut row, (item, loaded)| {
+            row.push_bind(item.id.0)
+                .push_bind(item.qty as i64)
+                .push_bind(item.version as i64)
+                .push_bind(micros(item.updated_at))
+                .push_bind(*loaded as i64);
+        });
+        query.push(") AS v WHERE items.id = v.column1 AND items.version = v.column5");
+        expected += chunk.len() as u64;
+    }
+    for chunk in plan.changes.chunks(ROWS_PER_STATEMENT) {
+        query.push(separator);
+        separator = ";\n";
+        query.push(
+            "INSERT INTO item_history (id, org_id, item_id, version, kind, delta, qty_after, name,
+                                       sku, reason, actor_user_id, request_id, at) ",
+        );
+        query.push_values(chunk, |mut row, change| {
+            let actor = &jobs[change.job].actor;
+            row.push_bind(uuid::Uuid::now_v7())
+                .push_bind(actor.org_id.0)
+                .push_bind(change.item.id.0)
+                .push_bind(change.item.version as i64)
+                .push_bind(HistoryKind::QtyChanged.as_str())
+                .push_bind(change.delta)
+                .push_bind(change.item.qty as i64)
+                .push_bind(change.item.name.clone())
+                .push_bind(change.item.sku.clone())
+                .push_bind(None::<String>)
+                .push_bind(actor.user_id.0)
+                .push_bind(actor.request_id.clone())
+                .push_bind(micros(actor.now));
+        });
+        expected += chunk.len() as u64;
+    }
+    for chunk in plan.events.chunks(ROWS_PER_STATEMENT) {
+        query.push(separator);
+        separator = ";\n";
+        query.push(
+            "INSERT INTO outbox (event_id, org_id, event_type, stream, payload, created_at) ",
+        );
+        query.push_values(chunk, |mut row, event| {
+            row.push_bind(event.event_id.0)
+                .push_bind(event.org_id.0)
+                .push_bind(event.event_type.clone())
+                .push_bind(event.stream.clone())
+                .push_bind(event.payload.to_string())
+                .push_bind(micros(event.created_at));
+        });
+        expected += chunk.len() as u64;
+    }
+    let mut new = Vec::new();
+    for done in plan.complete.iter().filter(|done| !done.exists) {
+        new.push((done, encode_headers(done)?));
+    }
+    for chunk in new.chunks(ROWS_PER_STATEMENT) {
+        query.push(separator);
+        separator = ";\n";
+        query.push(
+            "INSERT INTO idempotency_keys
+             (org_id, user_id, key, fingerprint, state, locked_until, response_status,
+              response_headers, response_body, created_at, completed_at) ",
+        );
+        query.push_values(chunk, |mut row, (done, headers)| {
+            let now = micros(jobs[done.job].actor.now);
+            row.push_bind(done.scope.org_id.0)
+                .push_bind(done.scope.user_id.0)
+                .push_bind(done.scope.key.clone())
+                .push_bind(done.fingerprint.to_vec())
+                .push_bind("completed")
+                .push_bind(micros(done.locked_until))
+                .push_bind(i64::from(done.response.status))
+                .push_bind(headers.clone())
+                .push_bind(done.response.body.clone())
+                .push_bind(now)
+                .push_bind(now);
+        });
+        expected += chunk.len() as u64;
+    }
+    if expected == 0 {
+        return Ok(());
+    }
+    let done = query.build().execute(&mut **tx).await.map_err(db_error)?;
+    if done.rows_affected() != expected {
+        return Err(StoreError::Internal(
+            "an item changed under the combined batch's write lock".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Rows that existed (expired claims taken over) are completed or, if their job was
+/// refused, deleted. Rare: one statement each.
+async fn write_existing_keys(
+    tx: &mut Tx,
+    jobs: &[DeltaJob],
+    plan: &Plan,
+) -> Result<(), StoreError> {
+    let existing = plan.complete.iter().filter(|done| done.exists);
+    for planned in existing {
+        let headers = encode_headers(planned)?;
+        let scope = &planned.scope;
+        let done = sqlx::query(
+            "UPDATE idempotency_keys
+             SET state = 'completed', response_status = ?4, response_headers = ?5,
+                 response_body = ?6, completed_at = ?7
+             WHERE org_id = ?1 AND user_id = ?2 AND key = ?3 AND state = 'pending'",
+        )
+        .bind(scope.org_id.0)
+        .bind(scope.user_id.0)
+        .bind(&scope.key)
+        .bind(i64::from(planned.response.status))
+        .bind(headers)
+        .bind(&planned.response.body)
+        .bind(micros(jobs[planned.job].actor.now))
+        .execute(&mut **tx)
+        .await
+        .map_err(db_error)?;
+        if done.rows_affected() != 1 {
+            return Err(StoreError::Internal(
+                "an idempotency key changed under the combined batch's write lock".into(),
+            ));
+        }
+    }
+    for scope in &plan.release {
+        crate::platform::drop_inline_claim(tx, scope).await?;
+    }
+    Ok(())
+}
+
+fn encode_headers(done: &PlannedKey) -> Result<String, StoreError> {
+    serde_json::to_string(&done.response.headers)
+        .map_err(|e| StoreError::Internal(format!("cannot encode headers: {e}")))
+}

@@ -1,0 +1,271 @@
+//! The SQLite adapter: Trueline's embedded default (zero setup, one file under `./data/`).
+//!
+//! Connection model: one **writer** connection and a small pool of **reader** connections on
+//! the same WAL database. Every write transaction starts with `BEGIN IMMEDIATE` on the single
+//! writer, so writers queue in-process instead of failing with "database is locked", and
+//! readers never block them. `synchronous=FULL`: a commit acknowledged to a client survives
+//! power loss.
+//!
+//! Conventions of the schema: ids are 16-byte UUID blobs, instants are INTEGER unix
+//! microseconds (see [`micros`]), tables are `STRICT`, and every invariant the domain checks
+//! is also a CHECK, UNIQUE, FK or trigger, so the database refuses what the code forgot.
+
+mod accounts;
+mod assessments;
+mod combined;
+mod delivery;
+mod inventory;
+mod migrate;
+mod platform;
+mod token_cache;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use std::str::FromStr;
+use std::time::Duration;
+use time::OffsetDateTime;
+use trueline_store::{Store, StoreError, StoreHealth};
+
+/// How long a statement waits for SQLite's file lock (another process, e.g. `trueline
+/// migrate`) before giving up.
+const BUSY_TIMEOUT_MS: u64 = 5_000;
+
+/// How often the checkpointer copies the WAL back into the database file. SQLite would
+/// otherwise do it inside whichever commit crosses its auto-checkpoint threshold, stalling
+/// the single writer (and every request waiting for it) for the copy and the file's fsync.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(200);
+
+/// What [`SqliteStore::release_leftovers`] released.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Leftovers {
+    pub idempotency_claims: u64,
+    pub outbox_leases: u64,
+    pub delivery_leases: u64,
+}
+
+impl Leftovers {
+    pub fn any(&self) -> bool {
+        self.idempotency_claims + self.outbox_leases + self.delivery_leases > 0
+    }
+}
+
+/// Tunables of the SQLite store.
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    /// Reader connections (the writer is always exactly one).
+    pub readers: u32,
+    /// How long a request waits for a connection before `dependency_unavailable`.
+    pub acquire_timeout: Duration,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        Self {
+            readers: 4,
+            acquire_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+    tokens: std::sync::Arc<token_cache::TokenCache>,
+    /// Dropped with the last clone of the store: stops the checkpointer.
+    _alive: std::sync::Arc<()>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `url` (`sqlite://path/to/file.db`).
+    /// In-memory databases are refused: the reader and writer pools must share one file.
+    pub async fn connect(url: &str, options: SqliteOptions) -> Result<Self, StoreError> {
+        if url.contains(":memory:") || url.contains("mode=memory") {
+            return Err(StoreError::Internal(
+                "in-memory SQLite is not supported; use a file (sqlite://data/trueline.db)".into(),
+            ));
+        }
+        let connect = SqliteConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Internal(format!("invalid SQLite URL: {e}")))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_millis(BUSY_TIMEOUT_MS))
+            // Checkpoints run beside the writer (see `checkpoint_continuously`), and the WAL
+            // file is cut back after a reset so it does not stay at its high-water mark.
+            .pragma("wal_autocheckpoint", "0")
+            .pragma("journal_size_limit", (64 * 1024 * 1024).to_string());
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .acquire_timeout(options.acquire_timeout)
+            .connect_with(connect.clone())
+            .await
+            .map_err(db_error)?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(options.readers.max(1))
+            .acquire_timeout(options.acquire_timeout)
+            .connect_with(connect.clone().read_only(true))
+            .await
+            .map_err(db_error)?;
+        let checkpointer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(connect)
+            .await
+            .map_err(db_error)?;
+        let alive = std::sync::Arc::new(());
+        tokio::spawn(checkpoint_continuously(
+            checkpointer,
+            writer.clone(),
+            std::sync::Arc::downgrade(&alive),
+        ));
+        Ok(Self {
+            writer,
+            reader,
+            tokens: std::sync::Arc::default(),
+            _alive: alive,
+        })
+    }
+
+    /// The writer pool, for tests that must bypass the domain (to prove the schema refuses).
+    pub fn writer_pool(&self) -> &SqlitePool {
+        &self.writer
+    }
+
+    /// Starts a write transaction that holds SQLite's write lock from its first statement.
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
+        self.writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_error)
+    }
+
+    /// For the only server of this database, at start-up: pending idempotency claims and
+    /// outbox / webhook-delivery leases left by a process that is gone are released now,
+    /// instead of when they expire. Call it only while holding the server lock.
+    pub async fn release_leftovers(&self, now: OffsetDateTime) -> Result<Leftovers, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let idempotency_claims = sqlx::query(
+            "UPDATE idempotency_keys SET locked_until = ?1
+             WHERE state = 'pending' AND locked_until > ?1",
+        )
+        .bind(micros(now))
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?
+        .rows_affected();
+        let outbox_leases = sqlx::query("DELETE FROM outbox_leases")
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?
+            .rows_affected();
+        let delivery_leases = sqlx::query(
+            "UPDATE webhook_deliveries SET locked_until = NULL WHERE locked_until IS NOT NULL",
+        )
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?
+        .rows_affected();
+        tx.commit().await.map_err(db_error)?;
+        Ok(Leftovers {
+            idempotency_claims,
+            outbox_leases,
+            delivery_leases,
+        })
+    }
+
+    pub async fn close(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
+    }
+
+    async fn health_check(&self) -> StoreHealth {
+        let ping = tokio::time::timeout(
+            Duration::from_secs(2),
+            sqlx::query("SELECT 1").execute(&self.reader),
+        )
+        .await;
+        let (ok, detail) = match ping {
+            Ok(Ok(_)) => (true, "sqlite reachable".to_owned()),
+            Ok(Err(e)) => (false, format!("sqlite error: {e}")),
+            Err(_) => (false, "sqlite did not answer within 2s".to_owned()),
+        };
+        let size = self.reader.size() + self.writer.size();
+        let idle = (self.reader.num_idle() + self.writer.num_idle()) as u32;
+        StoreHealth {
+            ok,
+            detail,
+            pool_idle: idle,
+            pool_in_use: size.saturating_sub(idle),
+        }
+    }
+}
+
+/// Passive checkpoints (they never wait for, nor block, the writer or readers) on their own
+/// connection until the store is closed or dropped; a final one truncates the WAL.
+async fn checkpoint_continuously(
+    checkpointer: SqlitePool,
+    writer: SqlitePool,
+    alive: std::sync::Weak<()>,
+) {
+    while !writer.is_closed() && alive.strong_count() > 0 {
+        tokio::time::sleep(CHECKPOINT_INTERVAL).await;
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&checkpointer)
+            .await
+        {
+            tracing::warn!(event = "error.db", error = %e, "WAL checkpoint failed");
+        }
+    }
+    let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+        .execute(&checkpointer)
+        .await;
+    checkpointer.close().await;
+}
+
+impl Store for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    fn pool_stats(&self) -> (u32, u32) {
+        let size = self.reader.size() + self.writer.size();
+        let idle = (self.reader.num_idle() + self.writer.num_idle()) as u32;
+        (idle, size.saturating_sub(idle))
+    }
+}
+
+/// Instants are stored as unix microseconds.
+pub(crate) fn micros(t: OffsetDateTime) -> i64 {
+    (t.unix_timestamp_nanos() / 1_000) as i64
+}
+
+pub(crate) fn from_micros(us: i64) -> Result<OffsetDateTime, StoreError> {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1_000)
+        .map_err(|e| StoreError::Internal(format!("stored instant out of range: {e}")))
+}
+
+/// Maps a driver error that no constraint translation claimed.
+pub(crate) fn db_error(e: sqlx::Error) -> StoreError {
+    match &e {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+            StoreError::Unavailable(e.to_string())
+        }
+        sqlx::Error::Database(d) if d.message().contains("database is locked") => {
+            StoreError::Unavailable(e.to_string())
+        }
+        _ => StoreError::Internal(e.to_string()),
+    }
+}
+
+/// The message of a constraint or trigger failure, for translation into a domain error.
+/// SQLite names the columns of a failed UNIQUE (`UNIQUE constraint failed: users.email`), the
+/// name of a failed CHECK, and the text given to `RAISE(ABORT, …)`.
+pub(crate) fn constraint_message(e: &sqlx::Error) -> Option<&str> {
+    match e {
+        sqlx::Error::Database(d) => Some(d.message()),
+        _ => None,
+    }
+}

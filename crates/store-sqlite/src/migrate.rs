@@ -1,0 +1,114 @@
+//! Embedded, reversible migrations, applied with sqlx's migrator (checksums, dirty-state
+//! detection, locking).
+
+use crate::{SqliteStore, db_error};
+use sqlx::SqlSafeStr;
+use sqlx::migrate::{Migrate, Migration, MigrationType, Migrator};
+use trueline_store::{MigrationStatus, Migrations, StoreError};
+
+/// Every migration as (version, description, up, down).
+const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
+    (
+        1,
+        "accounts",
+        include_str!("../migrations/0001_accounts.up.sql"),
+        include_str!("../migrations/0001_accounts.down.sql"),
+    ),
+    (
+        2,
+        "inventory",
+        include_str!("../migrations/0002_inventory.up.sql"),
+        include_str!("../migrations/0002_inventory.down.sql"),
+    ),
+    (
+        3,
+        "delivery",
+        include_str!("../migrations/0003_delivery.up.sql"),
+        include_str!("../migrations/0003_delivery.down.sql"),
+    ),
+    (
+        4,
+        "assessments",
+        include_str!("../migrations/0004_assessments.up.sql"),
+        include_str!("../migrations/0004_assessments.down.sql"),
+    ),
+];
+
+fn migrator() -> Migrator {
+    let mut all = Vec::with_capacity(MIGRATIONS.len() * 2);
+    for &(version, description, up, down) in MIGRATIONS {
+        all.push(Migration::new(
+            version,
+            description.into(),
+            MigrationType::ReversibleUp,
+            up.into_sql_str(),
+            false,
+        ));
+        all.push(Migration::new(
+            version,
+            description.into(),
+            MigrationType::ReversibleDown,
+            down.into_sql_str(),
+            false,
+        ));
+    }
+    Migrator::with_migrations(all)
+}
+
+fn migrate_error(e: sqlx::migrate::MigrateError) -> StoreError {
+    match e {
+        sqlx::migrate::MigrateError::Execute(e) => db_error(e),
+        other => StoreError::Internal(format!("migration failed: {other}")),
+    }
+}
+
+impl SqliteStore {
+    async fn applied_versions(&self) -> Result<Vec<i64>, StoreError> {
+        let mut conn = self.writer.acquire().await.map_err(db_error)?;
+        conn.ensure_migrations_table("_sqlx_migrations")
+            .await
+            .map_err(migrate_error)?;
+        let mut applied: Vec<i64> = conn
+            .list_applied_migrations("_sqlx_migrations")
+            .await
+            .map_err(migrate_error)?
+            .into_iter()
+            .map(|m| m.version)
+            .collect();
+        applied.sort_unstable();
+        Ok(applied)
+    }
+}
+
+#[async_trait::async_trait]
+impl Migrations for SqliteStore {
+    async fn migrate_up(&self) -> Result<Vec<i64>, StoreError> {
+        let before = self.applied_versions().await?;
+        migrator().run(&self.writer).await.map_err(migrate_error)?;
+        let after = self.applied_versions().await?;
+        Ok(after.into_iter().filter(|v| !before.contains(v)).collect())
+    }
+
+    async fn migrate_down(&self, steps: u32) -> Result<Vec<i64>, StoreError> {
+        let applied = self.applied_versions().await?;
+        let keep = applied.len().saturating_sub(steps as usize);
+        let target = if keep == 0 { 0 } else { applied[keep - 1] };
+        migrator()
+            .undo(&self.writer, target)
+            .await
+            .map_err(migrate_error)?;
+        Ok(applied[keep..].iter().rev().copied().collect())
+    }
+
+    async fn migration_status(&self) -> Result<Vec<MigrationStatus>, StoreError> {
+        let applied = self.applied_versions().await?;
+        Ok(MIGRATIONS
+            .iter()
+            .map(|&(version, description, _, _)| MigrationStatus {
+                version,
+                description: description.to_owned(),
+                applied: applied.contains(&version),
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,192 @@
+//! Outbox rows, idempotency records: written inside the callers' transactions.
+
+use crate::{SqliteStore, db_error, from_micros, micros};
+use sqlx::Row;
+use time::OffsetDateTime;
+use trueline_core::DomainError;
+use trueline_store::{
+    Claim, Idempotency, IdempotencyScope, IdempotencyStore, OutboxEvent, StoreError, StoredResponse,
+};
+
+pub(crate) type Tx = sqlx::Transaction<'static, sqlx::Sqlite>;
+
+pub(crate) async fn write_outbox(tx: &mut Tx, event: &OutboxEvent) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO outbox (event_id, org_id, event_type, stream, payload, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )
+    .bind(event.event_id.0)
+    .bind(event.org_id.0)
+    .bind(&event.event_type)
+    .bind(&event.stream)
+    .bind(event.payload.to_string())
+    .bind(micros(event.created_at))
+    .execute(&mut **tx)
+    .await
+    .map_err(db_error)?;
+    Ok(())
+}
+
+/// Marks the claimed key completed with the rendered response, in the mutation's
+/// transaction. If the claim was lost (taken over after expiry), the whole transaction fails.
+pub(crate) async fn complete_idempotency<T>(
+    tx: &mut Tx,
+    idempotency: Option<Idempotency<'_, T>>,
+    value: &T,
+    now: OffsetDateTime,
+) -> Result<(), StoreError> {
+    let Some(idem) = idempotency else {
+        return Ok(());
+    };
+    let response = (idem.render)(value);
+    let headers = serde_json::to_string(&response.headers)
+        .map_err(|e| StoreError::Internal(format!("cannot encode headers: {e}")))?;
+    let done = sqlx::query(
+        "UPDATE idempotency_keys
+         SET state = 'completed', response_status = ?4, response_headers = ?5,
+             response_body = ?6, completed_at = ?7
+         WHERE org_id = ?1 AND user_id = ?2 AND key = ?3 AND state = 'pending'",
+    )
+    .bind(idem.scope.org_id.0)
+    .bind(idem.scope.user_id.0)
+    .bind(&idem.scope.key)
+    .bind(i64::from(response.status))
+    .bind(headers)
+    .bind(response.body)
+    .bind(micros(now))
+    .execute(&mut **tx)
+    .await
+    .map_err(db_error)?;
+    if done.rows_affected() != 1 {
+        return Err(DomainError::IdempotencyKeyInUse.into());
+    }
+    Ok(())
+}
+
+pub(crate) fn stored_response(row: &sqlx::sqlite::SqliteRow) -> Result<StoredResponse, StoreError> {
+    let status: i64 = row.try_get("response_status").map_err(db_error)?;
+    let headers: String = row.try_get("response_headers").map_err(db_error)?;
+    Ok(StoredResponse {
+        status: u16::try_from(status).map_err(|e| StoreError::Internal(e.to_string()))?,
+        headers: serde_json::from_str(&headers).map_err(|e| StoreError::Internal(e.to_string()))?,
+        body: row.try_get("response_body").map_err(db_error)?,
+    })
+}
+
+#[async_trait::async_trait]
+impl IdempotencyStore for SqliteStore {
+    async fn claim(
+        &self,
+        scope: &IdempotencyScope,
+        fingerprint: &[u8; 32],
+        now: OffsetDateTime,
+        locked_until: OffsetDateTime,
+    ) -> Result<Claim, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let existing = sqlx::query(
+            "SELECT fingerprint, state, locked_until, response_status, response_headers,
+                    response_body
+             FROM idempotency_keys WHERE org_id = ?1 AND user_id = ?2 AND key = ?3",
+        )
+        .bind(scope.org_id.0)
+        .bind(scope.user_id.0)
+        .bind(&scope.key)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        let claim = match existing {
+            None => {
+                sqlx::query(
+                    "INSERT INTO idempotency_keys
+                     (org_id, user_id, key, fingerprint, state, locked_until, created_at)
+                     VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6)",
+                )
+                .bind(scope.org_id.0)
+                .bind(scope.user_id.0)
+                .bind(&scope.key)
+                .bind(&fingerprint[..])
+                .bind(micros(locked_until))
+                .bind(micros(now))
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error)?;
+                Claim::Acquired
+            }
+            Some(row) => {
+                let stored: Vec<u8> = row.try_get("fingerprint").map_err(db_error)?;
+                let state: String = row.try_get("state").map_err(db_error)?;
+                let lock: i64 = row.try_get("locked_until").map_err(db_error)?;
+                if stored != fingerprint[..] {
+                    Claim::Mismatch
+                } else if state == "completed" {
+                    Claim::Replay(stored_response(&row)?)
+                } else if from_micros(lock)? > now {
+                    Claim::InProgress
+                } else {
+                    // The request that held it died: take it over.
+                    sqlx::query(
+                        "UPDATE idempotency_keys SET locked_until = ?4
+                         WHERE org_id = ?1 AND user_id = ?2 AND key = ?3 AND state = 'pending'",
+                    )
+                    .bind(scope.org_id.0)
+                    .bind(scope.user_id.0)
+                    .bind(&scope.key)
+                    .bind(micros(locked_until))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_error)?;
+                    Claim::Acquired
+                }
+            }
+        };
+        tx.commit().await.map_err(db_error)?;
+        Ok(claim)
+    }
+
+    async fn release(&self, scope: &IdempotencyScope) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "DELETE FROM idempotency_keys
+             WHERE org_id = ?1 AND user_id = ?2 AND key = ?3 AND state = 'pending'",
+        )
+        .bind(scope.org_id.0)
+        .bind(scope.user_id.0)
+        .bind(&scope.key)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)
+    }
+
+    async fn purge_idempotency(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let done = sqlx::query(
+            "DELETE FROM idempotency_keys
+             WHERE created_at < ?1 AND (state = 'completed' OR locked_until < ?1)",
+        )
+        .bind(micros(before))
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(done.rows_affected())
+    }
+}
+
+/// Drops a key claimed inline whose delta was refused (a refused request stores nothing).
+pub(crate) async fn drop_inline_claim(
+    tx: &mut Tx,
+    scope: &trueline_store::IdempotencyScope,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "DELETE FROM idempotency_keys
+         WHERE org_id = ?1 AND user_id = ?2 AND key = ?3 AND state = 'pending'",
+    )
+    .bind(scope.org_id.0)
+    .bind(scope.user_id.0)
+    .bind(&scope.key)
+    .execute(&mut **tx)
+    .await
+    .map_err(db_error)?;
+    Ok(())
+}

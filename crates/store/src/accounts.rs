@@ -1,0 +1,178 @@
+//! Users, organizations, memberships and API tokens.
+
+use crate::{Idempotency, Page, PageRequest, StoreError, StoreHealth};
+use time::OffsetDateTime;
+use trueline_core::accounts::{Email, OrganizationName, Role};
+use trueline_core::ids::{OrgId, TokenId, UserId};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub id: UserId,
+    pub email: String,
+    pub created_at: OffsetDateTime,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Organization {
+    pub id: OrgId,
+    pub name: String,
+    pub created_at: OffsetDateTime,
+}
+
+/// An organization as one of its members sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrganizationMembership {
+    pub organization: Organization,
+    pub role: Role,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub user_id: UserId,
+    pub email: String,
+    pub role: Role,
+    pub joined_at: OffsetDateTime,
+    pub updated_at: OffsetDateTime,
+}
+
+/// A token to store. Only the SHA-256 of the secret is ever persisted.
+#[derive(Debug, Clone)]
+pub struct NewToken {
+    pub id: TokenId,
+    pub hash: [u8; 32],
+    pub user_id: UserId,
+    pub org_id: OrgId,
+    pub created_at: OffsetDateTime,
+    pub expires_at: OffsetDateTime,
+}
+
+/// Everything signup creates, atomically: the user, their organization, the owner
+/// membership and the first token.
+#[derive(Debug, Clone)]
+pub struct NewSignup {
+    pub user_id: UserId,
+    pub email: Email,
+    pub password_hash: String,
+    pub org_id: OrgId,
+    pub org_name: OrganizationName,
+    pub token: NewToken,
+    pub now: OffsetDateTime,
+}
+
+#[derive(Debug, Clone)]
+pub struct SignupRecord {
+    pub user: User,
+    pub organization: Organization,
+}
+
+/// What login needs to check a password.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub user_id: UserId,
+    pub password_hash: String,
+}
+
+/// The identity behind a presented token, as stored. The caller decides about expiry and
+/// revocation so it can answer with the precise reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    pub token_id: TokenId,
+    pub user_id: UserId,
+    pub org_id: OrgId,
+    /// The member's role now (not when the token was issued): demotions apply at once.
+    pub role: Role,
+    pub expires_at: OffsetDateTime,
+    pub revoked_at: Option<OffsetDateTime>,
+}
+
+/// Who is changing something, in which organization, as part of which request.
+#[derive(Debug, Clone)]
+pub struct Actor {
+    pub org_id: OrgId,
+    pub user_id: UserId,
+    pub role: Role,
+    pub request_id: String,
+    pub now: OffsetDateTime,
+}
+
+#[async_trait::async_trait]
+pub trait AccountStore: Send + Sync {
+    /// Liveness of the database for `/readyz`.
+    async fn health(&self) -> StoreHealth;
+
+    /// Creates user, organization, owner membership and token in one transaction.
+    /// `EmailTaken` if the email is registered already.
+    async fn sign_up(&self, signup: NewSignup) -> Result<SignupRecord, StoreError>;
+
+    async fn credentials(&self, email: &Email) -> Result<Option<Credentials>, StoreError>;
+
+    /// Stores a token for an existing membership (`NotFound("organization")` if the user is
+    /// not a member of `org_id`).
+    async fn create_token(&self, token: NewToken) -> Result<(), StoreError>;
+
+    /// Finds a token by the hash of its secret, joined with the member's current role.
+    /// `None` if unknown or if the membership no longer exists.
+    async fn token_by_hash(&self, hash: &[u8; 32]) -> Result<Option<TokenRecord>, StoreError>;
+
+    /// Marks a token revoked (idempotent: revoking twice keeps the first instant).
+    async fn revoke_token(&self, id: TokenId, now: OffsetDateTime) -> Result<(), StoreError>;
+
+    async fn user(&self, id: UserId) -> Result<Option<User>, StoreError>;
+
+    /// The caller's membership in one organization, if any.
+    async fn organization_of(
+        &self,
+        user_id: UserId,
+        org_id: OrgId,
+    ) -> Result<Option<OrganizationMembership>, StoreError>;
+
+    /// Creates an organization with `user_id` as its owner.
+    async fn create_organization(
+        &self,
+        user_id: UserId,
+        org_id: OrgId,
+        name: OrganizationName,
+        now: OffsetDateTime,
+        idempotency: Option<Idempotency<'_, Organization>>,
+    ) -> Result<Organization, StoreError>;
+
+    /// Organizations the user belongs to, ordered by id.
+    async fn organizations_of(
+        &self,
+        user_id: UserId,
+        page: PageRequest<OrgId>,
+    ) -> Result<Page<OrganizationMembership, OrgId>, StoreError>;
+
+    /// Members of the actor's organization, ordered by user id.
+    async fn members(
+        &self,
+        org_id: OrgId,
+        page: PageRequest<UserId>,
+    ) -> Result<Page<Member, UserId>, StoreError>;
+
+    async fn member(&self, org_id: OrgId, user_id: UserId) -> Result<Option<Member>, StoreError>;
+
+    /// Adds the user registered under `email` with `role`. Authorization is decided inside the
+    /// transaction. `NotFound("user")`, `AlreadyMember`, `InsufficientRole`.
+    async fn add_member(
+        &self,
+        actor: &Actor,
+        email: &Email,
+        role: Role,
+        idempotency: Option<Idempotency<'_, Member>>,
+    ) -> Result<Member, StoreError>;
+
+    /// Changes a member's role. `NotFound("member")`, `InsufficientRole`, `LastOwner`.
+    /// Race-proof: two owners demoting each other concurrently leave one owner.
+    async fn change_role(
+        &self,
+        actor: &Actor,
+        user_id: UserId,
+        role: Role,
+        idempotency: Option<Idempotency<'_, Member>>,
+    ) -> Result<Member, StoreError>;
+
+    /// Removes a member. `Ok(false)` if they were not a member (idempotent delete);
+    /// `InsufficientRole`, `LastOwner`.
+    async fn remove_member(&self, actor: &Actor, user_id: UserId) -> Result<bool, StoreError>;
+}

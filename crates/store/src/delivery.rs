@@ -1,0 +1,251 @@
+//! Delivery: the outbox relay's leases and progress, webhooks and their delivery jobs.
+//!
+//! The relay leases whole organizations per destination (so one organization's events are
+//! published by one relay at a time, in order), publishes the leased rows, then completes
+//! them; completing the event-log destination also creates the webhook delivery jobs, once per
+//! (webhook, event), in the same transaction.
+
+use crate::{Actor, Idempotency, Page, PageRequest, StoreError};
+use time::OffsetDateTime;
+use trueline_core::ids::{EventId, OrgId, UserId};
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Destination {
+    EventLog,
+    Nats,
+}
+
+impl Destination {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Destination::EventLog => "eventlog",
+            Destination::Nats => "nats",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxRow {
+    pub seq: i64,
+    pub event_id: EventId,
+    pub org_id: OrgId,
+    pub event_type: String,
+    pub stream: String,
+    pub payload: serde_json::Value,
+    pub created_at: OffsetDateTime,
+    pub attempts: u32,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutboxStats {
+    pub pending: u64,
+    pub oldest_pending_at: Option<OffsetDateTime>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Webhook {
+    pub id: Uuid,
+    pub org_id: OrgId,
+    pub url: String,
+    /// Exact types, or prefixes ending in `*`; empty matches every event.
+    pub event_types: Vec<String>,
+    pub created_at: OffsetDateTime,
+    pub created_by: UserId,
+}
+
+impl Webhook {
+    pub fn matches(&self, event_type: &str) -> bool {
+        self.event_types.is_empty()
+            || self.event_types.iter().any(|t| match t.strip_suffix('*') {
+                Some(prefix) => event_type.starts_with(prefix),
+                None => t == event_type,
+            })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct NewWebhook {
+    pub id: Uuid,
+    pub url: String,
+    pub event_types: Vec<String>,
+    /// Shown once to the caller; used to sign deliveries.
+    pub secret: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewDelivery {
+    pub id: Uuid,
+    pub webhook_id: Uuid,
+    pub org_id: OrgId,
+    pub event_id: EventId,
+    pub event_type: String,
+    pub payload: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryState {
+    Pending,
+    Succeeded,
+    Dead,
+}
+
+impl DeliveryState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Pending => "pending",
+            DeliveryState::Succeeded => "succeeded",
+            DeliveryState::Dead => "dead",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => DeliveryState::Pending,
+            "succeeded" => DeliveryState::Succeeded,
+            "dead" => DeliveryState::Dead,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryAttempt {
+    pub attempt: u32,
+    pub at: OffsetDateTime,
+    /// The receiver's HTTP status, if it answered.
+    pub status: Option<u16>,
+    pub error: Option<String>,
+    pub duration_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery {
+    pub id: Uuid,
+    pub webhook_id: Uuid,
+    pub event_id: EventId,
+    pub event_type: String,
+    pub state: DeliveryState,
+    pub attempts: u32,
+    pub next_attempt_at: OffsetDateTime,
+    pub last_status: Option<u16>,
+    pub last_error: Option<String>,
+    pub created_at: OffsetDateTime,
+    pub updated_at: OffsetDateTime,
+    pub attempt_log: Vec<DeliveryAttempt>,
+}
+
+/// A delivery leased for an attempt, with what the worker needs to send it.
+#[derive(Debug, Clone)]
+pub struct DueDelivery {
+    pub id: Uuid,
+    pub webhook_id: Uuid,
+    pub event_id: EventId,
+    pub event_type: String,
+    pub url: String,
+    pub secret: String,
+    pub payload: serde_json::Value,
+    pub attempts: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    Succeeded,
+    RetryAt(OffsetDateTime),
+    /// Out of attempts: the delivery moves to the dead-letter list.
+    Dead,
+}
+
+#[async_trait::async_trait]
+pub trait DeliveryStore: Send + Sync {
+    /// Leases up to `max_orgs` organizations with pending rows for `destination` (whose
+    /// lease is free, expired or already ours) and returns up to `max_rows` of each one's
+    /// pending rows in sequence order.
+    #[allow(clippy::too_many_arguments)]
+    async fn lease_outbox(
+        &self,
+        destination: Destination,
+        holder: &str,
+        now: OffsetDateTime,
+        until: OffsetDateTime,
+        max_orgs: u32,
+        max_rows: u32,
+    ) -> Result<Vec<OutboxRow>, StoreError>;
+
+    /// Marks rows published for `destination` and inserts `deliveries` (ignoring ones that
+    /// exist), in one transaction; returns how many rows changed.
+    async fn complete_outbox(
+        &self,
+        destination: Destination,
+        seqs: &[i64],
+        deliveries: &[NewDelivery],
+        now: OffsetDateTime,
+    ) -> Result<u64, StoreError>;
+
+    /// Records a failed publication attempt of `seqs`.
+    async fn fail_outbox(&self, seqs: &[i64], error: &str) -> Result<(), StoreError>;
+
+    /// Gives up `holder`'s leases on `destination`.
+    async fn release_outbox(
+        &self,
+        destination: Destination,
+        holder: &str,
+    ) -> Result<(), StoreError>;
+
+    async fn outbox_stats(&self, destination: Destination) -> Result<OutboxStats, StoreError>;
+
+    /// The webhooks of these organizations (to match events against).
+    async fn webhooks_of(&self, orgs: &[OrgId]) -> Result<Vec<Webhook>, StoreError>;
+
+    async fn create_webhook(
+        &self,
+        actor: &Actor,
+        webhook: NewWebhook,
+        idempotency: Option<Idempotency<'_, Webhook>>,
+    ) -> Result<Webhook, StoreError>;
+
+    async fn webhooks(
+        &self,
+        org: OrgId,
+        page: PageRequest<Uuid>,
+    ) -> Result<Page<Webhook, Uuid>, StoreError>;
+
+    async fn webhook(&self, org: OrgId, id: Uuid) -> Result<Option<Webhook>, StoreError>;
+
+    /// Deletes a webhook and its deliveries. `Ok(false)` if it did not exist.
+    async fn delete_webhook(&self, actor: &Actor, id: Uuid) -> Result<bool, StoreError>;
+
+    /// Leases up to `limit` pending deliveries that are due, until `until`.
+    async fn lease_deliveries(
+        &self,
+        now: OffsetDateTime,
+        until: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<DueDelivery>, StoreError>;
+
+    /// Records one attempt and its outcome, and releases the lease.
+    async fn record_attempt(
+        &self,
+        delivery_id: Uuid,
+        attempt: DeliveryAttempt,
+        outcome: AttemptOutcome,
+    ) -> Result<(), StoreError>;
+
+    /// Deliveries of a webhook, newest first, with their attempts.
+    async fn deliveries(
+        &self,
+        org: OrgId,
+        webhook_id: Uuid,
+        state: Option<DeliveryState>,
+        page: PageRequest<Uuid>,
+    ) -> Result<Page<Delivery, Uuid>, StoreError>;
+
+    /// Puts a delivery (typically dead) back in the queue, due now. `NotFound`.
+    async fn redeliver(
+        &self,
+        actor: &Actor,
+        webhook_id: Uuid,
+        delivery_id: Uuid,
+        idempotency: Option<Idempotency<'_, Delivery>>,
+    ) -> Result<Delivery, StoreError>;
+}

@@ -1,0 +1,161 @@
+//! The event log port: the Events API served either by the embedded `eventlog` engine
+//! (`trueline-store-eventlog`) or by a PostgreSQL table (`trueline-store-postgres`), with the
+//! same behaviour, proven by the conformance suite.
+//!
+//! Positions are per organization, gapless, from 1; stream versions are per (organization,
+//! stream), gapless, from 1. Event ids are scoped to the organization.
+
+use crate::StoreError;
+use time::OffsetDateTime;
+use trueline_core::ids::{EventId, OrgId};
+
+/// Limits every backend enforces (named here so both enforce the same ones).
+pub const EVENT_TYPE_BYTES_MAX: usize = 128;
+pub const STREAM_NAME_BYTES_MAX: usize = 256;
+pub const APPEND_EVENTS_MAX: usize = 1000;
+/// Default maximum of `data` + `metadata` bytes of one event.
+pub const EVENT_BYTES_MAX_DEFAULT: usize = 1024 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    pub id: EventId,
+    pub event_type: String,
+    /// Compact JSON bytes.
+    pub data: Vec<u8>,
+    /// Compact JSON bytes (`{}` when none was given).
+    pub metadata: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpectedVersion {
+    Any,
+    /// The stream must not exist yet (same as `Exact(0)`).
+    NoStream,
+    Exact(u64),
+}
+
+/// What an append did for one event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    pub id: EventId,
+    pub position: u64,
+    pub stream_version: u64,
+    pub recorded_at: OffsetDateTime,
+    /// The event existed already with identical content; nothing was written.
+    pub duplicate: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRecord {
+    pub id: EventId,
+    pub position: u64,
+    pub stream: String,
+    pub stream_version: u64,
+    pub event_type: String,
+    pub data: Vec<u8>,
+    pub metadata: Vec<u8>,
+    pub recorded_at: OffsetDateTime,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    pub event_type: Option<String>,
+    pub stream: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadDirection {
+    Forward,
+    Backward,
+}
+
+/// Totals of one organization.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventStats {
+    pub events: u64,
+    pub bytes: u64,
+    pub streams: u64,
+    /// 0 when the organization has no events.
+    pub first_position: u64,
+    pub last_position: u64,
+}
+
+/// Why an append was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AppendRefusal {
+    #[error("the stream is at version {current}")]
+    WrongExpectedVersion { current: u64 },
+    #[error("event {id} exists with different content (or the batch mixes new and existing ids)")]
+    EventIdConflict { id: EventId },
+    #[error("event id {id} appears twice in the batch")]
+    DuplicateIdInBatch { id: EventId },
+    #[error("event of {size} bytes exceeds the limit of {max}")]
+    EventTooLarge { size: usize, max: usize },
+    #[error("the disk is full; nothing was written")]
+    StorageFull,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EventStoreError {
+    #[error(transparent)]
+    Refused(#[from] AppendRefusal),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<trueline_core::DomainError> for EventStoreError {
+    fn from(e: trueline_core::DomainError) -> Self {
+        EventStoreError::Store(StoreError::Domain(e))
+    }
+}
+
+#[async_trait::async_trait]
+pub trait EventStore: Send + Sync + 'static {
+    /// `file` or `postgres`.
+    fn backend(&self) -> &'static str;
+
+    /// Appends 1..=1000 events to one stream atomically. Client ids make it idempotent: if
+    /// every id of the batch exists with identical content (as one contiguous run of this
+    /// stream), the originals come back flagged `duplicate`.
+    async fn append(
+        &self,
+        org: OrgId,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        now: OffsetDateTime,
+    ) -> Result<Vec<Appended>, EventStoreError>;
+
+    async fn event(&self, org: OrgId, id: EventId) -> Result<Option<EventRecord>, StoreError>;
+
+    /// Events with position > `after`, in position order.
+    async fn events_after(
+        &self,
+        org: OrgId,
+        after: u64,
+        limit: usize,
+        filter: &EventFilter,
+    ) -> Result<Vec<EventRecord>, StoreError>;
+
+    /// Forward: versions >= `from`; backward: versions <= `from` (`u64::MAX`: from the end).
+    async fn read_stream(
+        &self,
+        org: OrgId,
+        stream: &str,
+        from: u64,
+        direction: ReadDirection,
+        limit: usize,
+    ) -> Result<Vec<EventRecord>, StoreError>;
+
+    async fn stats(&self, org: OrgId) -> Result<EventStats, StoreError>;
+
+    /// Storage-level facts for `/stats` and `/readyz` (segments, index size, recovery…).
+    fn storage(&self) -> serde_json::Value;
+
+    /// Whether appends work (`/readyz`): `Err` with the reason if not.
+    async fn health(&self) -> Result<(), String>;
+
+    /// A receiver that changes whenever new events may be visible (live subscriptions wait
+    /// on it, then read from their own position, so a slow reader never blocks writers).
+    fn changes(&self) -> tokio::sync::watch::Receiver<u64>;
+}

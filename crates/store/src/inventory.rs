@@ -1,0 +1,276 @@
+//! Inventory items, guarded quantity transitions and their history.
+
+use crate::{Actor, Idempotency, OutboxEvent, Page, PageRequest, StoreError};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use time::OffsetDateTime;
+use trueline_core::ids::{EventId, ItemId, OrgId, UserId};
+use trueline_core::inventory::{Delta, ItemName, Quantity, Sku};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item {
+    pub id: ItemId,
+    pub org_id: OrgId,
+    pub name: String,
+    pub sku: Option<String>,
+    pub qty: u64,
+    /// Starts at 1, +1 on every change; the ETag is derived from it.
+    pub version: u64,
+    pub created_at: OffsetDateTime,
+    pub updated_at: OffsetDateTime,
+    pub created_by: UserId,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewItem {
+    pub id: ItemId,
+    pub name: ItemName,
+    pub sku: Option<Sku>,
+    pub qty: Quantity,
+}
+
+/// A partial update; `sku: Some(None)` clears the SKU.
+#[derive(Debug, Clone, Default)]
+pub struct ItemPatch {
+    pub name: Option<ItemName>,
+    pub sku: Option<Option<Sku>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ItemSort {
+    NameAsc,
+    NameDesc,
+    QtyAsc,
+    QtyDesc,
+    CreatedAsc,
+    CreatedDesc,
+}
+
+/// Where a listing continues: the sort it belongs to, the sort key of the last row and its
+/// id (the tie-breaker).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ItemCursor {
+    pub sort: ItemSort,
+    pub key: CursorKey,
+    pub id: uuid::Uuid,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum CursorKey {
+    Int(i64),
+    Text(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct ItemFilter {
+    /// Name contains this, case-insensitively (already case-folded by the caller).
+    pub name_contains: Option<String>,
+    pub min_qty: Option<u64>,
+    pub max_qty: Option<u64>,
+    pub sort: ItemSort,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HistoryKind {
+    Created,
+    Renamed,
+    Updated,
+    QtyChanged,
+    Deleted,
+}
+
+impl HistoryKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HistoryKind::Created => "created",
+            HistoryKind::Renamed => "renamed",
+            HistoryKind::Updated => "updated",
+            HistoryKind::QtyChanged => "qty_changed",
+            HistoryKind::Deleted => "deleted",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "created" => HistoryKind::Created,
+            "renamed" => HistoryKind::Renamed,
+            "updated" => HistoryKind::Updated,
+            "qty_changed" => HistoryKind::QtyChanged,
+            "deleted" => HistoryKind::Deleted,
+            _ => return None,
+        })
+    }
+}
+
+/// One immutable history record. The deltas of an item's records always sum to its
+/// quantity: `created` carries the initial quantity, `deleted` its negation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryRecord {
+    pub id: uuid::Uuid,
+    pub item_id: ItemId,
+    /// The item version this record produced (1 for `created`); unique per item.
+    pub version: u64,
+    pub kind: HistoryKind,
+    pub delta: i64,
+    pub qty_after: u64,
+    pub name: String,
+    pub sku: Option<String>,
+    pub reason: Option<String>,
+    pub actor_user_id: UserId,
+    pub request_id: String,
+    pub at: OffsetDateTime,
+}
+
+/// One line of a batch adjustment.
+#[derive(Debug, Clone, Copy)]
+pub struct QtyChange {
+    pub item_id: ItemId,
+    pub delta: Delta,
+}
+
+/// An idempotency key handled inside the delta's own transaction (the combined path): no
+/// separate claim transaction, so a batch of N keyed deltas costs one commit, not N + 1.
+#[derive(Clone)]
+pub struct InlineIdempotency {
+    pub scope: crate::IdempotencyScope,
+    pub fingerprint: [u8; 32],
+    /// How long a pending claim found in the table stays locked to its request.
+    pub locked_until: OffsetDateTime,
+    pub render: std::sync::Arc<dyn Fn(&Item) -> crate::StoredResponse + Send + Sync>,
+}
+
+impl std::fmt::Debug for InlineIdempotency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InlineIdempotency")
+            .field("scope", &self.scope)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One quantity delta of a combined batch.
+#[derive(Debug, Clone)]
+pub struct DeltaJob {
+    pub actor: Actor,
+    pub item_id: ItemId,
+    pub delta: Delta,
+    pub idempotency: Option<InlineIdempotency>,
+}
+
+/// What happened to one job of a combined batch.
+#[derive(Debug, Clone)]
+pub enum DeltaOutcome {
+    /// Applied; the idempotency record (if any) holds `render(item)`.
+    Applied(Item),
+    /// The key was completed before: the stored response, nothing applied.
+    Replayed(crate::StoredResponse),
+    /// Refused (not found, insufficient, overflow, key in use or reused): nothing stored.
+    Refused(trueline_core::DomainError),
+}
+
+#[async_trait::async_trait]
+pub trait ItemStore: Send + Sync {
+    /// `NameTaken` if the organization has an item with the same case-folded name.
+    async fn create_item(
+        &self,
+        actor: &Actor,
+        item: NewItem,
+        idempotency: Option<Idempotency<'_, Item>>,
+    ) -> Result<Item, StoreError>;
+
+    async fn item(&self, org_id: OrgId, id: ItemId) -> Result<Option<Item>, StoreError>;
+
+    async fn items(
+        &self,
+        org_id: OrgId,
+        filter: &ItemFilter,
+        page: PageRequest<ItemCursor>,
+    ) -> Result<Page<Item, ItemCursor>, StoreError>;
+
+    /// Applies `patch` if the item is at `expected_version` (`None`: any version).
+    /// `NotFound`, `VersionMismatch`, `NameTaken`.
+    async fn update_item(
+        &self,
+        actor: &Actor,
+        id: ItemId,
+        expected_version: Option<u64>,
+        patch: ItemPatch,
+        idempotency: Option<Idempotency<'_, Item>>,
+    ) -> Result<Item, StoreError>;
+
+    /// Deletes the item, keeping its history. `Ok(false)` if it did not exist.
+    async fn delete_item(&self, actor: &Actor, id: ItemId) -> Result<bool, StoreError>;
+
+    /// One guarded atomic statement `qty = qty + delta WHERE qty + delta >= 0`, with its
+    /// history record and outbox event in the same transaction.
+    /// `NotFound`, `InsufficientQuantity`, `QuantityOverflow`.
+    async fn adjust_qty(
+        &self,
+        actor: &Actor,
+        id: ItemId,
+        delta: Delta,
+        idempotency: Option<Idempotency<'_, Item>>,
+    ) -> Result<Item, StoreError>;
+
+    /// Hot-row combining: applies many independent deltas in ONE transaction. The adapter
+    /// locks the batch's items (in id order) and keys, [`crate::combine::plan`] decides each
+    /// job in job order against its item's running quantity with the same domain rule as the
+    /// guarded statement, and the plan is written with one set-based statement per table (the
+    /// item UPDATE guarded by the loaded version, the schema's CHECK still in force). Each job
+    /// is refused individually; each applied one gets its own history record, outbox event
+    /// and idempotency record. Outcomes come back in job order. `Err` only if the transaction
+    /// itself failed (then nothing applied).
+    async fn apply_deltas(&self, jobs: &[DeltaJob]) -> Result<Vec<DeltaOutcome>, StoreError>;
+
+    /// All-or-nothing across items. Rows are locked in id order, so crossing batches cannot
+    /// deadlock. Lines apply in request order against running quantities. On any failing
+    /// line: `AdjustmentsRejected` listing every failing line, and nothing is applied.
+    /// Returns the items after the change, in order of first appearance.
+    async fn adjust_batch(
+        &self,
+        actor: &Actor,
+        reason: Option<String>,
+        lines: &[QtyChange],
+        idempotency: Option<Idempotency<'_, Vec<Item>>>,
+    ) -> Result<Vec<Item>, StoreError>;
+
+    /// History of an item (also after deletion), oldest first. `NotFound` if the
+    /// organization has no record of the item.
+    async fn history(
+        &self,
+        org_id: OrgId,
+        id: ItemId,
+        page: PageRequest<u64>,
+    ) -> Result<Page<HistoryRecord, u64>, StoreError>;
+}
+
+/// The outbox event of an item change (payloads carry ids and values, never secrets). Both
+/// adapters build every inventory event here, so the payloads are identical.
+pub fn item_event(
+    actor: &Actor,
+    item: &Item,
+    event_type: &str,
+    extra: serde_json::Value,
+) -> OutboxEvent {
+    let mut payload = json!({
+        "item_id": item.id,
+        "name": item.name,
+        "sku": item.sku,
+        "qty": item.qty,
+        "version": item.version,
+        "actor_user_id": actor.user_id,
+        "request_id": actor.request_id,
+    });
+    if let (Some(p), Some(e)) = (payload.as_object_mut(), extra.as_object()) {
+        p.extend(e.clone());
+    }
+    OutboxEvent {
+        event_id: EventId::new(),
+        org_id: actor.org_id,
+        event_type: event_type.to_owned(),
+        stream: format!("item-{}", item.id),
+        payload,
+        created_at: actor.now,
+    }
+}

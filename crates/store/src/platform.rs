@@ -1,0 +1,83 @@
+//! Platform components every module uses: idempotency records and the outbox.
+
+use crate::StoreError;
+use time::OffsetDateTime;
+use trueline_core::ids::{OrgId, UserId};
+
+/// A response as stored for replay: replays are byte-identical to the first answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredResponse {
+    pub status: u16,
+    /// The headers that matter for a replay (`content-type`, `location`, `etag`).
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// Whose key it is: keys are scoped to (organization, user), so two users never collide.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyScope {
+    pub org_id: OrgId,
+    pub user_id: UserId,
+    pub key: String,
+}
+
+/// The outcome of claiming a key before running a mutation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// The key is ours: run the mutation and complete the record in its transaction.
+    Acquired,
+    /// The same request already succeeded: send this response again.
+    Replay(StoredResponse),
+    /// The same key is held by a request that has not finished.
+    InProgress,
+    /// The key was used for a different request (method, path or body).
+    Mismatch,
+}
+
+/// Handed to a mutating store method: in the same transaction as the mutation, the adapter
+/// marks the claimed key completed with `render(result)`. If the mutation fails, nothing is
+/// stored and the caller releases the claim.
+pub struct Idempotency<'a, T> {
+    pub scope: &'a IdempotencyScope,
+    pub render: &'a (dyn Fn(&T) -> StoredResponse + Send + Sync),
+}
+
+impl<T> Clone for Idempotency<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for Idempotency<'_, T> {}
+
+#[async_trait::async_trait]
+pub trait IdempotencyStore: Send + Sync {
+    /// Claims `scope` for a request with `fingerprint`. A pending claim whose `locked_until`
+    /// has passed (its request died) is taken over.
+    async fn claim(
+        &self,
+        scope: &IdempotencyScope,
+        fingerprint: &[u8; 32],
+        now: OffsetDateTime,
+        locked_until: OffsetDateTime,
+    ) -> Result<Claim, StoreError>;
+
+    /// Drops a pending claim whose request failed without changing anything.
+    async fn release(&self, scope: &IdempotencyScope) -> Result<(), StoreError>;
+
+    /// Deletes completed records created before `before` and stale pending claims.
+    async fn purge_idempotency(&self, before: OffsetDateTime) -> Result<u64, StoreError>;
+}
+
+/// A domain event written to the outbox in the transaction of its change.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxEvent {
+    pub event_id: trueline_core::ids::EventId,
+    pub org_id: OrgId,
+    /// `inventory.item.qty_changed`, `accounts.member.role_changed`, …
+    pub event_type: String,
+    /// The event-log stream it belongs to (`item-<id>`, `organization-<id>`).
+    pub stream: String,
+    pub payload: serde_json::Value,
+    pub created_at: OffsetDateTime,
+}
