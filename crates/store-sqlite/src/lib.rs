@@ -99,7 +99,7 @@ impl SqliteStore {
             .pragma("journal_size_limit", (64 * 1024 * 1024).to_string());
         // No ping before each acquire (sqlx's default): a connection to a local file does not
         // go stale, and on SQLite every ping is one more hand-off to the connection's worker
-        // thread, on the writer's critical path (perf: ~0.5 ms of each combined batch).
+        // thread. (Measured: within the noise of `hot-item`, 9,067 vs 9,171 req/s medians.)
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)

@@ -1726,7 +1726,32 @@ async fn killed_at_random_moments_the_server_keeps_every_acknowledged_write_and_
             "global positions have gaps"
         );
         let ids: Vec<Uuid> = records.iter().map(client_event_id).collect();
-        assert_eq!(ids, served_ids, "the log on disk is what the API served");
+        if ids != served_ids {
+            // A compact account (the full lists run to thousands of ids).
+            let served: HashSet<&Uuid> = served_ids.iter().collect();
+            let on_disk: HashSet<&Uuid> = ids.iter().collect();
+            let first_difference = ids.iter().zip(&served_ids).position(|(a, b)| a != b);
+            let extra: Vec<String> = records
+                .iter()
+                .filter(|r| !served.contains(&client_event_id(r)))
+                .take(10)
+                .map(Value::to_string)
+                .collect();
+            let missing: Vec<&Uuid> = served_ids
+                .iter()
+                .filter(|id| !on_disk.contains(id))
+                .take(10)
+                .collect();
+            panic!(
+                "the log on disk is not what the API served ({SEED_ENV}={seed}): {} records on \
+                 disk, {} served; first difference at index {first_difference:?}; on disk but \
+                 not served (first 10): {extra:#?}; served but not on disk (first 10): \
+                 {missing:?}; server warnings:\n{}",
+                ids.len(),
+                served_ids.len(),
+                alerts.join("\n")
+            );
+        }
     }
     let internal_errors = alerts
         .iter()
