@@ -38,6 +38,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/0005_assessments.up.sql"),
         include_str!("../migrations/0005_assessments.down.sql"),
     ),
+    (
+        6,
+        "history index",
+        include_str!("../migrations/0006_history_index.up.sql"),
+        include_str!("../migrations/0006_history_index.down.sql"),
+    ),
 ];
 
 fn migrator() -> Migrator {

@@ -32,6 +32,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/0004_assessments.up.sql"),
         include_str!("../migrations/0004_assessments.down.sql"),
     ),
+    (
+        5,
+        "history index",
+        include_str!("../migrations/0005_history_index.up.sql"),
+        include_str!("../migrations/0005_history_index.down.sql"),
+    ),
 ];
 
 fn migrator() -> Migrator {
