@@ -415,7 +415,12 @@ async fn append_event(
     } else {
         StatusCode::CREATED
     };
-    Ok((status, Json(appended_view(&stream, first))).into_response())
+    Ok((
+        status,
+        axum::Extension(crate::observe::NoOutboxRow),
+        Json(appended_view(&stream, first)),
+    )
+        .into_response())
 }
 
 /// Append 1-1000 events to one stream atomically.
@@ -485,7 +490,12 @@ async fn append_to_stream(
         StatusCode::CREATED
     };
     let events = appended.iter().map(|a| appended_view(&stream, a)).collect();
-    Ok((status, Json(AppendStreamResponse { events })).into_response())
+    Ok((
+        status,
+        axum::Extension(crate::observe::NoOutboxRow),
+        Json(AppendStreamResponse { events }),
+    )
+        .into_response())
 }
 
 /// One event by id.

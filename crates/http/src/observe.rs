@@ -17,6 +17,12 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
 
+/// A response extension: this successful mutation wrote no outbox row (event appends go
+/// straight to the event log), so there is nothing to wake the relay for. Without it every
+/// append woke the relay for an empty round on the SQLite writer.
+#[derive(Debug, Clone, Copy)]
+pub struct NoOutboxRow;
+
 pub async fn observe(mut request: Request, next: Next) -> Response {
     let id = request_id::accept_or_new(request.headers().get(&X_REQUEST_ID));
     request.extensions_mut().insert(RequestId(id.clone()));
@@ -57,6 +63,7 @@ pub async fn observe(mut request: Request, next: Next) -> Response {
 
     // A committed mutation has an outbox row: wake the relay.
     if response.status().is_success()
+        && response.extensions().get::<NoOutboxRow>().is_none()
         && matches!(
             method,
             axum::http::Method::POST | axum::http::Method::PATCH | axum::http::Method::DELETE

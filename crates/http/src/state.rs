@@ -53,8 +53,42 @@ impl Default for HttpSettings {
 /// Renders the Prometheus exposition (owned by the server, which installs the recorder).
 pub type MetricsRenderer = Arc<dyn Fn() -> String + Send + Sync>;
 
+/// What every handler shares, behind one `Arc`: axum clones the state for the router, every
+/// `from_fn` layer and the request extension of every request, and one reference count is
+/// far cheaper than the fifteen the fields would cost (measured: cloning and dropping the
+/// unshared struct took ~6 % of the server's CPU under `events-append` at 64 clients).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<SharedState>);
+
+impl std::ops::Deref for AppState {
+    type Target = SharedState;
+    fn deref(&self) -> &SharedState {
+        &self.0
+    }
+}
+
+impl From<SharedState> for AppState {
+    fn from(shared: SharedState) -> Self {
+        AppState(Arc::new(shared))
+    }
+}
+
+impl AppState {
+    /// The state with the defaults of [`SharedState::new`]; build a [`SharedState`] to
+    /// change them first.
+    pub fn new(
+        store: Arc<dyn Store>,
+        events: Arc<dyn EventStore>,
+        clock: Arc<dyn Clock>,
+        settings: HttpSettings,
+        passwords: PasswordHasher,
+        metrics: MetricsRenderer,
+    ) -> Self {
+        SharedState::new(store, events, clock, settings, passwords, metrics).into()
+    }
+}
+
+pub struct SharedState {
     pub store: Arc<dyn Store>,
     pub events: Arc<dyn EventStore>,
     pub clock: Arc<dyn Clock>,
@@ -82,7 +116,7 @@ pub struct AppState {
     pub combiner: Option<Arc<crate::combiner::Combiner>>,
 }
 
-impl AppState {
+impl SharedState {
     pub fn new(
         store: Arc<dyn Store>,
         events: Arc<dyn EventStore>,

@@ -264,7 +264,7 @@ impl Application {
         };
         let events = open_events_with(&config, pg.as_ref(), &hooks)?;
         let metrics = telemetry::metrics_handle();
-        let mut state = State::new(
+        let mut state = trueline_http::state::SharedState::new(
             store,
             events,
             clock,
@@ -295,6 +295,7 @@ impl Application {
             ));
         }
         state.outbox_lag_warn = Duration::from_secs(config.outbox.lag_warn_s);
+        let state = State::from(state);
         let router = trueline_http::app_with(state.clone(), extra);
         let listener = TcpListener::bind(&config.server.bind)
             .await

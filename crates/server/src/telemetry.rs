@@ -6,7 +6,7 @@
 //! nests fields and spans) keeps every line flat and greppable: `jq 'select(.event == …)'`.
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use serde_json::{Map, Value};
+use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::sync::OnceLock;
@@ -21,35 +21,62 @@ use tracing_subscriber::{EnvFilter, Layer};
 
 pub const SERVICE_NAME: &str = "trueline";
 
-/// Collects an event's or span's fields as JSON values.
+/// Fields rendered once, as they are recorded: `(name, JSON value)`. A span's fields are
+/// rendered when the span is created, so each line only copies bytes.
 #[derive(Default)]
-struct JsonFields(Map<String, Value>);
+struct Rendered(Vec<(&'static str, String)>);
 
-impl Visit for JsonFields {
+impl Rendered {
+    fn push_json(&mut self, field: &Field, value: impl serde::Serialize) {
+        let json = serde_json::to_string(&value).unwrap_or_else(|_| "null".to_owned());
+        self.0.push((field.name(), json));
+    }
+    fn has(&self, name: &str) -> bool {
+        self.0.iter().any(|(n, _)| *n == name)
+    }
+}
+
+impl Visit for Rendered {
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.0.insert(field.name().to_owned(), Value::from(value));
+        self.push_json(field, value);
     }
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.0.insert(field.name().to_owned(), Value::from(value));
+        self.push_json(field, value);
     }
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.0.insert(field.name().to_owned(), Value::from(value));
+        self.push_json(field, value);
     }
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.0.insert(field.name().to_owned(), Value::from(value));
+        // serde_json writes a non-finite float as `null`, as the JSON map did.
+        self.push_json(field, value);
     }
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.0.insert(field.name().to_owned(), Value::from(value));
+        self.push_json(field, value);
     }
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
         let mut text = String::new();
         let _ = write!(text, "{value:?}");
-        self.0.insert(field.name().to_owned(), Value::from(text));
+        self.push_json(field, text);
     }
 }
 
-/// Writes each event as one flat JSON line.
-struct JsonLines;
+/// Names the layer writes itself; a field of the same name is not repeated.
+const BASE_FIELDS: [&str; 4] = ["timestamp", "level", "event", "service"];
+
+/// The flat JSON-lines layer. It writes each line straight into a reused per-thread buffer
+/// (no intermediate JSON map: building one cost ~10 µs per line, a quarter of the server's
+/// CPU per request under `events-append`) and hands it to `sink` in one call.
+struct JsonLines {
+    sink: fn(&[u8]),
+}
+
+fn write_stdout(line: &[u8]) {
+    let _ = std::io::stdout().lock().write_all(line);
+}
+
+thread_local! {
+    static LINE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
 
 impl<S> Layer<S> for JsonLines
 where
@@ -61,7 +88,7 @@ where
         id: &tracing::span::Id,
         ctx: Context<'_, S>,
     ) {
-        let mut fields = JsonFields::default();
+        let mut fields = Rendered::default();
         attrs.record(&mut fields);
         if let Some(span) = ctx.span(id) {
             span.extensions_mut().insert(fields);
@@ -69,44 +96,66 @@ where
     }
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
-        let mut fields = JsonFields::default();
+        let mut fields = Rendered::default();
         event.record(&mut fields);
-        let mut line = Map::new();
-        let now = OffsetDateTime::now_utc()
-            .format(&Rfc3339)
-            .unwrap_or_default();
-        line.insert("timestamp".into(), Value::from(now));
-        line.insert(
-            "level".into(),
-            Value::from(event.metadata().level().as_str().to_lowercase()),
-        );
-        let name = fields
-            .0
-            .remove("event")
-            .unwrap_or_else(|| Value::from("log"));
-        line.insert("event".into(), name);
-        line.insert("service".into(), Value::from(SERVICE_NAME));
-        // Span fields (request_id, …), innermost last so it wins.
-        if let Some(scope) = ctx.event_scope(event) {
-            for span in scope.from_root() {
-                if let Some(span_fields) = span.extensions().get::<JsonFields>() {
-                    for (k, v) in &span_fields.0 {
-                        line.insert(k.clone(), v.clone());
+        LINE.with_borrow_mut(|line| {
+            line.clear();
+            line.extend_from_slice(b"{\"timestamp\":\"");
+            let _ = OffsetDateTime::now_utc().format_into(line, &Rfc3339);
+            line.extend_from_slice(b"\",\"level\":\"");
+            line.extend_from_slice(level_name(event.metadata().level()).as_bytes());
+            line.extend_from_slice(b"\",\"event\":");
+            match fields.0.iter().find(|(n, _)| *n == "event") {
+                Some((_, v)) => line.extend_from_slice(v.as_bytes()),
+                None => line.extend_from_slice(b"\"log\""),
+            }
+            line.extend_from_slice(b",\"service\":\"");
+            line.extend_from_slice(SERVICE_NAME.as_bytes());
+            line.push(b'"');
+            // Written: the base names, then every field once. The event's own fields win
+            // over its spans', and an inner span's over an outer one's.
+            let mut written: Vec<&str> = BASE_FIELDS.to_vec();
+            let mut member = |line: &mut Vec<u8>, name: &'static str, value: &str| {
+                if written.contains(&name) {
+                    return;
+                }
+                written.push(name);
+                line.push(b',');
+                let _ = serde_json::to_writer(&mut *line, name);
+                line.push(b':');
+                line.extend_from_slice(value.as_bytes());
+            };
+            let target = event.metadata().target();
+            if target != "log" && !target.starts_with("trueline") && !fields.has("target") {
+                let json = serde_json::to_string(target).unwrap_or_default();
+                member(line, "target", &json);
+            }
+            for (name, value) in &fields.0 {
+                member(line, name, value);
+            }
+            if let Some(scope) = ctx.event_scope(event) {
+                for span in scope {
+                    if let Some(span_fields) = span.extensions().get::<Rendered>() {
+                        for (name, value) in &span_fields.0 {
+                            member(line, name, value);
+                        }
                     }
                 }
             }
-        }
-        line.entry("request_id").or_insert(Value::Null);
-        if event.metadata().target() != "log" && !event.metadata().target().starts_with("trueline")
-        {
-            line.insert("target".into(), Value::from(event.metadata().target()));
-        }
-        for (k, v) in fields.0 {
-            line.insert(k, v);
-        }
-        let mut bytes = serde_json::to_vec(&Value::Object(line)).unwrap_or_default();
-        bytes.push(b'\n');
-        let _ = std::io::stdout().lock().write_all(&bytes);
+            member(line, "request_id", "null");
+            line.extend_from_slice(b"}\n");
+            (self.sink)(line);
+        });
+    }
+}
+
+fn level_name(level: &tracing::Level) -> &'static str {
+    match *level {
+        tracing::Level::ERROR => "error",
+        tracing::Level::WARN => "warn",
+        tracing::Level::INFO => "info",
+        tracing::Level::DEBUG => "debug",
+        tracing::Level::TRACE => "trace",
     }
 }
 
@@ -122,7 +171,7 @@ pub fn init_logging(level: &str) {
             .add_directive("sqlx=warn".parse().unwrap_or_default());
         let _ = tracing_subscriber::registry()
             .with(filter)
-            .with(JsonLines)
+            .with(JsonLines { sink: write_stdout })
             .try_init();
     });
 }
@@ -154,4 +203,95 @@ pub fn metrics_handle() -> PrometheusHandle {
             handle
         })
         .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    thread_local! {
+        static CAPTURED: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+    }
+
+    fn capture(line: &[u8]) {
+        CAPTURED.with_borrow_mut(|c| c.push(String::from_utf8_lossy(line).into_owned()));
+    }
+
+    /// The lines `f` logs, each parsed (and checked to be exactly one line).
+    fn logged(f: impl FnOnce()) -> Vec<Value> {
+        CAPTURED.with_borrow_mut(Vec::clear);
+        let subscriber = tracing_subscriber::registry().with(JsonLines { sink: capture });
+        tracing::subscriber::with_default(subscriber, f);
+        CAPTURED.with_borrow(|c| {
+            c.iter()
+                .map(|l| {
+                    assert!(l.ends_with('\n') && l.matches('\n').count() == 1, "{l:?}");
+                    serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))
+                })
+                .collect()
+        })
+    }
+
+    #[test]
+    fn a_line_is_flat_json_with_the_base_fields_span_fields_and_event_fields() {
+        let lines = logged(|| {
+            let span = tracing::info_span!("request", request_id = "r-1");
+            let _in = span.enter();
+            tracing::info!(event = "mutation.x.success", count = 3u64, delta = -2i64,
+                ratio = 0.5, ok = true, note = %"a \"quoted\"\n\u{2028} ✓");
+        });
+        let [line] = lines.as_slice() else {
+            panic!("{lines:?}")
+        };
+        assert_eq!(line["event"], "mutation.x.success");
+        assert_eq!(line["level"], "info");
+        assert_eq!(line["service"], SERVICE_NAME);
+        assert_eq!(line["request_id"], "r-1");
+        assert_eq!(line["count"], 3);
+        assert_eq!(line["delta"], -2);
+        assert_eq!(line["ratio"], 0.5);
+        assert_eq!(line["ok"], true);
+        assert_eq!(line["note"], "a \"quoted\"\n\u{2028} ✓");
+        let timestamp = line["timestamp"].as_str().unwrap_or_default();
+        assert!(
+            OffsetDateTime::parse(timestamp, &Rfc3339).is_ok(),
+            "{timestamp}"
+        );
+    }
+
+    #[test]
+    fn every_name_appears_once_and_the_innermost_value_wins() {
+        let lines = logged(|| {
+            let outer = tracing::info_span!("outer", request_id = "outer", a = 1u64);
+            let _o = outer.enter();
+            let inner = tracing::info_span!("inner", request_id = "inner");
+            let _i = inner.enter();
+            tracing::warn!(event = "e", a = 2u64, level = "shadowed", timestamp = 5u64);
+            tracing::warn!("no event name");
+        });
+        let raw = CAPTURED.with_borrow(Clone::clone);
+        for l in &raw {
+            for name in ["\"request_id\"", "\"a\"", "\"level\"", "\"timestamp\""] {
+                assert!(l.matches(name).count() <= 1, "{name} twice in {l}");
+            }
+        }
+        assert_eq!(lines[0]["request_id"], "inner");
+        assert_eq!(lines[0]["a"], 2);
+        assert_eq!(lines[0]["level"], "warn");
+        assert_eq!(lines[1]["event"], "log");
+        assert_eq!(lines[1]["message"], "no event name");
+        assert_eq!(lines[1]["a"], 1);
+    }
+
+    #[test]
+    fn outside_a_request_the_request_id_is_null_and_foreign_targets_are_named() {
+        let lines = logged(|| {
+            tracing::error!(target: "hyper", event = "x", f = f64::NAN);
+        });
+        assert_eq!(lines[0]["request_id"], Value::Null);
+        assert_eq!(lines[0]["target"], "hyper");
+        assert_eq!(lines[0]["level"], "error");
+        assert_eq!(lines[0]["f"], Value::Null);
+    }
 }
