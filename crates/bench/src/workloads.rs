@@ -15,7 +15,7 @@ use crate::verify::{
 };
 use anyhow::{Context, bail};
 use futures_util::StreamExt;
-use reqwest::Method;
+use crate::api::Method;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;

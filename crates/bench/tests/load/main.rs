@@ -265,7 +265,7 @@ async fn the_checks_catch_a_change_the_run_was_not_told_about() {
         .to_owned();
     let reply = api
         .call(
-            reqwest::Method::PATCH,
+            trueline_bench::api::Method::PATCH,
             &format!("/api/v1/items/{id}/qty"),
             Some(&session.owner_token),
             Some(&serde_json::json!({"delta": -1})),
