@@ -130,7 +130,10 @@ impl Api {
         if authority.is_empty() || authority.contains(['@', '?', '#']) {
             bail!("--url {base}: expected http://host[:port][/prefix]");
         }
-        let authority = if authority.rsplit_once(':').is_some_and(|(_, p)| !p.contains(']')) {
+        let authority = if authority
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| !p.contains(']'))
+        {
             authority.to_owned()
         } else {
             format!("{authority}:80")
@@ -253,10 +256,7 @@ impl Api {
     /// pool.
     async fn exchange(&self, mut c: Connection, request: &[u8]) -> Result<Reply, Failure> {
         c.buf.clear();
-        c.stream
-            .write_all(request)
-            .await
-            .map_err(Failure::Stale)?;
+        c.stream.write_all(request).await.map_err(Failure::Stale)?;
         let (status, head_len, framing, close) = loop {
             let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
             let mut response = httparse::Response::new(&mut headers);
@@ -443,5 +443,162 @@ mod tests {
             error: Some("refused".into()),
         };
         assert_eq!(transport.code().as_deref(), Some("transport_error"));
+    }
+
+    /// A server on a free port: each accepted connection reads one request head at a time
+    /// and answers with the next canned response of `script` for that connection; after its
+    /// responses the connection is closed. Returns the base URL, the number of connections
+    /// accepted and the requests seen.
+    async fn scripted(
+        script: Vec<Vec<&'static str>>,
+    ) -> (
+        String,
+        Arc<std::sync::atomic::AtomicUsize>,
+        Arc<Mutex<Vec<String>>>,
+    ) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (a, s) = (accepted.clone(), seen.clone());
+        tokio::spawn(async move {
+            for responses in script {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                a.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    for response in responses {
+                        // Read one request: its head, then content-length bytes of body.
+                        let (head_len, body_len) = loop {
+                            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                                let head = String::from_utf8_lossy(&buf[..i]).to_lowercase();
+                                let n = head
+                                    .lines()
+                                    .find_map(|l| l.strip_prefix("content-length: "))
+                                    .map_or(0, |v| v.trim().parse().unwrap());
+                                break (i + 4, n);
+                            }
+                            let mut chunk = [0u8; 4096];
+                            let n = stream.read(&mut chunk).await.unwrap();
+                            assert!(n > 0, "client closed before a full request");
+                            buf.extend_from_slice(&chunk[..n]);
+                        };
+                        while buf.len() < head_len + body_len {
+                            let mut chunk = [0u8; 4096];
+                            let n = stream.read(&mut chunk).await.unwrap();
+                            buf.extend_from_slice(&chunk[..n]);
+                        }
+                        let request: Vec<u8> = buf.drain(..head_len + body_len).collect();
+                        s.lock().unwrap().push(String::from_utf8(request).unwrap());
+                        stream.write_all(response.as_bytes()).await.unwrap();
+                    }
+                });
+            }
+        });
+        (base, accepted, seen)
+    }
+
+    const OK: &str = "HTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\n{\"ok\":true}";
+
+    #[tokio::test]
+    async fn requests_reuse_one_keep_alive_connection_and_carry_token_key_and_body() {
+        let (base, accepted, seen) = scripted(vec![vec![OK, OK]]).await;
+        let api = Api::new(&base, Duration::from_secs(5)).unwrap();
+        let body = serde_json::json!({"delta": -1});
+        let first = api
+            .call(
+                Method::PATCH,
+                "/api/v1/items/1/qty",
+                Some("tl_x"),
+                Some(&body),
+                Some("k1"),
+            )
+            .await;
+        let second = api.get("/api/v1/items", None).await;
+        assert_eq!(
+            (first.status, second.status),
+            (200, 200),
+            "{first:?} {second:?}"
+        );
+        assert_eq!(first.json().unwrap()["ok"], true);
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+        let seen = seen.lock().unwrap().clone();
+        assert!(
+            seen[0].starts_with("PATCH /api/v1/items/1/qty HTTP/1.1\r\n"),
+            "{}",
+            seen[0]
+        );
+        assert!(seen[0].contains("authorization: Bearer tl_x\r\n"));
+        assert!(seen[0].contains("idempotency-key: k1\r\n"));
+        assert!(seen[0].ends_with("\r\n\r\n{\"delta\":-1}"), "{}", seen[0]);
+        assert!(seen[1].starts_with("GET /api/v1/items HTTP/1.1\r\n"));
+        assert!(!seen[1].contains("authorization"));
+    }
+
+    #[tokio::test]
+    async fn chunked_bodies_and_interim_answers_are_read_whole() {
+        let chunked = "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 404 Not Found\r\n\
+            transfer-encoding: chunked\r\n\r\n5;ext=1\r\n{\"cod\r\nf\r\ne\":\"not_found\"}\r\n\
+            0\r\n\r\n";
+        let (base, _, _) = scripted(vec![vec![chunked, OK]]).await;
+        let api = Api::new(&base, Duration::from_secs(5)).unwrap();
+        let reply = api.get("/x", None).await;
+        assert_eq!(reply.status, 404, "{reply:?}");
+        assert_eq!(reply.code().as_deref(), Some("not_found"));
+        // The connection is still in step: the next answer is the next response.
+        assert_eq!(api.get("/y", None).await.status, 200);
+    }
+
+    #[tokio::test]
+    async fn a_pooled_connection_the_server_closed_is_replaced_once() {
+        // Connection 1 answers once and closes; the second request finds it dead in the
+        // pool and goes out again on connection 2.
+        let (base, accepted, seen) = scripted(vec![vec![OK], vec![OK]]).await;
+        let api = Api::new(&base, Duration::from_secs(5)).unwrap();
+        assert_eq!(api.get("/a", None).await.status, 200);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let again = api.get("/b", None).await;
+        assert_eq!(again.status, 200, "{again:?}");
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+        assert_eq!(seen.lock().unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn connection_close_and_bodies_until_close_are_not_reused() {
+        let until_close = "HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nthe whole rest";
+        let (base, accepted, _) = scripted(vec![vec![until_close], vec![OK]]).await;
+        let api = Api::new(&base, Duration::from_secs(5)).unwrap();
+        let reply = api.get("/a", None).await;
+        assert_eq!(
+            (reply.status, reply.body.as_slice()),
+            (200, &b"the whole rest"[..])
+        );
+        assert_eq!(api.get("/b", None).await.status, 200);
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn no_server_no_answer_and_bad_urls_are_transport_errors_or_refused() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let silent = format!("http://{}", listener.local_addr().unwrap());
+        let api = Api::new(&silent, Duration::from_millis(200)).unwrap();
+        let reply = api.get("/", None).await;
+        assert_eq!(reply.status, TRANSPORT_ERROR);
+        assert!(
+            reply
+                .error
+                .as_deref()
+                .unwrap_or("")
+                .contains("no answer within")
+        );
+        drop(listener);
+        let refused = api.get("/", None).await;
+        assert_eq!(refused.code().as_deref(), Some("transport_error"));
+        assert!(Api::new("https://example.com", Duration::from_secs(1)).is_err());
+        let prefixed = Api::new("http://localhost/base/", Duration::from_secs(1)).unwrap();
+        assert_eq!(prefixed.inner.authority, "localhost:80");
+        assert_eq!(prefixed.inner.prefix, "/base");
+        assert_eq!(prefixed.base(), "http://localhost/base");
     }
 }

@@ -6,6 +6,7 @@
 //! or a 5xx) is *resolved* at the end by sending it again: the server either replays what it
 //! did or does it now, and the books balance either way. A 5xx still fails the run.
 
+use crate::api::Method;
 use crate::api::{Api, Reply};
 use crate::cli::Workload;
 use crate::stats::Sample;
@@ -15,7 +16,6 @@ use crate::verify::{
 };
 use anyhow::{Context, bail};
 use futures_util::StreamExt;
-use crate::api::Method;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
