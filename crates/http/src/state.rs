@@ -73,21 +73,7 @@ impl From<SharedState> for AppState {
     }
 }
 
-impl AppState {
-    /// The state with the defaults of [`SharedState::new`]; build a [`SharedState`] to
-    /// change them first.
-    pub fn new(
-        store: Arc<dyn Store>,
-        events: Arc<dyn EventStore>,
-        clock: Arc<dyn Clock>,
-        settings: HttpSettings,
-        passwords: PasswordHasher,
-        metrics: MetricsRenderer,
-    ) -> Self {
-        SharedState::new(store, events, clock, settings, passwords, metrics).into()
-    }
-}
-
+/// Built with [`SharedState::new`] (defaults), adjusted, then frozen with `AppState::from`.
 pub struct SharedState {
     pub store: Arc<dyn Store>,
     pub events: Arc<dyn EventStore>,
