@@ -302,7 +302,12 @@ impl Api {
             }
             Framing::Chunked => read_chunked(&mut c).await?,
             Framing::UntilClose => {
-                while fill(&mut c).await.is_ok() {
+                // The end of the connection ends the body; a read error is not an end.
+                while read_more(&mut c)
+                    .await
+                    .map_err(|e| Failure::Other(format!("reading the answer: {e}")))?
+                    > 0
+                {
                     if c.buf.len() > BODY_BYTES_MAX {
                         return Err(Failure::Other("response body too large".into()));
                     }

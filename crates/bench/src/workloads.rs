@@ -6,8 +6,7 @@
 //! or a 5xx) is *resolved* at the end by sending it again: the server either replays what it
 //! did or does it now, and the books balance either way. A 5xx still fails the run.
 
-use crate::api::Method;
-use crate::api::{Api, Reply};
+use crate::api::{Api, Method, Reply};
 use crate::cli::Workload;
 use crate::stats::Sample;
 use crate::verify::{

@@ -31,9 +31,6 @@ impl Rendered {
         let json = serde_json::to_string(&value).unwrap_or_else(|_| "null".to_owned());
         self.0.push((field.name(), json));
     }
-    fn has(&self, name: &str) -> bool {
-        self.0.iter().any(|(n, _)| *n == name)
-    }
 }
 
 impl Visit for Rendered {
@@ -125,13 +122,13 @@ where
                 line.push(b':');
                 line.extend_from_slice(value.as_bytes());
             };
-            let target = event.metadata().target();
-            if target != "log" && !target.starts_with("trueline") && !fields.has("target") {
-                let json = serde_json::to_string(target).unwrap_or_default();
-                member(line, "target", &json);
-            }
             for (name, value) in &fields.0 {
                 member(line, name, value);
+            }
+            let target = event.metadata().target();
+            if target != "log" && !target.starts_with("trueline") {
+                let json = serde_json::to_string(target).unwrap_or_default();
+                member(line, "target", &json);
             }
             if let Some(scope) = ctx.event_scope(event) {
                 for span in scope {
