@@ -9,6 +9,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+// The allocator the server runs the engine with (glibc malloc's arena locks showed up as
+// contention between the appending threads and the writer).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use trueline_eventlog::{Durability, EventId, EventLog, ExpectedVersion, NewEvent, Options, OrgId};
 
 fn main() {
@@ -40,6 +45,33 @@ fn main() {
     )
     .unwrap();
     let log = Arc::new(log);
+    // Group commits, events and time in fdatasync, to tell a CPU-bound writer from a
+    // sync-bound one.
+    let commits = Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]);
+    let seen = commits.clone();
+    log.set_commit_listener(Arc::new(move |n: trueline_eventlog::CommitNotice| {
+        seen[0].fetch_add(1, Ordering::Relaxed);
+        seen[1].fetch_add(n.events as u64, Ordering::Relaxed);
+        seen[2].fetch_add(
+            n.fsync.map_or(0, |d| d.as_micros() as u64),
+            Ordering::Relaxed,
+        );
+    }));
+    let report_commits = |elapsed: f64| {
+        let (c, e, us) = (
+            commits[0].load(Ordering::Relaxed) as f64,
+            commits[1].load(Ordering::Relaxed) as f64,
+            commits[2].load(Ordering::Relaxed) as f64,
+        );
+        println!(
+            "  {:.0} group commits/s, {:.1} events each, writer in fdatasync {:.0} % of the time \
+             ({:.0} µs each)",
+            c / elapsed,
+            e / c.max(1.0),
+            us / 1e4 / elapsed,
+            us / c.max(1.0)
+        );
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let count = Arc::new(AtomicU64::new(0));
     // Ids salted with the clock so reruns against the same directory never collide.
@@ -60,6 +92,7 @@ fn main() {
             "{durability:?} callback window={writers} events/append={batch}: {n} events in {elapsed:.2}s = {:.0} events/s",
             n as f64 / elapsed
         );
+        report_commits(elapsed);
         return;
     }
     std::thread::scope(|s| {
@@ -109,6 +142,7 @@ fn main() {
         "{durability:?} writers={writers} events/append={batch}: {n} events in {elapsed:.2}s = {:.0} events/s",
         n as f64 / elapsed
     );
+    report_commits(elapsed);
 }
 
 /// `window` appends in flight, driven by two client threads through `append_with` (the way an

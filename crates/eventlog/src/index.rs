@@ -314,6 +314,11 @@ impl SegIndex {
 
     /// All (key, slot) pairs, sorted by key.
     pub fn sorted_ids(&self) -> (Vec<u64>, Vec<u32>) {
+        sort_id_pairs(self.id_pairs())
+    }
+
+    /// All (key, slot) pairs, unsorted (sort them outside the index lock).
+    pub fn id_pairs(&self) -> Vec<(u64, u32)> {
         let mut all: Vec<(u64, u32)> = Vec::with_capacity(self.len());
         let sorted = &self.ids_sorted;
         all.extend(
@@ -325,8 +330,7 @@ impl SegIndex {
         );
         all.extend(self.ids_recent.iter().map(|(k, s)| (*k, *s)));
         all.extend(self.ids_overflow.iter().copied());
-        all.sort_unstable();
-        all.into_iter().unzip()
+        all
     }
 
     /// Replaces the id hash map by compact sorted vectors (done when the segment is sealed).
@@ -375,6 +379,12 @@ pub struct Location {
     pub file: Arc<SegmentFile>,
     pub offset: u64,
     pub position: u64,
+}
+
+/// (key, slot) pairs sorted by key, as the two vectors [`SortedIds`] keeps.
+pub fn sort_id_pairs(mut pairs: Vec<(u64, u32)>) -> (Vec<u64>, Vec<u32>) {
+    pairs.sort_unstable();
+    pairs.into_iter().unzip()
 }
 
 /// The sorted id hashes of one segment, with the record slot of each.
@@ -693,6 +703,14 @@ impl Index {
             self.starts_at_one = file.first_position == 1;
         }
         self.segments.push(SegIndex::new(file, header_len));
+    }
+
+    /// Sizes the active segment's id map for `records` ids (a writer that rolled knows about
+    /// how many the next segment will get; growing the map rehashed it ~20 times).
+    pub fn reserve_active_ids(&mut self, records: usize) {
+        if let Some(seg) = self.segments.last_mut() {
+            seg.ids_recent.reserve(records);
+        }
     }
 
     fn intern_type(&mut self, name: &str) -> u32 {
@@ -1079,90 +1097,175 @@ const CHECKPOINT_HEADER_LEN: usize = 72;
 /// Serializes the index of segment `seg_pos` (see the crate docs for the layout); `None` if
 /// the index is inconsistent (then no checkpoint is written: it is only an acceleration).
 pub fn encode_checkpoint(index: &Index, seg_pos: usize) -> Option<Vec<u8>> {
-    let seg = &index.segments[seg_pos];
-    let n = seg.len();
-    let stream_ids = index.segment_stream_ids(seg_pos)?;
-    // Local tables: orgs and streams in order of first appearance in this segment.
-    let mut org_local: HashMap<u32, u32> = HashMap::new();
-    let mut orgs: Vec<u32> = Vec::new();
-    let mut stream_local: HashMap<u32, u32> = HashMap::new();
-    let mut streams: Vec<u32> = Vec::new();
-    let mut type_local: HashMap<u32, u32> = HashMap::new();
-    let mut types: Vec<u32> = Vec::new();
-    let mut rec_stream = Vec::with_capacity(n);
-    let mut rec_type = Vec::with_capacity(n);
-    for (i, &s) in stream_ids.iter().enumerate() {
-        let ls = *stream_local.entry(s).or_insert_with(|| {
-            streams.push(s);
-            let o = index.streams[s as usize].org;
-            org_local.entry(o).or_insert_with(|| {
-                orgs.push(o);
-                (orgs.len() - 1) as u32
-            });
-            (streams.len() - 1) as u32
-        });
-        let t = seg.type_ids[i];
-        let lt = *type_local.entry(t).or_insert_with(|| {
-            types.push(t);
-            (types.len() - 1) as u32
-        });
-        rec_stream.push(ls);
-        rec_type.push(lt);
-    }
-    let mut out = Vec::with_capacity(CHECKPOINT_HEADER_LEN + n * 24 + 4096);
-    out.extend_from_slice(&CHECKPOINT_MAGIC);
-    out.extend_from_slice(&CHECKPOINT_VERSION.to_le_bytes());
-    out.extend_from_slice(&0u32.to_le_bytes());
-    out.extend_from_slice(&seg.first_position.to_le_bytes());
-    out.extend_from_slice(&seg.end_offset.to_le_bytes());
-    out.extend_from_slice(&(n as u64).to_le_bytes());
-    out.extend_from_slice(&seg.last_crc.to_le_bytes());
-    out.extend_from_slice(&(orgs.len() as u32).to_le_bytes());
-    out.extend_from_slice(&(streams.len() as u32).to_le_bytes());
-    out.extend_from_slice(&(types.len() as u32).to_le_bytes());
-    out.extend_from_slice(&seg.max_timestamp.to_le_bytes());
-    out.extend_from_slice(&index.registry_epoch.to_le_bytes());
-    debug_assert_eq!(out.len(), CHECKPOINT_HEADER_LEN);
-    for o in &orgs {
-        let u = seg.org_usage.get(o).copied().unwrap_or_default();
-        out.extend_from_slice(&index.orgs[*o as usize].id.0);
-        out.extend_from_slice(&u.first_org_position.to_le_bytes());
-        out.extend_from_slice(&u.events.to_le_bytes());
-        out.extend_from_slice(&u.bytes.to_le_bytes());
-    }
-    for s in &streams {
-        // Streams are referred to by their registry id (no names: see `encode_registry`).
-        let st = &index.streams[*s as usize];
-        // Version of the stream's first event in this segment, from its position list.
-        let first_version = st.first_version + st.positions.lower_bound(seg.first_position) as u64;
-        out.extend_from_slice(&s.to_le_bytes());
-        out.extend_from_slice(&org_local.get(&st.org).copied().unwrap_or(0).to_le_bytes());
-        out.extend_from_slice(&first_version.to_le_bytes());
-    }
-    for t in &types {
-        let name = &index.types[*t as usize];
-        out.extend_from_slice(&(name.len() as u16).to_le_bytes());
-        out.extend_from_slice(name.as_bytes());
-    }
-    for v in &seg.offsets {
-        out.extend_from_slice(&v.to_le_bytes());
-    }
-    for v in &rec_stream {
-        out.extend_from_slice(&v.to_le_bytes());
-    }
-    for v in &rec_type {
-        out.extend_from_slice(&v.to_le_bytes());
-    }
     let (keys, slots) = index.segment_ids(seg_pos);
-    for k in &keys {
-        out.extend_from_slice(&k.to_le_bytes());
+    checkpoint_source(index, seg_pos).map(|src| src.encode(&keys, &slots))
+}
+
+/// What a segment's checkpoint is made of, copied out of the index so that the slow part
+/// (local tables, serialization, checksum) runs without holding its lock.
+pub struct CheckpointSource {
+    first_position: u64,
+    end_offset: u64,
+    last_crc: u32,
+    max_timestamp: i64,
+    registry_epoch: u64,
+    offsets: Vec<u32>,
+    type_ids: Vec<u32>,
+    /// Registry stream id of every record.
+    stream_ids: Vec<u32>,
+    /// Per registry stream id present: (org index, version of its first event here).
+    streams: HashMap<u32, (u32, u64)>,
+    /// Per org index present: (org id, usage in this segment).
+    orgs: HashMap<u32, (OrgId, OrgUsage)>,
+    /// Per type id present: its name.
+    types: HashMap<u32, Box<str>>,
+}
+
+/// Copies what the checkpoint of segment `seg_pos` needs (O(records + streams)); `None` if
+/// some record has no stream (an index bug: no checkpoint is written).
+pub fn checkpoint_source(index: &Index, seg_pos: usize) -> Option<CheckpointSource> {
+    let seg = &index.segments[seg_pos];
+    let stream_ids = index.segment_stream_ids(seg_pos)?;
+    let mut streams = HashMap::new();
+    let mut orgs = HashMap::new();
+    for &s in &stream_ids {
+        streams.entry(s).or_insert_with(|| {
+            let st = &index.streams[s as usize];
+            // Version of the stream's first event in this segment, from its position list.
+            let first_version =
+                st.first_version + st.positions.lower_bound(seg.first_position) as u64;
+            orgs.entry(st.org).or_insert_with(|| {
+                let usage = seg.org_usage.get(&st.org).copied().unwrap_or_default();
+                (index.orgs[st.org as usize].id, usage)
+            });
+            (st.org, first_version)
+        });
     }
-    for s in &slots {
-        out.extend_from_slice(&s.to_le_bytes());
+    let mut types = HashMap::new();
+    for &t in &seg.type_ids {
+        types
+            .entry(t)
+            .or_insert_with(|| index.types[t as usize].clone());
     }
-    let crc = crc32c::crc32c(&out);
-    out.extend_from_slice(&crc.to_le_bytes());
-    Some(out)
+    Some(CheckpointSource {
+        first_position: seg.first_position,
+        end_offset: seg.end_offset,
+        last_crc: seg.last_crc,
+        max_timestamp: seg.max_timestamp,
+        registry_epoch: index.registry_epoch,
+        offsets: seg.offsets.clone(),
+        type_ids: seg.type_ids.clone(),
+        stream_ids,
+        streams,
+        orgs,
+        types,
+    })
+}
+
+impl CheckpointSource {
+    /// The checkpoint's bytes, with the segment's (id hash, slot) pairs sorted by hash.
+    pub fn encode(self, keys: &[u64], slots: &[u32]) -> Vec<u8> {
+        let n = self.offsets.len();
+        // Local tables: orgs, streams and types in order of first appearance in this segment.
+        let mut org_local: HashMap<u32, u32> = HashMap::new();
+        let mut orgs: Vec<u32> = Vec::new();
+        let mut stream_local: HashMap<u32, u32> = HashMap::new();
+        let mut streams: Vec<u32> = Vec::new();
+        let mut type_local: HashMap<u32, u32> = HashMap::new();
+        let mut types: Vec<u32> = Vec::new();
+        let mut rec_stream = Vec::with_capacity(n);
+        let mut rec_type = Vec::with_capacity(n);
+        // Records come in runs of one stream and type (appends are batches): look up only
+        // when the value changes.
+        let mut last_stream = None;
+        let mut last_type = None;
+        for (&s, &t) in self.stream_ids.iter().zip(&self.type_ids) {
+            let ls = match last_stream {
+                Some((gs, ls)) if gs == s => ls,
+                _ => {
+                    let ls = *stream_local.entry(s).or_insert_with(|| {
+                        streams.push(s);
+                        let o = self.streams.get(&s).map_or(0, |(o, _)| *o);
+                        org_local.entry(o).or_insert_with(|| {
+                            orgs.push(o);
+                            (orgs.len() - 1) as u32
+                        });
+                        (streams.len() - 1) as u32
+                    });
+                    last_stream = Some((s, ls));
+                    ls
+                }
+            };
+            let lt = match last_type {
+                Some((gt, lt)) if gt == t => lt,
+                _ => {
+                    let lt = *type_local.entry(t).or_insert_with(|| {
+                        types.push(t);
+                        (types.len() - 1) as u32
+                    });
+                    last_type = Some((t, lt));
+                    lt
+                }
+            };
+            rec_stream.push(ls);
+            rec_type.push(lt);
+        }
+        let mut out = Vec::with_capacity(CHECKPOINT_HEADER_LEN + n * 24 + 4096);
+        out.extend_from_slice(&CHECKPOINT_MAGIC);
+        out.extend_from_slice(&CHECKPOINT_VERSION.to_le_bytes());
+        out.extend_from_slice(&0u32.to_le_bytes());
+        out.extend_from_slice(&self.first_position.to_le_bytes());
+        out.extend_from_slice(&self.end_offset.to_le_bytes());
+        out.extend_from_slice(&(n as u64).to_le_bytes());
+        out.extend_from_slice(&self.last_crc.to_le_bytes());
+        out.extend_from_slice(&(orgs.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(streams.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(types.len() as u32).to_le_bytes());
+        out.extend_from_slice(&self.max_timestamp.to_le_bytes());
+        out.extend_from_slice(&self.registry_epoch.to_le_bytes());
+        debug_assert_eq!(out.len(), CHECKPOINT_HEADER_LEN);
+        for o in &orgs {
+            let (id, u) = self
+                .orgs
+                .get(o)
+                .copied()
+                .unwrap_or((OrgId([0; 16]), OrgUsage::default()));
+            out.extend_from_slice(&id.0);
+            out.extend_from_slice(&u.first_org_position.to_le_bytes());
+            out.extend_from_slice(&u.events.to_le_bytes());
+            out.extend_from_slice(&u.bytes.to_le_bytes());
+        }
+        for s in &streams {
+            // Streams are referred to by their registry id (no names: see `encode_registry`).
+            let (org, first_version) = self.streams.get(s).copied().unwrap_or_default();
+            out.extend_from_slice(&s.to_le_bytes());
+            out.extend_from_slice(&org_local.get(&org).copied().unwrap_or(0).to_le_bytes());
+            out.extend_from_slice(&first_version.to_le_bytes());
+        }
+        for t in &types {
+            let name = self.types.get(t).map_or("", |n| &**n);
+            out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+            out.extend_from_slice(name.as_bytes());
+        }
+        for v in &self.offsets {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        for v in &rec_stream {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        for v in &rec_type {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        for k in keys {
+            out.extend_from_slice(&k.to_le_bytes());
+        }
+        for s in slots {
+            out.extend_from_slice(&s.to_le_bytes());
+        }
+        let crc = crc32c::crc32c(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
 }
 
 /// A parsed, checksum-verified checkpoint (not yet merged into an index).

@@ -53,6 +53,8 @@
 //! - `{first_position:020}.idx`: the index checkpoint of that segment (optional, disposable).
 //! - `streams.idx`: the stream registry (optional, disposable; see below).
 //! - `*.idx.{n}.tmp`: a checkpoint being written; deleted at open if a crash left one.
+//! - `next-segment.seg.tmp`: the next segment, zero-filled ahead of time (`Always` mode, once
+//!   the active segment is half full); deleted at open if a crash left it, and at close.
 //!
 //! ## Segment header (32 bytes)
 //!
@@ -98,11 +100,14 @@
 //! contiguous and share `frame_start`; an append never spans two segments. Lengths are bytes:
 //! any Unicode in names, metadata and payloads round-trips exactly.
 //!
-//! The active segment may end with zero bytes after its last record: the writer keeps up to
-//! 4 MiB of zero-filled, synced space ahead ([`PREALLOCATE_CHUNK_BYTES`]) so that each batch's
-//! `fdatasync` flushes data only, not a new file size (measured here: about 2,600
-//! size-changing against 6,800 overwriting fdatasyncs per second). Sealed segments are
-//! trimmed to their last record; a clean close trims the active one too.
+//! The active segment may end with zero bytes after its last record: in `Always` mode each
+//! batch's `fdatasync` must flush data only, not a new file size (measured here: about 2,600
+//! size-changing against 6,800 overwriting fdatasyncs per second), so the segment extends over
+//! zero-filled, synced space. A background thread prepares the next segment as a whole
+//! segment's worth of synced zeros (`next-segment.seg.tmp`, renamed into place with its header
+//! at the roll); a segment that was not prepared (the first, or after a restart) is extended
+//! by the writer [`PREALLOCATE_CHUNK_BYTES`] at a time. Sealed segments are trimmed to their
+//! last record; a clean close trims the active one too.
 //!
 //! ## Stream registry (`streams.idx`)
 //!
@@ -178,7 +183,9 @@
 //! the default) one `fdatasync`. Only then are the records added to the index (visible to
 //! readers), the commit listener is called, and the appends are acknowledged: readers never
 //! see an event before it is durable, and when `append` returns the listener has seen its
-//! commit. In `IntervalMs` and `Never` the acknowledgement follows the write.
+//! commit. In `IntervalMs` and `Never` the acknowledgement follows the write. Groups of more
+//! than four appends are acknowledged by a second thread while the writer goes on with the
+//! next group (each acknowledgement is a thread wake-up); acknowledgements keep commit order.
 //!
 //! A failed write or fsync is never retried as if it succeeded. The batch's appends fail with
 //! [`AppendError::StorageFull`] (ENOSPC/EDQUOT) or [`AppendError::Io`], and the segment is
@@ -208,13 +215,15 @@
 //!
 //! [`EventLog`] is `Send + Sync`. Reads run on the caller's thread: they take a read lock on the
 //! in-memory index just long enough to find file offsets, then read with positional reads
-//! (`pread`) on shared read-only file handles and verify each record's checksum. Three
+//! (`pread`) on shared read-only file handles and verify each record's checksum. These
 //! threads belong to a log: the writer (the only mutator of segment files and, for appends,
 //! of the index; it takes the index write lock only to publish a committed batch, to roll a
-//! segment and for retention), the background indexer (writes checkpoints after open and
-//! merges sealed segments' ids into the global id run, swapping it in under the write lock),
-//! and briefly at open a checkpoint prefetcher. The commit listener and `append_with`
-//! callbacks run on the writer thread and must not block; a panic in one is contained.
+//! segment and for retention), the acknowledging thread (completes large groups, see above),
+//! the segment preparer (zero-fills the next segment in `Always` mode), the background indexer
+//! (writes checkpoints after open and merges sealed segments' ids into the global id run,
+//! swapping it in under the write lock), and briefly at open a checkpoint prefetcher. The
+//! commit listener runs on the writer thread, `append_with` callbacks on the writer or the
+//! acknowledging thread; they must not block, and a panic in one is contained.
 //!
 //! # Index
 //!
@@ -236,11 +245,13 @@
 //! existed (`get` → `None`, reads start at the oldest retained event), while stream versions
 //! and organization positions keep counting from where they were, across reopens too.
 
+mod complete;
 mod error;
 mod format;
 mod index;
 mod log;
 mod options;
+mod prepare;
 mod scan;
 mod tools;
 mod types;

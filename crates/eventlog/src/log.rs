@@ -16,8 +16,8 @@ use crate::format::{
     decode_segment_header, index_file_name, parse_segment_file_name, record_len, segment_file_name,
 };
 use crate::index::{
-    Checkpoint, Entry, IdRun, Index, Location, REGISTRY_FILE_NAME, SegmentFile, decode_registry,
-    encode_checkpoint, read_checkpoint,
+    Checkpoint, Entry, IdRun, Index, Location, REGISTRY_FILE_NAME, SegmentFile, checkpoint_source,
+    decode_registry, read_checkpoint, sort_id_pairs,
 };
 use crate::options::{
     APPEND_SIZE_LIMIT_BYTES, EVENT_TYPE_LEN_MAX, Options, READ_LIMIT_MAX, STREAM_NAME_LEN_MAX,
@@ -53,6 +53,8 @@ pub(crate) struct Shared {
     pub registry_write: Mutex<()>,
     /// The writer thread's id (to detect a handle dropped from inside a callback).
     pub writer_thread: std::sync::OnceLock<std::thread::ThreadId>,
+    /// The acknowledging thread's id, once it started (see [`crate::complete`]).
+    pub completer_thread: Arc<std::sync::OnceLock<std::thread::ThreadId>>,
     // The directory lock lives as long as any thread that uses the files (the writer and
     // indexer hold `Shared` until they exit); the OS releases it when this is dropped.
     _lock: File,
@@ -62,6 +64,8 @@ pub(crate) struct Shared {
 pub(crate) enum IndexJob {
     /// Write checkpoints for these sealed segments (they had none at open).
     Checkpoints(Vec<u64>),
+    /// The writer sealed the segment starting at this position: sort its ids, checkpoint it.
+    Sealed(u64),
     /// Merge the ids of sealed segments into the global id run.
     Merge,
 }
@@ -83,6 +87,7 @@ fn run_indexer(shared: &Shared, rx: mpsc::Receiver<IndexJob>) {
     while let Ok(job) = rx.recv() {
         match job {
             IndexJob::Checkpoints(firsts) => write_missing_checkpoints(shared, &firsts),
+            IndexJob::Sealed(first) => seal_segment(shared, first),
             IndexJob::Merge => merge_ids(shared),
         }
     }
@@ -165,6 +170,7 @@ impl EventLog {
             stopping: AtomicBool::new(false),
             registry_write: Mutex::new(()),
             writer_thread: std::sync::OnceLock::new(),
+            completer_thread: Arc::default(),
             _lock: lock,
         });
         let writer = Writer::new(shared.clone(), rx, active.file, active.first, active.len);
@@ -224,8 +230,9 @@ impl EventLog {
     }
 
     /// Like [`EventLog::append`] but returns at once; `done` is called exactly once with the
-    /// outcome, on the writer thread (or on this thread for requests rejected up front). It
-    /// must be quick and must not block (e.g. send on a oneshot channel).
+    /// outcome, on the writer or the acknowledging thread (or on this thread for requests
+    /// rejected up front). It must be quick and must not block (e.g. send on a oneshot
+    /// channel).
     pub fn append_with(
         &self,
         org: OrgId,
@@ -406,9 +413,12 @@ impl EventLog {
     }
 
     fn stop(&self) -> std::io::Result<()> {
-        if self.shared.writer_thread.get() == Some(&std::thread::current().id()) {
-            // Dropped inside a callback on the writer thread: waiting for the writer would
-            // wait for ourselves. Ask it to stop once the callback returns and leave; the
+        let me = std::thread::current().id();
+        if self.shared.writer_thread.get() == Some(&me)
+            || self.shared.completer_thread.get() == Some(&me)
+        {
+            // Dropped inside a callback on the writer (or acknowledging) thread: waiting for
+            // the writer would wait for ourselves. Ask it to stop once the callback returns and leave; the
             // directory lock is held until both background threads are done.
             let (tx, _rx) = mpsc::channel();
             let _ = self.tx.send(Request::Shutdown(tx));
@@ -694,7 +704,7 @@ fn write_missing_checkpoints(shared: &Shared, firsts: &[u64]) {
         return;
     }
     for first in firsts {
-        let bytes = {
+        let (source, (keys, slots)) = {
             let index = shared.index.read().unwrap_or_else(PoisonError::into_inner);
             let pos = index
                 .segments
@@ -702,11 +712,51 @@ fn write_missing_checkpoints(shared: &Shared, firsts: &[u64]) {
                 .position(|s| s.first_position == *first);
             // Gone already (retention): nothing to do.
             let Some(pos) = pos else { continue };
-            encode_checkpoint(&index, pos)
+            (checkpoint_source(&index, pos), index.segment_ids(pos))
         };
+        let bytes = source.map(|src| src.encode(&keys, &slots));
         if write_checkpoint(&shared.dir, *first, &bytes).is_err() {
             shared.checkpoint_failures.fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+/// After a roll: the sealed segment's ids leave their hash map for sorted vectors, then the
+/// stream registry and the segment's checkpoint are written. The index lock is held only to
+/// copy out what these need and to install the sorted ids, so the writer (which needs the
+/// write lock to publish) is not held up by the sorting, encoding and fsyncs.
+fn seal_segment(shared: &Shared, first: u64) {
+    let position = |index: &Index| {
+        index
+            .segments
+            .iter()
+            .position(|s| s.first_position == first)
+    };
+    let (pairs, source) = {
+        let index = shared.index.read().unwrap_or_else(PoisonError::into_inner);
+        // Gone already (retention) or already sorted: nothing to do.
+        let Some(pos) = position(&index) else { return };
+        if !index.segments[pos].has_recent_ids() {
+            return;
+        }
+        (
+            index.segments[pos].id_pairs(),
+            checkpoint_source(&index, pos),
+        )
+    };
+    let (keys, slots) = sort_id_pairs(pairs);
+    let bytes = source.map(|src| src.encode(&keys, &slots));
+    {
+        let mut index = shared.index.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(pos) = position(&index) {
+            index.segments[pos].set_sorted_ids((keys, slots));
+        }
+    }
+    // The registry first: the checkpoint names streams by registry id.
+    let written =
+        write_registry(shared).and_then(|()| write_checkpoint(&shared.dir, first, &bytes));
+    if written.is_err() {
+        shared.checkpoint_failures.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -728,7 +778,10 @@ fn remove_stale_temp_files(dir: &Path) {
     if let Ok(rd) = fs::read_dir(dir) {
         for e in rd.flatten() {
             let name = e.file_name();
-            let ours = |n: &str| n.contains(&format!(".{INDEX_EXT}.")) && n.ends_with(TEMP_SUFFIX);
+            let ours = |n: &str| {
+                (n.contains(&format!(".{INDEX_EXT}.")) && n.ends_with(TEMP_SUFFIX))
+                    || n == crate::prepare::PREPARED_FILE_NAME
+            };
             if name.to_str().is_some_and(ours) {
                 let _ = fs::remove_file(e.path());
             }

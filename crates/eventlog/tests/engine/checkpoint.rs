@@ -263,3 +263,77 @@ fn retention_by_age_keeps_the_active_segment() {
     assert_eq!(log.stream_version(org(1), "s"), 200);
     assert_eq!(log.get(id(200)).unwrap().unwrap().global_position, 200);
 }
+
+/// Waits until the background thread has a zero-filled next segment ready.
+fn wait_for_prepared_segment(dir: &std::path::Path, len: u64) {
+    let path = dir.join("next-segment.seg.tmp");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::fs::metadata(&path).map_or(0, |m| m.len()) < len {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no prepared segment appeared"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_segment_prepared_ahead_becomes_the_next_segment_and_nothing_is_left_over() {
+    let dir = tempdir();
+    let options = small_segments();
+    let size = options.segment_size_bytes;
+    let (log, _) = open_with(dir.path(), options.clone());
+    // Past half of the first segment the next one is zero-filled in the background.
+    fill(&log, 1, 30);
+    wait_for_prepared_segment(dir.path(), size);
+    fill(&log, 31, 60);
+    let segments = segment_files(dir.path());
+    assert_eq!(segments.len(), 2, "rolled once");
+    // The new active segment is the prepared file: full size, zeros after its records.
+    assert_eq!(std::fs::metadata(&segments[1]).unwrap().len(), size);
+    // Sealed segments end exactly after their last record.
+    let sealed_len = std::fs::metadata(&segments[0]).unwrap().len();
+    assert!(sealed_len < size);
+    fill(&log, 61, 200);
+    log.close().unwrap();
+    assert!(!dir.path().join("next-segment.seg.tmp").exists());
+    let report = trueline_eventlog::verify(dir.path(), &mut |_, _| {}).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    let (log, recovery) = open_with(dir.path(), options);
+    assert_eq!(recovery.trimmed_zero_bytes, 0, "close trimmed the zeros");
+    assert!(recovery.truncated.is_none());
+    assert_gapless(&log);
+    assert_eq!(log.last_global_position(), 200);
+}
+
+#[test]
+fn after_a_crash_the_prepared_file_and_the_zeros_of_the_active_segment_are_not_events() {
+    let dir = tempdir();
+    let options = small_segments();
+    let size = options.segment_size_bytes;
+    let (log, _) = open_with(dir.path(), options.clone());
+    fill(&log, 1, 30);
+    wait_for_prepared_segment(dir.path(), size);
+    // Into the second segment (a prepared one) and past its half: the third is prepared.
+    fill(&log, 31, 60);
+    assert_eq!(segment_files(dir.path()).len(), 2);
+    wait_for_prepared_segment(dir.path(), size);
+    // A crash: the files stay as they are (the copy is what a killed process leaves).
+    let crashed = tempdir();
+    for e in std::fs::read_dir(dir.path()).unwrap() {
+        let p = e.unwrap().path();
+        if p.file_name().is_some_and(|n| n != "LOCK") {
+            std::fs::copy(&p, crashed.path().join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    drop(log);
+    assert!(crashed.path().join("next-segment.seg.tmp").exists());
+    let (log, recovery) = open_with(crashed.path(), options);
+    assert!(!crashed.path().join("next-segment.seg.tmp").exists());
+    assert!(recovery.truncated.is_none(), "{:?}", recovery.truncated);
+    assert!(recovery.trimmed_zero_bytes > 0);
+    assert_eq!(log.last_global_position(), 60);
+    assert_gapless(&log);
+    fill(&log, 61, 120);
+    assert_gapless(&log);
+}

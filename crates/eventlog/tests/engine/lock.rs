@@ -110,3 +110,56 @@ fn dropping_the_last_handle_inside_a_callback_neither_deadlocks_nor_loses_the_lo
         }
     }
 }
+
+#[test]
+fn dropping_the_last_handle_inside_any_of_many_callbacks_neither_deadlocks_nor_loses_one() {
+    // Many appends queued at once form large groups, whose acknowledgements run on the
+    // acknowledging thread: each callback drops a handle, the last one the last handle.
+    use std::sync::{Arc, Mutex, mpsc};
+    use std::time::{Duration, Instant};
+    use trueline_eventlog::ExpectedVersion;
+
+    use crate::support::{event, org};
+
+    let dir = tempdir();
+    let log = Arc::new(open(dir.path()).0);
+    let (done_tx, done_rx) = mpsc::channel::<u64>();
+    for n in 1..=64u64 {
+        let held = Mutex::new(Some(log.clone()));
+        let done_tx = done_tx.clone();
+        log.append_with(
+            org(1),
+            "s",
+            ExpectedVersion::Any,
+            vec![event(n, "t", b"{}")],
+            Box::new(move |r| {
+                r.unwrap();
+                drop(held.lock().unwrap().take());
+                done_tx.send(n).unwrap();
+            }),
+        );
+    }
+    drop(log);
+    let mut acked: Vec<u64> = (0..64)
+        .map(|_| {
+            done_rx
+                .recv_timeout(Duration::from_secs(10))
+                .expect("a callback never ran or deadlocked")
+        })
+        .collect();
+    acked.sort_unstable();
+    assert_eq!(acked, (1..=64).collect::<Vec<_>>());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match EventLog::open(dir.path(), Options::default()) {
+            Ok((log, _)) => {
+                assert_eq!(log.last_global_position(), 64);
+                break;
+            }
+            Err(OpenError::Locked { .. }) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
