@@ -11,7 +11,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = trueline::cli::Cli::parse();
-    match trueline::cli::run(cli).await {
+    let result = trueline::cli::run(cli).await;
+    // Log lines are written in batches: the last ones before exiting.
+    trueline::telemetry::flush_logs();
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
