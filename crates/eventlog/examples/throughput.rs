@@ -9,11 +9,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-// The allocator the server runs the engine with (glibc malloc's arena locks showed up as
-// contention between the appending threads and the writer).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use trueline_eventlog::{Durability, EventId, EventLog, ExpectedVersion, NewEvent, Options, OrgId};
 
 fn main() {

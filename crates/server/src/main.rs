@@ -2,11 +2,10 @@
 
 use clap::Parser;
 
-/// mimalloc instead of glibc's malloc: under load the server allocates and frees small
-/// buffers on two runtime threads at once, and glibc's malloc/free (arena locks,
-/// consolidation) took ~12 % of the server's CPU (perf, `events-append` at 64 clients).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+// glibc's malloc, not mimalloc: mimalloc 3 doubled the idle RSS (48 MB against 24 MB; the
+// performance issue's budget is 30 MB) and kept ~20 MiB more under load, while its CPU gain
+// no longer showed once log lines were batched (events-append at 64 clients, alternating
+// binaries: 27.1k/s glibc against 26.9k/s mimalloc, medians of 3; docs/benchmarks.md).
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
