@@ -17,7 +17,8 @@ use trueline_store::{
 };
 use uuid::Uuid;
 
-type Tx = sqlx::Transaction<'static, sqlx::Sqlite>;
+/// A connection inside a transaction: a write transaction derefs to it.
+type Tx = sqlx::SqliteConnection;
 
 fn role_of(row: &SqliteRow, column: &str) -> Result<Role, StoreError> {
     let raw: String = row.try_get(column).map_err(db_error)?;
@@ -65,7 +66,7 @@ async fn insert_organization(
         .bind(id.0)
         .bind(name.as_str())
         .bind(micros(now))
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await
         .map_err(db_error)?;
     sqlx::query(
@@ -75,7 +76,7 @@ async fn insert_organization(
     .bind(id.0)
     .bind(owner.0)
     .bind(micros(now))
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await
     .map_err(membership_error)?;
     Ok(Organization {
@@ -108,7 +109,7 @@ pub(crate) async fn audit(
     .bind(subject)
     .bind(detail.to_string())
     .bind(micros(now))
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await
     .map_err(db_error)?;
     // Every audited change is also a domain event (`accounts.member.added`, …).
@@ -140,7 +141,7 @@ async fn insert_token(tx: &mut Tx, token: &NewToken) -> Result<(), StoreError> {
     .bind(token.org_id.0)
     .bind(micros(token.created_at))
     .bind(micros(token.expires_at))
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await
     .map_err(|e| match constraint_message(&e) {
         Some(m) if m.contains("FOREIGN KEY") => StoreError::not_found("organization"),
@@ -154,7 +155,7 @@ async fn current_role(tx: &mut Tx, org_id: OrgId, user_id: UserId) -> Result<Rol
     let row = sqlx::query("SELECT role FROM memberships WHERE org_id = ?1 AND user_id = ?2")
         .bind(org_id.0)
         .bind(user_id.0)
-        .fetch_optional(&mut **tx)
+        .fetch_optional(&mut *tx)
         .await
         .map_err(db_error)?;
     match row {
@@ -175,7 +176,7 @@ async fn member_in(
     )
     .bind(org_id.0)
     .bind(user_id.0)
-    .fetch_optional(&mut **tx)
+    .fetch_optional(&mut *tx)
     .await
     .map_err(db_error)?;
     row.as_ref().map(member_from).transpose()
@@ -509,7 +510,7 @@ impl SqliteStore {
         sqlx::query("UPDATE api_tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL")
             .bind(id.0)
             .bind(micros(now))
-            .execute(&self.writer)
+            .execute(&mut *self.writer.acquire().await?)
             .await
             .map_err(db_error)?;
         Ok(())

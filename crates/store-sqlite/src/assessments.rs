@@ -195,7 +195,7 @@ async fn fetch_assessment(
     )))
     .bind(id)
     .bind(org.0)
-    .fetch_optional(&mut **tx)
+    .fetch_optional(&mut *tx)
     .await
     .map_err(db_error)?;
     row.as_ref().map(assessment_from).transpose()
@@ -204,7 +204,7 @@ async fn fetch_assessment(
 async fn questions_in(tx: &mut Tx, id: Uuid) -> Result<Vec<Question>, StoreError> {
     let rows = sqlx::query("SELECT id, position, spec FROM assessment_questions WHERE assessment_id = ?1 ORDER BY position")
         .bind(id)
-        .fetch_all(&mut **tx)
+        .fetch_all(&mut *tx)
         .await
         .map_err(db_error)?;
     rows.iter().map(question_from).collect()
@@ -242,7 +242,7 @@ async fn bump(tx: &mut Tx, id: Uuid, now: OffsetDateTime) -> Result<(), StoreErr
     sqlx::query("UPDATE assessments SET revision = revision + 1, updated_at = ?2 WHERE id = ?1")
         .bind(id)
         .bind(micros(now))
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await
         .map_err(db_error)?;
     Ok(())
@@ -263,7 +263,7 @@ async fn insert_question(
         .bind(spec.kind().as_str())
         .bind(i64::from(spec.points()))
         .bind(spec.to_json().to_string())
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await
         .map_err(|e| frozen_error(e, status))?;
     Ok(Question {
@@ -299,7 +299,7 @@ async fn insert_assessment(
     .bind(i64::from(s.show_score_to_candidate()))
     .bind(micros(actor.now))
     .bind(actor.user_id.0)
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await
     .map_err(db_error)?;
     Ok(())
@@ -393,7 +393,7 @@ async fn insert_invite(
     .bind(micros(i.expires_at))
     .bind(i64::from(via_link))
     .bind(micros(now))
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await
     .map_err(db_error)?;
     Ok(done.rows_affected() == 1)
@@ -410,14 +410,14 @@ async fn submission_in(
     )))
     .bind(id)
     .bind(org.0)
-    .fetch_optional(&mut **tx)
+    .fetch_optional(&mut *tx)
     .await
     .map_err(db_error)?;
     let Some(row) = row else { return Ok(None) };
     let mut submission = submission_from(&row)?;
     let reviews = sqlx::query("SELECT from_status, to_status, decision, note, actor_user_id, request_id, at FROM submission_reviews WHERE submission_id = ?1 ORDER BY at, id")
         .bind(id)
-        .fetch_all(&mut **tx)
+        .fetch_all(&mut *tx)
         .await
         .map_err(db_error)?;
     for r in reviews {

@@ -43,7 +43,7 @@ async fn load_items(tx: &mut Tx, jobs: &[DeltaJob]) -> Result<HashMap<ItemId, It
             list.push_bind(id.0);
         }
         query.push(")");
-        for row in query.build().fetch_all(&mut **tx).await.map_err(db_error)? {
+        for row in query.build().fetch_all(&mut *tx).await.map_err(db_error)? {
             let item = item_from(&row)?;
             items.insert(item.id, item);
         }
@@ -69,7 +69,7 @@ async fn load_keys(tx: &mut Tx, jobs: &[DeltaJob]) -> Result<HashMap<KeyId, KeyS
                 .push_bind(&scope.key);
         });
         query.push(")");
-        for row in query.build().fetch_all(&mut **tx).await.map_err(db_error)? {
+        for row in query.build().fetch_all(&mut *tx).await.map_err(db_error)? {
             let id: KeyId = (
                 row.try_get("org_id").map_err(db_error)?,
                 row.try_get("user_id").map_err(db_error)?,
@@ -200,7 +200,7 @@ async fn write_rows(tx: &mut Tx, jobs: &[DeltaJob], plan: &Plan) -> Result<(), S
     if expected == 0 {
         return Ok(());
     }
-    let done = query.build().execute(&mut **tx).await.map_err(db_error)?;
+    let done = query.build().execute(&mut *tx).await.map_err(db_error)?;
     if done.rows_affected() != expected {
         return Err(StoreError::Internal(
             "an item changed under the combined batch's write lock".into(),
@@ -233,7 +233,7 @@ async fn write_existing_keys(
         .bind(headers)
         .bind(&planned.response.body)
         .bind(micros(jobs[planned.job].actor.now))
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await
         .map_err(db_error)?;
         if done.rows_affected() != 1 {

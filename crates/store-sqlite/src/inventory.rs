@@ -94,7 +94,7 @@ async fn record(
     .bind(actor.user_id.0)
     .bind(&actor.request_id)
     .bind(micros(actor.now))
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await
     .map_err(db_error)?;
     Ok(())
@@ -106,7 +106,7 @@ async fn fetch_item(tx: &mut Tx, org_id: OrgId, id: ItemId) -> Result<Option<Ite
     )))
     .bind(id.0)
     .bind(org_id.0)
-    .fetch_optional(&mut **tx)
+    .fetch_optional(&mut *tx)
     .await
     .map_err(db_error)?;
     row.as_ref().map(item_from).transpose()
@@ -130,7 +130,7 @@ pub(crate) async fn apply_delta(
     .bind(actor.org_id.0)
     .bind(delta.get())
     .bind(micros(actor.now))
-    .fetch_optional(&mut **tx)
+    .fetch_optional(&mut *tx)
     .await
     .map_err(db_error)?;
     let Some(row) = row else {

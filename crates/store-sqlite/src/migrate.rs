@@ -69,8 +69,14 @@ fn migrate_error(e: sqlx::migrate::MigrateError) -> StoreError {
 }
 
 impl SqliteStore {
+    /// Migrations run on a connection of their own, opened like the store's (sqlx's migrator
+    /// wants a pool or an owned connection, and the writer is neither).
+    async fn migration_pool(&self) -> Result<sqlx::SqlitePool, StoreError> {
+        self.bypass_pool().await
+    }
+
     async fn applied_versions(&self) -> Result<Vec<i64>, StoreError> {
-        let mut conn = self.writer.acquire().await.map_err(db_error)?;
+        let mut conn = self.writer.acquire().await?;
         conn.ensure_migrations_table("_sqlx_migrations")
             .await
             .map_err(migrate_error)?;
@@ -90,7 +96,9 @@ impl SqliteStore {
 impl Migrations for SqliteStore {
     async fn migrate_up(&self) -> Result<Vec<i64>, StoreError> {
         let before = self.applied_versions().await?;
-        migrator().run(&self.writer).await.map_err(migrate_error)?;
+        let pool = self.migration_pool().await?;
+        migrator().run(&pool).await.map_err(migrate_error)?;
+        pool.close().await;
         let after = self.applied_versions().await?;
         Ok(after.into_iter().filter(|v| !before.contains(v)).collect())
     }
@@ -99,10 +107,12 @@ impl Migrations for SqliteStore {
         let applied = self.applied_versions().await?;
         let keep = applied.len().saturating_sub(steps as usize);
         let target = if keep == 0 { 0 } else { applied[keep - 1] };
+        let pool = self.migration_pool().await?;
         migrator()
-            .undo(&self.writer, target)
+            .undo(&pool, target)
             .await
             .map_err(migrate_error)?;
+        pool.close().await;
         Ok(applied[keep..].iter().rev().copied().collect())
     }
 

@@ -8,7 +8,8 @@ use trueline_store::{
     Claim, Idempotency, IdempotencyScope, IdempotencyStore, OutboxEvent, StoreError, StoredResponse,
 };
 
-pub(crate) type Tx = sqlx::Transaction<'static, sqlx::Sqlite>;
+/// A connection inside a transaction: a write transaction (and a reader's) derefs to it.
+pub(crate) type Tx = sqlx::SqliteConnection;
 
 pub(crate) async fn write_outbox(tx: &mut Tx, event: &OutboxEvent) -> Result<(), StoreError> {
     sqlx::query(
@@ -21,7 +22,7 @@ pub(crate) async fn write_outbox(tx: &mut Tx, event: &OutboxEvent) -> Result<(),
     .bind(&event.stream)
     .bind(event.payload.to_string())
     .bind(micros(event.created_at))
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await
     .map_err(db_error)?;
     Ok(())
@@ -54,7 +55,7 @@ pub(crate) async fn complete_idempotency<T>(
     .bind(headers)
     .bind(response.body)
     .bind(micros(now))
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await
     .map_err(db_error)?;
     if done.rows_affected() != 1 {
@@ -185,7 +186,7 @@ pub(crate) async fn drop_inline_claim(
     .bind(scope.org_id.0)
     .bind(scope.user_id.0)
     .bind(&scope.key)
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await
     .map_err(db_error)?;
     Ok(())

@@ -32,6 +32,9 @@ pub struct RelaySettings {
     /// After a round that caught up, how long to let new rows gather before the next one:
     /// under load, fewer and larger rounds (each costs a durable write transaction, the
     /// completion; on PostgreSQL also the lease) leave the database's writer to the requests.
+    /// 50 ms (was 10): under `hot-item` a combined batch waited ~0.8 ms instead of ~0.6 ms
+    /// for the SQLite writer at 10 ms; events reach the log (and subscribers) at most this
+    /// much later.
     pub gather: Duration,
 }
 
@@ -45,7 +48,7 @@ impl Default for RelaySettings {
             rows_per_org: 500,
             backoff_base: Duration::from_millis(200),
             backoff_max: Duration::from_secs(30),
-            gather: Duration::from_millis(10),
+            gather: Duration::from_millis(50),
         }
     }
 }

@@ -36,7 +36,7 @@ async fn sqlite_fixture() -> Fixture {
         .await
         .unwrap();
     store.migrate_up().await.unwrap();
-    let raw = Raw(store.writer_pool().clone());
+    let raw = Raw(store.bypass_pool().await.unwrap());
     Fixture {
         store: Arc::new(store),
         raw: Arc::new(raw),
