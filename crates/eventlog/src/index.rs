@@ -474,19 +474,22 @@ impl IdRun {
     /// buckets by their top bits (one counting pass, one scatter pass) and each small bucket
     /// is sorted: three cache-friendly passes.
     pub fn merge(
-        base: &IdRun,
+        bases: &[&IdRun],
         runs: &[(u64, Arc<SortedIds>)],
         min_position: u64,
         stop: &dyn Fn() -> bool,
     ) -> Option<IdRun> {
-        let total = base.len() + runs.iter().map(|(_, r)| r.keys.len()).sum::<usize>();
+        let total = bases.iter().map(|b| b.len()).sum::<usize>()
+            + runs.iter().map(|(_, r)| r.keys.len()).sum::<usize>();
         // About 64 entries per bucket for the scatter.
         let bits = (usize::BITS - (total / 64).max(1).leading_zeros()).clamp(1, 24);
         let bucket = |k: u64| bucket_of(k, bits);
         let mut starts = vec![0usize; (1 << bits) + 1];
         let each = |f: &mut dyn FnMut(u64, u64)| {
-            for (k, p) in &base.entries {
-                f(*k, *p);
+            for base in bases {
+                for (k, p) in &base.entries {
+                    f(*k, *p);
+                }
             }
             for (first, r) in runs {
                 for (k, slot) in r.keys.iter().zip(&r.slots) {
@@ -549,8 +552,11 @@ fn bucket_of(key: u64, bits: u32) -> usize {
 #[derive(Debug, Default)]
 pub struct Index {
     pub segments: Vec<SegIndex>,
-    /// Ids of merged sealed segments (see [`IdRun`]).
+    /// Ids of merged sealed segments (see [`IdRun`]): the main run, and a recent run that
+    /// new segments are folded into until it reaches a quarter of the main one (see
+    /// `log::merge_ids`). A lookup searches both.
     pub ids: Arc<IdRun>,
+    pub recent_ids: Arc<IdRun>,
     /// Bumped whenever retention drops a segment (a merge started before must re-filter).
     pub retention_generation: u64,
     /// Identifies the stream registry the ids of this index belong to. A new random epoch
@@ -653,6 +659,7 @@ impl Index {
         let mut out = Vec::new();
         let mut positions = Vec::new();
         self.ids.find(key, &mut positions);
+        self.recent_ids.find(key, &mut positions);
         out.extend(positions.into_iter().filter_map(|p| self.location(p)));
         let mut slots = Vec::new();
         // Segments not merged yet: the active one, and sealed ones until the indexer ran.
@@ -688,8 +695,16 @@ impl Index {
             .collect()
     }
 
-    /// Installs a merged run built from `ids` plus the planned segments.
-    pub fn install_merged(&mut self, mut run: IdRun, merged: &[u64], generation: u64) {
+    /// Installs a merged run built from the planned segments plus the recent run (and, with
+    /// `into_main`, the main run too: then it replaces the main run and the recent one is
+    /// empty; otherwise it is the new recent run).
+    pub fn install_merged(
+        &mut self,
+        mut run: IdRun,
+        merged: &[u64],
+        generation: u64,
+        into_main: bool,
+    ) {
         if generation != self.retention_generation {
             run = run.retain_from(self.first_position());
         }
@@ -699,7 +714,12 @@ impl Index {
                 seg.ids_merged = true;
             }
         }
-        self.ids = Arc::new(run);
+        if into_main {
+            self.ids = Arc::new(run);
+            self.recent_ids = Arc::default();
+        } else {
+            self.recent_ids = Arc::new(run);
+        }
     }
 
     /// Sorted (hash, slot) pairs of segment `seg_pos`, wherever they live now.
@@ -711,11 +731,20 @@ impl Index {
         let end = seg.first_position + seg.len() as u64;
         let mut keys = Vec::with_capacity(seg.len());
         let mut slots = Vec::with_capacity(seg.len());
-        for (k, p) in &self.ids.entries {
-            if (seg.first_position..end).contains(p) {
-                keys.push(*k);
-                slots.push((p - seg.first_position) as u32);
+        let mut pairs: Vec<(u64, u32)> = Vec::with_capacity(seg.len());
+        for run in [&self.ids, &self.recent_ids] {
+            for (k, p) in &run.entries {
+                if (seg.first_position..end).contains(p) {
+                    pairs.push((*k, (p - seg.first_position) as u32));
+                }
             }
+        }
+        // A segment's ids are all in one run, in (hash, position) order; sorting keeps that
+        // true if that ever changes.
+        pairs.sort_unstable();
+        for (k, slot) in pairs {
+            keys.push(k);
+            slots.push(slot);
         }
         (keys, slots)
     }
@@ -921,6 +950,7 @@ impl Index {
         if seg.ids_merged {
             let next = seg.first_position + seg.len() as u64;
             self.ids = Arc::new(self.ids.retain_from(next));
+            self.recent_ids = Arc::new(self.recent_ids.retain_from(next));
         }
         // The dropped segment holds the oldest retained events: in every stream's list they
         // are the prefix of positions below the segment's end.
@@ -952,7 +982,8 @@ impl Index {
             .iter()
             .map(SegIndex::heap_bytes)
             .sum::<usize>()
-            + self.ids.heap_bytes();
+            + self.ids.heap_bytes()
+            + self.recent_ids.heap_bytes();
         let streams: usize = self
             .streams
             .iter()
@@ -1785,8 +1816,10 @@ mod tests {
             let (keys, slots) = pairs.into_iter().unzip();
             runs.push((first, Arc::new(SortedIds { keys, slots })));
         }
-        let half = IdRun::merge(&IdRun::default(), &runs[..2], 1, &|| false).unwrap();
-        let run = IdRun::merge(&half, &runs[2..], 1, &|| false).unwrap();
+        let half = IdRun::merge(&[], &runs[..2], 1, &|| false).unwrap();
+        let recent = IdRun::merge(&[], &runs[2..3], 1, &|| false).unwrap();
+        // Two runs and more segments into one, as the main-run merge does.
+        let run = IdRun::merge(&[&half, &recent], &runs[3..], 1, &|| false).unwrap();
         assert_eq!(run.len(), 5000);
         for (k, p) in &all {
             let mut out = Vec::new();
