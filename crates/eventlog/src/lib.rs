@@ -220,7 +220,7 @@
 //! of the index; it takes the index write lock only to publish a committed batch, to roll a
 //! segment and for retention), the acknowledging thread (completes large groups, see above),
 //! the segment preparer (zero-fills the next segment in `Always` mode), the background indexer
-//! (writes checkpoints after open and merges sealed segments' ids into the global id run,
+//! (writes checkpoints after open and merges sealed segments' ids into the id runs,
 //! swapping it in under the write lock), and briefly at open a checkpoint prefetcher. The
 //! commit listener runs on the writer thread, `append_with` callbacks on the writer or the
 //! acknowledging thread; they must not block, and a panic in one is contained.
@@ -229,13 +229,15 @@
 //!
 //! The index is disposable acceleration rebuilt from the log. Per event it holds: the record's
 //! offset, stream id and type id (u32 each, per segment), a 16-byte entry (64-bit id hash,
-//! global position) in one global sorted id run searched by interpolation (keys are uniform
+//! global position) in a sorted id run searched through a bucket directory (keys are uniform
 //! hashes), and the global position in its stream's and its organization's position lists
 //! (8 bytes each, in chunked lists that never over-allocate by more than one 4096-entry
 //! chunk): about 44 bytes, plus names interned once. The active segment's ids live in a hash
-//! map until the segment is sealed; sealed segments' ids are merged into the global run by the
-//! background indexer (until then they are searched per segment). Hash collisions are
-//! resolved by reading the record.
+//! map until the segment is sealed; then the background indexer sorts them (searched per
+//! segment by interpolation until merged) and folds them into a *recent* run, which is merged
+//! into the *main* run once it would pass a quarter of it: a lookup searches two runs, and an
+//! id is rewritten a bounded number of times on average instead of at every roll. Hash
+//! collisions are resolved by reading the record.
 //!
 //! # Retention
 //!
