@@ -835,33 +835,14 @@ fn recover(dir: &Path, report: &mut RecoveryReport) -> Result<(Index, ActiveSegm
         segs.push((1, path));
     }
     let mut index = Index::default();
-    // The stream registry: stable ids for orgs and streams, used by the checkpoints.
-    let registry_path = dir.join(REGISTRY_FILE_NAME);
-    let registry = match fs::read(&registry_path) {
-        Ok(bytes) => match decode_registry(&bytes).and_then(|r| {
-            index.preload_registry(&r)?;
-            Ok(r)
-        }) {
-            Ok(r) => Some(r),
-            Err(_) => {
-                // Ignored: every checkpoint that needs it is rejected and rebuilt.
-                index = Index::default();
-                report.checkpoints_rejected.push(registry_path.clone());
-                let _ = fs::remove_file(&registry_path);
-                None
-            }
-        },
-        Err(_) => None,
-    };
-    if registry.is_none() {
-        index.registry_epoch = new_epoch();
-    }
+    let mut registry = None;
     let count = segs.len();
     let mut missing_checkpoints = Vec::new();
-    // Checkpoints are read and decoded on a second thread, one segment ahead, while this one
-    // applies them: the two halves of a restart take about the same time.
+    // Checkpoints are read and decoded on a second thread, a few segments ahead, while this
+    // one loads the stream registry and then applies them: the two halves of a restart take
+    // about the same time.
     std::thread::scope(|scope| -> Result<(), OpenError> {
-        let (ptx, prx) = mpsc::sync_channel::<Option<Result<Checkpoint, String>>>(2);
+        let (ptx, prx) = mpsc::sync_channel::<Option<Result<Checkpoint, String>>>(4);
         let firsts: Vec<u64> = segs.iter().map(|(first, _)| *first).collect();
         scope.spawn(move || {
             for first in firsts {
@@ -872,6 +853,27 @@ fn recover(dir: &Path, report: &mut RecoveryReport) -> Result<(Index, ActiveSegm
                 }
             }
         });
+        // The stream registry: stable ids for orgs and streams, used by the checkpoints.
+        let registry_path = dir.join(REGISTRY_FILE_NAME);
+        registry = match fs::read(&registry_path) {
+            Ok(bytes) => match decode_registry(&bytes).and_then(|r| {
+                index.preload_registry(&r)?;
+                Ok(r)
+            }) {
+                Ok(r) => Some(r),
+                Err(_) => {
+                    // Ignored: every checkpoint that needs it is rejected and rebuilt.
+                    index = Index::default();
+                    report.checkpoints_rejected.push(registry_path.clone());
+                    let _ = fs::remove_file(&registry_path);
+                    None
+                }
+            },
+            Err(_) => None,
+        };
+        if registry.is_none() {
+            index.registry_epoch = new_epoch();
+        }
         for (i, (name_first, path)) in segs.iter().enumerate() {
             let is_last = i + 1 == count;
             let io = |e| OpenError::io(path, e);
