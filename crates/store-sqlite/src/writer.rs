@@ -25,7 +25,7 @@ use crate::db_error;
 
 pub(crate) struct Writer {
     /// `None` once closed.
-    conn: Arc<Mutex<Option<SqliteConnection>>>,
+    conn: Arc<Mutex<Option<Held>>>,
     /// How long a caller waits for the writer before `dependency_unavailable`.
     acquire_timeout: Duration,
 }
@@ -36,24 +36,51 @@ impl std::fmt::Debug for Writer {
     }
 }
 
+/// The connection, and whether a transaction begun with plain SQL (which sqlx does not
+/// track, see [`WriteConn::begin_untracked`]) may still be open on it.
+struct Held {
+    conn: SqliteConnection,
+    untracked_tx: bool,
+}
+
 /// Exclusive use of the writer connection (no transaction).
-pub(crate) struct WriteConn(OwnedMutexGuard<Option<SqliteConnection>>);
+pub(crate) struct WriteConn(OwnedMutexGuard<Option<Held>>);
+
+impl WriteConn {
+    fn held(&mut self) -> &mut Held {
+        // A `WriteConn` exists only for an open connection (checked in `acquire`), and the
+        // connection can only be taken out (`close`) by whoever holds the lock: this guard.
+        #[allow(clippy::expect_used)]
+        self.0.as_mut().expect("checked open when acquired")
+    }
+
+    /// The caller is about to send `BEGIN` as plain SQL, in one call with the statements
+    /// that follow it (one round trip to the connection's thread instead of several). Until
+    /// [`WriteConn::end_untracked`], a transaction may be open that sqlx does not know
+    /// about: if this guard is dropped before that (an error the caller did not clean up,
+    /// a cancelled future), the next [`Writer::acquire`] rolls it back first.
+    pub fn begin_untracked(&mut self) {
+        self.held().untracked_tx = true;
+    }
+
+    /// The untracked transaction was committed or rolled back.
+    pub fn end_untracked(&mut self) {
+        self.held().untracked_tx = false;
+    }
+}
 
 impl Deref for WriteConn {
     type Target = SqliteConnection;
     fn deref(&self) -> &SqliteConnection {
-        // A `WriteConn` exists only for an open connection (checked in `acquire`), and the
-        // connection can only be taken out (`close`) by whoever holds the lock: this guard.
+        // See `held`.
         #[allow(clippy::expect_used)]
-        self.0.as_ref().expect("checked open when acquired")
+        &self.0.as_ref().expect("checked open when acquired").conn
     }
 }
 
 impl DerefMut for WriteConn {
     fn deref_mut(&mut self) -> &mut SqliteConnection {
-        // See `deref`.
-        #[allow(clippy::expect_used)]
-        self.0.as_mut().expect("checked open when acquired")
+        &mut self.held().conn
     }
 }
 
@@ -95,7 +122,10 @@ impl Drop for WriteTx {
 impl Writer {
     pub fn new(conn: SqliteConnection, acquire_timeout: Duration) -> Self {
         Writer {
-            conn: Arc::new(Mutex::new(Some(conn))),
+            conn: Arc::new(Mutex::new(Some(Held {
+                conn,
+                untracked_tx: false,
+            }))),
             acquire_timeout,
         }
     }
@@ -108,7 +138,13 @@ impl Writer {
         if guard.is_none() {
             return Err(db_error(sqlx::Error::PoolClosed));
         }
-        Ok(WriteConn(guard))
+        let mut conn = WriteConn(guard);
+        if conn.held().untracked_tx {
+            // Left open by a holder that stopped half-way; "no transaction is active" is fine.
+            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+            conn.end_untracked();
+        }
+        Ok(conn)
     }
 
     /// Starts a transaction that holds SQLite's write lock from its first statement.
@@ -131,9 +167,83 @@ impl Writer {
 
     /// Closes the connection after the current holder is done; later calls fail.
     pub async fn close(&self) {
-        let conn = self.conn.lock().await.take();
-        if let Some(conn) = conn {
-            let _ = conn.close().await;
+        let held = self.conn.lock().await.take();
+        if let Some(held) = held {
+            let _ = held.conn.close().await;
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // Tests: a panic is the failure report.
+mod tests {
+    use super::*;
+    use sqlx::ConnectOptions;
+    use sqlx::sqlite::SqliteConnectOptions;
+    use std::str::FromStr;
+
+    async fn writer(dir: &tempfile::TempDir) -> Writer {
+        let url = format!("sqlite://{}", dir.path().join("w.db").display());
+        let conn = SqliteConnectOptions::from_str(&url)
+            .unwrap()
+            .create_if_missing(true)
+            .connect()
+            .await
+            .unwrap();
+        let w = Writer::new(conn, Duration::from_secs(5));
+        let mut c = w.acquire().await.unwrap();
+        sqlx::query("CREATE TABLE t (n INTEGER)")
+            .execute(&mut *c)
+            .await
+            .unwrap();
+        w
+    }
+
+    async fn rows(w: &Writer) -> i64 {
+        let mut c = w.acquire().await.unwrap();
+        sqlx::query_scalar("SELECT count(*) FROM t")
+            .fetch_one(&mut *c)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_untracked_transaction_left_open_is_rolled_back_before_the_next_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = writer(&dir).await;
+        {
+            let mut c = w.acquire().await.unwrap();
+            c.begin_untracked();
+            sqlx::query("BEGIN IMMEDIATE; INSERT INTO t VALUES (1)")
+                .execute(&mut *c)
+                .await
+                .unwrap();
+            // Dropped without COMMIT or ROLLBACK (an error path, a cancelled future).
+        }
+        assert_eq!(rows(&w).await, 0, "the insert was rolled back");
+        // A tracked transaction starts and commits normally afterwards.
+        let mut tx = w.begin().await.unwrap();
+        sqlx::query("INSERT INTO t VALUES (2)")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(rows(&w).await, 1);
+    }
+
+    #[tokio::test]
+    async fn a_write_transaction_dropped_without_commit_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = writer(&dir).await;
+        {
+            let mut tx = w.begin().await.unwrap();
+            sqlx::query("INSERT INTO t VALUES (1)")
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+        }
+        assert_eq!(rows(&w).await, 0);
+        w.close().await;
+        assert!(w.acquire().await.is_err(), "a closed writer refuses");
     }
 }
