@@ -1,11 +1,11 @@
 //! The in-memory index (id → position, (org, stream) → versions, org → positions, position →
 //! file offset) and its checkpoint files.
 //!
-//! Memory per event, by design: 4 bytes file offset + 4 bytes stream id + 4 bytes type id
-//! (per segment, indexed by position), 12 bytes id entry (u64 hash + u32 slot, sorted per
-//! sealed segment), 8 bytes in the stream's position list and 8 in the organization's: 40
-//! bytes, plus interned names once per stream/type/org and a hash map for the active segment's
-//! ids only.
+//! Memory per event, by design: 4 bytes file offset + 4 bytes type id (per segment, indexed
+//! by position), a 16-byte id entry (u64 hash + u64 position) in the merged id runs (12 bytes,
+//! hash + u32 slot, while a sealed segment's ids are not merged yet), 4 bytes in the stream's
+//! position list and 4 in the organization's (see [`ChunkList`]): about 32 bytes, plus
+//! interned names once per stream/type/org and a hash map for the active segment's ids only.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
@@ -79,13 +79,90 @@ pub type IntMap<V> = HashMap<u32, V, BuildHasherDefault<IntHasher>>;
 
 const CHUNK: usize = 4096;
 
-/// An append-only list of u64 that can drop elements from the front cheaply and never
-/// over-allocates by more than one chunk (a plain `Vec` can hold 2x its length).
+/// An append-only list of increasing u64 (global positions) that can drop elements from the
+/// front cheaply and never over-allocates by more than one chunk (a plain `Vec` can hold 2x
+/// its length). Values are stored as u32 offsets from their chunk's first value: 4 bytes per
+/// event in every stream's and organization's list instead of 8, which is also ~80 MB less
+/// to fault in when a 10 M-event log opens.
 #[derive(Debug, Default)]
 pub struct ChunkList {
-    chunks: VecDeque<Vec<u64>>,
+    chunks: VecDeque<Chunk>,
     head: usize,
     len: usize,
+}
+
+/// Up to `CHUNK` values. Narrow while every value is within 2^32 of the first (4,096
+/// consecutive events of one stream spread over more than 4 billion positions would take a
+/// log whose index cannot fit in memory anyway); widened to u64 if one is not.
+#[derive(Debug)]
+enum Chunk {
+    Narrow { base: u64, offsets: Vec<u32> },
+    Wide(Vec<u64>),
+}
+
+impl Chunk {
+    fn with_first(v: u64, capacity: usize) -> Self {
+        let mut offsets = Vec::with_capacity(capacity.max(1));
+        offsets.push(0);
+        Chunk::Narrow { base: v, offsets }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Chunk::Narrow { offsets, .. } => offsets.len(),
+            Chunk::Wide(values) => values.len(),
+        }
+    }
+
+    fn get(&self, i: usize) -> Option<u64> {
+        match self {
+            Chunk::Narrow { base, offsets } => offsets.get(i).map(|o| base + u64::from(*o)),
+            Chunk::Wide(values) => values.get(i).copied(),
+        }
+    }
+
+    /// Makes room for `extra` more values, doubling but never beyond `CHUNK` (plain `Vec`
+    /// growth could reach almost twice the chunk size).
+    fn reserve(&mut self, extra: usize) {
+        match self {
+            Chunk::Narrow { offsets, .. } => grow_chunk(offsets, extra),
+            Chunk::Wide(values) => grow_chunk(values, extra),
+        }
+    }
+
+    fn push(&mut self, v: u64) {
+        if let Chunk::Narrow { base, offsets } = self {
+            match v.checked_sub(*base).map(u32::try_from) {
+                Some(Ok(offset)) => {
+                    offsets.push(offset);
+                    return;
+                }
+                _ => {
+                    let base = *base;
+                    let mut wide = Vec::with_capacity(offsets.capacity());
+                    wide.extend(offsets.iter().map(|o| base + u64::from(*o)));
+                    *self = Chunk::Wide(wide);
+                }
+            }
+        }
+        if let Chunk::Wide(values) = self {
+            values.push(v);
+        }
+    }
+
+    fn heap_bytes(&self) -> usize {
+        match self {
+            Chunk::Narrow { offsets, .. } => offsets.capacity() * 4,
+            Chunk::Wide(values) => values.capacity() * 8,
+        }
+    }
+
+    fn shrink_to_fit(&mut self) {
+        match self {
+            Chunk::Narrow { offsets, .. } => offsets.shrink_to_fit(),
+            Chunk::Wide(values) => values.shrink_to_fit(),
+        }
+    }
 }
 
 impl ChunkList {
@@ -95,19 +172,23 @@ impl ChunkList {
 
     pub fn extend(&mut self, values: impl ExactSizeIterator<Item = u64>) {
         let mut values = values.peekable();
-        while values.peek().is_some() {
+        while let Some(&first) = values.peek() {
             let room = self.chunks.back().map_or(0, |c| CHUNK - c.len());
             if room == 0 {
                 let want = values.len().min(CHUNK);
-                self.chunks.push_back(Vec::with_capacity(want));
+                values.next();
+                self.chunks.push_back(Chunk::with_first(first, want));
+                self.len += 1;
                 continue;
             }
             let Some(c) = self.chunks.back_mut() else {
                 break;
             };
             let take = values.len().min(room);
-            grow_chunk(c, take);
-            c.extend(values.by_ref().take(take));
+            c.reserve(take);
+            for v in values.by_ref().take(take) {
+                c.push(v);
+            }
             self.len += take;
         }
     }
@@ -115,11 +196,11 @@ impl ChunkList {
     pub fn push(&mut self, v: u64) {
         match self.chunks.back_mut() {
             Some(c) if c.len() < CHUNK => {
-                grow_chunk(c, 1);
+                c.reserve(1);
                 c.push(v);
             }
             _ => {
-                self.chunks.push_back(vec![v]);
+                self.chunks.push_back(Chunk::with_first(v, 1));
             }
         }
         self.len += 1;
@@ -130,10 +211,7 @@ impl ChunkList {
             return None;
         }
         let j = i + self.head;
-        self.chunks
-            .get(j / CHUNK)
-            .and_then(|c| c.get(j % CHUNK))
-            .copied()
+        self.chunks.get(j / CHUNK).and_then(|c| c.get(j % CHUNK))
     }
 
     pub fn drop_front(&mut self, n: usize) {
@@ -166,8 +244,8 @@ impl ChunkList {
     }
 
     pub fn heap_bytes(&self) -> usize {
-        self.chunks.iter().map(|c| c.capacity() * 8).sum::<usize>()
-            + self.chunks.capacity() * std::mem::size_of::<Vec<u64>>()
+        self.chunks.iter().map(Chunk::heap_bytes).sum::<usize>()
+            + self.chunks.capacity() * std::mem::size_of::<Chunk>()
     }
 
     pub fn shrink(&mut self) {
@@ -177,9 +255,8 @@ impl ChunkList {
     }
 }
 
-/// Makes room for `extra` more values, doubling but never beyond `CHUNK` (plain `Vec` growth
-/// could reach almost twice the chunk size).
-fn grow_chunk(c: &mut Vec<u64>, extra: usize) {
+/// Makes room for `extra` more values, doubling but never beyond `CHUNK`.
+fn grow_chunk<T>(c: &mut Vec<T>, extra: usize) {
     let need = c.len() + extra;
     if need > c.capacity() {
         let target = (c.capacity() * 2).max(need).clamp(4, CHUNK.max(need));
@@ -1814,6 +1891,34 @@ fn group_slots_by(n: usize, n_keys: usize, key_of: impl Fn(usize) -> u32) -> Gro
 #[allow(clippy::unwrap_used)] // Tests: a panic is the failure report.
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunk_list_widens_a_chunk_whose_values_span_more_than_u32() {
+        let mut l = ChunkList::default();
+        l.push(5);
+        l.push(6);
+        l.push(6 + u64::from(u32::MAX) + 10); // does not fit a u32 offset from 5
+        l.extend([u64::MAX - 1, u64::MAX].into_iter());
+        assert_eq!(l.len(), 5);
+        let all: Vec<u64> = (0..5).map(|i| l.get(i).unwrap()).collect();
+        assert_eq!(
+            all,
+            [5, 6, 6 + u64::from(u32::MAX) + 10, u64::MAX - 1, u64::MAX]
+        );
+        assert_eq!(l.lower_bound(7), 2);
+        // A list of more than one chunk, narrow and wide mixed, still indexes by position.
+        let mut l = ChunkList::default();
+        let values: Vec<u64> = (0..10_000u64)
+            .map(|i| if i < 5_000 { i * 3 } else { (1 << 40) + i })
+            .collect();
+        l.extend(values.iter().copied());
+        for (i, v) in values.iter().enumerate() {
+            assert_eq!(l.get(i), Some(*v));
+        }
+        l.drop_front(4_500);
+        assert_eq!(l.get(0), Some(values[4_500]));
+        assert_eq!(l.lower_bound(1 << 40), 500);
+    }
 
     #[test]
     fn chunk_list_indexes_and_drops_from_the_front() {
