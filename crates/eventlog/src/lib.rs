@@ -228,11 +228,12 @@
 //! # Index
 //!
 //! The index is disposable acceleration rebuilt from the log. Per event it holds: the record's
-//! offset, stream id and type id (u32 each, per segment), a 16-byte entry (64-bit id hash,
+//! offset and type id (u32 each, per segment; its stream is found through the stream lists),
+//! a 16-byte entry (64-bit id hash,
 //! global position) in a sorted id run searched through a bucket directory (keys are uniform
 //! hashes), and the global position in its stream's and its organization's position lists
 //! (4 bytes each: u32 offsets from the first value of their 4096-entry chunk, in chunked
-//! lists that never over-allocate by more than one chunk): about 36 bytes, plus names
+//! lists that never over-allocate by more than one chunk): about 32 bytes, plus names
 //! interned once. The active segment's ids live in a hash
 //! map until the segment is sealed; then the background indexer sorts them (searched per
 //! segment by interpolation until merged) and folds them into a *recent* run, which is merged
