@@ -13,6 +13,10 @@
 //! prepared file is a different inode, so its writeback never lands inside a commit's
 //! `fdatasync`. A crash leaves at most a `*.tmp` file, which open deletes. It does not use the
 //! test fault hook: a real failure here only means the writer extends the next segment itself.
+//!
+//! The file takes a segment's worth of disk ahead of need, so it must never be why an append
+//! fails: when the writer meets a full disk it [discards](Preparer::discard) the file (or the
+//! one in the works) at once, and no other is prepared until the next roll.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -42,6 +46,8 @@ enum Slot {
     Idle,
     Preparing,
     Ready(PreparedFile),
+    /// Preparing failed or the writer discarded the file: none until the next roll.
+    Failed,
 }
 
 /// The writer's handle on the preparing thread (started on first use).
@@ -50,6 +56,8 @@ pub(crate) struct Preparer {
     requests: Option<Sender<u64>>,
     slot: Arc<Mutex<Slot>>,
     stopping: Arc<AtomicBool>,
+    /// Set by [`Preparer::discard`]: the file in the works is abandoned.
+    discarding: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -60,6 +68,7 @@ impl Preparer {
             requests: None,
             slot: Arc::new(Mutex::new(Slot::Idle)),
             stopping: Arc::default(),
+            discarding: Arc::default(),
             thread: None,
         }
     }
@@ -75,11 +84,11 @@ impl Preparer {
         }
         if self.requests.is_none() {
             let (tx, rx) = mpsc::channel();
-            let (dir, slot, stopping) =
-                (self.dir.clone(), self.slot.clone(), self.stopping.clone());
+            let (dir, slot) = (self.dir.clone(), self.slot.clone());
+            let (stopping, discarding) = (self.stopping.clone(), self.discarding.clone());
             let spawned = std::thread::Builder::new()
                 .name("eventlog-prepare".into())
-                .spawn(move || run(&dir, &rx, &slot, &stopping));
+                .spawn(move || run(&dir, &rx, &slot, &stopping, &discarding));
             match spawned {
                 Ok(handle) => self.thread = Some(handle),
                 // Not fatal: the writer extends segments itself.
@@ -88,6 +97,7 @@ impl Preparer {
             self.requests = Some(tx);
         }
         if let Some(tx) = &self.requests {
+            self.discarding.store(false, Ordering::Relaxed);
             *self.slot() = Slot::Preparing;
             if tx.send(len).is_err() {
                 *self.slot() = Slot::Idle;
@@ -95,9 +105,13 @@ impl Preparer {
         }
     }
 
-    /// The prepared file, if one is ready and `len` bytes long.
+    /// The prepared file, if one is ready and `len` bytes long. Called at a roll, so a
+    /// failed or discarded preparation may be tried again for the next segment.
     pub fn take(&mut self, len: u64) -> Option<PreparedFile> {
         let mut slot = self.slot();
+        if matches!(*slot, Slot::Failed) {
+            *slot = Slot::Idle;
+        }
         if !matches!(*slot, Slot::Ready(_)) {
             return None;
         }
@@ -109,6 +123,21 @@ impl Preparer {
         } else {
             let _ = std::fs::remove_file(&prepared.path);
             None
+        }
+    }
+
+    /// The disk is full: give back the space of the prepared file (or of the one in the
+    /// works) now, and prepare no other until the next roll.
+    pub fn discard(&mut self) {
+        self.discarding.store(true, Ordering::Relaxed);
+        let mut slot = self.slot();
+        match std::mem::replace(&mut *slot, Slot::Failed) {
+            Slot::Ready(p) => {
+                let _ = std::fs::remove_file(&p.path);
+            }
+            // The thread sees `discarding`, removes its file and leaves `Failed`.
+            Slot::Preparing => *slot = Slot::Preparing,
+            Slot::Idle | Slot::Failed => {}
         }
     }
 
@@ -131,23 +160,30 @@ impl Drop for Preparer {
     }
 }
 
-fn run(dir: &Path, requests: &Receiver<u64>, slot: &Mutex<Slot>, stopping: &AtomicBool) {
+fn run(
+    dir: &Path,
+    requests: &Receiver<u64>,
+    slot: &Mutex<Slot>,
+    stopping: &AtomicBool,
+    discarding: &AtomicBool,
+) {
     let path = dir.join(PREPARED_FILE_NAME);
+    let give_up = || stopping.load(Ordering::Relaxed) || discarding.load(Ordering::Relaxed);
     while let Ok(len) = requests.recv() {
-        let prepared = prepare(&path, len, stopping);
+        let prepared = prepare(&path, len, &give_up);
         let mut slot = slot.lock().unwrap_or_else(PoisonError::into_inner);
         match prepared {
-            Ok(Some(file)) if !stopping.load(Ordering::Relaxed) => {
+            Ok(Some(file)) if !give_up() => {
                 *slot = Slot::Ready(PreparedFile {
                     path: path.clone(),
                     file,
                     len,
                 });
             }
-            // Stopping, or failed (e.g. the disk is full): the writer extends segments
-            // itself, and meets the real error there if it persists.
+            // Stopping, discarded, or failed (e.g. the disk is full): the writer extends
+            // the next segment itself, and meets the real error there if it persists.
             _ => {
-                *slot = Slot::Idle;
+                *slot = Slot::Failed;
                 let _ = std::fs::remove_file(&path);
             }
         }
@@ -159,8 +195,8 @@ fn run(dir: &Path, requests: &Receiver<u64>, slot: &Mutex<Slot>, stopping: &Atom
 const SYNC_EVERY_BYTES: u64 = 8 * 1024 * 1024;
 
 /// Writes `len` zero bytes to a new file at `path` and syncs it (data and size). `None` if
-/// asked to stop meanwhile.
-fn prepare(path: &Path, len: u64, stopping: &AtomicBool) -> io::Result<Option<File>> {
+/// `give_up` said so meanwhile.
+fn prepare(path: &Path, len: u64, give_up: &dyn Fn() -> bool) -> io::Result<Option<File>> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -170,7 +206,7 @@ fn prepare(path: &Path, len: u64, stopping: &AtomicBool) -> io::Result<Option<Fi
     let zeros = vec![0u8; ZERO_PIECE_BYTES];
     let mut offset = 0u64;
     while offset < len {
-        if stopping.load(Ordering::Relaxed) {
+        if give_up() {
             return Ok(None);
         }
         let n = (len - offset).min(ZERO_PIECE_BYTES as u64) as usize;

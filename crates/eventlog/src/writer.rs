@@ -293,6 +293,7 @@ impl Writer {
             {
                 self.commit(std::mem::replace(&mut commit, Commit::new(0, 0)));
                 if let Err(e) = self.roll() {
+                    self.on_storage_error(&e);
                     req.done.complete(Err(e));
                     commit = Commit::new(self.len, self.next_position());
                     continue;
@@ -483,6 +484,14 @@ impl Writer {
         self.file.sync_data()
     }
 
+    /// A full disk: the space held by a segment prepared ahead goes back at once, so it is
+    /// never the reason appends fail (see [`crate::prepare`]).
+    fn on_storage_error(&mut self, err: &AppendError) {
+        if matches!(err, AppendError::StorageFull { .. }) {
+            self.preparer.discard();
+        }
+    }
+
     fn poison(&mut self, detail: String) {
         *self
             .shared
@@ -518,6 +527,7 @@ impl Writer {
                 .and_then(|()| self.hook_write_at(&c.buf, before));
             if let Err(e) = written {
                 let err = AppendError::from_io(&e, "writing the segment");
+                self.on_storage_error(&err);
                 self.truncate_back(before, &err.to_string());
                 fail_all(&mut self.completer, c, &err);
                 return;
@@ -535,6 +545,7 @@ impl Writer {
                     // Never retried as if it succeeded: the batch fails and its bytes are cut
                     // off, so the file is back to its last durable length.
                     let err = AppendError::from_io(&e, "fdatasync of the segment");
+                    self.on_storage_error(&err);
                     let durable = self.durable_len;
                     self.truncate_back(durable, &err.to_string());
                     fail_all(&mut self.completer, c, &err);

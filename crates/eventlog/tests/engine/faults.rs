@@ -165,3 +165,57 @@ fn write_fault_in_never_mode_fails_the_append_and_appends_resume() {
     assert_gapless(&log);
     assert_eq!(log.last_global_position(), 2);
 }
+
+#[test]
+fn a_full_disk_gives_back_the_segment_prepared_ahead_at_once() {
+    let dir = tempdir();
+    let switch = Arc::new(FaultSwitch::default());
+    let options = Options {
+        segment_size_bytes: 64 * 1024,
+        fault_hook: Some(switch.clone()),
+        ..Options::default()
+    };
+    let (log, _) = open_with(dir.path(), options);
+    let o = org(1);
+    // Past half of the first segment: the next one is zero-filled in the background.
+    let mut n = 0;
+    while log.storage_stats().bytes < 40 * 1024 {
+        n += 1;
+        log.append(
+            o,
+            "s",
+            ExpectedVersion::Any,
+            vec![event(n, "t", &[b'x'; 400])],
+        )
+        .unwrap();
+    }
+    let prepared = dir.path().join("next-segment.seg.tmp");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::fs::metadata(&prepared).map_or(0, |m| m.len()) < 64 * 1024 {
+        assert!(std::time::Instant::now() < deadline, "nothing was prepared");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    // The disk fills up: the append fails, and the prepared file's space is freed with it.
+    switch.set(Some(Fault::WriteNoSpace { after_bytes: 0 }));
+    let err = log
+        .append(o, "s", ExpectedVersion::Any, vec![event(n + 1, "t", b"{}")])
+        .unwrap_err();
+    assert!(is_full(&err), "{err:?}");
+    assert!(
+        !prepared.exists(),
+        "the prepared segment still holds its space"
+    );
+    switch.set(None);
+    // Appends resume, and the log rolls on with segments it creates itself.
+    for k in n + 1..n + 200 {
+        log.append(
+            o,
+            "s",
+            ExpectedVersion::Any,
+            vec![event(k, "t", &[b'y'; 400])],
+        )
+        .unwrap();
+    }
+    assert!(log.storage_stats().segments >= 2);
+    assert_gapless(&log);
+}
