@@ -709,10 +709,15 @@ impl EventsAppend {
                 bail!("acknowledged id {} for sent id {}", ack["id"], event["id"]);
             }
             if ack["stream"].as_str() != Some(stream.as_str()) {
-                bail!("acknowledged in stream {} instead of {stream}", ack["stream"]);
+                bail!(
+                    "acknowledged in stream {} instead of {stream}",
+                    ack["stream"]
+                );
             }
             noted.push(AckedAppend {
-                id: str_at(ack, "/id")?.parse().context("ack id is not a UUID")?,
+                id: str_at(ack, "/id")?
+                    .parse()
+                    .context("ack id is not a UUID")?,
                 position: ack["position"].as_u64().context("ack without position")?,
                 client: client as u32,
                 seq,

@@ -32,6 +32,8 @@ pub(crate) struct Completer {
     /// Set to the thread's id when it starts (`EventLog::stop` must not wait for the writer
     /// from a callback running there).
     thread_id: Arc<std::sync::OnceLock<ThreadId>>,
+    /// After `stop`: everything is delivered on the calling thread.
+    stopped: bool,
 }
 
 impl Completer {
@@ -41,6 +43,7 @@ impl Completer {
             thread: None,
             queued: Arc::default(),
             thread_id,
+            stopped: false,
         }
     }
 
@@ -63,6 +66,9 @@ impl Completer {
     fn started(&mut self) -> bool {
         if self.tx.is_some() {
             return true;
+        }
+        if self.stopped {
+            return false;
         }
         let (tx, rx) = mpsc::channel::<Vec<Outcome>>();
         let queued = self.queued.clone();
@@ -87,6 +93,7 @@ impl Completer {
 
     /// Delivers what is queued, then stops the thread.
     pub fn stop(&mut self) {
+        self.stopped = true;
         self.tx = None;
         if let Some(handle) = self.thread.take() {
             let _ = handle.join();

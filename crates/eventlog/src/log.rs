@@ -772,6 +772,12 @@ fn seal_segment(shared: &Shared, first: u64) {
     if written.is_err() {
         shared.checkpoint_failures.fetch_add(1, Ordering::Relaxed);
     }
+    // Retention may have dropped the segment meanwhile (and deleted its checkpoint before
+    // this one was written): no checkpoint outlives its segment.
+    let gone = position(&shared.index.read().unwrap_or_else(PoisonError::into_inner)).is_none();
+    if gone {
+        let _ = fs::remove_file(shared.dir.join(index_file_name(first)));
+    }
 }
 
 /// Segment files of `dir`, sorted by first position.
@@ -803,10 +809,31 @@ fn remove_stale_temp_files(dir: &Path) {
     }
 }
 
+/// Checkpoints of segments that no longer exist (retention dropped the segment while the
+/// indexer was writing its checkpoint, before that was prevented).
+fn remove_orphan_checkpoints(dir: &Path, segs: &[(u64, PathBuf)]) {
+    let Ok(rd) = fs::read_dir(dir) else { return };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(first) = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(&format!(".{INDEX_EXT}")))
+            .filter(|stem| stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|stem| stem.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        if segs.binary_search_by_key(&first, |(f, _)| *f).is_err() {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+}
+
 /// Builds the index from checkpoints and segment scans, truncating a torn tail.
 fn recover(dir: &Path, report: &mut RecoveryReport) -> Result<(Index, ActiveSegment), OpenError> {
     remove_stale_temp_files(dir);
     let mut segs = list_segments(dir)?;
+    remove_orphan_checkpoints(dir, &segs);
     // A crash while creating a segment can leave a last file without a complete header.
     if let Some((first, path)) = segs.last().cloned() {
         let len = fs::metadata(&path)

@@ -15,8 +15,9 @@
 //! test fault hook: a real failure here only means the writer extends the next segment itself.
 //!
 //! The file takes a segment's worth of disk ahead of need, so it must never be why an append
-//! fails: when the writer meets a full disk it [discards](Preparer::discard) the file (or the
-//! one in the works) at once, and no other is prepared until the next roll.
+//! fails: when a write meets a full disk, the writer [discards](Preparer::discard) the file
+//! (or the one in the works, waiting for the thread to delete it) and, if that gave space
+//! back, writes once more; no other file is prepared until the next roll.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -29,6 +30,9 @@ use std::thread::JoinHandle;
 
 /// The file being prepared or ready (ends in `.tmp`: deleted at open if a crash left it).
 pub(crate) const PREPARED_FILE_NAME: &str = "next-segment.seg.tmp";
+
+/// The longest `discard` waits for the thread to abandon a file in the works.
+const DISCARD_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Zeros are written in pieces this large, checking for shutdown in between.
 const ZERO_PIECE_BYTES: usize = 1024 * 1024;
@@ -127,18 +131,32 @@ impl Preparer {
     }
 
     /// The disk is full: give back the space of the prepared file (or of the one in the
-    /// works) now, and prepare no other until the next roll.
-    pub fn discard(&mut self) {
+    /// works, waiting for the thread to remove it: at most one 1 MiB piece or one 8 MiB sync
+    /// away), and prepare no other until the next roll. True if space was given back.
+    pub fn discard(&mut self) -> bool {
         self.discarding.store(true, Ordering::Relaxed);
-        let mut slot = self.slot();
-        match std::mem::replace(&mut *slot, Slot::Failed) {
-            Slot::Ready(p) => {
-                let _ = std::fs::remove_file(&p.path);
+        let preparing = {
+            let mut slot = self.slot();
+            match std::mem::replace(&mut *slot, Slot::Failed) {
+                Slot::Ready(p) => {
+                    let _ = std::fs::remove_file(&p.path);
+                    return true;
+                }
+                Slot::Preparing => {
+                    *slot = Slot::Preparing;
+                    true
+                }
+                Slot::Idle | Slot::Failed => false,
             }
+        };
+        if preparing {
             // The thread sees `discarding`, removes its file and leaves `Failed`.
-            Slot::Preparing => *slot = Slot::Preparing,
-            Slot::Idle | Slot::Failed => {}
+            let deadline = std::time::Instant::now() + DISCARD_WAIT_MAX;
+            while matches!(*self.slot(), Slot::Preparing) && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
         }
+        preparing
     }
 
     /// Stops the thread (an unfinished file is abandoned) and removes any prepared file.

@@ -241,10 +241,10 @@ impl Writer {
                 }
                 Request::Shutdown(reply) => {
                     let r = self.shutdown();
-                    // Fail whatever is still queued (their Completion reports Closed), and
-                    // deliver every acknowledgement before saying it is closed.
-                    while self.rx.try_recv().is_ok() {}
+                    // Deliver every acknowledgement still queued, then fail whatever appends
+                    // are still waiting (their Completion reports Closed), in that order.
                     self.completer.stop();
+                    while self.rx.try_recv().is_ok() {}
                     let _ = reply.send(r);
                     return;
                 }
@@ -282,8 +282,8 @@ impl Writer {
         let mut commit = Commit::with_capacity(self.len, self.next_position(), &group);
         for req in group {
             if let Some(f) = &self.failed {
-                req.done
-                    .complete(Err(AppendError::WriterFailed { detail: f.clone() }));
+                let err = AppendError::WriterFailed { detail: f.clone() };
+                self.refuse(req.done, err);
                 continue;
             }
             // An append never spans segments: roll first if it would not fit.
@@ -294,14 +294,14 @@ impl Writer {
                 self.commit(std::mem::replace(&mut commit, Commit::new(0, 0)));
                 if let Err(e) = self.roll() {
                     self.on_storage_error(&e);
-                    req.done.complete(Err(e));
+                    self.refuse(req.done, e);
                     commit = Commit::new(self.len, self.next_position());
                     continue;
                 }
                 commit = Commit::new(self.len, self.next_position());
             }
             match self.prepare(&req, &commit) {
-                Err(e) => req.done.complete(Err(e)),
+                Err(e) => self.refuse(req.done, e),
                 Ok(Prepared::Duplicate(originals)) => {
                     if originals.iter().all(|o| matches!(o, Original::Durable(_))) {
                         let recs = originals
@@ -311,7 +311,7 @@ impl Writer {
                                 Original::Pending { .. } => None,
                             })
                             .collect();
-                        req.done.complete(Ok(recs));
+                        self.completer.complete(vec![(req.done, Ok(recs))]);
                     } else {
                         commit.dups.push(PendingDup {
                             done: req.done,
@@ -484,12 +484,19 @@ impl Writer {
         self.file.sync_data()
     }
 
-    /// A full disk: the space held by a segment prepared ahead goes back at once, so it is
-    /// never the reason appends fail (see [`crate::prepare`]).
+    /// A full disk: the space held by a segment prepared ahead goes back (see
+    /// [`crate::prepare`]); the writes that failed for lack of it were retried once already.
     fn on_storage_error(&mut self, err: &AppendError) {
         if matches!(err, AppendError::StorageFull { .. }) {
             self.preparer.discard();
         }
+    }
+
+    /// Completes one append that did not reach a commit (refused, or the writer failed),
+    /// through the completer, so it is never delivered before acknowledgements still queued
+    /// there for earlier commits.
+    fn refuse(&mut self, done: Completion, err: AppendError) {
+        self.completer.complete(vec![(done, Err(err))]);
     }
 
     fn poison(&mut self, detail: String) {
@@ -522,9 +529,16 @@ impl Writer {
         let mut fsync = None;
         if !c.buf.is_empty() {
             let before = self.len;
-            let written = self
+            let mut written = self
                 .ensure_allocated(before + c.buf.len() as u64)
                 .and_then(|()| self.hook_write_at(&c.buf, before));
+            if written.as_ref().is_err_and(is_no_space) && self.preparer.discard() {
+                // The segment prepared ahead held space this write needed: it is gone now,
+                // so write once more (over whatever part of the first try reached the file).
+                written = self
+                    .ensure_allocated(before + c.buf.len() as u64)
+                    .and_then(|()| self.hook_write_at(&c.buf, before));
+            }
             if let Err(e) = written {
                 let err = AppendError::from_io(&e, "writing the segment");
                 self.on_storage_error(&err);
@@ -801,6 +815,10 @@ impl Writer {
         write_registry(&self.shared)?;
         write_checkpoint(&self.shared.dir, self.seg_first, &cp)
     }
+}
+
+fn is_no_space(e: &io::Error) -> bool {
+    matches!(AppendError::from_io(e, ""), AppendError::StorageFull { .. })
 }
 
 /// Fails every append of a commit (in commit order with the acknowledgements before it).

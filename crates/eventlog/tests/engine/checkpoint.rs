@@ -337,3 +337,20 @@ fn after_a_crash_the_prepared_file_and_the_zeros_of_the_active_segment_are_not_e
     fill(&log, 61, 120);
     assert_gapless(&log);
 }
+
+#[test]
+fn a_checkpoint_without_its_segment_is_removed_at_open() {
+    let dir = tempdir();
+    let (log, _) = open_with(dir.path(), small_segments());
+    fill(&log, 1, 100);
+    log.close().unwrap();
+    let kept = checkpoint_files(dir.path());
+    // As if retention dropped segment 99999 while its checkpoint was being written.
+    let orphan = dir.path().join("00000000000000099999.idx");
+    std::fs::write(&orphan, b"stale").unwrap();
+    let (log, report) = open_with(dir.path(), small_segments());
+    assert!(!orphan.exists());
+    assert_eq!(checkpoint_files(dir.path()), kept);
+    assert!(report.checkpoints_rejected.is_empty());
+    assert_eq!(log.last_global_position(), 100);
+}

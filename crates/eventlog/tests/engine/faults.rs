@@ -219,3 +219,60 @@ fn a_full_disk_gives_back_the_segment_prepared_ahead_at_once() {
     assert!(log.storage_stats().segments >= 2);
     assert_gapless(&log);
 }
+
+/// Fails the next write with ENOSPC, once: a disk whose last free space the prepared segment
+/// had taken.
+#[derive(Debug, Default)]
+struct NoSpaceOnce(std::sync::atomic::AtomicBool);
+
+impl trueline_eventlog::FaultHook for NoSpaceOnce {
+    fn on_write(&self, _len: usize) -> Option<(usize, std::io::Error)> {
+        self.0
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+            .then(|| (0, std::io::Error::from_raw_os_error(28)))
+    }
+    fn on_sync(&self) -> Option<std::io::Error> {
+        None
+    }
+}
+
+#[test]
+fn an_append_that_only_lacked_the_prepared_segments_space_succeeds() {
+    let dir = tempdir();
+    let hook = Arc::new(NoSpaceOnce::default());
+    let options = Options {
+        segment_size_bytes: 64 * 1024,
+        fault_hook: Some(hook.clone()),
+        ..Options::default()
+    };
+    let (log, _) = open_with(dir.path(), options);
+    let o = org(1);
+    let mut n = 0;
+    while log.storage_stats().bytes < 40 * 1024 {
+        n += 1;
+        log.append(
+            o,
+            "s",
+            ExpectedVersion::Any,
+            vec![event(n, "t", &[b'x'; 400])],
+        )
+        .unwrap();
+    }
+    let prepared = dir.path().join("next-segment.seg.tmp");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::fs::metadata(&prepared).map_or(0, |m| m.len()) < 64 * 1024 {
+        assert!(std::time::Instant::now() < deadline, "nothing was prepared");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    hook.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    let r = log
+        .append(o, "s", ExpectedVersion::Any, vec![event(n + 1, "t", b"{}")])
+        .expect("written once the prepared segment's space was given back");
+    assert_eq!(r[0].global_position, n + 1);
+    assert!(!prepared.exists());
+    drop(log);
+    let (log, report) = open(dir.path());
+    assert!(report.truncated.is_none(), "{report:?}");
+    assert_eq!(log.last_global_position(), n + 1);
+    assert_gapless(&log);
+}
