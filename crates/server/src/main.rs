@@ -7,11 +7,22 @@ use clap::Parser;
 // no longer showed once log lines were batched (events-append at 64 clients, alternating
 // binaries: 27.1k/s glibc against 26.9k/s mimalloc, medians of 3; docs/benchmarks.md).
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     let cli = trueline::cli::Cli::parse();
-    let result = trueline::cli::run(cli).await;
-    // Log lines are written in batches: the last ones before exiting.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(trueline::cli::run(cli));
+    // Log lines are written in batches: the last ones once the runtime (and whatever its
+    // tasks and threads still logged while stopping) is gone.
+    drop(runtime);
     trueline::telemetry::flush_logs();
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

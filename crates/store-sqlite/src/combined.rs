@@ -34,6 +34,9 @@ pub(crate) async fn apply_deltas(
         Ok(_) => sqlx::query("COMMIT").execute(&mut *conn).await,
         Err(_) => sqlx::query("ROLLBACK").execute(&mut *conn).await,
     };
+    if let Err(e) = &ended {
+        conn.note_error(e);
+    }
     match (outcome, ended) {
         (Ok(outcomes), Ok(_)) => {
             conn.end_untracked();

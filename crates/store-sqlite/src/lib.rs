@@ -101,14 +101,16 @@ impl SqliteStore {
             // Checkpoints run beside the writer (see `checkpoint_continuously`), and the WAL
             // file is cut back after a reset so it does not stay at its high-water mark.
             .pragma("wal_autocheckpoint", "0")
-            // Statement journals (every multi-row statement of a combined batch keeps one, to
-            // undo just that statement on error) in memory rather than in temporary files:
-            // they are small and short-lived, and writing them was ~5 % of the writer's CPU.
-            .pragma("temp_store", "MEMORY")
             .pragma("journal_size_limit", (64 * 1024 * 1024).to_string());
-        // One writer connection outside any pool (see `writer`).
+        // One writer connection outside any pool (see `writer`). Its statement journals
+        // (every multi-row statement of a combined batch keeps one, to undo just that
+        // statement on error) live in memory rather than in temporary files: they are small
+        // and short-lived, and writing them was ~5 % of the writer's CPU. (Not for readers:
+        // their temporary tables, e.g. big sorts, may be large.)
+        let writer_options = connect.clone().pragma("temp_store", "MEMORY");
         let writer = Arc::new(writer::Writer::new(
-            connect.connect().await.map_err(db_error)?,
+            writer_options.connect().await.map_err(db_error)?,
+            writer_options,
             options.acquire_timeout,
         ));
         // No ping before each acquire (sqlx's default): a connection to a local file does not

@@ -10,13 +10,18 @@
 //! [`WriteTx`] is the write transaction: it derefs to the connection (for statements), and
 //! dropping it without [`WriteTx::commit`] queues a rollback, which the connection's worker
 //! runs before the next command, as `sqlx::Transaction` does.
+//!
+//! What the pool's ping-on-release gave, a connection that cannot be used is replaced: when
+//! its worker thread is gone (`WorkerCrashed`), or when a transaction is still open on it at
+//! `begin` (SQLite rolled one back by itself after an I/O error, so the queued rollback
+//! failed and sqlx still counts it open), the next user gets a new connection.
 
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnection, SqliteTransactionManager};
-use sqlx::{Connection, SqlSafeStr};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteTransactionManager};
+use sqlx::{ConnectOptions, Connection, SqlSafeStr};
 use sqlx_core::transaction::TransactionManager;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 use trueline_store::StoreError;
@@ -28,6 +33,8 @@ pub(crate) struct Writer {
     conn: Arc<Mutex<Option<Held>>>,
     /// How long a caller waits for the writer before `dependency_unavailable`.
     acquire_timeout: Duration,
+    /// How to open a replacement connection.
+    options: SqliteConnectOptions,
 }
 
 impl std::fmt::Debug for Writer {
@@ -41,6 +48,8 @@ impl std::fmt::Debug for Writer {
 struct Held {
     conn: SqliteConnection,
     untracked_tx: bool,
+    /// Replace the connection before its next use.
+    broken: bool,
 }
 
 /// Exclusive use of the writer connection (no transaction).
@@ -67,6 +76,14 @@ impl WriteConn {
     pub fn end_untracked(&mut self) {
         self.held().untracked_tx = false;
     }
+
+    /// Looks at an error of this connection: if its worker thread is gone, the connection is
+    /// replaced before the next use.
+    pub fn note_error(&mut self, e: &sqlx::Error) {
+        if matches!(e, sqlx::Error::WorkerCrashed) {
+            self.held().broken = true;
+        }
+    }
 }
 
 impl Deref for WriteConn {
@@ -92,7 +109,10 @@ pub(crate) struct WriteTx {
 
 impl WriteTx {
     pub async fn commit(mut self) -> Result<(), sqlx::Error> {
-        SqliteTransactionManager::commit(&mut self.conn).await?;
+        if let Err(e) = SqliteTransactionManager::commit(&mut self.conn).await {
+            self.conn.note_error(&e);
+            return Err(e);
+        }
         self.open = false;
         Ok(())
     }
@@ -120,14 +140,34 @@ impl Drop for WriteTx {
 }
 
 impl Writer {
-    pub fn new(conn: SqliteConnection, acquire_timeout: Duration) -> Self {
+    pub fn new(
+        conn: SqliteConnection,
+        options: SqliteConnectOptions,
+        acquire_timeout: Duration,
+    ) -> Self {
         Writer {
             conn: Arc::new(Mutex::new(Some(Held {
                 conn,
                 untracked_tx: false,
+                broken: false,
             }))),
             acquire_timeout,
+            options,
         }
+    }
+
+    /// Replaces the connection of `conn` with a new one.
+    async fn reconnect(&self, conn: &mut WriteConn) -> Result<(), StoreError> {
+        let fresh = self.options.connect().await.map_err(db_error)?;
+        let held = conn.held();
+        held.conn = fresh;
+        held.untracked_tx = false;
+        held.broken = false;
+        tracing::warn!(
+            event = "error.db",
+            "the SQLite writer connection was replaced"
+        );
+        Ok(())
     }
 
     /// The writer connection, once whoever holds it is done (at most `acquire_timeout`).
@@ -141,8 +181,13 @@ impl Writer {
         let mut conn = WriteConn(guard);
         if conn.held().untracked_tx {
             // Left open by a holder that stopped half-way; "no transaction is active" is fine.
-            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+            if let Err(e) = sqlx::query("ROLLBACK").execute(&mut *conn).await {
+                conn.note_error(&e);
+            }
             conn.end_untracked();
+        }
+        if conn.held().broken {
+            self.reconnect(&mut conn).await?;
         }
         Ok(conn)
     }
@@ -150,9 +195,16 @@ impl Writer {
     /// Starts a transaction that holds SQLite's write lock from its first statement.
     pub async fn begin(&self) -> Result<WriteTx, StoreError> {
         let mut conn = self.acquire().await?;
-        SqliteTransactionManager::begin(&mut conn, Some("BEGIN IMMEDIATE".into_sql_str()))
-            .await
-            .map_err(db_error)?;
+        if SqliteTransactionManager::get_transaction_depth(&conn) > 0 {
+            self.reconnect(&mut conn).await?;
+        }
+        let begun =
+            SqliteTransactionManager::begin(&mut conn, Some("BEGIN IMMEDIATE".into_sql_str()))
+                .await;
+        if let Err(e) = begun {
+            conn.note_error(&e);
+            return Err(db_error(e));
+        }
         Ok(WriteTx { conn, open: true })
     }
 
@@ -168,6 +220,7 @@ impl Writer {
     /// Closes the connection after the current holder is done; later calls fail.
     pub async fn close(&self) {
         let held = self.conn.lock().await.take();
+        // (A replacement is never opened after this: `acquire` refuses a closed writer.)
         if let Some(held) = held {
             let _ = held.conn.close().await;
         }
@@ -190,7 +243,8 @@ mod tests {
             .connect()
             .await
             .unwrap();
-        let w = Writer::new(conn, Duration::from_secs(5));
+        let options = SqliteConnectOptions::from_str(&url).unwrap();
+        let w = Writer::new(conn, options, Duration::from_secs(5));
         let mut c = w.acquire().await.unwrap();
         sqlx::query("CREATE TABLE t (n INTEGER)")
             .execute(&mut *c)
@@ -229,6 +283,32 @@ mod tests {
             .unwrap();
         tx.commit().await.unwrap();
         assert_eq!(rows(&w).await, 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_with_a_transaction_sqlx_still_counts_open_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = writer(&dir).await;
+        {
+            // A transaction sqlx counts as open and nobody will roll back.
+            let mut c = w.acquire().await.unwrap();
+            SqliteTransactionManager::begin(&mut c, None).await.unwrap();
+            sqlx::query("INSERT INTO t VALUES (1)")
+                .execute(&mut *c)
+                .await
+                .unwrap();
+        }
+        let mut tx = w.begin().await.unwrap();
+        sqlx::query("INSERT INTO t VALUES (2)")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(
+            rows(&w).await,
+            1,
+            "only the second insert, on the new connection"
+        );
     }
 
     #[tokio::test]
