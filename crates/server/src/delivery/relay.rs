@@ -126,6 +126,12 @@ pub async fn publish_to_log(
 
 /// The webhook deliveries the published rows call for.
 fn deliveries(rows: &[OutboxRow], published: &[i64], hooks: &[Webhook]) -> Vec<NewDelivery> {
+    if hooks.is_empty() {
+        return Vec::new();
+    }
+    // A set: a round publishes up to 16 organizations x 500 rows, and a linear `contains`
+    // per row made that 64 million comparisons.
+    let published: std::collections::HashSet<i64> = published.iter().copied().collect();
     rows.iter()
         .filter(|r| published.contains(&r.seq))
         .flat_map(|r| {
