@@ -894,6 +894,10 @@ impl Index {
         let Some(d) = self.deferred.take() else {
             return;
         };
+        // A stream's positions from every segment are gathered first (in a reused buffer)
+        // and appended in one call, so its list is allocated at its final size at once
+        // instead of growing by doubling, segment after segment.
+        let mut positions: Vec<u64> = Vec::new();
         for (s, st) in self
             .streams
             .iter_mut()
@@ -903,12 +907,13 @@ impl Index {
             if d.first_version[s] != 0 && st.first_version == 0 {
                 st.first_version = d.first_version[s];
             }
+            positions.clear();
             for g in &d.segs {
                 let slots = &g.slots[g.starts[s] as usize..g.starts[s + 1] as usize];
-                if !slots.is_empty() {
-                    st.positions
-                        .extend(slots.iter().map(|i| g.first + u64::from(*i)));
-                }
+                positions.extend(slots.iter().map(|i| g.first + u64::from(*i)));
+            }
+            if !positions.is_empty() {
+                st.positions.extend(positions.iter().copied());
             }
         }
     }
