@@ -36,25 +36,13 @@ pub fn id_key(id: &EventId) -> u64 {
     h ^ (h >> 31) ^ b
 }
 
-/// Hasher for keys that are already well-mixed `u64`s.
-#[derive(Default)]
-pub struct PassThroughHasher(u64);
-
-impl Hasher for PassThroughHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
-type IdMap = HashMap<u64, u32, BuildHasherDefault<PassThroughHasher>>;
+/// The active segment's ids: id hash → slot. Keyed hashing (std's `RandomState`), not the
+/// id hash itself: event ids are chosen by clients, and `id_key` is not secret, so a member
+/// could craft ids whose hashes share their low bits and turn every insert into a long probe
+/// on the one writer thread (a few hundred thousand such ids would stall appends for
+/// minutes, for every tenant). The sorted runs are safe as they are: clustered keys only
+/// turn their searches into binary searches.
+type IdMap = HashMap<u64, u32>;
 
 /// Hasher for our own small integer ids (stream/org indexes; never client-chosen values).
 #[derive(Default)]
