@@ -4,6 +4,7 @@ use trueline_eventlog::{Direction, ExpectedVersion, NewEvent, Options, OrgFilter
 
 use crate::support::{
     assert_gapless, checkpoint_files, event, id, open_with, org, segment_files, tempdir,
+    wait_for_prepared_segment,
 };
 
 fn small_segments() -> Options {
@@ -262,19 +263,6 @@ fn retention_by_age_keeps_the_active_segment() {
     assert_eq!(stats.segments, 1);
     assert_eq!(log.stream_version(org(1), "s"), 200);
     assert_eq!(log.get(id(200)).unwrap().unwrap().global_position, 200);
-}
-
-/// Waits until the background thread has a zero-filled next segment ready.
-fn wait_for_prepared_segment(dir: &std::path::Path, len: u64) {
-    let path = dir.join("next-segment.seg.tmp");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while std::fs::metadata(&path).map_or(0, |m| m.len()) < len {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no prepared segment appeared"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 #[test]

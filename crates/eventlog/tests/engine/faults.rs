@@ -4,7 +4,9 @@ use trueline_eventlog::{
     AppendError, Durability, EventLog, ExpectedVersion, Fault, FaultSwitch, Options,
 };
 
-use crate::support::{assert_gapless, event, id, open, open_with, org, tempdir};
+use crate::support::{
+    assert_gapless, event, id, open, open_with, org, tempdir, wait_for_prepared_segment,
+};
 
 fn faulty(dir: &std::path::Path, durability: Durability) -> (EventLog, Arc<FaultSwitch>) {
     let switch = Arc::new(FaultSwitch::default());
@@ -166,35 +168,40 @@ fn write_fault_in_never_mode_fails_the_append_and_appends_resume() {
     assert_eq!(log.last_global_position(), 2);
 }
 
-#[test]
-fn a_full_disk_gives_back_the_segment_prepared_ahead_at_once() {
-    let dir = tempdir();
-    let switch = Arc::new(FaultSwitch::default());
+/// A log with 64 KiB segments and `hook`, filled past half of its first segment, once the
+/// next segment is prepared (zero-filled) in the background. Returns the events written.
+fn with_a_prepared_segment(
+    dir: &std::path::Path,
+    hook: Arc<dyn trueline_eventlog::FaultHook>,
+) -> (EventLog, u64) {
     let options = Options {
         segment_size_bytes: 64 * 1024,
-        fault_hook: Some(switch.clone()),
+        fault_hook: Some(hook),
         ..Options::default()
     };
-    let (log, _) = open_with(dir.path(), options);
-    let o = org(1);
-    // Past half of the first segment: the next one is zero-filled in the background.
+    let (log, _) = open_with(dir, options);
     let mut n = 0;
     while log.storage_stats().bytes < 40 * 1024 {
         n += 1;
         log.append(
-            o,
+            org(1),
             "s",
             ExpectedVersion::Any,
             vec![event(n, "t", &[b'x'; 400])],
         )
         .unwrap();
     }
+    wait_for_prepared_segment(dir, 64 * 1024);
+    (log, n)
+}
+
+#[test]
+fn a_full_disk_gives_back_the_segment_prepared_ahead_at_once() {
+    let dir = tempdir();
+    let switch = Arc::new(FaultSwitch::default());
+    let (log, n) = with_a_prepared_segment(dir.path(), switch.clone());
+    let o = org(1);
     let prepared = dir.path().join("next-segment.seg.tmp");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while std::fs::metadata(&prepared).map_or(0, |m| m.len()) < 64 * 1024 {
-        assert!(std::time::Instant::now() < deadline, "nothing was prepared");
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
     // The disk fills up: the append fails, and the prepared file's space is freed with it.
     switch.set(Some(Fault::WriteNoSpace { after_bytes: 0 }));
     let err = log
@@ -240,30 +247,9 @@ impl trueline_eventlog::FaultHook for NoSpaceOnce {
 fn an_append_that_only_lacked_the_prepared_segments_space_succeeds() {
     let dir = tempdir();
     let hook = Arc::new(NoSpaceOnce::default());
-    let options = Options {
-        segment_size_bytes: 64 * 1024,
-        fault_hook: Some(hook.clone()),
-        ..Options::default()
-    };
-    let (log, _) = open_with(dir.path(), options);
+    let (log, n) = with_a_prepared_segment(dir.path(), hook.clone());
     let o = org(1);
-    let mut n = 0;
-    while log.storage_stats().bytes < 40 * 1024 {
-        n += 1;
-        log.append(
-            o,
-            "s",
-            ExpectedVersion::Any,
-            vec![event(n, "t", &[b'x'; 400])],
-        )
-        .unwrap();
-    }
     let prepared = dir.path().join("next-segment.seg.tmp");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while std::fs::metadata(&prepared).map_or(0, |m| m.len()) < 64 * 1024 {
-        assert!(std::time::Instant::now() < deadline, "nothing was prepared");
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
     hook.0.store(true, std::sync::atomic::Ordering::SeqCst);
     let r = log
         .append(o, "s", ExpectedVersion::Any, vec![event(n + 1, "t", b"{}")])

@@ -102,3 +102,16 @@ pub fn assert_gapless(log: &EventLog) {
         assert_eq!(ev.org_position, prev + 1, "org position gap at global {p}");
     }
 }
+
+/// Waits until the background thread has a zero-filled next segment ready.
+pub fn wait_for_prepared_segment(dir: &std::path::Path, len: u64) {
+    let path = dir.join("next-segment.seg.tmp");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::fs::metadata(&path).map_or(0, |m| m.len()) < len {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no prepared segment appeared"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
