@@ -67,6 +67,12 @@ pub fn require_json_content_type(headers: &axum::http::HeaderMap) -> Result<(), 
 
 /// Parses JSON, turning serde's errors into problems with the failing field's JSON pointer.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // The common case, a valid body, in one plain parse: the path tracking and the syntax
+    // pass below are only needed to explain a refusal precisely (they were ~4 % of the
+    // server's CPU per event append when run on every body).
+    if let Ok(value) = serde_json::from_slice::<T>(bytes) {
+        return Ok(value);
+    }
     // Syntax first, without building anything: a truncated document must be reported as
     // malformed, not as whichever field the typed parse happened to be missing.
     serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
