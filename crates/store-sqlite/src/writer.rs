@@ -12,9 +12,9 @@
 //! runs before the next command, as `sqlx::Transaction` does.
 //!
 //! What the pool's ping-on-release gave, a connection that cannot be used is replaced: when
-//! its worker thread is gone (`WorkerCrashed`), or when a transaction is still open on it at
-//! `begin` (SQLite rolled one back by itself after an I/O error, so the queued rollback
-//! failed and sqlx still counts it open), the next user gets a new connection.
+//! its worker thread is gone (`WorkerCrashed`), or when sqlx still counts a transaction open
+//! at `BEGIN` (SQLite rolled one back by itself after an I/O error, so the queued rollback
+//! failed), the next user gets a new connection.
 
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
@@ -139,6 +139,10 @@ impl Drop for WriteTx {
     }
 }
 
+async fn begin_immediate(conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
+    SqliteTransactionManager::begin(conn, Some("BEGIN IMMEDIATE".into_sql_str())).await
+}
+
 impl Writer {
     pub fn new(
         conn: SqliteConnection,
@@ -195,15 +199,17 @@ impl Writer {
     /// Starts a transaction that holds SQLite's write lock from its first statement.
     pub async fn begin(&self) -> Result<WriteTx, StoreError> {
         let mut conn = self.acquire().await?;
-        if SqliteTransactionManager::get_transaction_depth(&conn) > 0 {
-            self.reconnect(&mut conn).await?;
-        }
-        let begun =
-            SqliteTransactionManager::begin(&mut conn, Some("BEGIN IMMEDIATE".into_sql_str()))
-                .await;
-        if let Err(e) = begun {
-            conn.note_error(&e);
-            return Err(db_error(e));
+        // The transaction count is read by the worker when it gets to `BEGIN`, after any
+        // rollback queued before it (reading it here could see one still queued). If it
+        // still counts one open (the rollback failed), or the worker is gone, the connection
+        // is replaced and the `BEGIN` sent once more.
+        match begin_immediate(&mut conn).await {
+            Ok(()) => {}
+            Err(sqlx::Error::InvalidSavePointStatement | sqlx::Error::WorkerCrashed) => {
+                self.reconnect(&mut conn).await?;
+                begin_immediate(&mut conn).await.map_err(db_error)?;
+            }
+            Err(e) => return Err(db_error(e)),
         }
         Ok(WriteTx { conn, open: true })
     }
@@ -289,6 +295,7 @@ mod tests {
     async fn a_connection_with_a_transaction_sqlx_still_counts_open_is_replaced() {
         let dir = tempfile::tempdir().unwrap();
         let w = writer(&dir).await;
+        mark_connection(&w).await;
         {
             // A transaction sqlx counts as open and nobody will roll back.
             let mut c = w.acquire().await.unwrap();
@@ -309,6 +316,44 @@ mod tests {
             1,
             "only the second insert, on the new connection"
         );
+        assert!(!same_connection(&w).await, "replaced");
+    }
+
+    /// Whether the writer still has the connection that created the temporary table.
+    async fn same_connection(w: &Writer) -> bool {
+        let mut c = w.acquire().await.unwrap();
+        sqlx::query("SELECT count(*) FROM temp.marker")
+            .execute(&mut *c)
+            .await
+            .is_ok()
+    }
+
+    async fn mark_connection(w: &Writer) {
+        let mut c = w.acquire().await.unwrap();
+        sqlx::query("CREATE TEMP TABLE marker (x)")
+            .execute(&mut *c)
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn rolling_back_a_dropped_transaction_keeps_the_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = writer(&dir).await;
+        mark_connection(&w).await;
+        for _ in 0..20 {
+            // Dropped at once: its rollback is still queued when the next `begin` comes.
+            let mut tx = w.begin().await.unwrap();
+            sqlx::query("INSERT INTO t VALUES (1)")
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+        }
+        assert!(
+            same_connection(&w).await,
+            "a routine rollback replaced the connection"
+        );
+        assert_eq!(rows(&w).await, 0);
     }
 
     #[tokio::test]
