@@ -43,6 +43,14 @@ pub fn started_address(line: &str) -> Option<String> {
     value.get("address")?.as_str().map(str::to_owned)
 }
 
+/// The address of the start-up banner the server prints on stderr at every log level
+/// (`Trueline is listening on http://ADDR  (storage: …)`): with `--server-log-level warn`
+/// there is no `server.started` line.
+pub fn banner_address(line: &str) -> Option<String> {
+    let rest = line.strip_prefix("Trueline is listening on http://")?;
+    rest.split_whitespace().next().map(str::to_owned)
+}
+
 impl SpawnedServer {
     pub async fn start(
         bin: &Path,
@@ -103,13 +111,15 @@ impl SpawnedServer {
         let deadline = tokio::time::Instant::now() + START_TIMEOUT;
         loop {
             let mut log = std::fs::read_to_string(&server.log_path).unwrap_or_default();
-            if let Some(address) = log.lines().find_map(started_address) {
+            let stderr_path = server.log_path.with_file_name("server.stderr");
+            let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+            let started = log.lines().find_map(started_address);
+            if let Some(address) = started.or_else(|| stderr.lines().find_map(banner_address)) {
                 server.address = format!("http://{address}");
                 return Ok(server);
             }
             if let Some(status) = server.child.try_wait()? {
-                let stderr_path = server.log_path.with_file_name("server.stderr");
-                log.push_str(&std::fs::read_to_string(stderr_path).unwrap_or_default());
+                log.push_str(&stderr);
                 bail!(
                     "the server exited ({status}) before starting; its log:\n{}",
                     tail(&log)
@@ -166,11 +176,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_address_comes_from_the_server_started_line_only() {
+    fn the_address_comes_from_the_server_started_line_or_the_banner() {
         let line = r#"{"timestamp":"…","level":"INFO","event":"server.started","address":"127.0.0.1:43123","backend":"sqlite"}"#;
         assert_eq!(started_address(line).as_deref(), Some("127.0.0.1:43123"));
         assert_eq!(started_address(r#"{"event":"db.migrated"}"#), None);
         assert_eq!(started_address("not json"), None);
+        assert_eq!(
+            banner_address("Trueline is listening on http://127.0.0.1:43123  (storage: sqlite x)")
+                .as_deref(),
+            Some("127.0.0.1:43123")
+        );
+        assert_eq!(banner_address("Create the first account:"), None);
     }
 
     #[tokio::test]

@@ -12,6 +12,7 @@
 
 mod accounts;
 mod assessments;
+mod checkpoint;
 mod combined;
 mod delivery;
 mod inventory;
@@ -33,11 +34,6 @@ use trueline_store::{Store, StoreError, StoreHealth};
 /// How long a statement waits for SQLite's file lock (another process, e.g. `trueline
 /// migrate`) before giving up.
 const BUSY_TIMEOUT_MS: u64 = 5_000;
-
-/// How often the checkpointer copies the WAL back into the database file. SQLite would
-/// otherwise do it inside whichever commit crosses its auto-checkpoint threshold, stalling
-/// the single writer (and every request waiting for it) for the copy and the file's fsync.
-const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(200);
 
 /// What [`SqliteStore::release_leftovers`] released.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -98,7 +94,7 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_millis(BUSY_TIMEOUT_MS))
-            // Checkpoints run beside the writer (see `checkpoint_continuously`), and the WAL
+            // Checkpoints run beside the writer (see `checkpoint`), and the WAL
             // file is cut back after a reset so it does not stay at its high-water mark.
             .pragma("wal_autocheckpoint", "0")
             .pragma("journal_size_limit", (64 * 1024 * 1024).to_string());
@@ -129,7 +125,7 @@ impl SqliteStore {
             .await
             .map_err(db_error)?;
         let alive = std::sync::Arc::new(());
-        tokio::spawn(checkpoint_continuously(
+        tokio::spawn(checkpoint::checkpoint_continuously(
             checkpointer,
             writer.clone(),
             std::sync::Arc::downgrade(&alive),
@@ -225,28 +221,6 @@ impl SqliteStore {
         let (writer_idle, writer_busy) = if self.writer.busy() { (0, 1) } else { (1, 0) };
         (idle + writer_idle, readers_in_use + writer_busy)
     }
-}
-
-/// Passive checkpoints (they never wait for, nor block, the writer or readers) on their own
-/// connection until the store is closed or dropped; a final one truncates the WAL.
-async fn checkpoint_continuously(
-    checkpointer: SqlitePool,
-    writer: Arc<writer::Writer>,
-    alive: std::sync::Weak<()>,
-) {
-    while !writer.is_closed() && alive.strong_count() > 0 {
-        tokio::time::sleep(CHECKPOINT_INTERVAL).await;
-        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-            .execute(&checkpointer)
-            .await
-        {
-            tracing::warn!(event = "error.db", error = %e, "WAL checkpoint failed");
-        }
-    }
-    let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-        .execute(&checkpointer)
-        .await;
-    checkpointer.close().await;
 }
 
 impl Store for SqliteStore {
