@@ -443,6 +443,59 @@ pub async fn appends_wake_subscribers(f: &EventsFixture) {
     assert_ne!(*changes.borrow(), seen);
 }
 
+pub async fn many_batches_are_appended_in_order_and_stop_at_an_up_front_refusal(
+    f: &EventsFixture,
+) {
+    let org = OrgId::new();
+    let batch = |stream: &str, events: Vec<NewEvent>| StreamBatch {
+        stream: stream.to_owned(),
+        expected: ExpectedVersion::Any,
+        events,
+    };
+    let outcomes = f
+        .events
+        .append_many(
+            org,
+            vec![
+                batch("a", vec![event("x", "1"), event("x", "2")]),
+                batch("b", vec![event("x", "3")]),
+                batch("a", vec![event("x", "4")]),
+            ],
+            now(),
+        )
+        .await;
+    let appended: Vec<(u64, u64)> = outcomes
+        .into_iter()
+        .flat_map(|o| o.expect("appended"))
+        .map(|a| (a.position, a.stream_version))
+        .collect();
+    assert_eq!(appended, [(1, 1), (2, 2), (3, 1), (4, 3)]);
+
+    // A batch refused before it is appended stops the ones after it.
+    let mut big = event("x", "");
+    big.data = vec![b'1'; EVENT_BYTES_MAX_DEFAULT + 1];
+    let outcomes = f
+        .events
+        .append_many(
+            org,
+            vec![
+                batch("c", vec![event("x", "5")]),
+                batch("c", vec![big]),
+                batch("c", vec![event("x", "6")]),
+            ],
+            now(),
+        )
+        .await;
+    assert_eq!(outcomes.len(), 2, "nothing after the refused batch");
+    assert!(outcomes[0].is_ok());
+    assert!(matches!(
+        refusal(outcomes.into_iter().nth(1).expect("second")),
+        AppendRefusal::EventTooLarge { .. }
+    ));
+    let stats = f.events.stats(org).await.expect("stats");
+    assert_eq!((stats.events, stats.last_position), (5, 5));
+}
+
 /// One `#[tokio::test]` per event-store case; `$make` builds a fresh [`EventsFixture`].
 #[macro_export]
 macro_rules! event_store_suite {
@@ -456,6 +509,7 @@ macro_rules! event_store_suite {
             unicode_payloads_round_trip_exactly,
             stats_count_events_bytes_and_streams,
             oversized_events_are_refused,
+            many_batches_are_appended_in_order_and_stop_at_an_up_front_refusal,
             concurrent_appends_leave_no_gaps_or_duplicates,
             appends_wake_subscribers,
         );

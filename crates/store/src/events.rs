@@ -16,6 +16,14 @@ pub const APPEND_EVENTS_MAX: usize = 1000;
 /// Default maximum of `data` + `metadata` bytes of one event.
 pub const EVENT_BYTES_MAX_DEFAULT: usize = 1024 * 1024;
 
+/// One stream's part of [`EventStore::append_many`].
+#[derive(Debug, Clone)]
+pub struct StreamBatch {
+    pub stream: String,
+    pub expected: ExpectedVersion,
+    pub events: Vec<NewEvent>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewEvent {
     pub id: EventId,
@@ -125,6 +133,34 @@ pub trait EventStore: Send + Sync + 'static {
         events: Vec<NewEvent>,
         now: OffsetDateTime,
     ) -> Result<Vec<Appended>, EventStoreError>;
+
+    /// Appends several batches (each 1..=1000 events to one stream, like [`append`]) in
+    /// this order, as calls to `append` one after another would, and returns their outcomes
+    /// in the same order. It stops at the first batch refused before it was submitted;
+    /// batches after a refusal found later may have been appended (each batch is still
+    /// atomic). The file engine submits them all at once, so one group commit can carry
+    /// them; the default (PostgreSQL) appends them one by one.
+    ///
+    /// [`append`]: EventStore::append
+    async fn append_many(
+        &self,
+        org: OrgId,
+        batches: Vec<StreamBatch>,
+        now: OffsetDateTime,
+    ) -> Vec<Result<Vec<Appended>, EventStoreError>> {
+        let mut outcomes = Vec::with_capacity(batches.len());
+        for batch in batches {
+            let outcome = self
+                .append(org, &batch.stream, batch.expected, batch.events, now)
+                .await;
+            let refused = outcome.is_err();
+            outcomes.push(outcome);
+            if refused {
+                break;
+            }
+        }
+        outcomes
+    }
 
     async fn event(&self, org: OrgId, id: EventId) -> Result<Option<EventRecord>, StoreError>;
 

@@ -13,7 +13,9 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 use trueline_core::ids::OrgId;
 use trueline_http::State;
-use trueline_store::events::{AppendRefusal, EventStoreError, ExpectedVersion, NewEvent};
+use trueline_store::events::{
+    AppendRefusal, EventStoreError, ExpectedVersion, NewEvent, StreamBatch,
+};
 use trueline_store::{Destination, NewDelivery, OutboxRow, Webhook};
 use uuid::Uuid;
 
@@ -76,20 +78,30 @@ fn event_of(row: &OutboxRow) -> NewEvent {
 /// Publishes one organization's rows to the event log in order; returns the sequence
 /// numbers published, stopping at the first failure (which is returned with the rows it
 /// concerns).
+///
+/// One organization's rows reach the log in sequence order (one relay loop, one lease), so
+/// what a crashed process published of them before it could complete them is a prefix. If
+/// the first row is not in the log, none is: every run is handed over at once
+/// ([`EventStore::append_many`](trueline_store::events::EventStore::append_many): one group
+/// commit for all of them on the file engine, where waiting for each cost one `fdatasync`
+/// per run, and under deltas spread over many items most runs are one event). Otherwise the
+/// runs go one by one, so the run that was cut can be completed in order.
 pub async fn publish_to_log(
     state: &State,
     org: OrgId,
     rows: &[OutboxRow],
 ) -> (Vec<i64>, Option<(Vec<i64>, String)>) {
+    let Some(first) = rows.first() else {
+        return (Vec::new(), None);
+    };
+    if let Ok(None) = state.events.event(org, first.event_id).await {
+        return publish_at_once(state, org, rows).await;
+    }
     let mut done = Vec::with_capacity(rows.len());
     let mut i = 0;
     while i < rows.len() {
         let stream = &rows[i].stream;
-        let run = rows[i..]
-            .iter()
-            .take_while(|r| &r.stream == stream)
-            .take(1000)
-            .count();
+        let run = run_length(&rows[i..]);
         let batch = &rows[i..i + run];
         let events: Vec<NewEvent> = batch.iter().map(event_of).collect();
         let now = state.clock.now();
@@ -122,6 +134,57 @@ pub async fn publish_to_log(
         i += run;
     }
     (done, None)
+}
+
+/// The rows at the start of `rows` that go to the log as one append: same stream, at most
+/// an append's 1,000 events.
+fn run_length(rows: &[OutboxRow]) -> usize {
+    let stream = &rows[0].stream;
+    rows.iter()
+        .take_while(|r| &r.stream == stream)
+        .take(1000)
+        .count()
+}
+
+/// Every run of `rows` handed to the event log before any is waited for. Runs after a
+/// refused one may have been appended: they count as published.
+async fn publish_at_once(
+    state: &State,
+    org: OrgId,
+    rows: &[OutboxRow],
+) -> (Vec<i64>, Option<(Vec<i64>, String)>) {
+    let mut runs = Vec::new();
+    let mut batches = Vec::new();
+    let mut i = 0;
+    while i < rows.len() {
+        let run = &rows[i..i + run_length(&rows[i..])];
+        batches.push(StreamBatch {
+            stream: run[0].stream.clone(),
+            expected: ExpectedVersion::Any,
+            events: run.iter().map(event_of).collect(),
+        });
+        runs.push(run);
+        i += run.len();
+    }
+    let outcomes = state
+        .events
+        .append_many(org, batches, state.clock.now())
+        .await;
+    let mut done = Vec::with_capacity(rows.len());
+    let mut failure: Option<(Vec<i64>, String)> = None;
+    for (k, run) in runs.iter().enumerate() {
+        let seqs = run.iter().map(|r| r.seq);
+        match outcomes.get(k) {
+            Some(Ok(_)) => done.extend(seqs),
+            Some(Err(e)) => match &mut failure {
+                Some((failed, _)) => failed.extend(seqs),
+                None => failure = Some((seqs.collect(), e.to_string())),
+            },
+            // Not submitted (after a refusal): left for the next round.
+            None => {}
+        }
+    }
+    (done, failure)
 }
 
 /// The webhook deliveries the published rows call for.
