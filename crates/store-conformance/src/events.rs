@@ -443,9 +443,7 @@ pub async fn appends_wake_subscribers(f: &EventsFixture) {
     assert_ne!(*changes.borrow(), seen);
 }
 
-pub async fn many_batches_are_appended_in_order_and_stop_at_an_up_front_refusal(
-    f: &EventsFixture,
-) {
+pub async fn many_batches_are_appended_in_order_and_stop_at_an_up_front_refusal(f: &EventsFixture) {
     let org = OrgId::new();
     let batch = |stream: &str, events: Vec<NewEvent>| StreamBatch {
         stream: stream.to_owned(),

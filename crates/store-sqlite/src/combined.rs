@@ -16,7 +16,7 @@ use sqlx::{QueryBuilder, Row, Sqlite};
 use std::collections::HashMap;
 use trueline_core::ids::ItemId;
 use trueline_store::combine::{KeyId, KeyState, Plan, PlannedKey, plan};
-use trueline_store::{DeltaJob, DeltaOutcome, HistoryKind, Item, StoreError};
+use trueline_store::{DeltaJob, DeltaOutcome, HistoryKind, IdempotencyScope, Item, StoreError};
 
 /// Rows per multi-row statement: well under SQLite's 32766 bound parameters at 13 per row.
 const ROWS_PER_STATEMENT: usize = 500;
@@ -91,17 +91,8 @@ async fn begin_and_load(
         query.push(")");
     }
     for chunk in scopes.chunks(ROWS_PER_STATEMENT) {
-        query.push(
-            ";\nSELECT 'key' AS answer, org_id, user_id, key, fingerprint, state, locked_until,
-                    response_status, response_headers, response_body
-             FROM idempotency_keys WHERE (org_id, user_id, key) IN (",
-        );
-        query.push_values(chunk, |mut row, scope| {
-            row.push_bind(scope.org_id.0)
-                .push_bind(scope.user_id.0)
-                .push_bind(&scope.key);
-        });
-        query.push(")");
+        query.push(";\n");
+        push_key_lookup(&mut query, chunk);
     }
     let rows = query
         .build()
@@ -121,6 +112,23 @@ async fn begin_and_load(
         }
     }
     Ok((items, keys))
+}
+
+/// Reads the idempotency keys of `scopes` (rows answer `key`). The bundled SQLite searches
+/// the key index once per listed key for this row-value `IN` (older versions, e.g. 3.40,
+/// scan the whole index: every key ever stored, on every batch); a test holds the plan.
+fn push_key_lookup(query: &mut QueryBuilder<Sqlite>, scopes: &[&IdempotencyScope]) {
+    query.push(
+        "SELECT 'key' AS answer, org_id, user_id, key, fingerprint, state, locked_until,
+                response_status, response_headers, response_body
+         FROM idempotency_keys WHERE (org_id, user_id, key) IN (",
+    );
+    query.push_values(scopes, |mut row, scope| {
+        row.push_bind(scope.org_id.0)
+            .push_bind(scope.user_id.0)
+            .push_bind(&scope.key);
+    });
+    query.push(")");
 }
 
 fn key_from(row: &SqliteRow) -> Result<(KeyId, KeyState), StoreError> {
@@ -300,4 +308,51 @@ async fn write_existing_keys(
 fn encode_headers(done: &PlannedKey) -> Result<String, StoreError> {
     serde_json::to_string(&done.response.headers)
         .map_err(|e| StoreError::Internal(format!("cannot encode headers: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use trueline_core::ids::{OrgId, UserId};
+    use trueline_store::Migrations;
+
+    /// The plan, not a timing: a scan of the key index costs every key ever stored.
+    #[tokio::test]
+    async fn idempotency_keys_are_looked_up_through_the_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let store = SqliteStore::connect(&url, crate::SqliteOptions::default())
+            .await
+            .unwrap();
+        store.migrate_up().await.unwrap();
+        let scopes: Vec<IdempotencyScope> = (0..3)
+            .map(|i| IdempotencyScope {
+                org_id: OrgId::new(),
+                user_id: UserId::new(),
+                key: format!("key-{i}"),
+            })
+            .collect();
+        let refs: Vec<&IdempotencyScope> = scopes.iter().collect();
+        let mut query = QueryBuilder::<Sqlite>::new("EXPLAIN QUERY PLAN ");
+        push_key_lookup(&mut query, &refs);
+        let mut conn = store.writer.acquire().await.unwrap();
+        let plan: Vec<String> = query
+            .build()
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get::<String, _>("detail"))
+            .collect();
+        assert!(
+            plan.iter()
+                .any(|step| step.starts_with("SEARCH idempotency_keys USING")
+                    && step.contains("key=?")),
+            "{plan:?}"
+        );
+        assert!(
+            !plan.iter().any(|step| step.starts_with("SCAN k")),
+            "{plan:?}"
+        );
+    }
 }
