@@ -113,6 +113,12 @@ pub struct OutboxConfig {
     pub lease_s: u64,
     /// Run the relay in this instance (every instance may; they share the work).
     pub relay_enabled: bool,
+    /// Rows every destination published are deleted this long after their commit (the
+    /// events stay in the event log). Every instance must agree on `publish.nats`: one
+    /// without it does not wait for NATS.
+    pub retention_hours: u64,
+    /// How often published rows past the retention are deleted.
+    pub purge_interval_s: u64,
 }
 
 impl Default for OutboxConfig {
@@ -122,6 +128,8 @@ impl Default for OutboxConfig {
             lag_warn_s: 30,
             lease_s: 30,
             relay_enabled: true,
+            retention_hours: 24,
+            purge_interval_s: 600,
         }
     }
 }

@@ -39,6 +39,13 @@ pub fn spawn_all(
             Duration::from_secs(config.idempotency.purge_interval_s.max(1)),
             stop.clone(),
         )),
+        tokio::spawn(purge_outbox(
+            state.clone(),
+            Duration::from_secs(config.outbox.retention_hours * 3600),
+            Duration::from_secs(config.outbox.purge_interval_s.max(1)),
+            config.publish.nats.url.is_some(),
+            stop.clone(),
+        )),
         tokio::spawn(webhooks::run(state.clone(), webhooks, stop.clone())),
         tokio::spawn(watch_lag(state.clone(), stop.clone())),
         tokio::spawn(submit_overdue_attempts(
@@ -148,6 +155,52 @@ async fn watch_lag(state: State, mut stop: watch::Receiver<bool>) {
         tokio::select! {
             _ = stop.changed() => return,
             () = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
+}
+
+/// Outbox rows deleted per transaction: the single SQLite writer is held for one batch at a
+/// time, not for a whole purge.
+const OUTBOX_PURGE_BATCH: u32 = 2_000;
+
+/// Deletes outbox rows every destination published, once older than the retention period,
+/// in batches (the relay and the requests get the writer between them).
+async fn purge_outbox(
+    state: State,
+    retention: Duration,
+    interval: Duration,
+    nats: bool,
+    mut stop: watch::Receiver<bool>,
+) {
+    let retention = time::Duration::try_from(retention).unwrap_or(time::Duration::DAY);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+        let before = state.clock.now() - retention;
+        let mut purged = 0;
+        loop {
+            match state
+                .store
+                .purge_outbox(before, nats, OUTBOX_PURGE_BATCH)
+                .await
+            {
+                Ok(n) => {
+                    purged += n;
+                    if n < u64::from(OUTBOX_PURGE_BATCH) || *stop.borrow() {
+                        break;
+                    }
+                    tokio::task::yield_now().await;
+                }
+                Err(e) => {
+                    tracing::warn!(event = "outbox.purge_failed", error = %e);
+                    break;
+                }
+            }
+        }
+        if purged > 0 {
+            tracing::info!(event = "outbox.purged", purged);
         }
     }
 }

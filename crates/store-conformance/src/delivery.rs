@@ -176,6 +176,53 @@ pub async fn completing_marks_rows_once_and_creates_each_delivery_once(f: &Fixtu
     assert!(stats.oldest_pending_at.is_some());
 }
 
+pub async fn only_rows_every_destination_published_are_purged_oldest_first(f: &Fixture) {
+    let a = owner_actor(f, "ann@example.com").await;
+    for name in ["Milk", "Eggs", "Flour"] {
+        create(f, &a, name, 1).await;
+    }
+    let t = now();
+    let rows = lease(f, Destination::EventLog, "r", t, 10, 4).await;
+    let s: Vec<i64> = rows.iter().map(|r| r.seq).collect();
+    assert_eq!(s.len(), 4, "a signup and 3 creates");
+    // s0..s2 reach the event log, s1 NATS too; s3 waits for both.
+    f.store
+        .complete_outbox(Destination::EventLog, &s[..3], &[], t)
+        .await
+        .expect("complete");
+    f.store
+        .complete_outbox(Destination::Nats, &s[1..2], &[], t)
+        .await
+        .expect("complete");
+    let left = || async {
+        (
+            f.raw.scalar("SELECT count(*) FROM outbox").await,
+            f.raw.scalar("SELECT min(seq) FROM outbox").await,
+        )
+    };
+    let purge = |before, nats, limit| f.store.purge_outbox(before, nats, limit);
+    assert_eq!(purge(t - Duration::hours(1), false, 100).await.unwrap(), 0);
+    assert_eq!(left().await, (4, s[0]), "nothing is older than the cut-off");
+    let later = t + Duration::hours(1);
+    assert_eq!(
+        purge(later, true, 100).await.unwrap(),
+        1,
+        "with NATS: s1 only"
+    );
+    assert_eq!(left().await, (3, s[0]));
+    assert_eq!(purge(later, false, 1).await.unwrap(), 1, "oldest first: s0");
+    assert_eq!(left().await, (2, s[2]));
+    assert_eq!(purge(later, false, 100).await.unwrap(), 1, "s2");
+    assert_eq!(purge(later, false, 100).await.unwrap(), 0);
+    assert_eq!(left().await, (1, s[3]), "the pending row stays");
+    let pending = f
+        .store
+        .outbox_stats(Destination::EventLog)
+        .await
+        .expect("stats");
+    assert_eq!(pending.pending, 1);
+}
+
 pub async fn failed_publications_are_counted(f: &Fixture) {
     owner_actor(f, "ann@example.com").await;
     let t = now();

@@ -233,6 +233,28 @@ impl DeliveryStore for PgStore {
         tx.commit().await.map_err(db_error)
     }
 
+    async fn purge_outbox(
+        &self,
+        before: OffsetDateTime,
+        nats: bool,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "DELETE FROM outbox WHERE seq IN (
+                 SELECT seq FROM outbox
+                 WHERE created_at < $1 AND published_at IS NOT NULL
+                   AND (NOT $2 OR nats_published_at IS NOT NULL)
+                 ORDER BY seq LIMIT $3)",
+        )
+        .bind(before)
+        .bind(nats)
+        .bind(i64::from(limit))
+        .execute(&self.pool)
+        .await
+        .map_err(db_error)?;
+        Ok(done.rows_affected())
+    }
+
     async fn release_outbox(
         &self,
         destination: Destination,

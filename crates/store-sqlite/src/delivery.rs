@@ -268,6 +268,30 @@ impl DeliveryStore for SqliteStore {
         tx.commit().await.map_err(db_error)
     }
 
+    async fn purge_outbox(
+        &self,
+        before: OffsetDateTime,
+        nats: bool,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let done = sqlx::query(
+            "DELETE FROM outbox WHERE seq IN (
+                 SELECT seq FROM outbox
+                 WHERE created_at < ?1 AND published_at IS NOT NULL
+                   AND (NOT ?2 OR nats_published_at IS NOT NULL)
+                 ORDER BY seq LIMIT ?3)",
+        )
+        .bind(micros(before))
+        .bind(nats)
+        .bind(i64::from(limit))
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(done.rows_affected())
+    }
+
     async fn release_outbox(
         &self,
         destination: Destination,

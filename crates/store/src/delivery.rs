@@ -185,6 +185,17 @@ pub trait DeliveryStore: Send + Sync {
     /// Records a failed publication attempt of `seqs`.
     async fn fail_outbox(&self, seqs: &[i64], error: &str) -> Result<(), StoreError>;
 
+    /// Deletes up to `limit` rows created before `before` that every destination in use
+    /// has published (the event log, and NATS when `nats`), oldest first; returns how many.
+    /// A row some destination still waits for is never deleted. The published events stay in
+    /// the event log, and webhook deliveries keep their own copy of the payload.
+    async fn purge_outbox(
+        &self,
+        before: OffsetDateTime,
+        nats: bool,
+        limit: u32,
+    ) -> Result<u64, StoreError>;
+
     /// Gives up `holder`'s leases on `destination`.
     async fn release_outbox(
         &self,

@@ -16,6 +16,7 @@ use trueline_store::Destination;
 both_backends!(
     every_committed_change_reaches_the_event_log_once_and_in_order,
     a_relay_that_died_mid_batch_is_taken_over_without_duplicates,
+    published_outbox_rows_are_deleted_after_the_retention_and_their_events_stay,
     a_change_and_its_outbox_row_exist_together_or_not_at_all,
     webhooks_are_signed_retried_dead_lettered_and_redelivered,
     private_webhook_targets_are_refused_by_default,
@@ -143,6 +144,32 @@ async fn every_committed_change_reaches_the_event_log_once_and_in_order(backend:
         (Some(-2), Some(3))
     );
     assert!(first["stream"].as_str().unwrap().starts_with("item-"));
+}
+
+async fn published_outbox_rows_are_deleted_after_the_retention_and_their_events_stay(
+    backend: Backend,
+) {
+    let app = spawn_app_with(backend, |c| c.outbox.purge_interval_s = 1, Router::new()).await;
+    let ann = mutations(&app).await;
+    assert!(eventually(15, || drained(&app)).await);
+    let outbox = outbox_of(&app, &ann.org_id).await;
+    assert_eq!(outbox.len(), 8);
+    // Inside the retention nothing goes.
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    assert_eq!(outbox_of(&app, &ann.org_id).await, outbox);
+    app.clock.advance(time::Duration::hours(25));
+    assert!(
+        eventually(15, || async {
+            outbox_of(&app, &ann.org_id).await.is_empty()
+        })
+        .await,
+        "published rows past the retention are deleted"
+    );
+    assert_eq!(
+        log_of(&app, &ann.token).await,
+        outbox,
+        "the event log keeps every event"
+    );
 }
 
 async fn a_relay_that_died_mid_batch_is_taken_over_without_duplicates(backend: Backend) {
