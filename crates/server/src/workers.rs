@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use trueline_http::State;
-use trueline_store::Destination;
+use trueline_store::{Destination, StoreError};
 
 /// Starts every background worker.
 pub fn spawn_all(
@@ -159,12 +159,28 @@ async fn watch_lag(state: State, mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// Outbox rows deleted per transaction: the single SQLite writer is held for one batch at a
-/// time, not for a whole purge.
-const OUTBOX_PURGE_BATCH: u32 = 2_000;
+/// Rows deleted per transaction by the purges: the single SQLite writer is held for one
+/// batch at a time (the relay and the requests get it in between), not for a whole purge.
+const PURGE_BATCH: u32 = 2_000;
 
-/// Deletes outbox rows every destination published, once older than the retention period,
-/// in batches (the relay and the requests get the writer between them).
+/// Runs `purge(PURGE_BATCH)` until a batch comes back short; returns the total.
+async fn in_batches<F, Fut>(stop: &watch::Receiver<bool>, mut purge: F) -> Result<u64, StoreError>
+where
+    F: FnMut(u32) -> Fut,
+    Fut: std::future::Future<Output = Result<u64, StoreError>>,
+{
+    let mut total = 0;
+    loop {
+        let n = purge(PURGE_BATCH).await?;
+        total += n;
+        if n < u64::from(PURGE_BATCH) || *stop.borrow() {
+            return Ok(total);
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Deletes outbox rows every destination published, once older than the retention period.
 async fn purge_outbox(
     state: State,
     retention: Duration,
@@ -179,28 +195,11 @@ async fn purge_outbox(
             () = tokio::time::sleep(interval) => {}
         }
         let before = state.clock.now() - retention;
-        let mut purged = 0;
-        loop {
-            match state
-                .store
-                .purge_outbox(before, nats, OUTBOX_PURGE_BATCH)
-                .await
-            {
-                Ok(n) => {
-                    purged += n;
-                    if n < u64::from(OUTBOX_PURGE_BATCH) || *stop.borrow() {
-                        break;
-                    }
-                    tokio::task::yield_now().await;
-                }
-                Err(e) => {
-                    tracing::warn!(event = "outbox.purge_failed", error = %e);
-                    break;
-                }
-            }
-        }
-        if purged > 0 {
-            tracing::info!(event = "outbox.purged", purged);
+        let store = &state.store;
+        match in_batches(&stop, |limit| store.purge_outbox(before, nats, limit)).await {
+            Ok(0) => {}
+            Ok(purged) => tracing::info!(event = "outbox.purged", purged),
+            Err(e) => tracing::warn!(event = "outbox.purge_failed", error = %e),
         }
     }
 }
@@ -219,7 +218,8 @@ async fn purge_idempotency_keys(
             () = tokio::time::sleep(interval) => {}
         }
         let before = state.clock.now() - retention;
-        match state.store.purge_idempotency(before).await {
+        let store = &state.store;
+        match in_batches(&stop, |limit| store.purge_idempotency(before, limit)).await {
             Ok(0) => {}
             Ok(purged) => tracing::info!(event = "idempotency.purged", purged),
             Err(e) => tracing::warn!(event = "idempotency.purge_failed", error = %e),

@@ -163,12 +163,19 @@ impl IdempotencyStore for PgStore {
         Ok(())
     }
 
-    async fn purge_idempotency(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
+    async fn purge_idempotency(
+        &self,
+        before: OffsetDateTime,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
         let done = sqlx::query(
-            "DELETE FROM idempotency_keys
-             WHERE created_at < $1 AND (state = 'completed' OR locked_until < $1)",
+            "DELETE FROM idempotency_keys WHERE (org_id, user_id, key) IN (
+                 SELECT org_id, user_id, key FROM idempotency_keys
+                 WHERE created_at < $1 AND (state = 'completed' OR locked_until < $1)
+                 ORDER BY created_at LIMIT $2)",
         )
         .bind(before)
+        .bind(i64::from(limit))
         .execute(&self.pool)
         .await
         .map_err(db_error)?;

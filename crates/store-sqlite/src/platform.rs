@@ -159,13 +159,20 @@ impl IdempotencyStore for SqliteStore {
         tx.commit().await.map_err(db_error)
     }
 
-    async fn purge_idempotency(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
+    async fn purge_idempotency(
+        &self,
+        before: OffsetDateTime,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
         let mut tx = self.begin_write().await?;
         let done = sqlx::query(
-            "DELETE FROM idempotency_keys
-             WHERE created_at < ?1 AND (state = 'completed' OR locked_until < ?1)",
+            "DELETE FROM idempotency_keys WHERE rowid IN (
+                 SELECT rowid FROM idempotency_keys
+                 WHERE created_at < ?1 AND (state = 'completed' OR locked_until < ?1)
+                 ORDER BY created_at LIMIT ?2)",
         )
         .bind(micros(before))
+        .bind(i64::from(limit))
         .execute(&mut *tx)
         .await
         .map_err(db_error)?;

@@ -65,8 +65,13 @@ pub trait IdempotencyStore: Send + Sync {
     /// Drops a pending claim whose request failed without changing anything.
     async fn release(&self, scope: &IdempotencyScope) -> Result<(), StoreError>;
 
-    /// Deletes completed records created before `before` and stale pending claims.
-    async fn purge_idempotency(&self, before: OffsetDateTime) -> Result<u64, StoreError>;
+    /// Deletes up to `limit` completed records created before `before` and stale pending
+    /// claims, oldest first; returns how many.
+    async fn purge_idempotency(
+        &self,
+        before: OffsetDateTime,
+        limit: u32,
+    ) -> Result<u64, StoreError>;
 }
 
 /// A domain event written to the outbox in the transaction of its change.
