@@ -32,19 +32,33 @@ pub fn spawn_all(
         poll: Duration::from_millis(config.webhooks.poll_ms.max(10)),
         concurrency: config.webhooks.concurrency.max(1),
     };
+    let nats = config.publish.nats.url.is_some();
     let mut workers = vec![
-        tokio::spawn(purge_idempotency_keys(
+        // Idempotency records older than their retention.
+        tokio::spawn(purge_periodically(
             state.clone(),
-            Duration::from_secs(config.idempotency.retention_hours * 3600),
-            Duration::from_secs(config.idempotency.purge_interval_s.max(1)),
+            Purge {
+                retention: Duration::from_secs(config.idempotency.retention_hours * 3600),
+                interval: Duration::from_secs(config.idempotency.purge_interval_s.max(1)),
+                purged: "idempotency.purged",
+                failed: "idempotency.purge_failed",
+            },
             stop.clone(),
+            |state, before, limit| async move { state.store.purge_idempotency(before, limit).await },
         )),
-        tokio::spawn(purge_outbox(
+        // Outbox rows every destination published, older than their retention.
+        tokio::spawn(purge_periodically(
             state.clone(),
-            Duration::from_secs(config.outbox.retention_hours * 3600),
-            Duration::from_secs(config.outbox.purge_interval_s.max(1)),
-            config.publish.nats.url.is_some(),
+            Purge {
+                retention: Duration::from_secs(config.outbox.retention_hours * 3600),
+                interval: Duration::from_secs(config.outbox.purge_interval_s.max(1)),
+                purged: "outbox.purged",
+                failed: "outbox.purge_failed",
+            },
             stop.clone(),
+            move |state, before, limit| async move {
+                state.store.purge_outbox(before, nats, limit).await
+            },
         )),
         tokio::spawn(webhooks::run(state.clone(), webhooks, stop.clone())),
         tokio::spawn(watch_lag(state.clone(), stop.clone())),
@@ -163,66 +177,49 @@ async fn watch_lag(state: State, mut stop: watch::Receiver<bool>) {
 /// batch at a time (the relay and the requests get it in between), not for a whole purge.
 const PURGE_BATCH: u32 = 2_000;
 
-/// Runs `purge(PURGE_BATCH)` until a batch comes back short; returns the total.
-async fn in_batches<F, Fut>(stop: &watch::Receiver<bool>, mut purge: F) -> Result<u64, StoreError>
-where
-    F: FnMut(u32) -> Fut,
+/// A periodic purge: what is older than `retention` goes every `interval`; its log events.
+struct Purge {
+    retention: Duration,
+    interval: Duration,
+    purged: &'static str,
+    failed: &'static str,
+}
+
+/// Every `purge.interval`, runs `delete(state, now - retention, PURGE_BATCH)` until a batch
+/// comes back short (each call deletes at most that many rows and returns how many).
+async fn purge_periodically<F, Fut>(
+    state: State,
+    purge: Purge,
+    mut stop: watch::Receiver<bool>,
+    delete: F,
+) where
+    F: Fn(State, time::OffsetDateTime, u32) -> Fut,
     Fut: std::future::Future<Output = Result<u64, StoreError>>,
 {
-    let mut total = 0;
-    loop {
-        let n = purge(PURGE_BATCH).await?;
-        total += n;
-        if n < u64::from(PURGE_BATCH) || *stop.borrow() {
-            return Ok(total);
-        }
-        tokio::task::yield_now().await;
-    }
-}
-
-/// Deletes outbox rows every destination published, once older than the retention period.
-async fn purge_outbox(
-    state: State,
-    retention: Duration,
-    interval: Duration,
-    nats: bool,
-    mut stop: watch::Receiver<bool>,
-) {
-    let retention = time::Duration::try_from(retention).unwrap_or(time::Duration::DAY);
+    let retention = time::Duration::try_from(purge.retention).unwrap_or(time::Duration::DAY);
     loop {
         tokio::select! {
             _ = stop.changed() => return,
-            () = tokio::time::sleep(interval) => {}
+            () = tokio::time::sleep(purge.interval) => {}
         }
         let before = state.clock.now() - retention;
-        let store = &state.store;
-        match in_batches(&stop, |limit| store.purge_outbox(before, nats, limit)).await {
+        let mut total = 0;
+        let outcome = loop {
+            match delete(state.clone(), before, PURGE_BATCH).await {
+                Ok(n) => {
+                    total += n;
+                    if n < u64::from(PURGE_BATCH) || *stop.borrow() {
+                        break Ok(total);
+                    }
+                    tokio::task::yield_now().await;
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        match outcome {
             Ok(0) => {}
-            Ok(purged) => tracing::info!(event = "outbox.purged", purged),
-            Err(e) => tracing::warn!(event = "outbox.purge_failed", error = %e),
-        }
-    }
-}
-
-/// Deletes idempotency records older than the retention period.
-async fn purge_idempotency_keys(
-    state: State,
-    retention: Duration,
-    interval: Duration,
-    mut stop: watch::Receiver<bool>,
-) {
-    let retention = time::Duration::try_from(retention).unwrap_or(time::Duration::DAY);
-    loop {
-        tokio::select! {
-            _ = stop.changed() => return,
-            () = tokio::time::sleep(interval) => {}
-        }
-        let before = state.clock.now() - retention;
-        let store = &state.store;
-        match in_batches(&stop, |limit| store.purge_idempotency(before, limit)).await {
-            Ok(0) => {}
-            Ok(purged) => tracing::info!(event = "idempotency.purged", purged),
-            Err(e) => tracing::warn!(event = "idempotency.purge_failed", error = %e),
+            Ok(purged) => tracing::info!(event = purge.purged, purged),
+            Err(e) => tracing::warn!(event = purge.failed, purged = total, error = %e),
         }
     }
 }
