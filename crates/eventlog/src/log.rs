@@ -432,17 +432,13 @@ impl EventLog {
             || self.shared.completer_thread.get() == Some(&me)
         {
             // Dropped inside a callback on the writer (or acknowledging) thread: waiting for
-            // the writer would wait for ourselves. Ask it to stop once the callback returns and leave; the
-            // directory lock is held until both background threads are done.
+            // the writer would wait for ourselves. Ask it to stop once the callback returns and
+            // leave. The writer still seals the segments that the appends queued before the
+            // stop fill, and lets the indexer go only after its last job (see
+            // `Writer::run`); the directory lock is held until both threads are done.
             let (tx, _rx) = mpsc::channel();
             let _ = self.tx.send(Request::Shutdown(tx));
             self.writer
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take();
-            self.shared.stopping.store(true, Ordering::Relaxed);
-            self.shared
-                .indexer
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .take();

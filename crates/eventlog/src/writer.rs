@@ -245,6 +245,14 @@ impl Writer {
                     // are still waiting (their Completion reports Closed), in that order.
                     self.completer.stop();
                     while self.rx.try_recv().is_ok() {}
+                    // No more index jobs: the indexer finishes the queued ones (e.g. sealed
+                    // segments' checkpoints) and exits. (A handle dropped inside a callback
+                    // does not wait for it; `EventLog::stop` takes it too, after this.)
+                    self.shared
+                        .indexer
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .take();
                     let _ = reply.send(r);
                     return;
                 }

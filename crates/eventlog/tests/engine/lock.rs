@@ -163,3 +163,68 @@ fn dropping_the_last_handle_inside_any_of_many_callbacks_neither_deadlocks_nor_l
         }
     }
 }
+
+#[test]
+fn segments_sealed_after_the_last_handle_was_dropped_in_a_callback_keep_their_checkpoints() {
+    // The last handle is dropped inside a callback while appends that roll segments are
+    // still queued behind it: the writer seals those segments after the drop, and their
+    // checkpoints must still be written (else the next open scans them).
+    use std::sync::{Arc, mpsc};
+    use std::time::{Duration, Instant};
+    use trueline_eventlog::ExpectedVersion;
+
+    use crate::support::{event, open_with, org};
+
+    let dir = tempdir();
+    let options = Options {
+        segment_size_bytes: 8 * 1024,
+        ..Options::default()
+    };
+    let log = Arc::new(open_with(dir.path(), options.clone()).0);
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let held = log.clone();
+    log.append_with(
+        org(1),
+        "s",
+        ExpectedVersion::Any,
+        vec![event(1, "t", b"{}")],
+        Box::new(move |r| {
+            r.unwrap();
+            go_rx.recv().unwrap();
+            drop(held);
+        }),
+    );
+    // Queued behind the blocked callback: about 60 KiB, several segments' worth.
+    for n in 2..=200u64 {
+        log.append_with(
+            org(1),
+            "s",
+            ExpectedVersion::Any,
+            vec![event(n, "t", &[b'x'; 300])],
+            Box::new(|r| {
+                r.unwrap();
+            }),
+        );
+    }
+    drop(log);
+    go_tx.send(()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match EventLog::open(dir.path(), options.clone()) {
+            Ok((log, report)) => {
+                assert_eq!(log.last_global_position(), 200);
+                assert!(report.segments > 2, "{report:?}");
+                assert_eq!(
+                    (report.records_scanned, report.records_from_checkpoint),
+                    (0, 200),
+                    "every segment from its checkpoint: {report:?}"
+                );
+                break;
+            }
+            Err(OpenError::Locked { .. }) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
