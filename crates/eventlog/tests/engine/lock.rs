@@ -68,7 +68,7 @@ fn open_from_another_process_fails_while_the_log_is_open() {
 #[test]
 fn dropping_the_last_handle_inside_a_callback_neither_deadlocks_nor_loses_the_lock() {
     use std::sync::{Arc, mpsc};
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
     use trueline_eventlog::ExpectedVersion;
 
     use crate::support::{event, org};
@@ -96,19 +96,8 @@ fn dropping_the_last_handle_inside_a_callback_neither_deadlocks_nor_loses_the_lo
         .recv_timeout(Duration::from_secs(10))
         .expect("drop inside a callback deadlocked");
     // The lock is released once the writer finished; then the log opens with the event.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match EventLog::open(dir.path(), Options::default()) {
-            Ok((log, _)) => {
-                assert_eq!(log.last_global_position(), 1);
-                break;
-            }
-            Err(OpenError::Locked { .. }) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            Err(e) => panic!("{e}"),
-        }
-    }
+    let (log, _) = open_when_unlocked(dir.path(), Options::default());
+    assert_eq!(log.last_global_position(), 1);
 }
 
 #[test]
@@ -116,7 +105,7 @@ fn dropping_the_last_handle_inside_any_of_many_callbacks_neither_deadlocks_nor_l
     // Many appends queued at once form large groups, whose acknowledgements run on the
     // acknowledging thread: each callback drops a handle, the last one the last handle.
     use std::sync::{Arc, Mutex, mpsc};
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
     use trueline_eventlog::ExpectedVersion;
 
     use crate::support::{event, org};
@@ -149,19 +138,8 @@ fn dropping_the_last_handle_inside_any_of_many_callbacks_neither_deadlocks_nor_l
         .collect();
     acked.sort_unstable();
     assert_eq!(acked, (1..=64).collect::<Vec<_>>());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match EventLog::open(dir.path(), Options::default()) {
-            Ok((log, _)) => {
-                assert_eq!(log.last_global_position(), 64);
-                break;
-            }
-            Err(OpenError::Locked { .. }) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            Err(e) => panic!("{e}"),
-        }
-    }
+    let (log, _) = open_when_unlocked(dir.path(), Options::default());
+    assert_eq!(log.last_global_position(), 64);
 }
 
 #[test]
@@ -170,7 +148,6 @@ fn segments_sealed_after_the_last_handle_was_dropped_in_a_callback_keep_their_ch
     // still queued behind it: the writer seals those segments after the drop, and their
     // checkpoints must still be written (else the next open scans them).
     use std::sync::{Arc, mpsc};
-    use std::time::{Duration, Instant};
     use trueline_eventlog::ExpectedVersion;
 
     use crate::support::{event, open_with, org};
@@ -208,21 +185,27 @@ fn segments_sealed_after_the_last_handle_was_dropped_in_a_callback_keep_their_ch
     }
     drop(log);
     go_tx.send(()).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let (log, report) = open_when_unlocked(dir.path(), options);
+    assert_eq!(log.last_global_position(), 200);
+    assert!(report.segments > 2, "{report:?}");
+    assert_eq!(
+        (report.records_scanned, report.records_from_checkpoint),
+        (0, 200),
+        "every segment from its checkpoint: {report:?}"
+    );
+}
+
+/// Opens `dir` as soon as the background threads of a dropped log let go of its lock.
+fn open_when_unlocked(
+    dir: &std::path::Path,
+    options: Options,
+) -> (EventLog, trueline_eventlog::RecoveryReport) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        match EventLog::open(dir.path(), options.clone()) {
-            Ok((log, report)) => {
-                assert_eq!(log.last_global_position(), 200);
-                assert!(report.segments > 2, "{report:?}");
-                assert_eq!(
-                    (report.records_scanned, report.records_from_checkpoint),
-                    (0, 200),
-                    "every segment from its checkpoint: {report:?}"
-                );
-                break;
-            }
-            Err(OpenError::Locked { .. }) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(10));
+        match EventLog::open(dir, options.clone()) {
+            Ok(opened) => return opened,
+            Err(OpenError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
             }
             Err(e) => panic!("{e}"),
         }
