@@ -39,6 +39,7 @@ macro_rules! conformance_suite {
             schema::database_refuses_removing_the_last_owner_behind_the_codes_back,
             schema::database_refuses_invalid_roles_emails_and_names,
             schema::audit_records_cannot_be_changed_or_deleted,
+            schema::database_refuses_deleting_an_unpublished_outbox_row,
             schema::migrations_go_up_down_and_up_again,
             inventory::items_are_created_with_history_and_outbox_in_one_transaction,
             inventory::names_are_unique_per_organization_case_insensitively,

@@ -73,6 +73,19 @@ pub async fn audit_records_cannot_be_changed_or_deleted(f: &Fixture) {
     assert_eq!(f.count("audit_log").await, 1);
 }
 
+pub async fn database_refuses_deleting_an_unpublished_outbox_row(f: &Fixture) {
+    sign_up(f, "owner@example.com").await;
+    assert_eq!(f.count("outbox").await, 1);
+    assert!(f.raw.execute("DELETE FROM outbox").await.is_err());
+    assert_eq!(f.count("outbox").await, 1, "nothing deleted");
+    // Once the event log has it, it may go.
+    f.raw
+        .execute("UPDATE outbox SET published_at = created_at")
+        .await
+        .expect("publish");
+    assert_eq!(f.raw.execute("DELETE FROM outbox").await, Ok(1));
+}
+
 pub async fn migrations_go_up_down_and_up_again(f: &Fixture) {
     let status = f.store.migration_status().await.expect("status");
     assert!(

@@ -44,6 +44,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/0006_history_index.up.sql"),
         include_str!("../migrations/0006_history_index.down.sql"),
     ),
+    (
+        7,
+        "outbox keeps unpublished rows",
+        include_str!("../migrations/0007_outbox_keep_unpublished.up.sql"),
+        include_str!("../migrations/0007_outbox_keep_unpublished.down.sql"),
+    ),
 ];
 
 fn migrator() -> Migrator {

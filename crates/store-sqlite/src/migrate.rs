@@ -38,6 +38,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/0005_history_index.up.sql"),
         include_str!("../migrations/0005_history_index.down.sql"),
     ),
+    (
+        6,
+        "outbox keeps unpublished rows",
+        include_str!("../migrations/0006_outbox_keep_unpublished.up.sql"),
+        include_str!("../migrations/0006_outbox_keep_unpublished.down.sql"),
+    ),
 ];
 
 fn migrator() -> Migrator {
