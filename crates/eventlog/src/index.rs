@@ -373,6 +373,15 @@ impl SegIndex {
         );
     }
 
+    /// Whether this segment may hold an id with hash `key` (see [`Index::mark_known_keys`]).
+    fn has_key(&self, key: u64) -> bool {
+        let keys = &self.ids_sorted.keys;
+        let start = lower_bound_uniform(keys, key);
+        keys.get(start) == Some(&key)
+            || self.ids_recent.contains_key(&key)
+            || self.ids_overflow.iter().any(|(k, _)| *k == key)
+    }
+
     pub fn has_recent_ids(&self) -> bool {
         !self.ids_recent.is_empty() || !self.ids_overflow.is_empty()
     }
@@ -529,6 +538,35 @@ impl IdRun {
         while i < bucket.len() && bucket[i].0 == key {
             out.push(bucket[i].1);
             i += 1;
+        }
+    }
+
+    /// Sets `known[i]` for every `keys[i]` the run holds. One lookup at a time waits for its
+    /// two cache misses (directory slot, then bucket) before the next starts; here every
+    /// key's directory slot is loaded first, then every bucket's first line, in passes of
+    /// independent loads the CPU overlaps, and the searches run on cached lines.
+    fn mark_known(&self, keys: &[u64], known: &mut [bool]) {
+        if self.entries.is_empty() {
+            return;
+        }
+        let slot = |k: u64| bucket_of(k, self.bits);
+        let mut touched = 0u64;
+        for k in keys {
+            touched ^= u64::from(self.dir[slot(*k)]);
+        }
+        for k in keys {
+            if let Some(e) = self.entries.get(self.dir[slot(*k)] as usize) {
+                touched ^= e.0;
+            }
+        }
+        // The loads above only warm the cache: keep the compiler from dropping them.
+        std::hint::black_box(touched);
+        for (k, known) in keys.iter().zip(known.iter_mut()) {
+            if !*known {
+                let b = slot(*k);
+                let bucket = &self.entries[self.dir[b] as usize..self.dir[b + 1] as usize];
+                *known = bucket.iter().any(|e| e.0 == *k);
+            }
         }
     }
 
@@ -740,6 +778,22 @@ impl Index {
             }
         }
         out
+    }
+
+    /// Sets `known[i]` if the index may hold an event whose id hashes to `keys[i]`; a `false`
+    /// left in place means no event has such an id. The writer checks every new event's id
+    /// this way, a whole group at once (see [`IdRun::mark_known`]), and looks up candidates
+    /// only for the rare ids found here.
+    pub fn mark_known_keys(&self, keys: &[u64], known: &mut [bool]) {
+        self.ids.mark_known(keys, known);
+        self.recent_ids.mark_known(keys, known);
+        for seg in self.segments.iter().filter(|s| !s.ids_merged) {
+            for (k, known) in keys.iter().zip(known.iter_mut()) {
+                if !*known {
+                    *known = seg.has_key(*k);
+                }
+            }
+        }
     }
 
     pub fn unmerged_segments(&self) -> usize {
@@ -1979,6 +2033,45 @@ mod tests {
         // Dropping positions below 2001 (retention) keeps the rest findable.
         let kept = run.retain_from(2001);
         assert_eq!(kept.len(), 3000);
+    }
+
+    #[test]
+    fn mark_known_finds_every_key_of_a_run_and_no_other() {
+        let mut x = 7u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut pairs: Vec<(u64, u32)> = (0..5000u32).map(|slot| (next(), slot)).collect();
+        pairs.push((pairs[10].0, 5000)); // a hash shared by two ids
+        pairs.extend([(0, 5001), (u64::MAX, 5002)]);
+        let present: Vec<u64> = pairs.iter().map(|(k, _)| *k).collect();
+        pairs.sort_unstable();
+        let (keys, slots) = pairs.into_iter().unzip();
+        let segment = (1, Arc::new(SortedIds { keys, slots }));
+        let run = IdRun::merge(&[], &[segment], 1, &|| false).unwrap();
+        let absent: Vec<u64> = (0..5000).map(|_| next()).collect();
+        // Present and absent keys interleaved, some already marked by an earlier run.
+        let keys: Vec<u64> = present
+            .iter()
+            .zip(&absent)
+            .flat_map(|(p, a)| [*p, *a])
+            .collect();
+        let mut known = vec![false; keys.len()];
+        known[1] = true;
+        run.mark_known(&keys, &mut known);
+        for (i, (k, m)) in keys.iter().zip(&known).enumerate() {
+            let mut out = Vec::new();
+            run.find(*k, &mut out);
+            assert_eq!(*m, !out.is_empty() || i == 1, "key {k} at {i}");
+        }
+        assert!(known.iter().step_by(2).all(|m| *m), "every present key");
+        // An empty run marks nothing.
+        let mut none = vec![false; 4];
+        IdRun::default().mark_known(&[0, 1, 2, u64::MAX], &mut none);
+        assert_eq!(none, vec![false; 4]);
     }
 
     #[test]

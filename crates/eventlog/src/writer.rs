@@ -21,7 +21,9 @@ use crate::format::{
     RecordFields, SEGMENT_HEADER_LEN, decode_record_checked, encode_record, encode_segment_header,
     index_file_name, segment_file_name,
 };
-use crate::index::{Entry, REGISTRY_FILE_NAME, SegmentFile, encode_checkpoint, encode_registry};
+use crate::index::{
+    Entry, REGISTRY_FILE_NAME, SegmentFile, encode_checkpoint, encode_registry, id_key,
+};
 use crate::log::{IndexJob, Shared, read_at_location};
 use crate::options::{Durability, GROUP_COMMIT_BYTES_MAX, PREALLOCATE_CHUNK_BYTES};
 use crate::prepare::{PreparedFile, Preparer};
@@ -288,7 +290,13 @@ impl Writer {
 
     fn process(&mut self, group: Vec<AppendRequest>) {
         let mut commit = Commit::with_capacity(self.len, self.next_position(), &group);
+        // Which of the group's ids the log may hold already, all at once (see
+        // `Index::mark_known_keys`): almost every id is new and then needs no lookup.
+        let mut known = self.known_ids(&group);
+        let mut next_event = 0;
         for req in group {
+            let events = next_event..next_event + req.events.len();
+            next_event = events.end;
             if let Some(f) = &self.failed {
                 let err = AppendError::WriterFailed { detail: f.clone() };
                 self.refuse(req.done, err);
@@ -300,6 +308,9 @@ impl Writer {
                 && used + req.encoded_len as u64 > self.shared.options.segment_size_bytes
             {
                 self.commit(std::mem::replace(&mut commit, Commit::new(0, 0)));
+                // The index now holds this group's earlier appends, which `known` predates:
+                // the rest of the group looks every id up.
+                known.clear();
                 if let Err(e) = self.roll() {
                     self.on_storage_error(&e);
                     self.refuse(req.done, e);
@@ -308,7 +319,7 @@ impl Writer {
                 }
                 commit = Commit::new(self.len, self.next_position());
             }
-            match self.prepare(&req, &commit) {
+            match self.prepare(&req, &commit, known.get(events)) {
                 Err(e) => self.refuse(req.done, e),
                 Ok(Prepared::Duplicate(originals)) => {
                     if originals.iter().all(|o| matches!(o, Original::Durable(_))) {
@@ -344,11 +355,34 @@ impl Writer {
         self.commit(commit);
     }
 
+    /// For every event of `group`, in order: whether the log may hold its id already (`false`:
+    /// it certainly does not). One read lock and one batched lookup for the whole group.
+    fn known_ids(&self, group: &[AppendRequest]) -> Vec<bool> {
+        let keys: Vec<u64> = group
+            .iter()
+            .flat_map(|a| a.events.iter().map(|e| id_key(&e.id)))
+            .collect();
+        let mut known = vec![false; keys.len()];
+        self.shared
+            .index
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .mark_known_keys(&keys, &mut known);
+        known
+    }
+
     /// Checks an append against the log and the pending commit: duplicates, expected version.
-    fn prepare(&self, req: &AppendRequest, c: &Commit) -> Result<Prepared, AppendError> {
+    /// `known`: per event, whether the log may hold its id (`None`: not known, look it up).
+    fn prepare(
+        &self,
+        req: &AppendRequest,
+        c: &Commit,
+        known: Option<&[bool]>,
+    ) -> Result<Prepared, AppendError> {
         let mut originals: Vec<Option<Original>> = Vec::with_capacity(req.events.len());
-        for ev in &req.events {
-            originals.push(self.find_original(req, ev, c)?);
+        for (i, ev) in req.events.iter().enumerate() {
+            let in_log = known.is_none_or(|k| k[i]);
+            originals.push(self.find_original(req, ev, c, in_log)?);
         }
         let found = originals.iter().filter(|o| o.is_some()).count();
         if found == 0 {
@@ -399,12 +433,14 @@ impl Writer {
         Ok(Prepared::Duplicate(out))
     }
 
-    /// The existing event with this id, if any; an error if it differs in content.
+    /// The existing event with this id, if any; an error if it differs in content. The log is
+    /// searched only if `in_log` (it may hold the id); the pending commit always is.
     fn find_original(
         &self,
         req: &AppendRequest,
         ev: &NewEvent,
         c: &Commit,
+        in_log: bool,
     ) -> Result<Option<Original>, AppendError> {
         if let Some((a, e)) = c.ids.get(&ev.id) {
             let p = &c.appends[*a];
@@ -421,6 +457,9 @@ impl Writer {
                 append: *a,
                 event: *e,
             }));
+        }
+        if !in_log {
+            return Ok(None);
         }
         let candidates = self
             .shared

@@ -1,11 +1,11 @@
 use std::sync::{Arc, Mutex, mpsc};
 
 use trueline_eventlog::{
-    AppendError, EVENT_SIZE_DEFAULT_BYTES, EVENT_TYPE_LEN_MAX, ExpectedVersion, NewEvent,
+    AppendError, EVENT_SIZE_DEFAULT_BYTES, EVENT_TYPE_LEN_MAX, ExpectedVersion, NewEvent, Options,
     STREAM_NAME_LEN_MAX,
 };
 
-use crate::support::{event, id, open, org, tempdir};
+use crate::support::{event, id, open, open_with, org, tempdir};
 
 #[test]
 fn expected_version_rules_are_enforced() {
@@ -313,6 +313,53 @@ fn concurrent_retries_of_the_same_batch_write_it_once() {
         );
     }
     assert_eq!(log.last_global_position(), 3);
+}
+
+/// The writer checks a whole group's ids against the log before it starts on the group; a
+/// segment that fills up mid-group publishes the first part of the group, and the retries
+/// after it must then find those events in the log, not write them twice. Appends and their
+/// retries are queued in the callback form so they share groups, with tiny segments so rolls
+/// fall between them.
+#[test]
+fn a_retry_queued_in_the_same_group_after_a_roll_is_a_duplicate() {
+    let dir = tempdir();
+    let options = Options {
+        segment_size_bytes: 4 * 1024,
+        ..Options::default()
+    };
+    let (log, _) = open_with(dir.path(), options);
+    let (tx, rx) = mpsc::channel();
+    let rounds = 300u64;
+    for n in 1..=rounds {
+        for attempt in 0..2 {
+            let tx = tx.clone();
+            log.append_with(
+                org(1),
+                &format!("s{}", n % 7),
+                ExpectedVersion::Any,
+                vec![event(n, "t", &[b'x'; 150])],
+                Box::new(move |r| tx.send((n, attempt, r)).unwrap()),
+            );
+        }
+    }
+    drop(tx);
+    let mut positions = std::collections::HashMap::new();
+    for (n, attempt, r) in rx.iter() {
+        let r = r.unwrap_or_else(|e| panic!("event {n} attempt {attempt}: {e:?}"));
+        assert_eq!(r[0].duplicate, attempt == 1, "event {n} attempt {attempt}");
+        let first = *positions.entry(n).or_insert(r[0].global_position);
+        assert_eq!(first, r[0].global_position, "event {n}: one position");
+    }
+    assert_eq!(positions.len() as u64, rounds);
+    assert_eq!(
+        log.last_global_position(),
+        rounds,
+        "every event written once"
+    );
+    assert!(
+        log.storage_stats().segments > 10,
+        "rolls happened between the appends"
+    );
 }
 
 #[test]
