@@ -23,6 +23,7 @@ pub mod platform;
 pub mod problem;
 pub mod request_id;
 pub mod state;
+pub mod unread_body;
 pub mod webhooks;
 
 use axum::Router;
@@ -83,6 +84,7 @@ pub fn app_with(state: AppState, extra: Router<AppState>) -> Router {
             timeout,
         ))
         .layer(CatchPanicLayer::custom(observe::panic_response))
+        .layer(axum::middleware::from_fn(unread_body::layer))
         .layer(axum::middleware::from_fn(limits::layer))
         .layer(axum::middleware::from_fn(observe::observe))
         .layer(axum::Extension(state.clone()))
