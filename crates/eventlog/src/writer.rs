@@ -307,10 +307,13 @@ impl Writer {
             if used > SEGMENT_HEADER_LEN
                 && used + req.encoded_len as u64 > self.shared.options.segment_size_bytes
             {
+                let publishes = !commit.appends.is_empty();
                 self.commit(std::mem::replace(&mut commit, Commit::new(0, 0)));
-                // The index now holds this group's earlier appends, which `known` predates:
-                // the rest of the group looks every id up.
-                known.clear();
+                if publishes {
+                    // The index now holds this group's earlier appends, which `known`
+                    // predates: the rest of the group looks every id up.
+                    known.clear();
+                }
                 if let Err(e) = self.roll() {
                     self.on_storage_error(&e);
                     self.refuse(req.done, e);

@@ -436,6 +436,59 @@ async fn refusals_of_large_uploads_reach_the_client_instead_of_a_reset() {
     assert_eq!(app.snapshot().await, before, "nothing changed");
 }
 
+/// `Expect: 100-continue`: a body the handler never reads is never asked for (the refusal comes
+/// at once, without `100 Continue`); one it starts reading and then refuses over the limit is
+/// read to its end after the answer, so the upload completes and the client reads its 413.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_waiting_for_100_continue_get_their_refusal() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let ann = app.sign_up("ann@example.com").await;
+    let before = app.snapshot().await;
+    let address = app.address.trim_start_matches("http://").to_owned();
+    let size = 8 * 1024 * 1024;
+    let head = |token: Option<&str>| {
+        let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+        format!(
+            "POST /api/v1/items HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             Content-Length: {size}\r\nExpect: 100-continue\r\n{auth}\r\n"
+        )
+    };
+    let mut refused = TcpStream::connect(&address).await.unwrap();
+    refused.write_all(head(None).as_bytes()).await.unwrap();
+    let answer = read_response_head(&mut refused).await;
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    let mut upload = TcpStream::connect(&address).await.unwrap();
+    upload
+        .write_all(head(Some(&ann.token)).as_bytes())
+        .await
+        .unwrap();
+    let go_on = read_response_head(&mut upload).await;
+    assert!(go_on.starts_with("HTTP/1.1 100"), "{go_on}");
+    upload
+        .write_all(&vec![b' '; size])
+        .await
+        .expect("the whole body is taken, not cut off with a reset");
+    let answer = read_response_head(&mut upload).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert_eq!(app.snapshot().await, before, "nothing changed");
+}
+
+/// Reads one response head (through its blank line) from a raw connection.
+async fn read_response_head(stream: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut byte)).await {
+            Ok(Ok(1)) => head.push(byte[0]),
+            other => panic!(
+                "no complete response head ({other:?}) after {:?}",
+                String::from_utf8_lossy(&head)
+            ),
+        }
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn huge_request_heads_get_431_and_the_server_keeps_serving() {
     let app = spawn_app(Backend::Sqlite).await;
