@@ -277,15 +277,19 @@ async fn claimed(request: Request, raw_key: HeaderValue, next: Next) -> Result<R
             .and_then(crate::extract::bearer_token)
             .unwrap_or_default(),
     );
-    let bytes = axum::body::to_bytes(body, state.settings.body_limit_bytes)
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                codes::PAYLOAD_TOO_LARGE,
-                "the request body exceeds the size limit",
-            )
-            .into_response()
-        })?;
+    // The largest body a route behind this layer takes (imports take more than the rest);
+    // each route's own limit still applies when its handler reads the buffered body.
+    let limit = state
+        .settings
+        .body_limit_bytes
+        .max(crate::IMPORT_BODY_LIMIT_BYTES);
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(
+            codes::PAYLOAD_TOO_LARGE,
+            "the request body exceeds the size limit",
+        )
+        .into_response()
+    })?;
     let scope = IdempotencyScope {
         org_id: principal.org_id,
         user_id: principal.user_id,

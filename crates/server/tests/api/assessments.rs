@@ -357,6 +357,50 @@ async fn questions_are_validated_per_type_and_frozen_after_publishing(backend: B
     assert_problem(publish_again, 409, "invalid_transition").await;
 }
 
+/// Imports take bodies up to 5 MiB (more than other requests); sent with an
+/// `Idempotency-Key` they must get the same answer as without one, not a 413 from the layer
+/// that stores the answer.
+#[tokio::test]
+async fn an_import_over_a_mib_gets_the_same_answer_with_an_idempotency_key() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let ann = app.sign_up("ann@example.com").await;
+    let a = create(&app, &ann.token, settings("Large import")).await;
+    let path = format!(
+        "/api/v1/assessments/{}/questions/import",
+        a["id"].as_str().unwrap()
+    );
+    // Two questions, then 1.5 MiB of blank lines.
+    let mut csv = "type,prompt,options,correct,points\r\ntrue_false,Yes?,,true,\r\n".to_owned();
+    csv.push_str(&"\r\n".repeat(768 * 1024));
+    let mut statuses = Vec::new();
+    for key in [None, Some("large-import-1")] {
+        let mut request = app
+            .request(Method::POST, &path, Some(&ann.token))
+            .header("content-type", "text/csv")
+            .body(csv.clone());
+        if let Some(key) = key {
+            request = request.header("idempotency-key", key);
+        }
+        let response = request.send().await.unwrap();
+        statuses.push(response.status().as_u16());
+    }
+    assert_ne!(statuses[0], 413, "{statuses:?}");
+    assert_eq!(
+        statuses[0], statuses[1],
+        "with and without a key: {statuses:?}"
+    );
+    // Other routes keep their own (1 MiB) limit behind the layer.
+    let response = app
+        .request(Method::POST, "/api/v1/items", Some(&ann.token))
+        .header("content-type", "application/json")
+        .header("idempotency-key", "large-item-1")
+        .body(vec![b' '; 2 * 1024 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_problem(response, 413, "payload_too_large").await;
+}
+
 async fn csv_and_xlsx_imports_are_all_or_nothing(backend: Backend) {
     let app = spawn_app(backend).await;
     let ann = app.sign_up("ann@example.com").await;
