@@ -369,7 +369,7 @@ async fn an_import_over_a_mib_gets_the_same_answer_with_an_idempotency_key() {
         "/api/v1/assessments/{}/questions/import",
         a["id"].as_str().unwrap()
     );
-    // Two questions, then 1.5 MiB of blank lines.
+    // One question, then 1.5 MiB of blank lines.
     let mut csv = "type,prompt,options,correct,points\r\ntrue_false,Yes?,,true,\r\n".to_owned();
     csv.push_str(&"\r\n".repeat(768 * 1024));
     let mut statuses = Vec::new();
