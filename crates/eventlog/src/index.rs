@@ -2035,15 +2035,19 @@ mod tests {
         assert_eq!(kept.len(), 3000);
     }
 
-    #[test]
-    fn mark_known_finds_every_key_of_a_run_and_no_other() {
-        let mut x = 7u64;
-        let mut next = || {
+    /// A deterministic stream of well-spread u64 (xorshift64).
+    fn xorshift(mut x: u64) -> impl FnMut() -> u64 {
+        move || {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
             x
-        };
+        }
+    }
+
+    #[test]
+    fn mark_known_finds_every_key_of_a_run_and_no_other() {
+        let mut next = xorshift(7u64);
         let mut pairs: Vec<(u64, u32)> = (0..5000u32).map(|slot| (next(), slot)).collect();
         pairs.push((pairs[10].0, 5000)); // a hash shared by two ids
         pairs.extend([(0, 5001), (u64::MAX, 5002)]);
@@ -2082,13 +2086,7 @@ mod tests {
 
     #[test]
     fn lower_bound_uniform_agrees_with_a_binary_search() {
-        let mut x = 0x1234_5678_9ABC_DEF0u64;
-        let mut next = || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut next = xorshift(0x1234_5678_9ABC_DEF0u64);
         for n in [0usize, 1, 2, 31, 33, 1000, 100_000] {
             let mut keys: Vec<u64> = (0..n).map(|_| next()).collect();
             // Duplicates, the extremes and a skewed run, as well as uniform keys.

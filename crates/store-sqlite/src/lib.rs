@@ -94,7 +94,7 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_millis(BUSY_TIMEOUT_MS))
-            // Checkpoints run beside the writer (see `checkpoint`), and the WAL
+            // Checkpoints run beside the writer (the `checkpoint` module), and the WAL
             // file is cut back after a reset so it does not stay at its high-water mark.
             .pragma("wal_autocheckpoint", "0")
             .pragma("journal_size_limit", (64 * 1024 * 1024).to_string());
