@@ -4,7 +4,8 @@
 //! `cargo run --release -p trueline-eventlog --example scale -- [DIR] [EVENTS] [RUNS]`
 //! (default DIR `./eventlog-scale`, removed and recreated; about 3.3 GB for 10 M events).
 //! Restart and rebuild are measured in fresh child processes (this binary with `open DIR`),
-//! so RSS numbers are not polluted by the writer's allocations.
+//! so RSS numbers are not polluted by the writer's allocations. `scale open DIR` runs one
+//! restart; with `SCALE_OPEN_ONLY` set it exits right after the open (to profile just that).
 // Example code: a panic is the clearest failure report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -106,6 +107,10 @@ fn open_once(dir: &Path) {
     let started = Instant::now();
     let (log, report) = EventLog::open(dir, Options::default()).unwrap();
     let open_ms = started.elapsed().as_secs_f64() * 1e3;
+    if std::env::var("SCALE_OPEN_ONLY").is_ok() {
+        println!("open_ms={open_ms:.1}");
+        std::process::exit(0);
+    }
     // Memory is measured in steady state: after the background id merge.
     while log.storage_stats().index_unmerged_segments > 0 {
         std::thread::sleep(std::time::Duration::from_millis(20));

@@ -10,10 +10,13 @@
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::io::Read;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use bytemuck::Pod;
+
+use crate::column::{Column, Mapped};
 use crate::format::{arr16, le_u16, le_u32, le_u64};
 use crate::types::{EventId, OrgId};
 
@@ -118,6 +121,26 @@ impl Chunk {
         }
     }
 
+    /// Appends increasing values that fit the chunk.
+    fn extend(&mut self, part: &[u64]) {
+        debug_assert!(part.is_sorted());
+        self.reserve(part.len());
+        if let Chunk::Narrow { base, offsets } = self
+            && let (Some(&lo), Some(&hi)) = (part.first(), part.last())
+            && lo >= *base
+            && hi - *base <= u64::from(u32::MAX)
+        {
+            // The values increase, so all fit when the first and the last do: one tight loop
+            // (a restart appends every event to two lists this way).
+            let base = *base;
+            offsets.extend(part.iter().map(|v| (v - base) as u32));
+            return;
+        }
+        for v in part {
+            self.push(*v);
+        }
+    }
+
     fn push(&mut self, v: u64) {
         if let Chunk::Narrow { base, offsets } = self {
             match v.checked_sub(*base).map(u32::try_from) {
@@ -158,26 +181,24 @@ impl ChunkList {
         self.len
     }
 
-    pub fn extend(&mut self, values: impl ExactSizeIterator<Item = u64>) {
-        let mut values = values.peekable();
-        while let Some(&first) = values.peek() {
+    /// Appends `values` (increasing, and larger than those in the list).
+    pub fn extend(&mut self, mut values: &[u64]) {
+        while let Some(&first) = values.first() {
             let room = self.chunks.back().map_or(0, |c| CHUNK - c.len());
             if room == 0 {
                 let want = values.len().min(CHUNK);
-                values.next();
                 self.chunks.push_back(Chunk::with_first(first, want));
                 self.len += 1;
+                values = &values[1..];
                 continue;
             }
             let Some(c) = self.chunks.back_mut() else {
                 break;
             };
-            let take = values.len().min(room);
-            c.reserve(take);
-            for v in values.by_ref().take(take) {
-                c.push(v);
-            }
-            self.len += take;
+            let (part, rest) = values.split_at(values.len().min(room));
+            c.extend(part);
+            self.len += part.len();
+            values = rest;
         }
     }
 
@@ -305,8 +326,13 @@ pub struct OrgUsage {
 pub struct SegIndex {
     pub file: Arc<SegmentFile>,
     pub first_position: u64,
-    pub offsets: Vec<u32>,
-    pub type_ids: Vec<u32>,
+    pub offsets: Column<u32>,
+    /// Every record's type: an index type id, or for a segment loaded from a checkpoint the
+    /// checkpoint's local type id, translated by `type_map` (the column may be mapped from
+    /// the file, so it is not rewritten in place).
+    type_ids: Column<u32>,
+    /// Checkpoint-local type id → index type id; empty when `type_ids` holds index ids.
+    type_map: Vec<u32>,
     /// Sorted id hashes of this segment until they are merged into [`Index::ids`].
     ids_sorted: Arc<SortedIds>,
     /// True once `ids_sorted` was merged into the global run (and freed).
@@ -325,8 +351,9 @@ impl SegIndex {
         SegIndex {
             first_position: file.first_position,
             file,
-            offsets: Vec::new(),
-            type_ids: Vec::new(),
+            offsets: Column::default(),
+            type_ids: Column::default(),
+            type_map: Vec::new(),
             ids_sorted: Arc::default(),
             ids_merged: false,
             ids_recent: IdMap::default(),
@@ -340,6 +367,39 @@ impl SegIndex {
 
     pub fn len(&self) -> usize {
         self.offsets.len()
+    }
+
+    /// The index type id of local record `slot`.
+    fn type_id(&self, slot: usize) -> Option<u32> {
+        let t = *self.type_ids.get(slot)?;
+        if self.type_map.is_empty() {
+            Some(t)
+        } else {
+            self.type_map.get(t as usize).copied()
+        }
+    }
+
+    /// Every record's index type id.
+    fn index_type_ids(&self) -> Vec<u32> {
+        if self.type_map.is_empty() {
+            self.type_ids.to_vec()
+        } else {
+            self.type_ids
+                .iter()
+                .map(|t| self.type_map[*t as usize])
+                .collect()
+        }
+    }
+
+    /// Appends one record's location and type (the column becomes owned, and holds index
+    /// type ids, at the first append).
+    fn push_record(&mut self, offset: u32, type_id: u32) {
+        if !self.type_map.is_empty() {
+            self.type_ids = Column::Owned(self.index_type_ids());
+            self.type_map = Vec::new();
+        }
+        self.offsets.to_mut().push(offset);
+        self.type_ids.to_mut().push(type_id);
     }
 
     fn insert_id(&mut self, key: u64, slot: u32) {
@@ -411,7 +471,10 @@ impl SegIndex {
     /// `ids` must be `self.sorted_ids()` (computed beforehand, outside the write lock).
     pub fn set_sorted_ids(&mut self, ids: (Vec<u64>, Vec<u32>)) {
         let (keys, slots) = ids;
-        self.ids_sorted = Arc::new(SortedIds { keys, slots });
+        self.ids_sorted = Arc::new(SortedIds {
+            keys: keys.into(),
+            slots: slots.into(),
+        });
         self.ids_merged = false;
         self.ids_recent = IdMap::default();
         self.ids_overflow = Vec::new();
@@ -420,10 +483,11 @@ impl SegIndex {
     }
 
     fn heap_bytes(&self) -> usize {
-        self.offsets.capacity() * 4
-            + self.type_ids.capacity() * 4
-            + self.ids_sorted.keys.capacity() * 8
-            + self.ids_sorted.slots.capacity() * 4
+        self.offsets.memory_bytes()
+            + self.type_ids.memory_bytes()
+            + self.type_map.capacity() * 4
+            + self.ids_sorted.keys.memory_bytes()
+            + self.ids_sorted.slots.memory_bytes()
             // hashbrown: 16-byte (u64, u32) buckets + 1 control byte each.
             + self.ids_recent.capacity() * 17
             + self.ids_overflow.capacity() * 16
@@ -490,8 +554,8 @@ pub fn sort_id_pairs(mut pairs: Vec<(u64, u32)>) -> (Vec<u64>, Vec<u32>) {
 /// The sorted id hashes of one segment, with the record slot of each.
 #[derive(Debug, Default)]
 pub struct SortedIds {
-    pub keys: Vec<u64>,
-    pub slots: Vec<u32>,
+    pub keys: Column<u64>,
+    pub slots: Column<u32>,
 }
 
 /// Sorted (id hash, global position) pairs of all merged sealed segments: one structure, so
@@ -736,7 +800,7 @@ impl Index {
     pub fn type_of(&self, position: u64) -> Option<u32> {
         let seg = self.segment_of(position)?;
         let local = (position - seg.first_position) as usize;
-        Some(seg.type_ids[local])
+        seg.type_id(local)
     }
 
     /// The stream id of every record of segment `seg_pos`, derived from the streams' position
@@ -939,24 +1003,47 @@ impl Index {
         // A stream's positions from every segment are gathered first (in a reused buffer)
         // and appended in one call, so its list is allocated at its final size at once
         // instead of growing by doubling, segment after segment.
-        let mut positions: Vec<u64> = Vec::new();
-        for (s, st) in self
-            .streams
-            .iter_mut()
-            .enumerate()
-            .take(d.next_version.len())
-        {
-            if d.first_version[s] != 0 && st.first_version == 0 {
-                st.first_version = d.first_version[s];
+        let n = d.next_version.len();
+        // Per segment: registry stream id → local index (`u32::MAX`: not in the segment).
+        let local_of: Vec<Vec<u32>> = d
+            .segs
+            .iter()
+            .map(|g| {
+                let mut local = vec![u32::MAX; n];
+                for (l, id) in g.stream_map.iter().enumerate() {
+                    local[*id as usize] = l as u32;
+                }
+                local
+            })
+            .collect();
+        let fill = |streams: &mut [StreamEntry], first_id: usize| {
+            let mut positions: Vec<u64> = Vec::new();
+            for (i, st) in streams.iter_mut().enumerate() {
+                let s = first_id + i;
+                if d.first_version[s] != 0 && st.first_version == 0 {
+                    st.first_version = d.first_version[s];
+                }
+                positions.clear();
+                for (g, local) in d.segs.iter().zip(&local_of) {
+                    if let Some(slots) = g.by_stream.group(local[s]) {
+                        positions.extend(slots.iter().map(|i| g.first + u64::from(*i)));
+                    }
+                }
+                st.positions.extend(&positions);
             }
-            positions.clear();
-            for g in &d.segs {
-                let slots = &g.slots[g.starts[s] as usize..g.starts[s + 1] as usize];
-                positions.extend(slots.iter().map(|i| g.first + u64::from(*i)));
-            }
-            if !positions.is_empty() {
-                st.positions.extend(positions.iter().copied());
-            }
+        };
+        // The lists are independent: with many streams, two threads fill half each (this
+        // runs at open, where it was the longest serial step).
+        let streams = &mut self.streams[..n];
+        if n >= 16 * 1024 {
+            let half = n / 2;
+            let (low, high) = streams.split_at_mut(half);
+            std::thread::scope(|scope| {
+                scope.spawn(|| fill(high, half));
+                fill(low, 0);
+            });
+        } else {
+            fill(streams, 0);
         }
     }
 
@@ -1048,8 +1135,7 @@ impl Index {
         o.bytes += u64::from(e.len);
         let seg = &mut self.segments[seg_pos];
         let slot = seg.offsets.len() as u32;
-        seg.offsets.push(e.offset);
-        seg.type_ids.push(ty);
+        seg.push_record(e.offset, ty);
         seg.insert_id(id_key(&e.id), slot);
         seg.end_offset = u64::from(e.offset) + u64::from(e.len);
         seg.max_timestamp = seg.max_timestamp.max(e.timestamp_micros);
@@ -1305,7 +1391,12 @@ impl Index {
 /// Magic bytes at the start of every index checkpoint file.
 pub const CHECKPOINT_MAGIC: [u8; 8] = *b"TLEVIDX\0";
 /// Version of the checkpoint format.
-pub const CHECKPOINT_VERSION: u32 = 1;
+pub const CHECKPOINT_VERSION: u32 = 2;
+/// Checkpoints with at least this many records align their arrays (each u32 array is then
+/// at least 64 KiB); smaller ones are packed, as in version 1.
+const ALIGNED_MIN_RECORDS: usize = 16 * 1024;
+/// Array alignment of big checkpoints: 64 KiB, a multiple of every common page size.
+const ARRAY_ALIGN_LOG2: u32 = 16;
 const CHECKPOINT_HEADER_LEN: usize = 72;
 
 /// Serializes the index of segment `seg_pos` (see the crate docs for the layout); `None` if
@@ -1355,8 +1446,9 @@ pub fn checkpoint_source(index: &Index, seg_pos: usize) -> Option<CheckpointSour
             (st.org, first_version)
         });
     }
+    let type_ids = seg.index_type_ids();
     let mut types = HashMap::new();
-    for &t in &seg.type_ids {
+    for &t in &type_ids {
         types
             .entry(t)
             .or_insert_with(|| index.types[t as usize].clone());
@@ -1367,8 +1459,8 @@ pub fn checkpoint_source(index: &Index, seg_pos: usize) -> Option<CheckpointSour
         last_crc: seg.last_crc,
         max_timestamp: seg.max_timestamp,
         registry_epoch: index.registry_epoch,
-        offsets: seg.offsets.clone(),
-        type_ids: seg.type_ids.clone(),
+        offsets: seg.offsets.to_vec(),
+        type_ids,
         stream_ids,
         streams,
         orgs,
@@ -1424,10 +1516,16 @@ impl CheckpointSource {
             rec_stream.push(ls);
             rec_type.push(lt);
         }
+        // Big checkpoints align their arrays so that a restart can map them (see `Column`).
+        let align_log2 = if n >= ALIGNED_MIN_RECORDS {
+            ARRAY_ALIGN_LOG2
+        } else {
+            0
+        };
         let mut out = Vec::with_capacity(CHECKPOINT_HEADER_LEN + n * 24 + 4096);
         out.extend_from_slice(&CHECKPOINT_MAGIC);
         out.extend_from_slice(&CHECKPOINT_VERSION.to_le_bytes());
-        out.extend_from_slice(&0u32.to_le_bytes());
+        out.extend_from_slice(&align_log2.to_le_bytes());
         out.extend_from_slice(&self.first_position.to_le_bytes());
         out.extend_from_slice(&self.end_offset.to_le_bytes());
         out.extend_from_slice(&(n as u64).to_le_bytes());
@@ -1461,18 +1559,22 @@ impl CheckpointSource {
             out.extend_from_slice(&(name.len() as u16).to_le_bytes());
             out.extend_from_slice(name.as_bytes());
         }
-        for v in &self.offsets {
-            out.extend_from_slice(&v.to_le_bytes());
+        let pad = |out: &mut Vec<u8>| {
+            if align_log2 > 0 {
+                out.resize(out.len().next_multiple_of(1 << align_log2), 0);
+            }
+        };
+        for array in [&self.offsets, &rec_stream, &rec_type] {
+            pad(&mut out);
+            for v in array {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
         }
-        for v in &rec_stream {
-            out.extend_from_slice(&v.to_le_bytes());
-        }
-        for v in &rec_type {
-            out.extend_from_slice(&v.to_le_bytes());
-        }
+        pad(&mut out);
         for k in keys {
             out.extend_from_slice(&k.to_le_bytes());
         }
+        pad(&mut out);
         for s in slots {
             out.extend_from_slice(&s.to_le_bytes());
         }
@@ -1497,24 +1599,39 @@ pub struct Checkpoint {
     /// (registry stream id, local org, first version in segment)
     streams: Vec<(u32, u32, u64)>,
     types: Vec<String>,
-    offsets: Vec<u32>,
-    rec_stream: Vec<u32>,
-    rec_type: Vec<u32>,
-    id_keys: Vec<u64>,
-    id_slots: Vec<u32>,
+    offsets: Column<u32>,
+    rec_stream: Column<u32>,
+    rec_type: Column<u32>,
+    id_keys: Column<u64>,
+    id_slots: Column<u32>,
+    /// Record slots grouped by local stream, computed with the checkpoint (on the prefetch
+    /// thread at open; grouping by org is left to the applying thread, which would wait
+    /// otherwise: the two halves take about the same time).
+    by_stream: Grouped,
 }
 
 /// Reads a checkpoint sequentially, checksumming as it goes, so the big arrays are decoded
-/// straight into their final vectors (no whole-file buffer: that doubled the page faults).
-struct CrcReader<R> {
+/// straight into their final vectors (no whole-file buffer: that doubled the page faults),
+/// or mapped from the file when it is laid out for that.
+struct CrcReader<'f, R> {
     inner: R,
     crc: u32,
     /// Bytes left before the trailing checksum.
     remaining: u64,
+    /// Length of the checksummed part (the file without its trailing checksum).
+    body_len: u64,
     chunk: Vec<u8>,
+    /// The file being read, if arrays may be mapped from it.
+    file: Option<&'f File>,
+    /// Arrays start at multiples of `1 << align_log2` (0: packed).
+    align_log2: u32,
 }
 
-impl<R: Read> CrcReader<R> {
+/// Arrays smaller than this are read even when they could be mapped (a mapping costs a
+/// system call and at least a page).
+const MAP_MIN_BYTES: usize = 64 * 1024;
+
+impl<R: Read + Seek> CrcReader<'_, R> {
     fn take(&mut self, n: usize) -> Result<&[u8], String> {
         if n as u64 > self.remaining {
             return Err("checkpoint truncated or lengths inconsistent".into());
@@ -1541,6 +1658,47 @@ impl<R: Read> CrcReader<R> {
         let b = self.take(n)?;
         String::from_utf8(b.to_vec()).map_err(|_| "name is not UTF-8".to_string())
     }
+    /// Reads the zero padding before the next array.
+    fn pad(&mut self) -> Result<(), String> {
+        if self.align_log2 == 0 {
+            return Ok(());
+        }
+        let pos = self.body_len - self.remaining;
+        let n = pos.next_multiple_of(1 << self.align_log2) - pos;
+        if self.take(n as usize)?.iter().any(|b| *b != 0) {
+            return Err("checkpoint padding is not zero".into());
+        }
+        Ok(())
+    }
+
+    /// The next array: mapped from the file if the layout allows it (it is still checksummed
+    /// here, every byte), otherwise read.
+    fn column<T: Pod, const W: usize>(
+        &mut self,
+        n: usize,
+        conv: fn([u8; W]) -> T,
+    ) -> Result<Column<T>, String> {
+        self.pad()?;
+        let total = n.checked_mul(W).ok_or("overflow")?;
+        if let Some(file) = self.file
+            && self.align_log2 > 0
+            && total >= MAP_MIN_BYTES
+            && total as u64 <= self.remaining
+            && size_of::<T>() == W
+        {
+            let pos = self.body_len - self.remaining;
+            if let Some(mapped) = Mapped::<T>::map(file, pos, n) {
+                self.crc = crc32c::crc32c_append(self.crc, mapped.bytes());
+                self.remaining -= total as u64;
+                self.inner
+                    .seek(SeekFrom::Current(total as i64))
+                    .map_err(|e| e.to_string())?;
+                return Ok(Column::Mapped(mapped));
+            }
+        }
+        self.array(n, conv).map(Column::Owned)
+    }
+
     /// `n` little-endian integers of `W` bytes, read in 256 KiB chunks.
     fn array<T, const W: usize>(
         &mut self,
@@ -1572,15 +1730,20 @@ impl<R: Read> CrcReader<R> {
 pub fn read_checkpoint(path: &Path) -> Result<Checkpoint, String> {
     let file = File::open(path).map_err(|e| e.to_string())?;
     let len = file.metadata().map_err(|e| e.to_string())?.len();
-    decode_checkpoint_from(std::io::BufReader::with_capacity(256 * 1024, file), len)
+    let reader = std::io::BufReader::with_capacity(256 * 1024, &file);
+    decode_checkpoint_from(reader, len, Some(&file))
 }
 
 /// Parses and verifies a checkpoint held in memory.
 pub fn decode_checkpoint(b: &[u8]) -> Result<Checkpoint, String> {
-    decode_checkpoint_from(b, b.len() as u64)
+    decode_checkpoint_from(std::io::Cursor::new(b), b.len() as u64, None)
 }
 
-fn decode_checkpoint_from(r: impl Read, len: u64) -> Result<Checkpoint, String> {
+fn decode_checkpoint_from(
+    r: impl Read + Seek,
+    len: u64,
+    file: Option<&File>,
+) -> Result<Checkpoint, String> {
     if len < (CHECKPOINT_HEADER_LEN + 4) as u64 {
         return Err("checkpoint too short".into());
     }
@@ -1588,16 +1751,25 @@ fn decode_checkpoint_from(r: impl Read, len: u64) -> Result<Checkpoint, String> 
         inner: r,
         crc: 0,
         remaining: len - 4,
+        body_len: len - 4,
         chunk: Vec::new(),
+        file,
+        align_log2: 0,
     };
     if c.take(8)? != CHECKPOINT_MAGIC {
         return Err("bad checkpoint magic".into());
     }
     let version = c.u32()?;
-    if version != CHECKPOINT_VERSION {
+    // Version 1 is version 2 with packed arrays.
+    if version != CHECKPOINT_VERSION && version != 1 {
         return Err(format!("unsupported checkpoint version {version}"));
     }
-    c.u32()?;
+    let align_log2 = c.u32()?;
+    if align_log2 != 0 && (version == 1 || !(12..=20).contains(&align_log2)) {
+        return Err(format!(
+            "unsupported checkpoint array alignment {align_log2}"
+        ));
+    }
     let first_position = c.u64()?;
     let end_offset = c.u64()?;
     let records = usize::try_from(c.u64()?).map_err(|_| "record count overflow")?;
@@ -1639,11 +1811,12 @@ fn decode_checkpoint_from(r: impl Read, len: u64) -> Result<Checkpoint, String> 
     for _ in 0..n_types {
         types.push(c.str()?);
     }
-    let offsets = c.array(records, u32::from_le_bytes)?;
-    let rec_stream = c.array(records, u32::from_le_bytes)?;
-    let rec_type = c.array(records, u32::from_le_bytes)?;
-    let id_keys = c.array(records, u64::from_le_bytes)?;
-    let id_slots = c.array(records, u32::from_le_bytes)?;
+    c.align_log2 = align_log2;
+    let offsets = c.column(records, u32::from_le_bytes)?;
+    let rec_stream = c.column(records, u32::from_le_bytes)?;
+    let rec_type = c.column(records, u32::from_le_bytes)?;
+    let id_keys = c.column(records, u64::from_le_bytes)?;
+    let id_slots = c.column(records, u32::from_le_bytes)?;
     if c.remaining != 0 {
         return Err("trailing bytes in checkpoint".into());
     }
@@ -1661,6 +1834,12 @@ fn decode_checkpoint_from(r: impl Read, len: u64) -> Result<Checkpoint, String> 
     {
         return Err("checkpoint tables are inconsistent".into());
     }
+    let mut stream_ids: Vec<u32> = streams.iter().map(|(id, _, _)| *id).collect();
+    stream_ids.sort_unstable();
+    if stream_ids.windows(2).any(|w| w[0] == w[1]) {
+        return Err("checkpoint names a stream twice".into());
+    }
+    let by_stream = group_slots(&rec_stream, n_streams);
     Ok(Checkpoint {
         registry_epoch,
         first_position,
@@ -1676,6 +1855,7 @@ fn decode_checkpoint_from(r: impl Read, len: u64) -> Result<Checkpoint, String> 
         rec_type,
         id_keys,
         id_slots,
+        by_stream,
     })
 }
 
@@ -1754,14 +1934,15 @@ impl Index {
                 return Err(format!("stream id {id}: versions do not continue"));
             }
         }
-        let mut counts = vec![0u64; cp.orgs.len()];
-        for s in &cp.rec_stream {
-            counts[cp.streams[*s as usize].1 as usize] += 1;
-        }
-        if counts
-            .iter()
+        // Grouped by the org of each record's stream, without a per-record org vector.
+        let stream_org: Vec<u32> = cp.streams.iter().map(|(_, o, _)| *o).collect();
+        let by_org = group_slots_by(cp.records, cp.orgs.len(), |i| {
+            stream_org[cp.rec_stream[i] as usize]
+        });
+        if by_org
+            .groups()
             .zip(&cp.orgs)
-            .any(|(n, (_, u))| *n != u.events)
+            .any(|((_, slots), (_, u))| slots.len() as u64 != u.events)
         {
             return Err("org event counts do not match the records".into());
         }
@@ -1779,33 +1960,18 @@ impl Index {
         }
         let seg_first = cp.first_position;
         if let Some(d) = self.deferred.as_mut() {
-            // Group the segment's slots by stream id (counting sort); `flush_deferred` appends
-            // them to the lists.
-            let mut starts = vec![0u32; n_streams + 1];
-            for ls in &cp.rec_stream {
-                starts[stream_map[*ls as usize] as usize + 1] += 1;
-            }
-            for i in 1..starts.len() {
-                starts[i] += starts[i - 1];
-            }
-            let mut fill = starts.clone();
-            let mut slots = vec![0u32; cp.records];
-            for (i, ls) in cp.rec_stream.iter().enumerate() {
-                let g = stream_map[*ls as usize] as usize;
-                slots[fill[g] as usize] = i as u32;
-                fill[g] += 1;
-            }
-            for (id, _, v) in &cp.streams {
+            // `flush_deferred` appends the segment's slots to the lists.
+            for ((id, _, v), (_, slots)) in cp.streams.iter().zip(cp.by_stream.groups()) {
                 let id = *id as usize;
                 if d.next_version[id] == 0 {
                     d.first_version[id] = *v;
                 }
-                d.next_version[id] = v + u64::from(starts[id + 1] - starts[id]);
+                d.next_version[id] = v + slots.len() as u64;
             }
             d.segs.push(DeferredSegment {
                 first: seg_first,
-                starts,
-                slots,
+                stream_map,
+                by_stream: cp.by_stream,
             });
         } else {
             for (id, _, v) in &cp.streams {
@@ -1814,33 +1980,26 @@ impl Index {
                     st.first_version = *v;
                 }
             }
-            // Group the segment's positions by stream (counting sort), then extend each list
-            // once.
-            let by_stream = group_slots(&cp.rec_stream, cp.streams.len());
-            for (ls, slots) in by_stream.groups() {
-                let list = &mut self.streams[stream_map[ls] as usize].positions;
-                list.extend(slots.iter().map(|i| seg_first + u64::from(*i)));
+            let mut positions = Vec::new();
+            for (ls, slots) in cp.by_stream.groups() {
+                positions.clear();
+                positions.extend(slots.iter().map(|i| seg_first + u64::from(*i)));
+                self.streams[stream_map[ls] as usize]
+                    .positions
+                    .extend(&positions);
             }
         }
-        // Grouped by the org of each record's stream, without a per-record org vector: a
-        // restart's time goes mostly to faulting in fresh memory (~2 µs per 4 KiB page here),
-        // so every temporary array the size of the log costs.
-        let stream_org: Vec<u32> = cp.streams.iter().map(|(_, o, _)| *o).collect();
-        let by_org = group_slots_by(cp.records, cp.orgs.len(), |i| {
-            stream_org[cp.rec_stream[i] as usize]
-        });
+        let mut positions = Vec::new();
         for (lo, slots) in by_org.groups() {
-            let list = &mut self.orgs[org_map[lo] as usize].positions;
-            list.extend(slots.iter().map(|i| seg_first + u64::from(*i)));
+            positions.clear();
+            positions.extend(slots.iter().map(|i| seg_first + u64::from(*i)));
+            self.orgs[org_map[lo] as usize].positions.extend(&positions);
         }
         let seg = &mut self.segments[seg_pos];
         seg.offsets = cp.offsets;
-        // Local type ids become index type ids in place (no second array).
-        let mut type_ids = cp.rec_type;
-        for t in &mut type_ids {
-            *t = type_map[*t as usize];
-        }
-        seg.type_ids = type_ids;
+        // Local type ids stay as they are (the column may be mapped), translated on lookup.
+        seg.type_ids = cp.rec_type;
+        seg.type_map = type_map;
         seg.ids_sorted = Arc::new(SortedIds {
             keys: cp.id_keys,
             slots: cp.id_slots,
@@ -1871,9 +2030,10 @@ struct Deferred {
 #[derive(Debug)]
 struct DeferredSegment {
     first: u64,
-    /// `slots[starts[s]..starts[s + 1]]` are the record slots of stream id `s`.
-    starts: Vec<u32>,
-    slots: Vec<u32>,
+    /// Local stream index → registry stream id.
+    stream_map: Vec<u32>,
+    /// Record slots by local stream index.
+    by_stream: Grouped,
 }
 
 impl Deferred {
@@ -1897,8 +2057,9 @@ impl Deferred {
 }
 
 /// Record slots grouped by a small key (stream or org local index), in slot order per key.
+#[derive(Debug)]
 struct Grouped {
-    starts: Vec<usize>,
+    starts: Vec<u32>,
     slots: Vec<u32>,
 }
 
@@ -1907,7 +2068,14 @@ impl Grouped {
         self.starts
             .windows(2)
             .enumerate()
-            .map(|(k, w)| (k, &self.slots[w[0]..w[1]]))
+            .map(|(k, w)| (k, &self.slots[w[0] as usize..w[1] as usize]))
+    }
+
+    /// The slots of key `k` (`None` past the last key).
+    fn group(&self, k: u32) -> Option<&[u32]> {
+        let k = k as usize;
+        let (start, end) = (*self.starts.get(k)?, *self.starts.get(k + 1)?);
+        Some(&self.slots[start as usize..end as usize])
     }
 }
 
@@ -1915,22 +2083,36 @@ fn group_slots(keys: &[u32], n_keys: usize) -> Grouped {
     group_slots_by(keys.len(), n_keys, |i| keys[i])
 }
 
-/// [`group_slots`] of records `0..n` whose key is `key_of(record)`.
+/// [`group_slots`] of records `0..n` whose key is `key_of(record)`. Records come in runs of
+/// one key (an append is a batch of one stream), so both passes go run by run: one counter
+/// update and one contiguous fill per run instead of per record.
 fn group_slots_by(n: usize, n_keys: usize, key_of: impl Fn(usize) -> u32) -> Grouped {
-    let mut starts = vec![0usize; n_keys + 1];
-    for i in 0..n {
-        starts[key_of(i) as usize + 1] += 1;
-    }
+    let runs = |f: &mut dyn FnMut(usize, usize, usize)| {
+        let mut i = 0;
+        while i < n {
+            let k = key_of(i);
+            let mut j = i + 1;
+            while j < n && key_of(j) == k {
+                j += 1;
+            }
+            f(k as usize, i, j);
+            i = j;
+        }
+    };
+    let mut starts = vec![0u32; n_keys + 1];
+    runs(&mut |k, i, j| starts[k + 1] += (j - i) as u32);
     for i in 1..starts.len() {
         starts[i] += starts[i - 1];
     }
     let mut fill = starts.clone();
     let mut slots = vec![0u32; n];
-    for i in 0..n {
-        let k = key_of(i) as usize;
-        slots[fill[k]] = i as u32;
-        fill[k] += 1;
-    }
+    runs(&mut |k, i, j| {
+        let at = fill[k] as usize;
+        for (slot, record) in slots[at..at + j - i].iter_mut().zip(i..j) {
+            *slot = record as u32;
+        }
+        fill[k] += (j - i) as u32;
+    });
     Grouped { starts, slots }
 }
 
@@ -1945,7 +2127,7 @@ mod tests {
         l.push(5);
         l.push(6);
         l.push(6 + u64::from(u32::MAX) + 10); // does not fit a u32 offset from 5
-        l.extend([u64::MAX - 1, u64::MAX].into_iter());
+        l.extend(&[u64::MAX - 1, u64::MAX]);
         assert_eq!(l.len(), 5);
         let all: Vec<u64> = (0..5).map(|i| l.get(i).unwrap()).collect();
         assert_eq!(
@@ -1958,13 +2140,103 @@ mod tests {
         let values: Vec<u64> = (0..10_000u64)
             .map(|i| if i < 5_000 { i * 3 } else { (1 << 40) + i })
             .collect();
-        l.extend(values.iter().copied());
+        l.extend(&values);
         for (i, v) in values.iter().enumerate() {
             assert_eq!(l.get(i), Some(*v));
         }
         l.drop_front(4_500);
         assert_eq!(l.get(0), Some(values[4_500]));
         assert_eq!(l.lower_bound(1 << 40), 500);
+    }
+
+    /// A big checkpoint's arrays are mapped from the file, every byte still checksummed, and
+    /// decode exactly as the same bytes read into memory; damage anywhere, the mapped arrays
+    /// and the padding before them included, rejects it.
+    #[test]
+    fn big_checkpoints_are_mapped_checksummed_and_decoded_alike() {
+        let n = ALIGNED_MIN_RECORDS as u32 + 5;
+        let org = OrgId([7; 16]);
+        let usage = OrgUsage {
+            events: u64::from(n),
+            bytes: 100 * u64::from(n),
+            first_org_position: 1,
+        };
+        let source = CheckpointSource {
+            first_position: 1,
+            end_offset: 64 + 100 * u64::from(n),
+            last_crc: 9,
+            max_timestamp: 5,
+            registry_epoch: 3,
+            offsets: (0..n).map(|i| 64 + 100 * i).collect(),
+            type_ids: (0..n).map(|i| (i / 1000) % 3).collect(),
+            stream_ids: (0..n).map(|i| (i / 500) % 4).collect(),
+            streams: (0..4).map(|s| (s, (0, 1))).collect(),
+            orgs: [(0, (org, usage))].into_iter().collect(),
+            types: (0..3).map(|t| (t, format!("type{t}").into())).collect(),
+        };
+        let mut pairs: Vec<(u64, u32)> = (0..n)
+            .map(|i| (u64::from(i).wrapping_mul(0x9E37_79B9_7F4A_7C15), i))
+            .collect();
+        pairs.sort_unstable();
+        let (keys, slots) = sort_id_pairs(pairs);
+        let bytes = source.encode(&keys, &slots);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("1.idx");
+        std::fs::write(&path, &bytes).unwrap();
+
+        let mapped = read_checkpoint(&path).unwrap();
+        let read = decode_checkpoint(&bytes).unwrap();
+        assert!(mapped.offsets.is_mapped() && mapped.id_keys.is_mapped());
+        assert!(mapped.rec_type.is_mapped() && mapped.id_slots.is_mapped());
+        assert!(!read.offsets.is_mapped());
+        assert_eq!(*mapped.offsets, *read.offsets);
+        assert_eq!(mapped.by_stream.slots, read.by_stream.slots);
+        let mut starts = vec![0u32; 5];
+        for i in 0..n {
+            starts[((i / 500) % 4) as usize + 1] += 1;
+        }
+        for k in 1..5 {
+            starts[k] += starts[k - 1];
+        }
+        assert_eq!(mapped.by_stream.starts, starts);
+        let first: Vec<u32> = (0..4)
+            .map(|k| mapped.by_stream.group(k).unwrap()[0])
+            .collect();
+        assert_eq!(first, [0, 500, 1000, 1500]);
+        assert_eq!(*mapped.rec_type, *read.rec_type);
+        assert_eq!(*mapped.id_keys, *keys);
+        assert_eq!(*mapped.id_slots, *slots);
+        assert_eq!(mapped.records, n as usize);
+
+        // The layout: the tables fit before the first boundary, then every array starts at one.
+        let align = 1usize << ARRAY_ALIGN_LOG2;
+        let mut starts = vec![align];
+        for size in [4, 4, 4, 8] {
+            let end = starts[starts.len() - 1] + size * n as usize;
+            starts.push(end.next_multiple_of(align));
+        }
+        assert_eq!(bytes.len(), starts[4] + 4 * n as usize + 4);
+        // A flipped bit in a mapped array (keys, slots), in the padding before the first
+        // array and between two.
+        let padding = starts[0] - 1;
+        for at in [starts[3] + 800, starts[4] + 4, padding, starts[1] - 1] {
+            let mut bad = bytes.clone();
+            bad[at] ^= 1;
+            std::fs::write(&path, &bad).unwrap();
+            let err = read_checkpoint(&path).unwrap_err();
+            assert!(err.contains("checksum") || err.contains("padding"), "{err}");
+        }
+        // Non-zero padding is refused even with a matching checksum.
+        let mut bad = bytes.clone();
+        bad[padding] = 1;
+        let body = bad.len() - 4;
+        let crc = crc32c::crc32c(&bad[..body]);
+        bad[body..].copy_from_slice(&crc.to_le_bytes());
+        std::fs::write(&path, &bad).unwrap();
+        assert_eq!(
+            read_checkpoint(&path).unwrap_err(),
+            "checkpoint padding is not zero"
+        );
     }
 
     #[test]
@@ -1984,7 +2256,7 @@ mod tests {
         assert_eq!(l.get(0), None);
         l.push(7);
         assert_eq!(l.get(0), Some(7));
-        l.extend((0..10_000u64).collect::<Vec<_>>().into_iter());
+        l.extend(&(0..10_000u64).collect::<Vec<_>>());
         assert_eq!(
             (l.len(), l.get(4096), l.get(10_000)),
             (10_001, Some(4095), Some(9_999))
@@ -2010,8 +2282,12 @@ mod tests {
             }
             all.extend(pairs.iter().map(|(k, s)| (*k, first + u64::from(*s))));
             pairs.sort_unstable();
-            let (keys, slots) = pairs.into_iter().unzip();
-            runs.push((first, Arc::new(SortedIds { keys, slots })));
+            let (keys, slots): (Vec<u64>, Vec<u32>) = pairs.into_iter().unzip();
+            let ids = SortedIds {
+                keys: keys.into(),
+                slots: slots.into(),
+            };
+            runs.push((first, Arc::new(ids)));
         }
         let half = IdRun::merge(&[], &runs[..2], 1, &|| false).unwrap();
         let recent = IdRun::merge(&[], &runs[2..3], 1, &|| false).unwrap();
@@ -2053,8 +2329,12 @@ mod tests {
         pairs.extend([(0, 5001), (u64::MAX, 5002)]);
         let present: Vec<u64> = pairs.iter().map(|(k, _)| *k).collect();
         pairs.sort_unstable();
-        let (keys, slots) = pairs.into_iter().unzip();
-        let segment = (1, Arc::new(SortedIds { keys, slots }));
+        let (keys, slots): (Vec<u64>, Vec<u32>) = pairs.into_iter().unzip();
+        let ids = SortedIds {
+            keys: keys.into(),
+            slots: slots.into(),
+        };
+        let segment = (1, Arc::new(ids));
         let run = IdRun::merge(&[], &[segment], 1, &|| false).unwrap();
         let absent: Vec<u64> = (0..5000).map(|_| next()).collect();
         // Present and absent keys interleaved, some already marked by an earlier run.

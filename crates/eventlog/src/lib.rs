@@ -249,6 +249,7 @@
 //! existed (`get` → `None`, reads start at the oldest retained event), while stream versions
 //! and organization positions keep counting from where they were, across reopens too.
 
+mod column;
 mod complete;
 mod error;
 mod format;

@@ -865,7 +865,7 @@ fn recover(dir: &Path, report: &mut RecoveryReport) -> Result<(Index, ActiveSegm
     // one loads the stream registry and then applies them: the two halves of a restart take
     // about the same time.
     std::thread::scope(|scope| -> Result<(), OpenError> {
-        let (ptx, prx) = mpsc::sync_channel::<Option<Result<Checkpoint, String>>>(4);
+        let (ptx, prx) = mpsc::sync_channel::<Option<Result<Checkpoint, String>>>(16);
         let firsts: Vec<u64> = segs.iter().map(|(first, _)| *first).collect();
         scope.spawn(move || {
             for first in firsts {

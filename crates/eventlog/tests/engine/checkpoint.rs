@@ -342,3 +342,137 @@ fn a_checkpoint_without_its_segment_is_removed_at_open() {
     assert!(report.checkpoints_rejected.is_empty());
     assert_eq!(log.last_global_position(), 100);
 }
+
+/// Checkpoints of big segments lay their arrays out to be mapped at open instead of copied
+/// (see the crate docs): the mapped index must answer exactly as one built by scanning, also
+/// for the active segment, whose arrays are copied when appends continue after the reopen.
+#[test]
+fn big_checkpoints_are_mapped_and_answer_like_a_scan() {
+    const BATCH: u64 = 100;
+    let options = Options {
+        segment_size_bytes: 4 * 1024 * 1024,
+        ..Options::default()
+    };
+    // Types first appear in a different order in each segment, so a segment's local type
+    // ids differ from the index's.
+    let ty = |n: u64| format!("t{}", (n + n / 9_000) % 5);
+    let append = |log: &trueline_eventlog::EventLog, from: u64, to: u64| {
+        for first in (from..=to).step_by(BATCH as usize) {
+            let batch = first / BATCH;
+            let evs = (first..(first + BATCH).min(to + 1))
+                .map(|n| event(n, &ty(n), &n.to_le_bytes()))
+                .collect();
+            let stream = format!("s{}", batch % 7);
+            log.append(
+                org(1 + (batch % 3) as u8),
+                &stream,
+                ExpectedVersion::Any,
+                evs,
+            )
+            .unwrap();
+        }
+    };
+    let check = |log: &trueline_eventlog::EventLog, last: u64| {
+        assert_gapless(log);
+        for n in 1..=last {
+            let e = log.get(id(n)).unwrap().unwrap();
+            assert_eq!(e.global_position, n);
+            assert_eq!(e.event_type, ty(n));
+            assert_eq!(e.payload, n.to_le_bytes());
+        }
+        // The type filter goes through the (translated) type ids.
+        let mut seen = 0;
+        let mut after = 0;
+        loop {
+            let filter = OrgFilter {
+                event_type: Some("t3"),
+                stream: None,
+            };
+            let page = log.read_org(org(2), after, 1000, filter).unwrap();
+            let Some(e) = page.last() else { break };
+            after = e.org_position;
+            seen += page.len();
+            assert!(page.iter().all(|e| e.event_type == "t3"));
+        }
+        let expected = (1..=last)
+            .filter(|n| (n / BATCH) % 3 == 1 && ty(*n) == "t3")
+            .count();
+        assert_eq!(seen, expected);
+    };
+    let dir = tempdir();
+    let (log, _) = open_with(dir.path(), options.clone());
+    append(&log, 1, 60_000);
+    log.close().unwrap();
+    // Each array of a big checkpoint starts at a 64 KiB boundary (header field at byte 12).
+    let aligned = checkpoint_files(dir.path())
+        .iter()
+        .map(|p| std::fs::read(p).unwrap())
+        .filter(|b| {
+            b.len() > 16 && b[8..12] == 2u32.to_le_bytes() && b[12..16] == 16u32.to_le_bytes()
+        })
+        .count();
+    assert!(aligned >= 2, "{aligned} aligned checkpoints");
+
+    let (log, report) = open_with(dir.path(), options.clone());
+    assert_eq!(report.records_scanned, 0, "{report:?}");
+    assert_eq!(report.segments_from_checkpoint, report.segments);
+    check(&log, 60_000);
+    append(&log, 60_001, 70_000);
+    check(&log, 70_000);
+    log.close().unwrap();
+    let (log, report) = open_with(dir.path(), options);
+    assert_eq!(report.records_scanned, 0, "{report:?}");
+    check(&log, 70_000);
+}
+
+/// With many streams the stream lists are refilled at open by two threads, half the streams
+/// each (see `Index::flush_deferred`): every stream's events, spread over several segments,
+/// come back complete and in order.
+#[test]
+fn many_streams_spread_over_segments_reload_complete_and_in_order() {
+    const STREAMS: u64 = 20_000;
+    const ROUNDS: u64 = 3;
+    let options = Options {
+        segment_size_bytes: 2 * 1024 * 1024,
+        durability: trueline_eventlog::Durability::Never,
+        ..Options::default()
+    };
+    let dir = tempdir();
+    let (log, _) = open_with(dir.path(), options.clone());
+    // Round r appends event r of every stream, so a stream's events lie in different
+    // segments. Four threads, a quarter of the streams each.
+    for round in 0..ROUNDS {
+        std::thread::scope(|scope| {
+            for part in 0..4 {
+                let log = &log;
+                scope.spawn(move || {
+                    for s in (part..STREAMS).step_by(4) {
+                        let n = round * STREAMS + s + 1;
+                        let org = org(1 + (s % 3) as u8);
+                        let ev = event(n, "t", &s.to_le_bytes());
+                        let stream = format!("s{s}");
+                        log.append(org, &stream, ExpectedVersion::Any, vec![ev])
+                            .unwrap();
+                    }
+                });
+            }
+        });
+    }
+    let segments = log.storage_stats().segments;
+    assert!(segments >= 3, "{segments} segments");
+    log.close().unwrap();
+    let (log, report) = open_with(dir.path(), options);
+    assert_eq!(report.records_scanned, 0, "{report:?}");
+    assert_gapless(&log);
+    for s in 0..STREAMS {
+        let org = org(1 + (s % 3) as u8);
+        let stream = format!("s{s}");
+        assert_eq!(log.stream_version(org, &stream), ROUNDS);
+        let evs = log
+            .read_stream(org, &stream, 1, Direction::Forward, 10)
+            .unwrap();
+        let ids: Vec<_> = evs.iter().map(|e| e.id).collect();
+        let expected: Vec<_> = (0..ROUNDS).map(|r| id(r * STREAMS + s + 1)).collect();
+        assert_eq!(ids, expected, "stream {s}");
+    }
+}
