@@ -276,7 +276,8 @@ fn grow_chunk<T>(c: &mut Vec<T>, extra: usize) {
 #[derive(Debug)]
 pub struct StreamEntry {
     pub org: u32,
-    pub name: Box<str>,
+    /// Shared with the org's name → id map (one allocation per stream).
+    pub name: Arc<str>,
     /// Version of `positions[0]`; `first_version + positions.len() - 1` is the last version.
     /// 0 until the stream's first event is indexed (streams can be known from the registry
     /// before any of their events).
@@ -301,7 +302,7 @@ pub struct OrgEntry {
     pub first_org_position: u64,
     pub positions: ChunkList,
     pub bytes: u64,
-    pub streams: HashMap<Box<str>, u32>,
+    pub streams: HashMap<Arc<str>, u32>,
 }
 
 impl OrgEntry {
@@ -982,13 +983,14 @@ impl Index {
             return *s;
         }
         let s = self.streams.len() as u32;
+        let name: Arc<str> = name.into();
         self.streams.push(StreamEntry {
             org,
-            name: name.into(),
+            name: name.clone(),
             first_version: 0,
             positions: ChunkList::default(),
         });
-        self.orgs[org as usize].streams.insert(name.into(), s);
+        self.orgs[org as usize].streams.insert(name, s);
         s
     }
 
@@ -1197,7 +1199,10 @@ impl Index {
         let streams: usize = self
             .streams
             .iter()
-            .map(|s| s.positions.heap_bytes() + s.name.len() + std::mem::size_of::<StreamEntry>())
+            // The name: one shared allocation (two reference counts, then the bytes).
+            .map(|s| {
+                s.positions.heap_bytes() + 16 + s.name.len() + std::mem::size_of::<StreamEntry>()
+            })
             .sum();
         let orgs: usize = self
             .orgs
@@ -1205,10 +1210,9 @@ impl Index {
             .map(|o| {
                 o.positions.heap_bytes()
                     + std::mem::size_of::<OrgEntry>()
-                    + o.streams
-                        .keys()
-                        .map(|k| k.len() + 16 + 4 + 1)
-                        .sum::<usize>()
+                    // (name, id) entries of 24 bytes and a control byte; the names
+                    // themselves are counted with the streams that share them.
+                    + o.streams.capacity() * 25
             })
             .sum();
         let types: usize = self.types.iter().map(|t| t.len() * 2 + 16 + 4 + 16).sum();
@@ -1242,7 +1246,7 @@ pub struct Registry {
     /// (org id, last org position when written)
     orgs: Vec<(OrgId, u64)>,
     /// (org index, last version when written, name)
-    streams: Vec<(u32, u64, String)>,
+    streams: Vec<(u32, u64, Arc<str>)>,
 }
 
 /// Serializes the orgs and streams of the index (their ids are their order). Segment
@@ -1303,7 +1307,7 @@ pub fn decode_registry(b: &[u8]) -> Result<Registry, String> {
     for _ in 0..n_streams.min(b.len() / 15) {
         let org = c.u32()?;
         let last = c.u64()?;
-        let name = c.str()?;
+        let name: Arc<str> = c.str()?.into();
         if org as usize >= n_orgs {
             return Err("registry stream refers to an unknown org".into());
         }
@@ -1333,10 +1337,10 @@ impl<'a> Cursor<'a> {
     fn u64(&mut self) -> Result<u64, String> {
         self.take(8).map(le_u64)
     }
-    fn str(&mut self) -> Result<String, String> {
+    fn str(&mut self) -> Result<&'a str, String> {
         let n = usize::from(self.take(2).map(le_u16)?);
         let b = self.take(n)?;
-        String::from_utf8(b.to_vec()).map_err(|_| "name is not UTF-8".to_string())
+        std::str::from_utf8(b).map_err(|_| "name is not UTF-8".to_string())
     }
 }
 
@@ -1354,17 +1358,25 @@ impl Index {
             }
         }
         self.streams.reserve(reg.streams.len());
+        // Every org's name map sized once (growing them by doubling cost a third of this).
+        let mut per_org = vec![0usize; self.orgs.len()];
+        for (org, _, _) in &reg.streams {
+            per_org[*org as usize] += 1;
+        }
+        for (o, n) in self.orgs.iter_mut().zip(per_org) {
+            o.streams.reserve(n);
+        }
         for (i, (org, _, name)) in reg.streams.iter().enumerate() {
             // A new index: every name is new unless the registry repeats one (one hash
-            // lookup per stream, not the two of `intern_stream`).
-            let name: Box<str> = name.as_str().into();
+            // lookup per stream, not the two of `intern_stream`), and the name is the
+            // registry's own allocation, shared by the entry and the map.
             let streams = &mut self.orgs[*org as usize].streams;
             if streams.insert(name.clone(), i as u32).is_some() {
                 return Err("duplicate stream in registry".into());
             }
             self.streams.push(StreamEntry {
                 org: *org,
-                name,
+                name: name.clone(),
                 first_version: 0,
                 positions: ChunkList::default(),
             });

@@ -1,8 +1,9 @@
 //! The Trueline event log engine: an append-only, checksummed, segmented event store.
 //!
 //! It owns the files under one directory: segment files holding the records, per-segment index
-//! checkpoint files, and a `LOCK` file. It uses `std` and `crc32c` only (`serde_json` just for
-//! the NDJSON [`dump`]); no async runtime. The server bridges [`EventLog::append_with`] to a
+//! checkpoint files, and a `LOCK` file. It uses `std` and `crc32c` (plus `memmap2` and
+//! `bytemuck` to map checkpoint arrays at open, `serde_json` just for the NDJSON [`dump`]); no
+//! async runtime. The server bridges [`EventLog::append_with`] to a
 //! oneshot channel.
 //!
 //! # Model
@@ -127,8 +128,8 @@
 //!
 //! Written atomically (unique temp file, fsync, rename, directory fsync) when a segment is
 //! sealed, for the active segment on clean close, and in the background after open for sealed
-//! segments that had to be scanned. Header (72 bytes): magic `TLEVIDX\0`, version `1` (u32),
-//! reserved (u32), segment first position (u64), `end_offset` = bytes of the segment covered
+//! segments that had to be scanned. Header (72 bytes): magic `TLEVIDX\0`, version `2` (u32),
+//! array alignment `a` (u32: 0 or 12..=20), segment first position (u64), `end_offset` = bytes of the segment covered
 //! (u64), record count `n` (u64), CRC32C of the last covered record (u32), number of orgs /
 //! streams / types (3 × u32), newest timestamp (i64), registry epoch (u64). Then the org table
 //! (16-byte id, first org position in this segment, event count, bytes: u64 each), the stream
@@ -136,6 +137,16 @@
 //! type table (u16 length + UTF-8), then per record `n` × u32 offsets, `n` × u32 local stream
 //! index, `n` × u32 local type index, then the id index: `n` × u64 id hashes sorted ascending
 //! and `n` × u32 record slots. A trailing u32 is the CRC32C of everything before it.
+//!
+//! With `a` > 0 each of the five arrays starts at a multiple of `2^a` bytes, preceded by zero
+//! bytes (checksummed, and refused if not zero). The writer uses `a` = 16 (64 KiB, a multiple
+//! of every common page size) for checkpoints of at least 16,384 records and 0 (packed) below;
+//! version 1 is version 2 with `a` = 0 and is still read. At open, aligned arrays of at least
+//! 64 KiB are mapped read-only from the file instead of copied into memory (every byte is
+//! still checksummed before use), so a restart does not fault in fresh memory for them; the
+//! segment's type ids stay checkpoint-local behind a small translation table. Checkpoint
+//! files are only ever replaced by rename or unlinked, never modified in place, which is what
+//! makes mapping them safe (see `column.rs`).
 //!
 //! A checkpoint is used only if its checksum verifies, its tables are consistent, its epoch is
 //! the loaded registry's, it continues the positions/versions of the segments before it, and
