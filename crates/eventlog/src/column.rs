@@ -30,6 +30,7 @@ pub enum Column<T> {
 /// `len` values of `T` mapped read-only from a file.
 pub struct Mapped<T> {
     map: memmap2::Mmap,
+    len: usize,
     _values: PhantomData<T>,
 }
 
@@ -53,12 +54,23 @@ impl<T: Pod> Mapped<T> {
                 .map(file)
         }
         .ok()?;
-        // A mapping starts on a page boundary, so it is aligned for any `T` here.
+        // Checked once here (the offset must suit `T`), so that `values` is a plain cast.
         bytemuck::try_cast_slice::<u8, T>(&map).ok()?;
         Some(Mapped {
             map,
+            len,
             _values: PhantomData,
         })
+    }
+
+    /// The values. (Called in the innermost loops of a restart, so not `cast_slice`, which
+    /// checks alignment and length at every call.)
+    pub fn values(&self) -> &[T] {
+        // SAFETY: `map` holds `len * size_of::<T>()` bytes at an address aligned for `T`
+        // (checked in `map`), any bit pattern is a valid `T` (`Pod`), and the bytes do not
+        // change while mapped (see the module docs). The slice borrows `self`, which owns the
+        // mapping.
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr().cast::<T>(), self.len) }
     }
 
     /// The mapped bytes (for the checksum).
@@ -72,8 +84,7 @@ impl<T: Pod> Deref for Column<T> {
     fn deref(&self) -> &[T] {
         match self {
             Column::Owned(v) => v,
-            // Checked to cast in `Mapped::map`.
-            Column::Mapped(m) => bytemuck::cast_slice(&m.map),
+            Column::Mapped(m) => m.values(),
         }
     }
 }
@@ -103,7 +114,7 @@ impl<T: Pod> Column<T> {
     /// only to the active segment, loaded from the checkpoint of a clean close).
     pub fn to_mut(&mut self) -> &mut Vec<T> {
         if let Column::Mapped(m) = self {
-            *self = Column::Owned(bytemuck::cast_slice(&m.map).to_vec());
+            *self = Column::Owned(m.values().to_vec());
         }
         match self {
             Column::Owned(v) => v,

@@ -1403,12 +1403,14 @@ impl Index {
 /// Magic bytes at the start of every index checkpoint file.
 pub const CHECKPOINT_MAGIC: [u8; 8] = *b"TLEVIDX\0";
 /// Version of the checkpoint format.
-pub const CHECKPOINT_VERSION: u32 = 2;
+pub const CHECKPOINT_VERSION: u32 = 3;
 /// Checkpoints with at least this many records align their arrays (each u32 array is then
-/// at least 64 KiB); smaller ones are packed, as in version 1.
+/// at least 64 KiB); smaller ones are packed.
 const ALIGNED_MIN_RECORDS: usize = 16 * 1024;
-/// Array alignment of big checkpoints: 64 KiB, a multiple of every common page size.
-const ARRAY_ALIGN_LOG2: u32 = 16;
+/// Array alignment of big checkpoints: 4 KiB. Mapping an array does not need a page-aligned
+/// offset (the mapping starts at the page below), only an address aligned for its values; a
+/// page boundary keeps the padding small and each array's pages its own.
+const ARRAY_ALIGN_LOG2: u32 = 12;
 const CHECKPOINT_HEADER_LEN: usize = 72;
 
 /// Serializes the index of segment `seg_pos` (see the crate docs for the layout); `None` if
@@ -1576,9 +1578,26 @@ impl CheckpointSource {
                 out.resize(out.len().next_multiple_of(1 << align_log2), 0);
             }
         };
-        for array in [&self.offsets, &rec_stream, &rec_type] {
+        // The record slots grouped by stream and by org, so that a restart validates them (one
+        // pass each) instead of computing them (two passes each, into fresh memory).
+        let by_stream = group_slots(&rec_stream, streams.len());
+        let stream_org: Vec<u32> = streams
+            .iter()
+            .map(|s| {
+                let org = self.streams.get(s).map_or(0, |(o, _)| *o);
+                org_local.get(&org).copied().unwrap_or(0)
+            })
+            .collect();
+        let by_org = group_slots_by(n, orgs.len(), |i| stream_org[rec_stream[i] as usize]);
+        for array in [
+            &self.offsets[..],
+            &rec_stream,
+            &rec_type,
+            &by_stream.slots,
+            &by_org.slots,
+        ] {
             pad(&mut out);
-            for v in array {
+            for v in array.iter() {
                 out.extend_from_slice(&v.to_le_bytes());
             }
         }
@@ -1612,14 +1631,13 @@ pub struct Checkpoint {
     streams: Vec<(u32, u32, u64)>,
     types: Vec<String>,
     offsets: Column<u32>,
-    rec_stream: Column<u32>,
     rec_type: Column<u32>,
     id_keys: Column<u64>,
     id_slots: Column<u32>,
-    /// Record slots grouped by local stream, computed with the checkpoint (on the prefetch
-    /// thread at open; grouping by org is left to the applying thread, which would wait
-    /// otherwise: the two halves take about the same time).
+    /// Record slots grouped by local stream and by local org (stored, and validated against
+    /// each record's stream when read).
     by_stream: Grouped,
+    by_org: Grouped,
 }
 
 /// Reads a checkpoint sequentially, checksumming as it goes, so the big arrays are decoded
@@ -1772,12 +1790,11 @@ fn decode_checkpoint_from(
         return Err("bad checkpoint magic".into());
     }
     let version = c.u32()?;
-    // Version 1 is version 2 with packed arrays.
-    if version != CHECKPOINT_VERSION && version != 1 {
+    if version != CHECKPOINT_VERSION {
         return Err(format!("unsupported checkpoint version {version}"));
     }
     let align_log2 = c.u32()?;
-    if align_log2 != 0 && (version == 1 || !(12..=20).contains(&align_log2)) {
+    if align_log2 != 0 && !(3..=20).contains(&align_log2) {
         return Err(format!(
             "unsupported checkpoint array alignment {align_log2}"
         ));
@@ -1827,6 +1844,8 @@ fn decode_checkpoint_from(
     let offsets = c.column(records, u32::from_le_bytes)?;
     let rec_stream = c.column(records, u32::from_le_bytes)?;
     let rec_type = c.column(records, u32::from_le_bytes)?;
+    let stream_slots = c.column(records, u32::from_le_bytes)?;
+    let org_slots = c.column(records, u32::from_le_bytes)?;
     let id_keys = c.column(records, u64::from_le_bytes)?;
     let id_slots = c.column(records, u32::from_le_bytes)?;
     if c.remaining != 0 {
@@ -1838,11 +1857,26 @@ fn decode_checkpoint_from(
     if computed != u32::from_le_bytes(stored) {
         return Err("checkpoint checksum mismatch".into());
     }
-    if rec_stream.iter().any(|s| *s as usize >= n_streams)
-        || rec_type.iter().any(|t| *t as usize >= n_types)
-        || id_slots.iter().any(|s| *s as usize >= records)
-        || offsets.windows(2).any(|w| w[0] >= w[1])
-        || id_keys.windows(2).any(|w| w[0] > w[1])
+    // Folds without early exits, so that each pass compiles to vector instructions (the
+    // valid case is the one to make fast).
+    let below = |col: &[u32], limit: usize| {
+        col.is_empty() || (col.iter().fold(0, |m, v| m.max(*v)) as usize) < limit
+    };
+    let increasing = |col: &[u32]| {
+        col.iter()
+            .zip(&col[1..])
+            .fold(true, |ok, (a, b)| ok & (a < b))
+    };
+    let keys_sorted = id_keys.is_empty()
+        || id_keys
+            .iter()
+            .zip(&id_keys[1..])
+            .fold(true, |ok, (a, b)| ok & (a <= b));
+    if !below(&rec_stream, n_streams)
+        || !below(&rec_type, n_types)
+        || !below(&id_slots, records)
+        || !(offsets.is_empty() || increasing(&offsets))
+        || !keys_sorted
     {
         return Err("checkpoint tables are inconsistent".into());
     }
@@ -1851,7 +1885,15 @@ fn decode_checkpoint_from(
     if stream_ids.windows(2).any(|w| w[0] == w[1]) {
         return Err("checkpoint names a stream twice".into());
     }
-    let by_stream = group_slots(&rec_stream, n_streams);
+    let inconsistent = |_| "checkpoint tables are inconsistent".to_string();
+    let rec_stream: &[u32] = &rec_stream;
+    let by_stream = Grouped::validate(stream_slots, n_streams, |slot| rec_stream[slot])
+        .map_err(inconsistent)?;
+    let stream_org: Vec<u32> = streams.iter().map(|(_, o, _)| *o).collect();
+    let by_org = Grouped::validate(org_slots, n_orgs, |slot| {
+        stream_org[rec_stream[slot] as usize]
+    })
+    .map_err(inconsistent)?;
     Ok(Checkpoint {
         registry_epoch,
         first_position,
@@ -1863,11 +1905,11 @@ fn decode_checkpoint_from(
         streams,
         types,
         offsets,
-        rec_stream,
         rec_type,
         id_keys,
         id_slots,
         by_stream,
+        by_org,
     })
 }
 
@@ -1946,12 +1988,8 @@ impl Index {
                 return Err(format!("stream id {id}: versions do not continue"));
             }
         }
-        // Grouped by the org of each record's stream, without a per-record org vector.
-        let stream_org: Vec<u32> = cp.streams.iter().map(|(_, o, _)| *o).collect();
-        let by_org = group_slots_by(cp.records, cp.orgs.len(), |i| {
-            stream_org[cp.rec_stream[i] as usize]
-        });
-        if by_org
+        if cp
+            .by_org
             .groups()
             .zip(&cp.orgs)
             .any(|((_, slots), (_, u))| slots.len() as u64 != u.events)
@@ -2002,7 +2040,7 @@ impl Index {
             }
         }
         let mut positions = Vec::new();
-        for (lo, slots) in by_org.groups() {
+        for (lo, slots) in cp.by_org.groups() {
             positions.clear();
             positions.extend(slots.iter().map(|i| seg_first + u64::from(*i)));
             self.orgs[org_map[lo] as usize].positions.extend(&positions);
@@ -2072,10 +2110,47 @@ impl Deferred {
 #[derive(Debug)]
 struct Grouped {
     starts: Vec<u32>,
-    slots: Vec<u32>,
+    slots: Column<u32>,
 }
 
 impl Grouped {
+    /// Checks that `slots` is the grouping of records `0..slots.len()` by `key_of(record)`
+    /// (keys below `n_keys`): keys never decrease along it, and slots strictly increase
+    /// within a key. A slot can then only sit in its own key's group, once, so all `n` are
+    /// there exactly once.
+    fn validate(
+        slots: Column<u32>,
+        n_keys: usize,
+        key_of: impl Fn(usize) -> u32,
+    ) -> Result<Grouped, ()> {
+        let n = slots.len();
+        // starts[k] = index of the first slot whose key is >= k.
+        let mut starts = vec![0u32; n_keys + 1];
+        let (mut key, mut last) = (0u32, None::<u32>);
+        for (j, &slot) in slots.iter().enumerate() {
+            if slot as usize >= n {
+                return Err(());
+            }
+            let k = key_of(slot as usize);
+            if k != key {
+                if k < key || k as usize >= n_keys {
+                    return Err(());
+                }
+                starts[key as usize + 1..=k as usize].fill(j as u32);
+                (key, last) = (k, None);
+            }
+            if last.is_some_and(|l| slot <= l) {
+                return Err(());
+            }
+            last = Some(slot);
+        }
+        if n > 0 && key as usize >= n_keys {
+            return Err(());
+        }
+        starts[(key as usize + 1).min(n_keys + 1)..].fill(n as u32);
+        Ok(Grouped { starts, slots })
+    }
+
     fn groups(&self) -> impl Iterator<Item = (usize, &[u32])> {
         self.starts
             .windows(2)
@@ -2125,7 +2200,10 @@ fn group_slots_by(n: usize, n_keys: usize, key_of: impl Fn(usize) -> u32) -> Gro
         }
         fill[k] += (j - i) as u32;
     });
-    Grouped { starts, slots }
+    Grouped {
+        starts,
+        slots: slots.into(),
+    }
 }
 
 #[cfg(test)]
@@ -2202,7 +2280,10 @@ mod tests {
         assert!(mapped.rec_type.is_mapped() && mapped.id_slots.is_mapped());
         assert!(!read.offsets.is_mapped());
         assert_eq!(*mapped.offsets, *read.offsets);
-        assert_eq!(mapped.by_stream.slots, read.by_stream.slots);
+        assert!(mapped.by_stream.slots.is_mapped() && mapped.by_org.slots.is_mapped());
+        assert_eq!(*mapped.by_stream.slots, *read.by_stream.slots);
+        assert_eq!(*mapped.by_org.slots, (0..n).collect::<Vec<_>>());
+        assert_eq!(mapped.by_org.starts, [0, n]);
         let mut starts = vec![0u32; 5];
         for i in 0..n {
             starts[((i / 500) % 4) as usize + 1] += 1;
@@ -2220,18 +2301,25 @@ mod tests {
         assert_eq!(*mapped.id_slots, *slots);
         assert_eq!(mapped.records, n as usize);
 
-        // The layout: the tables fit before the first boundary, then every array starts at one.
+        // The layout: the tables fit before the first boundary, then every array starts at one
+        // (offsets, streams, types, slots by stream, slots by org, id hashes, id slots).
         let align = 1usize << ARRAY_ALIGN_LOG2;
         let mut starts = vec![align];
-        for size in [4, 4, 4, 8] {
+        for size in [4, 4, 4, 4, 4, 8] {
             let end = starts[starts.len() - 1] + size * n as usize;
             starts.push(end.next_multiple_of(align));
         }
-        assert_eq!(bytes.len(), starts[4] + 4 * n as usize + 4);
-        // A flipped bit in a mapped array (keys, slots), in the padding before the first
-        // array and between two.
+        assert_eq!(bytes.len(), starts[6] + 4 * n as usize + 4);
+        let rewrite = |bad: &mut Vec<u8>| {
+            let body = bad.len() - 4;
+            let crc = crc32c::crc32c(&bad[..body]);
+            bad[body..].copy_from_slice(&crc.to_le_bytes());
+            std::fs::write(&path, &bad).unwrap();
+        };
+        // A flipped bit in a mapped array (id hashes, id slots), in the padding before the
+        // first array and between two.
         let padding = starts[0] - 1;
-        for at in [starts[3] + 800, starts[4] + 4, padding, starts[1] - 1] {
+        for at in [starts[5] + 800, starts[6] + 4, padding, starts[1] - 1] {
             let mut bad = bytes.clone();
             bad[at] ^= 1;
             std::fs::write(&path, &bad).unwrap();
@@ -2241,13 +2329,42 @@ mod tests {
         // Non-zero padding is refused even with a matching checksum.
         let mut bad = bytes.clone();
         bad[padding] = 1;
-        let body = bad.len() - 4;
-        let crc = crc32c::crc32c(&bad[..body]);
-        bad[body..].copy_from_slice(&crc.to_le_bytes());
-        std::fs::write(&path, &bad).unwrap();
+        rewrite(&mut bad);
         assert_eq!(
             read_checkpoint(&path).unwrap_err(),
             "checkpoint padding is not zero"
+        );
+        // So are groupings that do not match the records' streams, checksum or not: a slot
+        // moved to another stream's group, two slots of one group out of order, one slot
+        // twice in the org grouping.
+        let word = |b: &[u8], at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap());
+        let put =
+            |b: &mut Vec<u8>, at: usize, v: u32| b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+        let by_stream = starts[3];
+        let by_org = starts[4];
+        let first_of_second_group = by_stream + 4 * mapped.by_stream.starts[1] as usize;
+        let swaps = [
+            (by_stream, first_of_second_group),
+            (by_stream, by_stream + 4),
+        ];
+        for (x, y) in swaps {
+            let mut bad = bytes.clone();
+            let (a, b) = (word(&bad, x), word(&bad, y));
+            put(&mut bad, x, b);
+            put(&mut bad, y, a);
+            rewrite(&mut bad);
+            assert_eq!(
+                read_checkpoint(&path).unwrap_err(),
+                "checkpoint tables are inconsistent"
+            );
+        }
+        let mut bad = bytes.clone();
+        let second = word(&bad, by_org + 4);
+        put(&mut bad, by_org, second);
+        rewrite(&mut bad);
+        assert_eq!(
+            read_checkpoint(&path).unwrap_err(),
+            "checkpoint tables are inconsistent"
         );
     }
 

@@ -128,25 +128,31 @@
 //!
 //! Written atomically (unique temp file, fsync, rename, directory fsync) when a segment is
 //! sealed, for the active segment on clean close, and in the background after open for sealed
-//! segments that had to be scanned. Header (72 bytes): magic `TLEVIDX\0`, version `2` (u32),
-//! array alignment `a` (u32: 0 or 12..=20), segment first position (u64), `end_offset` = bytes of the segment covered
-//! (u64), record count `n` (u64), CRC32C of the last covered record (u32), number of orgs /
-//! streams / types (3 × u32), newest timestamp (i64), registry epoch (u64). Then the org table
-//! (16-byte id, first org position in this segment, event count, bytes: u64 each), the stream
-//! table (registry stream id u32, local org index u32, first version in this segment u64), the
-//! type table (u16 length + UTF-8), then per record `n` × u32 offsets, `n` × u32 local stream
-//! index, `n` × u32 local type index, then the id index: `n` × u64 id hashes sorted ascending
-//! and `n` × u32 record slots. A trailing u32 is the CRC32C of everything before it.
+//! segments that had to be scanned. Header (72 bytes): magic `TLEVIDX\0`, version `3` (u32),
+//! array alignment `a` (u32: 0, or 3..=20), segment first position (u64), `end_offset` = bytes
+//! of the segment covered (u64), record count `n` (u64), CRC32C of the last covered record
+//! (u32), number of orgs / streams / types (3 × u32), newest timestamp (i64), registry epoch
+//! (u64). Then the org table (16-byte id, first org position in this segment, event count,
+//! bytes: u64 each), the stream table (registry stream id u32, local org index u32, first
+//! version in this segment u64), the type table (u16 length + UTF-8), then seven arrays of `n`
+//! values: u32 offsets, u32 local stream index and u32 local type index per record; the record
+//! slots grouped by local stream (u32; streams in table order, slots ascending within each) and
+//! grouped by local org (u32, likewise); then the id index: u64 id hashes sorted ascending and
+//! their u32 record slots. A trailing u32 is the CRC32C of everything before it. The two
+//! groupings are what a restart needs to fill the stream and org position lists; they are
+//! stored so that it checks them (keys never decrease along a grouping, slots strictly
+//! increase within a key, and each slot's key is its record's: so each is exactly the grouping
+//! of the records) instead of computing them. Versions 1 and 2 (without the groupings) are
+//! refused like a damaged checkpoint, and rebuilt.
 //!
-//! With `a` > 0 each of the five arrays starts at a multiple of `2^a` bytes, preceded by zero
-//! bytes (checksummed, and refused if not zero). The writer uses `a` = 16 (64 KiB, a multiple
-//! of every common page size) for checkpoints of at least 16,384 records and 0 (packed) below;
-//! version 1 is version 2 with `a` = 0 and is still read. At open, aligned arrays of at least
-//! 64 KiB are mapped read-only from the file instead of copied into memory (every byte is
-//! still checksummed before use), so a restart does not fault in fresh memory for them; the
-//! segment's type ids stay checkpoint-local behind a small translation table. Checkpoint
-//! files are only ever replaced by rename or unlinked, never modified in place, which is what
-//! makes mapping them safe (see `column.rs`).
+//! With `a` > 0 each array starts at a multiple of `2^a` bytes, preceded by zero bytes
+//! (checksummed, and refused if not zero). The writer uses `a` = 12 (4 KiB) for checkpoints of
+//! at least 16,384 records and 0 (packed) below. At open, aligned arrays of at least 64 KiB are
+//! mapped read-only from the file instead of copied into memory (every byte is still
+//! checksummed before use), so a restart does not fault in fresh memory for them; the
+//! segment's type ids stay checkpoint-local behind a small translation table. Checkpoint files
+//! are only ever replaced by rename or unlinked, never modified in place, which is what makes
+//! mapping them safe (see `column.rs`).
 //!
 //! A checkpoint is used only if its checksum verifies, its tables are consistent, its epoch is
 //! the loaded registry's, it continues the positions/versions of the segments before it, and

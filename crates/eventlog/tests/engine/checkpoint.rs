@@ -403,12 +403,13 @@ fn big_checkpoints_are_mapped_and_answer_like_a_scan() {
     let (log, _) = open_with(dir.path(), options.clone());
     append(&log, 1, 60_000);
     log.close().unwrap();
-    // Each array of a big checkpoint starts at a 64 KiB boundary (header field at byte 12).
+    // Each array of a big checkpoint starts at a 4 KiB boundary (header: version at byte 8,
+    // alignment at byte 12).
     let aligned = checkpoint_files(dir.path())
         .iter()
         .map(|p| std::fs::read(p).unwrap())
         .filter(|b| {
-            b.len() > 16 && b[8..12] == 2u32.to_le_bytes() && b[12..16] == 16u32.to_le_bytes()
+            b.len() > 16 && b[8..12] == 3u32.to_le_bytes() && b[12..16] == 12u32.to_le_bytes()
         })
         .count();
     assert!(aligned >= 2, "{aligned} aligned checkpoints");
