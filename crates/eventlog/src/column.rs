@@ -8,7 +8,8 @@
 //! call. The checksum is still verified over every byte before anything is used.
 //!
 //! This is the only module with `unsafe` code: creating a file mapping is unsafe because the
-//! file could change while mapped. Checkpoint files are never modified in place: they are
+//! file could change while mapped, and viewing the mapped bytes as values needs a raw cast
+//! (checked once, when the mapping is made). Checkpoint files are never modified in place: they are
 //! written to a temporary file and renamed over, and deleted only by unlinking (a mapping
 //! keeps its inode alive), so a mapped checkpoint changes only if something outside the
 //! engine writes into the locked data directory.
