@@ -1358,7 +1358,7 @@ impl Index {
             }
         }
         self.streams.reserve(reg.streams.len());
-        // Every org's name map sized once (growing them by doubling cost a third of this).
+        // Every org's name map sized once, instead of grown by doubling.
         let mut per_org = vec![0usize; self.orgs.len()];
         for (org, _, _) in &reg.streams {
             per_org[*org as usize] += 1;
