@@ -187,6 +187,11 @@ impl ChunkList {
             let room = self.chunks.back().map_or(0, |c| CHUNK - c.len());
             if room == 0 {
                 let want = values.len().min(CHUNK);
+                if self.chunks.is_empty() {
+                    // Most lists (one per stream) never need a second chunk: room for one
+                    // instead of the deque's default four (96 bytes per stream).
+                    self.chunks.reserve_exact(1);
+                }
                 self.chunks.push_back(Chunk::with_first(first, want));
                 self.len += 1;
                 values = &values[1..];
@@ -209,6 +214,9 @@ impl ChunkList {
                 c.push(v);
             }
             _ => {
+                if self.chunks.is_empty() {
+                    self.chunks.reserve_exact(1); // (see `extend`)
+                }
                 self.chunks.push_back(Chunk::with_first(v, 1));
             }
         }
