@@ -9,10 +9,11 @@
 //!
 //! This is the only module with `unsafe` code: creating a file mapping is unsafe because the
 //! file could change while mapped, and viewing the mapped bytes as values needs a raw cast
-//! (checked once, when the mapping is made). Checkpoint files are never modified in place: they are
-//! written to a temporary file and renamed over, and deleted only by unlinking (a mapping
-//! keeps its inode alive), so a mapped checkpoint changes only if something outside the
-//! engine writes into the locked data directory.
+//! (checked once, when the mapping is made). Checkpoint files are never modified in place:
+//! they are written to a temporary file and renamed over, and deleted only by unlinking (a
+//! mapping keeps its inode alive), so a mapped checkpoint changes only if something outside
+//! the engine writes into the locked data directory. (Truncating a mapped file from outside
+//! would make the process fault on access, like any memory-mapped store.)
 #![allow(unsafe_code)]
 
 use std::fmt;
@@ -36,9 +37,9 @@ pub struct Mapped<T> {
 }
 
 impl<T: Pod> Mapped<T> {
-    /// Maps `len` values at byte `offset` of `file`. `offset` must be a multiple of the page
-    /// size and the values must be stored little-endian; `None` if the mapping fails (the
-    /// caller reads the values instead) or on a big-endian machine.
+    /// Maps `len` little-endian values at byte `offset` of `file` (the mapping starts at the
+    /// page below `offset`). `None` if the mapping fails, if `offset` leaves the values
+    /// misaligned for `T`, or on a big-endian machine: the caller then reads the values.
     pub fn map(file: &File, offset: u64, len: usize) -> Option<Mapped<T>> {
         if cfg!(target_endian = "big") || len == 0 {
             return None;
