@@ -50,8 +50,11 @@ pub fn scan_segment(
         bad: None,
         rejected: None,
     };
-    // buf holds file bytes [buf_off, buf_off + buf.len()).
+    // buf[..valid] holds file bytes [buf_off, buf_off + valid). The rest of buf is already
+    // initialized room for the next read, so refills do not zero it again (zeroing before
+    // every read was 3 % of a full rebuild).
     let mut buf: Vec<u8> = Vec::new();
+    let mut valid = 0usize;
     let mut buf_off = start;
     let mut off = start;
     let mut expect_pos = next_position;
@@ -68,20 +71,23 @@ pub fn scan_segment(
             return Ok(res);
         }
         let rel = (off - buf_off) as usize;
-        let decoded = decode_record(&buf[rel..]);
+        let decoded = decode_record(&buf[rel..valid]);
         let rec = match decoded {
             Ok(r) => r,
             Err(DecodeError::Incomplete { needed }) if off + needed as u64 <= file_len => {
                 // Refill: keep bytes from the start of the current append.
                 let keep_from = batch.map_or(off, |b| b.0);
                 let drop = (keep_from - buf_off) as usize;
-                buf.drain(..drop);
+                buf.copy_within(drop..valid, 0);
+                valid -= drop;
                 buf_off = keep_from;
-                let have_end = buf_off + buf.len() as u64;
-                let want = (needed.max(READ_CHUNK) as u64).min(file_len - have_end);
-                let old = buf.len();
-                buf.resize(old + want as usize, 0);
-                file.read_exact_at(&mut buf[old..], have_end)?;
+                let have_end = buf_off + valid as u64;
+                let want = (needed.max(READ_CHUNK) as u64).min(file_len - have_end) as usize;
+                if buf.len() < valid + want {
+                    buf.resize(valid + want, 0);
+                }
+                file.read_exact_at(&mut buf[valid..valid + want], have_end)?;
+                valid += want;
                 continue;
             }
             Err(DecodeError::Incomplete { .. }) => {
@@ -115,7 +121,7 @@ pub fn scan_segment(
         batch = None;
         let mut p = bstart;
         while p < rec_end {
-            let r = decode_record_checked(&buf[(p - buf_off) as usize..], false)
+            let r = decode_record_checked(&buf[(p - buf_off) as usize..valid], false)
                 .map_err(|e| io::Error::other(format!("record changed while scanning: {e}")))?;
             if let Err(why) = on_record(p, &r) {
                 res.rejected = Some((p, why));
