@@ -861,9 +861,10 @@ fn recover(dir: &Path, report: &mut RecoveryReport) -> Result<(Index, ActiveSegm
     let mut registry = None;
     let count = segs.len();
     let mut missing_checkpoints = Vec::new();
-    // Checkpoints are read and decoded on a second thread, a few segments ahead, while this
-    // one loads the stream registry and then applies them: the two halves of a restart take
-    // about the same time.
+    // Checkpoints are read and decoded on a second thread, up to 16 segments ahead (their big
+    // arrays are mapped, so reading ahead holds little memory), while this one loads the
+    // stream registry and then applies them: the two halves of a restart take about the same
+    // time.
     std::thread::scope(|scope| -> Result<(), OpenError> {
         let (ptx, prx) = mpsc::sync_channel::<Option<Result<Checkpoint, String>>>(16);
         let firsts: Vec<u64> = segs.iter().map(|(first, _)| *first).collect();
