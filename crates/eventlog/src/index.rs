@@ -348,6 +348,10 @@ pub struct SegIndex {
     ids_merged: bool,
     ids_recent: IdMap,
     ids_overflow: Vec<(u64, u32)>,
+    /// While open scans a sealed segment: ids go straight to `ids_overflow`, sorted into
+    /// `ids_sorted` when the scan ends (nothing looks them up before that), instead of
+    /// through the hash map (its inserts and growth were a visible part of a rebuild).
+    pub bulk_ids: bool,
     /// Byte length of the segment covered by indexed records (header included).
     pub end_offset: u64,
     pub max_timestamp: i64,
@@ -367,6 +371,7 @@ impl SegIndex {
             ids_merged: false,
             ids_recent: IdMap::default(),
             ids_overflow: Vec::new(),
+            bulk_ids: false,
             end_offset: header_len,
             max_timestamp: i64::MIN,
             last_crc: 0,
@@ -412,6 +417,10 @@ impl SegIndex {
     }
 
     fn insert_id(&mut self, key: u64, slot: u32) {
+        if self.bulk_ids {
+            self.ids_overflow.push((key, slot));
+            return;
+        }
         match self.ids_recent.entry(key) {
             // Two ids with the same 64-bit hash: keep the second one aside.
             std::collections::hash_map::Entry::Occupied(_) => self.ids_overflow.push((key, slot)),
@@ -487,6 +496,7 @@ impl SegIndex {
         self.ids_merged = false;
         self.ids_recent = IdMap::default();
         self.ids_overflow = Vec::new();
+        self.bulk_ids = false;
         self.offsets.shrink_to_fit();
         self.type_ids.shrink_to_fit();
     }

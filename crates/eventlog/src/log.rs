@@ -950,7 +950,9 @@ fn recover(dir: &Path, report: &mut RecoveryReport) -> Result<(Index, ActiveSegm
                     }
                 }
             }
-            // 2. Scan what the checkpoint does not cover.
+            // 2. Scan what the checkpoint does not cover. (A sealed segment's ids are sorted
+            // once its scan ends: see `SegIndex::bulk_ids`.)
+            index.segments[i].bulk_ids = !is_last;
             let start = index.segments[i].end_offset;
             let res = scan_segment(
                 &sf.file,
@@ -1020,6 +1022,7 @@ fn recover(dir: &Path, report: &mut RecoveryReport) -> Result<(Index, ActiveSegm
                 let ids = index.segments[i].sorted_ids();
                 index.segments[i].set_sorted_ids(ids);
             }
+            index.segments[i].bulk_ids = false;
         }
         Ok(())
     })?;
