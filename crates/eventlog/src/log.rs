@@ -93,6 +93,32 @@ fn run_indexer(shared: &Shared, rx: mpsc::Receiver<IndexJob>) {
     }
 }
 
+/// The page cache keeps the active segment and the last sealed one; when the segment starting
+/// at `sealed_first` is sealed, the one before it is dropped from the cache (its pages are
+/// clean: the roll synced it). An append-only log written at full speed would otherwise fill
+/// the cache with pages read rarely, and every new page would be one the kernel must find:
+/// on a VM, a never-touched page costs the host a fault, and writing 1 GiB into fresh page
+/// cache took 2.6 s of CPU here against 0.21 s into pages freed just before. PostgreSQL does
+/// the same with its WAL segments. Reads of older events go to the disk (they are one
+/// `pread` each, and sequential for catch-up). Best effort: the advice failing changes nothing.
+fn uncache_segment_before(shared: &Shared, sealed_first: u64) {
+    let before = {
+        let index = shared.index.read().unwrap_or_else(PoisonError::into_inner);
+        let Some(pos) = index
+            .segments
+            .iter()
+            .position(|s| s.first_position == sealed_first)
+        else {
+            return;
+        };
+        let Some(prev) = pos.checked_sub(1) else {
+            return;
+        };
+        index.segments[prev].file.clone()
+    };
+    let _ = rustix::fs::fadvise(&before.file, 0, None, rustix::fs::Advice::DontNeed);
+}
+
 /// Merges the ids of sealed segments into the recent run, or, once that would pass a quarter
 /// of the main run, the recent run and them into the main run; outside any lock, then swaps the
 /// result in under the write lock (lookups stay correct throughout: unmerged segments are
@@ -742,6 +768,7 @@ fn seal_segment(shared: &Shared, first: u64) {
             .iter()
             .position(|s| s.first_position == first)
     };
+    uncache_segment_before(shared, first);
     let (pairs, source) = {
         let index = shared.index.read().unwrap_or_else(PoisonError::into_inner);
         // Gone already (retention) or already sorted: nothing to do.

@@ -477,3 +477,48 @@ fn many_streams_spread_over_segments_reload_complete_and_in_order() {
         assert_eq!(ids, expected, "stream {s}");
     }
 }
+
+/// Bytes of `path` in the page cache, from util-linux's `fincore` (on every Debian; the
+/// engine only gives advice, so the test asks the kernel through the tool).
+fn cached_bytes(path: &std::path::Path) -> u64 {
+    let out = std::process::Command::new("fincore")
+        .args(["--bytes", "--noheadings", "--output", "RES"])
+        .arg(path)
+        .output()
+        .expect("fincore (util-linux) runs");
+    assert!(out.status.success(), "fincore failed: {out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+#[test]
+fn sealed_segments_before_the_last_leave_the_page_cache_and_still_read_exactly() {
+    let dir = tempdir();
+    let (log, _) = open_with(dir.path(), small_segments());
+    fill(&log, 1, 300);
+    let segments = segment_files(dir.path());
+    assert!(segments.len() > 4, "{} segments", segments.len());
+    let (older, recent) = segments.split_at(segments.len() - 2);
+    // The indexer gives the advice after each roll: wait for it to reach the last one.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while older.iter().any(|p| cached_bytes(p) > 0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still cached: {:?}",
+            older
+                .iter()
+                .map(|p| (p, cached_bytes(p)))
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The active segment and the last sealed one stay (what readers most likely want).
+    for p in recent {
+        assert!(cached_bytes(p) > 0, "{} not cached", p.display());
+    }
+    // Reads of the dropped segments come from the disk, byte for byte.
+    for n in 1..=300 {
+        let stored = log.get(id(n)).unwrap().expect("readable");
+        assert_eq!(stored.payload, vec![b'p'; 150]);
+        assert_eq!(stored.id, id(n));
+    }
+}
