@@ -10,13 +10,13 @@ use crate::api::{Api, Method, Reply};
 use crate::cli::Workload;
 use crate::stats::Sample;
 use crate::verify::{
-    AckedEvent, Check, ItemExpectation, ItemObservation, StoredEvent, Verification, check_gapless,
-    check_no_5xx, check_one_submission_per_invite, compare_events, compare_item, same_json,
+    AckedEvent, Check, EventCheck, ItemExpectation, ItemObservation, StoredEvent, Verification,
+    check_gapless, check_no_5xx, check_one_submission_per_invite, compare_item, same_json,
 };
 use anyhow::{Context, bail};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use tokio::time::Instant;
@@ -620,6 +620,7 @@ pub struct EventsAppend {
 }
 
 /// An acknowledged event of `events-append`: what the tool sent is `EventsAppend::data`.
+#[derive(Clone)]
 struct AckedAppend {
     id: uuid::Uuid,
     position: u64,
@@ -739,17 +740,13 @@ impl EventsAppend {
     }
 
     /// Every acknowledged event as the checks compare it (built after the measured window).
-    fn acked_events(&self) -> Vec<AckedEvent> {
-        lock(&self.acked)
-            .iter()
-            .flatten()
-            .map(|a| AckedEvent {
-                id: a.id.to_string(),
-                position: a.position,
-                stream: Self::stream(a.client as usize),
-                data: self.data(a.client as usize, a.seq, a.index as usize),
-            })
-            .collect()
+    fn acked_event(&self, a: &AckedAppend) -> AckedEvent {
+        AckedEvent {
+            id: a.id.to_string(),
+            position: a.position,
+            stream: Self::stream(a.client as usize),
+            data: self.data(a.client as usize, a.seq, a.index as usize),
+        }
     }
 
     async fn op(
@@ -804,9 +801,11 @@ impl EventsAppend {
             unresolved,
         ));
 
-        // The whole log of the organization, by position.
+        // The whole log of the organization, by position, checked page by page against the
+        // acknowledgements (compact; each rebuilt only when its id is listed).
+        let acked: Vec<AckedAppend> = lock(&self.acked).iter().flatten().cloned().collect();
+        let mut check = EventCheck::new(acked.iter().map(|a| a.id.to_string()));
         let mut positions = Vec::new();
-        let mut stored = HashMap::new();
         let mut cursor: Option<String> = None;
         loop {
             let path = match &cursor {
@@ -816,24 +815,28 @@ impl EventsAppend {
                     encode_query(c)
                 ),
             };
-            let page = session
+            let mut page = session
                 .api
                 .get(&path, token)
                 .await
                 .ok_json("listing the event log")?;
-            for event in page["data"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+            for event in page["data"]
+                .as_array_mut()
+                .map(Vec::as_mut_slice)
+                .unwrap_or_default()
+            {
                 let position = event["position"]
                     .as_u64()
                     .context("event without position")?;
                 positions.push(position);
-                stored.insert(
-                    str_at(event, "/id")?,
-                    StoredEvent {
-                        position,
-                        stream: str_at(event, "/stream")?,
-                        data: event["data"].clone(),
-                    },
-                );
+                let stored = StoredEvent {
+                    position,
+                    stream: str_at(event, "/stream")?,
+                    data: event["data"].take(),
+                };
+                check.listed(&str_at(event, "/id")?, &stored, |i| {
+                    self.acked_event(&acked[i])
+                });
             }
             match page["next_cursor"].as_str() {
                 Some(next) => cursor = Some(next.to_owned()),
@@ -845,21 +848,21 @@ impl EventsAppend {
             format!("{} positions listed from 1", positions.len()),
             check_gapless(&positions).err().into_iter().collect(),
         ));
-        let acked = self.acked_events();
         checks.push(Check::from_problems(
             "acknowledged events are listed as acknowledged",
             format!("{} acknowledged events", acked.len()),
-            compare_events(&acked, &stored),
+            check.finish(),
         ));
 
         // By id: all of them, or a random sample when there are very many.
-        let mut sample: Vec<&AckedEvent> = acked.iter().collect();
+        let mut sample: Vec<&AckedAppend> = acked.iter().collect();
         if sample.len() > self.verify_by_id_max {
             fastrand::Rng::with_seed(self.seed).shuffle(&mut sample);
             sample.truncate(self.verify_by_id_max);
         }
         let results: Vec<Option<String>> = futures_util::stream::iter(&sample)
-            .map(|event| async move {
+            .map(|a| async move {
+                let event = self.acked_event(a);
                 let reply = session
                     .api
                     .get(&format!("/api/v1/events/{}", event.id), token)
