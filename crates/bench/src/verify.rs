@@ -334,7 +334,7 @@ mod tests {
 
     #[test]
     fn acknowledged_events_must_be_stored_where_and_as_acknowledged() {
-        let acked = vec![
+        let acked = [
             AckedEvent {
                 id: "a".into(),
                 position: 1,
