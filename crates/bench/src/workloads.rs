@@ -739,7 +739,8 @@ impl EventsAppend {
         Ok(())
     }
 
-    /// Every acknowledged event as the checks compare it (built after the measured window).
+    /// An acknowledged event as the checks compare it (its data rebuilt from client, seq and
+    /// index; only after the measured window).
     fn acked_event(&self, a: &AckedAppend) -> AckedEvent {
         AckedEvent {
             id: a.id.to_string(),
