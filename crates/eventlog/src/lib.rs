@@ -2,8 +2,9 @@
 //!
 //! It owns the files under one directory: segment files holding the records, per-segment index
 //! checkpoint files, and a `LOCK` file. It uses `std` and `crc32c` (plus `memmap2` and
-//! `bytemuck` to map checkpoint arrays at open, `serde_json` just for the NDJSON [`dump`]); no
-//! async runtime. The server bridges [`EventLog::append_with`] to a
+//! `bytemuck` to map checkpoint arrays at open, `rustix` to drop old sealed segments from the
+//! page cache (see [`Options::cached_sealed_segments`]), `serde_json` just for the NDJSON
+//! [`dump`]); no async runtime. The server bridges [`EventLog::append_with`] to a
 //! oneshot channel.
 //!
 //! # Model
@@ -283,10 +284,11 @@ pub use error::{AppendError, OpenError, ReadError};
 pub use format::FORMAT_VERSION;
 pub use log::{CommitListener, EventLog, LOCK_FILE_NAME};
 pub use options::{
-    APPEND_SIZE_LIMIT_BYTES, BATCH_DEFAULT_MAX, BATCH_LIMIT_MAX, Durability,
-    EVENT_SIZE_DEFAULT_BYTES, EVENT_SIZE_LIMIT_BYTES, EVENT_TYPE_LEN_MAX, GROUP_COMMIT_BYTES_MAX,
-    Options, PREALLOCATE_CHUNK_BYTES, READ_LIMIT_MAX, Retention, SEGMENT_SIZE_DEFAULT_BYTES,
-    SEGMENT_SIZE_MAX_BYTES, SEGMENT_SIZE_MIN_BYTES, STREAM_NAME_LEN_MAX,
+    APPEND_SIZE_LIMIT_BYTES, BATCH_DEFAULT_MAX, BATCH_LIMIT_MAX, CACHED_SEALED_SEGMENTS_DEFAULT,
+    Durability, EVENT_SIZE_DEFAULT_BYTES, EVENT_SIZE_LIMIT_BYTES, EVENT_TYPE_LEN_MAX,
+    GROUP_COMMIT_BYTES_MAX, Options, PREALLOCATE_CHUNK_BYTES, READ_LIMIT_MAX, Retention,
+    SEGMENT_SIZE_DEFAULT_BYTES, SEGMENT_SIZE_MAX_BYTES, SEGMENT_SIZE_MIN_BYTES,
+    STREAM_NAME_LEN_MAX,
 };
 #[doc(hidden)]
 pub use options::{Fault, FaultHook, FaultSwitch};

@@ -47,6 +47,9 @@ pub enum Durability {
     Never,
 }
 
+/// Default of [`Options::cached_sealed_segments`].
+pub const CACHED_SEALED_SEGMENTS_DEFAULT: u32 = 1;
+
 /// Which sealed segments may be deleted. Retention never deletes the active segment, and
 /// drops whole segments only.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -65,6 +68,11 @@ pub struct Options {
     pub event_size_max_bytes: usize,
     pub batch_max: usize,
     pub retention: Retention,
+    /// How many of the most recent sealed segments stay in the OS page cache; an older one is
+    /// dropped from it (`posix_fadvise` `DONTNEED`) when the segment after it is sealed.
+    /// Default 1. 0 drops each segment as soon as it is sealed; `u32::MAX` never drops one
+    /// (the kernel decides, as for any file). Why: docs/eventlog.md, "Page cache".
+    pub cached_sealed_segments: u32,
     /// Test-only: lets tests inject write/fsync failures. Leave `None`.
     #[doc(hidden)]
     pub fault_hook: Option<Arc<dyn FaultHook>>,
@@ -78,6 +86,7 @@ impl Default for Options {
             event_size_max_bytes: EVENT_SIZE_DEFAULT_BYTES,
             batch_max: BATCH_DEFAULT_MAX,
             retention: Retention::default(),
+            cached_sealed_segments: CACHED_SEALED_SEGMENTS_DEFAULT,
             fault_hook: None,
         }
     }

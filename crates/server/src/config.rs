@@ -209,6 +209,10 @@ pub struct EventsConfig {
     pub retention_max_age_hours: u64,
     /// Drop the oldest sealed segments beyond this total size (0: no limit).
     pub retention_max_bytes: u64,
+    /// Sealed segments kept in the OS page cache besides the active one; older ones are
+    /// dropped from it after each roll (0: every sealed one; 4294967295: never, the kernel
+    /// decides). Reads of dropped segments go to the disk.
+    pub cached_sealed_segments: u32,
 }
 
 impl Default for EventsConfig {
@@ -223,6 +227,7 @@ impl Default for EventsConfig {
             body_limit_bytes: 16 * 1024 * 1024,
             retention_max_age_hours: 0,
             retention_max_bytes: 0,
+            cached_sealed_segments: trueline_eventlog::CACHED_SEALED_SEGMENTS_DEFAULT,
         }
     }
 }

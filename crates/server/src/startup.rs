@@ -90,6 +90,7 @@ pub fn file_options(config: &Config) -> anyhow::Result<FileEventOptions> {
             max_age: hours(e.retention_max_age_hours),
             max_total_bytes: (e.retention_max_bytes > 0).then_some(e.retention_max_bytes),
         },
+        cached_sealed_segments: e.cached_sealed_segments,
         fault_hook: None,
     })
 }

@@ -26,6 +26,8 @@ pub struct FileEventOptions {
     pub segment_size_bytes: u64,
     pub event_bytes_max: usize,
     pub retention: engine::Retention,
+    /// Sealed segments kept in the OS page cache (see `engine::Options`).
+    pub cached_sealed_segments: u32,
     /// Test-only fault injection (ENOSPC/EIO); `None` in production.
     pub fault_hook: Option<Arc<dyn engine::FaultHook>>,
 }
@@ -38,6 +40,7 @@ impl Default for FileEventOptions {
             segment_size_bytes: defaults.segment_size_bytes,
             event_bytes_max: EVENT_BYTES_MAX_DEFAULT,
             retention: defaults.retention,
+            cached_sealed_segments: defaults.cached_sealed_segments,
             fault_hook: None,
         }
     }
@@ -106,6 +109,7 @@ impl FileEventStore {
             event_size_max_bytes: options.event_bytes_max,
             batch_max: APPEND_EVENTS_MAX,
             retention: options.retention,
+            cached_sealed_segments: options.cached_sealed_segments,
             fault_hook: options.fault_hook,
         };
         let (log, recovery) = engine::EventLog::open(dir, engine_options)?;

@@ -491,39 +491,49 @@ fn cached_bytes(path: &std::path::Path) -> u64 {
 }
 
 #[test]
-fn sealed_segments_before_the_last_leave_the_page_cache_and_still_read_exactly() {
-    // Under the target directory, not /tmp: on a tmpfs /tmp (Fedora, Arch) files live in the
-    // page cache and advice cannot drop them.
-    let dir = tempfile::Builder::new()
-        .prefix("eventlog-test")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .expect("tempdir");
-    let (log, _) = open_with(dir.path(), small_segments());
-    fill(&log, 1, 300);
-    let segments = segment_files(dir.path());
-    assert!(segments.len() > 4, "{} segments", segments.len());
-    let (older, recent) = segments.split_at(segments.len() - 2);
-    // The indexer gives the advice after each roll: wait for it to reach the last one.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while older.iter().any(|p| cached_bytes(p) > 0) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "still cached: {:?}",
-            older
-                .iter()
-                .map(|p| (p, cached_bytes(p)))
-                .collect::<Vec<_>>()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    // The active segment and the last sealed one stay (what readers most likely want).
-    for p in recent {
-        assert!(cached_bytes(p) > 0, "{} not cached", p.display());
-    }
-    // Reads of the dropped segments come from the disk, byte for byte.
-    for n in 1..=300 {
-        let stored = log.get(id(n)).unwrap().expect("readable");
-        assert_eq!(stored.payload, vec![b'p'; 150]);
-        assert_eq!(stored.id, id(n));
+fn sealed_segments_beyond_the_cached_ones_leave_the_page_cache_and_still_read_exactly() {
+    for keep in [0, 1, 3] {
+        // Under the target directory, not /tmp: on a tmpfs /tmp (Fedora, Arch) files live in
+        // the page cache and advice cannot drop them.
+        let dir = tempfile::Builder::new()
+            .prefix("eventlog-test")
+            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .expect("tempdir");
+        let options = Options {
+            cached_sealed_segments: keep,
+            ..small_segments()
+        };
+        let (log, _) = open_with(dir.path(), options);
+        fill(&log, 1, 300);
+        let segments = segment_files(dir.path());
+        assert!(segments.len() > 5, "{} segments", segments.len());
+        // The active segment and the last `keep` sealed ones stay.
+        let (older, recent) = segments.split_at(segments.len() - 1 - keep as usize);
+        // The indexer gives the advice after each roll: wait for it to reach the last one.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while older.iter().any(|p| cached_bytes(p) > 0) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "keep {keep}: still cached: {:?}",
+                older
+                    .iter()
+                    .map(|p| (p, cached_bytes(p)))
+                    .collect::<Vec<_>>()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for p in recent {
+            assert!(
+                cached_bytes(p) > 0,
+                "keep {keep}: {} not cached",
+                p.display()
+            );
+        }
+        // Reads of the dropped segments come from the disk, byte for byte.
+        for n in 1..=300 {
+            let stored = log.get(id(n)).unwrap().expect("readable");
+            assert_eq!(stored.payload, vec![b'p'; 150]);
+            assert_eq!(stored.id, id(n));
+        }
     }
 }
