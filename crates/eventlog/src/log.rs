@@ -94,26 +94,19 @@ fn run_indexer(shared: &Shared, rx: mpsc::Receiver<IndexJob>) {
 }
 
 /// The page cache keeps the active segment and the last [`Options::cached_sealed_segments`]
-/// sealed ones (default 1): when the segment starting at `sealed_first` is sealed, the one
-/// that many places before it is dropped from the cache (its pages are clean: the roll synced
-/// it). An append-only log written at full speed would otherwise fill the cache with pages
+/// sealed ones (default 1): when a segment is sealed (found in the index by `position`), the
+/// one that many places before it is dropped from the cache (its pages are clean: the roll
+/// synced it). An append-only log written at full speed would otherwise fill the cache with pages
 /// read rarely, and every new page would be one the kernel must find: on a VM, a
 /// never-touched page costs the host a fault, and writing 1 GiB into fresh page cache took
 /// 2.6 s of CPU here against 0.21 s into pages freed just before. PostgreSQL does the same
 /// with its WAL segments. Reads of older events go to the disk (one `pread` each, sequential
 /// for catch-up). Best effort: the advice failing changes nothing.
-fn uncache_sealed(shared: &Shared, sealed_first: u64) {
+fn uncache_sealed(shared: &Shared, position: impl Fn(&Index) -> Option<usize>) {
     let keep = shared.options.cached_sealed_segments as usize;
     let dropped = {
         let index = shared.index.read().unwrap_or_else(PoisonError::into_inner);
-        let Some(pos) = index
-            .segments
-            .iter()
-            .position(|s| s.first_position == sealed_first)
-        else {
-            return;
-        };
-        let Some(at) = pos.checked_sub(keep) else {
+        let Some(at) = position(&index).and_then(|pos| pos.checked_sub(keep)) else {
             return;
         };
         index.segments[at].file.clone()
@@ -770,7 +763,7 @@ fn seal_segment(shared: &Shared, first: u64) {
             .iter()
             .position(|s| s.first_position == first)
     };
-    uncache_sealed(shared, first);
+    uncache_sealed(shared, position);
     let (pairs, source) = {
         let index = shared.index.read().unwrap_or_else(PoisonError::into_inner);
         // Gone already (retention) or already sorted: nothing to do.
