@@ -54,6 +54,10 @@ pub enum DomainError {
     /// The candidate already submitted this assessment.
     #[error("this assessment was already submitted")]
     AlreadySubmitted,
+    /// A submit without answers scored the saved ones, and a save replaced them before the
+    /// submit was recorded (nothing was recorded; submitting again scores the new ones).
+    #[error("the saved answers changed while submitting; submit again")]
+    AnswersChanged,
     /// The attempt's deadline (plus the grace period) has passed.
     #[error("the time limit has passed")]
     DeadlinePassed,

@@ -21,7 +21,9 @@ use trueline_core::DomainError;
 use trueline_core::accounts::Email;
 use trueline_core::assessments::{PublicQuestion, parse_answers, score_attempt};
 use trueline_core::validation::clean_name;
-use trueline_store::{CandidateSession, NewAttempt, NewInvite, NewSubmission, Question};
+use trueline_store::{
+    AnswersSource, CandidateSession, NewAttempt, NewInvite, NewSubmission, Question, StoreError,
+};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -264,9 +266,11 @@ fn checked_answers(
 
 /// Scores `answers` (already validated, or saved) against the session's questions. Saved
 /// answers that no longer parse are dropped rather than failing an automatic submission.
+/// `source` says where they came from (the store refuses saved ones a save has replaced).
 pub fn score(
     session: &CandidateSession,
     answers: &Value,
+    source: AnswersSource,
     auto_submitted: bool,
 ) -> Result<NewSubmission, ApiError> {
     let questions: Vec<(Uuid, trueline_core::assessments::QuestionSpec)> = session
@@ -312,9 +316,14 @@ pub fn score(
         passed: scored.passed,
         per_question: Value::Array(per_question),
         answers: answers.clone(),
+        answers_source: source,
         auto_submitted,
     })
 }
+
+/// How often a submit without answers is scored again after a concurrent save replaced the
+/// saved answers (then `409 answers_changed`: a client saving that fast should send them).
+const SUBMIT_RETRIES: u32 = 3;
 
 fn grace(state: &AppState) -> time::Duration {
     time::Duration::try_from(state.settings.submit_grace).unwrap_or(time::Duration::seconds(30))
@@ -423,7 +432,7 @@ async fn save_answers(
     request_body = SubmitRequest,
     responses((status = 201, description = "Submitted", body = CandidateView),
               (status = 404, description = "Unknown or revoked invite", body = crate::problem::Problem, content_type = "application/problem+json"),
-              (status = 409, description = "`already_submitted`, `deadline_passed` or `invalid_transition` (not started)", body = crate::problem::Problem, content_type = "application/problem+json"),
+              (status = 409, description = "`already_submitted`, `deadline_passed`, `invalid_transition` (not started) or `answers_changed` (no answers sent, and saves kept replacing the saved ones)", body = crate::problem::Problem, content_type = "application/problem+json"),
               (status = 410, description = "`invite_expired`", body = crate::problem::Problem, content_type = "application/problem+json")))]
 async fn submit(
     State(state): State<AppState>,
@@ -431,24 +440,35 @@ async fn submit(
     ApiJson(body): ApiJson<SubmitRequest>,
 ) -> Result<Response, ApiError> {
     let result: Result<Response, ApiError> = async {
-        let mut s = session(&state, &token).await?;
-        let attempt = s.attempt.clone().ok_or_else(|| ApiError::from(DomainError::InvalidTransition { from: "not_started", to: "submitted" }))?;
-        if s.submission.is_some() {
-            return Err(DomainError::AlreadySubmitted.into());
+        // Without answers in the body the saved ones are scored; if a save lands between
+        // reading them and recording the submission, the store refuses (`answers_changed`)
+        // and the submission is scored again on what was saved.
+        let mut retries_left = SUBMIT_RETRIES;
+        loop {
+            let mut s = session(&state, &token).await?;
+            let attempt = s.attempt.clone().ok_or_else(|| ApiError::from(DomainError::InvalidTransition { from: "not_started", to: "submitted" }))?;
+            if s.submission.is_some() {
+                return Err(DomainError::AlreadySubmitted.into());
+            }
+            let now = state.clock.now();
+            if now > attempt.deadline_at + grace(&state) {
+                return Err(DomainError::DeadlinePassed.into());
+            }
+            let submission = match &body.answers {
+                Some(given) => score(&s, &checked_answers(&s, given)?, AnswersSource::Request, false)?,
+                None => score(&s, &attempt.answers, AnswersSource::Saved { saved_at: attempt.saved_at }, false)?,
+            };
+            let stored = match state.store.submit_attempt(attempt.id, submission, now, Some(now - grace(&state))).await {
+                Err(StoreError::Domain(DomainError::AnswersChanged)) if retries_left > 0 => {
+                    retries_left -= 1;
+                    continue;
+                }
+                stored => stored?,
+            };
+            tracing::info!(event = "mutation.assessments.submit.success", submission_id = %stored.id, passed = stored.passed);
+            s.submission = Some(stored);
+            return Ok((StatusCode::CREATED, Json(view_of(&state, &s))).into_response());
         }
-        let now = state.clock.now();
-        if now > attempt.deadline_at + grace(&state) {
-            return Err(DomainError::DeadlinePassed.into());
-        }
-        let answers = match &body.answers {
-            Some(given) => checked_answers(&s, given)?,
-            None => attempt.answers.clone(),
-        };
-        let submission = score(&s, &answers, false)?;
-        let stored = state.store.submit_attempt(attempt.id, submission, now, Some(now - grace(&state))).await?;
-        tracing::info!(event = "mutation.assessments.submit.success", submission_id = %stored.id, passed = stored.passed);
-        s.submission = Some(stored);
-        Ok((StatusCode::CREATED, Json(view_of(&state, &s))).into_response())
     }
     .await;
     if let Err(e) = &result {

@@ -65,6 +65,7 @@ error_codes! {
     ACTIVE_ASSESSMENT_LIMIT = ("active_assessment_limit", CONFLICT, "Too many published assessments");
     ALREADY_SUBMITTED = ("already_submitted", CONFLICT, "Already submitted");
     DEADLINE_PASSED = ("deadline_passed", CONFLICT, "The time limit has passed");
+    ANSWERS_CHANGED = ("answers_changed", CONFLICT, "The saved answers changed");
     ALREADY_INVITED = ("already_invited", CONFLICT, "This email is already invited");
     INVITE_EXPIRED = ("invite_expired", GONE, "The invite has expired");
     INVALID_TRANSITION = ("invalid_transition", CONFLICT, "The current state does not allow this transition");
@@ -255,6 +256,7 @@ impl From<DomainError> for ApiError {
                 ApiError::new(codes::ALREADY_SUBMITTED, e.to_string())
             }
             e @ DomainError::DeadlinePassed => ApiError::new(codes::DEADLINE_PASSED, e.to_string()),
+            e @ DomainError::AnswersChanged => ApiError::new(codes::ANSWERS_CHANGED, e.to_string()),
             e @ DomainError::InviteExpired => ApiError::new(codes::INVITE_EXPIRED, e.to_string()),
             e @ DomainError::AlreadyInvited => ApiError::new(codes::ALREADY_INVITED, e.to_string()),
             e @ DomainError::InvalidTransition { .. } => {

@@ -129,9 +129,19 @@ async fn submit_overdue_attempts(
                 for id in ids {
                     let submitted = async {
                         let session = state.store.attempt_session(id).await.ok()??;
-                        let answers = session.attempt.as_ref()?.answers.clone();
-                        let submission =
-                            trueline_http::candidates::score(&session, &answers, true).ok()?;
+                        let attempt = session.attempt.as_ref()?;
+                        // Guarded by `saved_at`: a save that was still in flight when the
+                        // deadline passed makes this pass fail, and the next one scores it.
+                        let source = trueline_store::AnswersSource::Saved {
+                            saved_at: attempt.saved_at,
+                        };
+                        let submission = trueline_http::candidates::score(
+                            &session,
+                            &attempt.answers,
+                            source,
+                            true,
+                        )
+                        .ok()?;
                         state
                             .store
                             .submit_attempt(id, submission, now, None)

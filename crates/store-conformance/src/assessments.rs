@@ -9,10 +9,10 @@ use trueline_core::accounts::Email;
 use trueline_core::assessments::{
     AssessmentSettings, AssessmentSettingsInput, AssessmentStatus, JsonInteger, QuestionSpec,
 };
-use trueline_store::{Actor, NewAttempt, NewInvite, NewSubmission, StoreError};
+use trueline_store::{Actor, AnswersSource, NewAttempt, NewInvite, NewSubmission, StoreError};
 use uuid::Uuid;
 
-fn settings(title: &str) -> AssessmentSettings {
+pub(crate) fn settings(title: &str) -> AssessmentSettings {
     AssessmentSettings::parse(AssessmentSettingsInput {
         title: title.to_owned(),
         description: None,
@@ -24,7 +24,7 @@ fn settings(title: &str) -> AssessmentSettings {
     .expect("valid settings")
 }
 
-fn question() -> QuestionSpec {
+pub(crate) fn question() -> QuestionSpec {
     QuestionSpec::from_json(
         &serde_json::json!({"type": "true_false", "prompt": "Is water wet?", "correct": true}),
     )
@@ -32,7 +32,7 @@ fn question() -> QuestionSpec {
 }
 
 /// A draft with one question.
-async fn draft(f: &Fixture, a: &Actor, title: &str) -> Uuid {
+pub(crate) async fn draft(f: &Fixture, a: &Actor, title: &str) -> Uuid {
     let id = Uuid::now_v7();
     f.store
         .create_assessment(a, id, settings(title), None)
@@ -45,7 +45,7 @@ async fn draft(f: &Fixture, a: &Actor, title: &str) -> Uuid {
     id
 }
 
-fn invite(email: &str) -> NewInvite {
+pub(crate) fn invite(email: &str) -> NewInvite {
     NewInvite {
         id: Uuid::now_v7(),
         email: Email::parse(email).expect("valid email"),
@@ -243,6 +243,7 @@ pub async fn two_concurrent_submits_leave_exactly_one_submission(f: &Fixture) {
         passed: true,
         per_question: serde_json::json!([]),
         answers: serde_json::json!({}),
+        answers_source: AnswersSource::Request,
         auto_submitted: false,
     };
     let barrier = Arc::new(tokio::sync::Barrier::new(2));
@@ -321,6 +322,7 @@ pub async fn deadlines_are_enforced_by_the_guarded_statements(f: &Fixture) {
         passed: false,
         per_question: serde_json::json!([]),
         answers: serde_json::json!({}),
+        answers_source: AnswersSource::Request,
         auto_submitted: false,
     };
     let late = f

@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod accounts;
+pub mod assessment_races;
 pub mod assessments;
 pub mod delivery;
 pub mod events;
@@ -66,6 +67,12 @@ macro_rules! conformance_suite {
             assessments::closing_frees_a_slot_and_the_counter_follows_the_status,
             assessments::two_concurrent_submits_leave_exactly_one_submission,
             assessments::deadlines_are_enforced_by_the_guarded_statements,
+            assessment_races::concurrent_reviews_of_one_submission_apply_one_decision,
+            assessment_races::concurrent_edits_at_one_revision_let_exactly_one_through,
+            assessment_races::an_edit_racing_a_publish_never_changes_the_published_version,
+            assessment_races::concurrent_transitions_and_revisions_run_one_after_another,
+            assessment_races::a_start_rechecks_revocation_expiry_and_status_in_its_transaction,
+            assessment_races::a_submit_of_saved_answers_is_refused_when_a_save_replaced_them,
             delivery::outbox_rows_are_leased_per_organization_in_sequence_order,
             delivery::completing_marks_rows_once_and_creates_each_delivery_once,
             delivery::only_rows_every_destination_published_are_purged_oldest_first,

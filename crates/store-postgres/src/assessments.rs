@@ -209,13 +209,47 @@ async fn questions_in(tx: &mut Tx, id: Uuid) -> Result<Vec<Question>, StoreError
     rows.iter().map(question_from).collect()
 }
 
-/// The draft to edit: it exists, is a draft and (if asked) at the expected revision.
+/// How a transaction holds an assessment's row until it ends.
+#[derive(Clone, Copy)]
+enum RowLock {
+    /// Edits, transitions, revisions: one at a time per assessment.
+    Update,
+    /// Reads a decision depends on (the status, for invites): no transition in between.
+    Share,
+}
+
+/// Locks the assessment's row (if it exists in `org`) before it is read: under READ
+/// COMMITTED a plain read followed by a write lets two requests both pass the same check
+/// (two publishes, two edits at one `If-Match` revision, an edit beside a publish). SQLite
+/// needs no such lock: its single writer runs write transactions one at a time.
+async fn lock_assessment(
+    tx: &mut Tx,
+    org: OrgId,
+    id: Uuid,
+    lock: RowLock,
+) -> Result<(), StoreError> {
+    let sql = match lock {
+        RowLock::Update => "SELECT 1 FROM assessments WHERE id = $1 AND org_id = $2 FOR UPDATE",
+        RowLock::Share => "SELECT 1 FROM assessments WHERE id = $1 AND org_id = $2 FOR SHARE",
+    };
+    sqlx::query(sql)
+        .bind(id)
+        .bind(org.0)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_error)?;
+    Ok(())
+}
+
+/// The draft to edit: it exists, is a draft and (if asked) at the expected revision. Its row
+/// stays locked until the transaction ends.
 async fn editable(
     tx: &mut Tx,
     actor: &Actor,
     id: Uuid,
     expected: Option<u64>,
 ) -> Result<Assessment, StoreError> {
+    lock_assessment(tx, actor.org_id, id, RowLock::Update).await?;
     let a = fetch_assessment(tx, actor.org_id, id)
         .await?
         .ok_or(StoreError::not_found("assessment"))?;
@@ -684,9 +718,12 @@ impl AssessmentStore for PgStore {
         published_max: u32,
         idempotency: Option<Idempotency<'_, Assessment>>,
     ) -> Result<Assessment, StoreError> {
-        // BEGIN IMMEDIATE holds the writer lock: concurrent publishes are serialized, so the
-        // quota read below cannot be stale.
+        // The assessment's row lock makes two transitions of one assessment run one after
+        // the other (the second sees the first's status); the organization's row lock below
+        // does the same for publishes of different assessments, so the quota read is never
+        // stale.
         let mut tx = self.pool.begin().await.map_err(db_error)?;
+        lock_assessment(&mut tx, actor.org_id, id, RowLock::Update).await?;
         let a = fetch_assessment(&mut tx, actor.org_id, id)
             .await?
             .ok_or(StoreError::not_found("assessment"))?;
@@ -750,6 +787,18 @@ impl AssessmentStore for PgStore {
         idempotency: Option<Idempotency<'_, Assessment>>,
     ) -> Result<Assessment, StoreError> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
+        // Every version of the family stays locked: two revisions (of one version or of two)
+        // would otherwise both take `max(version_number) + 1`.
+        sqlx::query(
+            "SELECT 1 FROM assessments WHERE family_id =
+                (SELECT family_id FROM assessments WHERE id = $1 AND org_id = $2)
+             FOR UPDATE",
+        )
+        .bind(id)
+        .bind(actor.org_id.0)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
         let a = fetch_assessment(&mut tx, actor.org_id, id)
             .await?
             .ok_or(StoreError::not_found("assessment"))?;
@@ -811,6 +860,7 @@ impl AssessmentStore for PgStore {
         idempotency: Option<Idempotency<'_, Vec<InviteOutcome>>>,
     ) -> Result<Vec<InviteOutcome>, StoreError> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
+        lock_assessment(&mut tx, actor.org_id, assessment_id, RowLock::Share).await?;
         let a = fetch_assessment(&mut tx, actor.org_id, assessment_id)
             .await?
             .ok_or(StoreError::not_found("assessment"))?;
@@ -910,12 +960,18 @@ impl AssessmentStore for PgStore {
         if done.rows_affected() == 0 {
             return Ok(false);
         }
+        // The family's stream, like every other assessment event.
+        let family: Uuid = sqlx::query_scalar("SELECT family_id FROM assessments WHERE id = $1")
+            .bind(assessment_id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db_error)?;
         let payload = json!({ "invite_id": invite_id, "assessment_id": assessment_id, "actor_user_id": actor.user_id, "request_id": actor.request_id });
         event(
             &mut tx,
             actor.org_id,
             "assessments.invite.revoked",
-            format!("assessment-{assessment_id}"),
+            format!("assessment-{family}"),
             payload,
             actor.now,
         )
@@ -1014,11 +1070,25 @@ impl AssessmentStore for PgStore {
         attempt: NewAttempt,
     ) -> Result<Attempt, StoreError> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
-        let invite = sqlx::query("SELECT i.assessment_id, i.org_id, a.family_id FROM invites i JOIN assessments a ON a.id = i.assessment_id WHERE i.id = $1")
-            .bind(invite_id)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(db_error)?;
+        // The invite's row lock orders this start after a concurrent revoke (and two starts
+        // one after the other); the assessment's share lock, after a concurrent close.
+        let invite = sqlx::query(
+            "SELECT i.assessment_id, i.org_id, a.family_id, a.status, i.revoked_at, i.expires_at,
+                EXISTS (SELECT 1 FROM attempts t WHERE t.invite_id = i.id) AS started
+             FROM invites i JOIN assessments a ON a.id = i.assessment_id WHERE i.id = $1
+             FOR UPDATE OF i FOR SHARE OF a",
+        )
+        .bind(invite_id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        let started: bool = invite.try_get("started").map_err(db_error)?;
+        if !started {
+            let revoked: Option<OffsetDateTime> = invite.try_get("revoked_at").map_err(db_error)?;
+            let expires: OffsetDateTime = invite.try_get("expires_at").map_err(db_error)?;
+            let status: String = invite.try_get("status").map_err(db_error)?;
+            trueline_store::startable(revoked.is_some(), attempt.started_at >= expires, &status)?;
+        }
         let assessment_id: Uuid = invite.try_get("assessment_id").map_err(db_error)?;
         let org = OrgId(invite.try_get("org_id").map_err(db_error)?);
         let family: Uuid = invite.try_get("family_id").map_err(db_error)?;
@@ -1105,29 +1175,37 @@ impl AssessmentStore for PgStore {
         deadline_not_before: Option<OffsetDateTime>,
     ) -> Result<Submission, StoreError> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let (checked, saved_at) = s.answers_source.guard();
         let closed = sqlx::query(
             "UPDATE attempts SET submitted_at = $2, answers = $3
-             WHERE id = $1 AND submitted_at IS NULL AND ($4::timestamptz IS NULL OR deadline_at >= $4)",
+             WHERE id = $1 AND submitted_at IS NULL AND ($4::timestamptz IS NULL OR deadline_at >= $4)
+               AND (NOT $5 OR saved_at IS NOT DISTINCT FROM $6)",
         )
         .bind(attempt_id)
         .bind(now)
         .bind(s.answers.to_string())
         .bind(deadline_not_before)
+        .bind(checked)
+        .bind(saved_at)
         .execute(&mut *tx)
         .await
         .map_err(db_error)?;
         if closed.rows_affected() == 0 {
-            let submitted: Option<Option<OffsetDateTime>> =
-                sqlx::query_scalar("SELECT submitted_at FROM attempts WHERE id = $1")
-                    .bind(attempt_id)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(db_error)?;
-            return Err(match submitted {
-                None => StoreError::not_found("attempt"),
-                Some(Some(_)) => DomainError::AlreadySubmitted.into(),
-                Some(None) => DomainError::DeadlinePassed.into(),
-            });
+            let found = sqlx::query("SELECT submitted_at, deadline_at FROM attempts WHERE id = $1")
+                .bind(attempt_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_error)?;
+            let Some(found) = found else {
+                return Err(StoreError::not_found("attempt"));
+            };
+            let submitted: Option<OffsetDateTime> =
+                found.try_get("submitted_at").map_err(db_error)?;
+            let deadline: OffsetDateTime = found.try_get("deadline_at").map_err(db_error)?;
+            return Err(trueline_store::refused_submit(
+                submitted.is_some(),
+                deadline_not_before.is_some_and(|d| deadline < d),
+            ));
         }
         let context = sqlx::query("SELECT t.invite_id, t.assessment_id, i.org_id, i.email, a.family_id FROM attempts t JOIN invites i ON i.id = t.invite_id JOIN assessments a ON a.id = t.assessment_id WHERE t.id = $1")
             .bind(attempt_id)
@@ -1248,8 +1326,10 @@ impl AssessmentStore for PgStore {
         idempotency: Option<Idempotency<'_, Submission>>,
     ) -> Result<Submission, StoreError> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
+        // FOR UPDATE: two reviews of one submission run one after the other, and the second
+        // decides from the first's outcome (else both would pass `decide` on the same status).
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {SUBMISSION_COLUMNS} FROM submissions WHERE id = $1 AND org_id = $2"
+            "SELECT {SUBMISSION_COLUMNS} FROM submissions WHERE id = $1 AND org_id = $2 FOR UPDATE"
         )))
         .bind(id)
         .bind(actor.org_id.0)
@@ -1259,7 +1339,7 @@ impl AssessmentStore for PgStore {
         .ok_or(StoreError::not_found("submission"))?;
         let current = submission_from(&row)?;
         let next = decide(current.review_status, decision)?;
-        sqlx::query("UPDATE submissions SET review_status = $2, updated_at = $3 WHERE id = $1 AND review_status = $4")
+        let moved = sqlx::query("UPDATE submissions SET review_status = $2, updated_at = $3 WHERE id = $1 AND review_status = $4")
             .bind(id)
             .bind(next.as_str())
             .bind(actor.now)
@@ -1267,6 +1347,9 @@ impl AssessmentStore for PgStore {
             .execute(&mut *tx)
             .await
             .map_err(db_error)?;
+        if moved.rows_affected() != 1 {
+            return Err(internal("submission status changed under its row lock"));
+        }
         sqlx::query(
             "INSERT INTO submission_reviews (id, submission_id, from_status, to_status, decision, note, actor_user_id, request_id, at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",

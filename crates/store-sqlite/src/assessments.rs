@@ -901,12 +901,18 @@ impl AssessmentStore for SqliteStore {
         if done.rows_affected() == 0 {
             return Ok(false);
         }
+        // The family's stream, like every other assessment event.
+        let family: Uuid = sqlx::query_scalar("SELECT family_id FROM assessments WHERE id = ?1")
+            .bind(assessment_id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db_error)?;
         let payload = json!({ "invite_id": invite_id, "assessment_id": assessment_id, "actor_user_id": actor.user_id, "request_id": actor.request_id });
         event(
             &mut tx,
             actor.org_id,
             "assessments.invite.revoked",
-            format!("assessment-{assessment_id}"),
+            format!("assessment-{family}"),
             payload,
             actor.now,
         )
@@ -1010,11 +1016,26 @@ impl AssessmentStore for SqliteStore {
         attempt: NewAttempt,
     ) -> Result<Attempt, StoreError> {
         let mut tx = self.begin_write().await?;
-        let invite = sqlx::query("SELECT i.assessment_id, i.org_id, a.family_id FROM invites i JOIN assessments a ON a.id = i.assessment_id WHERE i.id = ?1")
-            .bind(invite_id)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(db_error)?;
+        let invite = sqlx::query(
+            "SELECT i.assessment_id, i.org_id, a.family_id, a.status, i.revoked_at, i.expires_at,
+                EXISTS (SELECT 1 FROM attempts t WHERE t.invite_id = i.id) AS started
+             FROM invites i JOIN assessments a ON a.id = i.assessment_id WHERE i.id = ?1",
+        )
+        .bind(invite_id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        let started: bool = invite.try_get("started").map_err(db_error)?;
+        if !started {
+            let revoked: Option<i64> = invite.try_get("revoked_at").map_err(db_error)?;
+            let expires: i64 = invite.try_get("expires_at").map_err(db_error)?;
+            let status: String = invite.try_get("status").map_err(db_error)?;
+            trueline_store::startable(
+                revoked.is_some(),
+                micros(attempt.started_at) >= expires,
+                &status,
+            )?;
+        }
         let assessment_id: Uuid = invite.try_get("assessment_id").map_err(db_error)?;
         let org = OrgId(invite.try_get("org_id").map_err(db_error)?);
         let family: Uuid = invite.try_get("family_id").map_err(db_error)?;
@@ -1101,29 +1122,36 @@ impl AssessmentStore for SqliteStore {
         deadline_not_before: Option<OffsetDateTime>,
     ) -> Result<Submission, StoreError> {
         let mut tx = self.begin_write().await?;
+        let (checked, saved_at) = s.answers_source.guard();
         let closed = sqlx::query(
             "UPDATE attempts SET submitted_at = ?2, answers = ?3
-             WHERE id = ?1 AND submitted_at IS NULL AND (?4 IS NULL OR deadline_at >= ?4)",
+             WHERE id = ?1 AND submitted_at IS NULL AND (?4 IS NULL OR deadline_at >= ?4)
+               AND (NOT ?5 OR saved_at IS ?6)",
         )
         .bind(attempt_id)
         .bind(micros(now))
         .bind(s.answers.to_string())
         .bind(deadline_not_before.map(micros))
+        .bind(checked)
+        .bind(saved_at.map(micros))
         .execute(&mut *tx)
         .await
         .map_err(db_error)?;
         if closed.rows_affected() == 0 {
-            let submitted: Option<Option<i64>> =
-                sqlx::query_scalar("SELECT submitted_at FROM attempts WHERE id = ?1")
-                    .bind(attempt_id)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(db_error)?;
-            return Err(match submitted {
-                None => StoreError::not_found("attempt"),
-                Some(Some(_)) => DomainError::AlreadySubmitted.into(),
-                Some(None) => DomainError::DeadlinePassed.into(),
-            });
+            let found = sqlx::query("SELECT submitted_at, deadline_at FROM attempts WHERE id = ?1")
+                .bind(attempt_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_error)?;
+            let Some(found) = found else {
+                return Err(StoreError::not_found("attempt"));
+            };
+            let submitted: Option<i64> = found.try_get("submitted_at").map_err(db_error)?;
+            let deadline: i64 = found.try_get("deadline_at").map_err(db_error)?;
+            return Err(trueline_store::refused_submit(
+                submitted.is_some(),
+                deadline_not_before.is_some_and(|d| deadline < micros(d)),
+            ));
         }
         let context = sqlx::query("SELECT t.invite_id, t.assessment_id, i.org_id, i.email, a.family_id FROM attempts t JOIN invites i ON i.id = t.invite_id JOIN assessments a ON a.id = t.assessment_id WHERE t.id = ?1")
             .bind(attempt_id)
@@ -1255,7 +1283,7 @@ impl AssessmentStore for SqliteStore {
         .ok_or(StoreError::not_found("submission"))?;
         let current = submission_from(&row)?;
         let next = decide(current.review_status, decision)?;
-        sqlx::query("UPDATE submissions SET review_status = ?2, updated_at = ?3 WHERE id = ?1 AND review_status = ?4")
+        let moved = sqlx::query("UPDATE submissions SET review_status = ?2, updated_at = ?3 WHERE id = ?1 AND review_status = ?4")
             .bind(id)
             .bind(next.as_str())
             .bind(micros(actor.now))
@@ -1263,6 +1291,13 @@ impl AssessmentStore for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(db_error)?;
+        // The single writer read the status in this transaction: a miss here is a bug, and
+        // recording the review anyway would contradict the stored status.
+        if moved.rows_affected() != 1 {
+            return Err(internal(
+                "submission status changed inside its write transaction",
+            ));
+        }
         sqlx::query(
             "INSERT INTO submission_reviews (id, submission_id, from_status, to_status, decision, note, actor_user_id, request_id, at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",

@@ -70,6 +70,41 @@ pub struct InviteOutcome {
     pub created: bool,
 }
 
+/// Whether an invite whose attempt has not started can start one now. Each store checks it
+/// again inside the start's write transaction, with the invite and the assessment read
+/// there: the handler's checks ran on an earlier read that a revoke, an expiry or a close
+/// may have overtaken.
+pub fn startable(revoked: bool, expired: bool, status: &str) -> Result<(), StoreError> {
+    if revoked {
+        return Err(StoreError::not_found("invite"));
+    }
+    if expired {
+        return Err(trueline_core::DomainError::InviteExpired.into());
+    }
+    let status = AssessmentStatus::parse(status)
+        .ok_or_else(|| StoreError::Internal(format!("unknown assessment status {status}")))?;
+    if !status.accepts_submissions() {
+        return Err(trueline_core::DomainError::InvalidTransition {
+            from: status.as_str(),
+            to: "started",
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// Why a guarded submit changed no row of an existing attempt: it was submitted already, its
+/// deadline had passed, or (the only remaining guard) its saved answers changed.
+pub fn refused_submit(submitted: bool, deadline_passed: bool) -> StoreError {
+    if submitted {
+        trueline_core::DomainError::AlreadySubmitted.into()
+    } else if deadline_passed {
+        trueline_core::DomainError::DeadlinePassed.into()
+    } else {
+        trueline_core::DomainError::AnswersChanged.into()
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct NewAttempt {
     pub id: Uuid,
@@ -111,7 +146,32 @@ pub struct NewSubmission {
     /// Per question: id, earned, max, correct, answered.
     pub per_question: serde_json::Value,
     pub answers: serde_json::Value,
+    /// Where `answers` came from: the store refuses to record a score of saved answers that
+    /// a save has replaced since they were read.
+    pub answers_source: AnswersSource,
     pub auto_submitted: bool,
+}
+
+/// Where a submission's answers came from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum AnswersSource {
+    /// Sent with the submit request: scored as given, and they replace the saved ones.
+    Request,
+    /// The attempt's saved answers, read when its `saved_at` was this (`None`: never saved).
+    /// A save that lands between that read and the submit makes the submit fail with
+    /// `answers_changed` (nothing is recorded), so a candidate told "saved" is never scored
+    /// on older answers.
+    Saved { saved_at: Option<OffsetDateTime> },
+}
+
+impl AnswersSource {
+    /// `(checked, saved_at)` for the guarded statement: `checked` false means no guard.
+    pub fn guard(self) -> (bool, Option<OffsetDateTime>) {
+        match self {
+            AnswersSource::Request => (false, None),
+            AnswersSource::Saved { saved_at } => (true, saved_at),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -55,7 +55,9 @@ impl AssessmentStatus {
         self == AssessmentStatus::Draft
     }
 
-    /// Candidates may start and submit attempts only while published.
+    /// Candidates may be invited and start attempts only while published. An attempt started
+    /// before a close runs to its deadline (saves, submit, the sweeper's auto-submit): closing
+    /// stops new candidates, it does not take away a started one's time.
     pub fn accepts_submissions(self) -> bool {
         self == AssessmentStatus::Published
     }
