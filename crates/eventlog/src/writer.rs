@@ -314,6 +314,14 @@ impl Writer {
                     // predates: the rest of the group looks every id up.
                     known.clear();
                 }
+                // That commit may have stopped the writer: then nothing rolls (a new segment
+                // would start at the failed group's positions) and nothing more is written.
+                if let Some(f) = &self.failed {
+                    let err = AppendError::WriterFailed { detail: f.clone() };
+                    self.refuse(req.done, err);
+                    commit = Commit::new(self.len, self.next_position());
+                    continue;
+                }
                 if let Err(e) = self.roll() {
                     self.on_storage_error(&e);
                     self.refuse(req.done, e);
@@ -723,6 +731,9 @@ impl Writer {
 
     /// Seals the active segment (sync + index checkpoint) and starts a new one.
     fn roll(&mut self) -> Result<(), AppendError> {
+        if let Some(f) = &self.failed {
+            return Err(AppendError::WriterFailed { detail: f.clone() });
+        }
         if self.len > self.durable_len || self.allocated > self.len {
             // Sealed segments end exactly after their last record: trim the zero-filled space.
             let trimmed = if self.allocated > self.len {
@@ -741,10 +752,28 @@ impl Writer {
         let first = self.next_position();
         let dir = self.shared.dir.clone();
         let path = dir.join(segment_file_name(first));
-        let (file, allocated) = self
-            .new_segment_file(&path, first)
-            .map_err(|e| AppendError::from_io(&e, "creating a new segment"))?;
-        let read = File::open(&path).map_err(|e| AppendError::from_io(&e, "opening segment"))?;
+        // Once the new segment's file may exist under its name, a failed roll stops the
+        // writer: appending on to the old segment would give positions that the orphan file
+        // (empty, but with a valid header naming `first`) claims too, and the next open would
+        // refuse the log. Stopped, the log reopens cleanly (an empty last segment).
+        let (file, allocated) = match self.new_segment_file(&path, first) {
+            Ok(created) => created,
+            Err(e) => {
+                let err = AppendError::from_io(&e, "creating a new segment");
+                if path.exists() {
+                    self.poison(format!("creating segment {} failed: {e}", path.display()));
+                }
+                return Err(err);
+            }
+        };
+        // A read-only handle of its own: the writer's handle is write-only.
+        let read = match File::open(&path) {
+            Ok(read) => read,
+            Err(e) => {
+                self.poison(format!("opening segment {} failed: {e}", path.display()));
+                return Err(AppendError::from_io(&e, "opening segment"));
+            }
+        };
         let sealed_first = self.seg_first;
         {
             let mut index = self
@@ -822,6 +851,16 @@ impl Writer {
             };
             if !drop {
                 return dropped;
+            }
+            // Once a segment is gone, the registry is the only record of the last position of
+            // an organization (and the last version of a stream) whose events were all in it:
+            // without it a restart would hand those numbers out again. So it is written,
+            // durably, before the first segment goes; if it cannot be, nothing is dropped.
+            if dropped == 0 && write_registry(&self.shared).is_err() {
+                self.shared
+                    .checkpoint_failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return 0;
             }
             let seg = self
                 .shared
@@ -925,7 +964,8 @@ fn encode_append(c: &mut Commit, req: AppendRequest, current_version: u64, org_l
     c.appends.push(PendingAppend { req, recorded });
 }
 
-/// Creates a segment file with its header, durably (file and directory synced).
+/// Creates a segment file with its header, durably (file and directory synced). If the
+/// directory cannot be synced the file stays (it may survive a crash under its name).
 pub(crate) fn create_segment(dir: &Path, path: &Path, first: u64) -> io::Result<File> {
     let mut f = std::fs::OpenOptions::new()
         .create_new(true)
@@ -946,7 +986,7 @@ pub(crate) fn create_segment(dir: &Path, path: &Path, first: u64) -> io::Result<
 enum Installed {
     /// Still the temporary file: the caller removes it and creates the segment normally.
     NotRenamed,
-    /// It has the segment's name but the directory could not be synced (and it was removed).
+    /// It has the segment's name but the directory could not be synced.
     Renamed(io::Error),
 }
 
@@ -967,11 +1007,9 @@ fn install_prepared(
         .and_then(|()| p.file.sync_data())
         .and_then(|()| std::fs::rename(&p.path, path))
         .map_err(|_| Installed::NotRenamed)?;
-    sync_dir(dir).map_err(|e| {
-        // Not durably named: remove it rather than leave a segment the writer does not use.
-        let _ = std::fs::remove_file(path);
-        Installed::Renamed(e)
-    })
+    // Not durably named, and maybe named after a crash: it stays, and the roll stops the
+    // writer (removing it could not be made durable either).
+    sync_dir(dir).map_err(Installed::Renamed)
 }
 
 /// Writes a checkpoint file atomically: temp file, fsync, rename, fsync directory.
