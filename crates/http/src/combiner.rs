@@ -77,18 +77,35 @@ impl Combiner {
     }
 }
 
-async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<(DeltaJob, Reply)>, max_batch: usize) {
-    let mut batch = Vec::with_capacity(max_batch);
-    while let Some(first) = rx.recv().await {
-        batch.push(first);
-        // Everything that arrived while the previous batch committed joins this one.
+/// Waits for a job, then takes everything queued behind it (up to `max_batch`): what arrived
+/// while the previous batch committed joins this one. `None` once the queue is closed.
+///
+/// Jobs whose request is gone are left out. A request that timed out while queued has
+/// answered `503 timeout` already, and its delta must not apply afterwards (a client
+/// retrying without a key would apply it twice); only a batch already running when the
+/// timeout fires can still commit one.
+async fn next_batch<J>(
+    rx: &mut mpsc::Receiver<(J, oneshot::Sender<Result<DeltaOutcome, StoreError>>)>,
+    max_batch: usize,
+) -> Option<Vec<(J, oneshot::Sender<Result<DeltaOutcome, StoreError>>)>> {
+    loop {
+        let mut batch = vec![rx.recv().await?];
         while batch.len() < max_batch {
             match rx.try_recv() {
                 Ok(next) => batch.push(next),
                 Err(_) => break,
             }
         }
-        let (jobs, replies): (Vec<DeltaJob>, Vec<Reply>) = batch.drain(..).unzip();
+        batch.retain(|(_, reply)| !reply.is_closed());
+        if !batch.is_empty() {
+            return Some(batch);
+        }
+    }
+}
+
+async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<(DeltaJob, Reply)>, max_batch: usize) {
+    while let Some(batch) = next_batch(&mut rx, max_batch).await {
+        let (jobs, replies): (Vec<DeltaJob>, Vec<Reply>) = batch.into_iter().unzip();
         metrics::histogram!("inventory_combined_batch_size").record(jobs.len() as f64);
         let started = std::time::Instant::now();
         let applied = store.apply_deltas(&jobs).await;
@@ -107,5 +124,37 @@ async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<(DeltaJob, Reply)>, m
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // Tests: a panic is the failure report.
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn jobs_whose_request_is_gone_are_left_out_of_the_batch() {
+        let (tx, mut rx) = mpsc::channel(8);
+        let mut waiting = Vec::new();
+        for job in 0..4 {
+            let (reply, outcome) = oneshot::channel();
+            tx.try_send((job, reply)).unwrap();
+            waiting.push(outcome);
+        }
+        // Requests 1 and 3 timed out while queued.
+        drop(waiting.remove(3));
+        drop(waiting.remove(1));
+        let batch = next_batch(&mut rx, 16).await.unwrap();
+        assert_eq!(batch.iter().map(|(j, _)| *j).collect::<Vec<_>>(), [0, 2]);
+        // A batch of only abandoned jobs is skipped: the worker waits for the next one.
+        let (reply, outcome) = oneshot::channel();
+        tx.try_send((4, reply)).unwrap();
+        drop(outcome);
+        let (reply, _kept) = oneshot::channel();
+        tx.try_send((5, reply)).unwrap();
+        let batch = next_batch(&mut rx, 1).await.unwrap();
+        assert_eq!(batch.iter().map(|(j, _)| *j).collect::<Vec<_>>(), [5]);
+        drop(tx);
+        assert!(next_batch(&mut rx, 16).await.is_none());
     }
 }

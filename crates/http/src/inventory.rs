@@ -377,6 +377,12 @@ async fn list_items(
                 "the cursor belongs to another sort order",
             ));
         }
+        if !cursor.is_well_formed() {
+            return Err(ApiError::new(
+                codes::INVALID_CURSOR,
+                "the cursor is not one this server issued",
+            ));
+        }
         page.after = Some(cursor);
     }
     let filter = ItemFilter {
@@ -655,10 +661,15 @@ async fn item_history(
     PathId(id): PathId,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<axum::Json<HistoryList>, ApiError> {
-    let page = state
-        .store
-        .history(p.org_id, ItemId(id), query.page()?)
-        .await?;
+    let page: trueline_store::PageRequest<u64> = query.page()?;
+    // Versions are stored as signed 64-bit integers: a larger one was not issued here.
+    if page.after.is_some_and(|v| i64::try_from(v).is_err()) {
+        return Err(ApiError::new(
+            codes::INVALID_CURSOR,
+            "the cursor is not one this server issued",
+        ));
+    }
+    let page = state.store.history(p.org_id, ItemId(id), page).await?;
     Ok(axum::Json(HistoryList::from_page(page, HistoryView::from)))
 }
 

@@ -318,7 +318,8 @@ pub fn for_status(status: StatusCode) -> ApiError {
     if status == StatusCode::SERVICE_UNAVAILABLE {
         return ApiError::new(
             codes::TIMEOUT,
-            "the request took longer than the server allows",
+            "the request took longer than the server allows; a change it was making may \
+             still have been committed, so retry it with the same Idempotency-Key",
         )
         .retry_after(1);
     }

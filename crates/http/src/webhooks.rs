@@ -155,7 +155,12 @@ pub fn is_private(ip: IpAddr) -> bool {
                 || v4.is_unspecified()
                 || v4.is_broadcast()
                 || v4.is_multicast()
+                // 100.64.0.0/10 shared (carrier-grade NAT), 192.0.0.0/24 protocol
+                // assignments, 198.18.0.0/15 benchmarking, 240.0.0.0/4 reserved.
                 || (v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64)
+                || v4.octets()[..3] == [192, 0, 0]
+                || (v4.octets()[0] == 198 && (v4.octets()[1] & 0xfe) == 18)
+                || v4.octets()[0] >= 240
         }
         IpAddr::V6(v6) => {
             v6.is_loopback()
@@ -166,6 +171,11 @@ pub fn is_private(ip: IpAddr) -> bool {
                 || v6
                     .to_ipv4_mapped()
                     .is_some_and(|v4| is_private(IpAddr::V4(v4)))
+                // 64:ff9b::/96, NAT64: the IPv4 address in its last 32 bits is the target.
+                || (v6.segments()[..6] == [0x64, 0xff9b, 0, 0, 0, 0]
+                    && is_private(IpAddr::V4(std::net::Ipv4Addr::from_bits(
+                        (v6.to_bits() & 0xffff_ffff) as u32,
+                    ))))
         }
     }
 }

@@ -170,8 +170,18 @@ async fn claim_keys(
             },
         );
     }
-    // A key purged between the insert and the read is missing here: its job goes ahead and
-    // `write_keys` fails the whole batch (nothing applied, a retry is safe).
+    // A key deleted between the insert and the read (released by a request with the same
+    // key that failed, or purged) is missing here. Its job is refused on its own as "in use"
+    // (the non-combined claim answers the same race that way; a retry claims it afresh)
+    // rather than going ahead unclaimed and failing the whole batch.
+    for (id, _, idem) in &firsts {
+        keys.entry(id.clone()).or_insert_with(|| KeyState {
+            fingerprint: idem.fingerprint,
+            completed: None,
+            locked_until: idem.locked_until,
+            fresh: false,
+        });
+    }
     Ok(keys)
 }
 

@@ -109,10 +109,14 @@ pub(crate) fn db_error(e: sqlx::Error) -> StoreError {
         | sqlx::Error::PoolClosed
         | sqlx::Error::Io(_)
         | sqlx::Error::Tls(_) => StoreError::Unavailable(e.to_string()),
-        // 57P01 admin_shutdown, 57P03 cannot_connect_now, 08xxx connection exceptions.
+        // 57P01 admin_shutdown, 57P03 cannot_connect_now, 08xxx connection exceptions; and
+        // what a retry can get past: 57014 statement timeout (a lock waited on too long),
+        // 40P01 deadlock detected, 40001 serialization failure. Like SQLite's "database is
+        // locked": 503 with Retry-After, not a 500 that reads as a bug.
         sqlx::Error::Database(d)
-            if d.code()
-                .is_some_and(|c| c.starts_with("08") || c == "57P01" || c == "57P03") =>
+            if d.code().is_some_and(|c| {
+                c.starts_with("08") || ["57P01", "57P03", "57014", "40P01", "40001"].contains(&&*c)
+            }) =>
         {
             StoreError::Unavailable(e.to_string())
         }
@@ -125,5 +129,45 @@ pub(crate) fn constraint_name(e: &sqlx::Error) -> Option<&str> {
     match e {
         sqlx::Error::Database(d) => d.constraint(),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // Tests: a panic is the failure report.
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    #[ignore = "needs PostgreSQL: set TRUELINE_TEST_POSTGRES_URL and run with --ignored"]
+    async fn errors_a_retry_can_get_past_are_unavailable_not_internal() {
+        let url = std::env::var(testing::TEST_URL_ENV).expect("TRUELINE_TEST_POSTGRES_URL");
+        let pool = sqlx::PgPool::connect(&url).await.unwrap();
+        let raised = |code: &str| {
+            format!("DO $$ BEGIN RAISE EXCEPTION 'test' USING ERRCODE = '{code}'; END $$")
+        };
+        for code in ["57014", "40P01", "40001", "57P01"] {
+            let e = sqlx::query(sqlx::AssertSqlSafe(raised(code)))
+                .execute(&pool)
+                .await
+                .unwrap_err();
+            assert!(matches!(db_error(e), StoreError::Unavailable(_)), "{code}");
+        }
+        // A real statement timeout, as a lock wait beyond it ends.
+        let mut tx = pool.begin().await.unwrap();
+        sqlx::query("SET LOCAL statement_timeout = '10ms'")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        let e = sqlx::query("SELECT pg_sleep(1)")
+            .execute(&mut *tx)
+            .await
+            .unwrap_err();
+        assert!(matches!(db_error(e), StoreError::Unavailable(_)));
+        // Anything else stays a bug.
+        let e = sqlx::query(sqlx::AssertSqlSafe(raised("22012")))
+            .execute(&pool)
+            .await
+            .unwrap_err();
+        assert!(matches!(db_error(e), StoreError::Internal(_)));
     }
 }

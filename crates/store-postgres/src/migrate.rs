@@ -50,6 +50,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/0007_outbox_keep_unpublished.up.sql"),
         include_str!("../migrations/0007_outbox_keep_unpublished.down.sql"),
     ),
+    (
+        8,
+        "item names sort by bytes",
+        include_str!("../migrations/0008_name_key_collation.up.sql"),
+        include_str!("../migrations/0008_name_key_collation.down.sql"),
+    ),
 ];
 
 fn migrator() -> Migrator {

@@ -55,6 +55,27 @@ pub struct ItemCursor {
     pub id: uuid::Uuid,
 }
 
+impl ItemCursor {
+    /// Whether the key is one a listing in this sort could have produced: text for names, a
+    /// quantity in range for quantities, an instant of years 1970–9999 for creation times.
+    /// Cursors are plain base64 JSON; a tampered one must be a `400 invalid_cursor` on every
+    /// backend, not a type or range error deep in one database.
+    pub fn is_well_formed(&self) -> bool {
+        /// 9999-12-31T23:59:59.999999Z in unix microseconds.
+        const LAST_MICROS: i64 = 253_402_300_799_999_999;
+        match (&self.key, self.sort) {
+            (CursorKey::Text(_), ItemSort::NameAsc | ItemSort::NameDesc) => true,
+            (CursorKey::Int(q), ItemSort::QtyAsc | ItemSort::QtyDesc) => {
+                (0..=trueline_core::inventory::JSON_SAFE_INTEGER_MAX).contains(q)
+            }
+            (CursorKey::Int(t), ItemSort::CreatedAsc | ItemSort::CreatedDesc) => {
+                (0..=LAST_MICROS).contains(t)
+            }
+            _ => false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum CursorKey {

@@ -59,12 +59,26 @@ pub fn signature(secret: &str, unix: i64, body: &[u8]) -> String {
 /// Resolves the URL's host once and checks every address, so DNS cannot swap a public
 /// address for a private one between the check and the connection (the request is pinned
 /// to the checked address).
+/// `None`: the host is an IP address (checked here; nothing to resolve or pin).
 async fn resolve(
     url: &reqwest::Url,
     allow_private: bool,
 ) -> Result<Option<(String, SocketAddr)>, String> {
-    let host = url.host_str().ok_or("the URL has no host")?.to_owned();
     let port = url.port_or_known_default().ok_or("the URL has no port")?;
+    // An IP literal is checked as it is: its `host_str` is bracketed for IPv6 (`[::1]`),
+    // which no resolver accepts.
+    let literal = match url.host().ok_or("the URL has no host")? {
+        url::Host::Ipv4(v4) => Some(std::net::IpAddr::V4(v4)),
+        url::Host::Ipv6(v6) => Some(std::net::IpAddr::V6(v6)),
+        url::Host::Domain(_) => None,
+    };
+    if let Some(ip) = literal {
+        if !allow_private && is_private(ip) {
+            return Err(format!("{ip} is a private address; refused"));
+        }
+        return Ok(None);
+    }
+    let host = url.host_str().ok_or("the URL has no host")?.to_owned();
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
         .await
         .map_err(|e| format!("cannot resolve {host}: {e}"))?
@@ -202,6 +216,7 @@ pub async fn run(state: State, settings: WebhookSettings, mut stop: watch::Recei
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // Tests: a panic is the failure report.
 mod tests {
     use super::*;
 
@@ -214,5 +229,38 @@ mod tests {
             "t=1700000000,v1=49f24e537407743fa4a0242bb63b94b9a47ee99cbbe071ccd8a22550ae411686"
         );
         assert_ne!(sig, signature("other", 1_700_000_000, br#"{"a":1}"#));
+    }
+
+    #[tokio::test]
+    async fn ip_literals_are_checked_as_they_are_and_need_no_resolving() {
+        let url = |u: &str| reqwest::Url::parse(u).unwrap();
+        // Bracketed IPv6 hosts used to reach the resolver as "[::1]" and always fail.
+        assert_eq!(resolve(&url("http://[::1]:9000/h"), true).await, Ok(None));
+        assert_eq!(
+            resolve(&url("https://[2001:db8::1]/h"), false).await,
+            Ok(None)
+        );
+        assert_eq!(resolve(&url("http://10.1.2.3/h"), true).await, Ok(None));
+        for private in [
+            "http://[::1]/h",
+            "http://[fd00::1]/h",
+            "http://127.0.0.1/h",
+            "http://198.18.0.1/h",
+            "http://240.0.0.1/h",
+            "http://192.0.0.8/h",
+            "http://[64:ff9b::a00:1]/h", // NAT64 of 10.0.0.1
+        ] {
+            let refused = resolve(&url(private), false).await.unwrap_err();
+            assert!(refused.contains("private"), "{private}: {refused}");
+        }
+        for public in ["http://8.8.8.8/h", "http://[64:ff9b::808:808]/h"] {
+            assert_eq!(resolve(&url(public), false).await, Ok(None), "{public}");
+        }
+        // Names are resolved and pinned.
+        let (host, addr) = resolve(&url("http://localhost:9000/h"), true)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((host.as_str(), addr.port()), ("localhost", 9000));
     }
 }

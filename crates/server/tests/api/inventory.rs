@@ -591,6 +591,47 @@ async fn listings_filter_sort_and_paginate(backend: Backend) {
         )
         .await;
     assert_problem(mixed, 400, "invalid_cursor").await;
+    // Cursors are base64 JSON: a tampered key of the wrong type or out of range is a 400 on
+    // both backends (PostgreSQL would fail comparing bigint to text, or on the timestamp).
+    let id = uuid::Uuid::nil();
+    for (sort, cursor) in [
+        ("qty", json!({"sort": "QtyAsc", "key": "x", "id": id})),
+        ("-qty", json!({"sort": "QtyDesc", "key": -1, "id": id})),
+        ("name", json!({"sort": "NameAsc", "key": 5, "id": id})),
+        (
+            "created_at",
+            json!({"sort": "CreatedAsc", "key": i64::MAX, "id": id}),
+        ),
+        (
+            "-created_at",
+            json!({"sort": "CreatedDesc", "key": "2026", "id": id}),
+        ),
+    ] {
+        use base64::Engine as _;
+        let cursor = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(cursor.to_string());
+        let tampered = app
+            .get(
+                &format!("/api/v1/items?sort={sort}&cursor={cursor}"),
+                &ann.token,
+            )
+            .await;
+        assert_problem(tampered, 400, "invalid_cursor").await;
+    }
+    let item = app.create_item(&ann.token, "Cursor probe", 1).await;
+    let history = app
+        .get(
+            &format!(
+                "/api/v1/items/{}/history?cursor={}",
+                item["id"].as_str().unwrap(),
+                {
+                    use base64::Engine as _;
+                    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(u64::MAX.to_string())
+                }
+            ),
+            &ann.token,
+        )
+        .await;
+    assert_problem(history, 400, "invalid_cursor").await;
     for bad in [
         "sort=colour",
         "min_qty=5&max_qty=1",

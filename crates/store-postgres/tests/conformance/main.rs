@@ -78,3 +78,23 @@ mod event_store {
         #[ignore = "needs PostgreSQL: set TRUELINE_TEST_POSTGRES_URL and run with --ignored"]
     );
 }
+
+/// The conformance suite's databases use this machine's default collation (often already
+/// byte order), so it cannot tell a locale-ordered column apart: this checks the column.
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set TRUELINE_TEST_POSTGRES_URL and run with --ignored"]
+async fn item_names_sort_by_bytes_whatever_the_database_collation() {
+    let database = TestDatabase::create().await;
+    let store = PgStore::connect(&database.url, PgOptions::default())
+        .await
+        .unwrap();
+    store.migrate_up().await.unwrap();
+    let collation: String = sqlx::query_scalar(
+        "SELECT collation_name::text FROM information_schema.columns
+         WHERE table_name = 'items' AND column_name = 'name_key'",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(collation, "C");
+}

@@ -1,0 +1,1 @@
+ALTER TABLE items ALTER COLUMN name_key TYPE text COLLATE "default";
