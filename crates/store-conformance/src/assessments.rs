@@ -358,3 +358,93 @@ pub async fn deadlines_are_enforced_by_the_guarded_statements(f: &Fixture) {
             .is_empty()
     );
 }
+
+/// Every mutation writes a domain event to the outbox in its transaction: draft edits and
+/// share-link changes too. The events name what changed, never a question's content.
+pub async fn draft_edits_and_share_links_write_outbox_events(f: &Fixture) {
+    let a = owner_actor(f, "ann@example.com").await;
+    let id = draft(f, &a, "Quiz").await;
+    let count = |event_type: &'static str| {
+        let raw = f.raw.clone();
+        async move {
+            raw.scalar(&format!(
+                "SELECT count(*) FROM outbox WHERE event_type = '{event_type}'"
+            ))
+            .await
+        }
+    };
+    // `draft` added one question.
+    assert_eq!(count("assessments.draft.questions_added").await, 1);
+    f.store
+        .update_assessment(&a, id, None, settings("Quiz, renamed"), None)
+        .await
+        .expect("update");
+    let added = f
+        .store
+        .add_questions(&a, id, None, vec![(Uuid::now_v7(), question())], None)
+        .await
+        .expect("add");
+    let (_, questions) = f
+        .store
+        .assessment(a.org_id, id)
+        .await
+        .expect("read")
+        .expect("exists");
+    let first = questions[0].id;
+    f.store
+        .replace_question(&a, id, first, None, question(), None)
+        .await
+        .expect("replace");
+    f.store
+        .reorder_questions(&a, id, None, vec![added[0].id, first], None)
+        .await
+        .expect("reorder");
+    assert!(
+        f.store
+            .delete_question(&a, id, added[0].id, None)
+            .await
+            .expect("delete")
+    );
+    f.store
+        .set_share_link(&a, id, Some(token_hash("link")), None)
+        .await
+        .expect("link");
+    f.store
+        .set_share_link(&a, id, None, None)
+        .await
+        .expect("unlink");
+    for event_type in [
+        "assessments.draft.settings_updated",
+        "assessments.draft.question_replaced",
+        "assessments.draft.questions_reordered",
+        "assessments.draft.question_deleted",
+        "assessments.share_link.set",
+        "assessments.share_link.removed",
+    ] {
+        assert_eq!(count(event_type).await, 1, "{event_type}");
+    }
+    assert_eq!(count("assessments.draft.questions_added").await, 2);
+    // No answer key and no token in any of them.
+    assert_eq!(
+        f.raw
+            .scalar(
+                "SELECT count(*) FROM outbox WHERE event_type LIKE 'assessments.%'
+                 AND (CAST(payload AS TEXT) LIKE '%correct%'
+                      OR CAST(payload AS TEXT) LIKE '%prompt%'
+                      OR CAST(payload AS TEXT) LIKE '%token%')"
+            )
+            .await,
+        0
+    );
+    // A refused edit writes none.
+    let before = f.count("outbox").await;
+    let refused = f
+        .store
+        .update_assessment(&a, id, Some(1), settings("Stale"), None)
+        .await;
+    assert!(matches!(
+        refused,
+        Err(StoreError::Domain(DomainError::VersionMismatch { .. }))
+    ));
+    assert_eq!(f.count("outbox").await, before);
+}

@@ -67,6 +67,7 @@ macro_rules! conformance_suite {
             assessments::closing_frees_a_slot_and_the_counter_follows_the_status,
             assessments::two_concurrent_submits_leave_exactly_one_submission,
             assessments::deadlines_are_enforced_by_the_guarded_statements,
+            assessments::draft_edits_and_share_links_write_outbox_events,
             assessment_races::concurrent_reviews_of_one_submission_apply_one_decision,
             assessment_races::concurrent_edits_at_one_revision_let_exactly_one_through,
             assessment_races::an_edit_racing_a_publish_never_changes_the_published_version,

@@ -271,14 +271,48 @@ async fn editable(
     Ok(a)
 }
 
-async fn bump(tx: &mut Tx, id: Uuid, now: OffsetDateTime) -> Result<(), StoreError> {
-    sqlx::query("UPDATE assessments SET revision = revision + 1, updated_at = $2 WHERE id = $1")
+/// The family of an assessment version: every assessment event goes to the family's stream.
+async fn family_of(tx: &mut Tx, id: Uuid) -> Result<Uuid, StoreError> {
+    sqlx::query_scalar("SELECT family_id FROM assessments WHERE id = $1")
         .bind(id)
-        .bind(now)
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(db_error)
+}
+
+/// A draft edit: the revision moves on, and the change goes to the outbox in the same
+/// transaction like every mutation's. The event names what changed (and which questions),
+/// never a question's content: answer keys stay out of events.
+async fn bump(
+    tx: &mut Tx,
+    actor: &Actor,
+    a: &Assessment,
+    change: &str,
+    question_ids: &[Uuid],
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE assessments SET revision = revision + 1, updated_at = $2 WHERE id = $1")
+        .bind(a.id)
+        .bind(actor.now)
         .execute(&mut **tx)
         .await
         .map_err(db_error)?;
-    Ok(())
+    let payload = json!({
+        "assessment_id": a.id,
+        "family_id": a.family_id,
+        "revision": a.revision + 1,
+        "question_ids": question_ids,
+        "actor_user_id": actor.user_id,
+        "request_id": actor.request_id,
+    });
+    event(
+        tx,
+        actor.org_id,
+        &format!("assessments.draft.{change}"),
+        format!("assessment-{}", a.family_id),
+        payload,
+        actor.now,
+    )
+    .await
 }
 
 async fn insert_question(
@@ -569,7 +603,7 @@ impl AssessmentStore for PgStore {
         .execute(&mut *tx)
         .await
         .map_err(|e| frozen_error(e, current.status))?;
-        bump(&mut tx, id, actor.now).await?;
+        bump(&mut tx, actor, &current, "settings_updated", &[]).await?;
         let a = fetch_assessment(&mut tx, actor.org_id, id)
             .await?
             .ok_or_else(|| internal("assessment vanished"))?;
@@ -606,7 +640,14 @@ impl AssessmentStore for PgStore {
                 insert_question(&mut tx, id, *qid, next as u32 + i as u32, spec, a.status).await?,
             );
         }
-        bump(&mut tx, id, actor.now).await?;
+        bump(
+            &mut tx,
+            actor,
+            &a,
+            "questions_added",
+            &added.iter().map(|q: &Question| q.id).collect::<Vec<_>>(),
+        )
+        .await?;
         complete_idempotency(&mut tx, idempotency, &added, actor.now).await?;
         tx.commit().await.map_err(db_error)?;
         Ok(added)
@@ -634,7 +675,7 @@ impl AssessmentStore for PgStore {
             .map_err(|e| frozen_error(e, a.status))?
             .ok_or(StoreError::not_found("question"))?;
         let q = question_from(&row)?;
-        bump(&mut tx, id, actor.now).await?;
+        bump(&mut tx, actor, &a, "question_replaced", &[question_id]).await?;
         complete_idempotency(&mut tx, idempotency, &q, actor.now).await?;
         tx.commit().await.map_err(db_error)?;
         Ok(q)
@@ -659,7 +700,7 @@ impl AssessmentStore for PgStore {
         if done.rows_affected() == 0 {
             return Ok(false);
         }
-        bump(&mut tx, id, actor.now).await?;
+        bump(&mut tx, actor, &a, "question_deleted", &[question_id]).await?;
         tx.commit().await.map_err(db_error)?;
         Ok(true)
     }
@@ -703,7 +744,7 @@ impl AssessmentStore for PgStore {
                 .await
                 .map_err(|e| frozen_error(e, a.status))?;
         }
-        bump(&mut tx, id, actor.now).await?;
+        bump(&mut tx, actor, &a, "questions_reordered", &order).await?;
         let questions = questions_in(&mut tx, id).await?;
         complete_idempotency(&mut tx, idempotency, &questions, actor.now).await?;
         tx.commit().await.map_err(db_error)?;
@@ -960,12 +1001,7 @@ impl AssessmentStore for PgStore {
         if done.rows_affected() == 0 {
             return Ok(false);
         }
-        // The family's stream, like every other assessment event.
-        let family: Uuid = sqlx::query_scalar("SELECT family_id FROM assessments WHERE id = $1")
-            .bind(assessment_id)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(db_error)?;
+        let family = family_of(&mut tx, assessment_id).await?;
         let payload = json!({ "invite_id": invite_id, "assessment_id": assessment_id, "actor_user_id": actor.user_id, "request_id": actor.request_id });
         event(
             &mut tx,
@@ -999,6 +1035,23 @@ impl AssessmentStore for PgStore {
         if done.rows_affected() == 0 {
             return Err(StoreError::not_found("assessment"));
         }
+        let family = family_of(&mut tx, assessment_id).await?;
+        // Whether there is a link, never its token.
+        let payload = json!({ "assessment_id": assessment_id, "enabled": token_hash.is_some(), "actor_user_id": actor.user_id, "request_id": actor.request_id });
+        let event_type = if token_hash.is_some() {
+            "assessments.share_link.set"
+        } else {
+            "assessments.share_link.removed"
+        };
+        event(
+            &mut tx,
+            actor.org_id,
+            event_type,
+            format!("assessment-{family}"),
+            payload,
+            actor.now,
+        )
+        .await?;
         complete_idempotency(&mut tx, idempotency, &(), actor.now).await?;
         tx.commit().await.map_err(db_error)
     }
