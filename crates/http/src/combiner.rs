@@ -34,27 +34,25 @@ fn copy_error(e: &StoreError) -> StoreError {
 
 impl Combiner {
     /// Starts the worker. `max_batch`: deltas per transaction; `queue`: deltas waiting at
-    /// most (beyond it requests are shed with 503).
-    pub fn start(store: Arc<dyn Store>, max_batch: usize, queue: usize) -> Arc<Self> {
+    /// most (beyond it requests are shed with 503). An error (no thread or runtime for the
+    /// worker) stops the server from starting, rather than serving every quantity change
+    /// a 500.
+    pub fn start(
+        store: Arc<dyn Store>,
+        max_batch: usize,
+        queue: usize,
+    ) -> std::io::Result<Arc<Self>> {
         let (tx, rx) = mpsc::channel(queue.max(1));
         // Its own thread and runtime: each statement of a batch is an await, and on the
         // shared runtime every one of them would queue behind the HTTP tasks of all waiting
         // clients, stretching the batch (and the write lock) by the length of that queue.
-        let worker = tokio::runtime::Builder::new_current_thread()
+        let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
-            .build();
-        match worker {
-            Ok(runtime) => {
-                let spawned = std::thread::Builder::new()
-                    .name("delta-combiner".into())
-                    .spawn(move || runtime.block_on(run(store, rx, max_batch.max(1))));
-                if let Err(e) = spawned {
-                    tracing::error!(event = "inventory.combiner_failed", error = %e);
-                }
-            }
-            Err(e) => tracing::error!(event = "inventory.combiner_failed", error = %e),
-        }
-        Arc::new(Self { queue: tx })
+            .build()?;
+        std::thread::Builder::new()
+            .name("delta-combiner".into())
+            .spawn(move || runtime.block_on(run(store, rx, max_batch.max(1))))?;
+        Ok(Arc::new(Self { queue: tx }))
     }
 
     /// Queues one delta and waits for the outcome of the batch it lands in.

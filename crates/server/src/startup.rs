@@ -289,11 +289,14 @@ impl Application {
         ));
         trueline_http::limits::spawn_sweeper(state.limits.clone());
         if config.inventory.combine_deltas {
-            state.combiner = Some(trueline_http::combiner::Combiner::start(
-                state.store.clone(),
-                config.inventory.combine_max_batch,
-                config.inventory.combine_queue,
-            ));
+            state.combiner = Some(
+                trueline_http::combiner::Combiner::start(
+                    state.store.clone(),
+                    config.inventory.combine_max_batch,
+                    config.inventory.combine_queue,
+                )
+                .context("starting the delta combiner")?,
+            );
         }
         state.outbox_lag_warn = Duration::from_secs(config.outbox.lag_warn_s);
         let state = State::from(state);
