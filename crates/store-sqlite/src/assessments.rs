@@ -263,20 +263,12 @@ async fn bump(
         .execute(&mut *tx)
         .await
         .map_err(db_error)?;
-    let payload = json!({
-        "assessment_id": a.id,
-        "family_id": a.family_id,
-        "revision": a.revision + 1,
-        "question_ids": question_ids,
-        "actor_user_id": actor.user_id,
-        "request_id": actor.request_id,
-    });
     event(
         tx,
         actor.org_id,
         &format!("assessments.draft.{change}"),
         format!("assessment-{}", a.family_id),
-        payload,
+        trueline_store::draft_change_payload(actor, a, question_ids),
         actor.now,
     )
     .await

@@ -93,6 +93,24 @@ pub fn startable(revoked: bool, expired: bool, status: &str) -> Result<(), Store
     Ok(())
 }
 
+/// The payload of an `assessments.draft.*` event (a draft edit): the revision it made and the
+/// questions it touched, never a question's content (events leave the system; answer keys
+/// must not).
+pub fn draft_change_payload(
+    actor: &Actor,
+    a: &Assessment,
+    question_ids: &[Uuid],
+) -> serde_json::Value {
+    serde_json::json!({
+        "assessment_id": a.id,
+        "family_id": a.family_id,
+        "revision": a.revision + 1,
+        "question_ids": question_ids,
+        "actor_user_id": actor.user_id,
+        "request_id": actor.request_id,
+    })
+}
+
 /// Why a guarded submit changed no row of an existing attempt: it was submitted already, its
 /// deadline had passed, or (the only remaining guard) its saved answers changed.
 pub fn refused_submit(submitted: bool, deadline_passed: bool) -> StoreError {
