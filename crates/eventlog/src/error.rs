@@ -200,6 +200,15 @@ pub enum OpenError {
     InvalidOptions {
         detail: String,
     },
+    /// The stream registry is missing or damaged in a log that retention has trimmed: it was
+    /// the only record of the last numbers of streams and organizations whose events were
+    /// all dropped, and rebuilding it from the log would hand those numbers out again.
+    /// `repair` rebuilds it when the operator accepts that.
+    RegistryLost {
+        path: PathBuf,
+        first_position: u64,
+        detail: String,
+    },
 }
 
 impl OpenError {
@@ -234,6 +243,18 @@ impl fmt::Display for OpenError {
             OpenError::InvalidOptions { detail } => {
                 write!(f, "invalid event log options: {detail}")
             }
+            OpenError::RegistryLost {
+                path,
+                first_position,
+                detail,
+            } => write!(
+                f,
+                "the stream registry {} is {detail}, and retention dropped every event before \
+                 position {first_position}: streams and organizations whose events were all \
+                 dropped would count from 1 again. Restore the file from a backup, or accept \
+                 that with `repair` (which rebuilds it from the log)",
+                path.display()
+            ),
         }
     }
 }

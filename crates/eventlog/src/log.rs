@@ -677,7 +677,7 @@ fn validate(options: &Options, stream: &str, events: &[NewEvent]) -> Result<usiz
 }
 
 /// A fresh, practically unique registry epoch (time, process id and an address mixed).
-fn new_epoch() -> u64 {
+pub(crate) fn new_epoch() -> u64 {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
@@ -900,13 +900,22 @@ fn recover(dir: &Path, report: &mut RecoveryReport) -> Result<(Index, ActiveSegm
             }
         });
         // The stream registry: stable ids for orgs and streams, used by the checkpoints.
+        // Disposable while the log starts at position 1 (everything in it can be rebuilt
+        // from the segments); not once retention dropped segments (see `RegistryLost`).
         let registry_path = dir.join(REGISTRY_FILE_NAME);
+        let trimmed_from = segs.first().map_or(1, |(first, _)| *first);
+        let lost = |detail: String| OpenError::RegistryLost {
+            path: registry_path.clone(),
+            first_position: trimmed_from,
+            detail,
+        };
         registry = match fs::read(&registry_path) {
             Ok(bytes) => match decode_registry(&bytes).and_then(|r| {
                 index.preload_registry(&r)?;
                 Ok(r)
             }) {
                 Ok(r) => Some(r),
+                Err(detail) if trimmed_from > 1 => return Err(lost(format!("damaged ({detail})"))),
                 Err(_) => {
                     // Ignored: every checkpoint that needs it is rejected and rebuilt.
                     index = Index::default();
@@ -915,6 +924,13 @@ fn recover(dir: &Path, report: &mut RecoveryReport) -> Result<(Index, ActiveSegm
                     None
                 }
             },
+            Err(e) if trimmed_from > 1 => {
+                return Err(lost(if e.kind() == std::io::ErrorKind::NotFound {
+                    "missing".into()
+                } else {
+                    format!("unreadable ({e})")
+                }));
+            }
             Err(_) => None,
         };
         if registry.is_none() {

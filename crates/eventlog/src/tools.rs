@@ -26,6 +26,10 @@ pub enum ProblemKind {
     TornTail,
     /// A checkpoint file that open would ignore and rebuild (harmless).
     Checkpoint,
+    /// The stream registry is missing or damaged in a log that retention trimmed: open
+    /// refuses ([`OpenError::RegistryLost`]); `repair` rebuilds it, accepting that streams
+    /// and organizations whose events were all dropped count from 1 again.
+    RegistryLost,
 }
 
 /// One problem found by [`verify`].
@@ -67,6 +71,10 @@ pub struct RepairReport {
     pub checkpoints_removed: Vec<PathBuf>,
     /// Last global position of the repaired log.
     pub last_global_position: u64,
+    /// The stream registry was missing or damaged in a trimmed log and was rebuilt from the
+    /// log (the damaged file, if any, moved aside): streams and organizations whose events
+    /// were all dropped count from 1 again.
+    pub registry_rebuilt: bool,
 }
 
 fn push_view(index: &mut Index, off: u64, r: &crate::format::RecordView<'_>) -> Result<(), String> {
@@ -199,19 +207,31 @@ pub fn verify(dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<VerifyRe
     // The stream registry: checkpoints are only usable with the registry they were written for.
     let registry_path = dir.join(REGISTRY_FILE_NAME);
     let mut registry_epoch = None;
-    if let Ok(bytes) = fs::read(&registry_path) {
-        match decode_registry(&bytes) {
+    let trimmed = segs.first().is_some_and(|(first, _)| *first > 1);
+    match fs::read(&registry_path) {
+        Ok(bytes) => match decode_registry(&bytes) {
             Ok(r) => {
                 registry_epoch = Some(r.epoch);
                 report.checkpoints_ok += 1;
             }
             Err(detail) => report.problems.push(Problem {
-                kind: ProblemKind::Checkpoint,
+                kind: if trimmed {
+                    ProblemKind::RegistryLost
+                } else {
+                    ProblemKind::Checkpoint
+                },
                 file: registry_path.clone(),
                 offset: 0,
                 detail,
             }),
-        }
+        },
+        Err(e) if trimmed => report.problems.push(Problem {
+            kind: ProblemKind::RegistryLost,
+            file: registry_path.clone(),
+            offset: 0,
+            detail: format!("missing or unreadable ({e}) in a log that retention trimmed"),
+        }),
+        Err(_) => {}
     }
     for (i, (first, path)) in segs.iter().enumerate() {
         let is_last = i + 1 == segs.len();
@@ -488,7 +508,41 @@ pub fn repair(dir: &Path) -> Result<RepairReport, OpenError> {
         }
         let _ = File::open(dir).and_then(|d| d.sync_all());
     }
+    if segs.first().is_some_and(|(first, _)| *first > 1) {
+        rebuild_lost_registry(dir, &mut index, &mut report)?;
+    }
     Ok(report)
+}
+
+/// In a trimmed log whose registry is missing or damaged: moves a damaged one aside and writes
+/// one from what the segments hold (a new epoch, so every checkpoint of the old one is
+/// rebuilt at the next open).
+fn rebuild_lost_registry(
+    dir: &Path,
+    index: &mut Index,
+    report: &mut RepairReport,
+) -> Result<(), OpenError> {
+    let path = dir.join(REGISTRY_FILE_NAME);
+    let intact = fs::read(&path)
+        .ok()
+        .is_some_and(|bytes| decode_registry(&bytes).is_ok());
+    if intact {
+        return Ok(());
+    }
+    if path.exists() {
+        let q = path.with_extension("idx.quarantined");
+        fs::rename(&path, &q).map_err(|e| OpenError::io(&path, e))?;
+        report.quarantined.push(q);
+    }
+    index.registry_epoch = crate::log::new_epoch();
+    crate::writer::write_atomic(
+        dir,
+        REGISTRY_FILE_NAME,
+        &crate::index::encode_registry(index),
+    )
+    .map_err(|e| OpenError::io(&path, e))?;
+    report.registry_rebuilt = true;
+    Ok(())
 }
 
 fn remove_checkpoint(dir: &Path, first: u64, report: &mut RepairReport) {

@@ -1039,7 +1039,7 @@ pub(crate) fn write_registry(shared: &Shared) -> io::Result<()> {
 /// Suffix of temporary files (removed at open if a crash left them).
 pub(crate) const TEMP_SUFFIX: &str = ".tmp";
 
-fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+pub(crate) fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let path = dir.join(name);

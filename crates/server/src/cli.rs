@@ -54,9 +54,11 @@ pub enum EventlogAction {
         #[arg(long, default_value_t = 1)]
         from: u64,
     },
-    /// Cut the log after its last good record (damaged bytes are moved aside, not deleted).
+    /// Cut the log after its last good record (damaged bytes are moved aside, not deleted), and
+    /// rebuild a stream registry that is missing or damaged in a log that retention trimmed.
     Repair {
-        /// Required: repairing discards every record after the first damaged one.
+        /// Required: repairing discards every record after the first damaged one (and a lost
+        /// registry's numbers of streams whose events were all dropped).
         #[arg(long)]
         yes: bool,
     },
@@ -199,6 +201,12 @@ fn eventlog(config: &Config, action: EventlogAction) -> anyhow::Result<()> {
             }
             for q in &report.quarantined {
                 println!("moved aside: {}", q.display());
+            }
+            if report.registry_rebuilt {
+                println!(
+                    "the stream registry was missing or damaged and has been rebuilt from the log: \
+                     streams and organizations whose events retention dropped entirely count from 1 again"
+                );
             }
             println!(
                 "the log now ends at global position {}",

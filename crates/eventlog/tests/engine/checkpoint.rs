@@ -596,3 +596,78 @@ fn sealed_segments_beyond_the_cached_ones_leave_the_page_cache_and_still_read_ex
         }
     }
 }
+
+#[test]
+fn a_lost_registry_in_a_trimmed_log_refuses_open_until_repair_accepts_it() {
+    let dir = tempdir();
+    let options = Options {
+        retention: Retention {
+            max_total_bytes: Some(20 * 1024),
+            max_age: None,
+        },
+        ..small_segments()
+    };
+    let (log, _) = open_with(dir.path(), options.clone());
+    log.append(
+        org(7),
+        "early",
+        ExpectedVersion::NoStream,
+        vec![event(100_000, "t", b"{}")],
+    )
+    .unwrap();
+    fill(&log, 1, 400);
+    assert!(
+        log.storage_stats().first_global_position > 1,
+        "nothing dropped"
+    );
+    drop(log);
+    let registry = dir.path().join("streams.idx");
+    for damage in ["delete", "flip"] {
+        if damage == "delete" {
+            std::fs::remove_file(&registry).unwrap();
+        } else {
+            let mut bytes = std::fs::read(&registry).unwrap();
+            bytes[30] ^= 1;
+            std::fs::write(&registry, bytes).unwrap();
+        }
+        let refused = trueline_eventlog::EventLog::open(dir.path(), options.clone());
+        assert!(
+            matches!(
+                refused,
+                Err(trueline_eventlog::OpenError::RegistryLost { .. })
+            ),
+            "{damage}: {:?}",
+            refused.map(|(_, r)| r)
+        );
+        let verified = trueline_eventlog::verify(dir.path(), &mut |_, _| {}).unwrap();
+        assert!(!verified.is_clean());
+        assert!(
+            verified
+                .problems
+                .iter()
+                .any(|p| p.kind == trueline_eventlog::ProblemKind::RegistryLost)
+        );
+        let repaired = trueline_eventlog::repair(dir.path()).unwrap();
+        assert!(repaired.registry_rebuilt);
+        assert!(repaired.truncated.is_none());
+        let (log, _) = open_with(dir.path(), options.clone());
+        // What the log holds is intact; the stream whose only event was dropped is gone
+        // (the loss `repair` accepted).
+        assert_eq!(log.last_global_position(), 401);
+        assert_eq!(log.stream_version(org(1), "s0"), 400 / 15);
+        assert_eq!(log.stream_version(org(7), "early"), 0);
+        drop(log);
+        // The rebuilt registry is kept by later opens.
+        let (log, report) = open_with(dir.path(), options.clone());
+        assert!(report.is_clean(), "{report:?}");
+        drop(log);
+    }
+    // An untrimmed log still rebuilds a lost registry silently (it is disposable there).
+    let fresh = tempdir();
+    let (log, _) = open_with(fresh.path(), small_segments());
+    fill(&log, 1, 200);
+    drop(log);
+    std::fs::remove_file(fresh.path().join("streams.idx")).unwrap();
+    let (log, _) = open_with(fresh.path(), small_segments());
+    assert_gapless(&log);
+}
