@@ -119,6 +119,11 @@ pub trait FaultHook: Send + Sync + fmt::Debug {
     fn on_write(&self, len: usize) -> Option<(usize, io::Error)>;
     /// Before `fdatasync`: `Some(err)` fails the sync without calling it.
     fn on_sync(&self) -> Option<io::Error>;
+    /// At a roll, once the new segment's file exists, before the writer opens its read
+    /// handle: `Some(err)` fails that open (a roll failing after the file was created).
+    fn on_open_new_segment(&self) -> Option<io::Error> {
+        None
+    }
 }
 
 /// Which fault a [`FaultSwitch`] injects.
@@ -133,6 +138,8 @@ pub enum Fault {
     SyncNoSpace,
     /// EIO on fdatasync.
     SyncIo,
+    /// EMFILE opening a new segment's read handle at a roll (its file exists by then).
+    OpenNewSegment,
 }
 
 /// A ready-made [`FaultHook`]: set a fault, run appends, clear it.
@@ -154,6 +161,7 @@ impl FaultSwitch {
 
 const ENOSPC: i32 = 28;
 const EIO: i32 = 5;
+const EMFILE: i32 = 24;
 
 impl FaultHook for FaultSwitch {
     fn on_write(&self, len: usize) -> Option<(usize, io::Error)> {
@@ -164,7 +172,7 @@ impl FaultHook for FaultSwitch {
             Fault::WriteIo { after_bytes } => {
                 Some((after_bytes.min(len), io::Error::from_raw_os_error(EIO)))
             }
-            Fault::SyncNoSpace | Fault::SyncIo => None,
+            Fault::SyncNoSpace | Fault::SyncIo | Fault::OpenNewSegment => None,
         }
     }
 
@@ -174,5 +182,9 @@ impl FaultHook for FaultSwitch {
             Fault::SyncIo => Some(io::Error::from_raw_os_error(EIO)),
             _ => None,
         }
+    }
+
+    fn on_open_new_segment(&self) -> Option<io::Error> {
+        (self.current()? == Fault::OpenNewSegment).then(|| io::Error::from_raw_os_error(EMFILE))
     }
 }

@@ -767,7 +767,13 @@ impl Writer {
             }
         };
         // A read-only handle of its own: the writer's handle is write-only.
-        let read = match File::open(&path) {
+        let opened = match self.shared.options.fault_hook.as_ref() {
+            Some(h) => h
+                .on_open_new_segment()
+                .map_or_else(|| File::open(&path), Err),
+            None => File::open(&path),
+        };
+        let read = match opened {
             Ok(read) => read,
             Err(e) => {
                 self.poison(format!("opening segment {} failed: {e}", path.display()));

@@ -262,3 +262,52 @@ fn an_append_that_only_lacked_the_prepared_segments_space_succeeds() {
     assert_eq!(log.last_global_position(), n + 1);
     assert_gapless(&log);
 }
+
+#[test]
+fn a_roll_failing_after_the_new_file_exists_stops_the_writer_and_the_log_reopens_whole() {
+    let dir = tempdir();
+    let switch = Arc::new(FaultSwitch::default());
+    let options = Options {
+        segment_size_bytes: 8 * 1024,
+        fault_hook: Some(switch.clone()),
+        ..Options::default()
+    };
+    let (log, _) = open_with(dir.path(), options);
+    let o = org(1);
+    let mut n = 0;
+    // Up to the last append that fits the first segment.
+    while log.storage_stats().segments == 1 {
+        n += 1;
+        switch.set(Some(Fault::OpenNewSegment));
+        let r = log.append(
+            o,
+            "s",
+            ExpectedVersion::Any,
+            vec![event(n, "t", &[b'p'; 150])],
+        );
+        if r.is_err() {
+            break;
+        }
+    }
+    let failed_at = n;
+    switch.set(None);
+    // The writer stopped: nothing more goes into the old segment, whose last position the
+    // new file's header follows.
+    for _ in 0..3 {
+        n += 1;
+        let r = log.append(o, "s", ExpectedVersion::Any, vec![event(n, "t", b"{}")]);
+        assert!(
+            matches!(r, Err(AppendError::WriterFailed { .. })),
+            "appended on after a failed roll: {r:?}"
+        );
+    }
+    drop(log);
+    let (log, report) = open(dir.path());
+    assert!(report.truncated.is_none(), "{report:?}");
+    assert_eq!(log.last_global_position(), failed_at - 1);
+    assert_gapless(&log);
+    let next = log
+        .append(o, "s", ExpectedVersion::Any, vec![event(n + 1, "t", b"{}")])
+        .unwrap();
+    assert_eq!(next[0].global_position, failed_at);
+}
