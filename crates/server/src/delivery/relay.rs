@@ -97,6 +97,16 @@ pub async fn publish_to_log(
     if let Ok(None) = state.events.event(org, first.event_id).await {
         return publish_at_once(state, org, rows).await;
     }
+    publish_in_order(state, org, rows).await
+}
+
+/// The runs of `rows` one after the other, each waited for; a run refused because part of
+/// it is in the log already goes row by row.
+async fn publish_in_order(
+    state: &State,
+    org: OrgId,
+    rows: &[OutboxRow],
+) -> (Vec<i64>, Option<(Vec<i64>, String)>) {
     let mut done = Vec::with_capacity(rows.len());
     let mut i = 0;
     while i < rows.len() {
@@ -174,6 +184,22 @@ async fn publish_at_once(
     let mut failure: Option<(Vec<i64>, String)> = None;
     for (k, run) in runs.iter().enumerate() {
         let seqs = run.iter().map(|r| r.seq);
+        if failure.is_none()
+            && let Some(Err(EventStoreError::Refused(AppendRefusal::EventIdConflict { .. }))) =
+                outcomes.get(k)
+        {
+            // Part of this run is in the log already although its first row was not: on
+            // PostgreSQL a later row can commit (and be published) before an earlier one
+            // (see `lease_outbox`), and a relay can die before marking it. Refused whole
+            // round after round, the run would stop the organization's publishing for good:
+            // from here on the rows go in order, the mixed run row by row (rows already in
+            // the log are duplicates and count as published).
+            let start = run[0].seq;
+            let rest: Vec<OutboxRow> = rows.iter().filter(|r| r.seq >= start).cloned().collect();
+            let (more, failed) = publish_in_order(state, org, &rest).await;
+            done.extend(more);
+            return (done, failed);
+        }
         match outcomes.get(k) {
             Some(Ok(_)) => done.extend(seqs),
             Some(Err(e)) => match &mut failure {
