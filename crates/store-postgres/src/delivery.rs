@@ -17,8 +17,8 @@ use uuid::Uuid;
 /// The "not yet published to this destination" condition. For the event log: only rows of
 /// transactions older (by transaction id) than every running one. Transaction ids follow the
 /// first write, not the outbox insert, so this keeps a late commit from being overtaken
-/// only when the two orders agree (they do for changes of one item, which its row lock
-/// orders); see the README (Delivery) for what is and is not guaranteed.
+/// only when the two orders agree; see the README (Delivery) for what is and is not
+/// guaranteed.
 fn pending(destination: Destination) -> &'static str {
     match destination {
         Destination::EventLog => {
