@@ -530,6 +530,23 @@ async fn list_events(
     let after = cursor_position(query.cursor.as_deref())?
         .or(after)
         .unwrap_or(0);
+    // The names a filter can match are checked like the names an append writes: a control
+    // character (a NUL, which PostgreSQL text cannot hold) or an overlong name is a 400 on
+    // both backends, not a 500 on one and an empty page on the other.
+    let mut errors = Vec::new();
+    if let Some(t) = &query.event_type
+        && let Err(e) = check_name("/query/type", t, EVENT_TYPE_BYTES_MAX)
+    {
+        errors.push(e);
+    }
+    if let Some(s) = &query.stream
+        && let Err(e) = check_name("/query/stream", s, STREAM_NAME_BYTES_MAX)
+    {
+        errors.push(e);
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::validation(errors));
+    }
     let filter = EventFilter {
         event_type: query.event_type,
         stream: query.stream,
@@ -561,6 +578,8 @@ async fn read_stream(
     Path(stream): Path<String>,
     ApiQuery(query): ApiQuery<StreamQuery>,
 ) -> Result<Json<EventList>, ApiError> {
+    check_name("/path/stream", &stream, STREAM_NAME_BYTES_MAX)
+        .map_err(|e| ApiError::validation(vec![e]))?;
     let limit = page_limit(query.limit)?;
     let direction = match query.direction.as_deref().unwrap_or("forward") {
         "forward" => ReadDirection::Forward,

@@ -203,6 +203,40 @@ pub async fn client_ids_make_appends_idempotent(f: &EventsFixture) {
         AppendRefusal::DuplicateIdInBatch { .. }
     ));
     assert_eq!(f.events.stats(org).await.expect("stats").last_position, 3);
+    // The run is one of the stream's versions, whatever other streams appended in between:
+    // both backends answer a batch of two single appends (another stream's event between
+    // them) as duplicates, and refuse it out of order.
+    let org = OrgId::new();
+    let (a, b) = (event("a", "1"), event("b", "2"));
+    append(f, org, "s", vec![a.clone()]).await;
+    append(f, org, "t", vec![event("x", "0")]).await;
+    append(f, org, "s", vec![b.clone()]).await;
+    let joined = f
+        .events
+        .append(
+            org,
+            "s",
+            ExpectedVersion::Any,
+            vec![a.clone(), b.clone()],
+            now(),
+        )
+        .await
+        .expect("a contiguous run of the stream");
+    assert_eq!(
+        joined
+            .iter()
+            .map(|x| (x.position, x.stream_version, x.duplicate))
+            .collect::<Vec<_>>(),
+        vec![(1, 1, true), (3, 2, true)]
+    );
+    assert!(matches!(
+        refusal(
+            f.events
+                .append(org, "s", ExpectedVersion::Any, vec![b, a], now())
+                .await
+        ),
+        AppendRefusal::EventIdConflict { .. }
+    ));
 }
 
 pub async fn event_ids_are_scoped_to_the_organization(f: &EventsFixture) {

@@ -336,7 +336,9 @@ impl EventStore for PgEventStore {
 }
 
 /// The retry rule shared with the embedded engine: all ids present, same content, one
-/// contiguous run of `stream` → the originals; anything else → a conflict.
+/// contiguous run of `stream` (consecutive stream versions in batch order; other streams'
+/// events may lie between them in the organization's order) → the originals; anything
+/// else → a conflict.
 fn duplicates(
     stream: &str,
     events: &[NewEvent],
@@ -354,7 +356,7 @@ fn duplicates(
         let contiguous = i == 0
             || out
                 .last()
-                .is_some_and(|prev: &Appended| prev.position + 1 == found.position);
+                .is_some_and(|prev: &Appended| prev.stream_version + 1 == found.stream_version);
         if !same || !contiguous {
             return Err(AppendRefusal::EventIdConflict { id: e.id });
         }

@@ -310,6 +310,17 @@ async fn catch_up_reads_are_gapless_filtered_and_paginated(backend: Backend) {
         "invalid_cursor",
     )
     .await;
+    // A NUL (which PostgreSQL text cannot hold) or another control character in a name is
+    // a 400 on both backends.
+    for path in [
+        "/api/v1/events?type=a%00b",
+        "/api/v1/events?stream=%00",
+        "/api/v1/events?stream=",
+        "/api/v1/streams/a%00b",
+        "/api/v1/streams/a%0Ab",
+    ] {
+        assert_problem(app.get(path, &ann.token).await, 400, "validation_failed").await;
+    }
 }
 
 async fn streams_are_read_forward_and_backward(backend: Backend) {
