@@ -472,11 +472,13 @@ impl AccountStore for SqliteStore {
         Ok(member)
     }
 
-    // Writes that can change what a token resolves to drop the cached resolutions once they
-    // are done (committed or not), so no request after them sees the old role or token.
+    // Writes that can change what a token resolves to run inside `token_write`: the cache is
+    // out of play from before they start until they are over (committed or not, and also when
+    // their request is dropped half-way), so no request sees the old role or token after.
     async fn revoke_token(&self, id: TokenId, now: OffsetDateTime) -> Result<(), StoreError> {
+        let write = self.token_write();
         let result = self.revoke_token_uncached(id, now).await;
-        self.tokens.invalidate();
+        write.done();
         result
     }
 
@@ -487,17 +489,67 @@ impl AccountStore for SqliteStore {
         role: Role,
         idempotency: Option<Idempotency<'_, Member>>,
     ) -> Result<Member, StoreError> {
+        let write = self.token_write();
         let result = self
             .change_role_uncached(actor, user_id, role, idempotency)
             .await;
-        self.tokens.invalidate();
+        write.done();
         result
     }
 
     async fn remove_member(&self, actor: &Actor, user_id: UserId) -> Result<bool, StoreError> {
+        let write = self.token_write();
         let result = self.remove_member_uncached(actor, user_id).await;
-        self.tokens.invalidate();
+        write.done();
         result
+    }
+}
+
+/// A token-affecting write in progress (see [`crate::token_cache`]).
+struct TokenWrite {
+    tokens: std::sync::Arc<crate::token_cache::TokenCache>,
+    writer: std::sync::Arc<crate::writer::Writer>,
+    done: bool,
+}
+
+impl TokenWrite {
+    fn done(mut self) {
+        self.done = true;
+        self.tokens.write_done();
+    }
+}
+
+impl Drop for TokenWrite {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        // Dropped half-way: the connection's thread may still be committing. Once the writer
+        // has worked through everything queued before (one statement behind it, in order),
+        // the write is over either way.
+        let (tokens, writer) = (self.tokens.clone(), self.writer.clone());
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    if let Ok(mut conn) = writer.acquire().await {
+                        let _ = sqlx::query("SELECT 1").execute(&mut *conn).await;
+                    }
+                    tokens.write_done();
+                });
+            }
+            Err(_) => tokens.write_done(),
+        }
+    }
+}
+
+impl SqliteStore {
+    fn token_write(&self) -> TokenWrite {
+        self.tokens.write_started();
+        TokenWrite {
+            tokens: self.tokens.clone(),
+            writer: self.writer.clone(),
+            done: false,
+        }
     }
 }
 

@@ -2,9 +2,13 @@
 //!
 //! Exact, not eventually consistent: SQLite is embedded, so every write goes through this
 //! process, and each write that can change a resolution (revocation, role change, member
-//! removal) calls [`TokenCache::invalidate`] when it is done. A generation number closes the
-//! race with a lookup that read the database before such a write committed: its result is
-//! only cached if no invalidation happened since the lookup began. Expiry and revocation are
+//! removal) is bracketed by [`TokenCache::write_started`] and [`TokenCache::write_done`]:
+//! while one runs the cache is neither read nor filled, and both ends drop every entry. A
+//! generation number closes the race with a lookup that read the database before such a
+//! write began: its result is only cached if nothing changed since the lookup began. A
+//! write whose request is dropped half-way (a timeout, a client gone) may still commit on
+//! the connection's thread, so its end is only marked once the writer connection has
+//! worked through it (see `SqliteStore::token_write`). Expiry and revocation are
 //! decided by the caller from the record on every request, cached or not. Unknown tokens are
 //! never cached (guessing cannot fill memory), and the cache is bounded.
 
@@ -24,6 +28,8 @@ pub(crate) struct TokenCache {
 struct Inner {
     generation: u64,
     entries: HashMap<[u8; 32], TokenRecord>,
+    /// Token-affecting writes that started and are not known to be done.
+    writing: u32,
 }
 
 impl TokenCache {
@@ -36,13 +42,17 @@ impl TokenCache {
     /// The cached record, or the generation to hand to [`TokenCache::put`] after reading.
     pub(crate) fn get(&self, hash: &[u8; 32]) -> Result<TokenRecord, u64> {
         let inner = self.lock();
+        if inner.writing > 0 {
+            return Err(inner.generation);
+        }
         inner.entries.get(hash).cloned().ok_or(inner.generation)
     }
 
-    /// Caches a record read at `generation`, unless an invalidation happened since.
+    /// Caches a record read at `generation`, unless an invalidation happened since or a
+    /// token-affecting write is running.
     pub(crate) fn put(&self, generation: u64, hash: [u8; 32], record: TokenRecord) {
         let mut inner = self.lock();
-        if inner.generation != generation {
+        if inner.generation != generation || inner.writing > 0 {
             return;
         }
         if inner.entries.len() >= MAX_ENTRIES {
@@ -51,10 +61,28 @@ impl TokenCache {
         inner.entries.insert(hash, record);
     }
 
-    pub(crate) fn invalidate(&self) {
-        let mut inner = self.lock();
+    fn invalidate_locked(inner: &mut Inner) {
         inner.generation += 1;
         inner.entries.clear();
+    }
+
+    #[cfg(test)]
+    pub(crate) fn invalidate(&self) {
+        Self::invalidate_locked(&mut self.lock());
+    }
+
+    /// A write that can change what a token resolves to is about to run.
+    pub(crate) fn write_started(&self) {
+        let mut inner = self.lock();
+        inner.writing += 1;
+        Self::invalidate_locked(&mut inner);
+    }
+
+    /// That write is over: committed, rolled back, or worked through by the connection.
+    pub(crate) fn write_done(&self) {
+        let mut inner = self.lock();
+        inner.writing = inner.writing.saturating_sub(1);
+        Self::invalidate_locked(&mut inner);
     }
 }
 
@@ -83,6 +111,25 @@ mod tests {
         cache.invalidate(); // a write committed while the read was in flight
         cache.put(generation, [1; 32], record());
         assert!(cache.get(&[1; 32]).is_err());
+    }
+
+    #[test]
+    fn nothing_is_served_or_cached_while_a_write_runs() {
+        let cache = TokenCache::default();
+        let generation = cache.get(&[1; 32]).expect_err("empty");
+        cache.put(generation, [1; 32], record());
+        cache.write_started();
+        assert!(cache.get(&[1; 32]).is_err(), "an entry survived the start");
+        // A lookup while the write runs reads the database and must not cache what it saw.
+        let during = cache.get(&[2; 32]).expect_err("bypassed");
+        cache.put(during, [2; 32], record());
+        assert!(cache.get(&[2; 32]).is_err());
+        cache.write_done();
+        assert!(cache.get(&[2; 32]).is_err());
+        let after = cache.get(&[2; 32]).expect_err("empty");
+        let stored = record();
+        cache.put(after, [2; 32], stored.clone());
+        assert_eq!(cache.get(&[2; 32]), Ok(stored));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use sqlx::Row;
+use std::future::Future;
 use std::sync::Arc;
 use trueline_store::Migrations;
 use trueline_store_conformance::{Fixture, RawSql, conformance_suite};
@@ -45,3 +46,61 @@ async fn sqlite_fixture() -> Fixture {
 }
 
 conformance_suite!(sqlite_fixture);
+
+/// SQLite keeps resolved tokens in memory. A revocation whose request is dropped half-way
+/// (a timeout, a client gone) may still commit on the connection's thread: the cache must
+/// not go on answering with the token as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_dropped_half_way_never_leaves_the_token_cached_as_valid() {
+    let f = sqlite_fixture().await;
+    let mut stale = 0;
+    for round in 0..40u64 {
+        let signup =
+            trueline_store_conformance::signup_of(&format!("u{round}@example.com"), "Acme");
+        let hash = signup.token.hash;
+        let id = signup.token.id;
+        f.store.sign_up(signup).await.unwrap();
+        // Resolved once: cached.
+        assert!(f.store.token_by_hash(&hash).await.unwrap().is_some());
+        // Polled a few times, with the connection's thread given 50 µs between polls, then
+        // dropped: before, during or after its commit, depending on the round.
+        {
+            let mut revoke =
+                std::pin::pin!(f.store.revoke_token(id, trueline_store_conformance::now()));
+            for _ in 0..=round % 20 {
+                let polled =
+                    std::future::poll_fn(|cx| std::task::Poll::Ready(revoke.as_mut().poll(cx)))
+                        .await;
+                if polled.is_ready() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_micros(50 + 25 * (round / 20)));
+            }
+        }
+        // What the database says, read around the store.
+        let mut settled = false;
+        for _ in 0..200 {
+            let revoked_in_db = f
+                .raw
+                .scalar(&format!(
+                    "SELECT count(*) FROM api_tokens WHERE id = x'{}' AND revoked_at IS NOT NULL",
+                    id.0.simple()
+                ))
+                .await
+                == 1;
+            let resolved = f.store.token_by_hash(&hash).await.unwrap().unwrap();
+            if resolved.revoked_at.is_some() == revoked_in_db {
+                settled = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        if !settled {
+            stale += 1;
+        }
+    }
+    assert_eq!(
+        stale, 0,
+        "rounds where the cache kept answering with the old token"
+    );
+}
