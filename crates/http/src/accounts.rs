@@ -285,7 +285,8 @@ fn actor(state: &AppState, p: &Principal, request_id: &str) -> Actor {
     }
 }
 
-/// The client address, when the server was started with connection info.
+/// The client address as the limits key it (an IPv6 client: its /64; see
+/// [`crate::limits::client_key`]), when the server was started with connection info.
 pub struct ClientIp(pub Option<std::net::IpAddr>);
 
 impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
@@ -296,7 +297,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
             parts
                 .extensions
                 .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0.ip()),
+                .map(|c| crate::limits::client_key(c.0.ip())),
         ))
     }
 }
@@ -309,6 +310,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
               (status = 409, description = "`email_taken`", body = crate::problem::Problem, content_type = "application/problem+json")))]
 async fn signup(
     State(state): State<AppState>,
+    axum::Extension(request_id): axum::Extension<crate::observe::RequestId>,
     ApiJson(body): ApiJson<SignupRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     let result = async {
@@ -341,6 +343,7 @@ async fn signup(
                 org_name,
                 token: token.clone(),
                 now: token.created_at,
+                request_id: request_id.0.clone(),
             })
             .await?;
         tracing::info!(event = "accounts.signup", user_id = %user_id, org_id = %org_id);
@@ -369,11 +372,17 @@ async fn create_token(
         Email::parse(&body.email).map_err(|e| ApiError::validation(vec![e.at("/email")]))?;
     let email_key = format!("email:{email}");
     let ip_key = ip.map(|ip| format!("ip:{ip}"));
-    // An IP may be shared (offices, NAT), so it gets four times an email's allowance.
-    let blocked = state.login_limiter.blocked(&email_key, 1).or_else(|| {
-        ip_key
+    // An IP may be shared (offices, NAT), so it gets four times an email's allowance. Each
+    // attempt is counted before the password is checked (and taken back if it was right),
+    // so parallel guesses cannot all slip past the limit while the first ones are checked.
+    let blocked = state.login_limiter.attempt(&email_key, 1).or_else(|| {
+        let ip_blocked = ip_key
             .as_deref()
-            .and_then(|k| state.login_limiter.blocked(k, 4))
+            .and_then(|k| state.login_limiter.attempt(k, 4));
+        if ip_blocked.is_some() {
+            state.login_limiter.forgive(&email_key);
+        }
+        ip_blocked
     });
     if let Some(wait) = blocked {
         tracing::info!(event = "auth.login_throttled", retry_after_s = wait);
@@ -392,10 +401,6 @@ async fn create_token(
         )
         .await;
     let Some(credentials) = credentials.filter(|_| verified) else {
-        state.login_limiter.record_failure(&email_key);
-        if let Some(k) = &ip_key {
-            state.login_limiter.record_failure(k);
-        }
         tracing::info!(event = "auth.login_failed");
         return Err(ApiError::new(
             codes::INVALID_CREDENTIALS,
@@ -403,6 +408,9 @@ async fn create_token(
         ));
     };
     state.login_limiter.clear(&email_key);
+    if let Some(k) = &ip_key {
+        state.login_limiter.forgive(k);
+    }
     let org_id = match body.organization_id {
         Some(id) => {
             let org = state
@@ -484,6 +492,7 @@ async fn me(State(state): State<AppState>, p: Principal) -> Result<Json<MeRespon
 async fn create_organization(
     State(state): State<AppState>,
     p: Principal,
+    axum::Extension(request_id): axum::Extension<crate::observe::RequestId>,
     idem: Idem,
     ApiJson(body): ApiJson<CreateOrganizationRequest>,
 ) -> Result<Response, ApiError> {
@@ -504,6 +513,7 @@ async fn create_organization(
                 OrgId::new(),
                 name,
                 state.clock.now(),
+                &request_id.0,
                 idem.with(&render),
             )
             .await?;

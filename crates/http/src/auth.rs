@@ -169,6 +169,10 @@ impl LoginLimiter {
 
     pub fn record_failure(&self, key: &str) {
         let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        self.count_locked(&mut failures, key);
+    }
+
+    fn count_locked(&self, failures: &mut HashMap<String, (u32, Instant)>, key: &str) {
         if failures.len() >= LOGIN_LIMITER_ENTRIES_MAX {
             let window = self.window;
             failures.retain(|_, (_, since)| since.elapsed() < window);
@@ -180,6 +184,30 @@ impl LoginLimiter {
             *entry = (0, Instant::now());
         }
         entry.0 += 1;
+    }
+
+    /// A login attempt, counted as a failure up front (check and count under one lock):
+    /// `Some(seconds to wait)` if `key` has used up its allowance, and then nothing is
+    /// counted. Counting only after the password check let parallel guesses all pass the
+    /// check first; a login that succeeds takes its count back ([`LoginLimiter::forgive`]).
+    pub fn attempt(&self, key: &str, factor: u32) -> Option<u64> {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((count, since)) = failures.get(key) {
+            let elapsed = since.elapsed();
+            if elapsed < self.window && *count >= self.max_failures * factor {
+                return Some((self.window - elapsed).as_secs().max(1));
+            }
+        }
+        self.count_locked(&mut failures, key);
+        None
+    }
+
+    /// Takes back one counted attempt of `key` (it was not a failure after all).
+    pub fn forgive(&self, key: &str) {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(entry) = failures.get_mut(key) {
+            entry.0 = entry.0.saturating_sub(1);
+        }
     }
 
     pub fn clear(&self, key: &str) {
@@ -220,5 +248,19 @@ mod tests {
         );
         limiter.clear("ann");
         assert_eq!(limiter.blocked("ann", 1), None);
+    }
+
+    #[test]
+    fn attempts_are_counted_before_they_are_decided() {
+        let limiter = LoginLimiter::new(2, Duration::from_secs(60));
+        // Two attempts in flight at once use up the allowance: a third waits, whatever
+        // their passwords turn out to be.
+        assert_eq!(limiter.attempt("ann", 1), None);
+        assert_eq!(limiter.attempt("ann", 1), None);
+        assert!(limiter.attempt("ann", 1).is_some());
+        // One of them succeeded: its count comes back.
+        limiter.forgive("ann");
+        assert_eq!(limiter.attempt("ann", 1), None);
+        assert!(limiter.attempt("ann", 1).is_some());
     }
 }

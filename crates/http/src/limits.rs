@@ -173,6 +173,21 @@ fn limited(policy: String, wait_s: u64, name: &str) -> Response {
     response
 }
 
+/// The key an address is limited under: an IPv6 client gets a whole /64 (one customer's
+/// network; counting each of its 2^64 addresses apart would let it rotate past every
+/// limit), and an IPv4-mapped IPv6 address is the IPv4 address.
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from_bits(
+                v6.to_bits() & !((1u128 << 64) - 1),
+            )),
+        },
+    }
+}
+
 pub async fn layer(request: Request, next: Next) -> Response {
     let path = request.uri().path().to_owned();
     if !path.starts_with("/api/") {
@@ -201,7 +216,7 @@ pub async fn layer(request: Request, next: Next) -> Response {
     let ip = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip());
+        .map(|c| client_key(c.0.ip()));
     let mut advertised: Option<(String, String)> = None;
     if let Some(ip) = ip {
         if is_auth_route(request.method(), &path) {
@@ -225,7 +240,10 @@ pub async fn layer(request: Request, next: Next) -> Response {
     }
     if let Some(auth) = request.headers().get(header::AUTHORIZATION) {
         // The bucket key is a hash of the credential: tokens never sit in memory as keys.
-        let digest = Sha256::digest(auth.as_bytes());
+        // Of the token itself where there is one, so `Bearer t`, `bearer t` and
+        // `Bearer  t` (one token to the authenticator) share one bucket.
+        let credential = crate::extract::bearer_token(auth).map_or(auth.as_bytes(), str::as_bytes);
+        let digest = Sha256::digest(credential);
         let mut key = [0u8; 16];
         key.copy_from_slice(&digest[..16]);
         match limits.per_token.check(&key) {
@@ -259,4 +277,33 @@ pub fn spawn_sweeper(limits: Arc<Limits>) {
             limits.forget_idle();
         }
     });
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // Tests: a panic is the failure report.
+mod tests {
+    use super::client_key;
+    use std::net::IpAddr;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn ipv6_clients_are_limited_per_64_and_mapped_ipv4_as_ipv4() {
+        assert_eq!(
+            client_key(ip("2001:db8:1:2:aaaa:bbbb:cccc:dddd")),
+            ip("2001:db8:1:2::")
+        );
+        assert_eq!(
+            client_key(ip("2001:db8:1:2::1")),
+            client_key(ip("2001:db8:1:2:ffff::9"))
+        );
+        assert_ne!(
+            client_key(ip("2001:db8:1:2::1")),
+            client_key(ip("2001:db8:1:3::1"))
+        );
+        assert_eq!(client_key(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(client_key(ip("192.0.2.7")), ip("192.0.2.7"));
+    }
 }

@@ -203,9 +203,19 @@ pub async fn organizations_of_a_user_are_listed_with_roles(f: &Fixture) {
     let second = trueline_core::ids::OrgId::new();
     let name = trueline_core::accounts::OrganizationName::parse("Second").expect("valid");
     f.store
-        .create_organization(owner.user.id, second, name, now(), None)
+        .create_organization(owner.user.id, second, name, now(), "req-org", None)
         .await
         .expect("create org");
+    // Both creations are audited with the id of the request that made them.
+    assert_eq!(
+        f.raw
+            .scalar(
+                "SELECT count(*) FROM audit_log WHERE action = 'organization.created'
+                 AND request_id IN ('req-signup', 'req-org')"
+            )
+            .await,
+        2
+    );
     let page = f
         .store
         .organizations_of(

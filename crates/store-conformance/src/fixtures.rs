@@ -81,6 +81,7 @@ pub fn signup_of(email: &str, org: &str) -> NewSignup {
         org_name: OrganizationName::parse(org).expect("test org name is valid"),
         token: new_token(user_id, org_id, now),
         now,
+        request_id: "req-signup".into(),
     }
 }
 

@@ -220,7 +220,7 @@ impl AccountStore for PgStore {
             &mut tx,
             s.org_id,
             s.user_id,
-            "signup",
+            &s.request_id,
             "organization.created",
             Some(s.org_id.0),
             detail,
@@ -339,6 +339,7 @@ impl AccountStore for PgStore {
         org_id: OrgId,
         name: OrganizationName,
         now: OffsetDateTime,
+        request_id: &str,
         idempotency: Option<Idempotency<'_, Organization>>,
     ) -> Result<Organization, StoreError> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
@@ -348,7 +349,7 @@ impl AccountStore for PgStore {
             &mut tx,
             org_id,
             user_id,
-            "",
+            request_id,
             "organization.created",
             Some(org_id.0),
             detail,

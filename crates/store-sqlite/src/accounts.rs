@@ -211,7 +211,7 @@ impl AccountStore for SqliteStore {
             &mut tx,
             s.org_id,
             s.user_id,
-            "signup",
+            &s.request_id,
             "organization.created",
             Some(s.org_id.0),
             detail,
@@ -330,6 +330,7 @@ impl AccountStore for SqliteStore {
         org_id: OrgId,
         name: OrganizationName,
         now: OffsetDateTime,
+        request_id: &str,
         idempotency: Option<Idempotency<'_, Organization>>,
     ) -> Result<Organization, StoreError> {
         let mut tx = self.begin_write().await?;
@@ -339,7 +340,7 @@ impl AccountStore for SqliteStore {
             &mut tx,
             org_id,
             user_id,
-            "",
+            request_id,
             "organization.created",
             Some(org_id.0),
             detail,

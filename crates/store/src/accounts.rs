@@ -57,6 +57,8 @@ pub struct NewSignup {
     pub org_name: OrganizationName,
     pub token: NewToken,
     pub now: OffsetDateTime,
+    /// The request's id, for the audit record.
+    pub request_id: String,
 }
 
 #[derive(Debug, Clone)]
@@ -133,6 +135,7 @@ pub trait AccountStore: Send + Sync {
         org_id: OrgId,
         name: OrganizationName,
         now: OffsetDateTime,
+        request_id: &str,
         idempotency: Option<Idempotency<'_, Organization>>,
     ) -> Result<Organization, StoreError>;
 

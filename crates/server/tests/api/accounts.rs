@@ -148,6 +148,22 @@ async fn login_failures_are_rate_limited_per_email(backend: Backend) {
         .send_json(Method::POST, "/api/v1/auth/tokens", None, &unknown)
         .await;
     assert_problem(response, 401, "invalid_credentials").await;
+    // Guesses sent at once cannot all slip past the check while the first are hashed: each
+    // is counted before its password is checked, so only five are ever checked.
+    app.sign_up("bob@example.com").await;
+    let wrong = json!({"email": "bob@example.com", "password": "wrong password!"});
+    let guesses = (0..12).map(|_| app.send_json(Method::POST, "/api/v1/auth/tokens", None, &wrong));
+    let statuses: Vec<u16> = futures_util::future::join_all(guesses)
+        .await
+        .iter()
+        .map(|r| r.status().as_u16())
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 401).count(),
+        5,
+        "{statuses:?}"
+    );
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 7);
 }
 
 async fn revoked_tokens_are_refused(backend: Backend) {
