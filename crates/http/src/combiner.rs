@@ -83,9 +83,9 @@ impl Combiner {
 /// retrying without a key would apply it twice); only a batch already running when the
 /// timeout fires can still commit one.
 async fn next_batch<J>(
-    rx: &mut mpsc::Receiver<(J, oneshot::Sender<Result<DeltaOutcome, StoreError>>)>,
+    rx: &mut mpsc::Receiver<(J, Reply)>,
     max_batch: usize,
-) -> Option<Vec<(J, oneshot::Sender<Result<DeltaOutcome, StoreError>>)>> {
+) -> Option<Vec<(J, Reply)>> {
     loop {
         let mut batch = vec![rx.recv().await?];
         while batch.len() < max_batch {
