@@ -969,13 +969,8 @@ impl AssessmentStore for SqliteStore {
             return Err(StoreError::not_found("assessment"));
         }
         let family = family_of(&mut tx, assessment_id).await?;
-        // Whether there is a link, never its token.
-        let payload = json!({ "assessment_id": assessment_id, "enabled": token_hash.is_some(), "actor_user_id": actor.user_id, "request_id": actor.request_id });
-        let event_type = if token_hash.is_some() {
-            "assessments.share_link.set"
-        } else {
-            "assessments.share_link.removed"
-        };
+        let (event_type, payload) =
+            trueline_store::share_link_event(actor, assessment_id, token_hash.is_some());
         event(
             &mut tx,
             actor.org_id,

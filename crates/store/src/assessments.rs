@@ -111,6 +111,27 @@ pub fn draft_change_payload(
     })
 }
 
+/// The event of a share-link change: its type, and a payload that says whether there is a
+/// link, never its token.
+pub fn share_link_event(
+    actor: &Actor,
+    assessment_id: Uuid,
+    enabled: bool,
+) -> (&'static str, serde_json::Value) {
+    let event_type = if enabled {
+        "assessments.share_link.set"
+    } else {
+        "assessments.share_link.removed"
+    };
+    let payload = serde_json::json!({
+        "assessment_id": assessment_id,
+        "enabled": enabled,
+        "actor_user_id": actor.user_id,
+        "request_id": actor.request_id,
+    });
+    (event_type, payload)
+}
+
 /// Why a guarded submit changed no row of an existing attempt: it was submitted already, its
 /// deadline had passed, or (the only remaining guard) its saved answers changed.
 pub fn refused_submit(submitted: bool, deadline_passed: bool) -> StoreError {

@@ -147,18 +147,20 @@ fn missing_checkpoints_rebuild_the_whole_index() {
     assert_gapless(&log);
 }
 
-#[test]
-fn retention_by_size_drops_sealed_segments_only() {
-    let dir = tempdir();
-    let options = Options {
+/// Small segments and at most `max_total_bytes` of them kept.
+fn trimmed_to(max_total_bytes: u64) -> Options {
+    Options {
         retention: Retention {
-            max_total_bytes: Some(20 * 1024),
+            max_total_bytes: Some(max_total_bytes),
             max_age: None,
         },
         ..small_segments()
-    };
-    let (log, _) = open_with(dir.path(), options.clone());
-    // A stream whose only event retention will drop.
+    }
+}
+
+/// Org 7's stream "early" gets the log's first event (which retention will drop), then
+/// events 1..=400 follow.
+fn early_then_filled(log: &trueline_eventlog::EventLog) {
     log.append(
         org(7),
         "early",
@@ -166,7 +168,16 @@ fn retention_by_size_drops_sealed_segments_only() {
         vec![event(100_000, "t", b"{}")],
     )
     .unwrap();
-    fill(&log, 1, 400);
+    fill(log, 1, 400);
+}
+
+#[test]
+fn retention_by_size_drops_sealed_segments_only() {
+    let dir = tempdir();
+    let options = trimmed_to(20 * 1024);
+    let (log, _) = open_with(dir.path(), options.clone());
+    // A stream whose only event retention will drop.
+    early_then_filled(&log);
     let stats = log.storage_stats();
     assert!(stats.first_global_position > 1, "nothing dropped");
     assert!(stats.bytes <= 20 * 1024 + 8 * 1024);
@@ -254,13 +265,7 @@ fn a_crash_right_after_retention_keeps_the_numbers_of_dropped_streams_and_orgs()
     let dir = tempdir();
     // Less than one segment: every roll drops the segment it just sealed, before the indexer
     // (which writes the registry after sealing) could look at it.
-    let options = Options {
-        retention: Retention {
-            max_total_bytes: Some(1024),
-            max_age: None,
-        },
-        ..small_segments()
-    };
+    let options = trimmed_to(1024);
     let (log, _) = open_with(dir.path(), options.clone());
     log.append(
         org(7),
@@ -600,22 +605,9 @@ fn sealed_segments_beyond_the_cached_ones_leave_the_page_cache_and_still_read_ex
 #[test]
 fn a_lost_registry_in_a_trimmed_log_refuses_open_until_repair_accepts_it() {
     let dir = tempdir();
-    let options = Options {
-        retention: Retention {
-            max_total_bytes: Some(20 * 1024),
-            max_age: None,
-        },
-        ..small_segments()
-    };
+    let options = trimmed_to(20 * 1024);
     let (log, _) = open_with(dir.path(), options.clone());
-    log.append(
-        org(7),
-        "early",
-        ExpectedVersion::NoStream,
-        vec![event(100_000, "t", b"{}")],
-    )
-    .unwrap();
-    fill(&log, 1, 400);
+    early_then_filled(&log);
     assert!(
         log.storage_stats().first_global_position > 1,
         "nothing dropped"

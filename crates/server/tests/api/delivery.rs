@@ -75,6 +75,37 @@ async fn outbox_count(app: &TestApp, org: &str) -> i64 {
 }
 
 /// The (event id, type) of an organization's outbox rows in sequence order, as text.
+/// The eight outbox rows of `mutations`, leased (for 30 s) by `holder` as a relay would.
+async fn leased_by(
+    app: &TestApp,
+    holder: &str,
+    account: &Account,
+) -> (OrgId, Vec<trueline_store::OutboxRow>) {
+    let now = app.clock.now();
+    let mut rows = Vec::new();
+    for _ in 0..500 {
+        rows = app
+            .state
+            .store
+            .lease_outbox(
+                Destination::EventLog,
+                holder,
+                now,
+                now + time::Duration::seconds(30),
+                10,
+                100,
+            )
+            .await
+            .unwrap();
+        if rows.len() >= 8 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let org = OrgId(uuid::Uuid::parse_str(&account.org_id).unwrap());
+    (org, rows.into_iter().filter(|r| r.org_id == org).collect())
+}
+
 async fn outbox_of(app: &TestApp, org: &str) -> Vec<String> {
     let org_literal = org_literal(app, org);
     let count = outbox_count(app, org).await;
@@ -181,29 +212,8 @@ async fn published_outbox_rows_are_deleted_after_the_retention_and_their_events_
 async fn a_relay_that_died_mid_batch_is_taken_over_without_duplicates(backend: Backend) {
     let app = spawn_app_with(backend, |c| c.outbox.relay_enabled = false, Router::new()).await;
     let ann = mutations(&app).await;
-    let store = &app.state.store;
-    let now = app.clock.now();
     // A relay leases the rows, publishes half of them, and dies before marking anything.
-    let mut rows = Vec::new();
-    for _ in 0..500 {
-        rows = store
-            .lease_outbox(
-                Destination::EventLog,
-                "dead-relay",
-                now,
-                now + time::Duration::seconds(30),
-                10,
-                100,
-            )
-            .await
-            .unwrap();
-        if rows.len() >= 8 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    let org = OrgId(uuid::Uuid::parse_str(&ann.org_id).unwrap());
-    let mine: Vec<_> = rows.into_iter().filter(|r| r.org_id == org).collect();
+    let (org, mine) = leased_by(&app, "dead-relay", &ann).await;
     let (done, failure) = relay::publish_to_log(&app.state, org, &mine[..5]).await;
     assert_eq!((done.len(), failure), (5, None));
     assert!(!drained(&app).await);
@@ -243,29 +253,7 @@ async fn a_run_partly_in_the_log_behind_an_unpublished_first_row_does_not_jam_th
 ) {
     let app = spawn_app_with(backend, |c| c.outbox.relay_enabled = false, Router::new()).await;
     let ann = mutations(&app).await;
-    let now = app.clock.now();
-    let mut rows = Vec::new();
-    for _ in 0..500 {
-        rows = app
-            .state
-            .store
-            .lease_outbox(
-                Destination::EventLog,
-                "relay",
-                now,
-                now + time::Duration::seconds(30),
-                10,
-                100,
-            )
-            .await
-            .unwrap();
-        if rows.len() >= 8 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    let org = OrgId(uuid::Uuid::parse_str(&ann.org_id).unwrap());
-    let mine: Vec<_> = rows.into_iter().filter(|r| r.org_id == org).collect();
+    let (org, mine) = leased_by(&app, "relay", &ann).await;
     // Rows 1..4 are one run (the milk item's create, delta, rename); its middle row is in
     // the log already.
     assert_eq!(mine[1].stream, mine[2].stream);
