@@ -791,24 +791,39 @@ async fn reorder_questions(
     p: Principal,
     PathId(id): PathId,
     Extension(rid): Extension<RequestId>,
+    idem: Idem,
     headers: HeaderMap,
     ApiJson(body): ApiJson<ReorderRequest>,
-) -> Result<Json<QuestionList>, ApiError> {
-    p.require(Role::Admin)?;
-    let expected = if_match(&headers, true)?;
-    let questions = state
-        .store
-        .reorder_questions(
-            &actor(&p, &state, &rid),
-            id,
-            expected,
-            body.question_ids,
-            None,
-        )
-        .await?;
-    Ok(Json(QuestionList {
-        questions: questions.iter().map(QuestionView::from).collect(),
-    }))
+) -> Result<Response, ApiError> {
+    let result = async {
+        p.require(Role::Admin)?;
+        let expected = if_match(&headers, true)?;
+        // With an `Idempotency-Key`, a retry after a lost response gets this response again
+        // instead of a 412 (its `If-Match` names the revision the first attempt moved on).
+        let render = |questions: &Vec<Question>| {
+            json_response(
+                StatusCode::OK,
+                &[],
+                &QuestionList {
+                    questions: questions.iter().map(QuestionView::from).collect(),
+                },
+            )
+        };
+        let questions = state
+            .store
+            .reorder_questions(
+                &actor(&p, &state, &rid),
+                id,
+                expected,
+                body.question_ids,
+                idem.with(&render),
+            )
+            .await?;
+        Ok(render(&questions))
+    }
+    .await;
+    log("questions_reordered", &result);
+    Ok(Stored(result?).into_response())
 }
 
 /// The uploaded spreadsheet: a multipart `file` part, or the raw body with its media type.

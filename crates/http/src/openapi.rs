@@ -86,7 +86,7 @@ fn complete(path: &str, keyed: bool, op: &mut Operation) {
         add(op, 400, "Invalid request");
     }
     if keyed {
-        // The idempotency layer runs on every POST and PATCH.
+        // The idempotency layer runs on every POST and PATCH, and on authenticated PUTs.
         add(op, 400, "Invalid request or Idempotency-Key");
         add(op, 409, "Idempotency key in use or sealed to another token");
         add(op, 422, "Idempotency key used for another request");
@@ -114,9 +114,11 @@ fn complete(path: &str, keyed: bool, op: &mut Operation) {
 /// Adds the error responses every operation can produce.
 pub fn finalize(mut api: OpenApi) -> OpenApi {
     for (path, item) in api.paths.paths.iter_mut() {
+        // (Candidates' public routes have no token to scope a key to.)
+        let keyed_put = !path.contains("/public/");
         for (keyed, op) in [
             (false, &mut item.get),
-            (false, &mut item.put),
+            (keyed_put, &mut item.put),
             (true, &mut item.post),
             (false, &mut item.delete),
             (true, &mut item.patch),

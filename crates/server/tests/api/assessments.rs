@@ -24,6 +24,7 @@ both_backends!(
     another_organization_sees_nothing,
     revising_a_published_assessment_never_changes_what_candidates_took,
     candidate_responses_reveal_no_answer_key_no_hidden_score_and_no_other_candidate,
+    reordering_with_a_key_replays_a_lost_response,
 );
 
 fn settings(title: &str) -> Value {
@@ -1508,4 +1509,78 @@ async fn candidate_responses_reveal_no_answer_key_no_hidden_score_and_no_other_c
         assert_eq!(bob_after["answers"], bob_answers);
         assert_eq!(bob_after["email"], format!("bob-{show_score}@example.com"));
     }
+}
+
+/// The question order is a `PUT` with a required `If-Match`: without a key a retry after a
+/// lost response fails `412` (the first attempt moved the revision on); with one it gets the
+/// first response again, and the order changes once.
+async fn reordering_with_a_key_replays_a_lost_response(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let ann = app.sign_up("ann@example.com").await;
+    let a = create(&app, &ann.token, settings("Order")).await;
+    let id = a["id"].as_str().unwrap().to_owned();
+    let mut ids = Vec::new();
+    for prompt in ["First?", "Second?"] {
+        let added = add_question(
+            &app,
+            &ann.token,
+            &id,
+            json!({"type": "true_false", "prompt": prompt, "correct": true}),
+        )
+        .await;
+        ids.push(added["id"].as_str().unwrap().to_owned());
+    }
+    let detail: Value = app
+        .get(&format!("/api/v1/assessments/{id}"), &ann.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let etag = format!("\"r{}\"", detail["revision"].as_u64().unwrap());
+    let reorder = || {
+        app.request(
+            Method::PUT,
+            &format!("/api/v1/assessments/{id}/questions/order"),
+            Some(&ann.token),
+        )
+        .header("if-match", etag.clone())
+        .header("idempotency-key", "reorder-1")
+        .json(&json!({"question_ids": [ids[1], ids[0]]}))
+        .send()
+    };
+    let first = reorder().await.unwrap();
+    assert_eq!(first.status(), 200);
+    let first: Value = first.json().await.unwrap();
+    let again = reorder().await.unwrap();
+    let again_status = again.status();
+    let again_body = again.text().await.unwrap();
+    assert_eq!(again_status, 200, "the retry replays: {again_body}");
+    let again: Value = serde_json::from_str(&again_body).unwrap();
+    assert_eq!(again, first);
+    let revision = |v: &Value| v["revision"].as_u64().unwrap();
+    let after: Value = app
+        .get(&format!("/api/v1/assessments/{id}"), &ann.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        revision(&after),
+        revision(&a) + 3,
+        "two adds and one reorder"
+    );
+    // The same key with another order is a different request.
+    let other = app
+        .request(
+            Method::PUT,
+            &format!("/api/v1/assessments/{id}/questions/order"),
+            Some(&ann.token),
+        )
+        .header("if-match", etag.clone())
+        .header("idempotency-key", "reorder-1")
+        .json(&json!({"question_ids": [ids[0], ids[1]]}))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(other, 422, "idempotency_key_reused").await;
 }
