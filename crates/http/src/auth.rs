@@ -156,7 +156,9 @@ impl LoginLimiter {
     }
 
     /// `Some(seconds to wait)` if `key` has used up its failures allowance (scaled by
-    /// `factor`, e.g. 4× for an IP shared by several users).
+    /// `factor`, e.g. 4× for an IP shared by several users). Tests only: logins use
+    /// [`LoginLimiter::attempt`], which checks and counts under one lock.
+    #[cfg(test)]
     pub fn blocked(&self, key: &str, factor: u32) -> Option<u64> {
         let failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         let (count, since) = failures.get(key)?;
@@ -167,6 +169,9 @@ impl LoginLimiter {
         Some((self.window - elapsed).as_secs().max(1))
     }
 
+    // The check and the count apart (tests only: logins use `attempt`, which does both
+    // under one lock).
+    #[cfg(test)]
     pub fn record_failure(&self, key: &str) {
         let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         self.count_locked(&mut failures, key);

@@ -236,15 +236,13 @@ pub fn fingerprint(method: &Method, path: &str, body: &[u8]) -> [u8; 32] {
 }
 
 pub async fn layer(request: Request, next: Next) -> Response {
-    let takes_keys = match *request.method() {
-        Method::POST | Method::PATCH => true,
-        // A PUT is repeatable by itself, except where it carries a precondition the first
-        // attempt changes (`If-Match` on the question order). Candidates' autosave (public,
-        // no bearer token to scope a key to) takes none.
-        Method::PUT => !request.uri().path().contains("/public/"),
-        _ => false,
-    };
-    if !takes_keys {
+    // This layer wraps the authenticated routes only (candidates' public routes have no
+    // token to scope a key to). A PUT there takes keys too: the question order carries an
+    // `If-Match` that the first attempt moves on, so a retry without a key fails.
+    if !matches!(
+        *request.method(),
+        Method::POST | Method::PATCH | Method::PUT
+    ) {
         return next.run(request).await;
     }
     let Some(raw_key) = request.headers().get(&IDEMPOTENCY_KEY).cloned() else {

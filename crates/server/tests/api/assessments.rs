@@ -1537,7 +1537,7 @@ async fn reordering_with_a_key_replays_a_lost_response(backend: Backend) {
         .await
         .unwrap();
     let etag = format!("\"r{}\"", detail["revision"].as_u64().unwrap());
-    let reorder = || {
+    let reorder_to = |order: [&String; 2]| {
         app.request(
             Method::PUT,
             &format!("/api/v1/assessments/{id}/questions/order"),
@@ -1545,9 +1545,10 @@ async fn reordering_with_a_key_replays_a_lost_response(backend: Backend) {
         )
         .header("if-match", etag.clone())
         .header("idempotency-key", "reorder-1")
-        .json(&json!({"question_ids": [ids[1], ids[0]]}))
+        .json(&json!({ "question_ids": order }))
         .send()
     };
+    let reorder = || reorder_to([&ids[1], &ids[0]]);
     let first = reorder().await.unwrap();
     assert_eq!(first.status(), 200);
     let first: Value = first.json().await.unwrap();
@@ -1570,17 +1571,6 @@ async fn reordering_with_a_key_replays_a_lost_response(backend: Backend) {
         "two adds and one reorder"
     );
     // The same key with another order is a different request.
-    let other = app
-        .request(
-            Method::PUT,
-            &format!("/api/v1/assessments/{id}/questions/order"),
-            Some(&ann.token),
-        )
-        .header("if-match", etag.clone())
-        .header("idempotency-key", "reorder-1")
-        .json(&json!({"question_ids": [ids[0], ids[1]]}))
-        .send()
-        .await
-        .unwrap();
+    let other = reorder_to([&ids[0], &ids[1]]).await.unwrap();
     assert_problem(other, 422, "idempotency_key_reused").await;
 }
