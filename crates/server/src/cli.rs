@@ -177,7 +177,13 @@ fn eventlog(config: &Config, action: EventlogAction) -> anyhow::Result<()> {
         }
         EventlogAction::Dump { from } => {
             let stdout = std::io::stdout();
-            let mut out = ApiIds(std::io::BufWriter::new(stdout.lock()), Vec::new());
+            let ids = trueline_store_eventlog::IdScope::read(&dir)
+                .context("the dump shows the ids clients chose, which needs the log's id key")?;
+            let mut out = ApiIds {
+                ids,
+                out: std::io::BufWriter::new(stdout.lock()),
+                pending: Vec::new(),
+            };
             let count = trueline_eventlog::dump(&dir, &mut out, from)?;
             std::io::Write::flush(&mut out)?;
             eprintln!("{count} record(s)");
@@ -218,15 +224,21 @@ fn eventlog(config: &Config, action: EventlogAction) -> anyhow::Result<()> {
 }
 
 /// Rewrites each dumped NDJSON line's `id` from the engine's stored form to the id the API
-/// shows (the adapter stores `id XOR organization`, see `trueline_store_eventlog`), so an
-/// operator can search a dump for an id a client reported.
-struct ApiIds<W: std::io::Write>(W, Vec<u8>);
+/// shows (the adapter stores `id XOR a keyed mask of the organization`, see
+/// `trueline_store_eventlog::id_scope`), so an operator can search a dump for an id a client
+/// reported.
+struct ApiIds<W: std::io::Write> {
+    ids: trueline_store_eventlog::IdScope,
+    out: W,
+    /// The bytes of a line not complete yet.
+    pending: Vec<u8>,
+}
 
 impl<W: std::io::Write> ApiIds<W> {
     fn line(&mut self, line: &[u8]) -> std::io::Result<()> {
         let mut record: serde_json::Value = match serde_json::from_slice(line) {
             Ok(record) => record,
-            Err(_) => return self.0.write_all(line),
+            Err(_) => return self.out.write_all(line),
         };
         let parse = |field: &str| {
             record
@@ -235,29 +247,29 @@ impl<W: std::io::Write> ApiIds<W> {
                 .and_then(|s| uuid::Uuid::parse_str(s).ok())
         };
         if let (Some(org), Some(stored)) = (parse("org"), parse("id")) {
-            let id = trueline_store_eventlog::api_event_id(org, stored);
+            let id = trueline_store_eventlog::api_event_id(&self.ids, org, stored);
             record["id"] = serde_json::Value::String(id.to_string());
         }
-        serde_json::to_writer(&mut self.0, &record)?;
-        self.0.write_all(b"\n")
+        serde_json::to_writer(&mut self.out, &record)?;
+        self.out.write_all(b"\n")
     }
 }
 
 impl<W: std::io::Write> std::io::Write for ApiIds<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.1.extend_from_slice(buf);
-        while let Some(end) = self.1.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = self.1.drain(..=end).collect();
+        self.pending.extend_from_slice(buf);
+        while let Some(end) = self.pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.pending.drain(..=end).collect();
             self.line(&line[..end])?;
         }
         Ok(buf.len())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        if !self.1.is_empty() {
-            let rest = std::mem::take(&mut self.1);
+        if !self.pending.is_empty() {
+            let rest = std::mem::take(&mut self.pending);
             self.line(&rest)?;
         }
-        self.0.flush()
+        self.out.flush()
     }
 }

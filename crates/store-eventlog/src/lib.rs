@@ -5,8 +5,11 @@
 //! thread blocks on `fdatasync`; multi-event reads run on the blocking pool.
 //!
 //! Event ids are scoped to the organization: the engine's id index is global, so the adapter
-//! stores `client id XOR organization id`. Two organizations using the same id get different
-//! engine ids (no cross-tenant conflict, nothing revealed), and the XOR is undone on read.
+//! stores `client id XOR mask(organization)` with a keyed mask no client can compute (see
+//! [`id_scope`]). Two organizations using the same id store different ids (no cross-tenant
+//! conflict, nothing revealed), and the XOR is undone on read.
+
+pub mod id_scope;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -18,6 +21,8 @@ use trueline_store::StoreError;
 use trueline_store::events::*;
 
 pub use engine::{Durability, OpenError, RecoveryReport};
+use id_scope::Mask;
+pub use id_scope::{ID_KEY_FILE, IdKeyError, IdScope};
 
 /// Engine tunables the server exposes in its configuration.
 #[derive(Debug, Clone)]
@@ -51,30 +56,39 @@ pub struct FileEventStore {
     log: Arc<engine::EventLog>,
     changes: watch::Sender<u64>,
     recovery: Arc<RecoveryReport>,
+    ids: IdScope,
 }
+
+/// Why [`FileEventStore::open`] failed: the engine refused, or the id key is unusable.
+#[derive(Debug)]
+pub enum FileOpenError {
+    Engine(OpenError),
+    IdKey(IdKeyError),
+}
+
+impl std::fmt::Display for FileOpenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FileOpenError::Engine(e) => e.fmt(f),
+            FileOpenError::IdKey(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for FileOpenError {}
 
 fn engine_org(org: OrgId) -> engine::OrgId {
     engine::OrgId(*org.0.as_bytes())
 }
 
-/// Client id ⇄ engine id (an involution: applying it twice gives the id back).
-fn engine_id(org: OrgId, id: [u8; 16]) -> [u8; 16] {
-    let org = org.0.as_bytes();
-    let mut out = [0u8; 16];
-    for i in 0..16 {
-        out[i] = id[i] ^ org[i];
-    }
-    out
+/// The id the API shows for an event stored with `stored` in organization `org`, given the
+/// log's key (for tools that read the files directly, such as `trueline eventlog dump`).
+pub fn api_event_id(ids: &IdScope, org: uuid::Uuid, stored: uuid::Uuid) -> uuid::Uuid {
+    uuid::Uuid::from_bytes(ids.mask(org.as_bytes()).apply(*stored.as_bytes()))
 }
 
-/// The id the API shows for an event stored with `stored` in organization `org` (for tools
-/// that read the files directly, such as `trueline eventlog dump`).
-pub fn api_event_id(org: uuid::Uuid, stored: uuid::Uuid) -> uuid::Uuid {
-    uuid::Uuid::from_bytes(engine_id(OrgId(org), *stored.as_bytes()))
-}
-
-fn client_id(org: OrgId, id: engine::EventId) -> EventId {
-    EventId(uuid::Uuid::from_bytes(engine_id(org, id.0)))
+fn client_id(mask: Mask, id: engine::EventId) -> EventId {
+    EventId(uuid::Uuid::from_bytes(mask.apply(id.0)))
 }
 
 fn instant(micros: i64) -> OffsetDateTime {
@@ -86,9 +100,9 @@ fn read_error(e: engine::ReadError) -> StoreError {
     StoreError::Internal(format!("event log read failed: {e}"))
 }
 
-fn record(org: OrgId, e: engine::StoredEvent) -> EventRecord {
+fn record(mask: Mask, e: engine::StoredEvent) -> EventRecord {
     EventRecord {
-        id: client_id(org, e.id),
+        id: client_id(mask, e.id),
         position: e.org_position,
         stream: e.stream,
         stream_version: e.stream_version,
@@ -102,7 +116,8 @@ fn record(org: OrgId, e: engine::StoredEvent) -> EventRecord {
 impl FileEventStore {
     /// Opens (creating if needed) the log in `dir`. A second process on the same directory
     /// fails with `OpenError::Locked`; damage in the middle of the log refuses to open.
-    pub fn open(dir: &Path, options: FileEventOptions) -> Result<Self, OpenError> {
+    /// A log with events and no id key (or a damaged one) refuses to open.
+    pub fn open(dir: &Path, options: FileEventOptions) -> Result<Self, FileOpenError> {
         let engine_options = engine::Options {
             durability: options.durability,
             segment_size_bytes: options.segment_size_bytes,
@@ -112,7 +127,12 @@ impl FileEventStore {
             cached_sealed_segments: options.cached_sealed_segments,
             fault_hook: options.fault_hook,
         };
-        let (log, recovery) = engine::EventLog::open(dir, engine_options)?;
+        let (log, recovery) =
+            engine::EventLog::open(dir, engine_options).map_err(FileOpenError::Engine)?;
+        // After the engine's open: it holds the directory's lock, and knows whether the log
+        // has ever held an event.
+        let ids =
+            IdScope::open(dir, recovery.last_global_position == 0).map_err(FileOpenError::IdKey)?;
         let (changes, _) = watch::channel(recovery.last_global_position);
         let notify = changes.clone();
         log.set_commit_listener(Arc::new(move |notice: engine::CommitNotice| {
@@ -126,6 +146,7 @@ impl FileEventStore {
             log: Arc::new(log),
             changes,
             recovery: Arc::new(recovery),
+            ids,
         })
     }
 
@@ -149,6 +170,10 @@ enum Submitted {
 }
 
 impl FileEventStore {
+    fn mask(&self, org: OrgId) -> Mask {
+        self.ids.mask(org.0.as_bytes())
+    }
+
     /// Hands one batch to the writer; the outcome comes on the returned channel.
     fn submit(
         &self,
@@ -158,11 +183,12 @@ impl FileEventStore {
         events: Vec<NewEvent>,
         now: OffsetDateTime,
     ) -> tokio::sync::oneshot::Receiver<EngineOutcome> {
+        let mask = self.mask(org);
         let micros = (now.unix_timestamp_nanos() / 1_000) as i64;
         let engine_events = events
             .into_iter()
             .map(|e| engine::NewEvent {
-                id: engine::EventId(engine_id(org, *e.id.0.as_bytes())),
+                id: engine::EventId(mask.apply(*e.id.0.as_bytes())),
                 event_type: e.event_type,
                 timestamp_micros: micros,
                 metadata: e.metadata,
@@ -190,17 +216,17 @@ impl FileEventStore {
 
 /// The API's view of one batch's outcome (`count` events).
 fn finish(
-    org: OrgId,
+    mask: Mask,
     count: usize,
     received: Result<EngineOutcome, tokio::sync::oneshot::error::RecvError>,
 ) -> Result<Vec<Appended>, EventStoreError> {
     let result = received.map_err(|_| StoreError::Unavailable("event log closed".into()))?;
-    let recorded = result.map_err(|e| append_error(org, e))?;
+    let recorded = result.map_err(|e| append_error(mask, e))?;
     metrics::counter!("eventlog_events_total").increment(count as u64);
     Ok(recorded
         .into_iter()
         .map(|r| Appended {
-            id: client_id(org, r.id),
+            id: client_id(mask, r.id),
             position: r.org_position,
             stream_version: r.stream_version,
             recorded_at: instant(r.timestamp_micros),
@@ -225,7 +251,7 @@ impl EventStore for FileEventStore {
     ) -> Result<Vec<Appended>, EventStoreError> {
         let count = events.len();
         let pending = self.submit(org, stream, expected, events, now);
-        finish(org, count, pending.await)
+        finish(self.mask(org), count, pending.await)
     }
 
     /// Every batch goes to the writer before any is waited for: in submission order, and
@@ -259,20 +285,21 @@ impl EventStore for FileEventStore {
                 Submitted::Done(done) => Ok(done),
                 Submitted::Waiting(receiver) => receiver.await,
             };
-            outcomes.push(finish(org, count, received));
+            outcomes.push(finish(self.mask(org), count, received));
         }
         outcomes
     }
 
     async fn event(&self, org: OrgId, id: EventId) -> Result<Option<EventRecord>, StoreError> {
+        let mask = self.mask(org);
         let found = self
             .log
-            .get(engine::EventId(engine_id(org, *id.0.as_bytes())))
+            .get(engine::EventId(mask.apply(*id.0.as_bytes())))
             .map_err(read_error)?;
-        // The XOR mapping makes another organization's event unreachable, but check anyway.
+        // The keyed mapping makes another organization's event unreachable, but check anyway.
         Ok(found
             .filter(|e| e.org == engine_org(org))
-            .map(|e| record(org, e)))
+            .map(|e| record(mask, e)))
     }
 
     async fn events_after(
@@ -283,6 +310,7 @@ impl EventStore for FileEventStore {
         filter: &EventFilter,
     ) -> Result<Vec<EventRecord>, StoreError> {
         let log = self.log.clone();
+        let mask = self.mask(org);
         let filter = filter.clone();
         tokio::task::spawn_blocking(move || {
             let engine_filter = engine::OrgFilter {
@@ -290,7 +318,7 @@ impl EventStore for FileEventStore {
                 stream: filter.stream.as_deref(),
             };
             log.read_org(engine_org(org), after, limit, engine_filter)
-                .map(|events| events.into_iter().map(|e| record(org, e)).collect())
+                .map(|events| events.into_iter().map(|e| record(mask, e)).collect())
                 .map_err(read_error)
         })
         .await
@@ -306,6 +334,7 @@ impl EventStore for FileEventStore {
         limit: usize,
     ) -> Result<Vec<EventRecord>, StoreError> {
         let log = self.log.clone();
+        let mask = self.mask(org);
         let stream = stream.to_owned();
         tokio::task::spawn_blocking(move || {
             let direction = match direction {
@@ -313,7 +342,7 @@ impl EventStore for FileEventStore {
                 ReadDirection::Backward => engine::Direction::Backward,
             };
             log.read_stream(engine_org(org), &stream, from, direction, limit)
-                .map(|events| events.into_iter().map(|e| record(org, e)).collect())
+                .map(|events| events.into_iter().map(|e| record(mask, e)).collect())
                 .map_err(read_error)
         })
         .await
@@ -357,18 +386,18 @@ impl EventStore for FileEventStore {
     }
 }
 
-fn append_error(org: OrgId, e: engine::AppendError) -> EventStoreError {
+fn append_error(mask: Mask, e: engine::AppendError) -> EventStoreError {
     use engine::AppendError as E;
     match e {
         E::WrongExpectedVersion { current } => {
             AppendRefusal::WrongExpectedVersion { current }.into()
         }
         E::EventIdConflict { id } => AppendRefusal::EventIdConflict {
-            id: client_id(org, id),
+            id: client_id(mask, id),
         }
         .into(),
         E::DuplicateIdInBatch { id } => AppendRefusal::DuplicateIdInBatch {
-            id: client_id(org, id),
+            id: client_id(mask, id),
         }
         .into(),
         E::EventTooLarge { size, max } => AppendRefusal::EventTooLarge { size, max }.into(),

@@ -2,6 +2,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod id_scope;
+
 use std::sync::Arc;
 use trueline_store_conformance::event_store_suite;
 use trueline_store_conformance::events::EventsFixture;

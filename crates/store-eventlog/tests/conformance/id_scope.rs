@@ -1,0 +1,109 @@
+//! The adapter's organization scoping of event ids over the engine's global id index.
+
+use std::path::Path;
+use trueline_core::ids::{EventId, OrgId};
+use trueline_store::events::*;
+use trueline_store_conformance::events::event;
+use trueline_store_eventlog::{FileEventOptions, FileEventStore, FileOpenError, ID_KEY_FILE};
+
+fn open(dir: &Path) -> Result<FileEventStore, FileOpenError> {
+    FileEventStore::open(dir, FileEventOptions::default())
+}
+
+fn now() -> time::OffsetDateTime {
+    trueline_core::clock::truncate_to_micros(time::OffsetDateTime::now_utc())
+}
+
+fn xor(a: &uuid::Uuid, b: &uuid::Uuid, c: &uuid::Uuid) -> uuid::Uuid {
+    let (a, b, c) = (a.as_bytes(), b.as_bytes(), c.as_bytes());
+    uuid::Uuid::from_bytes(std::array::from_fn(|i| a[i] ^ b[i] ^ c[i]))
+}
+
+/// With the organization id as the mask (the first version), `id ^ mine ^ theirs` stored the
+/// same bytes as the other organization's `id`: the append answered `event_id_conflict`,
+/// telling the caller the event existed, and claiming the id first blocked theirs.
+#[tokio::test]
+async fn an_id_crafted_from_both_organization_ids_reaches_nothing_of_the_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).unwrap();
+    let (victim, prober) = (OrgId::new(), OrgId::new());
+    let theirs = event("t.secret", r#"{"n":1}"#);
+    let their_id = theirs.id;
+    store
+        .append(victim, "s", ExpectedVersion::Any, vec![theirs], now())
+        .await
+        .unwrap();
+
+    let mut crafted = event("t.probe", r#"{"n":2}"#);
+    crafted.id = EventId(xor(&their_id.0, &victim.0, &prober.0));
+    let appended = store
+        .append(prober, "s", ExpectedVersion::Any, vec![crafted], now())
+        .await
+        .expect("the crafted id is a new id in the prober's organization");
+    assert!(!appended[0].duplicate);
+
+    // Claiming the victim's next id first does not block it either.
+    let next = EventId::new();
+    let mut claim = event("t.claim", "{}");
+    claim.id = EventId(xor(&next.0, &victim.0, &prober.0));
+    store
+        .append(prober, "s", ExpectedVersion::Any, vec![claim], now())
+        .await
+        .unwrap();
+    let mut theirs_next = event("t.secret", r#"{"n":3}"#);
+    theirs_next.id = next;
+    store
+        .append(victim, "s", ExpectedVersion::Any, vec![theirs_next], now())
+        .await
+        .expect("the victim's own id is still theirs");
+
+    let victims = store
+        .events_after(victim, 0, 10, &EventFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        victims
+            .iter()
+            .map(|e| (e.id, e.event_type.as_str()))
+            .collect::<Vec<_>>(),
+        vec![(their_id, "t.secret"), (next, "t.secret")]
+    );
+    assert!(store.event(prober, their_id).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn ids_map_back_after_a_restart_and_a_log_without_its_key_refuses_to_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let (org, e) = (OrgId::new(), event("t.kept", "{}"));
+    let id = e.id;
+    {
+        let store = open(dir.path()).unwrap();
+        store
+            .append(org, "s", ExpectedVersion::Any, vec![e], now())
+            .await
+            .unwrap();
+    }
+    {
+        let store = open(dir.path()).unwrap();
+        let found = store
+            .event(org, id)
+            .await
+            .unwrap()
+            .expect("found by its id");
+        assert_eq!(found.id, id);
+    }
+
+    let key = dir.path().join(ID_KEY_FILE);
+    let bytes = std::fs::read(&key).unwrap();
+    std::fs::remove_file(&key).unwrap();
+    let err = open(dir.path())
+        .err()
+        .expect("a log with events needs its key");
+    assert!(matches!(err, FileOpenError::IdKey(_)), "{err}");
+    assert!(err.to_string().contains("missing"), "{err}");
+    assert!(!key.exists(), "no new key was made for old events");
+
+    std::fs::write(&key, &bytes).unwrap();
+    let store = open(dir.path()).unwrap();
+    assert!(store.event(org, id).await.unwrap().is_some());
+}
