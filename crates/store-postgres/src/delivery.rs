@@ -14,22 +14,11 @@ use trueline_store::{
 };
 use uuid::Uuid;
 
-/// The "not yet published to this destination" condition. For the event log: only rows of
-/// transactions older (by transaction id) than every running one. Transaction ids follow the
-/// first write, not the outbox insert, so this keeps a late commit from being overtaken
-/// only when the two orders agree; see the README (Delivery) for what is and is not
-/// guaranteed.
+/// The "not yet published to this destination" condition. Rows of running transactions are
+/// invisible, and migration 9 numbers an organization's rows (`ord`) at commit under a
+/// per-organization lock: a row not visible yet can only get a larger `ord` than every
+/// visible one, so the visible rows in `ord` order are a prefix of the commit order.
 fn pending(destination: Destination) -> &'static str {
-    match destination {
-        Destination::EventLog => {
-            "published_at IS NULL AND xid < pg_snapshot_xmin(pg_current_snapshot())"
-        }
-        Destination::Nats => "published_at IS NOT NULL AND nats_published_at IS NULL",
-    }
-}
-
-/// Every row not yet published to this destination, eligible or not (for the lag figures).
-fn unpublished(destination: Destination) -> &'static str {
     match destination {
         Destination::EventLog => "published_at IS NULL",
         Destination::Nats => "published_at IS NOT NULL AND nats_published_at IS NULL",
@@ -113,7 +102,7 @@ impl DeliveryStore for PgStore {
     ) -> Result<Vec<OutboxRow>, StoreError> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         let candidates = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT org_id, min(seq) AS first FROM outbox WHERE {} GROUP BY org_id
+            "SELECT org_id, min(ord) AS first FROM outbox WHERE {} GROUP BY org_id
              ORDER BY first LIMIT $1",
             pending(destination)
         )))
@@ -150,7 +139,7 @@ impl DeliveryStore for PgStore {
         for org in leased {
             let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
                 "SELECT seq, event_id, org_id, event_type, stream, payload, created_at, attempts
-                 FROM outbox WHERE org_id = $1 AND {} ORDER BY seq LIMIT $2",
+                 FROM outbox WHERE org_id = $1 AND {} ORDER BY ord LIMIT $2",
                 pending(destination)
             )))
             .bind(org.0)
@@ -277,7 +266,7 @@ impl DeliveryStore for PgStore {
     async fn outbox_stats(&self, destination: Destination) -> Result<OutboxStats, StoreError> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT count(*) AS pending, min(created_at) AS oldest FROM outbox WHERE {}",
-            unpublished(destination)
+            pending(destination)
         )))
         .fetch_one(&self.pool)
         .await

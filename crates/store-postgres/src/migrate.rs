@@ -56,6 +56,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/0008_name_key_collation.up.sql"),
         include_str!("../migrations/0008_name_key_collation.down.sql"),
     ),
+    (
+        9,
+        "outbox rows in commit order",
+        include_str!("../migrations/0009_outbox_commit_order.up.sql"),
+        include_str!("../migrations/0009_outbox_commit_order.down.sql"),
+    ),
 ];
 
 fn migrator() -> Migrator {

@@ -243,11 +243,12 @@ async fn a_relay_that_died_mid_batch_is_taken_over_without_duplicates(backend: B
     );
 }
 
-/// On PostgreSQL a later outbox row can commit, and be published, before an earlier one (the
-/// relay's visibility guard orders by transaction id, not by `seq`); a relay that then dies
-/// before marking it leaves a run whose middle is in the log while its first row is not.
-/// Appended whole, such a run is refused as an id conflict round after round: the
-/// organization's publishing must not stop there.
+/// A run whose middle is in the log while its first row is not (PostgreSQL's relay could
+/// publish a later row first while it ordered by transaction id, and a relay dying before it
+/// marked that row left this; the commit-order number of migration 9 ended that, but an
+/// operator's replay or a bug must not be able to jam the relay either). Appended whole,
+/// such a run is refused as an id conflict round after round: the organization's
+/// publishing must not stop there.
 async fn a_run_partly_in_the_log_behind_an_unpublished_first_row_does_not_jam_the_relay(
     backend: Backend,
 ) {

@@ -2,6 +2,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod outbox_order;
+
 use sqlx::Row;
 use std::sync::Arc;
 use trueline_store::Migrations;
