@@ -94,8 +94,8 @@ async fn rows_are_published_in_commit_order_whatever_the_transaction_ids() {
 
 /// Many writers of one organization, each taking its transaction id early (a write before
 /// the contended row, as a request's idempotency claim does) and then changing one counter
-/// row; a relay runs all along. The counter's row lock orders the commits, so the published
-/// values must be exactly 1, 2, 3, … in that order.
+/// row and writing two outbox rows; a relay runs all along. The counter's row lock orders the
+/// commits, so the published values must be exactly 1, 2, 3, … in that order.
 #[tokio::test]
 #[ignore = "needs PostgreSQL: set TRUELINE_TEST_POSTGRES_URL and run with --ignored"]
 async fn a_relay_running_beside_many_writers_publishes_their_rows_in_commit_order() {
@@ -135,12 +135,14 @@ async fn a_relay_running_beside_many_writers_publishes_their_rows_in_commit_orde
                     .fetch_one(&mut *tx)
                     .await
                     .unwrap();
-                insert_row(&mut tx, org, &format!("s{}", n % 3), n).await;
+                // Two rows per transaction: numbered together at commit, in insert order.
+                insert_row(&mut tx, org, &format!("s{}", n % 3), 2 * n - 1).await;
+                insert_row(&mut tx, org, &format!("s{}", n % 5), 2 * n).await;
                 tx.commit().await.unwrap();
             }
         }));
     }
-    let total = WRITERS * EACH;
+    let total = 2 * WRITERS * EACH;
     let mut published = Vec::new();
     while (published.len() as i64) < total {
         let round = relay_round(&store).await;
