@@ -1,7 +1,7 @@
 //! `Idempotency-Key` on every authenticated `POST` and `PATCH`.
 //!
 //! Before the handler runs, this middleware claims the key for (organization, user, key) with
-//! a fingerprint of (method, path, canonical JSON body):
+//! a fingerprint of (method, path, canonical body: JSON re-serialized, multipart by its parts):
 //! - first use → the handler runs, and its store operation completes the record with the
 //!   response **in the same transaction as the mutation**;
 //! - same key, same request, already completed → the stored response, byte-identical, with
@@ -235,6 +235,63 @@ pub fn fingerprint(method: &Method, path: &str, body: &[u8]) -> [u8; 32] {
     hasher.finalize().into()
 }
 
+/// [`fingerprint`], with a multipart body hashed by its parts (name, file name, media type,
+/// bytes) rather than as sent: the boundary is chosen anew for every request by most clients,
+/// so a retried upload would otherwise be "a different request" (`422`).
+pub async fn request_fingerprint(
+    method: &Method,
+    path: &str,
+    content_type: Option<&str>,
+    body: &axum::body::Bytes,
+) -> [u8; 32] {
+    let boundary = content_type
+        .filter(|c| c.to_ascii_lowercase().starts_with("multipart/form-data"))
+        .and_then(|c| multer::parse_boundary(c).ok());
+    if let Some(boundary) = boundary
+        && let Some(parts) = multipart_digest(boundary, body.clone()).await
+    {
+        let mut hasher = Sha256::new();
+        hasher.update(method.as_str().as_bytes());
+        hasher.update(b"\n");
+        hasher.update(path.as_bytes());
+        hasher.update(b"\nmultipart\n");
+        hasher.update(parts);
+        return hasher.finalize().into();
+    }
+    fingerprint(method, path, body)
+}
+
+/// SHA-256 over every part, in order, each field length-prefixed; `None` when the body is not
+/// well-formed multipart (then it is hashed as sent, and the handler refuses it anyway).
+async fn multipart_digest(boundary: String, body: axum::body::Bytes) -> Option<[u8; 32]> {
+    let stream =
+        futures_util::stream::once(std::future::ready(Ok::<_, std::convert::Infallible>(body)));
+    let mut multipart = multer::Multipart::new(stream, boundary);
+    let mut hasher = Sha256::new();
+    let mut field_of = |bytes: &[u8]| {
+        hasher.update((bytes.len() as u64).to_le_bytes());
+        hasher.update(bytes);
+    };
+    while let Some(field) = multipart.next_field().await.ok()? {
+        let name = field.name().unwrap_or_default().to_owned();
+        let file_name = field.file_name().unwrap_or_default().to_owned();
+        let media_type = field
+            .content_type()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        let data = field.bytes().await.ok()?;
+        for bytes in [
+            name.as_bytes(),
+            file_name.as_bytes(),
+            media_type.as_bytes(),
+            &data,
+        ] {
+            field_of(bytes);
+        }
+    }
+    Some(hasher.finalize().into())
+}
+
 pub async fn layer(request: Request, next: Next) -> Response {
     // This layer wraps the authenticated routes only (candidates' public routes have no
     // token to scope a key to). A PUT there takes keys too: the question order carries an
@@ -306,7 +363,11 @@ async fn claimed(request: Request, raw_key: HeaderValue, next: Next) -> Result<R
         .extensions
         .get::<axum::extract::OriginalUri>()
         .map_or_else(|| parts.uri.path().to_owned(), |uri| uri.path().to_owned());
-    let print = fingerprint(&parts.method, &path, &bytes);
+    let content_type = parts
+        .headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let print = request_fingerprint(&parts.method, &path, content_type, &bytes).await;
     let inline = state.combiner.is_some()
         && parts.method == Method::PATCH
         && parts
@@ -418,6 +479,65 @@ mod tests {
             *last ^= 1;
         }
         assert!(open(tampered, &key).is_none(), "tampering is detected");
+    }
+
+    fn multipart(boundary: &str, parts: &[(&str, &str, &str)]) -> (String, axum::body::Bytes) {
+        let mut body = String::new();
+        for (name, file_name, data) in parts {
+            body.push_str(&format!(
+                "--{boundary}\r\ncontent-disposition: form-data; name=\"{name}\"; \
+                 filename=\"{file_name}\"\r\ncontent-type: text/csv\r\n\r\n{data}\r\n"
+            ));
+        }
+        body.push_str(&format!("--{boundary}--\r\n"));
+        (
+            format!("multipart/form-data; boundary={boundary}"),
+            axum::body::Bytes::from(body),
+        )
+    }
+
+    #[tokio::test]
+    async fn multipart_bodies_are_the_same_request_whatever_their_boundary() {
+        let print = |(content_type, body): (String, axum::body::Bytes)| async move {
+            request_fingerprint(&Method::POST, "/import", Some(&content_type), &body).await
+        };
+        let file = [("file", "q.csv", "prompt,answer\nA,1")];
+        let first = print(multipart("XyZ1", &file)).await;
+        assert_eq!(first, print(multipart("other-boundary-42", &file)).await);
+        assert_ne!(
+            first,
+            print(multipart(
+                "XyZ1",
+                &[("file", "q.csv", "prompt,answer\nA,2")]
+            ))
+            .await,
+            "other bytes"
+        );
+        assert_ne!(
+            first,
+            print(multipart(
+                "XyZ1",
+                &[("file", "r.csv", "prompt,answer\nA,1")]
+            ))
+            .await,
+            "another file name"
+        );
+        assert_ne!(
+            first,
+            print(multipart(
+                "XyZ1",
+                &[("upload", "q.csv", "prompt,answer\nA,1")]
+            ))
+            .await,
+            "another part name"
+        );
+        // Not multipart after all: hashed as sent, like any body.
+        let (content_type, body) = multipart("XyZ1", &file);
+        let broken = axum::body::Bytes::from(body[..body.len() - 8].to_vec());
+        assert_eq!(
+            request_fingerprint(&Method::POST, "/import", Some(&content_type), &broken).await,
+            fingerprint(&Method::POST, "/import", &broken)
+        );
     }
 
     #[test]

@@ -445,22 +445,31 @@ async fn csv_and_xlsx_imports_are_all_or_nothing(backend: Backend) {
         count,
         "nothing imported"
     );
-    // The XLSX template (written by a spreadsheet writer), as a multipart upload.
-    let xlsx = trueline_import::template_xlsx().to_vec();
-    let form = reqwest::multipart::Form::new().part(
-        "file",
-        reqwest::multipart::Part::bytes(xlsx)
-            .file_name("questions.xlsx")
-            .mime_str("application/vnd.openxmlformats-officedocument.spreadsheetml.sheet")
-            .unwrap(),
-    );
-    let response = app
-        .request(Method::POST, &path, Some(&ann.token))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
+    // The XLSX template (written by a spreadsheet writer), as a multipart upload with a key;
+    // the retry's form has a boundary of its own, and is still the same request.
+    let upload = || {
+        let xlsx = trueline_import::template_xlsx().to_vec();
+        let form = reqwest::multipart::Form::new().part(
+            "file",
+            reqwest::multipart::Part::bytes(xlsx)
+                .file_name("questions.xlsx")
+                .mime_str("application/vnd.openxmlformats-officedocument.spreadsheetml.sheet")
+                .unwrap(),
+        );
+        app.request(Method::POST, &path, Some(&ann.token))
+            .header("idempotency-key", "xlsx-import-1")
+            .multipart(form)
+            .send()
+    };
+    let response = upload().await.unwrap();
     assert_eq!(response.status(), 201);
+    let first = response.text().await.unwrap();
+    let after_first = app.snapshot().await;
+    let retry = upload().await.unwrap();
+    assert_eq!(retry.status(), 201);
+    assert_eq!(retry.headers()["idempotent-replayed"], "true");
+    assert_eq!(retry.text().await.unwrap(), first);
+    assert_eq!(app.snapshot().await, after_first, "imported once");
     let template_csv = app
         .get("/api/v1/assessments/import-template.csv", &ann.token)
         .await;
