@@ -365,6 +365,7 @@ async fn signup(
               (status = 404, description = "`not_found`: not a member of that organization", body = crate::problem::Problem, content_type = "application/problem+json")))]
 async fn create_token(
     State(state): State<AppState>,
+    axum::Extension(request_id): axum::Extension<crate::observe::RequestId>,
     ClientIp(ip): ClientIp,
     ApiJson(body): ApiJson<LoginRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -444,7 +445,10 @@ async fn create_token(
         }
     };
     let (token, secret) = new_token(&state, credentials.user_id, org_id)?;
-    state.store.create_token(token.clone()).await?;
+    state
+        .store
+        .create_token(token.clone(), &request_id.0)
+        .await?;
     tracing::info!(event = "auth.token_issued", user_id = %credentials.user_id, org_id = %org_id);
     Ok((StatusCode::CREATED, Json(token_view(&token, secret))))
 }
@@ -454,11 +458,12 @@ async fn create_token(
     responses((status = 204, description = "Token revoked")))]
 async fn revoke_current_token(
     State(state): State<AppState>,
+    axum::Extension(request_id): axum::Extension<crate::observe::RequestId>,
     p: Principal,
 ) -> Result<StatusCode, ApiError> {
     state
         .store
-        .revoke_token(p.token_id, state.clock.now())
+        .revoke_token(p.token_id, &request_id.0, state.clock.now())
         .await?;
     tracing::info!(event = "auth.token_revoked", token_id = %p.token_id);
     Ok(StatusCode::NO_CONTENT)

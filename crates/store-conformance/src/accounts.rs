@@ -91,7 +91,7 @@ pub async fn tokens_resolve_to_the_current_role_and_record_revocation(f: &Fixtur
     let (org, member) = org_with_member(f, Role::Member).await;
     let token = new_token(member, org.org, now());
     f.store
-        .create_token(token.clone())
+        .create_token(token.clone(), "req-issue")
         .await
         .expect("create token");
     let found = f
@@ -118,11 +118,46 @@ pub async fn tokens_resolve_to_the_current_role_and_record_revocation(f: &Fixtur
         "demotion applies to existing tokens at once"
     );
     let at = now();
-    f.store.revoke_token(token.id, at).await.expect("revoke");
     f.store
-        .revoke_token(token.id, at + time::Duration::seconds(5))
+        .revoke_token(token.id, "req-revoke", at)
+        .await
+        .expect("revoke");
+    f.store
+        .revoke_token(
+            token.id,
+            "req-revoke-again",
+            at + time::Duration::seconds(5),
+        )
         .await
         .expect("revoke again");
+    // Issued and revoked once each, with the requests' ids; the second revocation changed
+    // nothing and recorded nothing.
+    let audited = |action: &str, request_id: &str| {
+        format!(
+            "SELECT count(*) FROM audit_log WHERE action = '{action}' AND request_id = '{request_id}'"
+        )
+    };
+    assert_eq!(f.raw.scalar(&audited("token.issued", "req-issue")).await, 1);
+    assert_eq!(
+        f.raw.scalar(&audited("token.revoked", "req-revoke")).await,
+        1
+    );
+    assert_eq!(
+        f.raw
+            .scalar("SELECT count(*) FROM audit_log WHERE action LIKE 'token.%'")
+            .await,
+        2
+    );
+    assert_eq!(
+        f.raw
+            .scalar(
+                "SELECT count(*) FROM outbox
+                 WHERE event_type IN ('accounts.token.issued', 'accounts.token.revoked')"
+            )
+            .await,
+        2,
+        "every audited change is also an event"
+    );
     let found = f
         .store
         .token_by_hash(&token.hash)
@@ -147,7 +182,7 @@ pub async fn tokens_of_a_removed_member_stop_resolving(f: &Fixture) {
     let (org, member) = org_with_member(f, Role::Member).await;
     let token = new_token(member, org.org, now());
     f.store
-        .create_token(token.clone())
+        .create_token(token.clone(), "req-issue")
         .await
         .expect("create token");
     let owner = actor(org.org, org.owner, Role::Owner);
@@ -161,8 +196,10 @@ pub async fn tokens_of_a_removed_member_stop_resolving(f: &Fixture) {
     );
     let stranger = sign_up(f, "stranger@example.com").await;
     let foreign = new_token(stranger.user.id, org.org, now());
-    let refused = f.store.create_token(foreign).await;
+    let audit_before = f.count("audit_log").await;
+    let refused = f.store.create_token(foreign, "req-foreign").await;
     assert_eq!(domain(refused), DomainError::NotFound("organization"));
+    assert_eq!(f.count("audit_log").await, audit_before, "nothing recorded");
 }
 
 pub async fn members_are_listed_in_keyset_pages(f: &Fixture) {

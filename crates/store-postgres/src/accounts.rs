@@ -127,6 +127,11 @@ pub(crate) async fn audit(
     write_outbox(tx, &event).await
 }
 
+/// What a token's audit record says of it: never its secret or hash.
+fn token_detail(expires_at: OffsetDateTime) -> serde_json::Value {
+    serde_json::json!({ "expires_at": expires_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default() })
+}
+
 async fn insert_token(tx: &mut Tx, token: &NewToken) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO api_tokens (id, token_hash, user_id, org_id, created_at, expires_at)
@@ -253,9 +258,20 @@ impl AccountStore for PgStore {
         .transpose()
     }
 
-    async fn create_token(&self, token: NewToken) -> Result<(), StoreError> {
+    async fn create_token(&self, token: NewToken, request_id: &str) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         insert_token(&mut tx, &token).await?;
+        audit(
+            &mut tx,
+            token.org_id,
+            token.user_id,
+            request_id,
+            "token.issued",
+            Some(token.id.0),
+            token_detail(token.expires_at),
+            token.created_at,
+        )
+        .await?;
         tx.commit().await.map_err(db_error)
     }
 
@@ -283,14 +299,36 @@ impl AccountStore for PgStore {
         .transpose()
     }
 
-    async fn revoke_token(&self, id: TokenId, now: OffsetDateTime) -> Result<(), StoreError> {
-        sqlx::query("UPDATE api_tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
-            .bind(id.0)
-            .bind(now)
-            .execute(&self.pool)
-            .await
-            .map_err(db_error)?;
-        Ok(())
+    async fn revoke_token(
+        &self,
+        id: TokenId,
+        request_id: &str,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let revoked = sqlx::query(
+            "UPDATE api_tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL
+             RETURNING user_id, org_id, expires_at",
+        )
+        .bind(id.0)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        if let Some(row) = revoked {
+            audit(
+                &mut tx,
+                OrgId(row.try_get("org_id").map_err(db_error)?),
+                UserId(row.try_get("user_id").map_err(db_error)?),
+                request_id,
+                "token.revoked",
+                Some(id.0),
+                token_detail(row.try_get("expires_at").map_err(db_error)?),
+                now,
+            )
+            .await?;
+        }
+        tx.commit().await.map_err(db_error)
     }
 
     async fn user(&self, id: UserId) -> Result<Option<User>, StoreError> {

@@ -130,6 +130,11 @@ pub(crate) async fn audit(
     write_outbox(tx, &event).await
 }
 
+/// What a token's audit record says of it: never its secret or hash.
+fn token_detail(expires_at: OffsetDateTime) -> serde_json::Value {
+    serde_json::json!({ "expires_at": expires_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default() })
+}
+
 async fn insert_token(tx: &mut Tx, token: &NewToken) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO api_tokens (id, token_hash, user_id, org_id, created_at, expires_at)
@@ -244,9 +249,20 @@ impl AccountStore for SqliteStore {
         .transpose()
     }
 
-    async fn create_token(&self, token: NewToken) -> Result<(), StoreError> {
+    async fn create_token(&self, token: NewToken, request_id: &str) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
         insert_token(&mut tx, &token).await?;
+        audit(
+            &mut tx,
+            token.org_id,
+            token.user_id,
+            request_id,
+            "token.issued",
+            Some(token.id.0),
+            token_detail(token.expires_at),
+            token.created_at,
+        )
+        .await?;
         tx.commit().await.map_err(db_error)
     }
 
@@ -476,9 +492,14 @@ impl AccountStore for SqliteStore {
     // Writes that can change what a token resolves to run inside `token_write`: the cache is
     // out of play from before they start until they are over (committed or not, and also when
     // their request is dropped half-way), so no request sees the old role or token after.
-    async fn revoke_token(&self, id: TokenId, now: OffsetDateTime) -> Result<(), StoreError> {
+    async fn revoke_token(
+        &self,
+        id: TokenId,
+        request_id: &str,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
         let write = self.token_write();
-        let result = self.revoke_token_uncached(id, now).await;
+        let result = self.revoke_token_uncached(id, request_id, now).await;
         write.done();
         result
     }
@@ -558,15 +579,34 @@ impl SqliteStore {
     async fn revoke_token_uncached(
         &self,
         id: TokenId,
+        request_id: &str,
         now: OffsetDateTime,
     ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE api_tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL")
-            .bind(id.0)
-            .bind(micros(now))
-            .execute(&mut *self.writer.acquire().await?)
-            .await
-            .map_err(db_error)?;
-        Ok(())
+        let mut tx = self.begin_write().await?;
+        let revoked = sqlx::query(
+            "UPDATE api_tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL
+             RETURNING user_id, org_id, expires_at",
+        )
+        .bind(id.0)
+        .bind(micros(now))
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        if let Some(row) = revoked {
+            let expires_at: i64 = row.try_get("expires_at").map_err(db_error)?;
+            audit(
+                &mut tx,
+                OrgId(row.try_get("org_id").map_err(db_error)?),
+                UserId(row.try_get("user_id").map_err(db_error)?),
+                request_id,
+                "token.revoked",
+                Some(id.0),
+                token_detail(from_micros(expires_at)?),
+                now,
+            )
+            .await?;
+        }
+        tx.commit().await.map_err(db_error)
     }
 
     async fn change_role_uncached(

@@ -109,15 +109,23 @@ pub trait AccountStore: Send + Sync {
     async fn credentials(&self, email: &Email) -> Result<Option<Credentials>, StoreError>;
 
     /// Stores a token for an existing membership (`NotFound("organization")` if the user is
-    /// not a member of `org_id`).
-    async fn create_token(&self, token: NewToken) -> Result<(), StoreError>;
+    /// not a member of `org_id`), with its audit record `token.issued` (and the event
+    /// `accounts.token.issued`) in the same transaction.
+    async fn create_token(&self, token: NewToken, request_id: &str) -> Result<(), StoreError>;
 
     /// Finds a token by the hash of its secret, joined with the member's current role.
     /// `None` if unknown or if the membership no longer exists.
     async fn token_by_hash(&self, hash: &[u8; 32]) -> Result<Option<TokenRecord>, StoreError>;
 
-    /// Marks a token revoked (idempotent: revoking twice keeps the first instant).
-    async fn revoke_token(&self, id: TokenId, now: OffsetDateTime) -> Result<(), StoreError>;
+    /// Marks a token revoked (idempotent: revoking twice keeps the first instant), with its
+    /// audit record `token.revoked` (and the event `accounts.token.revoked`) in the same
+    /// transaction; a second revocation changes nothing and records nothing.
+    async fn revoke_token(
+        &self,
+        id: TokenId,
+        request_id: &str,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError>;
 
     async fn user(&self, id: UserId) -> Result<Option<User>, StoreError>;
 

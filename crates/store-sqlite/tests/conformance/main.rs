@@ -65,8 +65,11 @@ async fn a_revocation_dropped_half_way_never_leaves_the_token_cached_as_valid() 
         // Polled a few times, with the connection's thread given 50 µs between polls, then
         // dropped: before, during or after its commit, depending on the round.
         {
-            let mut revoke =
-                std::pin::pin!(f.store.revoke_token(id, trueline_store_conformance::now()));
+            let mut revoke = std::pin::pin!(f.store.revoke_token(
+                id,
+                "req",
+                trueline_store_conformance::now()
+            ));
             for _ in 0..=round % 20 {
                 let polled =
                     std::future::poll_fn(|cx| std::task::Poll::Ready(revoke.as_mut().poll(cx)))
