@@ -353,11 +353,7 @@ async fn claimed(request: Request, raw_key: HeaderValue, next: Next) -> Result<R
         )
         .into_response()
     })?;
-    let scope = IdempotencyScope {
-        org_id: principal.org_id,
-        user_id: principal.user_id,
-        key: key.as_str().to_owned(),
-    };
+    let scope = IdempotencyScope::new(principal.org_id, principal.user_id, key.as_str().to_owned());
     // Nested routers see the path without their prefix; the fingerprint uses the full one.
     let path = parts
         .extensions

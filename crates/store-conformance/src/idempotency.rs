@@ -7,12 +7,9 @@ use time::Duration;
 use trueline_core::DomainError;
 use trueline_store::{Claim, Idempotency, IdempotencyScope, Item, StoreError, StoredResponse};
 
+/// A request's scope (each call: another request, another holder).
 fn scope(a: &trueline_store::Actor, key: &str) -> IdempotencyScope {
-    IdempotencyScope {
-        org_id: a.org_id,
-        user_id: a.user_id,
-        key: key.to_owned(),
-    }
+    IdempotencyScope::new(a.org_id, a.user_id, key.to_owned())
 }
 
 fn render(item: &Item) -> StoredResponse {
@@ -152,11 +149,15 @@ pub async fn a_mutation_whose_claim_was_lost_rolls_back(f: &Fixture) {
 
 pub async fn an_expired_pending_claim_is_taken_over(f: &Fixture) {
     let a = owner_actor(f, "ann@example.com").await;
-    let s = scope(&a, "key-3");
+    let item = create(f, &a, "Milk", 1).await;
+    // Two requests with the same key and body: the first is slow, its claim expires, and
+    // the second (a retry) takes the claim over.
+    let slow = scope(&a, "key-3");
+    let retry = scope(&a, "key-3");
     let now = now();
     assert_eq!(
         f.store
-            .claim(&s, &[1; 32], now, now + Duration::seconds(30))
+            .claim(&slow, &[1; 32], now, now + Duration::seconds(30))
             .await
             .expect("claim"),
         Claim::Acquired
@@ -164,17 +165,67 @@ pub async fn an_expired_pending_claim_is_taken_over(f: &Fixture) {
     let later = now + Duration::seconds(31);
     assert_eq!(
         f.store
-            .claim(&s, &[1; 32], later, later + Duration::seconds(30))
+            .claim(&retry, &[1; 32], later, later + Duration::seconds(30))
             .await
             .expect("claim"),
         Claim::Acquired
     );
     assert_eq!(
         f.store
-            .claim(&s, &[1; 32], later, later)
+            .claim(&scope(&a, "key-3"), &[1; 32], later, later)
             .await
             .expect("claim"),
         Claim::InProgress
+    );
+    // The slow request finishes now: its claim is not its own any more, so its change rolls
+    // back, and its failure handling (a release) leaves the retry's claim alone.
+    let state = || async {
+        (
+            f.count("item_history").await,
+            f.count("outbox").await,
+            f.raw
+                .scalar("SELECT count(*) FROM idempotency_keys WHERE state = 'pending'")
+                .await,
+            f.store
+                .item(a.org_id, item.id)
+                .await
+                .expect("get")
+                .expect("exists")
+                .qty,
+        )
+    };
+    let before = state().await;
+    let idem = |s| Idempotency {
+        scope: s,
+        render: &render,
+    };
+    let lost = f
+        .store
+        .adjust_qty(&a, item.id, delta(1), Some(idem(&slow)))
+        .await;
+    assert!(matches!(
+        lost,
+        Err(StoreError::Domain(DomainError::IdempotencyKeyInUse))
+    ));
+    f.store.release(&slow).await.expect("release");
+    assert_eq!(
+        state().await,
+        before,
+        "nothing changed; the retry's claim is still there"
+    );
+    let after = f
+        .store
+        .adjust_qty(&a, item.id, delta(1), Some(idem(&retry)))
+        .await
+        .expect("the retry completes its claim");
+    assert_eq!(after.qty, 2);
+    assert_eq!(
+        f.store
+            .claim(&scope(&a, "key-3"), &[1; 32], later, later)
+            .await
+            .expect("claim"),
+        Claim::Replay(render(&after)),
+        "the stored answer is the retry's"
     );
 }
 

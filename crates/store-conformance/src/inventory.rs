@@ -705,11 +705,7 @@ fn job(a: &Actor, item: ItemId, d: i64, key: Option<(&str, u8)>) -> trueline_sto
         item_id: item,
         delta: delta(d),
         idempotency: key.map(|(key, print)| trueline_store::InlineIdempotency {
-            scope: trueline_store::IdempotencyScope {
-                org_id: a.org_id,
-                user_id: a.user_id,
-                key: key.to_owned(),
-            },
+            scope: trueline_store::IdempotencyScope::new(a.org_id, a.user_id, key.to_owned()),
             fingerprint: [print; 32],
             locked_until: a.now + time::Duration::minutes(1),
             render: std::sync::Arc::new(|item: &Item| trueline_store::StoredResponse {
@@ -849,11 +845,8 @@ pub async fn combined_deltas_honour_keys_of_earlier_requests(f: &Fixture) {
         .await
         .expect("first batch");
     assert_eq!(summarize(&first), ["applied 9"]);
-    let scope = |key: &str| trueline_store::IdempotencyScope {
-        org_id: a.org_id,
-        user_id: a.user_id,
-        key: key.to_owned(),
-    };
+    let scope =
+        |key: &str| trueline_store::IdempotencyScope::new(a.org_id, a.user_id, key.to_owned());
     let minute = time::Duration::minutes(1);
     for (key, print, locked_until) in [
         ("busy", 2, a.now + minute),

@@ -62,6 +62,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/0009_outbox_commit_order.up.sql"),
         include_str!("../migrations/0009_outbox_commit_order.down.sql"),
     ),
+    (
+        10,
+        "idempotency claim holder",
+        include_str!("../migrations/0010_idempotency_holder.up.sql"),
+        include_str!("../migrations/0010_idempotency_holder.down.sql"),
+    ),
 ];
 
 fn migrator() -> Migrator {

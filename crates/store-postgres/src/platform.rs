@@ -45,7 +45,7 @@ pub(crate) async fn complete_idempotency<T>(
         "UPDATE idempotency_keys
          SET state = 'completed', response_status = $4, response_headers = $5,
              response_body = $6, completed_at = $7
-         WHERE org_id = $1 AND user_id = $2 AND key = $3 AND state = 'pending'",
+         WHERE org_id = $1 AND user_id = $2 AND key = $3 AND state = 'pending' AND holder = $8",
     )
     .bind(idem.scope.org_id.0)
     .bind(idem.scope.user_id.0)
@@ -54,6 +54,7 @@ pub(crate) async fn complete_idempotency<T>(
     .bind(headers)
     .bind(response.body)
     .bind(now)
+    .bind(idem.scope.holder)
     .execute(&mut **tx)
     .await
     .map_err(db_error)?;
@@ -86,8 +87,8 @@ impl IdempotencyStore for PgStore {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         let inserted = sqlx::query(
             "INSERT INTO idempotency_keys
-             (org_id, user_id, key, fingerprint, state, locked_until, created_at)
-             VALUES ($1, $2, $3, $4, 'pending', $5, $6)
+             (org_id, user_id, key, fingerprint, state, locked_until, created_at, holder)
+             VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7)
              ON CONFLICT (org_id, user_id, key) DO NOTHING",
         )
         .bind(scope.org_id.0)
@@ -96,6 +97,7 @@ impl IdempotencyStore for PgStore {
         .bind(&fingerprint[..])
         .bind(locked_until)
         .bind(now)
+        .bind(scope.holder)
         .execute(&mut *tx)
         .await
         .map_err(db_error)?;
@@ -133,13 +135,14 @@ impl IdempotencyStore for PgStore {
         } else {
             // The request that held it died: take it over.
             sqlx::query(
-                "UPDATE idempotency_keys SET locked_until = $4
+                "UPDATE idempotency_keys SET locked_until = $4, holder = $5
                  WHERE org_id = $1 AND user_id = $2 AND key = $3 AND state = 'pending'",
             )
             .bind(scope.org_id.0)
             .bind(scope.user_id.0)
             .bind(&scope.key)
             .bind(locked_until)
+            .bind(scope.holder)
             .execute(&mut *tx)
             .await
             .map_err(db_error)?;
@@ -152,11 +155,13 @@ impl IdempotencyStore for PgStore {
     async fn release(&self, scope: &IdempotencyScope) -> Result<(), StoreError> {
         sqlx::query(
             "DELETE FROM idempotency_keys
-             WHERE org_id = $1 AND user_id = $2 AND key = $3 AND state = 'pending'",
+             WHERE org_id = $1 AND user_id = $2 AND key = $3 AND state = 'pending'
+               AND holder = $4",
         )
         .bind(scope.org_id.0)
         .bind(scope.user_id.0)
         .bind(&scope.key)
+        .bind(scope.holder)
         .execute(&self.pool)
         .await
         .map_err(db_error)?;

@@ -326,11 +326,7 @@ mod tests {
             .unwrap();
         store.migrate_up().await.unwrap();
         let scopes: Vec<IdempotencyScope> = (0..3)
-            .map(|i| IdempotencyScope {
-                org_id: OrgId::new(),
-                user_id: UserId::new(),
-                key: format!("key-{i}"),
-            })
+            .map(|i| IdempotencyScope::new(OrgId::new(), UserId::new(), format!("key-{i}")))
             .collect();
         let refs: Vec<&IdempotencyScope> = scopes.iter().collect();
         let mut query = QueryBuilder::<Sqlite>::new("EXPLAIN QUERY PLAN ");

@@ -44,6 +44,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/0006_outbox_keep_unpublished.up.sql"),
         include_str!("../migrations/0006_outbox_keep_unpublished.down.sql"),
     ),
+    (
+        7,
+        "idempotency claim holder",
+        include_str!("../migrations/0007_idempotency_holder.up.sql"),
+        include_str!("../migrations/0007_idempotency_holder.down.sql"),
+    ),
 ];
 
 fn migrator() -> Migrator {

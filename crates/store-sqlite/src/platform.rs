@@ -46,7 +46,7 @@ pub(crate) async fn complete_idempotency<T>(
         "UPDATE idempotency_keys
          SET state = 'completed', response_status = ?4, response_headers = ?5,
              response_body = ?6, completed_at = ?7
-         WHERE org_id = ?1 AND user_id = ?2 AND key = ?3 AND state = 'pending'",
+         WHERE org_id = ?1 AND user_id = ?2 AND key = ?3 AND state = 'pending' AND holder = ?8",
     )
     .bind(idem.scope.org_id.0)
     .bind(idem.scope.user_id.0)
@@ -55,6 +55,7 @@ pub(crate) async fn complete_idempotency<T>(
     .bind(headers)
     .bind(response.body)
     .bind(micros(now))
+    .bind(idem.scope.holder)
     .execute(&mut *tx)
     .await
     .map_err(db_error)?;
@@ -99,8 +100,8 @@ impl IdempotencyStore for SqliteStore {
             None => {
                 sqlx::query(
                     "INSERT INTO idempotency_keys
-                     (org_id, user_id, key, fingerprint, state, locked_until, created_at)
-                     VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6)",
+                     (org_id, user_id, key, fingerprint, state, locked_until, created_at, holder)
+                     VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6, ?7)",
                 )
                 .bind(scope.org_id.0)
                 .bind(scope.user_id.0)
@@ -108,6 +109,7 @@ impl IdempotencyStore for SqliteStore {
                 .bind(&fingerprint[..])
                 .bind(micros(locked_until))
                 .bind(micros(now))
+                .bind(scope.holder)
                 .execute(&mut *tx)
                 .await
                 .map_err(db_error)?;
@@ -126,13 +128,14 @@ impl IdempotencyStore for SqliteStore {
                 } else {
                     // The request that held it died: take it over.
                     sqlx::query(
-                        "UPDATE idempotency_keys SET locked_until = ?4
+                        "UPDATE idempotency_keys SET locked_until = ?4, holder = ?5
                          WHERE org_id = ?1 AND user_id = ?2 AND key = ?3 AND state = 'pending'",
                     )
                     .bind(scope.org_id.0)
                     .bind(scope.user_id.0)
                     .bind(&scope.key)
                     .bind(micros(locked_until))
+                    .bind(scope.holder)
                     .execute(&mut *tx)
                     .await
                     .map_err(db_error)?;
@@ -148,11 +151,13 @@ impl IdempotencyStore for SqliteStore {
         let mut tx = self.begin_write().await?;
         sqlx::query(
             "DELETE FROM idempotency_keys
-             WHERE org_id = ?1 AND user_id = ?2 AND key = ?3 AND state = 'pending'",
+             WHERE org_id = ?1 AND user_id = ?2 AND key = ?3 AND state = 'pending'
+               AND holder = ?4",
         )
         .bind(scope.org_id.0)
         .bind(scope.user_id.0)
         .bind(&scope.key)
+        .bind(scope.holder)
         .execute(&mut *tx)
         .await
         .map_err(db_error)?;

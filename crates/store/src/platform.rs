@@ -19,6 +19,22 @@ pub struct IdempotencyScope {
     pub org_id: OrgId,
     pub user_id: UserId,
     pub key: String,
+    /// Which request holds the claim: completing and releasing a pending claim need it, so a
+    /// request whose claim expired and was taken over by a retry can neither complete the
+    /// retry's claim with its own response nor delete it.
+    pub holder: uuid::Uuid,
+}
+
+impl IdempotencyScope {
+    /// The scope of one request (a new holder).
+    pub fn new(org_id: OrgId, user_id: UserId, key: String) -> Self {
+        Self {
+            org_id,
+            user_id,
+            key,
+            holder: uuid::Uuid::new_v4(),
+        }
+    }
 }
 
 /// The outcome of claiming a key before running a mutation.

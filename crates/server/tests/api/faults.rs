@@ -390,11 +390,11 @@ async fn a_restarted_sqlite_server_releases_what_the_dead_one_held_and_refuses_a
     let mut app = spawn_app(Backend::Sqlite).await;
     let ann = app.sign_up("ann@example.com").await;
     let now = trueline_core::clock::Clock::now(&*app.clock);
-    let scope = trueline_store::IdempotencyScope {
-        org_id: trueline_core::ids::OrgId(ann.org_id.parse().unwrap()),
-        user_id: trueline_core::ids::UserId(ann.user_id.parse().unwrap()),
-        key: "in-flight-when-killed".into(),
-    };
+    let scope = trueline_store::IdempotencyScope::new(
+        trueline_core::ids::OrgId(ann.org_id.parse().unwrap()),
+        trueline_core::ids::UserId(ann.user_id.parse().unwrap()),
+        "in-flight-when-killed".into(),
+    );
     // What a process killed mid-request leaves behind: a locked claim (and, below, a lease).
     app.state
         .store

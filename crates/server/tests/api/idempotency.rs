@@ -160,15 +160,15 @@ async fn a_key_still_in_progress_is_409(backend: Backend) {
         .json()
         .await
         .unwrap();
-    let scope = IdempotencyScope {
-        org_id: uuid::Uuid::parse_str(me["organization"]["id"].as_str().unwrap())
+    let scope = IdempotencyScope::new(
+        uuid::Uuid::parse_str(me["organization"]["id"].as_str().unwrap())
             .unwrap()
             .into(),
-        user_id: uuid::Uuid::parse_str(me["user"]["id"].as_str().unwrap())
+        uuid::Uuid::parse_str(me["user"]["id"].as_str().unwrap())
             .unwrap()
             .into(),
-        key: "busy".into(),
-    };
+        "busy".into(),
+    );
     // Claim the key exactly as the middleware would for this request, as if a first request
     // were still running.
     let now = app.clock.now();
