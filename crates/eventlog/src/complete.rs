@@ -49,6 +49,13 @@ impl Completer {
 
     /// Calls every completion with its outcome: here, or on the completer thread.
     pub fn complete(&mut self, outcomes: Vec<Outcome>) {
+        // On the writer thread, before the outcomes may travel to the completer thread: the
+        // writer prepares a chain's next append only after this.
+        for (completion, outcome) in &outcomes {
+            if outcome.is_err() {
+                completion.break_chain();
+            }
+        }
         let offload = outcomes.len() > INLINE_MAX || self.queued.load(Ordering::Acquire) > 0;
         if !offload || !self.started() {
             return complete_all(outcomes);

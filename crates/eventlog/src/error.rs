@@ -67,6 +67,9 @@ pub enum AppendError {
     },
     /// The log is closed.
     Closed,
+    /// An earlier append of the same [`crate::AppendChain`] failed, so this one was not
+    /// written: the log never holds a later append of a chain without an earlier one.
+    EarlierInChainFailed,
 }
 
 impl AppendError {
@@ -129,6 +132,12 @@ impl fmt::Display for AppendError {
             }
             AppendError::Corrupt { detail } => write!(f, "corrupt event log: {detail}"),
             AppendError::Closed => write!(f, "event log is closed"),
+            AppendError::EarlierInChainFailed => {
+                write!(
+                    f,
+                    "an earlier append of the same chain failed; nothing was written"
+                )
+            }
         }
     }
 }

@@ -297,4 +297,4 @@ pub use types::{
     CommitNotice, Direction, EventId, ExpectedVersion, NewEvent, OrgFilter, OrgId, OrgStats,
     Recorded, RecoveryReport, StorageStats, StoredEvent, TruncatedTail,
 };
-pub use writer::Done;
+pub use writer::{AppendChain, Done};

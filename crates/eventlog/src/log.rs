@@ -28,8 +28,8 @@ use crate::types::{
     Recorded, RecoveryReport, StorageStats, StoredEvent, TruncatedTail,
 };
 use crate::writer::{
-    AppendRequest, Completion, Done, Request, TEMP_SUFFIX, Writer, create_segment, sync_dir,
-    write_checkpoint, write_registry,
+    AppendChain, AppendRequest, Completion, Done, Request, TEMP_SUFFIX, Writer, create_segment,
+    sync_dir, write_checkpoint, write_registry,
 };
 
 /// Name of the lock file inside the log directory.
@@ -276,7 +276,43 @@ impl EventLog {
         events: Vec<NewEvent>,
         done: Done,
     ) {
-        let done = Completion::new(done);
+        self.submit(org, stream, expected, events, Completion::new(done));
+    }
+
+    /// Like [`EventLog::append_with`], as the next append of `chain`: it is written only if
+    /// every earlier append of the chain succeeded (otherwise it fails with
+    /// [`AppendError::EarlierInChainFailed`] and nothing of it is written). Appends of a chain
+    /// submitted one after the other, without waiting, still share group commits; what a
+    /// chain rules out is a later one reaching the log while an earlier one failed (a full
+    /// disk that frees up in between, a failed `fdatasync`), which would put them in the
+    /// log out of order once the earlier one is retried.
+    #[allow(clippy::too_many_arguments)]
+    pub fn append_chained(
+        &self,
+        chain: &AppendChain,
+        org: OrgId,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        done: Done,
+    ) {
+        self.submit(
+            org,
+            stream,
+            expected,
+            events,
+            Completion::chained(done, chain),
+        );
+    }
+
+    fn submit(
+        &self,
+        org: OrgId,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        done: Completion,
+    ) {
         let encoded_len = match validate(&self.shared.options, stream, &events) {
             Ok(n) => n,
             Err(e) => return done.complete(Err(e)),

@@ -11,6 +11,7 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -34,24 +35,90 @@ pub type Done = Box<dyn FnOnce(Result<Vec<Recorded>, AppendError>) + Send>;
 
 /// Calls its callback exactly once: with the result, or with `Closed` if dropped unused (e.g.
 /// an append still queued when the writer stopped).
-pub(crate) struct Completion(Option<Done>);
+pub(crate) struct Completion {
+    done: Option<Done>,
+    /// The chain this append belongs to, and its place in it.
+    chain: Option<(AppendChain, u64)>,
+}
 
 impl Completion {
     pub fn new(done: Done) -> Self {
-        Completion(Some(done))
+        Completion {
+            done: Some(done),
+            chain: None,
+        }
     }
+
+    /// The next append of `chain` (numbered in submission order).
+    pub fn chained(done: Done, chain: &AppendChain) -> Self {
+        let place = chain.0.next.fetch_add(1, Ordering::Relaxed);
+        Completion {
+            done: Some(done),
+            chain: Some((chain.clone(), place)),
+        }
+    }
+
     pub fn complete(mut self, r: Result<Vec<Recorded>, AppendError>) {
-        if let Some(f) = self.0.take() {
+        if r.is_err() {
+            self.break_chain();
+        }
+        if let Some(f) = self.done.take() {
             call_contained(|| f(r));
         }
+    }
+
+    /// Records that this append failed. Called on the writer thread as soon as that is
+    /// known, before its acknowledgement is handed on, so the chain's later appends see it
+    /// when they are prepared.
+    pub fn break_chain(&self) {
+        if let Some((chain, place)) = &self.chain {
+            chain.0.first_failed.fetch_min(*place, Ordering::AcqRel);
+        }
+    }
+
+    /// Whether an earlier append of this one's chain failed (a later one's failure does not
+    /// count: that one came after).
+    fn chain_broken(&self) -> bool {
+        self.chain
+            .as_ref()
+            .is_some_and(|(chain, place)| chain.0.first_failed.load(Ordering::Acquire) < *place)
     }
 }
 
 impl Drop for Completion {
     fn drop(&mut self) {
-        if let Some(f) = self.0.take() {
+        if let Some(f) = self.done.take() {
+            self.break_chain();
             call_contained(|| f(Err(AppendError::Closed)));
         }
+    }
+}
+
+/// Appends that must reach the log in order or not at all: once one of them fails, the
+/// writer refuses the later ones (`AppendError::EarlierInChainFailed`) instead of writing
+/// them without it. See [`crate::EventLog::append_chained`].
+#[derive(Clone, Default)]
+pub struct AppendChain(Arc<ChainState>);
+
+struct ChainState {
+    /// The place the next append of the chain gets.
+    next: AtomicU64,
+    /// The place of the first append that failed (`u64::MAX`: none).
+    first_failed: AtomicU64,
+}
+
+impl Default for ChainState {
+    fn default() -> Self {
+        ChainState {
+            next: AtomicU64::new(0),
+            first_failed: AtomicU64::new(u64::MAX),
+        }
+    }
+}
+
+impl AppendChain {
+    pub fn new() -> Self {
+        Self::default()
     }
 }
 
@@ -329,6 +396,12 @@ impl Writer {
                     continue;
                 }
                 commit = Commit::new(self.len, self.next_position());
+            }
+            // Checked here, after any roll above: a failed commit of this group's first part
+            // may have failed an earlier append of the chain.
+            if req.done.chain_broken() {
+                self.refuse(req.done, AppendError::EarlierInChainFailed);
+                continue;
             }
             match self.prepare(&req, &commit, known.get(events)) {
                 Err(e) => self.refuse(req.done, e),

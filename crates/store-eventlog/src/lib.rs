@@ -174,9 +174,11 @@ impl FileEventStore {
         self.ids.mask(org.0.as_bytes())
     }
 
-    /// Hands one batch to the writer; the outcome comes on the returned channel.
+    /// Hands one batch to the writer (as the next append of `chain`, if given); the outcome
+    /// comes on the returned channel.
     fn submit(
         &self,
+        chain: Option<&engine::AppendChain>,
         org: OrgId,
         stream: &str,
         expected: ExpectedVersion,
@@ -201,15 +203,19 @@ impl FileEventStore {
             ExpectedVersion::Exact(v) => engine::ExpectedVersion::Exact(v),
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.log.append_with(
-            engine_org(org),
-            stream,
-            expected,
-            engine_events,
-            Box::new(move |result| {
-                let _ = tx.send(result);
-            }),
-        );
+        let done: engine::Done = Box::new(move |result| {
+            let _ = tx.send(result);
+        });
+        let org = engine_org(org);
+        match chain {
+            Some(chain) => {
+                self.log
+                    .append_chained(chain, org, stream, expected, engine_events, done)
+            }
+            None => self
+                .log
+                .append_with(org, stream, expected, engine_events, done),
+        }
         rx
     }
 }
@@ -250,14 +256,15 @@ impl EventStore for FileEventStore {
         now: OffsetDateTime,
     ) -> Result<Vec<Appended>, EventStoreError> {
         let count = events.len();
-        let pending = self.submit(org, stream, expected, events, now);
+        let pending = self.submit(None, org, stream, expected, events, now);
         finish(self.mask(org), count, pending.await)
     }
 
     /// Every batch goes to the writer before any is waited for: in submission order, and
     /// one group commit (one `fdatasync`) for all of them, where waiting for each paid one
     /// `fdatasync` per batch (the outbox relay's one-event batches under `spread`: ~2,000
-    /// per second).
+    /// per second). They go as one chain: once one fails, the later ones are refused rather
+    /// than written without it (the relay retries from the failed one, in order).
     async fn append_many(
         &self,
         org: OrgId,
@@ -265,9 +272,17 @@ impl EventStore for FileEventStore {
         now: OffsetDateTime,
     ) -> Vec<Result<Vec<Appended>, EventStoreError>> {
         let mut submitted = Vec::with_capacity(batches.len());
+        let chain = engine::AppendChain::new();
         for batch in batches {
             let count = batch.events.len();
-            let mut receiver = self.submit(org, &batch.stream, batch.expected, batch.events, now);
+            let mut receiver = self.submit(
+                Some(&chain),
+                org,
+                &batch.stream,
+                batch.expected,
+                batch.events,
+                now,
+            );
             match receiver.try_recv() {
                 // Refused before it reached the writer (e.g. too large): stop, as calls to
                 // `append` one after another would.
@@ -406,6 +421,10 @@ fn append_error(mask: Mask, e: engine::AppendError) -> EventStoreError {
             StoreError::Unavailable(format!("event log I/O failure: {detail}")).into()
         }
         E::Closed => StoreError::Unavailable("event log closed".into()).into(),
+        E::EarlierInChainFailed => StoreError::Unavailable(
+            "an earlier batch of the same append failed; this one was not written".into(),
+        )
+        .into(),
         other => StoreError::Internal(format!("event log refused the append: {other}")).into(),
     }
 }

@@ -136,9 +136,9 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Appends several batches (each 1..=1000 events to one stream, like [`append`]) in
     /// this order, as calls to `append` one after another would, and returns their outcomes
-    /// in the same order. It stops at the first batch refused before it was submitted;
-    /// batches after a refusal found later may have been appended (each batch is still
-    /// atomic). The file engine submits them all at once, so one group commit can carry
+    /// in the same order. Nothing after a failed batch is appended: the outcomes end at the
+    /// first failure, or go on with failures of the batches it held back. The file engine
+    /// submits them all at once as one chain (`AppendChain`), so one group commit can carry
     /// them; the default (PostgreSQL) appends them one by one.
     ///
     /// [`append`]: EventStore::append

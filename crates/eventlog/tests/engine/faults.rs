@@ -311,3 +311,132 @@ fn a_roll_failing_after_the_new_file_exists_stops_the_writer_and_the_log_reopens
         .unwrap();
     assert_eq!(next[0].global_position, failed_at);
 }
+
+/// Sends one append of `chain` and waits for its outcome.
+fn chained(
+    log: &EventLog,
+    chain: &trueline_eventlog::AppendChain,
+    stream: &str,
+    expected: ExpectedVersion,
+    n: u64,
+) -> std::sync::mpsc::Receiver<Result<Vec<trueline_eventlog::Recorded>, AppendError>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    log.append_chained(
+        chain,
+        org(1),
+        stream,
+        expected,
+        vec![event(n, "t", b"{}")],
+        Box::new(move |r| {
+            let _ = tx.send(r);
+        }),
+    );
+    rx
+}
+
+/// A full disk fails one append of a chain and frees up before the next is sent: the next
+/// must not be written without the earlier one (a relay would then retry the earlier one and
+/// put the two in the log out of order).
+#[test]
+fn a_chain_writes_nothing_after_an_append_that_failed() {
+    let dir = tempdir();
+    let (log, switch) = faulty(dir.path(), Durability::Always);
+    let chain = trueline_eventlog::AppendChain::new();
+    assert!(
+        chained(&log, &chain, "a", ExpectedVersion::Any, 1)
+            .recv()
+            .unwrap()
+            .is_ok()
+    );
+    switch.set(Some(Fault::WriteNoSpace { after_bytes: 0 }));
+    let failed = chained(&log, &chain, "b", ExpectedVersion::Any, 2)
+        .recv()
+        .unwrap();
+    assert!(
+        matches!(failed, Err(AppendError::StorageFull { .. })),
+        "{failed:?}"
+    );
+    switch.set(None);
+    let later = chained(&log, &chain, "c", ExpectedVersion::Any, 3)
+        .recv()
+        .unwrap();
+    assert!(
+        matches!(later, Err(AppendError::EarlierInChainFailed)),
+        "{later:?}"
+    );
+    assert!(log.get(id(3)).unwrap().is_none());
+    assert_eq!(log.last_global_position(), 1);
+    // Another chain (or a plain append) is not held back.
+    let fresh = trueline_eventlog::AppendChain::new();
+    assert!(
+        chained(&log, &fresh, "c", ExpectedVersion::Any, 3)
+            .recv()
+            .unwrap()
+            .is_ok()
+    );
+    assert_gapless(&log);
+}
+
+/// Submitted together (one group commit), a chain's append refused when prepared stops the
+/// ones after it in the same group; without a chain they are written.
+#[test]
+fn a_refused_append_stops_the_rest_of_its_chain_in_the_same_group() {
+    let dir = tempdir();
+    let (log, _switch) = faulty(dir.path(), Durability::Always);
+    let chain = trueline_eventlog::AppendChain::new();
+    let first = chained(&log, &chain, "a", ExpectedVersion::Any, 1);
+    let refused = chained(&log, &chain, "b", ExpectedVersion::Exact(7), 2);
+    let after = chained(&log, &chain, "c", ExpectedVersion::Any, 3);
+    assert!(first.recv().unwrap().is_ok());
+    assert!(matches!(
+        refused.recv().unwrap(),
+        Err(AppendError::WrongExpectedVersion { current: 0 })
+    ));
+    assert!(matches!(
+        after.recv().unwrap(),
+        Err(AppendError::EarlierInChainFailed)
+    ));
+    assert_eq!(log.last_global_position(), 1);
+    // The same appends without a chain: each stands alone.
+    let (tx, rx) = std::sync::mpsc::channel();
+    for (stream, expected, n) in [
+        ("b", ExpectedVersion::Exact(7), 4u64),
+        ("c", ExpectedVersion::Any, 5),
+    ] {
+        let tx = tx.clone();
+        log.append_with(
+            org(1),
+            stream,
+            expected,
+            vec![event(n, "t", b"{}")],
+            Box::new(move |r| {
+                let _ = tx.send((n, r.is_ok()));
+            }),
+        );
+    }
+    let mut outcomes: Vec<(u64, bool)> = (0..2).map(|_| rx.recv().unwrap()).collect();
+    outcomes.sort();
+    assert_eq!(outcomes, vec![(4, false), (5, true)]);
+}
+
+/// A failure counts for the appends after it only: one refused up front (before it reaches
+/// the writer) does not fail an earlier append of its chain still queued there.
+#[test]
+fn a_failure_in_a_chain_holds_back_only_the_appends_after_it() {
+    let dir = tempdir();
+    let (log, _switch) = faulty(dir.path(), Durability::Always);
+    let chain = trueline_eventlog::AppendChain::new();
+    let first = chained(&log, &chain, "a", ExpectedVersion::Any, 1);
+    let refused = chained(&log, &chain, "", ExpectedVersion::Any, 2);
+    let after = chained(&log, &chain, "a", ExpectedVersion::Any, 3);
+    assert!(matches!(
+        refused.recv().unwrap(),
+        Err(AppendError::EmptyStreamName)
+    ));
+    assert!(first.recv().unwrap().is_ok());
+    assert!(matches!(
+        after.recv().unwrap(),
+        Err(AppendError::EarlierInChainFailed)
+    ));
+    assert_eq!(log.last_global_position(), 1);
+}

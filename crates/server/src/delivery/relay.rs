@@ -156,8 +156,9 @@ fn run_length(rows: &[OutboxRow]) -> usize {
         .count()
 }
 
-/// Every run of `rows` handed to the event log before any is waited for. Runs after a
-/// refused one may have been appended: they count as published.
+/// Every run of `rows` handed to the event log before any is waited for. Nothing after a
+/// failed run is appended (see `EventStore::append_many`): those rows wait for the next round,
+/// which starts at the failed run, so the log keeps the outbox's order.
 async fn publish_at_once(
     state: &State,
     org: OrgId,
@@ -188,12 +189,13 @@ async fn publish_at_once(
             && let Some(Err(EventStoreError::Refused(AppendRefusal::EventIdConflict { .. }))) =
                 outcomes.get(k)
         {
-            // Part of this run is in the log already although its first row was not: on
-            // PostgreSQL a later row can commit (and be published) before an earlier one
-            // (see `lease_outbox`), and a relay can die before marking it. Refused whole
-            // round after round, the run would stop the organization's publishing for good:
-            // from here on the rows go in order, the mixed run row by row (rows already in
-            // the log are duplicates and count as published).
+            // Part of this run is in the log already although its first row was not. Rows are
+            // published in commit order and a failed run holds back the ones after it, so
+            // this should not happen any more (it did while PostgreSQL's relay ordered by
+            // transaction id); but refused whole round after round, such a run would stop
+            // the organization's publishing for good: from here on the rows go in order, the
+            // mixed run row by row (rows already in the log are duplicates and count as
+            // published).
             let start = run[0].seq;
             let rest: Vec<OutboxRow> = rows.iter().filter(|r| r.seq >= start).cloned().collect();
             let (more, failed) = publish_in_order(state, org, &rest).await;
@@ -201,13 +203,11 @@ async fn publish_at_once(
             return (done, failed);
         }
         match outcomes.get(k) {
+            // In the log (after a failure this cannot happen; if it did, the rows are there).
             Some(Ok(_)) => done.extend(seqs),
-            Some(Err(e)) => match &mut failure {
-                Some((failed, _)) => failed.extend(seqs),
-                None => failure = Some((seqs.collect(), e.to_string())),
-            },
-            // Not submitted (after a refusal): left for the next round.
-            None => {}
+            Some(Err(e)) if failure.is_none() => failure = Some((seqs.collect(), e.to_string())),
+            // Held back by the failure, or not submitted: left for the next round.
+            Some(Err(_)) | None => {}
         }
     }
     (done, failure)
