@@ -204,7 +204,11 @@ mod tests {
         let a = created.mask(&[1u8; 16]);
         let b = created.mask(&[2u8; 16]);
         assert_ne!(a.apply(id), b.apply(id));
-        assert_eq!(a.apply(id), created.compute_mask(&[1u8; 16]).apply(id), "cached = computed");
+        assert_eq!(
+            a.apply(id),
+            created.compute_mask(&[1u8; 16]).apply(id),
+            "cached = computed"
+        );
         assert_eq!(a.apply(a.apply(id)), id, "the mask is its own inverse");
         // Not the organization id (the first version's mask, which anyone could compute).
         assert_ne!(a.apply(id), Mask([1u8; 16]).apply(id));
