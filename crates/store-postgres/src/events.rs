@@ -158,7 +158,7 @@ impl EventStore for PgEventStore {
         let count = events.len() as i64;
         let bytes: i64 = events
             .iter()
-            .map(|e| (e.data.len() + e.metadata.len()) as i64)
+            .map(|e| event_stored_bytes(stream, e) as i64)
             .sum();
         let mut appended = Vec::with_capacity(events.len());
         let positions: Vec<i64> = (1..=count).map(|i| head + i).collect();

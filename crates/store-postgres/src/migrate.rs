@@ -68,6 +68,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/0010_idempotency_holder.up.sql"),
         include_str!("../migrations/0010_idempotency_holder.down.sql"),
     ),
+    (
+        11,
+        "event bytes as stored by the engine",
+        include_str!("../migrations/0011_event_bytes.up.sql"),
+        include_str!("../migrations/0011_event_bytes.down.sql"),
+    ),
 ];
 
 fn migrator() -> Migrator {

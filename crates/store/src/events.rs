@@ -77,10 +77,22 @@ pub enum ReadDirection {
     Backward,
 }
 
+/// Bytes an event counts in [`EventStats::bytes`] besides its stream name, type, metadata and
+/// data: the embedded engine's record header (an 8-byte length and checksum prefix and 84
+/// bytes of fixed fields), so both backends report the same figure.
+pub const EVENT_STORED_OVERHEAD_BYTES: u64 = 92;
+
+/// What one event counts in [`EventStats::bytes`]: its size as the embedded engine stores it.
+pub fn event_stored_bytes(stream: &str, event: &NewEvent) -> u64 {
+    EVENT_STORED_OVERHEAD_BYTES
+        + (stream.len() + event.event_type.len() + event.metadata.len() + event.data.len()) as u64
+}
+
 /// Totals of one organization.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EventStats {
     pub events: u64,
+    /// The events' size as the embedded engine stores them ([`event_stored_bytes`]).
     pub bytes: u64,
     pub streams: u64,
     /// 0 when the organization has no events.

@@ -100,3 +100,41 @@ async fn item_names_sort_by_bytes_whatever_the_database_collation() {
     .unwrap();
     assert_eq!(collation, "C");
 }
+
+/// Migration 11 recounts the organizations' event bytes as the embedded engine stores them;
+/// its down migration goes back to metadata + data.
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set TRUELINE_TEST_POSTGRES_URL and run with --ignored"]
+async fn migration_11_recounts_event_bytes_both_ways() {
+    use trueline_store::events::{EventStore, ExpectedVersion, NewEvent};
+    let database = TestDatabase::create().await;
+    let store = PgStore::connect(&database.url, PgOptions::default())
+        .await
+        .unwrap();
+    store.migrate_up().await.unwrap();
+    let events = store.event_store(trueline_store::events::EVENT_BYTES_MAX_DEFAULT);
+    let org = trueline_core::ids::OrgId::new();
+    let event = |data: &str| NewEvent {
+        id: trueline_core::ids::EventId::new(),
+        event_type: "t.x".into(),
+        data: data.as_bytes().to_vec(),
+        metadata: b"{}".to_vec(),
+    };
+    let now = time::OffsetDateTime::now_utc();
+    events
+        .append(
+            org,
+            "s1",
+            ExpectedVersion::Any,
+            vec![event("1"), event("[2]")],
+            now,
+        )
+        .await
+        .unwrap();
+    let stored = (92 + 2 + 3 + 2 + 1) + (92 + 2 + 3 + 2 + 3);
+    assert_eq!(events.stats(org).await.unwrap().bytes, stored);
+    assert_eq!(store.migrate_down(1).await.unwrap(), vec![11]);
+    assert_eq!(events.stats(org).await.unwrap().bytes, (2 + 1) + (2 + 3));
+    store.migrate_up().await.unwrap();
+    assert_eq!(events.stats(org).await.unwrap().bytes, stored);
+}
