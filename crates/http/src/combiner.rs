@@ -10,8 +10,8 @@
 //! batch commits the next one fills up, so throughput grows with load instead of queueing.
 //!
 //! Combining is per server instance; with several instances on PostgreSQL each combines its
-//! own requests, rows are locked in item order (no deadlocks between instances), and the
-//! guarded statement stays the authority.
+//! own requests, rows and the outbox's per-organization commit locks are taken in one global
+//! order (no deadlocks between instances), and the guarded statement stays the authority.
 
 use crate::problem::{ApiError, codes};
 use std::sync::Arc;

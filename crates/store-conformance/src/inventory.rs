@@ -955,3 +955,38 @@ pub async fn large_combined_batches_apply_every_delta(f: &Fixture) {
         .await;
     assert_eq!(events, 1200);
 }
+
+/// Two combined batches with no item in common, each holding changes of organizations A and
+/// B in the opposite order: their outbox rows take per-organization locks at commit
+/// (PostgreSQL), which must be taken in one order whatever the batch's, or the two wait for
+/// each other until the database aborts one (40P01, a 503 for every request in it).
+pub async fn combined_batches_of_two_organizations_in_opposite_orders_do_not_deadlock(f: &Fixture) {
+    use trueline_store::DeltaOutcome;
+    const ROUNDS: usize = 40;
+    let a = owner_actor(f, "ann@example.com").await;
+    let b = owner_actor(f, "bob@example.com").await;
+    let (a1, a2) = (create(f, &a, "A1", 0).await, create(f, &a, "A2", 0).await);
+    let (b1, b2) = (create(f, &b, "B1", 0).await, create(f, &b, "B2", 0).await);
+    for _ in 0..ROUNDS {
+        let first = [job(&a, a1.id, 1, None), job(&b, b1.id, 1, None)];
+        let second = [job(&b, b2.id, 1, None), job(&a, a2.id, 1, None)];
+        let (one, two) = tokio::join!(f.store.apply_deltas(&first), f.store.apply_deltas(&second));
+        for outcomes in [one.expect("first batch"), two.expect("second batch")] {
+            assert!(
+                outcomes
+                    .iter()
+                    .all(|o| matches!(o, DeltaOutcome::Applied(_))),
+                "{outcomes:?}"
+            );
+        }
+    }
+    for (actor, item) in [(&a, &a1), (&a, &a2), (&b, &b1), (&b, &b2)] {
+        let now = f
+            .store
+            .item(actor.org_id, item.id)
+            .await
+            .expect("get")
+            .expect("exists");
+        assert_eq!(now.qty, ROUNDS as u64);
+    }
+}

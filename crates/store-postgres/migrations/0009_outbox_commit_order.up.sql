@@ -6,8 +6,10 @@
 -- running with an id between theirs made only one of the two eligible.
 --
 -- Now each row gets `ord` at commit: a deferred trigger (it runs after the transaction's
--- last statement, so it waits for nothing the transaction could be holding up) takes a
--- per-organization advisory lock, held until the commit is visible, and numbers the row.
+-- last statement, so no other transaction waits for a row lock it still needs) takes a
+-- per-organization advisory lock, held until the commit is visible, and numbers the row. A
+-- transaction with rows of several organizations (a combined batch of quantity changes)
+-- inserts them in the order of these locks' keys, so two such never wait for each other.
 -- So within an organization `ord` follows commit order, and a row without a committed
 -- `ord` yet can only get a larger one than every committed row: the relay publishes the
 -- committed rows in `ord` order and needs no guard.
@@ -27,6 +29,9 @@ $$;
 CREATE CONSTRAINT TRIGGER outbox_commit_order AFTER INSERT ON outbox
 DEFERRABLE INITIALLY DEFERRED
 FOR EACH ROW EXECUTE FUNCTION outbox_commit_order();
+-- Also with session_replication_role = replica (a restore that disables triggers must not
+-- leave rows without their number).
+ALTER TABLE outbox ENABLE ALWAYS TRIGGER outbox_commit_order;
 
 DROP INDEX outbox_pending;
 CREATE INDEX outbox_pending ON outbox (org_id, ord) WHERE published_at IS NULL;

@@ -3,8 +3,11 @@
 //! [`trueline_store::combine::plan`].
 //!
 //! Lock order, the same in every write path: items (in id order), then idempotency keys (in
-//! key order). Combiners of several instances therefore cannot deadlock with each other or
-//! with the single-request paths (which lock their item, then complete their own key).
+//! key order), then at commit the outbox's per-organization advisory locks (migration 9) in
+//! the order of their hashes (a batch's outbox rows are inserted in that order, each
+//! organization's in plan order). Combiners of several instances therefore cannot deadlock
+//! with each other or with the single-request paths (which lock their item, complete their
+//! own key, and write one organization's outbox rows).
 
 use crate::inventory::{ITEM_COLUMNS, item_from};
 use crate::platform::{Tx, stored_response};
@@ -271,7 +274,11 @@ async fn write_history(tx: &mut Tx, jobs: &[DeltaJob], plan: &Plan) -> Result<()
     Ok(())
 }
 
-/// In plan order, so each item's events take sequence numbers in version order.
+/// Grouped by organization in the order of the outbox lock's key, and in plan order within
+/// each, so each item's events take sequence numbers in version order and the commit-order
+/// trigger (migration 9), which fires row by row, takes the organizations' locks in one
+/// global order: two batches with organizations A and B cannot each hold one and wait for
+/// the other.
 async fn write_outbox(tx: &mut Tx, plan: &Plan) -> Result<(), StoreError> {
     if plan.events.is_empty() {
         return Ok(());
@@ -282,7 +289,7 @@ async fn write_outbox(tx: &mut Tx, plan: &Plan) -> Result<(), StoreError> {
          SELECT i, o, t, s, p::jsonb, c
          FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[],
                      $6::timestamptz[]) WITH ORDINALITY AS u(i, o, t, s, p, c, n)
-         ORDER BY n",
+         ORDER BY hashtextextended('trueline.outbox ' || o::text, 0), n",
     )
     .bind(e.iter().map(|e| e.event_id.0).collect::<Vec<_>>())
     .bind(e.iter().map(|e| e.org_id.0).collect::<Vec<_>>())
