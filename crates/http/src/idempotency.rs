@@ -250,11 +250,13 @@ pub async fn request_fingerprint(
     if let Some(boundary) = boundary
         && let Some(parts) = multipart_digest(boundary, body.clone()).await
     {
+        // A leading NUL (no method starts with one) keeps this apart from every raw body.
         let mut hasher = Sha256::new();
+        hasher.update(b"\0multipart\n");
         hasher.update(method.as_str().as_bytes());
         hasher.update(b"\n");
         hasher.update(path.as_bytes());
-        hasher.update(b"\nmultipart\n");
+        hasher.update(b"\n");
         hasher.update(parts);
         return hasher.finalize().into();
     }

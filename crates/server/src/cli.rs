@@ -62,6 +62,14 @@ pub enum EventlogAction {
         #[arg(long)]
         yes: bool,
     },
+    /// Let a log written before 2026-12-03 (no `id-scope.key`) open with that version's id
+    /// mapping (ids XORed with the organization id).
+    KeepLegacyIds {
+        /// Required: that mapping lets an organization that knows another's id and one of its
+        /// event ids probe or claim that id.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -187,6 +195,31 @@ fn eventlog(config: &Config, action: EventlogAction) -> anyhow::Result<()> {
             let count = trueline_eventlog::dump(&dir, &mut out, from)?;
             std::io::Write::flush(&mut out)?;
             eprintln!("{count} record(s)");
+            Ok(())
+        }
+        EventlogAction::KeepLegacyIds { yes } => {
+            anyhow::ensure!(
+                yes,
+                "a log kept with its legacy ids lets an organization that knows another's id and one of its event ids probe or claim that id; pass --yes to accept, or start a new log"
+            );
+            // Not while a server has the log open (it holds the directory's lock).
+            let lock = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(dir.join(trueline_eventlog::LOCK_FILE_NAME))?;
+            lock.try_lock().map_err(|_| {
+                anyhow::anyhow!(
+                    "the event log in {} is open; stop the server first",
+                    dir.display()
+                )
+            })?;
+            trueline_store_eventlog::IdScope::keep_legacy(&dir)?;
+            println!(
+                "{} now keeps the ids of its events as they were written (XORed with the organization id)",
+                dir.display()
+            );
             Ok(())
         }
         EventlogAction::Repair { yes } => {

@@ -51,6 +51,13 @@ fn open_events_with(
             };
             let events = FileEventStore::open(&dir, options)
                 .with_context(|| format!("opening the event log in {}", dir.display()))?;
+            if events.legacy_ids() {
+                tracing::warn!(
+                    event = "eventlog.legacy_ids",
+                    dir = %dir.display(),
+                    "this event log keeps ids XORed with the organization id (kept with `trueline eventlog keep-legacy-ids`): an organization that knows another's id can probe its event ids"
+                );
+            }
             let r = events.recovery();
             tracing::info!(
                 event = "eventlog.recovered",

@@ -13,6 +13,12 @@
 //! The key is part of the log: without it no stored id maps back to the id a client chose.
 //! It is written (and made durable) when a log is created, before its first append; a log
 //! that holds events and has no key file, or a damaged one, refuses to open.
+//!
+//! A log written before the key existed (2026-12-03) holds `client id XOR organization id`.
+//! It opens only after the operator runs `trueline eventlog keep-legacy-ids --yes`
+//! ([`IdScope::keep_legacy`]), which writes a key file of the legacy kind: the log then goes
+//! on with the organization id as the mask, and with that mapping's weakness (another
+//! organization that knows both ids can probe an id or claim it first).
 
 use sha2::{Digest, Sha256};
 use std::fmt;
@@ -24,6 +30,8 @@ use std::path::{Path, PathBuf};
 pub const ID_KEY_FILE: &str = "id-scope.key";
 
 const MAGIC: &[u8; 8] = b"TLIDKEY1";
+/// The legacy kind: the mask is the organization id (no key; the key bytes are zeros).
+const LEGACY_MAGIC: &[u8; 8] = b"TLIDLEG1";
 const KEY_LEN: usize = 32;
 /// Magic, key, and the SHA-256 of both (a damaged file is refused, not used).
 const FILE_LEN: usize = MAGIC.len() + KEY_LEN + 32;
@@ -47,6 +55,8 @@ impl std::error::Error for IdKeyError {}
 #[derive(Clone)]
 pub struct IdScope {
     key: [u8; KEY_LEN],
+    /// The first version's mapping (see the module docs).
+    legacy: bool,
     /// Organizations' masks, computed once each (a SHA-256 per append and per read cost
     /// ~2 % of the event API's throughput at 64 clients); cleared when it reaches
     /// `MASKS_CACHED_MAX`.
@@ -91,8 +101,10 @@ impl IdScope {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Err(IdKeyError {
                 path,
                 detail: "missing, but the log holds events: their ids cannot be mapped back \
-                         to the ids clients chose without it; restore the file from the \
-                         backup of this directory"
+                         to the ids clients chose without it. Restore the file from the \
+                         backup of this directory; a log written before 2026-12-03 never had \
+                         one: `trueline eventlog keep-legacy-ids --yes` lets it open with \
+                         that version's mapping (see docs/eventlog.md)"
                     .into(),
             }),
             Err(e) => Err(IdKeyError {
@@ -114,6 +126,9 @@ impl IdScope {
 
     pub fn mask(&self, org: &[u8; 16]) -> Mask {
         use std::sync::PoisonError;
+        if self.legacy {
+            return Mask(*org);
+        }
         if let Some(mask) = self
             .masks
             .read()
@@ -144,8 +159,31 @@ impl IdScope {
     fn with_key(key: [u8; KEY_LEN]) -> Self {
         Self {
             key,
+            legacy: false,
             masks: Default::default(),
         }
+    }
+
+    /// Whether this log keeps the first version's mapping.
+    pub fn is_legacy(&self) -> bool {
+        self.legacy
+    }
+
+    /// For a log written before the key existed: records that its ids are
+    /// `client id XOR organization id` and stay so. Refused when the directory has a key
+    /// file already (a keyed log's ids would all map wrong).
+    pub fn keep_legacy(dir: &Path) -> Result<(), IdKeyError> {
+        let path = dir.join(ID_KEY_FILE);
+        if path.exists() {
+            return Err(IdKeyError {
+                path,
+                detail: "exists: this log has its key already".into(),
+            });
+        }
+        write_key_file(dir, LEGACY_MAGIC, &[0u8; KEY_LEN]).map_err(|e| IdKeyError {
+            path,
+            detail: format!("cannot write it: {e}"),
+        })
     }
 
     fn parse(path: &Path, bytes: &[u8]) -> Result<Self, IdKeyError> {
@@ -157,37 +195,55 @@ impl IdScope {
             return Err(damaged(&format!("{} bytes, not {FILE_LEN}", bytes.len())));
         }
         let (body, sum) = bytes.split_at(MAGIC.len() + KEY_LEN);
-        if &body[..MAGIC.len()] != MAGIC {
-            return Err(damaged("wrong magic"));
-        }
+        let legacy = match &body[..MAGIC.len()] {
+            m if m == MAGIC => false,
+            m if m == LEGACY_MAGIC => true,
+            _ => return Err(damaged("wrong magic")),
+        };
         if Sha256::digest(body).as_slice() != sum {
             return Err(damaged("checksum mismatch"));
         }
         let mut key = [0u8; KEY_LEN];
         key.copy_from_slice(&body[MAGIC.len()..]);
-        Ok(Self::with_key(key))
+        Ok(Self {
+            legacy,
+            ..Self::with_key(key)
+        })
     }
 
-    /// Writes a new key: a temporary file made durable, renamed into place, and the
-    /// directory synced, so a crash leaves either no key (and an empty log) or this one.
+    /// Writes a new key, durable before the log's first append.
     fn create(dir: &Path) -> io::Result<Self> {
         let mut key = [0u8; KEY_LEN];
         getrandom::fill(&mut key).map_err(io::Error::other)?;
-        let mut bytes = Vec::with_capacity(FILE_LEN);
-        bytes.extend_from_slice(MAGIC);
-        bytes.extend_from_slice(&key);
-        let sum = Sha256::digest(&bytes);
-        bytes.extend_from_slice(&sum);
-        let tmp = dir.join(format!("{ID_KEY_FILE}.tmp"));
-        {
-            let mut file = fs::File::create(&tmp)?;
-            file.write_all(&bytes)?;
-            file.sync_all()?;
-        }
-        fs::rename(&tmp, dir.join(ID_KEY_FILE))?;
-        fs::File::open(dir)?.sync_all()?;
+        write_key_file(dir, MAGIC, &key)?;
         Ok(Self::with_key(key))
     }
+}
+
+/// A temporary file made durable, renamed into place, and the directory synced, so a crash
+/// leaves either no key file or this one.
+fn write_key_file(dir: &Path, magic: &[u8; 8], key: &[u8; KEY_LEN]) -> io::Result<()> {
+    let mut bytes = Vec::with_capacity(FILE_LEN);
+    bytes.extend_from_slice(magic);
+    bytes.extend_from_slice(key);
+    let sum = Sha256::digest(&bytes);
+    bytes.extend_from_slice(&sum);
+    let tmp = dir.join(format!("{ID_KEY_FILE}.tmp"));
+    {
+        // Readable by the server's user only: with it, anyone reading the segments could
+        // tell which organization's ids are which.
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        file.write_all(&bytes)?;
+        file.sync_all()?;
+    }
+    fs::rename(&tmp, dir.join(ID_KEY_FILE))?;
+    fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]
@@ -198,6 +254,14 @@ mod tests {
     fn a_new_key_is_read_back_and_masks_are_per_organization() {
         let dir = tempfile::tempdir().unwrap();
         let created = IdScope::open(dir.path(), true).unwrap();
+        let mode = {
+            use std::os::unix::fs::PermissionsExt;
+            fs::metadata(dir.path().join(ID_KEY_FILE))
+                .unwrap()
+                .permissions()
+                .mode()
+        };
+        assert_eq!(mode & 0o777, 0o600);
         let read = IdScope::read(dir.path()).unwrap();
         assert_eq!(created.key, read.key);
         let id = [7u8; 16];

@@ -150,6 +150,11 @@ impl FileEventStore {
         })
     }
 
+    /// Whether this log keeps the first version's id mapping (see [`id_scope`]).
+    pub fn legacy_ids(&self) -> bool {
+        self.ids.is_legacy()
+    }
+
     /// What recovery did at open (the server logs it as `eventlog.recovered`).
     pub fn recovery(&self) -> &RecoveryReport {
         &self.recovery

@@ -211,7 +211,10 @@ impl AccountStore for SqliteStore {
         let organization =
             insert_organization(&mut tx, s.org_id, &s.org_name, s.user_id, s.now).await?;
         insert_token(&mut tx, &s.token).await?;
-        let detail = serde_json::json!({ "name": s.org_name.as_str() });
+        // The first token is recorded here (its id and expiry), not in a record of its own.
+        let mut detail = token_detail(s.token.expires_at);
+        detail["name"] = serde_json::json!(s.org_name.as_str());
+        detail["token_id"] = serde_json::json!(s.token.id.0);
         audit(
             &mut tx,
             s.org_id,

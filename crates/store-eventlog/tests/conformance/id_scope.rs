@@ -107,3 +107,56 @@ async fn ids_map_back_after_a_restart_and_a_log_without_its_key_refuses_to_open(
     let store = open(dir.path()).unwrap();
     assert!(store.event(org, id).await.unwrap().is_some());
 }
+
+/// A log written before the key existed holds `client id XOR organization id` and has no
+/// key file: it refuses to open until the operator keeps its legacy ids, and then maps them
+/// as they were written (and goes on so).
+#[tokio::test]
+async fn a_log_from_before_the_key_opens_once_its_legacy_ids_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let org = OrgId::new();
+    let client = uuid::Uuid::new_v4();
+    {
+        let (log, _) =
+            trueline_eventlog::EventLog::open(dir.path(), trueline_eventlog::Options::default())
+                .unwrap();
+        log.append(
+            trueline_eventlog::OrgId(*org.0.as_bytes()),
+            "s",
+            trueline_eventlog::ExpectedVersion::Any,
+            vec![trueline_eventlog::NewEvent {
+                id: trueline_eventlog::EventId(
+                    xor(&client, &org.0, &uuid::Uuid::nil()).into_bytes(),
+                ),
+                event_type: "t.old".into(),
+                timestamp_micros: 1,
+                metadata: b"{}".to_vec(),
+                payload: b"1".to_vec(),
+            }],
+        )
+        .unwrap();
+    }
+    let refused = open(dir.path()).err().expect("no key, events: refused");
+    assert!(refused.to_string().contains("keep-legacy-ids"), "{refused}");
+
+    trueline_store_eventlog::IdScope::keep_legacy(dir.path()).unwrap();
+    let store = open(dir.path()).unwrap();
+    assert!(store.legacy_ids());
+    let found = store
+        .event(org, EventId(client))
+        .await
+        .unwrap()
+        .expect("mapped as written");
+    assert_eq!(found.event_type, "t.old");
+    // A retry of that append is still recognised as the same event.
+    let mut retry = event("t.old", "1");
+    retry.id = EventId(client);
+    let again = store
+        .append(org, "s", ExpectedVersion::Any, vec![retry], now())
+        .await
+        .unwrap();
+    assert!(again[0].duplicate);
+    drop(store);
+    let twice = trueline_store_eventlog::IdScope::keep_legacy(dir.path()).unwrap_err();
+    assert!(twice.detail.contains("exists"), "{twice}");
+}
