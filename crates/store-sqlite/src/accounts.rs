@@ -130,11 +130,6 @@ pub(crate) async fn audit(
     write_outbox(tx, &event).await
 }
 
-/// What a token's audit record says of it: never its secret or hash.
-fn token_detail(expires_at: OffsetDateTime) -> serde_json::Value {
-    serde_json::json!({ "expires_at": expires_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default() })
-}
-
 async fn insert_token(tx: &mut Tx, token: &NewToken) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO api_tokens (id, token_hash, user_id, org_id, created_at, expires_at)
@@ -212,7 +207,7 @@ impl AccountStore for SqliteStore {
             insert_organization(&mut tx, s.org_id, &s.org_name, s.user_id, s.now).await?;
         insert_token(&mut tx, &s.token).await?;
         // The first token is recorded here (its id and expiry), not in a record of its own.
-        let mut detail = token_detail(s.token.expires_at);
+        let mut detail = trueline_store::token_audit_detail(s.token.expires_at);
         detail["name"] = serde_json::json!(s.org_name.as_str());
         detail["token_id"] = serde_json::json!(s.token.id.0);
         audit(
@@ -262,7 +257,7 @@ impl AccountStore for SqliteStore {
             request_id,
             "token.issued",
             Some(token.id.0),
-            token_detail(token.expires_at),
+            trueline_store::token_audit_detail(token.expires_at),
             token.created_at,
         )
         .await?;
@@ -604,7 +599,7 @@ impl SqliteStore {
                 request_id,
                 "token.revoked",
                 Some(id.0),
-                token_detail(from_micros(expires_at)?),
+                trueline_store::token_audit_detail(from_micros(expires_at)?),
                 now,
             )
             .await?;

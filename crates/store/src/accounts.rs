@@ -187,3 +187,12 @@ pub trait AccountStore: Send + Sync {
     /// `InsufficientRole`, `LastOwner`.
     async fn remove_member(&self, actor: &Actor, user_id: UserId) -> Result<bool, StoreError>;
 }
+
+/// What a token's audit records say of it (`token.issued`, `token.revoked`, and signup's
+/// `organization.created`): its expiry; never its secret or hash.
+pub fn token_audit_detail(expires_at: OffsetDateTime) -> serde_json::Value {
+    let expires_at = expires_at
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    serde_json::json!({ "expires_at": expires_at })
+}

@@ -81,16 +81,22 @@ mod event_store {
     );
 }
 
-/// The conformance suite's databases use this machine's default collation (often already
-/// byte order), so it cannot tell a locale-ordered column apart: this checks the column.
-#[tokio::test]
-#[ignore = "needs PostgreSQL: set TRUELINE_TEST_POSTGRES_URL and run with --ignored"]
-async fn item_names_sort_by_bytes_whatever_the_database_collation() {
+/// A throwaway database with every migration applied (dropped with the first value).
+async fn migrated_store() -> (TestDatabase, PgStore) {
     let database = TestDatabase::create().await;
     let store = PgStore::connect(&database.url, PgOptions::default())
         .await
         .unwrap();
     store.migrate_up().await.unwrap();
+    (database, store)
+}
+
+/// The conformance suite's databases use this machine's default collation (often already
+/// byte order), so it cannot tell a locale-ordered column apart: this checks the column.
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set TRUELINE_TEST_POSTGRES_URL and run with --ignored"]
+async fn item_names_sort_by_bytes_whatever_the_database_collation() {
+    let (_database, store) = migrated_store().await;
     let collation: String = sqlx::query_scalar(
         "SELECT collation_name::text FROM information_schema.columns
          WHERE table_name = 'items' AND column_name = 'name_key'",
@@ -107,11 +113,7 @@ async fn item_names_sort_by_bytes_whatever_the_database_collation() {
 #[ignore = "needs PostgreSQL: set TRUELINE_TEST_POSTGRES_URL and run with --ignored"]
 async fn migration_11_recounts_event_bytes_both_ways() {
     use trueline_store::events::{EventStore, ExpectedVersion, NewEvent};
-    let database = TestDatabase::create().await;
-    let store = PgStore::connect(&database.url, PgOptions::default())
-        .await
-        .unwrap();
-    store.migrate_up().await.unwrap();
+    let (_database, store) = migrated_store().await;
     let events = store.event_store(trueline_store::events::EVENT_BYTES_MAX_DEFAULT);
     let org = trueline_core::ids::OrgId::new();
     let event = |data: &str| NewEvent {

@@ -3,19 +3,9 @@
 use sqlx::{PgPool, Postgres, Transaction};
 use std::time::Duration;
 use time::OffsetDateTime;
-use trueline_store::{DeliveryStore, Destination, Migrations};
-use trueline_store_postgres::testing::TestDatabase;
-use trueline_store_postgres::{PgOptions, PgStore};
+use trueline_store::{DeliveryStore, Destination};
+use trueline_store_postgres::PgStore;
 use uuid::Uuid;
-
-async fn store() -> (TestDatabase, PgStore) {
-    let database = TestDatabase::create().await;
-    let store = PgStore::connect(&database.url, PgOptions::default())
-        .await
-        .unwrap();
-    store.migrate_up().await.unwrap();
-    (database, store)
-}
 
 /// Gives the transaction its id now (PostgreSQL assigns one at the first write).
 async fn take_xid(tx: &mut Transaction<'static, Postgres>) {
@@ -70,7 +60,7 @@ async fn relay_round(store: &PgStore) -> Vec<(String, i64)> {
 #[tokio::test]
 #[ignore = "needs PostgreSQL: set TRUELINE_TEST_POSTGRES_URL and run with --ignored"]
 async fn rows_are_published_in_commit_order_whatever_the_transaction_ids() {
-    let (_database, store) = store().await;
+    let (_database, store) = crate::migrated_store().await;
     let pool: &PgPool = store.pool();
     let org = Uuid::new_v4();
     let mut commits_second = pool.begin().await.unwrap();
@@ -101,7 +91,7 @@ async fn rows_are_published_in_commit_order_whatever_the_transaction_ids() {
 async fn a_relay_running_beside_many_writers_publishes_their_rows_in_commit_order() {
     const WRITERS: i64 = 16;
     const EACH: i64 = 25;
-    let (_database, store) = store().await;
+    let (_database, store) = crate::migrated_store().await;
     let pool = store.pool().clone();
     sqlx::query("CREATE TABLE scratch (n bigint)")
         .execute(&pool)
