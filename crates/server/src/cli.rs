@@ -185,8 +185,15 @@ fn eventlog(config: &Config, action: EventlogAction) -> anyhow::Result<()> {
         }
         EventlogAction::Dump { from } => {
             let stdout = std::io::stdout();
-            let ids = trueline_store_eventlog::IdScope::read(&dir)
-                .context("the dump shows the ids clients chose, which needs the log's id key")?;
+            // Without the key (lost, or a log from before it) the records are still worth
+            // reading: their ids are printed as stored, and the operator is told so.
+            let ids = match trueline_store_eventlog::IdScope::read(&dir) {
+                Ok(ids) => Some(ids),
+                Err(e) => {
+                    eprintln!("{e}: ids are printed as stored, not as the API shows them");
+                    None
+                }
+            };
             let mut out = ApiIds {
                 ids,
                 out: std::io::BufWriter::new(stdout.lock()),
@@ -202,20 +209,18 @@ fn eventlog(config: &Config, action: EventlogAction) -> anyhow::Result<()> {
                 yes,
                 "a log kept with its legacy ids lets an organization that knows another's id and one of its event ids probe or claim that id; pass --yes to accept, or start a new log"
             );
-            // Not while a server has the log open (it holds the directory's lock).
-            let lock = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(dir.join(trueline_eventlog::LOCK_FILE_NAME))?;
-            lock.try_lock().map_err(|_| {
-                anyhow::anyhow!(
-                    "the event log in {} is open; stop the server first",
-                    dir.display()
-                )
-            })?;
+            // Opening takes the directory's lock (refused while a server has the log open)
+            // and tells whether there is anything to keep: an empty log gets a key of its own.
+            let (log, _) =
+                trueline_eventlog::EventLog::open(&dir, trueline_eventlog::Options::default())
+                    .with_context(|| format!("opening the event log in {}", dir.display()))?;
+            anyhow::ensure!(
+                log.last_global_position() > 0,
+                "the event log in {} holds no events: the server gives it a key of its own; there are no legacy ids to keep",
+                dir.display()
+            );
             trueline_store_eventlog::IdScope::keep_legacy(&dir)?;
+            drop(log);
             println!(
                 "{} now keeps the ids of its events as they were written (XORed with the organization id)",
                 dir.display()
@@ -261,7 +266,8 @@ fn eventlog(config: &Config, action: EventlogAction) -> anyhow::Result<()> {
 /// `trueline_store_eventlog::id_scope`), so an operator can search a dump for an id a client
 /// reported.
 struct ApiIds<W: std::io::Write> {
-    ids: trueline_store_eventlog::IdScope,
+    /// `None`: ids stay as stored.
+    ids: Option<trueline_store_eventlog::IdScope>,
     out: W,
     /// The bytes of a line not complete yet.
     pending: Vec<u8>,
@@ -279,8 +285,8 @@ impl<W: std::io::Write> ApiIds<W> {
                 .and_then(serde_json::Value::as_str)
                 .and_then(|s| uuid::Uuid::parse_str(s).ok())
         };
-        if let (Some(org), Some(stored)) = (parse("org"), parse("id")) {
-            let id = trueline_store_eventlog::api_event_id(&self.ids, org, stored);
+        if let (Some(ids), Some(org), Some(stored)) = (&self.ids, parse("org"), parse("id")) {
+            let id = trueline_store_eventlog::api_event_id(ids, org, stored);
             record["id"] = serde_json::Value::String(id.to_string());
         }
         serde_json::to_writer(&mut self.out, &record)?;
