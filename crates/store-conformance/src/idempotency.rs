@@ -2,7 +2,7 @@
 //! in-progress, takeover after expiry, release, purge.
 
 use crate::fixtures::*;
-use crate::inventory::{create, delta, owner_actor};
+use crate::inventory::{create, delta, owner_actor, trail};
 use time::Duration;
 use trueline_core::DomainError;
 use trueline_store::{Claim, Idempotency, IdempotencyScope, Item, StoreError, StoredResponse};
@@ -181,8 +181,7 @@ pub async fn an_expired_pending_claim_is_taken_over(f: &Fixture) {
     // back, and its failure handling (a release) leaves the retry's claim alone.
     let state = || async {
         (
-            f.count("item_history").await,
-            f.count("outbox").await,
+            trail(f).await,
             f.raw
                 .scalar("SELECT count(*) FROM idempotency_keys WHERE state = 'pending'")
                 .await,

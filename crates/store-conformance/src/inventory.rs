@@ -44,8 +44,9 @@ pub async fn create(f: &Fixture, actor: &Actor, name: &str, qty: u64) -> Item {
         .expect("create item")
 }
 
-/// Rows that any mutation writes: a refused one must leave all of them unchanged.
-async fn trail(f: &Fixture) -> (i64, i64, i64) {
+/// Rows that any mutation writes (items, history records, outbox rows): a refused one must
+/// leave all of them unchanged.
+pub(crate) async fn trail(f: &Fixture) -> (i64, i64, i64) {
     (
         f.count("items").await,
         f.count("item_history").await,

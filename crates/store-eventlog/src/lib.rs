@@ -179,18 +179,19 @@ impl FileEventStore {
         self.ids.mask(org.0.as_bytes())
     }
 
-    /// Hands one batch to the writer (as the next append of `chain`, if given); the outcome
-    /// comes on the returned channel.
+    /// Hands one batch to the writer (as the next append of `chain`, if given), its ids
+    /// mapped with the organization's `mask`; the outcome comes on the returned channel.
+    #[allow(clippy::too_many_arguments)]
     fn submit(
         &self,
         chain: Option<&engine::AppendChain>,
+        mask: Mask,
         org: OrgId,
         stream: &str,
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
         now: OffsetDateTime,
     ) -> tokio::sync::oneshot::Receiver<EngineOutcome> {
-        let mask = self.mask(org);
         let micros = (now.unix_timestamp_nanos() / 1_000) as i64;
         let engine_events = events
             .into_iter()
@@ -261,8 +262,9 @@ impl EventStore for FileEventStore {
         now: OffsetDateTime,
     ) -> Result<Vec<Appended>, EventStoreError> {
         let count = events.len();
-        let pending = self.submit(None, org, stream, expected, events, now);
-        finish(self.mask(org), count, pending.await)
+        let mask = self.mask(org);
+        let pending = self.submit(None, mask, org, stream, expected, events, now);
+        finish(mask, count, pending.await)
     }
 
     /// Every batch goes to the writer before any is waited for: in submission order, and
@@ -278,10 +280,12 @@ impl EventStore for FileEventStore {
     ) -> Vec<Result<Vec<Appended>, EventStoreError>> {
         let mut submitted = Vec::with_capacity(batches.len());
         let chain = engine::AppendChain::new();
+        let mask = self.mask(org);
         for batch in batches {
             let count = batch.events.len();
             let mut receiver = self.submit(
                 Some(&chain),
+                mask,
                 org,
                 &batch.stream,
                 batch.expected,
@@ -305,7 +309,7 @@ impl EventStore for FileEventStore {
                 Submitted::Done(done) => Ok(done),
                 Submitted::Waiting(receiver) => receiver.await,
             };
-            outcomes.push(finish(self.mask(org), count, received));
+            outcomes.push(finish(mask, count, received));
         }
         outcomes
     }

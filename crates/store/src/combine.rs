@@ -168,11 +168,7 @@ pub fn plan(
                 DeltaOutcome::Applied(item) => {
                     let response = (idem.render)(item);
                     // A refused earlier job with this key released the row; this one keeps it.
-                    // (The same key: scopes of two requests differ in their holders.)
-                    plan.release.retain(|scope| {
-                        (scope.org_id, scope.user_id, &scope.key)
-                            != (idem.scope.org_id, idem.scope.user_id, &idem.scope.key)
-                    });
+                    plan.release.retain(|scope| !scope.same_key(&idem.scope));
                     plan.complete.push(PlannedKey {
                         job: index,
                         scope: idem.scope.clone(),

@@ -35,6 +35,11 @@ impl IdempotencyScope {
             holder: uuid::Uuid::new_v4(),
         }
     }
+
+    /// The same key of the same user, whichever request holds it.
+    pub fn same_key(&self, other: &Self) -> bool {
+        (self.org_id, self.user_id, &self.key) == (other.org_id, other.user_id, &other.key)
+    }
 }
 
 /// The outcome of claiming a key before running a mutation.
