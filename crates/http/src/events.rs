@@ -1,7 +1,7 @@
 //! The Events API: append (single, or a batch to one stream), read by id, catch-up by
 //! position, read a stream, live subscription over Server-Sent Events, statistics.
 
-use crate::extract::{ApiJson, ApiQuery, Principal};
+use crate::extract::{ApiJson, ApiQuery, Principal, bearer_token, principal_for};
 use crate::list_type;
 use crate::problem::{ApiError, codes};
 use crate::state::AppState;
@@ -40,6 +40,14 @@ pub fn router() -> OpenApiRouter<AppState> {
 pub const DEFAULT_STREAM: &str = "default";
 /// Events per page of catch-up reads and of one SSE read.
 const READ_BATCH_MAX: usize = 1000;
+
+/// Events a subscription reads at a time: what a slow reader holds in memory while its socket
+/// drains (at most 100 MiB with the largest events allowed, 1 MiB; usually a few KiB).
+const SUBSCRIBE_READ_BATCH: usize = 100;
+
+/// How often a subscription asks again whether its token is still valid (revoked, expired,
+/// membership gone): a stream ends at most this long (by the server's clock) after that.
+const SUBSCRIPTION_RECHECK: time::Duration = time::Duration::seconds(30);
 
 // ---- wire types ----
 
@@ -631,15 +639,20 @@ async fn subscribe(
     headers: HeaderMap,
     ApiQuery(query): ApiQuery<SubscribeQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
-    let resume = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
+    let resume = position_param("/header/last-event-id", last_event_id(&headers)?)?;
     let start = resume
         .or(position_param("/query/after", query.after)?)
         .unwrap_or(0);
+    // The extractor accepted this header: its hash is what the subscription checks again.
+    let token_hash = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(bearer_token)
+        .map(crate::auth::hash_token)
+        .ok_or_else(|| ApiError::internal("a subscription without its bearer token"))?;
     tracing::info!(event = "events.subscribed", after = start);
     let live = Live {
+        token_hash,
+        checked_at: state.clock.now(),
         state: state.clone(),
         org: p.org_id,
         position: start,
@@ -659,8 +672,33 @@ async fn subscribe(
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
+/// The `Last-Event-ID` a reconnecting client sends: absent or empty means none. Anything else
+/// must be a position: a value the server never sent is refused rather than read as "from
+/// the start" (the whole history again) or as a position past the end (a stream that never
+/// delivers).
+fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    let Some(value) = headers.get("last-event-id") else {
+        return Ok(None);
+    };
+    let text = value.to_str().map(str::trim).unwrap_or("\u{0}");
+    if text.is_empty() {
+        return Ok(None);
+    }
+    match text.parse::<u64>() {
+        Ok(position) if text.bytes().all(|b| b.is_ascii_digit()) => Ok(Some(position)),
+        _ => Err(ApiError::field(
+            "/header/last-event-id",
+            "invalid_value",
+            "must be the id of an event this stream sent (a position)",
+        )),
+    }
+}
+
 /// One subscriber's cursor: reads from its own position, so it never holds writers back.
 struct Live {
+    token_hash: [u8; 32],
+    /// When the token was last found valid (the server's clock).
+    checked_at: OffsetDateTime,
     state: AppState,
     org: trueline_core::ids::OrgId,
     position: u64,
@@ -681,6 +719,9 @@ impl Live {
             if *self.shutdown.borrow() {
                 return None;
             }
+            if !self.token_still_valid().await {
+                return None;
+            }
             // Mark the current change as seen BEFORE reading, so an append that lands between
             // the read and the wait still wakes us.
             self.changes.borrow_and_update();
@@ -688,7 +729,7 @@ impl Live {
             match self
                 .state
                 .events
-                .events_after(self.org, self.position, READ_BATCH_MAX, &filter)
+                .events_after(self.org, self.position, SUBSCRIBE_READ_BATCH, &filter)
                 .await
             {
                 Ok(events) if !events.is_empty() => self.pending = events.into_iter(),
@@ -704,6 +745,35 @@ impl Live {
                     tracing::warn!(event = "events.subscription_failed", error = %e);
                     return None;
                 }
+            }
+        }
+    }
+}
+
+impl Live {
+    /// Whether the subscription's token still reads this organization's events, asked at most
+    /// every [`SUBSCRIPTION_RECHECK`]. The principal was checked once, when the stream opened;
+    /// without this a revoked or expired token (or a removed member) kept reading new events
+    /// for as long as the connection stayed open. When it no longer does, the stream ends and
+    /// the client's reconnect gets the 401.
+    async fn token_still_valid(&mut self) -> bool {
+        let now = self.state.clock.now();
+        if now - self.checked_at < SUBSCRIPTION_RECHECK {
+            return true;
+        }
+        match principal_for(&self.state, &self.token_hash).await {
+            Ok(p) if p.org_id == self.org => {
+                self.checked_at = now;
+                true
+            }
+            Ok(_) => false,
+            Err(e) => {
+                tracing::info!(
+                    event = "events.subscription_ended",
+                    code = e.code.code,
+                    position = self.position
+                );
+                false
             }
         }
     }

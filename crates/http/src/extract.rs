@@ -281,36 +281,44 @@ impl FromRequestParts<AppState> for Principal {
                     "the bearer token is malformed",
                 )
             })?;
-        let record = state
-            .store
-            .token_by_hash(&hash_token(token))
-            .await?
-            .ok_or_else(|| {
-                unauthorized(codes::INVALID_TOKEN, "unknown", "the token is not valid")
-            })?;
-        if record.revoked_at.is_some() {
-            return Err(unauthorized(
-                codes::INVALID_TOKEN,
-                "revoked",
-                "the token was revoked",
-            ));
-        }
-        if state.clock.now() >= record.expires_at {
-            return Err(unauthorized(
-                codes::TOKEN_EXPIRED,
-                "expired",
-                "the token has expired; log in again",
-            ));
-        }
-        let principal = Principal {
-            user_id: record.user_id,
-            org_id: record.org_id,
-            role: record.role,
-            token_id: record.token_id,
-        };
+        let principal = principal_for(state, &hash_token(token)).await?;
         parts.extensions.insert(principal.clone());
         Ok(principal)
     }
+}
+
+/// The principal a token (by its hash) stands for now: 401 if it is unknown (or its
+/// membership is gone), revoked or expired. Long-lived responses (event subscriptions) ask
+/// again now and then, so that a revoked token stops reading.
+pub(crate) async fn principal_for(
+    state: &AppState,
+    token_hash: &[u8; 32],
+) -> Result<Principal, ApiError> {
+    let record = state
+        .store
+        .token_by_hash(token_hash)
+        .await?
+        .ok_or_else(|| unauthorized(codes::INVALID_TOKEN, "unknown", "the token is not valid"))?;
+    if record.revoked_at.is_some() {
+        return Err(unauthorized(
+            codes::INVALID_TOKEN,
+            "revoked",
+            "the token was revoked",
+        ));
+    }
+    if state.clock.now() >= record.expires_at {
+        return Err(unauthorized(
+            codes::TOKEN_EXPIRED,
+            "expired",
+            "the token has expired; log in again",
+        ));
+    }
+    Ok(Principal {
+        user_id: record.user_id,
+        org_id: record.org_id,
+        role: record.role,
+        token_id: record.token_id,
+    })
 }
 
 #[cfg(test)]

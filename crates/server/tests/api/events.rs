@@ -14,6 +14,8 @@ both_backends!(
     catch_up_reads_are_gapless_filtered_and_paginated,
     streams_are_read_forward_and_backward,
     subscriptions_catch_up_then_go_live_and_resume_with_last_event_id,
+    subscriptions_refuse_a_last_event_id_the_server_never_sent,
+    subscriptions_end_once_their_token_is_revoked_or_expired,
     stats_report_the_organization_and_the_storage,
     invalid_events_are_rejected_and_write_nothing,
     viewers_may_read_events_but_not_append,
@@ -456,6 +458,124 @@ async fn subscriptions_catch_up_then_go_live_and_resume_with_last_event_id(backe
     assert_eq!(
         again[0].0, 4,
         "Last-Event-ID resumes right after what was seen"
+    );
+}
+
+async fn subscriptions_refuse_a_last_event_id_the_server_never_sent(backend: Backend) {
+    let app = quiet_app(backend).await;
+    let ann = app.sign_up("ann@example.com").await;
+    append(&app, &ann.token, json!({"type": "t", "data": 1})).await;
+    for (value, code) in [
+        ("abc", "invalid_value"),
+        ("-1", "invalid_value"),
+        ("+1", "invalid_value"),
+        ("1.5", "invalid_value"),
+        ("18446744073709551615", "out_of_range"),
+        ("9007199254740992", "out_of_range"),
+    ] {
+        let response = app
+            .request(Method::GET, "/api/v1/events/subscribe", Some(&ann.token))
+            .header("last-event-id", value)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "Last-Event-ID {value}");
+        let problem: Value = response.json().await.unwrap();
+        assert_eq!(problem["code"], "validation_failed", "{value}");
+        assert_eq!(problem["errors"][0]["field"], "/header/last-event-id");
+        assert_eq!(problem["errors"][0]["code"], code, "{value}");
+    }
+    // An empty one is no resume point: `after` (here: none) decides.
+    let mut response = app
+        .request(Method::GET, "/api/v1/events/subscribe", Some(&ann.token))
+        .header("last-event-id", " ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(read_sse(&mut response, 1).await[0].0, 1);
+}
+
+/// Reads until the server ends the stream; panics if it is still open after 10 s.
+async fn wait_for_the_end(response: &mut reqwest::Response) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let chunk = tokio::time::timeout_at(deadline, response.chunk())
+            .await
+            .expect("the server ends the stream in time");
+        match chunk {
+            Ok(Some(_)) => continue,
+            Ok(None) | Err(_) => return,
+        }
+    }
+}
+
+async fn subscriptions_end_once_their_token_is_revoked_or_expired(backend: Backend) {
+    let app = quiet_app(backend).await;
+    let ann = app.sign_up("ann@example.com").await;
+    append(&app, &ann.token, json!({"type": "t", "data": 1})).await;
+    let open = || async {
+        let mut response = app
+            .request(Method::GET, "/api/v1/events/subscribe", Some(&ann.token))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(read_sse(&mut response, 1).await[0].0, 1);
+        response
+    };
+
+    // Expired: once the server's clock is past the token's expiry, the next check ends it.
+    let mut subscription = open().await;
+    app.clock.advance(time::Duration::days(30));
+    wait_for_the_end(&mut subscription).await;
+    assert_problem(
+        app.request(Method::GET, "/api/v1/events/subscribe", Some(&ann.token))
+            .send()
+            .await
+            .unwrap(),
+        401,
+        "token_expired",
+    )
+    .await;
+    app.clock.advance(time::Duration::days(-30));
+
+    // Revoked (e.g. from another session): a check at most 30 s later ends it.
+    let mut subscription = open().await;
+    let revoked = app
+        .request(
+            Method::DELETE,
+            "/api/v1/auth/tokens/current",
+            Some(&ann.token),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 204);
+    // Within the recheck interval the open stream goes on (one lookup per 30 s, not per read).
+    append_as_someone_else(&app, &ann).await;
+    assert_eq!(read_sse(&mut subscription, 1).await[0].0, 2);
+    app.clock.advance(time::Duration::seconds(31));
+    wait_for_the_end(&mut subscription).await;
+    assert_problem(
+        app.request(Method::GET, "/api/v1/events/subscribe", Some(&ann.token))
+            .send()
+            .await
+            .unwrap(),
+        401,
+        "invalid_token",
+    )
+    .await;
+}
+
+/// Appends event 2 to `member`'s organization with another token of the same member.
+async fn append_as_someone_else(app: &TestApp, member: &Account) {
+    let token = app.log_in(member, &member.org_id).await;
+    assert_eq!(
+        append(app, &token, json!({"type": "t", "data": 2}))
+            .await
+            .status(),
+        201
     );
 }
 
