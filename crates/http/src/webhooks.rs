@@ -168,9 +168,22 @@ pub fn is_private(ip: IpAddr) -> bool {
                 || v6.is_multicast()
                 || (v6.segments()[0] & 0xfe00) == 0xfc00
                 || (v6.segments()[0] & 0xffc0) == 0xfe80
+                // fec0::/10, the deprecated site-local range some networks still route.
+                || (v6.segments()[0] & 0xffc0) == 0xfec0
                 || v6
                     .to_ipv4_mapped()
                     .is_some_and(|v4| is_private(IpAddr::V4(v4)))
+                // ::a.b.c.d, the deprecated IPv4-compatible form, which stacks may still
+                // route to the IPv4 address.
+                || (v6.segments()[..6] == [0; 6]
+                    && is_private(IpAddr::V4(std::net::Ipv4Addr::from_bits(
+                        (v6.to_bits() & 0xffff_ffff) as u32,
+                    ))))
+                // 2002::/16, 6to4: the IPv4 address in bits 16..48 is the relay's target.
+                || (v6.segments()[0] == 0x2002
+                    && is_private(IpAddr::V4(std::net::Ipv4Addr::from_bits(
+                        ((v6.to_bits() >> 80) & 0xffff_ffff) as u32,
+                    ))))
                 // 64:ff9b::/96, NAT64: the IPv4 address in its last 32 bits is the target.
                 || (v6.segments()[..6] == [0x64, 0xff9b, 0, 0, 0, 0]
                     && is_private(IpAddr::V4(std::net::Ipv4Addr::from_bits(

@@ -3,9 +3,10 @@
 use crate::fixtures::*;
 use crate::inventory::{create, delta, owner_actor};
 use time::Duration;
+use trueline_core::error::DomainError;
 use trueline_store::{
     AttemptOutcome, DeliveryAttempt, DeliveryState, Destination, NewDelivery, NewWebhook,
-    OutboxRow, PageRequest,
+    OutboxRow, PageRequest, StoreError,
 };
 use uuid::Uuid;
 
@@ -289,6 +290,109 @@ pub async fn webhooks_are_listed_per_organization_and_deleted_with_their_deliver
     );
 }
 
+/// A worker whose lease was lost while its attempt ran (redelivered, or taken over once the
+/// lease ran out) records nothing: the state and the attempt numbers belong to the new owner.
+pub async fn an_attempt_whose_lease_was_lost_records_nothing(f: &Fixture) {
+    let a = owner_actor(f, "ann@example.com").await;
+    let hook = f
+        .store
+        .create_webhook(&a, webhook("http://127.0.0.1:9/hook", &[]), None)
+        .await
+        .expect("webhook");
+    let t = now();
+    let rows = lease(f, Destination::EventLog, "r", t, 10, 2).await;
+    let d = NewDelivery {
+        id: Uuid::now_v7(),
+        webhook_id: hook.id,
+        org_id: a.org_id,
+        event_id: rows[0].event_id,
+        event_type: rows[0].event_type.clone(),
+        payload: rows[0].payload.clone(),
+    };
+    f.store
+        .complete_outbox(Destination::EventLog, &[rows[0].seq], &[d], t)
+        .await
+        .expect("complete");
+    let attempt = |n: u32, status: Option<u16>| DeliveryAttempt {
+        attempt: n,
+        at: t,
+        status,
+        error: None,
+        duration_ms: 3,
+    };
+    let first = f
+        .store
+        .lease_deliveries(t, t + Duration::seconds(30), 10)
+        .await
+        .expect("lease")
+        .remove(0);
+    // While the attempt runs, a redelivery is refused: the worker will record the outcome.
+    let refused = f
+        .store
+        .redeliver(&a, hook.id, first.id, None)
+        .await
+        .expect_err("in progress");
+    assert!(
+        matches!(
+            refused,
+            StoreError::Domain(DomainError::InvalidTransition {
+                from: "attempt_in_progress",
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    // The first worker stalls past its lease; another takes the delivery over.
+    let later = t + Duration::seconds(31);
+    let second = f
+        .store
+        .lease_deliveries(later, later + Duration::seconds(30), 10)
+        .await
+        .expect("takeover")
+        .remove(0);
+    assert_eq!((second.id, second.attempts), (first.id, 0));
+    assert!(
+        f.store
+            .record_attempt(&second, attempt(1, Some(200)), AttemptOutcome::Succeeded)
+            .await
+            .expect("second")
+    );
+    // The stale worker's outcome changes nothing, and adds no attempt.
+    assert!(
+        !f.store
+            .record_attempt(
+                &first,
+                attempt(1, None),
+                AttemptOutcome::RetryAt(later + Duration::seconds(60)),
+            )
+            .await
+            .expect("first")
+    );
+    let page = f
+        .store
+        .deliveries(
+            a.org_id,
+            hook.id,
+            None,
+            PageRequest {
+                limit: 10,
+                after: None,
+            },
+        )
+        .await
+        .expect("list");
+    let delivery = &page.items[0];
+    assert_eq!(
+        (
+            delivery.state,
+            delivery.attempts,
+            delivery.attempt_log.len()
+        ),
+        (DeliveryState::Succeeded, 1, 1)
+    );
+    assert_eq!(delivery.attempt_log[0].status, Some(200));
+}
+
 pub async fn deliveries_retry_then_die_and_can_be_redelivered(f: &Fixture) {
     let a = owner_actor(f, "ann@example.com").await;
     let hook = f
@@ -336,14 +440,16 @@ pub async fn deliveries_retry_then_die_and_can_be_redelivered(f: &Fixture) {
         error: Some("boom".into()),
         duration_ms: 3,
     };
-    f.store
-        .record_attempt(
-            due[0].id,
-            attempt(1, Some(500)),
-            AttemptOutcome::RetryAt(t + Duration::seconds(60)),
-        )
-        .await
-        .expect("retry");
+    assert!(
+        f.store
+            .record_attempt(
+                &due[0],
+                attempt(1, Some(500)),
+                AttemptOutcome::RetryAt(t + Duration::seconds(60)),
+            )
+            .await
+            .expect("retry")
+    );
     assert!(
         f.store
             .lease_deliveries(t, t + Duration::seconds(30), 10)
@@ -359,10 +465,12 @@ pub async fn deliveries_retry_then_die_and_can_be_redelivered(f: &Fixture) {
         .await
         .expect("due");
     assert_eq!(due[0].attempts, 1);
-    f.store
-        .record_attempt(due[0].id, attempt(2, None), AttemptOutcome::Dead)
-        .await
-        .expect("dead");
+    assert!(
+        f.store
+            .record_attempt(&due[0], attempt(2, None), AttemptOutcome::Dead)
+            .await
+            .expect("dead")
+    );
     let page = f
         .store
         .deliveries(

@@ -81,6 +81,7 @@ macro_rules! conformance_suite {
             delivery::failed_publications_are_counted,
             delivery::webhooks_are_listed_per_organization_and_deleted_with_their_deliveries,
             delivery::deliveries_retry_then_die_and_can_be_redelivered,
+            delivery::an_attempt_whose_lease_was_lost_records_nothing,
         );
     };
 }

@@ -6,6 +6,7 @@ use crate::{PgStore, db_error};
 use sqlx::Row;
 use sqlx::postgres::PgRow;
 use time::OffsetDateTime;
+use trueline_core::error::DomainError;
 use trueline_core::ids::{EventId, OrgId, UserId};
 use trueline_store::{
     Actor, AttemptOutcome, Delivery, DeliveryAttempt, DeliveryState, DeliveryStore, Destination,
@@ -411,6 +412,8 @@ impl DeliveryStore for PgStore {
         until: OffsetDateTime,
         limit: u32,
     ) -> Result<Vec<DueDelivery>, StoreError> {
+        // Compared for equality when the attempt is recorded: as stored, to the microsecond.
+        let until = trueline_core::clock::truncate_to_micros(until);
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         let rows = sqlx::query(
             "SELECT d.id, d.webhook_id, d.event_id, d.event_type, d.payload, d.attempts, w.url, w.secret
@@ -445,6 +448,7 @@ impl DeliveryStore for PgStore {
                 secret: row.try_get("secret").map_err(db_error)?,
                 payload,
                 attempts: attempts as u32,
+                leased_until: until,
             });
         }
         tx.commit().await.map_err(db_error)?;
@@ -453,16 +457,44 @@ impl DeliveryStore for PgStore {
 
     async fn record_attempt(
         &self,
-        delivery_id: Uuid,
+        leased: &DueDelivery,
         attempt: DeliveryAttempt,
         outcome: AttemptOutcome,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let (state, next) = match outcome {
+            AttemptOutcome::Succeeded => ("succeeded", attempt.at),
+            AttemptOutcome::RetryAt(at) => ("pending", at),
+            AttemptOutcome::Dead => ("dead", attempt.at),
+        };
+        // Only under the lease this attempt was made with: a redelivery or a takeover since
+        // (another worker, the same attempt number) owns the delivery now.
+        let updated = sqlx::query(
+            "UPDATE webhook_deliveries
+             SET state = $2, attempts = $3, next_attempt_at = $4, locked_until = NULL,
+                 last_status = $5, last_error = $6, updated_at = $7
+             WHERE id = $1 AND state = 'pending' AND locked_until = $8 AND attempts = $9",
+        )
+        .bind(leased.id)
+        .bind(state)
+        .bind(attempt.attempt as i32)
+        .bind(next)
+        .bind(attempt.status.map(i32::from))
+        .bind(&attempt.error)
+        .bind(attempt.at)
+        .bind(leased.leased_until)
+        .bind(leased.attempts as i32)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        if updated.rows_affected() == 0 {
+            return Ok(false);
+        }
         sqlx::query(
             "INSERT INTO webhook_attempts (delivery_id, attempt, at, status, error, duration_ms)
              VALUES ($1, $2, $3, $4, $5, $6)",
         )
-        .bind(delivery_id)
+        .bind(leased.id)
         .bind(attempt.attempt as i32)
         .bind(attempt.at)
         .bind(attempt.status.map(i32::from))
@@ -471,28 +503,8 @@ impl DeliveryStore for PgStore {
         .execute(&mut *tx)
         .await
         .map_err(db_error)?;
-        let (state, next) = match outcome {
-            AttemptOutcome::Succeeded => ("succeeded", attempt.at),
-            AttemptOutcome::RetryAt(at) => ("pending", at),
-            AttemptOutcome::Dead => ("dead", attempt.at),
-        };
-        sqlx::query(
-            "UPDATE webhook_deliveries
-             SET state = $2, attempts = $3, next_attempt_at = $4, locked_until = NULL,
-                 last_status = $5, last_error = $6, updated_at = $7
-             WHERE id = $1",
-        )
-        .bind(delivery_id)
-        .bind(state)
-        .bind(attempt.attempt as i32)
-        .bind(next)
-        .bind(attempt.status.map(i32::from))
-        .bind(&attempt.error)
-        .bind(attempt.at)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_error)?;
-        tx.commit().await.map_err(db_error)
+        tx.commit().await.map_err(db_error)?;
+        Ok(true)
     }
 
     async fn deliveries(
@@ -540,6 +552,7 @@ impl DeliveryStore for PgStore {
             "UPDATE webhook_deliveries SET state = 'pending', next_attempt_at = $4,
                     locked_until = NULL, updated_at = $4
              WHERE id = $1 AND webhook_id = $2 AND org_id = $3
+               AND NOT (state = 'pending' AND locked_until IS NOT NULL AND locked_until > $4)
              RETURNING {DELIVERY_COLUMNS}"
         )))
         .bind(delivery_id)
@@ -548,8 +561,31 @@ impl DeliveryStore for PgStore {
         .bind(actor.now)
         .fetch_optional(&mut *tx)
         .await
-        .map_err(db_error)?
-        .ok_or(StoreError::not_found("delivery"))?;
+        .map_err(db_error)?;
+        let Some(row) = row else {
+            // Unknown, or an attempt of it is running: its worker records the outcome, which
+            // a redelivery now would be overwritten by (or would overwrite).
+            let exists = sqlx::query(
+                "SELECT 1 FROM webhook_deliveries
+                 WHERE id = $1 AND webhook_id = $2 AND org_id = $3",
+            )
+            .bind(delivery_id)
+            .bind(webhook_id)
+            .bind(actor.org_id.0)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_error)?
+            .is_some();
+            return Err(if exists {
+                DomainError::InvalidTransition {
+                    from: "attempt_in_progress",
+                    to: "pending",
+                }
+                .into()
+            } else {
+                StoreError::not_found("delivery")
+            });
+        };
         let delivery = delivery_from(&row)?;
         let detail = serde_json::json!({ "webhook_id": webhook_id });
         audit(

@@ -146,6 +146,10 @@ pub struct DueDelivery {
     pub secret: String,
     pub payload: serde_json::Value,
     pub attempts: u32,
+    /// The lease this worker holds (`locked_until` as leased): recording the attempt requires
+    /// it to still be the delivery's, so a worker whose lease was lost (a redelivery, or a
+    /// takeover after it ran out) cannot overwrite a newer state.
+    pub leased_until: OffsetDateTime,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -234,13 +238,15 @@ pub trait DeliveryStore: Send + Sync {
         limit: u32,
     ) -> Result<Vec<DueDelivery>, StoreError>;
 
-    /// Records one attempt and its outcome, and releases the lease.
+    /// Records one attempt and its outcome, and releases the lease, if the delivery is still
+    /// pending under the lease `leased` describes (`leased_until`, `attempts`). `Ok(false)`:
+    /// the lease was lost and nothing was written.
     async fn record_attempt(
         &self,
-        delivery_id: Uuid,
+        leased: &DueDelivery,
         attempt: DeliveryAttempt,
         outcome: AttemptOutcome,
-    ) -> Result<(), StoreError>;
+    ) -> Result<bool, StoreError>;
 
     /// Deliveries of a webhook, newest first, with their attempts.
     async fn deliveries(
@@ -251,7 +257,8 @@ pub trait DeliveryStore: Send + Sync {
         page: PageRequest<Uuid>,
     ) -> Result<Page<Delivery, Uuid>, StoreError>;
 
-    /// Puts a delivery (typically dead) back in the queue, due now. `NotFound`.
+    /// Puts a delivery (typically dead) back in the queue, due now. `NotFound`; while an
+    /// attempt of it runs (a live lease), `InvalidTransition` from `attempt_in_progress`.
     async fn redeliver(
         &self,
         actor: &Actor,

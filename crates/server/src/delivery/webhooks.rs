@@ -107,10 +107,21 @@ async fn attempt(
         Ok(url) => url,
         Err(e) => return (None, Some(format!("invalid URL: {e}"))),
     };
+    // No proxy from the environment (`HTTPS_PROXY`, …): a proxy resolves the name itself, so
+    // the address checked and pinned below would not be the one called.
     let mut client = reqwest::Client::builder()
         .timeout(settings.timeout)
+        .no_proxy()
         .redirect(reqwest::redirect::Policy::none());
-    match resolve(&url, settings.allow_private_targets).await {
+    // The lookup has its own time limit: the system resolver may take far longer than the
+    // request's timeout, and the attempt must end well within its lease.
+    let resolved = tokio::time::timeout(
+        settings.timeout,
+        resolve(&url, settings.allow_private_targets),
+    )
+    .await
+    .unwrap_or_else(|_| Err("resolving the host timed out".to_owned()));
+    match resolved {
         Ok(Some((host, addr))) => client = client.resolve(&host, addr),
         Ok(None) => {}
         Err(e) => return (None, Some(e)),
@@ -167,6 +178,7 @@ async fn deliver(state: &State, d: DueDelivery, settings: &WebhookSettings) {
             metrics::counter!("jobs_dead_lettered_total", "queue" => "webhooks").increment(1);
         }
     }
+    let (status_sent, error_sent) = (status, error.clone());
     let record = DeliveryAttempt {
         attempt: number,
         at: now,
@@ -174,8 +186,16 @@ async fn deliver(state: &State, d: DueDelivery, settings: &WebhookSettings) {
         error,
         duration_ms: started.elapsed().as_millis() as u64,
     };
-    if let Err(e) = state.store.record_attempt(d.id, record, outcome).await {
-        tracing::warn!(event = "webhook.record_failed", delivery_id = %d.id, error = %e);
+    match state.store.record_attempt(&d, record, outcome).await {
+        Ok(true) => {}
+        // Redelivered, or taken over by another worker after the lease ran out, while this
+        // attempt ran: the delivery's state is theirs now. What was sent stays in this line.
+        Ok(false) => {
+            tracing::warn!(event = "webhook.lease_lost", delivery_id = %d.id, attempt = number, status = ?status_sent, error = ?error_sent)
+        }
+        Err(e) => {
+            tracing::warn!(event = "webhook.record_failed", delivery_id = %d.id, error = %e)
+        }
     }
 }
 
@@ -186,8 +206,10 @@ pub async fn run(state: State, settings: WebhookSettings, mut stop: watch::Recei
             return;
         }
         let now = state.clock.now();
+        // Longer than an attempt can take (the lookup's limit plus the request's), so no
+        // other worker takes a delivery over while its attempt still runs.
         let lease =
-            time::Duration::try_from(settings.timeout * 2).unwrap_or(time::Duration::MINUTE);
+            time::Duration::try_from(settings.timeout * 3).unwrap_or(time::Duration::MINUTE);
         let due = state
             .store
             .lease_deliveries(now, now + lease, settings.concurrency)
@@ -248,12 +270,20 @@ mod tests {
             "http://198.18.0.1/h",
             "http://240.0.0.1/h",
             "http://192.0.0.8/h",
-            "http://[64:ff9b::a00:1]/h", // NAT64 of 10.0.0.1
+            "http://[64:ff9b::a00:1]/h",   // NAT64 of 10.0.0.1
+            "http://[fec0::1]/h",          // site-local
+            "http://[::a00:1]/h",          // IPv4-compatible 10.0.0.1
+            "http://[2002:a00:1::1]/h",    // 6to4 of 10.0.0.1
+            "http://[2002:a9fe:a9fe::]/h", // 6to4 of 169.254.169.254
         ] {
             let refused = resolve(&url(private), false).await.unwrap_err();
             assert!(refused.contains("private"), "{private}: {refused}");
         }
-        for public in ["http://8.8.8.8/h", "http://[64:ff9b::808:808]/h"] {
+        for public in [
+            "http://8.8.8.8/h",
+            "http://[64:ff9b::808:808]/h",
+            "http://[2002:808:808::1]/h",
+        ] {
             assert_eq!(resolve(&url(public), false).await, Ok(None), "{public}");
         }
         // Names are resolved and pinned.
