@@ -1050,8 +1050,13 @@ impl AssessmentStore for PgStore {
         now: OffsetDateTime,
     ) -> Result<Invite, StoreError> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
+        // FOR SHARE, as `create_invites` does: a close, or a removal or rotation of the link,
+        // that commits meanwhile is waited for and the row checked again (a rotated or removed
+        // link then matches nothing), so no invite lands on an assessment closed or a link
+        // removed before this commits. (SQLite's single writer serializes the two anyway.)
         let row = sqlx::query(
-            "SELECT id, org_id, family_id, status FROM assessments WHERE share_token_hash = $1",
+            "SELECT id, org_id, family_id, status FROM assessments WHERE share_token_hash = $1
+             FOR SHARE",
         )
         .bind(&share_token_hash[..])
         .fetch_optional(&mut *tx)
