@@ -405,12 +405,13 @@ impl World {
                 .json()
                 .await
                 .unwrap();
-            if let Some(id) = list["data"][0]["id"].as_str() {
-                break id.to_owned();
+            // Delivered, not merely listed: a redelivery while its attempt runs is a 409.
+            if list["data"][0]["state"] == "succeeded" {
+                break list["data"][0]["id"].as_str().unwrap().to_owned();
             }
             assert!(
                 std::time::Instant::now() < deadline,
-                "no delivery for {hook}"
+                "no delivered delivery for {hook}: {list}"
             );
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         };
