@@ -347,6 +347,76 @@ pub async fn a_start_rechecks_revocation_expiry_and_status_in_its_transaction(f:
     );
 }
 
+/// A revoke that lands after the handler read the (then valid) session: the candidate's save
+/// and submit still refuse (404), changing nothing; the sweeper still closes the attempt.
+pub async fn saves_and_submits_recheck_revocation_in_their_transaction(f: &Fixture) {
+    let a = owner_actor(f, "ann@example.com").await;
+    let id = published(f, &a, "Quiz").await;
+    let attempt = started(f, &a, id, "cand@example.com").await;
+    let t = now();
+    let saved = serde_json::json!({ "q": "before" });
+    f.store
+        .save_answers(attempt.id, saved.clone(), t, t)
+        .await
+        .expect("save");
+    assert!(
+        f.store
+            .revoke_invite(&a, id, attempt.invite_id)
+            .await
+            .expect("revoke")
+    );
+    let save = f
+        .store
+        .save_answers(attempt.id, serde_json::json!({ "q": "after" }), t, t)
+        .await;
+    assert!(
+        matches!(save, Err(StoreError::Domain(DomainError::NotFound(_)))),
+        "{save:?}"
+    );
+    let submit = f
+        .store
+        .submit_attempt(
+            attempt.id,
+            submission(saved.clone(), AnswersSource::Request),
+            t,
+            Some(t),
+        )
+        .await;
+    assert!(
+        matches!(submit, Err(StoreError::Domain(DomainError::NotFound(_)))),
+        "{submit:?}"
+    );
+    let session = f
+        .store
+        .attempt_session(attempt.id)
+        .await
+        .expect("read")
+        .expect("exists");
+    let kept = session.attempt.expect("attempt");
+    assert_eq!(
+        (kept.answers, kept.submitted_at),
+        (saved.clone(), None),
+        "the refused save and submit changed nothing"
+    );
+    assert_eq!(f.count("submissions").await, 0);
+    // The sweeper (no deadline bound) submits the saved answers of the abandoned attempt.
+    f.store
+        .submit_attempt(
+            attempt.id,
+            submission(
+                saved,
+                AnswersSource::Saved {
+                    saved_at: kept.saved_at,
+                },
+            ),
+            t + Duration::minutes(31),
+            None,
+        )
+        .await
+        .expect("sweeper");
+    assert_eq!(f.count("submissions").await, 1);
+}
+
 pub async fn a_submit_of_saved_answers_is_refused_when_a_save_replaced_them(f: &Fixture) {
     let a = owner_actor(f, "ann@example.com").await;
     let id = published(f, &a, "Quiz").await;

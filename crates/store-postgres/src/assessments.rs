@@ -1182,6 +1182,7 @@ impl AssessmentStore for PgStore {
         not_after: OffsetDateTime,
     ) -> Result<Attempt, StoreError> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
+        refuse_if_revoked(&mut tx, attempt_id).await?;
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE attempts SET answers = $2, saved_at = $3
              WHERE id = $1 AND submitted_at IS NULL AND deadline_at >= $4
@@ -1220,6 +1221,9 @@ impl AssessmentStore for PgStore {
         deadline_not_before: Option<OffsetDateTime>,
     ) -> Result<Submission, StoreError> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
+        if deadline_not_before.is_some() {
+            refuse_if_revoked(&mut tx, attempt_id).await?;
+        }
         let (checked, saved_at) = s.answers_source.guard();
         let closed = sqlx::query(
             "UPDATE attempts SET submitted_at = $2, answers = $3
@@ -1428,4 +1432,23 @@ impl AssessmentStore for PgStore {
         tx.commit().await.map_err(db_error)?;
         Ok(updated)
     }
+}
+
+/// A candidate's write to an attempt whose invite was revoked is refused as the handler
+/// refuses its reads (404), checked inside the write: the handler's read may predate the
+/// revoke. On PostgreSQL the invite row is locked FOR SHARE, so a revoke committing meanwhile is waited for and seen.
+async fn refuse_if_revoked(tx: &mut Tx, attempt_id: Uuid) -> Result<(), StoreError> {
+    let revoked: Option<bool> = sqlx::query_scalar(
+        "SELECT i.revoked_at IS NOT NULL FROM attempts t JOIN invites i ON i.id = t.invite_id
+             WHERE t.id = $1
+             FOR SHARE OF i",
+    )
+    .bind(attempt_id)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(db_error)?;
+    if revoked == Some(true) {
+        return Err(StoreError::not_found("invite"));
+    }
+    Ok(())
 }

@@ -408,7 +408,9 @@ pub trait AssessmentStore: Send + Sync {
     ) -> Result<Attempt, StoreError>;
 
     /// Autosaves answers while the attempt is open (`not_after`: the latest acceptable
-    /// deadline, i.e. now minus the grace period). `AlreadySubmitted`, `DeadlinePassed`.
+    /// deadline, i.e. now minus the grace period). `AlreadySubmitted`, `DeadlinePassed`;
+    /// `NotFound` (invite) if the invite is revoked, checked in the write transaction (the
+    /// handler's earlier read may predate a revoke).
     async fn save_answers(
         &self,
         attempt_id: Uuid,
@@ -418,8 +420,10 @@ pub trait AssessmentStore: Send + Sync {
     ) -> Result<Attempt, StoreError>;
 
     /// Records the submission (one per candidate, enforced by UNIQUE constraints). With
-    /// `deadline_not_before` set, refuses attempts whose deadline is earlier
-    /// (`DeadlinePassed`); the sweeper passes `None`. `AlreadySubmitted`.
+    /// `deadline_not_before` set (a candidate's submit), refuses attempts whose deadline is
+    /// earlier (`DeadlinePassed`) and, in the write transaction, attempts whose invite is
+    /// revoked (`NotFound`); the sweeper passes `None` and submits the saved answers of any
+    /// abandoned attempt. `AlreadySubmitted`.
     async fn submit_attempt(
         &self,
         attempt_id: Uuid,
