@@ -413,6 +413,36 @@ pub async fn draft_edits_and_share_links_write_outbox_events(f: &Fixture) {
         .set_share_link(&a, id, None, None)
         .await
         .expect("unlink");
+    // Removing it again changes nothing (no event, no write); an unknown assessment is 404.
+    let outbox_before = f.count("outbox").await;
+    let (before, _) = f
+        .store
+        .assessment(a.org_id, id)
+        .await
+        .expect("read")
+        .expect("exists");
+    let later = Actor {
+        now: a.now + Duration::minutes(1),
+        ..a.clone()
+    };
+    f.store
+        .set_share_link(&later, id, None, None)
+        .await
+        .expect("unlink again");
+    let (after, _) = f
+        .store
+        .assessment(a.org_id, id)
+        .await
+        .expect("read")
+        .expect("exists");
+    assert_eq!(
+        (f.count("outbox").await, after.updated_at),
+        (outbox_before, before.updated_at)
+    );
+    assert!(matches!(
+        f.store.set_share_link(&a, Uuid::now_v7(), None, None).await,
+        Err(StoreError::Domain(DomainError::NotFound(_)))
+    ));
     for event_type in [
         "assessments.draft.settings_updated",
         "assessments.draft.question_replaced",

@@ -1016,16 +1016,32 @@ impl AssessmentStore for PgStore {
         idempotency: Option<Idempotency<'_, ()>>,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
-        let done = sqlx::query("UPDATE assessments SET share_token_hash = $3, updated_at = $4 WHERE id = $1 AND org_id = $2")
-            .bind(assessment_id)
-            .bind(actor.org_id.0)
-            .bind(token_hash.map(|h| h.to_vec()))
-            .bind(actor.now)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error)?;
+        let done = sqlx::query(
+            "UPDATE assessments SET share_token_hash = $3, updated_at = $4
+             WHERE id = $1 AND org_id = $2 AND ($3 IS NOT NULL OR share_token_hash IS NOT NULL)",
+        )
+        .bind(assessment_id)
+        .bind(actor.org_id.0)
+        .bind(token_hash.map(|h| h.to_vec()))
+        .bind(actor.now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
         if done.rows_affected() == 0 {
-            return Err(StoreError::not_found("assessment"));
+            // Removing a link that is not there changes nothing: no write, no event (a
+            // repeated DELETE is a no-op), unless the assessment itself is unknown.
+            let exists = sqlx::query("SELECT 1 FROM assessments WHERE id = $1 AND org_id = $2")
+                .bind(assessment_id)
+                .bind(actor.org_id.0)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_error)?
+                .is_some();
+            if !exists {
+                return Err(StoreError::not_found("assessment"));
+            }
+            complete_idempotency(&mut tx, idempotency, &(), actor.now).await?;
+            return tx.commit().await.map_err(db_error);
         }
         let family = family_of(&mut tx, assessment_id).await?;
         let (event_type, payload) =
