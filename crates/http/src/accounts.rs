@@ -371,20 +371,29 @@ async fn create_token(
 ) -> Result<impl IntoResponse, ApiError> {
     let email =
         Email::parse(&body.email).map_err(|e| ApiError::validation(vec![e.at("/email")]))?;
-    let email_key = format!("email:{email}");
-    let ip_key = ip.map(|ip| format!("ip:{ip}"));
-    // An IP may be shared (offices, NAT), so it gets four times an email's allowance. Each
-    // attempt is counted before the password is checked (and taken back if it was right),
-    // so parallel guesses cannot all slip past the limit while the first ones are checked.
-    let blocked = state.login_limiter.attempt(&email_key, 1).or_else(|| {
-        let ip_blocked = ip_key
-            .as_deref()
-            .and_then(|k| state.login_limiter.attempt(k, 4));
-        if ip_blocked.is_some() {
-            state.login_limiter.forgive(&email_key);
+    // Failed logins are limited per (email, client address) to the allowance, per email from
+    // anywhere to 10× (so that strangers' guesses cannot lock the owner of an email out with a
+    // handful of requests) and per client address to 4× (offices and NAT share one). Each
+    // attempt is counted before the password is checked (and taken back if it was right), so
+    // parallel guesses cannot all slip past the limit while the first ones are checked.
+    let keys: Vec<(String, u32)> = match ip {
+        Some(ip) => vec![
+            (format!("login:{email}|{ip}"), 1),
+            (format!("email:{email}"), 10),
+            (format!("ip:{ip}"), 4),
+        ],
+        None => vec![(format!("email:{email}"), 1)],
+    };
+    let mut blocked = None;
+    for (counted, (key, factor)) in keys.iter().enumerate() {
+        if let Some(wait) = state.login_limiter.attempt(key, *factor) {
+            for (earlier, _) in &keys[..counted] {
+                state.login_limiter.forgive(earlier);
+            }
+            blocked = Some(wait);
+            break;
         }
-        ip_blocked
-    });
+    }
     if let Some(wait) = blocked {
         tracing::info!(event = "auth.login_throttled", retry_after_s = wait);
         return Err(ApiError::new(
@@ -408,9 +417,8 @@ async fn create_token(
             "email or password is wrong",
         ));
     };
-    state.login_limiter.clear(&email_key);
-    if let Some(k) = &ip_key {
-        state.login_limiter.forgive(k);
+    for (key, _) in &keys {
+        state.login_limiter.forgive(key);
     }
     let org_id = match body.organization_id {
         Some(id) => {

@@ -71,10 +71,15 @@ impl Default for PasswordCost {
     }
 }
 
-/// Hashes and verifies passwords on the blocking pool (argon2 is deliberately slow).
+/// Hashes and verifies passwords on the blocking pool (argon2 is deliberately slow), a few at
+/// a time: each takes `memory_kib` (19 MiB) and a core for tens of milliseconds, and without
+/// a bound a burst of logins from many addresses (each within its own rate limit) ran as many
+/// at once as the blocking pool has threads (512: ~9.5 GiB). Beyond the bound they queue, and
+/// the request timeout applies while they wait.
 #[derive(Clone)]
 pub struct PasswordHasher {
     argon2: Arc<Argon2<'static>>,
+    running: Arc<tokio::sync::Semaphore>,
     /// A hash of a random password, verified against when the email is unknown so that login
     /// takes the same time whether or not an account exists.
     dummy_hash: Arc<String>,
@@ -97,13 +102,20 @@ impl PasswordHasher {
             .hash_password(uuid::Uuid::new_v4().as_bytes())
             .map_err(|e| PasswordError::Hash(e.to_string()))?
             .to_string();
+        let cores = std::thread::available_parallelism().map_or(2, usize::from);
         Ok(Self {
             argon2: Arc::new(argon2),
+            running: Arc::new(tokio::sync::Semaphore::new(2 * cores)),
             dummy_hash: Arc::new(dummy_hash),
         })
     }
 
     pub async fn hash(&self, password: &Password) -> Result<String, PasswordError> {
+        let _running = self
+            .running
+            .acquire()
+            .await
+            .map_err(|e| PasswordError::Hash(e.to_string()))?;
         let argon2 = self.argon2.clone();
         let password = password.clone();
         tokio::task::spawn_blocking(move || {
@@ -119,6 +131,9 @@ impl PasswordHasher {
     /// Constant-time verification (argon2 compares digests in constant time). With `None`
     /// (unknown email) a dummy hash is verified so the response time reveals nothing.
     pub async fn verify(&self, password: &str, stored: Option<String>) -> bool {
+        let Ok(_running) = self.running.acquire().await else {
+            return false;
+        };
         let argon2 = self.argon2.clone();
         let known = stored.is_some();
         let stored = stored.unwrap_or_else(|| self.dummy_hash.as_str().to_owned());
@@ -143,7 +158,9 @@ pub struct LoginLimiter {
     failures: Mutex<HashMap<String, (u32, Instant)>>,
 }
 
-/// Entries kept before expired windows are swept (bounds memory under a spraying attack).
+/// Entries kept at most (bounds memory and the sweep under a spraying attack): when full,
+/// expired windows are swept and, if that is not enough, the oldest windows are dropped down
+/// to half, so a sweep runs at most once per `LOGIN_LIMITER_ENTRIES_MAX / 2` new keys.
 const LOGIN_LIMITER_ENTRIES_MAX: usize = 100_000;
 
 impl LoginLimiter {
@@ -178,9 +195,18 @@ impl LoginLimiter {
     }
 
     fn count_locked(&self, failures: &mut HashMap<String, (u32, Instant)>, key: &str) {
-        if failures.len() >= LOGIN_LIMITER_ENTRIES_MAX {
+        if failures.len() >= LOGIN_LIMITER_ENTRIES_MAX && !failures.contains_key(key) {
             let window = self.window;
             failures.retain(|_, (_, since)| since.elapsed() < window);
+            let keep = LOGIN_LIMITER_ENTRIES_MAX / 2;
+            if failures.len() > keep {
+                let mut started: Vec<Instant> =
+                    failures.values().map(|(_, since)| *since).collect();
+                let cut = started.len() - keep;
+                let (_, oldest_kept, _) = started.select_nth_unstable(cut);
+                let oldest_kept = *oldest_kept;
+                failures.retain(|_, (_, since)| *since >= oldest_kept);
+            }
         }
         let entry = failures
             .entry(key.to_owned())
@@ -253,6 +279,28 @@ mod tests {
         );
         limiter.clear("ann");
         assert_eq!(limiter.blocked("ann", 1), None);
+    }
+
+    #[test]
+    fn a_flood_of_keys_keeps_the_table_bounded_and_the_newest_windows() {
+        let limiter = LoginLimiter::new(5, Duration::from_secs(900));
+        for i in 0..LOGIN_LIMITER_ENTRIES_MAX {
+            limiter.record_failure(&format!("old-{i}"));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+        limiter.record_failure("new");
+        let failures = limiter.failures.lock().unwrap();
+        assert!(
+            failures.len() <= LOGIN_LIMITER_ENTRIES_MAX / 2 + 1,
+            "{}",
+            failures.len()
+        );
+        assert!(failures.contains_key("new"));
+        assert!(failures.contains_key(&format!("old-{}", LOGIN_LIMITER_ENTRIES_MAX - 1)));
+        assert!(
+            !failures.contains_key("old-0"),
+            "the oldest windows go first"
+        );
     }
 
     #[test]

@@ -758,7 +758,8 @@ impl Live {
     /// the client's reconnect gets the 401.
     async fn token_still_valid(&mut self) -> bool {
         let now = self.state.clock.now();
-        if now - self.checked_at < SUBSCRIPTION_RECHECK {
+        // (A clock set back counts as due: the check must not pause until it catches up.)
+        if now >= self.checked_at && now - self.checked_at < SUBSCRIPTION_RECHECK {
             return true;
         }
         match principal_for(&self.state, &self.token_hash).await {
@@ -767,13 +768,23 @@ impl Live {
                 true
             }
             Ok(_) => false,
-            Err(e) => {
+            // The token no longer holds: end, and the reconnect gets the 401.
+            Err(e) if e.code.status == axum::http::StatusCode::UNAUTHORIZED => {
                 tracing::info!(
                     event = "events.subscription_ended",
                     code = e.code.code,
                     position = self.position
                 );
                 false
+            }
+            // The accounts store is unavailable for a moment: keep streaming and ask again at
+            // the next read, rather than dropping every subscription at once.
+            Err(e) => {
+                tracing::warn!(
+                    event = "events.subscription_recheck_failed",
+                    code = e.code.code
+                );
+                true
             }
         }
     }

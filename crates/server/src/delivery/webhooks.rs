@@ -166,18 +166,6 @@ async fn deliver(state: &State, d: DueDelivery, settings: &WebhookSettings) {
             now + time::Duration::try_from(wait).unwrap_or(time::Duration::MINUTE),
         )
     };
-    match outcome {
-        AttemptOutcome::Succeeded => {
-            tracing::info!(event = "webhook.delivered", delivery_id = %d.id, attempt = number)
-        }
-        AttemptOutcome::RetryAt(_) => {
-            tracing::info!(event = "webhook.retry_scheduled", delivery_id = %d.id, attempt = number, error = ?error)
-        }
-        AttemptOutcome::Dead => {
-            tracing::warn!(event = "webhook.dead_lettered", delivery_id = %d.id, attempt = number, error = ?error);
-            metrics::counter!("jobs_dead_lettered_total", "queue" => "webhooks").increment(1);
-        }
-    }
     let (status_sent, error_sent) = (status, error.clone());
     let record = DeliveryAttempt {
         attempt: number,
@@ -187,7 +175,19 @@ async fn deliver(state: &State, d: DueDelivery, settings: &WebhookSettings) {
         duration_ms: started.elapsed().as_millis() as u64,
     };
     match state.store.record_attempt(&d, record, outcome).await {
-        Ok(true) => {}
+        // Logged and counted once recorded: a worker whose lease was lost decided nothing.
+        Ok(true) => match outcome {
+            AttemptOutcome::Succeeded => {
+                tracing::info!(event = "webhook.delivered", delivery_id = %d.id, attempt = number)
+            }
+            AttemptOutcome::RetryAt(_) => {
+                tracing::info!(event = "webhook.retry_scheduled", delivery_id = %d.id, attempt = number, error = ?error_sent)
+            }
+            AttemptOutcome::Dead => {
+                tracing::warn!(event = "webhook.dead_lettered", delivery_id = %d.id, attempt = number, error = ?error_sent);
+                metrics::counter!("jobs_dead_lettered_total", "queue" => "webhooks").increment(1);
+            }
+        },
         // Redelivered, or taken over by another worker after the lease ran out, while this
         // attempt ran: the delivery's state is theirs now. What was sent stays in this line.
         Ok(false) => {
