@@ -30,9 +30,10 @@
 //! line), the first data row is row 2, and blank rows still count.
 //!
 //! # Limits
-//! [`UPLOAD_BYTES_MAX`], [`ROWS_MAX`], [`COLUMNS_MAX`], and for XLSX
+//! [`UPLOAD_BYTES_MAX`], [`ROWS_MAX`], [`COLUMNS_MAX`], [`TEXT_CELL_BYTES_MAX`], and for XLSX
 //! [`XLSX_DECOMPRESSED_BYTES_MAX`] and [`XLSX_ENTRIES_MAX`], checked by streaming every zip
-//! entry through a bounded reader *before* calamine parses anything (declared sizes can lie).
+//! entry through a bounded reader *before* calamine parses anything (declared sizes can lie),
+//! and [`XLSX_TEXT_BYTES_MAX`] while the cells are read.
 //! The number of questions an *assessment* may hold (`QUESTIONS_MAX`) is the caller's check.
 
 mod csv_input;
@@ -53,6 +54,13 @@ pub const COLUMNS_MAX: usize = 64;
 pub const XLSX_DECOMPRESSED_BYTES_MAX: u64 = 50 * 1024 * 1024;
 /// Entries in an XLSX archive (a workbook written by a spreadsheet has a dozen or two).
 pub const XLSX_ENTRIES_MAX: usize = 1_000;
+/// Bytes of text in one cell (16 KiB; a prompt holds at most 2,000 characters). A longer
+/// cell is reported as a row error and never copied.
+pub const TEXT_CELL_BYTES_MAX: usize = 16 * 1024;
+/// Bytes of text in all the cells of an XLSX sheet together (10 MiB). Cells may share one
+/// string of the workbook, so a file of a few KiB could otherwise name one long string
+/// thousands of times, each copied.
+pub const XLSX_TEXT_BYTES_MAX: usize = 10 * 1024 * 1024;
 
 /// The media type of CSV uploads.
 pub const CSV_MEDIA_TYPE: &str = "text/csv";
@@ -119,6 +127,8 @@ pub enum ImportError {
     ZipBomb { max_bytes: u64 },
     #[error("the workbook has more than {max} archive entries")]
     TooManyEntries { max: usize },
+    #[error("the sheet's cells hold more than {max_bytes} bytes of text")]
+    TooMuchText { max_bytes: usize },
     #[error("the workbook has no worksheet")]
     NoWorksheet,
     #[error("the required column `{column}` is missing from the header row")]
@@ -146,6 +156,7 @@ impl ImportError {
             ImportError::NotXlsx { .. } => "not_xlsx",
             ImportError::ZipBomb { .. } => "zip_bomb",
             ImportError::TooManyEntries { .. } => "too_many_entries",
+            ImportError::TooMuchText { .. } => "too_much_text",
             ImportError::NoWorksheet => "no_worksheet",
             ImportError::MissingColumn { .. } => "missing_column",
             ImportError::UnknownColumn { .. } => "unknown_column",

@@ -1,7 +1,7 @@
 //! The format-neutral shape both readers produce: rows of non-empty cells with the row number
 //! a person sees.
 
-use crate::{COLUMNS_MAX, ImportError, ROWS_MAX};
+use crate::{COLUMNS_MAX, ImportError, ROWS_MAX, TEXT_CELL_BYTES_MAX};
 
 /// A non-empty cell.
 #[derive(Debug, Clone, PartialEq)]
@@ -65,6 +65,12 @@ impl Table {
 
 /// A text cell, or nothing when it is empty or only whitespace.
 pub(crate) fn text_cell(text: &str) -> Option<Cell> {
+    if text.len() > TEXT_CELL_BYTES_MAX {
+        return Some(Cell::Unsupported(format!(
+            "text of {} bytes (a cell holds at most {TEXT_CELL_BYTES_MAX})",
+            text.len()
+        )));
+    }
     (!text.trim().is_empty()).then(|| Cell::Text(text.to_owned()))
 }
 

@@ -15,7 +15,10 @@
 //! hook still prints the panic message; it holds no file content.)
 
 use crate::table::{Cell, Row, Table, text_cell};
-use crate::{COLUMNS_MAX, ImportError, ROWS_MAX, XLSX_DECOMPRESSED_BYTES_MAX, XLSX_ENTRIES_MAX};
+use crate::{
+    COLUMNS_MAX, ImportError, ROWS_MAX, TEXT_CELL_BYTES_MAX, XLSX_DECOMPRESSED_BYTES_MAX,
+    XLSX_ENTRIES_MAX, XLSX_TEXT_BYTES_MAX,
+};
 use calamine::{DataRef, Reader, SheetType, Xlsx};
 use std::collections::BTreeMap;
 use std::io::{self, Cursor, Read};
@@ -43,7 +46,23 @@ fn read_sheet(bytes: &[u8]) -> Result<Table, ImportError> {
     let mut cells = workbook.worksheet_cells_reader(&sheet).map_err(not_xlsx)?;
     // Row → column → cell; both bounded below, so a hostile sheet cannot grow this.
     let mut rows: BTreeMap<u32, BTreeMap<usize, Cell>> = BTreeMap::new();
+    // Text copied out of the workbook so far: shared strings are stored once but copied per
+    // cell, so this (not the file's size) is what the copies cost.
+    let mut text_bytes = 0usize;
     while let Some(cell) = cells.next_cell().map_err(not_xlsx)? {
+        let text_len = match cell.get_value() {
+            DataRef::String(s) => s.len(),
+            DataRef::SharedString(s) => s.len(),
+            _ => 0,
+        };
+        if text_len > 0 {
+            text_bytes += text_len.min(TEXT_CELL_BYTES_MAX + 1);
+            if text_bytes > XLSX_TEXT_BYTES_MAX {
+                return Err(ImportError::TooMuchText {
+                    max_bytes: XLSX_TEXT_BYTES_MAX,
+                });
+            }
+        }
         let Some(value) = convert(cell.get_value()) else {
             continue;
         };

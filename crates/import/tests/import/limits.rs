@@ -1,11 +1,11 @@
 //! Caps: zip bombs, lying archive sizes, rows, columns.
 
-use crate::files::{X, xlsx};
+use crate::files::{X, handwritten_xlsx, xlsx};
 use std::io::{Cursor, Write};
 use std::time::{Duration, Instant};
 use trueline_import::{
-    COLUMNS_MAX, Format, ImportError, ROWS_MAX, UPLOAD_BYTES_MAX, XLSX_DECOMPRESSED_BYTES_MAX,
-    parse,
+    COLUMNS_MAX, Format, ImportError, ROWS_MAX, TEXT_CELL_BYTES_MAX, UPLOAD_BYTES_MAX,
+    XLSX_DECOMPRESSED_BYTES_MAX, XLSX_TEXT_BYTES_MAX, parse,
 };
 use zip::write::SimpleFileOptions;
 use zip::{CompressionMethod, ZipWriter};
@@ -156,4 +156,60 @@ fn a_value_beyond_the_column_cap_is_refused_without_building_a_dense_sheet() {
         parse(&crate::files::handwritten_xlsx(sheet, &[]), Format::Xlsx),
         Err(ImportError::MissingColumn { .. })
     ));
+}
+
+/// One long shared string (stored once, a few KiB compressed) named by many cells: each cell
+/// would copy it. Refused once the copies would pass the sheet's text budget.
+#[test]
+fn one_long_shared_string_named_by_many_cells_is_refused() {
+    let long = "a".repeat(MIB);
+    let mut sheet = String::new();
+    for row in 1..=20 {
+        sheet.push_str(&format!("<row r=\"{row}\">"));
+        for column in 0..COLUMNS_MAX {
+            let letter = char::from(b'A' + (column % 26) as u8);
+            let prefix = if column >= 26 {
+                char::from(b'A' + (column / 26 - 1) as u8).to_string()
+            } else {
+                String::new()
+            };
+            sheet.push_str(&format!(
+                "<c r=\"{prefix}{letter}{row}\" t=\"s\"><v>0</v></c>"
+            ));
+        }
+        sheet.push_str("</row>");
+    }
+    let file = handwritten_xlsx(&sheet, &[&long]);
+    assert!(file.len() < 64 * 1024, "the file is small: {}", file.len());
+    assert_eq!(
+        parse(&file, Format::Xlsx),
+        Err(ImportError::TooMuchText {
+            max_bytes: XLSX_TEXT_BYTES_MAX
+        })
+    );
+}
+
+/// A cell longer than any field can be is a row error, in CSV as in XLSX, and is not copied.
+#[test]
+fn a_cell_longer_than_the_cell_limit_is_a_row_error() {
+    let prompt = "p".repeat(TEXT_CELL_BYTES_MAX + 1);
+    let text = format!("type,prompt,correct\nshort_text,{prompt},x\n");
+    let Err(ImportError::Rows(errors)) = parse(text.as_bytes(), Format::Csv) else {
+        panic!("expected row errors");
+    };
+    assert_eq!(
+        errors
+            .iter()
+            .map(|e| (e.row, e.column.as_str(), e.code))
+            .collect::<Vec<_>>(),
+        [(2, "prompt", "unsupported_cell")]
+    );
+    let file = xlsx(&[
+        vec![X::S("type"), X::S("prompt"), X::S("correct")],
+        vec![X::S("short_text"), X::S(prompt.clone().leak()), X::S("x")],
+    ]);
+    let Err(ImportError::Rows(errors)) = parse(&file, Format::Xlsx) else {
+        panic!("expected row errors");
+    };
+    assert_eq!(errors[0].code, "unsupported_cell");
 }
