@@ -8,7 +8,7 @@ use crate::{ImportError, RowError};
 use std::collections::BTreeMap;
 use trueline_core::assessments::text::answer_key;
 use trueline_core::assessments::{
-    CorrectInput, FieldValue, QuestionFields, QuestionSpec, QuestionType, codes,
+    CorrectInput, FieldValue, OPTIONS_MAX, QuestionFields, QuestionSpec, QuestionType, codes,
 };
 use trueline_core::validation::FieldError;
 
@@ -338,8 +338,25 @@ fn choice_correct(
     let Some(options) = options else {
         return FieldValue::Rejected;
     };
+    // Entries are matched against the options and each other pairwise: with more options than
+    // a question may have, the domain reports the options' length and nothing is matched;
+    // more entries than options cannot be right either.
+    if options.len() > OPTIONS_MAX {
+        return FieldValue::Rejected;
+    }
     let written = cell.to_text();
     let entries: Vec<&str> = written.split('|').map(str::trim).collect();
+    if entries.len() > OPTIONS_MAX {
+        errors.push(
+            Column::Correct,
+            codes::INVALID_LENGTH,
+            format!(
+                "names {} options; a question has at most {OPTIONS_MAX}",
+                entries.len()
+            ),
+        );
+        return FieldValue::Rejected;
+    }
     if kind == QuestionType::SingleChoice && entries.len() > 1 {
         errors.push(
             Column::Correct,

@@ -691,6 +691,12 @@ fn check_options(raw: &[String], errors: &mut Vec<FieldError>) -> Option<Vec<Str
                 raw.len()
             ),
         ));
+        // Each option is compared with those before it: past the bound the list is refused
+        // as a whole, not item by item (a list of 700,000 was 10^11 comparisons and as many
+        // errors).
+        if raw.len() > OPTIONS_MAX {
+            return None;
+        }
     }
     let mut options = Vec::with_capacity(raw.len());
     let mut keys: Vec<(usize, String)> = Vec::with_capacity(raw.len());
@@ -779,6 +785,19 @@ fn build_choice(
                     "must name at least one correct option",
                 ));
             }
+            // More indices than options can exist cannot be right; refused as a whole before
+            // the pairwise duplicate check.
+            if indices.len() > OPTIONS_MAX {
+                errors.push(FieldError::new(
+                    "/correct",
+                    codes::INVALID_LENGTH,
+                    format!(
+                        "names {} options; a question has at most {OPTIONS_MAX}",
+                        indices.len()
+                    ),
+                ));
+                return None;
+            }
             let mut seen: Vec<usize> = Vec::with_capacity(indices.len());
             for (j, index) in indices.iter().enumerate() {
                 if let Some(detail) = index_problem(*index) {
@@ -845,6 +864,10 @@ fn check_accepted_answers(
                 raw.len()
             ),
         ));
+        // As for options: past the bound, refused as a whole.
+        if raw.len() > ACCEPTED_ANSWERS_MAX {
+            return None;
+        }
     }
     let mut answers: Vec<AcceptedAnswer> = Vec::with_capacity(raw.len());
     for (i, text) in raw.iter().enumerate() {
@@ -1085,6 +1108,27 @@ mod tests {
                 ("/options/1", codes::DUPLICATE_OPTION),
                 ("/options/2", codes::DUPLICATE_OPTION),
             ])
+        );
+    }
+
+    /// Lists past their bound are refused as a whole: one error each, not one per item (and
+    /// not a pairwise comparison of 100,000 items).
+    #[test]
+    fn overlong_lists_are_one_error_each() {
+        let many: Vec<String> = (0..100_000).map(|i| format!("o{i}")).collect();
+        let indices: Vec<usize> = (0..100_000).collect();
+        assert_eq!(
+            errors(json!({"type": "multiple_choice", "prompt": "p",
+                "options": many, "correct": indices})),
+            pairs(&[
+                ("/options", codes::INVALID_LENGTH),
+                ("/correct", codes::INVALID_LENGTH),
+            ])
+        );
+        let same = vec!["a"; 100_000];
+        assert_eq!(
+            errors(json!({"type": "short_text", "prompt": "p", "accepted_answers": same})),
+            pairs(&[("/accepted_answers", codes::INVALID_LENGTH)])
         );
     }
 

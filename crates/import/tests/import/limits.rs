@@ -213,3 +213,30 @@ fn a_cell_longer_than_the_cell_limit_is_a_row_error() {
     };
     assert_eq!(errors[0].code, "unsupported_cell");
 }
+
+/// A cell listing thousands of options or correct entries is refused by its length, not
+/// matched entry against entry (that was quadratic) nor reported item by item.
+#[test]
+fn long_lists_in_a_cell_are_refused_by_their_length() {
+    let list = (0..2_000)
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join("|");
+    let text = format!(
+        "type,prompt,options,correct\nmultiple_choice,p,{list},{list}\nmultiple_choice,p,a|b,{list}\n"
+    );
+    let Err(ImportError::Rows(errors)) = parse(text.as_bytes(), Format::Csv) else {
+        panic!("expected row errors");
+    };
+    let found: Vec<(u64, &str, &str)> = errors
+        .iter()
+        .map(|e| (e.row, e.column.as_str(), e.code))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            (2, "options", "invalid_length"),
+            (3, "correct", "invalid_length")
+        ]
+    );
+}
