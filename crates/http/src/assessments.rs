@@ -38,7 +38,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(add_question))
         .routes(routes!(replace_question, delete_question))
         .routes(routes!(reorder_questions))
-        .routes(routes!(import_questions))
         .routes(routes!(template_csv))
         .routes(routes!(template_xlsx))
         .routes(routes!(publish))
@@ -53,6 +52,15 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(get_submission))
         .routes(routes!(review_submission))
 }
+
+/// The import route alone: its body is a spreadsheet of up to 5 MiB, where every other route
+/// keeps the server's (smaller) body limit.
+pub fn import_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(import_questions))
+}
+
+/// The path of the import route, as routed (see [`import_router`]).
+pub const IMPORT_ROUTE: &str = "/assessments/{id}/questions/import";
 
 /// Candidates invited in one request.
 pub const INVITES_PER_REQUEST_MAX: usize = 500;

@@ -342,12 +342,20 @@ async fn claimed(request: Request, raw_key: HeaderValue, next: Next) -> Result<R
             .and_then(crate::extract::bearer_token)
             .unwrap_or_default(),
     );
-    // The largest body a route behind this layer takes (imports take more than the rest);
-    // each route's own limit still applies when its handler reads the buffered body.
-    let limit = state
-        .settings
-        .body_limit_bytes
-        .max(crate::IMPORT_BODY_LIMIT_BYTES);
+    // The body limit of the route (the import takes more than the rest): buffered here to be
+    // fingerprinted, a body must not get past the limit its handler would have applied.
+    let import = parts
+        .extensions
+        .get::<axum::extract::MatchedPath>()
+        .is_some_and(|p| p.as_str().ends_with(crate::assessments::IMPORT_ROUTE));
+    let limit = if import {
+        state
+            .settings
+            .body_limit_bytes
+            .max(crate::IMPORT_BODY_LIMIT_BYTES)
+    } else {
+        state.settings.body_limit_bytes
+    };
     let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
         ApiError::new(
             codes::PAYLOAD_TOO_LARGE,
@@ -430,9 +438,17 @@ async fn claimed(request: Request, raw_key: HeaderValue, next: Next) -> Result<R
         used: used.clone(),
         seal_key,
     });
+    // Until the request has run to its end, the claim is released if it is dropped (the
+    // request timed out or its client went away) or unwinds (a panic): otherwise it stayed
+    // pending, and retries got `idempotency_key_in_use`, until its lock expired.
+    let mut unfinished = ReleaseIfUnfinished {
+        store: state.store.clone(),
+        scope: Some(scope.clone()),
+    };
     let response = next
         .run(Request::from_parts(parts, Body::from(bytes)))
         .await;
+    unfinished.scope = None;
     if !response.status().is_success() || !used.load(Ordering::SeqCst) {
         if response.status().is_success() {
             tracing::error!(
@@ -446,6 +462,32 @@ async fn claimed(request: Request, raw_key: HeaderValue, next: Next) -> Result<R
         }
     }
     Ok(response)
+}
+
+/// Releases a claim whose request never finished: from `Drop`, on a spawned task. Safe when
+/// the write committed after all: a release removes only a claim still pending and held by
+/// this request, and a completion needs the claim (see `IdempotencyScope::holder`).
+struct ReleaseIfUnfinished {
+    store: Arc<dyn trueline_store::Store>,
+    scope: Option<IdempotencyScope>,
+}
+
+impl Drop for ReleaseIfUnfinished {
+    fn drop(&mut self) {
+        let Some(scope) = self.scope.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let store = self.store.clone();
+        runtime.spawn(async move {
+            match store.release(&scope).await {
+                Ok(()) => tracing::info!(event = "idempotency.released_unfinished"),
+                Err(e) => tracing::warn!(event = "idempotency.release_failed", error = %e),
+            }
+        });
+    }
 }
 
 #[cfg(test)]

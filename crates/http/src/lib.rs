@@ -37,7 +37,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 pub use state::{AppState as State, HttpSettings};
 
-/// Body limit of the assessment routes: the 5 MiB spreadsheet import plus multipart framing.
+/// Body limit of the question import: the 5 MiB spreadsheet plus multipart framing.
 pub const IMPORT_BODY_LIMIT_BYTES: usize = 6 * 1024 * 1024;
 
 /// The API routes and the finished OpenAPI document. `events_body_limit`: the body limit of
@@ -46,7 +46,8 @@ pub fn api(events_body_limit: usize) -> (Router<AppState>, utoipa::openapi::Open
     let authenticated = accounts::router()
         .merge(inventory::router())
         .merge(webhooks::router())
-        .merge(assessments::router().layer(DefaultBodyLimit::max(IMPORT_BODY_LIMIT_BYTES)))
+        .merge(assessments::router())
+        .merge(assessments::import_router().layer(DefaultBodyLimit::max(IMPORT_BODY_LIMIT_BYTES)))
         .route_layer(axum::middleware::from_fn(idempotency::layer));
     // Events are made idempotent by client-chosen event ids (kept forever), not by keys.
     let events = events::router().layer(DefaultBodyLimit::max(events_body_limit));

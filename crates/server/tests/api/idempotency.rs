@@ -20,6 +20,72 @@ both_backends!(
     responses_that_hand_out_a_secret_are_stored_sealed_to_the_callers_token,
 );
 
+/// A request that times out while it waits (here: for a row another transaction holds)
+/// releases its claim as its future is dropped, so the retry runs instead of getting
+/// `idempotency_key_in_use` until the claim's lock expires (a minute by default).
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set TRUELINE_TEST_POSTGRES_URL and run with --run-ignored all"]
+async fn a_request_that_timed_out_releases_its_claim() {
+    use sqlx::Connection;
+    let app = spawn_app_with(
+        Backend::Postgres,
+        |c| c.server.request_timeout_ms = 300,
+        axum::Router::new(),
+    )
+    .await;
+    let ann = app.sign_up("ann@example.com").await;
+    let item = app.create_item(&ann.token, "Milk", 10).await;
+    let id = item["id"].as_str().unwrap().to_owned();
+    let mut holder = sqlx::PgConnection::connect(&app.config.database_url())
+        .await
+        .unwrap();
+    let mut held = holder.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM items WHERE id = $1::uuid FOR UPDATE")
+        .bind(&id)
+        .execute(&mut *held)
+        .await
+        .unwrap();
+    let rename = |name: &'static str| {
+        app.request(
+            Method::PATCH,
+            &format!("/api/v1/items/{id}"),
+            Some(&ann.token),
+        )
+        .header("idempotency-key", "rename-1")
+        .header("if-match", "\"v1\"")
+        .json(&json!({"name": name}))
+        .send()
+    };
+    let timed_out = rename("Oat milk").await.unwrap();
+    assert_problem(timed_out, 503, "timeout").await;
+    held.rollback().await.unwrap();
+    // The release runs on its own task right after the timeout.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while app
+        .scalar("SELECT count(*) FROM idempotency_keys WHERE key = 'rename-1'")
+        .await
+        != 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the claim is still held"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let retried = rename("Oat milk").await.unwrap();
+    assert_eq!(retried.status(), 200);
+    let stored: Value = app
+        .get(&format!("/api/v1/items/{id}"), &ann.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (stored["name"].as_str(), stored["version"].as_u64()),
+        (Some("Oat milk"), Some(2))
+    );
+}
+
 async fn a_retried_delta_with_the_same_key_moves_the_quantity_exactly_once(backend: Backend) {
     let app = Arc::new(spawn_app(backend).await);
     let ann = app.sign_up("ann@example.com").await;
