@@ -19,6 +19,7 @@ pub(crate) fn read(bytes: &[u8]) -> Result<Table, ImportError> {
     })?;
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let text = text.replace("\r\n", "\n").replace('\r', "\n");
+    check_quotes(&text)?;
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
@@ -54,6 +55,48 @@ pub(crate) fn read(bytes: &[u8]) -> Result<Table, ImportError> {
         })?;
     }
     Ok(table)
+}
+
+/// Refuses quoting the csv reader would accept silently: a quoted field never closed (the
+/// reader takes every line after it into that field: rows vanish into one prompt) and text
+/// right after a field's closing quote. `text` has `\n` line ends.
+fn check_quotes(text: &str) -> Result<(), ImportError> {
+    enum State {
+        FieldStart,
+        Unquoted,
+        Quoted { opened_on: u64 },
+        QuoteInQuoted { opened_on: u64 },
+    }
+    let mut state = State::FieldStart;
+    let mut line: u64 = 1;
+    for c in text.chars() {
+        state = match (state, c) {
+            (State::FieldStart, '"') => State::Quoted { opened_on: line },
+            (State::FieldStart | State::Unquoted, ',' | '\n') => State::FieldStart,
+            (State::FieldStart | State::Unquoted, _) => State::Unquoted,
+            (State::Quoted { opened_on }, '"') => State::QuoteInQuoted { opened_on },
+            (quoted @ State::Quoted { .. }, _) => quoted,
+            (State::QuoteInQuoted { opened_on }, '"') => State::Quoted { opened_on },
+            (State::QuoteInQuoted { .. }, ',' | '\n') => State::FieldStart,
+            (State::QuoteInQuoted { .. }, other) => {
+                return Err(ImportError::MalformedCsv {
+                    detail: format!(
+                        "line {line}: {other:?} right after the closing quote of a field; \
+                         inside quotes, write a quote as \"\""
+                    ),
+                });
+            }
+        };
+        if c == '\n' {
+            line += 1;
+        }
+    }
+    match state {
+        State::Quoted { opened_on } => Err(ImportError::MalformedCsv {
+            detail: format!("the quoted field opened on line {opened_on} is never closed"),
+        }),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -94,6 +137,21 @@ mod tests {
                 (1, Cell::Text("d".into()))
             ]
         );
+    }
+
+    #[test]
+    fn quotes_left_open_or_followed_by_text_are_refused() {
+        let malformed = |text: &str| match read(text.as_bytes()) {
+            Err(ImportError::MalformedCsv { detail }) => detail,
+            other => panic!("{text:?}: {other:?}"),
+        };
+        assert_eq!(
+            malformed("type,correct,prompt\nshort_text,Paris,\"Q1?\nshort_text,Rome,Q2\n"),
+            "the quoted field opened on line 2 is never closed"
+        );
+        assert!(malformed("h\n\"ab\"c,d\n").starts_with("line 2: 'c' right after"));
+        // Escaped quotes, quotes inside unquoted text and empty quoted fields are fine.
+        assert!(read("h1,h2\n\"a \"\"b\"\"\",x\"y\n\"\",\"\"\n".as_bytes()).is_ok());
     }
 
     #[test]
