@@ -2,7 +2,7 @@
 //! latency histogram, and the guarantee that every error response is problem+json (axum's own
 //! 404/405, a layer's 413 or timeout, a caught panic) with the request id in header and body.
 
-use crate::problem::{self, PROBLEM_JSON};
+use crate::problem;
 use crate::request_id;
 use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderName, HeaderValue, header};
@@ -43,11 +43,15 @@ pub async fn observe(mut request: Request, next: Next) -> Response {
         request_id::scope(id.clone(), next.run(request).instrument(span.clone())).await;
 
     let status = response.status();
-    let is_problem = response
+    // Errors made outside our handlers (axum's rejections and 405, a layer's 413) come as
+    // plain text or without a body: those become problems. A JSON error body was made on
+    // purpose (a problem, or `/readyz`'s `application/health+json` with its checks) and is
+    // kept as it is.
+    let is_plain = response
         .headers()
         .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
-    if status.as_u16() >= 400 && !is_problem {
+        .is_none_or(|v| v.as_bytes().starts_with(b"text/plain"));
+    if status.as_u16() >= 400 && is_plain {
         let headers = std::mem::take(response.headers_mut());
         response =
             request_id::sync_scope(id.clone(), || problem::for_status(status).into_response());
@@ -85,11 +89,28 @@ pub async fn observe(mut request: Request, next: Next) -> Response {
     metrics::histogram!(
         "http_request_duration_seconds",
         "route" => route,
-        "method" => method.to_string(),
+        "method" => method_label(&method),
         "status" => status_code.to_string(),
     )
     .record(latency.as_secs_f64());
     response
+}
+
+/// The method as a metrics label: the standard ones by name, any other as `other`. A client
+/// may send any token as a method, and every distinct label value is a series the recorder
+/// keeps forever.
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
 }
 
 /// The body of a caught panic: a 500 problem; the panic message goes to the log only.

@@ -38,6 +38,7 @@ macro_rules! error_codes {
 }
 
 error_codes! {
+    BAD_REQUEST = ("bad_request", BAD_REQUEST, "The request is malformed");
     MALFORMED_JSON = ("malformed_json", BAD_REQUEST, "Request body is not valid JSON");
     VALIDATION_FAILED = ("validation_failed", BAD_REQUEST, "Request failed validation");
     INVALID_CURSOR = ("invalid_cursor", BAD_REQUEST, "Pagination cursor is invalid");
@@ -323,15 +324,22 @@ pub fn for_status(status: StatusCode) -> ApiError {
         )
         .retry_after(1);
     }
-    let code = codes::ALL
-        .iter()
-        .find(|c| c.status == status)
-        .copied()
-        .unwrap_or(ErrorCode {
+    // Generic codes only: the first code of the same status would name a domain error
+    // (`malformed_json` for a bad path parameter, `event_too_large` for any 413, …).
+    let code = match status {
+        StatusCode::BAD_REQUEST => codes::BAD_REQUEST,
+        StatusCode::NOT_FOUND => codes::NOT_FOUND,
+        StatusCode::METHOD_NOT_ALLOWED => codes::METHOD_NOT_ALLOWED,
+        StatusCode::PAYLOAD_TOO_LARGE => codes::PAYLOAD_TOO_LARGE,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => codes::UNSUPPORTED_MEDIA_TYPE,
+        StatusCode::TOO_MANY_REQUESTS => codes::RATE_LIMITED,
+        StatusCode::INTERNAL_SERVER_ERROR => codes::INTERNAL_ERROR,
+        _ => ErrorCode {
             code: "http_error",
             status,
             title: "HTTP error",
-        });
+        },
+    };
     let detail = match status {
         StatusCode::NOT_FOUND => "no route matches this path".to_owned(),
         StatusCode::METHOD_NOT_ALLOWED => {

@@ -174,7 +174,7 @@ async fn publish_at_once(
             expected: ExpectedVersion::Any,
             events: run.iter().map(event_of).collect(),
         });
-        runs.push(run);
+        runs.push((i, run));
         i += run.len();
     }
     let outcomes = state
@@ -183,7 +183,7 @@ async fn publish_at_once(
         .await;
     let mut done = Vec::with_capacity(rows.len());
     let mut failure: Option<(Vec<i64>, String)> = None;
-    for (k, run) in runs.iter().enumerate() {
+    for (k, (first, run)) in runs.iter().enumerate() {
         let seqs = run.iter().map(|r| r.seq);
         if failure.is_none()
             && let Some(Err(EventStoreError::Refused(AppendRefusal::EventIdConflict { .. }))) =
@@ -196,9 +196,9 @@ async fn publish_at_once(
             // the organization's publishing for good: from here on the rows go in order, the
             // mixed run row by row (rows already in the log are duplicates and count as
             // published).
-            let start = run[0].seq;
-            let rest: Vec<OutboxRow> = rows.iter().filter(|r| r.seq >= start).cloned().collect();
-            let (more, failed) = publish_in_order(state, org, &rest).await;
+            // By place, not by `seq`: rows come in commit order, which on PostgreSQL is not
+            // `seq` order when transactions commit in another order than they began.
+            let (more, failed) = publish_in_order(state, org, &rows[*first..]).await;
             done.extend(more);
             return (done, failed);
         }

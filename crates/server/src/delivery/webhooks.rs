@@ -147,7 +147,9 @@ async fn attempt(
             Some(format!("receiver answered {}", response.status())),
         ),
         Err(e) if e.is_timeout() => (None, Some("timed out".to_owned())),
-        Err(e) => (None, Some(format!("request failed: {e}"))),
+        // Without the URL: it may carry a secret (a token in its path or query, credentials),
+        // and this text is logged and listed with the attempt.
+        Err(e) => (None, Some(format!("request failed: {}", e.without_url()))),
     }
 }
 

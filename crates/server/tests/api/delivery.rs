@@ -17,6 +17,7 @@ both_backends!(
     every_committed_change_reaches_the_event_log_once_and_in_order,
     a_relay_that_died_mid_batch_is_taken_over_without_duplicates,
     a_run_partly_in_the_log_behind_an_unpublished_first_row_does_not_jam_the_relay,
+    a_mixed_run_takes_the_rows_after_it_by_place_not_by_seq,
     published_outbox_rows_are_deleted_after_the_retention_and_their_events_stay,
     a_change_and_its_outbox_row_exist_together_or_not_at_all,
     webhooks_are_signed_retried_dead_lettered_and_redelivered,
@@ -269,6 +270,35 @@ async fn a_run_partly_in_the_log_behind_an_unpublished_first_row_does_not_jam_th
     outbox.sort();
     log.sort();
     assert_eq!(log, outbox, "every event once");
+}
+
+/// The same, with the rows in commit order rather than `seq` order (on PostgreSQL a
+/// transaction that began later may commit first): the rows after the mixed run are taken by
+/// their place, so one with a smaller `seq` is not left out of the round.
+async fn a_mixed_run_takes_the_rows_after_it_by_place_not_by_seq(backend: Backend) {
+    let app = spawn_app_with(backend, |c| c.outbox.relay_enabled = false, Router::new()).await;
+    let ann = mutations(&app).await;
+    let (org, mine) = leased_by(&app, "relay", &ann).await;
+    assert_eq!(mine[1].stream, mine[2].stream);
+    assert_eq!(mine[2].stream, mine[3].stream);
+    assert_ne!(mine[0].stream, mine[1].stream);
+    assert!(mine[0].seq < mine[1].seq);
+    let (done, failure) = relay::publish_to_log(&app.state, org, &mine[2..3]).await;
+    assert_eq!((done.len(), failure), (1, None));
+    // Committed in this order: the run of rows 1..4 (its middle row in the log), then row 0.
+    let order = [
+        mine[1].clone(),
+        mine[2].clone(),
+        mine[3].clone(),
+        mine[0].clone(),
+    ];
+    let (done, failure) = relay::publish_to_log(&app.state, org, &order).await;
+    assert_eq!(failure, None);
+    let mut published = done.clone();
+    published.sort();
+    let mut expected: Vec<i64> = order.iter().map(|r| r.seq).collect();
+    expected.sort();
+    assert_eq!(published, expected, "every row of the round, row 0 too");
 }
 
 async fn a_change_and_its_outbox_row_exist_together_or_not_at_all(backend: Backend) {

@@ -155,6 +155,14 @@ async fn malformed_json_is_400_malformed_json(backend: Backend) {
         .unwrap();
     assert_problem(response, 400, "malformed_json").await;
     assert_eq!(app.snapshot().await, before);
+    // Errors of axum's own extractors get generic codes, not the first domain code of their
+    // status: a path segment that is not UTF-8 is no JSON error.
+    let response = app
+        .request(Method::GET, "/api/v1/public/invites/%FF", None)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(response, 400, "bad_request").await;
 }
 
 async fn a_body_that_is_not_json_is_415(backend: Backend) {
@@ -419,6 +427,17 @@ async fn shutdown_fails_readiness_first_and_lets_in_flight_requests_finish(backe
     tokio::time::sleep(Duration::from_millis(100)).await;
     let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 503, "readiness fails while draining");
+    // The failing probe keeps its health body (it was once turned into a `timeout` problem).
+    assert_eq!(
+        ready.headers()["content-type"].to_str().unwrap(),
+        "application/health+json"
+    );
+    let health: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(health["status"], "fail", "{health}");
+    assert_eq!(
+        health["checks"]["server:draining"][0]["status"], "fail",
+        "{health}"
+    );
     let live = app.client.get(app.url("/livez")).send().await.unwrap();
     assert_eq!(live.status(), 200, "liveness still passes");
     let response = in_flight.await.unwrap();
