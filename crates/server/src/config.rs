@@ -149,6 +149,11 @@ pub struct NatsConfig {
     pub stream: String,
     /// Subjects are `<subject_prefix>.<organization>.<event type>`.
     pub subject_prefix: String,
+    /// How long JetStream remembers a message id to drop a republished row (the stream's
+    /// `duplicate_window`, set when the stream is created). A relay that published a round
+    /// and died before marking it publishes the round again when it restarts or its lease
+    /// runs out: that must fall within the window, or consumers see the events twice.
+    pub duplicate_window_s: u64,
 }
 
 impl Default for NatsConfig {
@@ -157,6 +162,7 @@ impl Default for NatsConfig {
             url: None,
             stream: "TRUELINE".into(),
             subject_prefix: "trueline".into(),
+            duplicate_window_s: 3600,
         }
     }
 }

@@ -82,12 +82,24 @@ pub fn spawn_all(
     if let Some(url) = config.publish.nats.url.clone() {
         let stream = config.publish.nats.stream.clone();
         let prefix = config.publish.nats.subject_prefix.clone();
+        let window = std::time::Duration::from_secs(config.publish.nats.duplicate_window_s);
         let state = state.clone();
         let mut stop = stop.clone();
         workers.push(tokio::spawn(async move {
             let mut failures = 0;
+            let mut client = None;
             let nats = loop {
-                match NatsPublisher::connect(&url, &stream, &prefix).await {
+                let ready = match &client {
+                    Some(client) => NatsPublisher::ready(client, &stream, &prefix, window).await,
+                    None => match NatsPublisher::client(&url).await {
+                        Ok(made) => {
+                            let made = client.insert(made);
+                            NatsPublisher::ready(made, &stream, &prefix, window).await
+                        }
+                        Err(e) => Err(e),
+                    },
+                };
+                match ready {
                     Ok(nats) => break Arc::new(nats),
                     Err(e) => {
                         failures += 1;

@@ -29,22 +29,47 @@ pub fn subject(prefix: &str, row: &OutboxRow) -> String {
 }
 
 impl NatsPublisher {
-    /// Connects and makes sure the stream exists (subjects `<prefix>.>`).
-    pub async fn connect(url: &str, stream: &str, prefix: &str) -> anyhow::Result<Self> {
-        let client = async_nats::ConnectOptions::new()
+    /// The client, once: it connects (and reconnects) in the background for as long as it
+    /// lives, so [`NatsPublisher::ready`] is retried on this one client rather than on a new
+    /// client each time (each abandoned client kept reconnecting forever).
+    pub async fn client(url: &str) -> anyhow::Result<async_nats::Client> {
+        Ok(async_nats::ConnectOptions::new()
             .connection_timeout(std::time::Duration::from_secs(5))
             .retry_on_initial_connect()
             .connect(url)
-            .await?;
-        let jetstream = jetstream::new(client);
-        jetstream
+            .await?)
+    }
+
+    /// Makes sure the stream exists (subjects `<prefix>.>`, `duplicate_window`). A stream
+    /// that exists keeps its own settings: a shorter duplicate window is warned about.
+    pub async fn ready(
+        client: &async_nats::Client,
+        stream: &str,
+        prefix: &str,
+        duplicate_window: std::time::Duration,
+    ) -> anyhow::Result<Self> {
+        let jetstream = jetstream::new(client.clone());
+        let mut created = jetstream
             .get_or_create_stream(jetstream::stream::Config {
                 name: stream.to_owned(),
                 subjects: vec![format!("{prefix}.>")],
+                duplicate_window,
                 ..Default::default()
             })
             .await
             .map_err(|e| anyhow::anyhow!("creating JetStream stream {stream}: {e}"))?;
+        let window = created.info().await.map(|i| i.config.duplicate_window);
+        if let Ok(window) = window
+            && window < duplicate_window
+        {
+            tracing::warn!(
+                event = "nats.duplicate_window_short",
+                stream,
+                window_s = window.as_secs(),
+                wanted_s = duplicate_window.as_secs(),
+                "a row republished after a relay failure may reach consumers twice"
+            );
+        }
         Ok(Self {
             jetstream,
             prefix: prefix.to_owned(),

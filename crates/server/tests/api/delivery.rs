@@ -685,6 +685,17 @@ async fn nats_receives_every_event_once_even_when_republished() {
     };
     let total = app.count("outbox").await as u64;
     assert_eq!(messages().await, total);
+    // Created with the configured duplicate window (an hour), not JetStream's two minutes.
+    let window = js
+        .get_stream(&stream)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .config
+        .duplicate_window;
+    assert_eq!(window, std::time::Duration::from_secs(3600));
     // Pretend the relay crashed before marking: everything is published again.
     app.execute("UPDATE outbox SET nats_published_at = NULL")
         .await
