@@ -51,6 +51,16 @@ fn open_events_with(
             };
             let events = FileEventStore::open(&dir, options)
                 .with_context(|| format!("opening the event log in {}", dir.display()))?;
+            if config.is_postgres() {
+                // Instances sharing the database would each keep their own log, and the
+                // relays (which lease organizations across instances) would split an
+                // organization's events between them.
+                tracing::warn!(
+                    event = "eventlog.local_with_postgres",
+                    dir = %dir.display(),
+                    "the event log is this instance's own directory: run one instance on this database, or set events.backend = \"postgres\" for several"
+                );
+            }
             if events.legacy_ids() {
                 tracing::warn!(
                     event = "eventlog.legacy_ids",
