@@ -277,6 +277,9 @@ pub struct ServerConfig {
     pub header_read_timeout_ms: u64,
     /// A larger request head (request line and headers) is refused with 431.
     pub max_request_head_bytes: usize,
+    /// Proxies (addresses or ranges, e.g. `10.0.0.0/8`) whose `X-Forwarded-For` names the
+    /// client for rate limits and login throttling; empty: the TCP peer is the client.
+    pub trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -337,6 +340,7 @@ impl Default for ServerConfig {
             max_connections: 1024,
             header_read_timeout_ms: 10_000,
             max_request_head_bytes: 64 * 1024,
+            trusted_proxies: Vec::new(),
         }
     }
 }

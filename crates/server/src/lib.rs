@@ -3,6 +3,7 @@
 //! this library so tests can build and drive the same [`startup::Application`].
 
 pub mod cli;
+pub mod client_addr;
 pub mod config;
 pub mod delivery;
 pub mod serve;

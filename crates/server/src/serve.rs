@@ -22,11 +22,13 @@ use tokio::sync::Semaphore;
 use tower::ServiceExt as _;
 
 /// What one client may hold of the server before a request reaches the router.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnectionLimits {
     pub max_connections: usize,
     pub header_read_timeout: Duration,
     pub max_request_head_bytes: usize,
+    /// See [`crate::client_addr`].
+    pub trusted_proxies: Arc<[crate::client_addr::Cidr]>,
 }
 
 /// Serves `router` on `listener` until `stop` resolves; then closes the listener and asks
@@ -68,8 +70,10 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let router = router.clone();
+        let trusted = limits.trusted_proxies.clone();
         let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-            request.extensions_mut().insert(ConnectInfo(remote));
+            let client = crate::client_addr::client_addr(remote, request.headers(), &trusted);
+            request.extensions_mut().insert(ConnectInfo(client));
             router.clone().oneshot(request)
         });
         let connection = connections.watch(http.serve_connection(TokioIo::new(stream), service));

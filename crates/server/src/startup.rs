@@ -168,6 +168,7 @@ pub struct Application {
     router: axum::Router,
     pub state: State,
     config: Config,
+    trusted_proxies: Arc<[crate::client_addr::Cidr]>,
     /// SQLite: held while this server runs (one server per database file).
     _sqlite_lock: Option<std::fs::File>,
 }
@@ -250,6 +251,10 @@ impl Application {
     ) -> anyhow::Result<Self> {
         // reqwest (webhooks) uses rustls without a built-in provider: install ring's once.
         let _ = rustls::crypto::ring::default_provider().install_default();
+        let trusted_proxies: Arc<[crate::client_addr::Cidr]> =
+            crate::client_addr::parse_all(&config.server.trusted_proxies)
+                .map_err(|e| anyhow::anyhow!("server.trusted_proxies: {e}"))?
+                .into();
         let Stores { store, pg, sqlite } = open_stores(&config).await?;
         let applied = store.migrate_up().await.context("applying migrations")?;
         if !applied.is_empty() {
@@ -326,6 +331,7 @@ impl Application {
             router,
             state,
             config,
+            trusted_proxies,
             _sqlite_lock: sqlite_lock,
         })
     }
@@ -371,6 +377,7 @@ impl Application {
             max_connections: self.config.server.max_connections,
             header_read_timeout: Duration::from_millis(self.config.server.header_read_timeout_ms),
             max_request_head_bytes: self.config.server.max_request_head_bytes,
+            trusted_proxies: self.trusted_proxies.clone(),
         };
         let server = crate::serve::serve(self.listener, self.router, limits, graceful);
         let deadline = async move {

@@ -90,6 +90,49 @@ async fn requests_beyond_the_rate_limits_get_429_with_retry_after_and_ratelimit_
     }
 }
 
+/// Behind a trusted proxy each client has its own address limits (named by the proxy in
+/// `X-Forwarded-For`); without `server.trusted_proxies` the header means nothing.
+#[tokio::test]
+async fn clients_behind_a_trusted_proxy_are_limited_each_on_its_own() {
+    let login = |app: &TestApp, client: &'static str| {
+        app.request(Method::POST, "/api/v1/auth/tokens", None)
+            .header("x-forwarded-for", client)
+            .json(&json!({"email": "ann@example.com", "password": PASSWORD}))
+            .send()
+    };
+    for trusted in [true, false] {
+        let app = spawn_app_with(
+            Backend::Sqlite,
+            |c| {
+                c.limits.enabled = true;
+                c.limits.auth_per_ip_per_minute = 1;
+                c.limits.auth_per_ip_burst = 2;
+                if trusted {
+                    c.server.trusted_proxies = vec!["127.0.0.0/8".into()];
+                }
+            },
+            axum::Router::new(),
+        )
+        .await;
+        // The signup used the first client's allowance (its own address: no header).
+        app.sign_up("ann@example.com").await;
+        let mut first = Vec::new();
+        for _ in 0..3 {
+            first.push(login(&app, "198.51.100.1").await.unwrap().status().as_u16());
+        }
+        assert_eq!(first.last(), Some(&429), "{first:?}");
+        let other = login(&app, "198.51.100.2").await.unwrap().status().as_u16();
+        if trusted {
+            assert_eq!(
+                other, 201,
+                "another client behind the proxy has its own limit"
+            );
+        } else {
+            assert_eq!(other, 429, "an untrusted peer cannot pick its key");
+        }
+    }
+}
+
 async fn blocked() -> &'static str {
     tokio::time::sleep(Duration::from_millis(800)).await;
     "done"
