@@ -643,6 +643,7 @@ async fn subscribe(
     let start = resume
         .or(position_param("/query/after", query.after)?)
         .unwrap_or(0);
+    let slot = SubscriptionSlot::take(&state, p.org_id)?;
     // The extractor accepted this header: its hash is what the subscription checks again.
     let token_hash = headers
         .get(axum::http::header::AUTHORIZATION)
@@ -651,6 +652,7 @@ async fn subscribe(
         .ok_or_else(|| ApiError::internal("a subscription without its bearer token"))?;
     tracing::info!(event = "events.subscribed", after = start);
     let live = Live {
+        _slot: slot,
         token_hash,
         checked_at: state.clock.now(),
         state: state.clone(),
@@ -694,8 +696,60 @@ fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     }
 }
 
+/// One of an organization's open subscriptions, given back when the stream is dropped (the
+/// client went away: noticed at the latest by the next keep-alive, 15 s). Each holds a task,
+/// a connection and up to a read batch of events, so an organization may hold only
+/// `subscriptions_per_org` at once on an instance.
+struct SubscriptionSlot {
+    state: AppState,
+    org: trueline_core::ids::OrgId,
+}
+
+impl SubscriptionSlot {
+    fn take(state: &AppState, org: trueline_core::ids::OrgId) -> Result<Self, ApiError> {
+        let max = state.settings.subscriptions_per_org;
+        let mut open = state
+            .subscriptions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = open.entry(org).or_insert(0);
+        if *count >= max {
+            return Err(ApiError::new(
+                codes::TOO_MANY_SUBSCRIPTIONS,
+                format!(
+                    "this organization has {max} event subscriptions open on this server; \
+                     close one first"
+                ),
+            )
+            .retry_after(15));
+        }
+        *count += 1;
+        Ok(Self {
+            state: state.clone(),
+            org,
+        })
+    }
+}
+
+impl Drop for SubscriptionSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .state
+            .subscriptions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = open.get_mut(&self.org) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.org);
+            }
+        }
+    }
+}
+
 /// One subscriber's cursor: reads from its own position, so it never holds writers back.
 struct Live {
+    _slot: SubscriptionSlot,
     token_hash: [u8; 32],
     /// When the token was last found valid (the server's clock).
     checked_at: OffsetDateTime,

@@ -77,6 +77,7 @@ error_codes! {
     PAYLOAD_TOO_LARGE = ("payload_too_large", PAYLOAD_TOO_LARGE, "Request body is too large");
     UNSUPPORTED_MEDIA_TYPE = ("unsupported_media_type", UNSUPPORTED_MEDIA_TYPE, "Unsupported content type");
     RATE_LIMITED = ("rate_limited", TOO_MANY_REQUESTS, "Too many requests");
+    TOO_MANY_SUBSCRIPTIONS = ("too_many_subscriptions", TOO_MANY_REQUESTS, "Too many open event subscriptions");
     INTERNAL_ERROR = ("internal_error", INTERNAL_SERVER_ERROR, "Internal server error");
     DEPENDENCY_UNAVAILABLE = ("dependency_unavailable", SERVICE_UNAVAILABLE, "A dependency is unavailable");
     OVERLOADED = ("overloaded", SERVICE_UNAVAILABLE, "The server is at capacity");

@@ -31,6 +31,8 @@ pub struct HttpSettings {
     pub published_assessments_max: u32,
     /// How long after its deadline a submission is still accepted (network latency).
     pub submit_grace: Duration,
+    /// Event subscriptions (SSE) open at once per organization on this instance.
+    pub subscriptions_per_org: usize,
 }
 
 impl Default for HttpSettings {
@@ -46,6 +48,7 @@ impl Default for HttpSettings {
             event_bytes_max: 1024 * 1024,
             published_assessments_max: 3,
             submit_grace: Duration::from_secs(30),
+            subscriptions_per_org: 100,
         }
     }
 }
@@ -100,6 +103,9 @@ pub struct SharedState {
     pub limits: Arc<crate::limits::Limits>,
     /// Hot-row combining of quantity deltas (`None`: one transaction per request).
     pub combiner: Option<Arc<crate::combiner::Combiner>>,
+    /// Open event subscriptions per organization (see `events::SubscriptionSlot`).
+    pub subscriptions:
+        std::sync::Mutex<std::collections::HashMap<trueline_core::ids::OrgId, usize>>,
 }
 
 impl SharedState {
@@ -133,6 +139,7 @@ impl SharedState {
                 crate::limits::LimitSettings::default(),
             )),
             combiner: None,
+            subscriptions: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
     }
 

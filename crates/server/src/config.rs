@@ -219,6 +219,8 @@ pub struct EventsConfig {
     /// dropped from it after each roll (0: every sealed one; 4294967295: never, the kernel
     /// decides). Reads of dropped segments go to the disk.
     pub cached_sealed_segments: u32,
+    /// Event subscriptions (SSE) an organization may hold open at once on one instance.
+    pub subscriptions_per_org: usize,
 }
 
 impl Default for EventsConfig {
@@ -234,6 +236,7 @@ impl Default for EventsConfig {
             retention_max_age_hours: 0,
             retention_max_bytes: 0,
             cached_sealed_segments: trueline_eventlog::CACHED_SEALED_SEGMENTS_DEFAULT,
+            subscriptions_per_org: 100,
         }
     }
 }

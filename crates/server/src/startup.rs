@@ -284,6 +284,7 @@ impl Application {
             event_bytes_max: config.events.event_bytes_max,
             published_assessments_max: config.assessments.published_max,
             submit_grace: Duration::from_secs(config.assessments.submit_grace_s),
+            subscriptions_per_org: config.events.subscriptions_per_org,
         };
         let events = open_events_with(&config, pg.as_ref(), &hooks)?;
         let metrics = telemetry::metrics_handle();

@@ -16,6 +16,7 @@ both_backends!(
     subscriptions_catch_up_then_go_live_and_resume_with_last_event_id,
     subscriptions_refuse_a_last_event_id_the_server_never_sent,
     subscriptions_end_once_their_token_is_revoked_or_expired,
+    an_organization_holds_a_bounded_number_of_subscriptions,
     stats_report_the_organization_and_the_storage,
     invalid_events_are_rejected_and_write_nothing,
     viewers_may_read_events_but_not_append,
@@ -566,6 +567,48 @@ async fn subscriptions_end_once_their_token_is_revoked_or_expired(backend: Backe
         "invalid_token",
     )
     .await;
+}
+
+async fn an_organization_holds_a_bounded_number_of_subscriptions(backend: Backend) {
+    let app = spawn_app_with(
+        backend,
+        |c| {
+            c.outbox.relay_enabled = false;
+            c.events.subscriptions_per_org = 2;
+        },
+        axum::Router::new(),
+    )
+    .await;
+    let ann = app.sign_up("ann@example.com").await;
+    let bob = app.sign_up("bob@example.com").await;
+    let open = |token: &str| {
+        app.request(Method::GET, "/api/v1/events/subscribe", Some(token))
+            .send()
+    };
+    let first = open(&ann.token).await.unwrap();
+    let second = open(&ann.token).await.unwrap();
+    assert_eq!((first.status().as_u16(), second.status().as_u16()), (200, 200));
+    let third = open(&ann.token).await.unwrap();
+    assert!(third.headers().contains_key("retry-after"));
+    assert_problem(third, 429, "too_many_subscriptions").await;
+    // Another organization's are its own.
+    assert_eq!(open(&bob.token).await.unwrap().status(), 200);
+    // A closed one gives its place back (once the server notices the client is gone).
+    drop(first);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let again = open(&ann.token).await.unwrap();
+        if again.status() == 200 {
+            break;
+        }
+        assert_eq!(again.status(), 429);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the place never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(second);
 }
 
 /// Appends event 2 to `member`'s organization with another token of the same member.
