@@ -49,8 +49,8 @@ fn read_sheet(bytes: &[u8]) -> Result<Table, ImportError> {
     // Text copied out of the workbook so far: shared strings are stored once but copied per
     // cell, so this (not the file's size) is what the copies cost.
     let mut text_bytes = 0usize;
-    while let Some(cell) = cells.next_cell().map_err(not_xlsx)? {
-        let text_len = match cell.get_value() {
+    while let Some(cell) = cells.next_cell_with_formula_metadata().map_err(not_xlsx)? {
+        let text_len = match &cell.value {
             DataRef::String(s) => s.len(),
             DataRef::SharedString(s) => s.len(),
             _ => 0,
@@ -63,10 +63,18 @@ fn read_sheet(bytes: &[u8]) -> Result<Table, ImportError> {
                 });
             }
         }
-        let Some(value) = convert(cell.get_value()) else {
-            continue;
+        // A formula whose result was never saved (a file written by a program, not by a
+        // spreadsheet) reads as empty: an empty `points` would silently become 1.
+        let value = match (convert(&cell.value), &cell.formula) {
+            (Some(value), _) => value,
+            (None, Some(_)) => Cell::Unsupported(
+                "a formula without a saved result (open and save the file in a spreadsheet, \
+                 or paste the values)"
+                    .into(),
+            ),
+            (None, None) => continue,
         };
-        let (row, column) = cell.get_position();
+        let (row, column) = cell.pos;
         let column = usize::try_from(column).unwrap_or(usize::MAX);
         if column >= COLUMNS_MAX {
             return Err(ImportError::TooManyColumns { max: COLUMNS_MAX });

@@ -226,3 +226,42 @@ fn a_worksheet_that_makes_the_spreadsheet_reader_fail_is_refused_not_crashed() {
         Err(ImportError::NotXlsx { .. })
     ));
 }
+
+/// A formula's saved result is what counts; a formula saved without one (a file written by a
+/// program) is reported, not read as an empty cell (an empty `points` would become 1).
+#[test]
+fn formulas_count_by_their_saved_result_and_without_one_are_reported() {
+    let sheet = r#"
+<row r="1">
+  <c r="A1" t="inlineStr"><is><t>type</t></is></c>
+  <c r="B1" t="inlineStr"><is><t>prompt</t></is></c>
+  <c r="C1" t="inlineStr"><is><t>correct</t></is></c>
+  <c r="D1" t="inlineStr"><is><t>points</t></is></c>
+</row>
+<row r="2">
+  <c r="A2" t="inlineStr"><is><t>true_false</t></is></c>
+  <c r="B2" t="inlineStr"><is><t>Saved?</t></is></c>
+  <c r="C2" t="b"><v>1</v></c>
+  <c r="D2"><f>1+2</f><v>3</v></c>
+</row>
+<row r="3">
+  <c r="A3" t="inlineStr"><is><t>true_false</t></is></c>
+  <c r="B3" t="inlineStr"><is><t>Not saved?</t></is></c>
+  <c r="C3" t="b"><v>1</v></c>
+  <c r="D3"><f>1+2</f></c>
+</row>"#;
+    let bytes = handwritten_xlsx(sheet, &[]);
+    let Err(ImportError::Rows(errors)) = read(&bytes) else {
+        panic!("expected row errors");
+    };
+    assert_eq!(
+        errors
+            .iter()
+            .map(|e| (e.row, e.column.as_str(), e.code))
+            .collect::<Vec<_>>(),
+        [(3, "points", "unsupported_cell")]
+    );
+    let saved = sheet.split("<row r=\"3\">").next().unwrap();
+    let questions = read(&handwritten_xlsx(saved, &[])).expect("imports");
+    assert_eq!(questions[0].points(), 3);
+}

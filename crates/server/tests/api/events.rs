@@ -587,7 +587,10 @@ async fn an_organization_holds_a_bounded_number_of_subscriptions(backend: Backen
     };
     let first = open(&ann.token).await.unwrap();
     let second = open(&ann.token).await.unwrap();
-    assert_eq!((first.status().as_u16(), second.status().as_u16()), (200, 200));
+    assert_eq!(
+        (first.status().as_u16(), second.status().as_u16()),
+        (200, 200)
+    );
     let third = open(&ann.token).await.unwrap();
     assert!(third.headers().contains_key("retry-after"));
     assert_problem(third, 429, "too_many_subscriptions").await;
