@@ -384,16 +384,8 @@ async fn create_token(
         ],
         None => vec![(format!("email:{email}"), 1)],
     };
-    let mut blocked = None;
-    for (counted, (key, factor)) in keys.iter().enumerate() {
-        if let Some(wait) = state.login_limiter.attempt(key, *factor) {
-            for (earlier, _) in &keys[..counted] {
-                state.login_limiter.forgive(earlier);
-            }
-            blocked = Some(wait);
-            break;
-        }
-    }
+    let checked: Vec<(&str, u32)> = keys.iter().map(|(k, f)| (k.as_str(), *f)).collect();
+    let blocked = state.login_limiter.attempt_all(&checked);
     if let Some(wait) = blocked {
         tracing::info!(event = "auth.login_throttled", retry_after_s = wait);
         return Err(ApiError::new(
@@ -417,8 +409,14 @@ async fn create_token(
             "email or password is wrong",
         ));
     };
-    for (key, _) in &keys {
-        state.login_limiter.forgive(key);
+    // Right from this client: its own failures for this email are forgotten (as before the
+    // per-client key); the wider keys only take this attempt back.
+    for (i, (key, _)) in keys.iter().enumerate() {
+        if i == 0 {
+            state.login_limiter.clear(key);
+        } else {
+            state.login_limiter.forgive(key);
+        }
     }
     let org_id = match body.organization_id {
         Some(id) => {

@@ -111,14 +111,18 @@ impl PasswordHasher {
     }
 
     pub async fn hash(&self, password: &Password) -> Result<String, PasswordError> {
-        let _running = self
+        // Owned and moved into the blocking task: a request dropped meanwhile (timeout, client
+        // gone) must not free the place of a hash that still runs.
+        let running = self
             .running
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|e| PasswordError::Hash(e.to_string()))?;
         let argon2 = self.argon2.clone();
         let password = password.clone();
         tokio::task::spawn_blocking(move || {
+            let _running = running;
             argon2
                 .hash_password(password.expose().as_bytes())
                 .map(|h| h.to_string())
@@ -131,7 +135,7 @@ impl PasswordHasher {
     /// Constant-time verification (argon2 compares digests in constant time). With `None`
     /// (unknown email) a dummy hash is verified so the response time reveals nothing.
     pub async fn verify(&self, password: &str, stored: Option<String>) -> bool {
-        let Ok(_running) = self.running.acquire().await else {
+        let Ok(running) = self.running.clone().acquire_owned().await else {
             return false;
         };
         let argon2 = self.argon2.clone();
@@ -139,6 +143,7 @@ impl PasswordHasher {
         let stored = stored.unwrap_or_else(|| self.dummy_hash.as_str().to_owned());
         let password = password.to_owned();
         let verified = tokio::task::spawn_blocking(move || {
+            let _running = running;
             PasswordHash::new(&stored)
                 .map(|hash| argon2.verify_password(password.as_bytes(), &hash).is_ok())
                 .unwrap_or(false)
@@ -200,12 +205,16 @@ impl LoginLimiter {
             failures.retain(|_, (_, since)| since.elapsed() < window);
             let keep = LOGIN_LIMITER_ENTRIES_MAX / 2;
             if failures.len() > keep {
-                let mut started: Vec<Instant> =
-                    failures.values().map(|(_, since)| *since).collect();
-                let cut = started.len() - keep;
-                let (_, oldest_kept, _) = started.select_nth_unstable(cut);
-                let oldest_kept = *oldest_kept;
-                failures.retain(|_, (_, since)| *since >= oldest_kept);
+                // The oldest windows go, exactly down to half (ties included).
+                let mut by_age: Vec<(Instant, String)> = failures
+                    .iter()
+                    .map(|(key, (_, since))| (*since, key.clone()))
+                    .collect();
+                let cut = by_age.len() - keep;
+                by_age.select_nth_unstable_by_key(cut, |(since, _)| *since);
+                for (_, key) in &by_age[..cut] {
+                    failures.remove(key);
+                }
             }
         }
         let entry = failures
@@ -222,22 +231,37 @@ impl LoginLimiter {
     /// counted. Counting only after the password check let parallel guesses all pass the
     /// check first; a login that succeeds takes its count back ([`LoginLimiter::forgive`]).
     pub fn attempt(&self, key: &str, factor: u32) -> Option<u64> {
+        self.attempt_all(&[(key, factor)])
+    }
+
+    /// One login attempt against several keys (each with its allowance factor): checked
+    /// first, all of them, and counted against every key only if none is used up. A refused
+    /// attempt adds nothing (no entry either: refused attempts cannot fill the table).
+    pub fn attempt_all(&self, keys: &[(&str, u32)]) -> Option<u64> {
         let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((count, since)) = failures.get(key) {
-            let elapsed = since.elapsed();
-            if elapsed < self.window && *count >= self.max_failures * factor {
-                return Some((self.window - elapsed).as_secs().max(1));
+        for (key, factor) in keys {
+            if let Some((count, since)) = failures.get(*key) {
+                let elapsed = since.elapsed();
+                if elapsed < self.window && *count >= self.max_failures * factor {
+                    return Some((self.window - elapsed).as_secs().max(1));
+                }
             }
         }
-        self.count_locked(&mut failures, key);
+        for (key, _) in keys {
+            self.count_locked(&mut failures, key);
+        }
         None
     }
 
-    /// Takes back one counted attempt of `key` (it was not a failure after all).
+    /// Takes back one counted attempt of `key` (it was not a failure after all); an entry
+    /// back at zero is removed.
     pub fn forgive(&self, key: &str) {
         let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(entry) = failures.get_mut(key) {
             entry.0 = entry.0.saturating_sub(1);
+            if entry.0 == 0 {
+                failures.remove(key);
+            }
         }
     }
 
@@ -301,6 +325,38 @@ mod tests {
             !failures.contains_key("old-0"),
             "the oldest windows go first"
         );
+    }
+
+    #[test]
+    fn an_attempt_against_several_keys_counts_on_all_or_none() {
+        let limiter = LoginLimiter::new(1, Duration::from_secs(60));
+        assert_eq!(limiter.attempt_all(&[("pair", 1), ("email", 3)]), None);
+        // The pair is used up: refused, and the email key is not counted again.
+        assert!(limiter.attempt_all(&[("pair", 1), ("email", 3)]).is_some());
+        assert!(
+            limiter
+                .attempt_all(&[("other-pair", 1), ("email", 3)])
+                .is_none()
+        );
+        assert!(
+            limiter
+                .attempt_all(&[("third-pair", 1), ("email", 3)])
+                .is_none()
+        );
+        // Three counted on the email (not four): now it is used up for every client.
+        assert!(
+            limiter
+                .attempt_all(&[("fourth-pair", 1), ("email", 3)])
+                .is_some()
+        );
+        let failures = limiter.failures.lock().unwrap();
+        assert!(
+            !failures.contains_key("fourth-pair"),
+            "a refused attempt adds no entry"
+        );
+        drop(failures);
+        limiter.forgive("pair");
+        assert!(!limiter.failures.lock().unwrap().contains_key("pair"));
     }
 
     #[test]

@@ -392,11 +392,23 @@ async fn claimed(request: Request, raw_key: HeaderValue, next: Next) -> Result<R
     let now = state.clock.now();
     let lock =
         time::Duration::try_from(state.settings.idempotency_lock).unwrap_or(time::Duration::MINUTE);
+    // Until the request has run to its end, the claim is released if it is dropped (the
+    // request timed out or its client went away) or unwinds (a panic): otherwise it stayed
+    // pending, and retries got `idempotency_key_in_use`, until its lock expired. Armed before
+    // the claim, whose commit may land just before a drop; a release of a claim this request
+    // does not hold changes nothing.
+    let mut unfinished = ReleaseIfUnfinished {
+        store: state.store.clone(),
+        scope: Some(scope.clone()),
+    };
     let claim = state
         .store
         .claim(&scope, &print, now, now + lock)
         .await
         .map_err(|e| ApiError::from(e).into_response())?;
+    if !matches!(claim, Claim::Acquired) {
+        unfinished.scope = None;
+    }
     match claim {
         Claim::Replay(stored) => {
             let stored = open(stored, &seal_key).ok_or_else(|| {
@@ -438,17 +450,9 @@ async fn claimed(request: Request, raw_key: HeaderValue, next: Next) -> Result<R
         used: used.clone(),
         seal_key,
     });
-    // Until the request has run to its end, the claim is released if it is dropped (the
-    // request timed out or its client went away) or unwinds (a panic): otherwise it stayed
-    // pending, and retries got `idempotency_key_in_use`, until its lock expired.
-    let mut unfinished = ReleaseIfUnfinished {
-        store: state.store.clone(),
-        scope: Some(scope.clone()),
-    };
     let response = next
         .run(Request::from_parts(parts, Body::from(bytes)))
         .await;
-    unfinished.scope = None;
     if !response.status().is_success() || !used.load(Ordering::SeqCst) {
         if response.status().is_success() {
             tracing::error!(
@@ -456,11 +460,13 @@ async fn claimed(request: Request, raw_key: HeaderValue, next: Next) -> Result<R
                 error = "2xx without completing the idempotency claim"
             );
         }
-        // Nothing was stored with the key: free it so a retry runs afresh.
+        // Nothing was stored with the key: free it so a retry runs afresh. (The guard stays
+        // armed until this is done: if this is dropped, it releases.)
         if let Err(e) = state.store.release(&scope).await {
             tracing::warn!(event = "idempotency.release_failed", error = %e);
         }
     }
+    unfinished.scope = None;
     Ok(response)
 }
 

@@ -41,6 +41,16 @@ impl FromStr for Cidr {
                 .ok_or_else(|| format!("{text:?}: the prefix must be 0 to {max}"))?,
             None => max,
         };
+        // `::ffff:10.0.0.0/104` is `10.0.0.0/8`: addresses are compared in that form.
+        if let IpAddr::V6(v6) = network
+            && let Some(v4) = v6.to_ipv4_mapped()
+            && prefix >= 96
+        {
+            return Ok(Self {
+                network: IpAddr::V4(v4),
+                prefix: prefix - 96,
+            });
+        }
         Ok(Self { network, prefix })
     }
 }
@@ -97,7 +107,11 @@ pub fn client_addr(peer: SocketAddr, headers: &HeaderMap, trusted: &[Cidr]) -> S
         .collect();
     let mut client = peer.ip();
     for entry in entries.iter().rev() {
-        let Ok(ip) = entry.parse::<IpAddr>() else {
+        // Some balancers write the client's port too (`1.2.3.4:5678`, `[2001:db8::1]:443`).
+        let parsed = entry
+            .parse::<IpAddr>()
+            .or_else(|_| entry.parse::<SocketAddr>().map(|a| a.ip()));
+        let Ok(ip) = parsed else {
             break;
         };
         client = canonical(ip);
@@ -160,6 +174,16 @@ mod tests {
             forwarded,
             SocketAddr::new("198.51.100.1".parse().unwrap(), 4321)
         );
+        // Entries with a port count by their address.
+        for with_port in ["198.51.100.1:5678", "[2001:db8::1]:443"] {
+            let ip: IpAddr = with_port.parse::<SocketAddr>().unwrap().ip();
+            assert_eq!(
+                client_addr(peer("10.0.0.2"), &headers(&[with_port]), &trusted).ip(),
+                ip
+            );
+        }
+        let mapped: Cidr = "::ffff:10.0.0.0/104".parse().unwrap();
+        assert!(mapped.contains("10.9.8.7".parse().unwrap()));
         // Garbage ends the walk at the last trusted hop.
         let garbage = client_addr(peer("10.0.0.2"), &headers(&["1.2.3.4, junk"]), &trusted);
         assert_eq!(garbage, peer("10.0.0.2"));
