@@ -559,10 +559,24 @@ async fn list_events(
         event_type: query.event_type,
         stream: query.stream,
     };
+    let filtered = filter.event_type.is_some() || filter.stream.is_some();
     let mut events = state
         .events
         .events_after(p.org_id, after, limit + 1, &filter)
         .await?;
+    if after > 0 {
+        // Positions are gapless: the first event after `after` in the whole log tells whether
+        // retention dropped some the reader has not seen (a filtered page can skip events).
+        let first = if filtered {
+            state
+                .events
+                .events_after(p.org_id, after, 1, &EventFilter::default())
+                .await?
+        } else {
+            Vec::new()
+        };
+        check_not_dropped(after, first.first().or(events.first()))?;
+    }
     let more = events.len() > limit;
     events.truncate(limit);
     let next_cursor = if more {
@@ -643,6 +657,13 @@ async fn subscribe(
     let start = resume
         .or(position_param("/query/after", query.after)?)
         .unwrap_or(0);
+    if start > 0 {
+        let first = state
+            .events
+            .events_after(p.org_id, start, 1, &EventFilter::default())
+            .await?;
+        check_not_dropped(start, first.first())?;
+    }
     let slot = SubscriptionSlot::take(&state, p.org_id)?;
     // The extractor accepted this header: its hash is what the subscription checks again.
     let token_hash = headers
@@ -672,6 +693,26 @@ async fn subscribe(
         Some((Ok(sse), live))
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// A reader resuming after `after` whose next events retention dropped would skip them
+/// without knowing: `410 events_dropped`, naming where the log now starts. `first`: the first
+/// event after `after`, unfiltered. (Reading from the start, `after` 0, begins at the oldest
+/// kept event.)
+fn check_not_dropped(after: u64, first: Option<&EventRecord>) -> Result<(), ApiError> {
+    match first {
+        Some(e) if after > 0 && e.position > after + 1 => Err(ApiError::new(
+            codes::EVENTS_DROPPED,
+            format!(
+                "the events after position {after} up to {} were dropped by retention; the \
+                 oldest kept is {} (resume from after={}, or from the start)",
+                e.position - 1,
+                e.position,
+                e.position - 1
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// The `Last-Event-ID` a reconnecting client sends: absent or empty means none. Anything else
@@ -712,8 +753,7 @@ impl SubscriptionSlot {
             .subscriptions
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let count = open.entry(org).or_insert(0);
-        if *count >= max {
+        if open.get(&org).copied().unwrap_or(0) >= max {
             return Err(ApiError::new(
                 codes::TOO_MANY_SUBSCRIPTIONS,
                 format!(
@@ -723,7 +763,7 @@ impl SubscriptionSlot {
             )
             .retry_after(15));
         }
-        *count += 1;
+        *open.entry(org).or_insert(0) += 1;
         Ok(Self {
             state: state.clone(),
             org,

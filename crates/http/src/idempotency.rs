@@ -489,7 +489,7 @@ impl Drop for ReleaseIfUnfinished {
         let store = self.store.clone();
         runtime.spawn(async move {
             match store.release(&scope).await {
-                Ok(()) => tracing::info!(event = "idempotency.released_unfinished"),
+                Ok(()) => tracing::info!(event = "idempotency.release_unfinished"),
                 Err(e) => tracing::warn!(event = "idempotency.release_failed", error = %e),
             }
         });

@@ -614,6 +614,58 @@ async fn an_organization_holds_a_bounded_number_of_subscriptions(backend: Backen
     drop(second);
 }
 
+/// Retention (embedded log) dropped the oldest events: reading or subscribing after a
+/// position whose next events are gone is `410 events_dropped`, not a silent skip; from the
+/// start, reads begin at the oldest kept event.
+#[tokio::test]
+async fn resuming_after_events_retention_dropped_is_410() {
+    let app = spawn_app_with(
+        Backend::Sqlite,
+        |c| {
+            c.outbox.relay_enabled = false;
+            c.events.segment_size_bytes = 4096;
+            c.events.retention_max_bytes = 4096;
+        },
+        axum::Router::new(),
+    )
+    .await;
+    let ann = app.sign_up("ann@example.com").await;
+    for i in 0..60 {
+        let body = json!({"type": "t", "data": "x".repeat(200), "metadata": {"i": i}});
+        assert_eq!(append(&app, &ann.token, body).await.status(), 201);
+    }
+    let page: Value = app
+        .get("/api/v1/events?limit=1", &ann.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let oldest = page["data"][0]["position"].as_u64().unwrap();
+    assert!(
+        oldest > 2,
+        "retention dropped the first segments (oldest kept: {oldest})"
+    );
+    for path in [
+        "/api/v1/events?after=1".to_owned(),
+        "/api/v1/events?after=1&type=t".to_owned(),
+    ] {
+        let response = app.get(&path, &ann.token).await;
+        assert_problem(response, 410, "events_dropped").await;
+    }
+    let resumed = app
+        .request(Method::GET, "/api/v1/events/subscribe", Some(&ann.token))
+        .header("last-event-id", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_problem(resumed, 410, "events_dropped").await;
+    // Right before the oldest kept, nothing was skipped.
+    let from_oldest = app
+        .get(&format!("/api/v1/events?after={}", oldest - 1), &ann.token)
+        .await;
+    assert_eq!(from_oldest.status(), 200);
+}
+
 /// Appends event 2 to `member`'s organization with another token of the same member.
 async fn append_as_someone_else(app: &TestApp, member: &Account) {
     let token = app.log_in(member, &member.org_id).await;
