@@ -17,7 +17,8 @@ pub struct HttpSettings {
     pub request_timeout: Duration,
     /// Lifetime of a new API token.
     pub token_ttl: Duration,
-    /// Failed logins allowed per email (and per client IP, times four) per window.
+    /// Failed logins allowed per (email, client) per window; per email from anywhere ten
+    /// times as many, per client four times (`accounts::create_token`).
     pub login_failures_max: u32,
     pub login_failure_window: Duration,
     /// How long an idempotency claim stays locked to its request (longer than any request
