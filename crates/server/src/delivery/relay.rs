@@ -252,11 +252,17 @@ struct Round {
 /// One round for `destination`. The leases it takes are kept (renewed by the next rounds)
 /// and released when a round finds nothing, so a busy relay does not pay for a release each
 /// round and another instance takes over an organization at most `lease` after a crash.
+/// Organizations whose last attempt failed: their count of failures in a row and when to try
+/// again. One organization's failing row (say, an event over a lowered size limit) backs off
+/// that organization alone; the others publish at their pace.
+type OrgBackoff = std::collections::HashMap<OrgId, (u32, std::time::Instant)>;
+
 async fn round(
     state: &State,
     destination: Destination,
     settings: &RelaySettings,
     nats: Option<&NatsPublisher>,
+    backing_off: &mut OrgBackoff,
 ) -> Result<Round, String> {
     let now = state.clock.now();
     let lease = time::Duration::try_from(settings.lease).unwrap_or(time::Duration::seconds(30));
@@ -287,6 +293,13 @@ async fn round(
             _ => by_org.push((row.org_id, vec![row])),
         }
     }
+    // Organizations backing off keep their leases (renewed by this round) and wait.
+    let started = std::time::Instant::now();
+    by_org.retain(|(org, _)| {
+        backing_off
+            .get(org)
+            .is_none_or(|(_, until)| *until <= started)
+    });
     let full = by_org.len() as u32 >= settings.orgs_per_round
         || by_org
             .iter()
@@ -300,12 +313,19 @@ async fn round(
         }
     }))
     .await;
+    let tried = by_org.len();
     let mut published = Vec::new();
-    let mut failed = false;
-    for (done, failure) in results {
+    let mut failed_orgs = 0;
+    for ((org, _), (done, failure)) in by_org.iter().zip(results) {
         published.extend(done);
+        if failure.is_none() {
+            backing_off.remove(org);
+        }
         if let Some((seqs, error)) = failure {
-            failed = true;
+            failed_orgs += 1;
+            let failures = backing_off.get(org).map_or(1, |(n, _)| n + 1);
+            let wait = backoff(failures, settings.backoff_base, settings.backoff_max);
+            backing_off.insert(*org, (failures, std::time::Instant::now() + wait));
             tracing::warn!(event = "outbox.failed", destination = destination.as_str(), rows = seqs.len(), error = %error);
             metrics::counter!("outbox_failures_total", "destination" => destination.as_str())
                 .increment(1);
@@ -341,7 +361,9 @@ async fn round(
     }
     Ok(Round {
         published: published.len(),
-        failed,
+        // The relay itself backs off only when every organization it tried failed (the
+        // destination is down, most likely); single organizations back off on their own.
+        failed: failed_orgs > 0 && failed_orgs == tried,
         found: true,
         full,
     })
@@ -358,11 +380,19 @@ pub async fn run(
 ) {
     let mut failures = 0u32;
     let mut holding = false;
+    let mut backing_off = OrgBackoff::new();
     loop {
         if *stop.borrow() {
             break;
         }
-        let outcome = round(&state, destination, &settings, nats.as_deref()).await;
+        let outcome = round(
+            &state,
+            destination,
+            &settings,
+            nats.as_deref(),
+            &mut backing_off,
+        )
+        .await;
         let wait = match outcome {
             Ok(round) if !round.failed => {
                 failures = 0;

@@ -301,6 +301,50 @@ async fn a_mixed_run_takes_the_rows_after_it_by_place_not_by_seq(backend: Backen
     assert_eq!(published, expected, "every row of the round, row 0 too");
 }
 
+/// One organization's row that keeps failing (here: an event over the log's size limit)
+/// backs off that organization alone: another organization's changes still reach the log at
+/// once, not after the relay's growing backoff.
+#[tokio::test]
+async fn a_failing_organization_does_not_hold_back_the_others() {
+    let app = spawn_app_with(
+        Backend::Sqlite,
+        |c| c.events.event_bytes_max = 1024,
+        Router::new(),
+    )
+    .await;
+    let ann = app.sign_up("ann@example.com").await;
+    let bob = app.sign_up("bob@example.com").await;
+    let payload = json!({"big": "x".repeat(4096)}).to_string();
+    app.execute(&format!(
+        "INSERT INTO outbox (event_id, org_id, event_type, stream, payload, created_at)
+         VALUES (randomblob(16), {}, 'test.big', 'big', '{payload}', 0)",
+        org_literal(&app, &ann.org_id)
+    ))
+    .await
+    .unwrap();
+    // While ann's row keeps failing (and a relay-wide backoff would keep growing: 0.2, 0.4,
+    // 0.8, 1.6, 3.2 s, …), each of bob's changes reaches the log at once.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    for round in 0..5 {
+        let before = log_of(&app, &bob.token).await.len();
+        app.create_item(&bob.token, &format!("Item {round}"), 1)
+            .await;
+        let started = std::time::Instant::now();
+        while log_of(&app, &bob.token).await.len() == before {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(1),
+                "bob's change {round} waited behind ann's failing row"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    }
+    let failures = app
+        .scalar("SELECT attempts FROM outbox WHERE event_type = 'test.big'")
+        .await;
+    assert!(failures >= 3, "the big row was tried {failures} times");
+}
+
 async fn a_change_and_its_outbox_row_exist_together_or_not_at_all(backend: Backend) {
     let app = spawn_app_with(backend, |c| c.outbox.relay_enabled = false, Router::new()).await;
     let ann = app.sign_up("ann@example.com").await;
