@@ -126,6 +126,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Migrate { action } => {
+            // Not under a running server (SQLite: it holds the database's server lock).
+            let _lock = match action {
+                MigrateAction::Status => None,
+                _ => crate::startup::lock_sqlite(&config)?,
+            };
             let store = open_store(&config).await?;
             match action {
                 MigrateAction::Up => {
@@ -277,7 +282,11 @@ impl<W: std::io::Write> ApiIds<W> {
     fn line(&mut self, line: &[u8]) -> std::io::Result<()> {
         let mut record: serde_json::Value = match serde_json::from_slice(line) {
             Ok(record) => record,
-            Err(_) => return self.out.write_all(line),
+            // As it is, with its line end (without one it ran into the next record).
+            Err(_) => {
+                self.out.write_all(line)?;
+                return self.out.write_all(b"\n");
+            }
         };
         let parse = |field: &str| {
             record

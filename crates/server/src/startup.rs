@@ -173,15 +173,14 @@ pub struct Application {
     _sqlite_lock: Option<std::fs::File>,
 }
 
-/// An embedded database serves exactly one server process: take `<database>.server-lock`
-/// (a second server gets a clear error), then release at once what a previous, dead process
-/// still held (pending idempotency claims, outbox and delivery leases) instead of letting
-/// retries wait up to `idempotency.lock_ms` and the relay up to `outbox.lease_s`.
-async fn take_over_sqlite(
-    config: &Config,
-    sqlite: &SqliteStore,
-    now: time::OffsetDateTime,
-) -> anyhow::Result<std::fs::File> {
+/// An embedded database serves exactly one server process (and is migrated by nothing else
+/// while one runs): takes `<database>.server-lock`; a second server, or `trueline migrate`
+/// beside a running one, gets a clear error. `None` for PostgreSQL. Taken before anything
+/// writes to the database: a second server used to migrate the live database first.
+pub fn lock_sqlite(config: &Config) -> anyhow::Result<Option<std::fs::File>> {
+    if config.is_postgres() {
+        return Ok(None);
+    }
     let url = config.database_url();
     let path = url
         .trim_start_matches("sqlite://")
@@ -198,14 +197,20 @@ async fn take_over_sqlite(
         .open(&lock_path)
         .with_context(|| format!("opening {lock_path}"))?;
     match lock.try_lock() {
-        Ok(()) => {}
+        Ok(()) => Ok(Some(lock)),
         Err(std::fs::TryLockError::WouldBlock) => {
             anyhow::bail!("another trueline server is using {path} (it holds {lock_path})")
         }
         Err(std::fs::TryLockError::Error(e)) => {
-            return Err(e).with_context(|| format!("locking {lock_path}"));
+            Err(e).with_context(|| format!("locking {lock_path}"))
         }
     }
+}
+
+/// With the lock held: releases at once what a previous, dead process still held (pending
+/// idempotency claims, outbox and delivery leases) instead of letting retries wait up to
+/// `idempotency.lock_ms` and the relay up to `outbox.lease_s`.
+async fn release_leftovers(sqlite: &SqliteStore, now: time::OffsetDateTime) -> anyhow::Result<()> {
     let released = sqlite
         .release_leftovers(now)
         .await
@@ -218,7 +223,7 @@ async fn take_over_sqlite(
             delivery_leases = released.delivery_leases,
         );
     }
-    Ok(lock)
+    Ok(())
 }
 
 impl Application {
@@ -256,14 +261,14 @@ impl Application {
                 .map_err(|e| anyhow::anyhow!("server.trusted_proxies: {e}"))?
                 .into();
         let Stores { store, pg, sqlite } = open_stores(&config).await?;
+        let sqlite_lock = lock_sqlite(&config)?;
         let applied = store.migrate_up().await.context("applying migrations")?;
         if !applied.is_empty() {
             tracing::info!(event = "db.migrated", versions = ?applied, backend = store.backend());
         }
-        let sqlite_lock = match &sqlite {
-            Some(sqlite) => Some(take_over_sqlite(&config, sqlite, clock.now()).await?),
-            None => None,
-        };
+        if let Some(sqlite) = &sqlite {
+            release_leftovers(sqlite, clock.now()).await?;
+        }
         let passwords = PasswordHasher::new(PasswordCost {
             memory_kib: config.auth.password_memory_kib,
             iterations: config.auth.password_iterations,

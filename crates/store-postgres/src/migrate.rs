@@ -122,13 +122,37 @@ impl PgStore {
     }
 }
 
+/// Instances migrating at once take turns for the whole step: sqlx locks only its own run,
+/// and the bookkeeping table's `CREATE TABLE IF NOT EXISTS` before it fails (23505) when two
+/// instances run it at once on a fresh database; "applied now" then also names only what
+/// this instance applied.
+const MIGRATE_LOCK: &str = "SELECT pg_advisory_lock(hashtextextended('trueline.migrate', 0))";
+const MIGRATE_UNLOCK: &str = "SELECT pg_advisory_unlock(hashtextextended('trueline.migrate', 0))";
+
 #[async_trait::async_trait]
 impl Migrations for PgStore {
     async fn migrate_up(&self) -> Result<Vec<i64>, StoreError> {
-        let before = self.applied_versions().await?;
-        migrator().run(&self.pool).await.map_err(migrate_error)?;
-        let after = self.applied_versions().await?;
-        Ok(after.into_iter().filter(|v| !before.contains(v)).collect())
+        let mut turn = self.pool.acquire().await.map_err(db_error)?;
+        sqlx::query(MIGRATE_LOCK)
+            .execute(&mut *turn)
+            .await
+            .map_err(db_error)?;
+        let result = async {
+            let before = self.applied_versions().await?;
+            migrator().run(&self.pool).await.map_err(migrate_error)?;
+            let after = self.applied_versions().await?;
+            Ok(after.into_iter().filter(|v| !before.contains(v)).collect())
+        }
+        .await;
+        if sqlx::query(MIGRATE_UNLOCK)
+            .execute(&mut *turn)
+            .await
+            .is_err()
+        {
+            // A session lock lives as long as its connection: never back into the pool.
+            let _ = sqlx::Connection::close(turn.detach()).await;
+        }
+        result
     }
 
     async fn migrate_down(&self, steps: u32) -> Result<Vec<i64>, StoreError> {

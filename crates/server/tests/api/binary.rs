@@ -231,6 +231,39 @@ fn migrate_status_down_and_up_work_on_the_embedded_database() {
     run(&["migrate", "up"]);
 }
 
+/// Nothing migrates a database a server is using: `migrate down` (or `up`) beside a running
+/// server is refused and changes nothing (the server holds `<database>.server-lock`).
+#[test]
+fn migrations_are_refused_while_a_server_uses_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, _address, _lines) = start_server(dir.path());
+    for args in [["migrate", "down"], ["migrate", "up"]] {
+        let output = Command::new(BIN)
+            .args(args)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .env_remove("TRUELINE_TEST_POSTGRES_URL")
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{args:?} ran beside the server");
+        let error = String::from_utf8_lossy(&output.stderr);
+        assert!(error.contains("another trueline server"), "{error}");
+    }
+    // Status only reads.
+    let status = Command::new(BIN)
+        .args(["migrate", "status", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&status.stdout).to_string();
+    assert!(
+        status.contains("applied") && !status.contains("pending"),
+        "{status}"
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
 #[test]
 fn an_unusable_database_url_fails_startup_with_a_clear_error() {
     let output = Command::new(BIN)

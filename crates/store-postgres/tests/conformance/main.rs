@@ -91,6 +91,32 @@ async fn migrated_store() -> (TestDatabase, PgStore) {
     (database, store)
 }
 
+/// Instances starting together on a fresh database migrate it once, one after another:
+/// every start succeeds and exactly one reports the migrations as applied by it.
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set TRUELINE_TEST_POSTGRES_URL and run with --ignored"]
+async fn instances_starting_together_migrate_a_fresh_database_once() {
+    let database = TestDatabase::create().await;
+    let mut starts = Vec::new();
+    for _ in 0..6 {
+        let url = database.url.clone();
+        starts.push(tokio::spawn(async move {
+            let store = PgStore::connect(&url, PgOptions::default()).await.unwrap();
+            let applied = store.migrate_up().await;
+            store.pool().close().await;
+            applied
+        }));
+    }
+    let mut reporting = 0;
+    for start in starts {
+        let applied = start.await.unwrap().expect("every start succeeds");
+        if !applied.is_empty() {
+            reporting += 1;
+        }
+    }
+    assert_eq!(reporting, 1, "exactly one instance applied the migrations");
+}
+
 /// The conformance suite's databases use this machine's default collation (often already
 /// byte order), so it cannot tell a locale-ordered column apart: this checks the column.
 #[tokio::test]
