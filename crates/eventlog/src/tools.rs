@@ -476,8 +476,10 @@ pub fn repair(dir: &Path) -> Result<RepairReport, OpenError> {
             let mut rest = vec![0u8; (check.file_len - check.good_end) as usize];
             file.read_exact_at(&mut rest, check.good_end)
                 .map_err(io_err)?;
-            let q = path.with_extension(format!("seg.{}.quarantined", check.good_end));
-            fs::write(&q, &rest).map_err(|e| OpenError::io(&q, e))?;
+            // Durable before the cut: a crash in between must not lose the cut bytes.
+            let q = unused_name(path.with_extension(format!("seg.{}.quarantined", check.good_end)));
+            write_durably(&q, &rest).map_err(|e| OpenError::io(&q, e))?;
+            let _ = File::open(dir).and_then(|d| d.sync_all());
             report.quarantined.push(q);
             let w = OpenOptions::new().write(true).open(path).map_err(io_err)?;
             w.set_len(check.good_end).map_err(io_err)?;
@@ -501,7 +503,7 @@ pub fn repair(dir: &Path) -> Result<RepairReport, OpenError> {
             remove_checkpoint(dir, *first, &mut report);
         }
         for (first, path) in &segs[from..] {
-            let q = path.with_extension("seg.quarantined");
+            let q = unused_name(path.with_extension("seg.quarantined"));
             fs::rename(path, &q).map_err(|e| OpenError::io(path, e))?;
             report.quarantined.push(q);
             remove_checkpoint(dir, *first, &mut report);
@@ -512,6 +514,29 @@ pub fn repair(dir: &Path) -> Result<RepairReport, OpenError> {
         rebuild_lost_registry(dir, &mut index, &mut report)?;
     }
     Ok(report)
+}
+
+/// A name for bytes moved aside that no earlier repair used: `candidate`, else `candidate.2`,
+/// `candidate.3`, … (a second repair at the same offset used to replace the first one's copy).
+fn unused_name(candidate: PathBuf) -> PathBuf {
+    if !candidate.exists() {
+        return candidate;
+    }
+    let mut n = 2u64;
+    loop {
+        let next = PathBuf::from(format!("{}.{n}", candidate.display()));
+        if !next.exists() {
+            return next;
+        }
+        n += 1;
+    }
+}
+
+/// A new file holding `bytes`, synced.
+fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut file = OpenOptions::new().write(true).create_new(true).open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
 }
 
 /// In a trimmed log whose registry is missing or damaged: moves a damaged one aside and writes

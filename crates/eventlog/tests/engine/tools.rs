@@ -124,3 +124,33 @@ fn repair_refuses_while_the_log_is_open() {
     let (_log, _) = EventLog::open(dir.path(), small()).unwrap();
     assert!(matches!(repair(dir.path()), Err(OpenError::Locked { .. })));
 }
+
+/// Bytes a repair moves aside are kept: a second repair cutting at the same place writes a
+/// copy of its own instead of replacing the first one's.
+#[test]
+fn a_second_repair_at_the_same_place_keeps_the_first_ones_bytes() {
+    let dir = filled(50);
+    let last = segment_files(dir.path()).pop().unwrap();
+    let good = std::fs::metadata(&last).unwrap().len();
+    let mut copies = Vec::new();
+    for junk in [[0xA5u8; 64], [0x5Au8; 64]] {
+        let mut bytes = std::fs::read(&last).unwrap();
+        bytes.truncate(good as usize);
+        bytes.extend_from_slice(&junk);
+        std::fs::write(&last, &bytes).unwrap();
+        let r = repair(dir.path()).unwrap();
+        let copy = r
+            .quarantined
+            .iter()
+            .find(|q| {
+                q.to_string_lossy()
+                    .contains(&format!("seg.{good}.quarantined"))
+            })
+            .cloned()
+            .unwrap_or_else(|| panic!("no copy of the cut bytes: {r:?}"));
+        assert_eq!(std::fs::read(&copy).unwrap(), junk);
+        copies.push(copy);
+    }
+    assert_ne!(copies[0], copies[1]);
+    assert_eq!(std::fs::read(&copies[0]).unwrap(), [0xA5u8; 64]);
+}
