@@ -249,14 +249,14 @@ struct Round {
     full: bool,
 }
 
-/// One round for `destination`. The leases it takes are kept (renewed by the next rounds)
-/// and released when a round finds nothing, so a busy relay does not pay for a release each
-/// round and another instance takes over an organization at most `lease` after a crash.
 /// Organizations whose last attempt failed: their count of failures in a row and when to try
 /// again. One organization's failing row (say, an event over a lowered size limit) backs off
 /// that organization alone; the others publish at their pace.
 type OrgBackoff = std::collections::HashMap<OrgId, (u32, std::time::Instant)>;
 
+/// One round for `destination`. The leases it takes are kept (renewed by the next rounds)
+/// and released when a round finds nothing, so a busy relay does not pay for a release each
+/// round and another instance takes over an organization at most `lease` after a crash.
 async fn round(
     state: &State,
     destination: Destination,
@@ -293,8 +293,11 @@ async fn round(
             _ => by_org.push((row.org_id, vec![row])),
         }
     }
-    // Organizations backing off keep their leases (renewed by this round) and wait.
+    // Organizations backing off keep their leases (renewed by this round) and wait. Entries
+    // long past their time (the organization moved to another instance, or its rows were
+    // dealt with) are forgotten, so the map holds only organizations failing now.
     let started = std::time::Instant::now();
+    backing_off.retain(|_, (_, until)| *until + settings.backoff_max > started);
     by_org.retain(|(org, _)| {
         backing_off
             .get(org)
