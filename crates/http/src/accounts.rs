@@ -384,16 +384,17 @@ async fn create_token(
         ],
         None => vec![(format!("email:{email}"), 1)],
     };
-    let checked: Vec<(&str, u32)> = keys.iter().map(|(k, f)| (k.as_str(), *f)).collect();
-    let blocked = state.login_limiter.attempt_all(&checked);
-    if let Some(wait) = blocked {
-        tracing::info!(event = "auth.login_throttled", retry_after_s = wait);
-        return Err(ApiError::new(
-            codes::RATE_LIMITED,
-            "too many failed logins; wait before retrying",
-        )
-        .retry_after(wait));
-    }
+    let attempt = match state.login_limiter.begin(keys) {
+        Ok(attempt) => attempt,
+        Err(wait) => {
+            tracing::info!(event = "auth.login_throttled", retry_after_s = wait);
+            return Err(ApiError::new(
+                codes::RATE_LIMITED,
+                "too many failed logins; wait before retrying",
+            )
+            .retry_after(wait));
+        }
+    };
     let credentials = state.store.credentials(&email).await?;
     let verified = state
         .passwords
@@ -403,6 +404,7 @@ async fn create_token(
         )
         .await;
     let Some(credentials) = credentials.filter(|_| verified) else {
+        attempt.failed();
         tracing::info!(event = "auth.login_failed");
         return Err(ApiError::new(
             codes::INVALID_CREDENTIALS,
@@ -411,13 +413,7 @@ async fn create_token(
     };
     // Right from this client: its own failures for this email are forgotten (as before the
     // per-client key); the wider keys only take this attempt back.
-    for (i, (key, _)) in keys.iter().enumerate() {
-        if i == 0 {
-            state.login_limiter.clear(key);
-        } else {
-            state.login_limiter.forgive(key);
-        }
-    }
+    attempt.succeeded();
     let org_id = match body.organization_id {
         Some(id) => {
             let org = state
@@ -428,27 +424,13 @@ async fn create_token(
                 .organization
                 .id
         }
-        None => {
-            let first = state
-                .store
-                .organizations_of(
-                    credentials.user_id,
-                    trueline_store::PageRequest {
-                        limit: 1,
-                        after: None,
-                    },
-                )
-                .await?;
-            first
-                .items
-                .into_iter()
-                .next()
-                .ok_or_else(|| {
-                    ApiError::new(codes::NOT_FOUND, "you are not a member of any organization")
-                })?
-                .organization
-                .id
-        }
+        None => state
+            .store
+            .default_organization_of(credentials.user_id)
+            .await?
+            .ok_or_else(|| {
+                ApiError::new(codes::NOT_FOUND, "you are not a member of any organization")
+            })?,
     };
     let (token, secret) = new_token(&state, credentials.user_id, org_id)?;
     state

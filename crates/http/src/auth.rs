@@ -271,6 +271,60 @@ impl LoginLimiter {
             .unwrap_or_else(|p| p.into_inner())
             .remove(key);
     }
+
+    /// Starts a login attempt against `keys` (each with its allowance factor; the first is the
+    /// narrowest, see [`LoginAttempt::succeeded`]): `Err(seconds to wait)` if one is used up.
+    pub fn begin(self: &Arc<Self>, keys: Vec<(String, u32)>) -> Result<LoginAttempt, u64> {
+        let checked: Vec<(&str, u32)> = keys.iter().map(|(k, f)| (k.as_str(), *f)).collect();
+        if let Some(wait) = self.attempt_all(&checked) {
+            return Err(wait);
+        }
+        Ok(LoginAttempt {
+            limiter: self.clone(),
+            keys: keys.into_iter().map(|(key, _)| key).collect(),
+            settled: false,
+        })
+    }
+}
+
+/// A login attempt, counted as a failure on its keys until it ends. Only a password found
+/// wrong leaves the count ([`LoginAttempt::failed`]): an attempt dropped before that (the
+/// store failed, the request timed out waiting for a hash, a panic) takes it back, so a user
+/// whose right password met an outage is not locked out by their retries.
+pub struct LoginAttempt {
+    limiter: Arc<LoginLimiter>,
+    keys: Vec<String>,
+    settled: bool,
+}
+
+impl LoginAttempt {
+    /// The password was wrong: the count stays.
+    pub fn failed(mut self) {
+        self.settled = true;
+    }
+
+    /// The password was right: the first (narrowest) key's failures are forgotten, the
+    /// wider keys only take this attempt back.
+    pub fn succeeded(mut self) {
+        self.settled = true;
+        for (i, key) in self.keys.iter().enumerate() {
+            if i == 0 {
+                self.limiter.clear(key);
+            } else {
+                self.limiter.forgive(key);
+            }
+        }
+    }
+}
+
+impl Drop for LoginAttempt {
+    fn drop(&mut self) {
+        if !self.settled {
+            for key in &self.keys {
+                self.limiter.forgive(key);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -325,6 +379,25 @@ mod tests {
             !failures.contains_key("old-0"),
             "the oldest windows go first"
         );
+    }
+
+    /// Only a wrong password leaves its count: an attempt dropped before its password was
+    /// checked (a store error, a request timeout) takes it back on every key.
+    #[test]
+    fn only_a_wrong_password_counts_and_a_right_one_clears_the_pair() {
+        let limiter = Arc::new(LoginLimiter::new(1, Duration::from_secs(60)));
+        let keys = || vec![("pair".to_owned(), 1), ("email".to_owned(), 3)];
+        for _ in 0..5 {
+            drop(limiter.begin(keys()).unwrap());
+        }
+        assert!(limiter.failures.lock().unwrap().is_empty());
+        limiter.begin(keys()).unwrap().failed();
+        assert!(limiter.begin(keys()).is_err(), "the pair is used up");
+        limiter.clear("pair");
+        limiter.begin(keys()).unwrap().succeeded();
+        let failures = limiter.failures.lock().unwrap();
+        assert!(!failures.contains_key("pair"));
+        assert_eq!(failures.get("email").map(|e| e.0), Some(1), "only the failure");
     }
 
     #[test]

@@ -627,13 +627,33 @@ async fn read_stream(
         .await?;
     let more = events.len() > limit;
     events.truncate(limit);
+    let oldest_kept = match direction {
+        ReadDirection::Forward => events.first().map(|e| e.stream_version),
+        ReadDirection::Backward if events.is_empty() => state
+            .events
+            .read_stream(p.org_id, &stream, 1, ReadDirection::Forward, 1)
+            .await?
+            .first()
+            .map(|e| e.stream_version),
+        // A full page, or one that reached version 1, says nothing about retention.
+        ReadDirection::Backward => None,
+    };
+    check_stream_not_dropped(&stream, from, direction, oldest_kept)?;
     let next_cursor = if more {
         events.last().map(|e| match direction {
             ReadDirection::Forward => (e.stream_version + 1).to_string(),
             ReadDirection::Backward => e.stream_version.saturating_sub(1).to_string(),
         })
     } else {
-        None
+        match (direction, events.last()) {
+            // The page ran out above version 1: the versions below were dropped by retention.
+            // The cursor points at them, and following it answers `410 events_dropped`, so
+            // a reader walking back never takes the oldest kept event for the first.
+            (ReadDirection::Backward, Some(e)) if e.stream_version > 1 => {
+                Some((e.stream_version - 1).to_string())
+            }
+            _ => None,
+        }
     };
     Ok(Json(EventList {
         data: events.into_iter().map(EventView::from).collect(),
@@ -709,6 +729,34 @@ fn check_not_dropped(after: u64, first: Option<&EventRecord>) -> Result<(), ApiE
                 e.position - 1,
                 e.position,
                 e.position - 1
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// A stream read whose first wanted version retention dropped would begin at the oldest kept
+/// version without a word: `410 events_dropped`. Forward: `oldest_kept` is the page's first
+/// version; backward: the stream's oldest kept version when the page was empty. (Reading
+/// forward from the start, version 1, begins at the oldest kept, as `after=0` does.)
+fn check_stream_not_dropped(
+    stream: &str,
+    from: u64,
+    direction: ReadDirection,
+    oldest_kept: Option<u64>,
+) -> Result<(), ApiError> {
+    let dropped = match (direction, oldest_kept) {
+        (ReadDirection::Forward, Some(oldest)) => from > 1 && oldest > from,
+        (ReadDirection::Backward, Some(oldest)) => from >= 1 && oldest > from,
+        (_, None) => false,
+    };
+    match oldest_kept {
+        Some(oldest) if dropped => Err(ApiError::new(
+            codes::EVENTS_DROPPED,
+            format!(
+                "versions up to {} of stream {stream} were dropped by retention; the oldest \
+                 kept is {oldest}",
+                oldest - 1
             ),
         )),
         _ => Ok(()),

@@ -537,3 +537,29 @@ pub async fn removing_an_absent_member_is_idempotent(f: &Fixture) {
             .expect("remove unknown")
     );
 }
+
+/// A login without an organization lands in the user's oldest membership, not the smallest
+/// id: an organization made before the user's own (ids are time-ordered) that added them as
+/// a member must not catch their plain logins.
+pub async fn the_default_organization_is_the_oldest_membership(f: &Fixture) {
+    let stranger = sign_up(f, "stranger@example.com").await;
+    let user = sign_up(f, "user@example.com").await;
+    assert!(stranger.organization.id.0 < user.organization.id.0);
+    let act = actor(stranger.organization.id, stranger.user.id, Role::Owner);
+    let email = Email::parse("user@example.com").expect("valid");
+    f.store
+        .add_member(&act, &email, Role::Owner, None)
+        .await
+        .expect("add member");
+    assert_eq!(
+        f.store.default_organization_of(user.user.id).await.unwrap(),
+        Some(user.organization.id)
+    );
+    assert_eq!(
+        f.store
+            .default_organization_of(UserId::new())
+            .await
+            .unwrap(),
+        None
+    );
+}

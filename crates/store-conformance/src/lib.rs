@@ -37,6 +37,7 @@ macro_rules! conformance_suite {
             accounts::owners_removing_each_other_concurrently_leave_one_owner,
             accounts::membership_changes_write_audit_records,
             accounts::removing_an_absent_member_is_idempotent,
+            accounts::the_default_organization_is_the_oldest_membership,
             schema::database_refuses_removing_the_last_owner_behind_the_codes_back,
             schema::database_refuses_invalid_roles_emails_and_names,
             schema::audit_records_cannot_be_changed_or_deleted,

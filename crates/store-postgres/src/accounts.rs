@@ -148,10 +148,13 @@ async fn insert_token(tx: &mut Tx, token: &NewToken) -> Result<(), StoreError> {
 }
 
 /// Starts a transaction that serializes membership changes of one organization (the lock on
-/// the organization row is what the last-owner trigger also takes).
+/// the organization row is what the last-owner trigger also takes). `NO KEY UPDATE`, the lock
+/// an UPDATE of a non-key column takes: it serializes these changes but lets inserts that
+/// reference the organization (tokens, audit rows, items) check their foreign key meanwhile;
+/// `FOR UPDATE` made a login or logout of the member being removed deadlock with it.
 async fn begin_membership_change(store: &PgStore, org_id: OrgId) -> Result<Tx, StoreError> {
     let mut tx = store.pool.begin().await.map_err(db_error)?;
-    sqlx::query("SELECT 1 FROM organizations WHERE id = $1 FOR UPDATE")
+    sqlx::query("SELECT 1 FROM organizations WHERE id = $1 FOR NO KEY UPDATE")
         .bind(org_id.0)
         .execute(&mut *tx)
         .await
@@ -395,6 +398,18 @@ impl AccountStore for PgStore {
         complete_idempotency(&mut tx, idempotency, &organization, now).await?;
         tx.commit().await.map_err(db_error)?;
         Ok(organization)
+    }
+
+    async fn default_organization_of(&self, user_id: UserId) -> Result<Option<OrgId>, StoreError> {
+        let org: Option<Uuid> = sqlx::query_scalar(
+            "SELECT org_id FROM memberships WHERE user_id = $1
+             ORDER BY created_at, org_id LIMIT 1",
+        )
+        .bind(user_id.0)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_error)?;
+        Ok(org.map(OrgId))
     }
 
     async fn organizations_of(

@@ -114,7 +114,9 @@ async fn fetch_item(tx: &mut Tx, org_id: OrgId, id: ItemId) -> Result<Option<Ite
 }
 
 /// The guarded transition: applies `delta` only if the result stays within `0..=2^53-1`.
-/// On refusal, reads the row once to say why (not found, insufficient, overflow).
+/// On refusal, reads the row (locking it) to say why (not found, insufficient, overflow). A
+/// change committed between the two statements may have made room: then the delta applies
+/// after all, on the locked row, rather than being refused with a quantity that accepts it.
 pub(crate) async fn apply_delta(
     tx: &mut Tx,
     actor: &Actor,
@@ -122,23 +124,21 @@ pub(crate) async fn apply_delta(
     delta: Delta,
     reason: Option<&str>,
 ) -> Result<Item, StoreError> {
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "UPDATE items SET qty = qty + $3, version = version + 1, updated_at = $4
-         WHERE id = $1 AND org_id = $2 AND qty + $3 >= 0 AND qty + $3 <= {JSON_SAFE_INTEGER_MAX}
-         RETURNING {ITEM_COLUMNS}"
-    )))
-    .bind(id.0)
-    .bind(actor.org_id.0)
-    .bind(delta.get())
-    .bind(actor.now)
-    .fetch_optional(&mut **tx)
-    .await
-    .map_err(db_error)?;
+    let mut row = guarded_update(tx, actor, id, delta).await?;
+    if row.is_none() {
+        let Some(locked) = fetch_item(tx, actor.org_id, id).await? else {
+            return Err(StoreError::not_found("item"));
+        };
+        let fits = Quantity::new(locked.qty).is_ok_and(|q| q.apply(delta).is_ok());
+        if !fits {
+            return Err(refusal(id, locked.qty, delta).into());
+        }
+        row = guarded_update(tx, actor, id, delta).await?;
+    }
     let Some(row) = row else {
-        return Err(match fetch_item(tx, actor.org_id, id).await? {
-            None => StoreError::not_found("item"),
-            Some(item) => refusal(id, item.qty, delta).into(),
-        });
+        return Err(StoreError::Internal(
+            "the guarded update refused a locked row it fits".into(),
+        ));
     };
     let item = item_from(&row)?;
     record(
@@ -157,6 +157,26 @@ pub(crate) async fn apply_delta(
     )
     .await?;
     Ok(item)
+}
+
+async fn guarded_update(
+    tx: &mut Tx,
+    actor: &Actor,
+    id: ItemId,
+    delta: Delta,
+) -> Result<Option<sqlx::postgres::PgRow>, StoreError> {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE items SET qty = qty + $3, version = version + 1, updated_at = $4
+         WHERE id = $1 AND org_id = $2 AND qty + $3 >= 0 AND qty + $3 <= {JSON_SAFE_INTEGER_MAX}
+         RETURNING {ITEM_COLUMNS}"
+    )))
+    .bind(id.0)
+    .bind(actor.org_id.0)
+    .bind(delta.get())
+    .bind(actor.now)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(db_error)
 }
 
 fn refusal(item_id: ItemId, current: u64, delta: Delta) -> DomainError {

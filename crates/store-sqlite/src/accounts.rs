@@ -366,6 +366,18 @@ impl AccountStore for SqliteStore {
         Ok(organization)
     }
 
+    async fn default_organization_of(&self, user_id: UserId) -> Result<Option<OrgId>, StoreError> {
+        let org: Option<Uuid> = sqlx::query_scalar(
+            "SELECT org_id FROM memberships WHERE user_id = ?1
+             ORDER BY created_at, org_id LIMIT 1",
+        )
+        .bind(user_id.0)
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(db_error)?;
+        Ok(org.map(OrgId))
+    }
+
     async fn organizations_of(
         &self,
         user_id: UserId,

@@ -154,6 +154,12 @@ pub trait AccountStore: Send + Sync {
         page: PageRequest<OrgId>,
     ) -> Result<Page<OrganizationMembership, OrgId>, StoreError>;
 
+    /// The organization a login without one lands in: the user's oldest membership (for a
+    /// user who signed up, the organization made at signup). Not the smallest id: anyone
+    /// can add an existing account to an organization of theirs, and an organization made
+    /// before the user's own would otherwise catch every plain login.
+    async fn default_organization_of(&self, user_id: UserId) -> Result<Option<OrgId>, StoreError>;
+
     /// Members of the actor's organization, ordered by user id.
     async fn members(
         &self,

@@ -56,7 +56,7 @@ pub struct ItemCursor {
 }
 
 impl ItemCursor {
-    /// Whether the key is one a listing in this sort could have produced: text for names, a
+    /// Whether the key is one a listing in this sort could have produced: a name key for names, a
     /// quantity in range for quantities, an instant of years 1970–9999 for creation times.
     /// Cursors are plain base64 JSON; a tampered one must be a `400 invalid_cursor` on every
     /// backend, not a type or range error deep in one database.
@@ -64,7 +64,13 @@ impl ItemCursor {
         /// 9999-12-31T23:59:59.999999Z in unix microseconds.
         const LAST_MICROS: i64 = 253_402_300_799_999_999;
         match (&self.key, self.sort) {
-            (CursorKey::Text(_), ItemSort::NameAsc | ItemSort::NameDesc) => true,
+            // A name key: folded already, no control character (PostgreSQL refuses NUL in
+            // text with an error; SQLite compared it), no longer than a folded name can be.
+            (CursorKey::Text(k), ItemSort::NameAsc | ItemSort::NameDesc) => {
+                k.chars().count() <= 3 * trueline_core::inventory::ITEM_NAME_CHARS_MAX
+                    && !k.chars().any(char::is_control)
+                    && trueline_core::validation::name_key(k) == *k
+            }
             (CursorKey::Int(q), ItemSort::QtyAsc | ItemSort::QtyDesc) => {
                 (0..=trueline_core::inventory::JSON_SAFE_INTEGER_MAX).contains(q)
             }

@@ -664,6 +664,55 @@ async fn resuming_after_events_retention_dropped_is_410() {
         .get(&format!("/api/v1/events?after={}", oldest - 1), &ann.token)
         .await;
     assert_eq!(from_oldest.status(), 200);
+
+    // The same for a stream read by version (every event above is in stream "s" below).
+    for i in 0..60 {
+        let body =
+            json!({"type": "t", "stream": "s", "data": "y".repeat(200), "metadata": {"i": i}});
+        assert_eq!(append(&app, &ann.token, body).await.status(), 201);
+    }
+    let page: Value = app
+        .get("/api/v1/streams/s?limit=1", &ann.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let oldest = page["data"][0]["stream_version"].as_u64().unwrap();
+    assert!(
+        oldest > 3,
+        "retention dropped the stream's first versions ({oldest})"
+    );
+    for path in [
+        "/api/v1/streams/s?from=2".to_owned(),
+        format!("/api/v1/streams/s?from={}&direction=backward", oldest - 1),
+    ] {
+        let response = app.get(&path, &ann.token).await;
+        assert_problem(response, 410, "events_dropped").await;
+    }
+    // Walking back, the last page's cursor points below the oldest kept version, and
+    // following it is the 410: the oldest kept is never taken for the first.
+    let last_page: Value = app
+        .get(
+            &format!(
+                "/api/v1/streams/s?from={}&direction=backward&limit=2",
+                oldest + 1
+            ),
+            &ann.token,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(last_page["data"].as_array().unwrap().len(), 2);
+    assert_eq!(last_page["next_cursor"], json!((oldest - 1).to_string()));
+    for path in [
+        format!("/api/v1/streams/s?from={oldest}"),
+        "/api/v1/streams/s".to_owned(),
+        "/api/v1/streams/s?from=1".to_owned(),
+        "/api/v1/streams/s?direction=backward&from=0".to_owned(),
+    ] {
+        assert_eq!(app.get(&path, &ann.token).await.status(), 200, "{path}");
+    }
 }
 
 /// Appends event 2 to `member`'s organization with another token of the same member.

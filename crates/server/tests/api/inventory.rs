@@ -599,6 +599,14 @@ async fn listings_filter_sort_and_paginate(backend: Backend) {
         ("-qty", json!({"sort": "QtyDesc", "key": -1, "id": id})),
         ("name", json!({"sort": "NameAsc", "key": 5, "id": id})),
         (
+            "name",
+            json!({"sort": "NameAsc", "key": "a\u{0}", "id": id}),
+        ),
+        (
+            "-name",
+            json!({"sort": "NameDesc", "key": "Milk", "id": id}),
+        ),
+        (
             "created_at",
             json!({"sort": "CreatedAsc", "key": i64::MAX, "id": id}),
         ),

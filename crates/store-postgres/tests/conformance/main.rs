@@ -166,3 +166,46 @@ async fn migration_11_recounts_event_bytes_both_ways() {
     store.migrate_up().await.unwrap();
     assert_eq!(events.stats(org).await.unwrap().bytes, stored);
 }
+
+/// A membership change locks the organization row `FOR NO KEY UPDATE`: an open transaction
+/// that references the organization (a foreign-key check takes `FOR KEY SHARE`: a login's
+/// token or audit row) does not hold it up. With `FOR UPDATE` the removal waited here, and a
+/// login of the member being removed deadlocked with it.
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set TRUELINE_TEST_POSTGRES_URL and run with --ignored"]
+async fn membership_changes_do_not_wait_for_foreign_key_checks_on_the_organization() {
+    use trueline_core::accounts::{Email, Role};
+    use trueline_store::AccountStore;
+    use trueline_store_conformance::fixtures::{actor, signup_of};
+    let (_database, store) = migrated_store().await;
+    let owner = store
+        .sign_up(signup_of("owner@example.com", "A"))
+        .await
+        .unwrap();
+    let member = store
+        .sign_up(signup_of("member@example.com", "B"))
+        .await
+        .unwrap();
+    let org = owner.organization.id;
+    let act = actor(org, owner.user.id, Role::Owner);
+    let email = Email::parse("member@example.com").unwrap();
+    store
+        .add_member(&act, &email, Role::Member, None)
+        .await
+        .unwrap();
+    let pool = store.pool().clone();
+    let mut referencing = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM organizations WHERE id = $1 FOR KEY SHARE")
+        .bind(org.0)
+        .execute(&mut *referencing)
+        .await
+        .unwrap();
+    let removed = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        store.remove_member(&act, member.user.id),
+    )
+    .await
+    .expect("the removal does not wait for the open transaction");
+    assert!(removed.unwrap());
+    referencing.rollback().await.unwrap();
+}
