@@ -1101,7 +1101,11 @@ fn recover(dir: &Path, report: &mut RecoveryReport) -> Result<(Index, ActiveSegm
         Ok(())
     })?;
     index.flush_deferred();
-    if let Some(r) = &registry {
+    // The registry carries on the numbers of streams and organizations whose events
+    // retention dropped. In a log that still starts at 1 nothing was dropped: the segments
+    // are the truth, and a registry naming more (written from events a power loss then took
+    // in `never`/`interval_ms` mode, or restored newer than the segments) is ignored.
+    if let Some(r) = registry.as_ref().filter(|_| !index.starts_at_one) {
         index.finish_registry(r);
     }
     index.shrink();
@@ -1128,6 +1132,11 @@ fn recover(dir: &Path, report: &mut RecoveryReport) -> Result<(Index, ActiveSegm
             ),
         });
     }
+    // What the scan read may be only in the page cache (written by a process killed before
+    // its `fdatasync`): synced before anything is answered from it, or a retried append
+    // found as a duplicate (which syncs nothing) would be acknowledged for an event a power
+    // loss could still take.
+    file.sync_data().map_err(|e| OpenError::io(&path, e))?;
     let active = ActiveSegment {
         file,
         first: last.first_position,

@@ -642,11 +642,14 @@ impl Writer {
     /// Cuts the active segment back to `len` after a failed write or fsync. If even that
     /// fails, the writer stops (recovery on reopen sorts the file out).
     fn truncate_back(&mut self, len: u64, cause: &str) {
-        match self.file.set_len(len) {
+        // Synced at once: a roll may follow right away and seal this segment, and a sealed
+        // segment whose cut did not last (its failed batch back after a crash) refused the
+        // next open, or made `repair` set aside the next segment's acknowledged events.
+        match self.file.set_len(len).and_then(|()| self.file.sync_data()) {
             Ok(()) => {
                 self.len = len;
                 self.allocated = len;
-                self.durable_len = self.durable_len.min(len);
+                self.durable_len = len;
             }
             Err(e) => self.poison(format!("{cause}, then truncating the segment failed: {e}")),
         }

@@ -397,7 +397,11 @@ mod tests {
         limiter.begin(keys()).unwrap().succeeded();
         let failures = limiter.failures.lock().unwrap();
         assert!(!failures.contains_key("pair"));
-        assert_eq!(failures.get("email").map(|e| e.0), Some(1), "only the failure");
+        assert_eq!(
+            failures.get("email").map(|e| e.0),
+            Some(1),
+            "only the failure"
+        );
     }
 
     #[test]

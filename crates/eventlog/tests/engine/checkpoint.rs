@@ -663,3 +663,52 @@ fn a_lost_registry_in_a_trimmed_log_refuses_open_until_repair_accepts_it() {
     let (log, _) = open_with(fresh.path(), small_segments());
     assert_gapless(&log);
 }
+
+/// In a log that still starts at position 1 the segments are the truth: a stream registry
+/// naming numbers the log does not hold (written from events a power loss then took in
+/// `never`/`interval_ms` mode, or restored newer than the segments) must not carry them on.
+/// It did: the stream began at version 2 with no version 1, and the next open refused the log.
+#[test]
+fn in_an_untrimmed_log_a_registry_ahead_of_the_segments_is_ignored() {
+    let dir = tempdir();
+    let (log, _) = open_with(dir.path(), small_segments());
+    fill(&log, 1, 100);
+    let behind = crash_copy(dir.path());
+    log.append(
+        org(9),
+        "late",
+        ExpectedVersion::NoStream,
+        vec![event(1_000, "t", b"{}")],
+    )
+    .unwrap();
+    drop(log);
+    std::fs::copy(
+        dir.path().join("streams.idx"),
+        behind.path().join("streams.idx"),
+    )
+    .unwrap();
+    let (log, _) = open_with(behind.path(), small_segments());
+    assert_eq!(log.last_global_position(), 100);
+    assert_eq!(log.stream_version(org(9), "late"), 0);
+    let appended = log
+        .append(
+            org(9),
+            "late",
+            ExpectedVersion::NoStream,
+            vec![event(1_001, "t", b"{}")],
+        )
+        .unwrap();
+    assert_eq!(
+        (appended[0].stream_version, appended[0].org_position),
+        (1, 1)
+    );
+    drop(log);
+    let (log, report) = open_with(behind.path(), small_segments());
+    assert!(report.is_clean(), "{report:?}");
+    assert_gapless(&log);
+    assert!(
+        trueline_eventlog::verify(behind.path(), &mut |_, _| {})
+            .unwrap()
+            .is_clean()
+    );
+}
