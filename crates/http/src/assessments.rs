@@ -67,7 +67,7 @@ pub const INVITES_PER_REQUEST_MAX: usize = 500;
 pub const INVITE_EXPIRY_HOURS_DEFAULT: i64 = 7 * 24;
 pub const INVITE_EXPIRY_HOURS_MAX: i64 = 90 * 24;
 pub const REVIEW_NOTE_CHARS_MAX: usize = 2000;
-/// Rows of one results export (beyond it, page through the JSON listing).
+/// Rows of one results export; beyond it the answer names the next part in `Link`.
 pub const RESULTS_CSV_ROWS_MAX: usize = 100_000;
 
 // ---- wire types ----
@@ -240,12 +240,14 @@ pub struct SubmissionView {
     pub updated_at: OffsetDateTime,
 }
 
-/// `earned / total` as a percentage with two decimals, computed in integers.
+/// `earned / total` as a percentage with two decimals, computed in integers and rounded
+/// down: so it reaches the passing score exactly when the submission passes (rounded half
+/// up, 136 of 203 showed "67.00" beside `passed: false` at 67 %).
 pub fn percent(earned: u64, total: u64) -> String {
     if total == 0 {
         return "0.00".into();
     }
-    let hundredths = (u128::from(earned) * 10_000 + u128::from(total) / 2) / u128::from(total);
+    let hundredths = u128::from(earned) * 10_000 / u128::from(total);
     format!("{}.{:02}", hundredths / 100, hundredths % 100)
 }
 
@@ -419,6 +421,14 @@ pub struct SubmissionListQuery {
     /// `submitted`, `verified`, `approved`, `rejected` or `archived`.
     pub review_status: Option<String>,
     pub limit: Option<u32>,
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ResultsCsvQuery {
+    /// Where a part of the export continues (from the previous part's `Link: rel="next"`).
     pub cursor: Option<String>,
 }
 
@@ -610,6 +620,34 @@ async fn get_assessment(
     Ok(Stored(detail_response(StatusCode::OK, &a, &questions, false)).into_response())
 }
 
+/// The settings an update asks for: the body's fields over `current`'s.
+fn merged_settings(
+    current: &Assessment,
+    body: &UpdateAssessmentRequest,
+) -> Result<AssessmentSettings, ApiError> {
+    let s = &current.settings;
+    AssessmentSettings::parse(AssessmentSettingsInput {
+        title: body.title.clone().unwrap_or_else(|| s.title().to_owned()),
+        description: body
+            .description
+            .clone()
+            .unwrap_or_else(|| s.description().map(str::to_owned)),
+        time_limit_minutes: body
+            .time_limit_minutes
+            .clone()
+            .unwrap_or(JsonInteger(i64::from(s.time_limit_minutes()))),
+        passing_score_percent: body
+            .passing_score_percent
+            .clone()
+            .unwrap_or(JsonInteger(i64::from(s.passing_score_percent().get()))),
+        shuffle_questions: body.shuffle_questions.unwrap_or(s.shuffle_questions()),
+        show_score_to_candidate: body
+            .show_score_to_candidate
+            .unwrap_or(s.show_score_to_candidate()),
+    })
+    .map_err(ApiError::validation)
+}
+
 /// Change a draft's settings (`If-Match` required).
 #[utoipa::path(patch, path = "/assessments/{id}", tag = "assessments", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "Assessment id"), ("If-Match" = String, Header, description = "The ETag, e.g. \"r3\"")),
@@ -630,40 +668,37 @@ async fn update_assessment(
     let result = async {
         p.require(Role::Admin)?;
         let expected = if_match(&headers, true)?;
-        let (current, _) = state
-            .store
-            .assessment(p.org_id, id)
-            .await?
-            .ok_or_else(not_found)?;
-        let s = &current.settings;
-        let settings = AssessmentSettings::parse(AssessmentSettingsInput {
-            title: body.title.unwrap_or_else(|| s.title().to_owned()),
-            description: body
-                .description
-                .unwrap_or_else(|| s.description().map(str::to_owned)),
-            time_limit_minutes: body
-                .time_limit_minutes
-                .unwrap_or(JsonInteger(i64::from(s.time_limit_minutes()))),
-            passing_score_percent: body
-                .passing_score_percent
-                .unwrap_or(JsonInteger(i64::from(s.passing_score_percent().get()))),
-            shuffle_questions: body.shuffle_questions.unwrap_or(s.shuffle_questions()),
-            show_score_to_candidate: body
-                .show_score_to_candidate
-                .unwrap_or(s.show_score_to_candidate()),
-        })
-        .map_err(ApiError::validation)?;
         let render = |a: &Assessment| assessment_response(StatusCode::OK, a);
-        let a = state
-            .store
-            .update_assessment(
-                &actor(&p, &state, &rid),
-                id,
-                expected,
-                settings,
-                idem.with(&render),
-            )
-            .await?;
+        // The fields the body leaves out are filled from the current settings, so the write
+        // is guarded by the revision they were read at even for `If-Match: *` (unguarded,
+        // it put back a setting another admin changed in between). For `*` a change in
+        // between means reading again, a few times; an explicit ETag is the client's own.
+        let mut attempts = 0;
+        let a = loop {
+            attempts += 1;
+            let (current, _) = state
+                .store
+                .assessment(p.org_id, id)
+                .await?
+                .ok_or_else(not_found)?;
+            let settings = merged_settings(&current, &body)?;
+            let updated = state
+                .store
+                .update_assessment(
+                    &actor(&p, &state, &rid),
+                    id,
+                    expected.or(Some(current.revision)),
+                    settings,
+                    idem.with(&render),
+                )
+                .await;
+            match updated {
+                Err(trueline_store::StoreError::Domain(
+                    trueline_core::DomainError::VersionMismatch { .. },
+                )) if expected.is_none() && attempts < 3 => {}
+                other => break other?,
+            }
+        };
         Ok(render(&a))
     }
     .await;
@@ -1271,7 +1306,8 @@ async fn revoke_invite(
 /// Create (or replace) the public share link; its token is shown once.
 #[utoipa::path(post, path = "/assessments/{id}/share-link", tag = "assessments", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "Assessment id")),
-    responses((status = 201, description = "The link", body = ShareLinkResponse)))]
+    responses((status = 201, description = "The link", body = ShareLinkResponse),
+              (status = 409, description = "`invalid_transition`: the assessment is closed or archived", body = crate::problem::Problem, content_type = "application/problem+json")))]
 async fn create_share_link(
     State(state): State<AppState>,
     p: Principal,
@@ -1280,6 +1316,26 @@ async fn create_share_link(
     idem: Idem,
 ) -> Result<Response, ApiError> {
     p.require(Role::Admin)?;
+    // Registration takes published assessments only: a link made for a closed or archived
+    // one would be dead on arrival. (One closing meanwhile leaves a dead link, as a close
+    // after the link was made does.)
+    let (current, _) = state
+        .store
+        .assessment(p.org_id, id)
+        .await?
+        .ok_or_else(not_found)?;
+    if matches!(
+        current.status,
+        AssessmentStatus::Closed | AssessmentStatus::Archived
+    ) {
+        return Err(ApiError::new(
+            codes::INVALID_TRANSITION,
+            format!(
+                "the assessment is {}: it takes no registrations, so it gets no share link",
+                current.status.as_str()
+            ),
+        ));
+    }
     let (token, hash) = new_token("tls_")?;
     let body = ShareLinkResponse {
         register_url: format!("/api/v1/public/share/{token}/register"),
@@ -1367,16 +1423,23 @@ pub fn spreadsheet_safe(cell: &str) -> String {
     }
 }
 
-/// All submissions of an assessment as CSV (formula-escaped).
+/// All submissions of an assessment as CSV (formula-escaped), in parts of at most 100,000
+/// rows: a part with more after it has `Link: <…?cursor=…>; rel="next"`.
 #[utoipa::path(get, path = "/assessments/{id}/results.csv", tag = "assessments", security(("bearer" = [])),
-    params(("id" = Uuid, Path, description = "Assessment id")),
-    responses((status = 200, description = "CSV", content_type = "text/csv", body = String)))]
+    params(("id" = Uuid, Path, description = "Assessment id"), ResultsCsvQuery),
+    responses((status = 200, description = "CSV; `Link` with `rel=\"next\"` when more rows follow", content_type = "text/csv", body = String)))]
 async fn results_csv(
     State(state): State<AppState>,
     p: Principal,
     PathId(id): PathId,
+    ApiQuery(query): ApiQuery<ResultsCsvQuery>,
 ) -> Result<Response, ApiError> {
     p.require(Role::Admin)?;
+    let first: trueline_store::PageRequest<Uuid> = ListQuery {
+        limit: None,
+        cursor: query.cursor,
+    }
+    .page()?;
     let mut writer = csv::Writer::from_writer(Vec::new());
     let header = [
         "submission_id",
@@ -1390,8 +1453,9 @@ async fn results_csv(
         "submitted_at",
     ];
     writer.write_record(header).map_err(ApiError::internal)?;
-    let mut after = None;
+    let mut after = first.after;
     let mut rows = 0;
+    let mut more = None;
     loop {
         let page = state
             .store
@@ -1423,11 +1487,16 @@ async fn results_csv(
         }
         match page.next {
             Some(next) if rows < RESULTS_CSV_ROWS_MAX => after = Some(next),
-            _ => break,
+            // Never a silent cut: the next part is named.
+            Some(next) => {
+                more = Some(next);
+                break;
+            }
+            None => break,
         }
     }
     let body = writer.into_inner().map_err(ApiError::internal)?;
-    Ok((
+    let mut response = (
         [
             (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
             (
@@ -1437,7 +1506,18 @@ async fn results_csv(
         ],
         body,
     )
-        .into_response())
+        .into_response();
+    if let Some(next) = more {
+        let link = format!(
+            "</api/v1/assessments/{id}/results.csv?cursor={}>; rel=\"next\"",
+            crate::pagination::encode_cursor(&next)
+        );
+        response.headers_mut().insert(
+            header::LINK,
+            axum::http::HeaderValue::from_str(&link).map_err(ApiError::internal)?,
+        );
+    }
+    Ok(response)
 }
 
 /// One submission with its per-question breakdown, answers and review trail.
@@ -1537,6 +1617,42 @@ mod if_match_tests {
             let raw = format!("{}\"r{revision}\"", if weak { "W/" } else { "" });
             headers.insert(header::IF_MATCH, HeaderValue::from_str(&raw).unwrap());
             prop_assert_eq!(if_match(&headers, true).unwrap(), Some(revision));
+        }
+    }
+}
+
+#[cfg(test)]
+mod percent_tests {
+    use super::percent;
+    use proptest::prelude::*;
+    use trueline_core::assessments::scoring::PassingScorePercent;
+    use trueline_core::assessments::scoring::passes;
+
+    #[test]
+    fn the_shown_percent_is_rounded_down() {
+        assert_eq!(percent(136, 203), "66.99");
+        assert_eq!(percent(5, 6), "83.33");
+        assert_eq!(percent(2, 3), "66.66");
+        assert_eq!(percent(3, 3), "100.00");
+        assert_eq!(percent(0, 0), "0.00");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(5_000))]
+
+        /// The shown percent reaches the passing score exactly when the submission passes.
+        #[test]
+        fn the_shown_percent_reaches_the_pass_mark_exactly_when_passed(
+            total in 1u64..1_000_000,
+            share in 0.0f64..=1.0,
+            mark in 0i64..=100,
+        ) {
+            let earned = ((total as f64) * share) as u64;
+            let shown = percent(earned, total);
+            let (whole, hundredths) = shown.split_once('.').unwrap();
+            let shown: u64 = whole.parse::<u64>().unwrap() * 100 + hundredths.parse::<u64>().unwrap();
+            let mark_percent = PassingScorePercent::new(mark).unwrap();
+            prop_assert_eq!(shown >= mark as u64 * 100, passes(earned, total, mark_percent));
         }
     }
 }

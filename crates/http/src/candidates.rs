@@ -83,7 +83,8 @@ pub struct CandidateResult {
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct CandidateView {
-    /// `not_started`, `in_progress`, `submitted` or `expired`.
+    /// `not_started`, `in_progress`, `time_up` (the time limit and its grace are over: the
+    /// attempt is being submitted with its saved answers), `submitted` or `expired`.
     pub status: String,
     pub assessment: CandidateAssessment,
     pub email: String,
@@ -181,12 +182,13 @@ fn view_of(state: &AppState, session: &CandidateSession) -> CandidateView {
     let a = &session.assessment;
     let status = match (&session.submission, &session.attempt) {
         (Some(_), _) => "submitted",
+        (None, Some(t)) if now > t.deadline_at + grace(state) => "time_up",
         (None, Some(_)) => "in_progress",
         (None, None) if now >= session.invite.expires_at => "expired",
         (None, None) => "not_started",
     };
     let show = a.settings.show_score_to_candidate();
-    let in_progress = session.submission.is_none() && session.attempt.is_some();
+    let in_progress = status == "in_progress";
     CandidateView {
         status: status.to_owned(),
         assessment: CandidateAssessment {

@@ -124,7 +124,8 @@ pub fn spawn_all(
     workers
 }
 
-/// Auto-submits attempts left open past their deadline (plus grace) with their last saved
+/// Auto-submits attempts left open past their deadline (plus grace, plus a request timeout)
+/// with their last saved
 /// answers, so a candidate who walks away still gets a result and the attempt cannot be
 /// submitted later.
 async fn submit_overdue_attempts(
@@ -133,10 +134,19 @@ async fn submit_overdue_attempts(
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
+        // Beyond the grace, one more request timeout: a submit that arrived within the grace
+        // may still be waiting for the store (its time was taken on arrival), and it, not
+        // this pass, must decide the attempt.
         let grace = time::Duration::try_from(state.settings.submit_grace)
             .unwrap_or(time::Duration::seconds(30));
+        let in_flight = time::Duration::try_from(state.settings.request_timeout)
+            .unwrap_or(time::Duration::seconds(30));
         let now = state.clock.now();
-        match state.store.overdue_attempts(now - grace, 100).await {
+        match state
+            .store
+            .overdue_attempts(now - grace - in_flight, 100)
+            .await
+        {
             Ok(ids) => {
                 for id in ids {
                     let submitted = async {

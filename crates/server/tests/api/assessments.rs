@@ -25,6 +25,7 @@ both_backends!(
     revising_a_published_assessment_never_changes_what_candidates_took,
     candidate_responses_reveal_no_answer_key_no_hidden_score_and_no_other_candidate,
     reordering_with_a_key_replays_a_lost_response,
+    concurrent_setting_edits_with_a_star_keep_every_accepted_change,
 );
 
 fn settings(title: &str) -> Value {
@@ -820,6 +821,16 @@ async fn the_server_enforces_the_deadline_and_auto_submits_abandoned_attempts(ba
         body["code"] == "deadline_passed" || body["code"] == "already_submitted",
         "{body}"
     );
+    // The sweeper leaves a request timeout for submits still in flight; meanwhile the
+    // candidate sees that the time is up (no questions, no answers).
+    let view: Value = candidate(&app, Method::GET, &gone, None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(view["status"], "time_up", "{view}");
+    assert_eq!(view["questions"], json!([]));
+    app.clock.advance(time::Duration::minutes(5));
     assert!(
         eventually(10, || async {
             let v: Value = candidate(&app, Method::GET, &gone, None)
@@ -968,6 +979,23 @@ async fn share_links_register_candidates_without_revealing_existing_invites(back
         .await
         .unwrap();
     assert_problem(unknown, 404, "not_found").await;
+    // A closed assessment takes no registrations: no new link (it would be dead).
+    let closed = app
+        .post(
+            &format!("/api/v1/assessments/{id}/close"),
+            &ann.token,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(closed.status(), 200);
+    let refused = app
+        .post(
+            &format!("/api/v1/assessments/{id}/share-link"),
+            &ann.token,
+            &json!({}),
+        )
+        .await;
+    assert_problem(refused, 409, "invalid_transition").await;
 }
 
 async fn pass_is_decided_on_exact_arithmetic_and_unicode_answers_match(backend: Backend) {
@@ -1134,9 +1162,55 @@ async fn results_are_exported_as_formula_safe_csv(backend: Backend) {
             .unwrap()
             .starts_with("text/csv")
     );
+    assert!(
+        response.headers().get("link").is_none(),
+        "one part holds it all"
+    );
     let text = response.text().await.unwrap();
     assert!(text.starts_with("submission_id,email,earned,total,percent,passed"));
     assert!(text.contains("'=hyperlink(1)@example.com"), "{text}");
+    // A part continues where a cursor (of the listing, or of a part's `Link`) says.
+    let token = invite(&app, &ann.token, &id, "bob@example.com").await;
+    candidate(&app, Method::POST, &format!("{token}/start"), None).await;
+    candidate(
+        &app,
+        Method::POST,
+        &format!("{token}/submit"),
+        Some(json!({})),
+    )
+    .await;
+    let first: Value = app
+        .get(
+            &format!("/api/v1/assessments/{id}/submissions?limit=1"),
+            &ann.token,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let cursor = first["next_cursor"].as_str().unwrap();
+    let rest = app
+        .get(
+            &format!("/api/v1/assessments/{id}/results.csv?cursor={cursor}"),
+            &ann.token,
+        )
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        rest.lines().count(),
+        2,
+        "the header and the one row after: {rest}"
+    );
+    assert!(!rest.contains(first["data"][0]["id"].as_str().unwrap()));
+    let bad = app
+        .get(
+            &format!("/api/v1/assessments/{id}/results.csv?cursor=nope"),
+            &ann.token,
+        )
+        .await;
+    assert_problem(bad, 400, "invalid_cursor").await;
 }
 
 async fn another_organization_sees_nothing(backend: Backend) {
@@ -1601,4 +1675,72 @@ async fn reordering_with_a_key_replays_a_lost_response(backend: Backend) {
     // The same key with another order is a different request.
     let other = reorder_to([&ids[0], &ids[1]]).await.unwrap();
     assert_problem(other, 422, "idempotency_key_reused").await;
+}
+
+/// `If-Match: *` on a settings edit fills the fields the body leaves out from the current
+/// settings: without a guard on the revision it read them at, it put back a setting another
+/// admin changed in between (both answered 200). Every change answered 200 must be there.
+async fn concurrent_setting_edits_with_a_star_keep_every_accepted_change(backend: Backend) {
+    let app = Arc::new(spawn_app(backend).await);
+    let ann = app.sign_up("ann@example.com").await;
+    for round in 0..20 {
+        let a = create(&app, &ann.token, settings("Before")).await;
+        let id = a["id"].as_str().unwrap().to_owned();
+        let barrier = Arc::new(tokio::sync::Barrier::new(2));
+        let edits = [
+            ("*".to_owned(), json!({"title": format!("Title {round}")})),
+            (
+                format!("\"r{}\"", a["revision"]),
+                json!({"passing_score_percent": 80}),
+            ),
+        ];
+        let mut tasks = Vec::new();
+        for (tag, body) in edits {
+            let (app, token, barrier, id) =
+                (app.clone(), ann.token.clone(), barrier.clone(), id.clone());
+            tasks.push(tokio::spawn(async move {
+                barrier.wait().await;
+                let response = app
+                    .request(
+                        Method::PATCH,
+                        &format!("/api/v1/assessments/{id}"),
+                        Some(&token),
+                    )
+                    .header("if-match", tag)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap();
+                response.status().as_u16()
+            }));
+        }
+        let star = tasks.remove(0).await.unwrap();
+        let tagged = tasks.remove(0).await.unwrap();
+        assert_eq!(star, 200, "a star edit goes through");
+        assert!(tagged == 200 || tagged == 412, "{tagged}");
+        let now: Value = app
+            .get(&format!("/api/v1/assessments/{id}"), &ann.token)
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            now["title"],
+            json!(format!("Title {round}")),
+            "round {round}"
+        );
+        if tagged == 200 {
+            assert_eq!(
+                now["passing_score_percent"],
+                json!(80),
+                "round {round}: {now}"
+            );
+        } else {
+            assert_eq!(
+                now["passing_score_percent"],
+                json!(50),
+                "round {round}: {now}"
+            );
+        }
+    }
 }
