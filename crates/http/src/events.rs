@@ -41,8 +41,9 @@ pub const DEFAULT_STREAM: &str = "default";
 /// Events per page of catch-up reads and of one SSE read.
 const READ_BATCH_MAX: usize = 1000;
 
-/// Events a subscription reads at a time: what a slow reader holds in memory while its socket
-/// drains (at most 100 MiB with the largest events allowed, 1 MiB; usually a few KiB).
+/// Events a subscription reads at a time at most: what a slow reader holds in memory while
+/// its socket drains. Fewer with large events: no more than [`PAGE_BYTES_MAX`] at the largest
+/// event size allowed (8 with 1 MiB events), see [`read_chunk`].
 const SUBSCRIBE_READ_BATCH: usize = 100;
 
 /// How often a subscription asks again whether its token is still valid (revoked, expired,
@@ -269,6 +270,16 @@ fn new_event(
             "must be a JSON object",
         ));
     }
+    // `source: "outbox"` marks the events the server records for committed changes (the
+    // outbox relay): a client's append could otherwise pass for one (an audit fact that
+    // never happened), and readers could not tell them apart.
+    if metadata.and_then(|m| m.get("source")) == Some(&Value::String("outbox".into())) {
+        errors.push(trueline_core::validation::FieldError::new(
+            format!("{prefix}/metadata/source"),
+            "reserved",
+            "\"outbox\" marks the events the server records for committed changes",
+        ));
+    }
     NewEvent {
         id: id.map_or_else(EventId::new, EventId),
         event_type: input_type.to_owned(),
@@ -297,6 +308,9 @@ fn refusal_error(e: EventStoreError) -> ApiError {
         }
         EventStoreError::Refused(r @ AppendRefusal::EventTooLarge { .. }) => {
             ApiError::new(codes::EVENT_TOO_LARGE, r.to_string())
+        }
+        EventStoreError::Refused(r @ AppendRefusal::AppendTooLarge { .. }) => {
+            ApiError::new(codes::PAYLOAD_TOO_LARGE, r.to_string())
         }
         EventStoreError::Refused(AppendRefusal::StorageFull) => ApiError::new(
             codes::STORAGE_FULL,
@@ -560,10 +574,18 @@ async fn list_events(
         stream: query.stream,
     };
     let filtered = filter.event_type.is_some() || filter.stream.is_some();
-    let mut events = state
-        .events
-        .events_after(p.org_id, after, limit + 1, &filter)
-        .await?;
+    let (events, more) = read_within_budget(
+        &state,
+        limit,
+        after,
+        |from, n| {
+            let filter = &filter;
+            let events = &state.events;
+            async move { events.events_after(p.org_id, from, n, filter).await }
+        },
+        |e| Some(e.position),
+    )
+    .await?;
     if after > 0 {
         // Positions are gapless: the first event after `after` in the whole log tells whether
         // retention dropped some the reader has not seen (a filtered page can skip events).
@@ -576,9 +598,10 @@ async fn list_events(
             Vec::new()
         };
         check_not_dropped(after, first.first().or(events.first()))?;
+        if events.is_empty() {
+            check_not_ahead(&state, p.org_id, after).await?;
+        }
     }
-    let more = events.len() > limit;
-    events.truncate(limit);
     let next_cursor = if more {
         events.last().map(|e| e.position.to_string())
     } else {
@@ -621,12 +644,25 @@ async fn read_stream(
             ReadDirection::Forward => 1,
             ReadDirection::Backward => u64::MAX,
         });
-    let mut events = state
-        .events
-        .read_stream(p.org_id, &stream, from, direction, limit + 1)
-        .await?;
-    let more = events.len() > limit;
-    events.truncate(limit);
+    let (events, more) = read_within_budget(
+        &state,
+        limit,
+        from,
+        |from, n| {
+            let (events, stream) = (&state.events, &stream);
+            async move {
+                events
+                    .read_stream(p.org_id, stream, from, direction, n)
+                    .await
+            }
+        },
+        |e| match direction {
+            ReadDirection::Forward => e.stream_version.checked_add(1),
+            // Below version 1 there is nothing: the read is over.
+            ReadDirection::Backward => e.stream_version.checked_sub(1).filter(|v| *v > 0),
+        },
+    )
+    .await?;
     let oldest_kept = match direction {
         ReadDirection::Forward => events.first().map(|e| e.stream_version),
         ReadDirection::Backward if events.is_empty() => state
@@ -683,6 +719,9 @@ async fn subscribe(
             .events_after(p.org_id, start, 1, &EventFilter::default())
             .await?;
         check_not_dropped(start, first.first())?;
+        if first.is_empty() {
+            check_not_ahead(&state, p.org_id, start).await?;
+        }
     }
     let slot = SubscriptionSlot::take(&state, p.org_id)?;
     // The extractor accepted this header: its hash is what the subscription checks again.
@@ -735,6 +774,59 @@ fn check_not_dropped(after: u64, first: Option<&EventRecord>) -> Result<(), ApiE
     }
 }
 
+/// Bytes of event data and metadata in one page at most (at least one event): a page of
+/// 1,000 events of up to 1 MiB each was a gigabyte in memory per request, twice over while
+/// being encoded. A page that stops at the budget has a `next_cursor` like any other.
+const PAGE_BYTES_MAX: usize = 8 * 1024 * 1024;
+
+/// Events read at a time: as many of the largest allowed as fit [`PAGE_BYTES_MAX`], between 1
+/// and [`SUBSCRIBE_READ_BATCH`].
+fn read_chunk(state: &AppState) -> usize {
+    (PAGE_BYTES_MAX / state.settings.event_bytes_max.max(1)).clamp(1, SUBSCRIBE_READ_BATCH)
+}
+
+/// Reads up to `limit` events in chunks, stopping once the page holds [`PAGE_BYTES_MAX`]:
+/// a chunk is small enough that the budget plus one chunk bounds the memory of a page.
+/// `read(from, n)` reads `n` events from `from` on; `next(last)` is where the following
+/// chunk starts (`None`: nothing follows). Returns the page and whether more may follow.
+async fn read_within_budget<R, Fut>(
+    state: &AppState,
+    limit: usize,
+    from: u64,
+    mut read: R,
+    next: impl Fn(&EventRecord) -> Option<u64>,
+) -> Result<(Vec<EventRecord>, bool), ApiError>
+where
+    R: FnMut(u64, usize) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<EventRecord>, trueline_store::StoreError>>,
+{
+    let chunk = read_chunk(state);
+    let mut page: Vec<EventRecord> = Vec::new();
+    let mut bytes = 0;
+    let mut from = from;
+    loop {
+        // One more than the page needs, to tell whether more follow.
+        let want = (limit + 1 - page.len()).min(chunk);
+        let got = read(from, want).await?;
+        let short = got.len() < want;
+        for event in got {
+            bytes += event.data.len() + event.metadata.len();
+            page.push(event);
+            if page.len() > limit {
+                page.truncate(limit);
+                return Ok((page, true));
+            }
+            if bytes >= PAGE_BYTES_MAX {
+                return Ok((page, true));
+            }
+        }
+        match page.last().and_then(&next) {
+            Some(n) if !short => from = n,
+            _ => return Ok((page, false)),
+        }
+    }
+}
+
 /// A stream read whose first wanted version retention dropped would begin at the oldest kept
 /// version without a word: `410 events_dropped`. Forward: `oldest_kept` is the page's first
 /// version; backward: the stream's oldest kept version when the page was empty. (Reading
@@ -761,6 +853,28 @@ fn check_stream_not_dropped(
         )),
         _ => Ok(()),
     }
+}
+
+/// A reader resuming after a position the organization never reached (its log was restored
+/// from an older backup, or lost events in a crash under `interval`/`never` durability)
+/// would wait for events it has in fact seen numbers for, and skip the new ones given those
+/// numbers: `409 position_ahead`, naming the last position.
+async fn check_not_ahead(
+    state: &AppState,
+    org: trueline_core::ids::OrgId,
+    after: u64,
+) -> Result<(), ApiError> {
+    let last = state.events.last_position(org).await?;
+    if after > last {
+        return Err(ApiError::new(
+            codes::POSITION_AHEAD,
+            format!(
+                "position {after} is past this organization's last event ({last}): the log does \
+                 not hold what this reader saw; resume from after={last} or from the start"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The `Last-Event-ID` a reconnecting client sends: absent or empty means none. Anything else
@@ -871,7 +985,7 @@ impl Live {
             match self
                 .state
                 .events
-                .events_after(self.org, self.position, SUBSCRIBE_READ_BATCH, &filter)
+                .events_after(self.org, self.position, read_chunk(&self.state), &filter)
                 .await
             {
                 Ok(events) if !events.is_empty() => self.pending = events.into_iter(),

@@ -70,6 +70,7 @@ error_codes! {
     ALREADY_INVITED = ("already_invited", CONFLICT, "This email is already invited");
     INVITE_EXPIRED = ("invite_expired", GONE, "The invite has expired");
     EVENTS_DROPPED = ("events_dropped", GONE, "Retention dropped events after this position");
+    POSITION_AHEAD = ("position_ahead", CONFLICT, "The position is past the organization's last event");
     INVALID_TRANSITION = ("invalid_transition", CONFLICT, "The current state does not allow this transition");
     WRONG_EXPECTED_VERSION = ("wrong_expected_version", CONFLICT, "The stream is not at the expected version");
     EVENT_ID_CONFLICT = ("event_id_conflict", CONFLICT, "The event id exists with different content");

@@ -418,6 +418,32 @@ pub async fn oversized_events_are_refused(f: &EventsFixture) {
     assert_eq!(f.events.stats(org).await.expect("stats").last_position, 0);
 }
 
+/// An append over [`trueline_store::events::APPEND_BYTES_MAX`] in all is refused alike on
+/// every backend (the embedded engine's bound was a 500 there and a 201 on PostgreSQL).
+pub async fn appends_over_the_append_bound_are_refused(f: &EventsFixture) {
+    let org = OrgId::new();
+    let max = trueline_store::events::APPEND_BYTES_MAX;
+    let each = EVENT_BYTES_MAX_DEFAULT as u64 - 200;
+    let count = max / each + 1;
+    let events: Vec<_> = (0..count)
+        .map(|_| {
+            let mut e = event("x", "");
+            e.data = vec![b'1'; each as usize];
+            e
+        })
+        .collect();
+    assert!(trueline_store::events::append_stored_bytes("s", &events) > max);
+    assert!(matches!(
+        refusal(
+            f.events
+                .append(org, "s", ExpectedVersion::Any, events, now())
+                .await
+        ),
+        AppendRefusal::AppendTooLarge { .. }
+    ));
+    assert_eq!(f.events.stats(org).await.expect("stats").last_position, 0);
+}
+
 pub async fn concurrent_appends_leave_no_gaps_or_duplicates(f: &EventsFixture) {
     let org = OrgId::new();
     let mut tasks = Vec::new();
@@ -546,6 +572,7 @@ macro_rules! event_store_suite {
             unicode_payloads_round_trip_exactly,
             stats_count_events_bytes_and_streams,
             oversized_events_are_refused,
+            appends_over_the_append_bound_are_refused,
             many_batches_are_appended_in_order_and_stop_at_an_up_front_refusal,
             concurrent_appends_leave_no_gaps_or_duplicates,
             appends_wake_subscribers,

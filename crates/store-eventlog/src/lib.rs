@@ -11,6 +11,11 @@
 
 pub mod id_scope;
 
+// Both backends refuse the same appends: the shared bound is the engine's own.
+const _: () = assert!(
+    trueline_eventlog::APPEND_SIZE_LIMIT_BYTES as u64 == trueline_store::events::APPEND_BYTES_MAX
+);
+
 use std::path::Path;
 use std::sync::Arc;
 use time::OffsetDateTime;
@@ -425,6 +430,11 @@ fn append_error(mask: Mask, e: engine::AppendError) -> EventStoreError {
         }
         .into(),
         E::EventTooLarge { size, max } => AppendRefusal::EventTooLarge { size, max }.into(),
+        E::AppendTooLarge { size, max } => AppendRefusal::AppendTooLarge {
+            size: size as u64,
+            max: max as u64,
+        }
+        .into(),
         E::StorageFull { .. } => AppendRefusal::StorageFull.into(),
         E::Io { detail } | E::WriterFailed { detail } => {
             StoreError::Unavailable(format!("event log I/O failure: {detail}")).into()

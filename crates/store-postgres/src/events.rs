@@ -79,7 +79,7 @@ fn record_from(row: &PgRow) -> Result<EventRecord, StoreError> {
     })
 }
 
-fn check_limits(events: &[NewEvent], max: usize) -> Result<(), AppendRefusal> {
+fn check_limits(stream: &str, events: &[NewEvent], max: usize) -> Result<(), AppendRefusal> {
     for (i, e) in events.iter().enumerate() {
         let size = e.data.len() + e.metadata.len();
         if size > max {
@@ -88,6 +88,13 @@ fn check_limits(events: &[NewEvent], max: usize) -> Result<(), AppendRefusal> {
         if events[..i].iter().any(|o| o.id == e.id) {
             return Err(AppendRefusal::DuplicateIdInBatch { id: e.id });
         }
+    }
+    let size = trueline_store::events::append_stored_bytes(stream, events);
+    if size > trueline_store::events::APPEND_BYTES_MAX {
+        return Err(AppendRefusal::AppendTooLarge {
+            size,
+            max: trueline_store::events::APPEND_BYTES_MAX,
+        });
     }
     Ok(())
 }
@@ -106,7 +113,7 @@ impl EventStore for PgEventStore {
         events: Vec<NewEvent>,
         now: OffsetDateTime,
     ) -> Result<Vec<Appended>, EventStoreError> {
-        check_limits(&events, self.event_bytes_max)?;
+        check_limits(stream, &events, self.event_bytes_max)?;
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         sqlx::query("INSERT INTO event_heads (org_id) VALUES ($1) ON CONFLICT DO NOTHING")
             .bind(org.0)
@@ -316,6 +323,16 @@ impl EventStore for PgEventStore {
             first_position: first.unwrap_or(0) as u64,
             last_position: last as u64,
         })
+    }
+
+    async fn last_position(&self, org: OrgId) -> Result<u64, StoreError> {
+        let last: Option<i64> =
+            sqlx::query_scalar("SELECT last_position FROM event_heads WHERE org_id = $1")
+                .bind(org.0)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_error)?;
+        Ok(last.unwrap_or(0) as u64)
     }
 
     fn storage(&self) -> serde_json::Value {

@@ -82,6 +82,16 @@ pub enum ReadDirection {
 /// bytes of fixed fields), so both backends report the same figure.
 pub const EVENT_STORED_OVERHEAD_BYTES: u64 = 92;
 
+/// Bytes of one append at most, counted as [`event_stored_bytes`]: the embedded engine's own
+/// bound (its `APPEND_SIZE_LIMIT_BYTES`, held equal by a test), enforced on every backend so
+/// they refuse the same appends.
+pub const APPEND_BYTES_MAX: u64 = 64 * 1024 * 1024;
+
+/// An append's size as [`APPEND_BYTES_MAX`] counts it.
+pub fn append_stored_bytes(stream: &str, events: &[NewEvent]) -> u64 {
+    events.iter().map(|e| event_stored_bytes(stream, e)).sum()
+}
+
 /// What one event counts in [`EventStats::bytes`]: its size as the embedded engine stores it.
 pub fn event_stored_bytes(stream: &str, event: &NewEvent) -> u64 {
     EVENT_STORED_OVERHEAD_BYTES
@@ -111,6 +121,9 @@ pub enum AppendRefusal {
     DuplicateIdInBatch { id: EventId },
     #[error("event of {size} bytes exceeds the limit of {max}")]
     EventTooLarge { size: usize, max: usize },
+    /// The whole append, counted as [`event_stored_bytes`], exceeds [`APPEND_BYTES_MAX`].
+    #[error("the append's {size} bytes exceed the limit of {max} per append")]
+    AppendTooLarge { size: u64, max: u64 },
     #[error("the disk is full; nothing was written")]
     StorageFull,
 }
@@ -196,6 +209,12 @@ pub trait EventStore: Send + Sync + 'static {
     ) -> Result<Vec<EventRecord>, StoreError>;
 
     async fn stats(&self, org: OrgId) -> Result<EventStats, StoreError>;
+
+    /// The organization's last position (0 without events): [`EventStats::last_position`],
+    /// which a backend may answer more cheaply than the whole statistics.
+    async fn last_position(&self, org: OrgId) -> Result<u64, StoreError> {
+        Ok(self.stats(org).await?.last_position)
+    }
 
     /// Storage-level facts for `/stats` and `/readyz` (segments, index size, recovery…).
     fn storage(&self) -> serde_json::Value;

@@ -20,6 +20,8 @@ both_backends!(
     stats_report_the_organization_and_the_storage,
     invalid_events_are_rejected_and_write_nothing,
     viewers_may_read_events_but_not_append,
+    resuming_past_the_last_position_is_refused,
+    pages_of_large_events_stop_at_a_byte_budget_and_go_on_by_cursor,
 );
 
 /// An app whose outbox relay is off, so the event log holds only what the test appends.
@@ -793,6 +795,12 @@ async fn invalid_events_are_rejected_and_write_nothing(backend: Backend) {
             400,
             "validation_failed",
         ),
+        // Reserved for the events the server records for committed changes.
+        (
+            json!({"type": "accounts.member.added", "data": 1, "metadata": {"source": "outbox"}}),
+            400,
+            "validation_failed",
+        ),
         (json!({"type": "t"}), 400, "validation_failed"),
         (
             json!({"type": "t", "data": 1, "extra": 1}),
@@ -829,4 +837,94 @@ async fn viewers_may_read_events_but_not_append(backend: Backend) {
         "insufficient_role",
     )
     .await;
+}
+
+/// A reader resuming after a position the organization never reached (a log restored from an
+/// older backup) would wait for numbers it has already seen: `409 position_ahead`, on the
+/// catch-up read and the subscription; at the last position itself it is simply caught up.
+async fn resuming_past_the_last_position_is_refused(backend: Backend) {
+    let app = quiet_app(backend).await;
+    let ann = app.sign_up("ann@example.com").await;
+    assert_eq!(
+        append(&app, &ann.token, json!({"type": "t", "data": 1}))
+            .await
+            .status(),
+        201
+    );
+    for path in ["/api/v1/events?after=5", "/api/v1/events?after=2&type=t"] {
+        assert_problem(app.get(path, &ann.token).await, 409, "position_ahead").await;
+    }
+    let resumed = app
+        .request(Method::GET, "/api/v1/events/subscribe", Some(&ann.token))
+        .header("last-event-id", "5")
+        .send()
+        .await
+        .unwrap();
+    assert_problem(resumed, 409, "position_ahead").await;
+    let caught_up: Value = app
+        .get("/api/v1/events?after=1", &ann.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(caught_up["data"], json!([]));
+    // An organization without events: position 0 is the start, anything else is ahead.
+    let bob = app.sign_up("bob@example.com").await;
+    assert_eq!(
+        app.get("/api/v1/events?after=0", &bob.token).await.status(),
+        200
+    );
+    assert_problem(
+        app.get("/api/v1/events?after=1", &bob.token).await,
+        409,
+        "position_ahead",
+    )
+    .await;
+}
+
+/// A page of large events stops at a byte budget (8 MiB) with a cursor, instead of holding
+/// up to `limit` × 1 MiB in memory; following the cursors reads every event once, in order.
+async fn pages_of_large_events_stop_at_a_byte_budget_and_go_on_by_cursor(backend: Backend) {
+    let app = quiet_app(backend).await;
+    let ann = app.sign_up("ann@example.com").await;
+    let big = "x".repeat(1_000_000);
+    for i in 0..12 {
+        let body = json!({"type": "t", "stream": "big", "data": big, "metadata": {"i": i}});
+        assert_eq!(append(&app, &ann.token, body).await.status(), 201);
+    }
+    for (first, next) in [
+        (
+            "/api/v1/events?limit=1000",
+            "/api/v1/events?limit=1000&cursor=",
+        ),
+        (
+            "/api/v1/streams/big?limit=1000",
+            "/api/v1/streams/big?limit=1000&cursor=",
+        ),
+        (
+            "/api/v1/streams/big?limit=1000&direction=backward",
+            "/api/v1/streams/big?limit=1000&direction=backward&cursor=",
+        ),
+    ] {
+        let mut seen = Vec::new();
+        let mut pages = 0;
+        let mut path = first.to_owned();
+        loop {
+            let page: Value = app.get(&path, &ann.token).await.json().await.unwrap();
+            let data = page["data"].as_array().unwrap();
+            assert!(data.len() <= 9, "{first}: a page of {} MiB", data.len());
+            pages += 1;
+            seen.extend(data.iter().map(|e| e["metadata"]["i"].as_u64().unwrap()));
+            match page["next_cursor"].as_str() {
+                Some(cursor) => path = format!("{next}{cursor}"),
+                None => break,
+            }
+        }
+        let mut expected: Vec<u64> = (0..12).collect();
+        if first.contains("backward") {
+            expected.reverse();
+        }
+        assert_eq!(seen, expected, "{first}");
+        assert!(pages >= 2, "{first}");
+    }
 }
