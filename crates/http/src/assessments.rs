@@ -634,11 +634,9 @@ fn merged_settings(
             .unwrap_or_else(|| s.description().map(str::to_owned)),
         time_limit_minutes: body
             .time_limit_minutes
-            .clone()
             .unwrap_or(JsonInteger(i64::from(s.time_limit_minutes()))),
         passing_score_percent: body
             .passing_score_percent
-            .clone()
             .unwrap_or(JsonInteger(i64::from(s.passing_score_percent().get()))),
         shuffle_questions: body.shuffle_questions.unwrap_or(s.shuffle_questions()),
         show_score_to_candidate: body
