@@ -373,12 +373,25 @@ impl EventLog {
         limit: usize,
         filter: OrgFilter<'_>,
     ) -> Result<Vec<StoredEvent>, ReadError> {
+        self.read_org_within(org, after_org_position, limit, filter, usize::MAX)
+    }
+
+    /// [`EventLog::read_org`] that stops after the event whose metadata and payload bring the
+    /// read to `max_bytes` (at least one event): a page's memory bound when events are large.
+    pub fn read_org_within(
+        &self,
+        org: OrgId,
+        after_org_position: u64,
+        limit: usize,
+        filter: OrgFilter<'_>,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredEvent>, ReadError> {
         let limit = limit.min(READ_LIMIT_MAX);
         let locs = {
             let index = self.index();
             collect_org(&index, &org, after_org_position, limit, filter)
         };
-        locs.iter().map(read_at_location).collect()
+        read_within(&locs, max_bytes)
     }
 
     /// Events of one stream starting at `from_version` (inclusive), forward or backward, at
@@ -390,6 +403,19 @@ impl EventLog {
         from_version: u64,
         direction: Direction,
         limit: usize,
+    ) -> Result<Vec<StoredEvent>, ReadError> {
+        self.read_stream_within(org, stream, from_version, direction, limit, usize::MAX)
+    }
+
+    /// [`EventLog::read_stream`] that stops at `max_bytes` as [`EventLog::read_org_within`].
+    pub fn read_stream_within(
+        &self,
+        org: OrgId,
+        stream: &str,
+        from_version: u64,
+        direction: Direction,
+        limit: usize,
+        max_bytes: usize,
     ) -> Result<Vec<StoredEvent>, ReadError> {
         let limit = limit.min(READ_LIMIT_MAX);
         let locs = {
@@ -418,7 +444,7 @@ impl EventLog {
                 .filter_map(|p| index.location(p))
                 .collect::<Vec<_>>()
         };
-        locs.iter().map(read_at_location).collect()
+        read_within(&locs, max_bytes)
     }
 
     /// The stream's last version (0 when it has no events).
@@ -605,6 +631,22 @@ fn collect_org(
 }
 
 /// Reads and fully verifies the record at `loc`.
+/// Reads the events at `locs` in order, stopping after the one that brings their metadata and
+/// payload to `max_bytes`.
+fn read_within(locs: &[Location], max_bytes: usize) -> Result<Vec<StoredEvent>, ReadError> {
+    let mut events = Vec::with_capacity(locs.len());
+    let mut bytes = 0usize;
+    for loc in locs {
+        if bytes >= max_bytes {
+            break;
+        }
+        let event = read_at_location(loc)?;
+        bytes = bytes.saturating_add(event.metadata.len() + event.payload.len());
+        events.push(event);
+    }
+    Ok(events)
+}
+
 pub(crate) fn read_at_location(loc: &Location) -> Result<StoredEvent, ReadError> {
     let f = &loc.file;
     let corrupt = |detail: String| ReadError::Corrupt {

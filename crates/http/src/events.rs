@@ -42,8 +42,7 @@ pub const DEFAULT_STREAM: &str = "default";
 const READ_BATCH_MAX: usize = 1000;
 
 /// Events a subscription reads at a time at most: what a slow reader holds in memory while
-/// its socket drains. Fewer with large events: no more than [`PAGE_BYTES_MAX`] at the largest
-/// event size allowed (8 with 1 MiB events), see [`read_chunk`].
+/// its socket drains (and no more than [`PAGE_BYTES_MAX`] of event data).
 const SUBSCRIBE_READ_BATCH: usize = 100;
 
 /// How often a subscription asks again whether its token is still valid (revoked, expired,
@@ -574,25 +573,25 @@ async fn list_events(
         stream: query.stream,
     };
     let filtered = filter.event_type.is_some() || filter.stream.is_some();
-    let (events, more) = read_within_budget(
-        &state,
+    let (events, more) = page_of(
+        state
+            .events
+            .events_after(p.org_id, after, page_read(limit), &filter)
+            .await?,
         limit,
-        after,
-        |from, n| {
-            let filter = &filter;
-            let events = &state.events;
-            async move { events.events_after(p.org_id, from, n, filter).await }
-        },
-        |e| Some(e.position),
-    )
-    .await?;
+    );
     if after > 0 {
         // Positions are gapless: the first event after `after` in the whole log tells whether
         // retention dropped some the reader has not seen (a filtered page can skip events).
         let first = if filtered {
             state
                 .events
-                .events_after(p.org_id, after, 1, &EventFilter::default())
+                .events_after(
+                    p.org_id,
+                    after,
+                    ReadLimit::events(1),
+                    &EventFilter::default(),
+                )
                 .await?
         } else {
             Vec::new()
@@ -644,30 +643,24 @@ async fn read_stream(
             ReadDirection::Forward => 1,
             ReadDirection::Backward => u64::MAX,
         });
-    let (events, more) = read_within_budget(
-        &state,
+    let (events, more) = page_of(
+        state
+            .events
+            .read_stream(p.org_id, &stream, from, direction, page_read(limit))
+            .await?,
         limit,
-        from,
-        |from, n| {
-            let (events, stream) = (&state.events, &stream);
-            async move {
-                events
-                    .read_stream(p.org_id, stream, from, direction, n)
-                    .await
-            }
-        },
-        |e| match direction {
-            ReadDirection::Forward => e.stream_version.checked_add(1),
-            // Below version 1 there is nothing: the read is over.
-            ReadDirection::Backward => e.stream_version.checked_sub(1).filter(|v| *v > 0),
-        },
-    )
-    .await?;
+    );
     let oldest_kept = match direction {
         ReadDirection::Forward => events.first().map(|e| e.stream_version),
         ReadDirection::Backward if events.is_empty() => state
             .events
-            .read_stream(p.org_id, &stream, 1, ReadDirection::Forward, 1)
+            .read_stream(
+                p.org_id,
+                &stream,
+                1,
+                ReadDirection::Forward,
+                ReadLimit::events(1),
+            )
             .await?
             .first()
             .map(|e| e.stream_version),
@@ -716,7 +709,12 @@ async fn subscribe(
     if start > 0 {
         let first = state
             .events
-            .events_after(p.org_id, start, 1, &EventFilter::default())
+            .events_after(
+                p.org_id,
+                start,
+                ReadLimit::events(1),
+                &EventFilter::default(),
+            )
             .await?;
         check_not_dropped(start, first.first())?;
         if first.is_empty() {
@@ -774,57 +772,26 @@ fn check_not_dropped(after: u64, first: Option<&EventRecord>) -> Result<(), ApiE
     }
 }
 
-/// Bytes of event data and metadata in one page at most (at least one event): a page of
-/// 1,000 events of up to 1 MiB each was a gigabyte in memory per request, twice over while
-/// being encoded. A page that stops at the budget has a `next_cursor` like any other.
+/// Bytes of event data and metadata in one page at most (the event that reaches it is the
+/// last): a page of 1,000 events of up to 1 MiB each was a gigabyte in memory per request,
+/// twice over while being encoded. A page that stops there has a `next_cursor` like any other.
 const PAGE_BYTES_MAX: usize = 8 * 1024 * 1024;
 
-/// Events read at a time: as many of the largest allowed as fit [`PAGE_BYTES_MAX`], between 1
-/// and [`SUBSCRIBE_READ_BATCH`].
-fn read_chunk(state: &AppState) -> usize {
-    (PAGE_BYTES_MAX / state.settings.event_bytes_max.max(1)).clamp(1, SUBSCRIBE_READ_BATCH)
+/// A page's read: one event more than the page (to tell whether more follow), and no more
+/// than [`PAGE_BYTES_MAX`] of event data.
+fn page_read(limit: usize) -> ReadLimit {
+    ReadLimit {
+        events: limit + 1,
+        bytes: PAGE_BYTES_MAX,
+    }
 }
 
-/// Reads up to `limit` events in chunks, stopping once the page holds [`PAGE_BYTES_MAX`]:
-/// a chunk is small enough that the budget plus one chunk bounds the memory of a page.
-/// `read(from, n)` reads `n` events from `from` on; `next(last)` is where the following
-/// chunk starts (`None`: nothing follows). Returns the page and whether more may follow.
-async fn read_within_budget<R, Fut>(
-    state: &AppState,
-    limit: usize,
-    from: u64,
-    mut read: R,
-    next: impl Fn(&EventRecord) -> Option<u64>,
-) -> Result<(Vec<EventRecord>, bool), ApiError>
-where
-    R: FnMut(u64, usize) -> Fut,
-    Fut: std::future::Future<Output = Result<Vec<EventRecord>, trueline_store::StoreError>>,
-{
-    let chunk = read_chunk(state);
-    let mut page: Vec<EventRecord> = Vec::new();
-    let mut bytes = 0;
-    let mut from = from;
-    loop {
-        // One more than the page needs, to tell whether more follow.
-        let want = (limit + 1 - page.len()).min(chunk);
-        let got = read(from, want).await?;
-        let short = got.len() < want;
-        for event in got {
-            bytes += event.data.len() + event.metadata.len();
-            page.push(event);
-            if page.len() > limit {
-                page.truncate(limit);
-                return Ok((page, true));
-            }
-            if bytes >= PAGE_BYTES_MAX {
-                return Ok((page, true));
-            }
-        }
-        match page.last().and_then(&next) {
-            Some(n) if !short => from = n,
-            _ => return Ok((page, false)),
-        }
-    }
+/// The page of a [`page_read`], and whether more may follow (the extra event was read, or
+/// the read stopped at the byte bound: then the next page may be empty).
+fn page_of(mut events: Vec<EventRecord>, limit: usize) -> (Vec<EventRecord>, bool) {
+    let more = events.len() > limit || page_read(limit).stopped_by_bytes(&events);
+    events.truncate(limit);
+    (events, more)
 }
 
 /// A stream read whose first wanted version retention dropped would begin at the oldest kept
@@ -985,7 +952,15 @@ impl Live {
             match self
                 .state
                 .events
-                .events_after(self.org, self.position, read_chunk(&self.state), &filter)
+                .events_after(
+                    self.org,
+                    self.position,
+                    ReadLimit {
+                        events: SUBSCRIBE_READ_BATCH,
+                        bytes: PAGE_BYTES_MAX,
+                    },
+                    &filter,
+                )
                 .await
             {
                 Ok(events) if !events.is_empty() => self.pending = events.into_iter(),

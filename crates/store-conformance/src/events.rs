@@ -286,7 +286,7 @@ pub async fn reads_by_position_type_stream_and_direction(f: &EventsFixture) {
     }
     let all = f
         .events
-        .events_after(org, 0, 100, &EventFilter::default())
+        .events_after(org, 0, ReadLimit::events(100), &EventFilter::default())
         .await
         .expect("read");
     assert_eq!(
@@ -295,7 +295,7 @@ pub async fn reads_by_position_type_stream_and_direction(f: &EventsFixture) {
     );
     let page = f
         .events
-        .events_after(org, 2, 2, &EventFilter::default())
+        .events_after(org, 2, ReadLimit::events(2), &EventFilter::default())
         .await
         .expect("read");
     assert_eq!(page.iter().map(|e| e.position).collect::<Vec<_>>(), [3, 4]);
@@ -305,7 +305,7 @@ pub async fn reads_by_position_type_stream_and_direction(f: &EventsFixture) {
     };
     assert_eq!(
         f.events
-            .events_after(org, 0, 100, &late)
+            .events_after(org, 0, ReadLimit::events(100), &late)
             .await
             .expect("read")
             .len(),
@@ -317,7 +317,7 @@ pub async fn reads_by_position_type_stream_and_direction(f: &EventsFixture) {
     };
     assert_eq!(
         f.events
-            .events_after(org, 0, 100, &odd)
+            .events_after(org, 0, ReadLimit::events(100), &odd)
             .await
             .expect("read")
             .len(),
@@ -325,7 +325,7 @@ pub async fn reads_by_position_type_stream_and_direction(f: &EventsFixture) {
     );
     let forward = f
         .events
-        .read_stream(org, "odd", 2, ReadDirection::Forward, 10)
+        .read_stream(org, "odd", 2, ReadDirection::Forward, ReadLimit::events(10))
         .await
         .expect("read");
     assert_eq!(
@@ -334,7 +334,13 @@ pub async fn reads_by_position_type_stream_and_direction(f: &EventsFixture) {
     );
     let backward = f
         .events
-        .read_stream(org, "odd", u64::MAX, ReadDirection::Backward, 2)
+        .read_stream(
+            org,
+            "odd",
+            u64::MAX,
+            ReadDirection::Backward,
+            ReadLimit::events(2),
+        )
         .await
         .expect("read");
     assert_eq!(
@@ -346,7 +352,13 @@ pub async fn reads_by_position_type_stream_and_direction(f: &EventsFixture) {
     );
     assert!(
         f.events
-            .read_stream(org, "missing", 1, ReadDirection::Forward, 10)
+            .read_stream(
+                org,
+                "missing",
+                1,
+                ReadDirection::Forward,
+                ReadLimit::events(10)
+            )
             .await
             .expect("read")
             .is_empty()
@@ -444,6 +456,67 @@ pub async fn appends_over_the_append_bound_are_refused(f: &EventsFixture) {
     assert_eq!(f.events.stats(org).await.expect("stats").last_position, 0);
 }
 
+/// A read stops after the event whose data and metadata reach the byte bound (at least one
+/// event), on catch-up and stream reads alike.
+pub async fn reads_stop_at_their_byte_bound(f: &EventsFixture) {
+    let org = OrgId::new();
+    let events: Vec<_> = (0..5)
+        .map(|_| {
+            let mut e = event("t", "");
+            e.data = vec![b'1'; 1000];
+            e
+        })
+        .collect();
+    let metadata = events[0].metadata.len();
+    f.events
+        .append(org, "s", ExpectedVersion::Any, events, now())
+        .await
+        .expect("append");
+    let bound = ReadLimit {
+        events: 100,
+        bytes: 2 * (1000 + metadata) + 1,
+    };
+    let after = f
+        .events
+        .events_after(org, 0, bound, &EventFilter::default())
+        .await
+        .expect("read");
+    assert_eq!(
+        after.iter().map(|e| e.position).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    assert!(bound.stopped_by_bytes(&after));
+    let backward = f
+        .events
+        .read_stream(org, "s", u64::MAX, ReadDirection::Backward, bound)
+        .await
+        .expect("read");
+    assert_eq!(
+        backward
+            .iter()
+            .map(|e| e.stream_version)
+            .collect::<Vec<_>>(),
+        [5, 4, 3]
+    );
+    let tiny = ReadLimit {
+        events: 100,
+        bytes: 1,
+    };
+    let one = f
+        .events
+        .read_stream(org, "s", 1, ReadDirection::Forward, tiny)
+        .await
+        .expect("read");
+    assert_eq!(one.len(), 1, "at least one event");
+    let all = f
+        .events
+        .events_after(org, 0, ReadLimit::events(100), &EventFilter::default())
+        .await
+        .expect("read");
+    assert_eq!(all.len(), 5);
+    assert!(!ReadLimit::events(100).stopped_by_bytes(&all));
+}
+
 pub async fn concurrent_appends_leave_no_gaps_or_duplicates(f: &EventsFixture) {
     let org = OrgId::new();
     let mut tasks = Vec::new();
@@ -485,7 +558,13 @@ pub async fn concurrent_appends_leave_no_gaps_or_duplicates(f: &EventsFixture) {
     for s in 0..4 {
         let events = f
             .events
-            .read_stream(org, &format!("s{s}"), 1, ReadDirection::Forward, 1000)
+            .read_stream(
+                org,
+                &format!("s{s}"),
+                1,
+                ReadDirection::Forward,
+                ReadLimit::events(1000),
+            )
             .await
             .expect("read");
         let versions: Vec<u64> = events.iter().map(|e| e.stream_version).collect();
@@ -573,6 +652,7 @@ macro_rules! event_store_suite {
             stats_count_events_bytes_and_streams,
             oversized_events_are_refused,
             appends_over_the_append_bound_are_refused,
+            reads_stop_at_their_byte_bound,
             many_batches_are_appended_in_order_and_stop_at_an_up_front_refusal,
             concurrent_appends_leave_no_gaps_or_duplicates,
             appends_wake_subscribers,

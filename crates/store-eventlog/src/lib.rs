@@ -335,7 +335,7 @@ impl EventStore for FileEventStore {
         &self,
         org: OrgId,
         after: u64,
-        limit: usize,
+        limit: ReadLimit,
         filter: &EventFilter,
     ) -> Result<Vec<EventRecord>, StoreError> {
         let log = self.log.clone();
@@ -346,9 +346,15 @@ impl EventStore for FileEventStore {
                 event_type: filter.event_type.as_deref(),
                 stream: filter.stream.as_deref(),
             };
-            log.read_org(engine_org(org), after, limit, engine_filter)
-                .map(|events| events.into_iter().map(|e| record(mask, e)).collect())
-                .map_err(read_error)
+            log.read_org_within(
+                engine_org(org),
+                after,
+                limit.events,
+                engine_filter,
+                limit.bytes,
+            )
+            .map(|events| events.into_iter().map(|e| record(mask, e)).collect())
+            .map_err(read_error)
         })
         .await
         .map_err(|e| StoreError::Internal(e.to_string()))?
@@ -360,7 +366,7 @@ impl EventStore for FileEventStore {
         stream: &str,
         from: u64,
         direction: ReadDirection,
-        limit: usize,
+        limit: ReadLimit,
     ) -> Result<Vec<EventRecord>, StoreError> {
         let log = self.log.clone();
         let mask = self.mask(org);
@@ -370,9 +376,16 @@ impl EventStore for FileEventStore {
                 ReadDirection::Forward => engine::Direction::Forward,
                 ReadDirection::Backward => engine::Direction::Backward,
             };
-            log.read_stream(engine_org(org), &stream, from, direction, limit)
-                .map(|events| events.into_iter().map(|e| record(mask, e)).collect())
-                .map_err(read_error)
+            log.read_stream_within(
+                engine_org(org),
+                &stream,
+                from,
+                direction,
+                limit.events,
+                limit.bytes,
+            )
+            .map(|events| events.into_iter().map(|e| record(mask, e)).collect())
+            .map_err(read_error)
         })
         .await
         .map_err(|e| StoreError::Internal(e.to_string()))?

@@ -79,6 +79,26 @@ fn record_from(row: &PgRow) -> Result<EventRecord, StoreError> {
     })
 }
 
+/// Decodes rows as they arrive, stopping after the event that brings data and metadata to
+/// `max_bytes` (the rest of the result is dropped with the stream, never held at once).
+async fn collect_within(
+    mut rows: futures_util::stream::BoxStream<'_, Result<sqlx::postgres::PgRow, sqlx::Error>>,
+    max_bytes: usize,
+) -> Result<Vec<EventRecord>, StoreError> {
+    use futures_util::TryStreamExt as _;
+    let mut events = Vec::new();
+    let mut bytes = 0usize;
+    while bytes < max_bytes {
+        let Some(row) = rows.try_next().await.map_err(db_error)? else {
+            break;
+        };
+        let event = record_from(&row)?;
+        bytes = bytes.saturating_add(event.data.len() + event.metadata.len());
+        events.push(event);
+    }
+    Ok(events)
+}
+
 fn check_limits(stream: &str, events: &[NewEvent], max: usize) -> Result<(), AppendRefusal> {
     for (i, e) in events.iter().enumerate() {
         let size = e.data.len() + e.metadata.len();
@@ -252,7 +272,7 @@ impl EventStore for PgEventStore {
         &self,
         org: OrgId,
         after: u64,
-        limit: usize,
+        limit: ReadLimit,
         filter: &EventFilter,
     ) -> Result<Vec<EventRecord>, StoreError> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -266,11 +286,9 @@ impl EventStore for PgEventStore {
         .bind(after.min(i64::MAX as u64) as i64)
         .bind(filter.event_type.as_deref())
         .bind(filter.stream.as_deref())
-        .bind(limit as i64)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_error)?;
-        rows.iter().map(record_from).collect()
+        .bind(limit.events as i64)
+        .fetch(&self.pool);
+        collect_within(rows, limit.bytes).await
     }
 
     async fn read_stream(
@@ -279,7 +297,7 @@ impl EventStore for PgEventStore {
         stream: &str,
         from: u64,
         direction: ReadDirection,
-        limit: usize,
+        limit: ReadLimit,
     ) -> Result<Vec<EventRecord>, StoreError> {
         let (cmp, order) = match direction {
             ReadDirection::Forward => (">=", "ASC"),
@@ -293,11 +311,9 @@ impl EventStore for PgEventStore {
         .bind(org.0)
         .bind(stream)
         .bind(from.min(i64::MAX as u64) as i64)
-        .bind(limit as i64)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_error)?;
-        rows.iter().map(record_from).collect()
+        .bind(limit.events as i64)
+        .fetch(&self.pool);
+        collect_within(rows, limit.bytes).await
     }
 
     async fn stats(&self, org: OrgId) -> Result<EventStats, StoreError> {

@@ -65,6 +65,33 @@ pub struct EventRecord {
     pub recorded_at: OffsetDateTime,
 }
 
+/// How much one read returns at most: `events`, and events until their data and metadata
+/// reach `bytes` (the event that reaches it is the last; at least one). A read that returns
+/// fewer than `events` with at least `bytes` may have stopped early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadLimit {
+    pub events: usize,
+    pub bytes: usize,
+}
+
+impl ReadLimit {
+    /// At most `events`, whatever their size.
+    pub fn events(events: usize) -> Self {
+        Self {
+            events,
+            bytes: usize::MAX,
+        }
+    }
+
+    /// Whether `read` (returned for this limit) may have stopped at the byte bound.
+    pub fn stopped_by_bytes(&self, read: &[EventRecord]) -> bool {
+        read.iter()
+            .map(|e| e.data.len() + e.metadata.len())
+            .fold(0usize, usize::saturating_add)
+            >= self.bytes
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct EventFilter {
     pub event_type: Option<String>,
@@ -194,7 +221,7 @@ pub trait EventStore: Send + Sync + 'static {
         &self,
         org: OrgId,
         after: u64,
-        limit: usize,
+        limit: ReadLimit,
         filter: &EventFilter,
     ) -> Result<Vec<EventRecord>, StoreError>;
 
@@ -205,7 +232,7 @@ pub trait EventStore: Send + Sync + 'static {
         stream: &str,
         from: u64,
         direction: ReadDirection,
-        limit: usize,
+        limit: ReadLimit,
     ) -> Result<Vec<EventRecord>, StoreError>;
 
     async fn stats(&self, org: OrgId) -> Result<EventStats, StoreError>;

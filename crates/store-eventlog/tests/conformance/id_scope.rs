@@ -58,7 +58,7 @@ async fn an_id_crafted_from_both_organization_ids_reaches_nothing_of_the_other()
         .expect("the victim's own id is still theirs");
 
     let victims = store
-        .events_after(victim, 0, 10, &EventFilter::default())
+        .events_after(victim, 0, ReadLimit::events(10), &EventFilter::default())
         .await
         .unwrap();
     assert_eq!(
