@@ -19,7 +19,7 @@ use trueline_core::accounts::{Email, OrganizationName, Password, Role};
 use trueline_core::ids::{OrgId, TokenId, UserId};
 use trueline_core::validation::FieldError;
 use trueline_store::{
-    Actor, Member, NewSignup, NewToken, Organization, OrganizationMembership, User,
+    Actor, Member, NewSignup, NewToken, Organization, OrganizationMembership, TokenSelection, User,
 };
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -37,6 +37,8 @@ pub fn public_router() -> OpenApiRouter<AppState> {
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(revoke_current_token))
+        .routes(routes!(list_tokens, revoke_other_tokens))
+        .routes(routes!(revoke_token))
         .routes(routes!(me))
         .routes(routes!(create_organization, list_organizations))
         .routes(routes!(list_members, add_member))
@@ -124,6 +126,8 @@ impl From<OrganizationMembership> for OrganizationView {
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct TokenView {
+    /// The token's id (to list or revoke it later; not a secret).
+    pub id: Uuid,
     /// The bearer token. Shown once; only its hash is stored.
     pub token: String,
     /// Always `Bearer`.
@@ -132,6 +136,26 @@ pub struct TokenView {
     pub expires_at: OffsetDateTime,
     pub organization_id: Uuid,
     pub user_id: Uuid,
+}
+
+/// One of the caller's working tokens in this organization (never its secret).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct TokenSummary {
+    pub id: Uuid,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+    /// The token of this request.
+    pub current: bool,
+}
+
+list_type!(TokenList, TokenSummary);
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RevokedTokens {
+    /// How many tokens were revoked.
+    pub revoked: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -267,6 +291,7 @@ fn new_token(
 
 fn token_view(token: &NewToken, secret: String) -> TokenView {
     TokenView {
+        id: token.id.0,
         token: secret,
         token_type: "Bearer".into(),
         expires_at: token.expires_at,
@@ -455,6 +480,79 @@ async fn revoke_current_token(
         .await?;
     tracing::info!(event = "auth.token_revoked", token_id = %p.token_id);
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The caller's working tokens in this organization (neither revoked nor expired), to find
+/// one that leaked.
+#[utoipa::path(get, path = "/auth/tokens", tag = "accounts", security(("bearer" = [])),
+    params(ListQuery),
+    responses((status = 200, description = "The caller's tokens", body = TokenList)))]
+async fn list_tokens(
+    State(state): State<AppState>,
+    p: Principal,
+    ApiQuery(query): ApiQuery<ListQuery>,
+) -> Result<Json<TokenList>, ApiError> {
+    let page = state
+        .store
+        .tokens_of(p.user_id, p.org_id, state.clock.now(), query.page()?)
+        .await?;
+    Ok(Json(TokenList::from_page(page, |t| TokenSummary {
+        id: t.id.0,
+        created_at: t.created_at,
+        expires_at: t.expires_at,
+        current: t.id == p.token_id,
+    })))
+}
+
+/// Revoke one of the caller's tokens in this organization. Idempotent: an id that is not one
+/// of the caller's working tokens (revoked already, another user's, unknown) changes nothing
+/// and answers 204 as well.
+#[utoipa::path(delete, path = "/auth/tokens/{id}", tag = "accounts", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Token id")),
+    responses((status = 204, description = "Revoked (or nothing to revoke)")))]
+async fn revoke_token(
+    State(state): State<AppState>,
+    axum::Extension(request_id): axum::Extension<crate::observe::RequestId>,
+    p: Principal,
+    PathId(id): PathId,
+) -> Result<StatusCode, ApiError> {
+    let revoked = state
+        .store
+        .revoke_tokens_of(
+            p.user_id,
+            p.org_id,
+            TokenSelection::One(TokenId(id)),
+            &request_id.0,
+            state.clock.now(),
+        )
+        .await?;
+    if revoked > 0 {
+        tracing::info!(event = "auth.token_revoked", token_id = %id);
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Revoke every token of the caller in this organization but the one of this request (after
+/// a leak: log in, call this, and only the new token works).
+#[utoipa::path(delete, path = "/auth/tokens", tag = "accounts", security(("bearer" = [])),
+    responses((status = 200, description = "How many were revoked", body = RevokedTokens)))]
+async fn revoke_other_tokens(
+    State(state): State<AppState>,
+    axum::Extension(request_id): axum::Extension<crate::observe::RequestId>,
+    p: Principal,
+) -> Result<Json<RevokedTokens>, ApiError> {
+    let revoked = state
+        .store
+        .revoke_tokens_of(
+            p.user_id,
+            p.org_id,
+            TokenSelection::AllBut(p.token_id),
+            &request_id.0,
+            state.clock.now(),
+        )
+        .await?;
+    tracing::info!(event = "auth.tokens_revoked", revoked);
+    Ok(Json(RevokedTokens { revoked }))
 }
 
 /// Who am I: the user, the organization the token acts in, and my role there.

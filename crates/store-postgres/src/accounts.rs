@@ -13,7 +13,7 @@ use trueline_core::ids::{AuditId, EventId, OrgId, TokenId, UserId};
 use trueline_store::{
     AccountStore, Actor, Credentials, Idempotency, Member, NewSignup, NewToken, Organization,
     OrganizationMembership, OutboxEvent, Page, PageRequest, SignupRecord, StoreError, StoreHealth,
-    TokenRecord, User,
+    TokenInfo, TokenRecord, TokenSelection, User,
 };
 use uuid::Uuid;
 
@@ -300,6 +300,20 @@ impl AccountStore for PgStore {
         .transpose()
     }
 
+    async fn revoke_tokens_of(
+        &self,
+        user_id: UserId,
+        org_id: OrgId,
+        which: TokenSelection,
+        request_id: &str,
+        now: OffsetDateTime,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let revoked = revoke_selected(&mut tx, user_id, org_id, which, request_id, now).await?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(revoked)
+    }
+
     async fn revoke_token(
         &self,
         id: TokenId,
@@ -410,6 +424,41 @@ impl AccountStore for PgStore {
         .await
         .map_err(db_error)?;
         Ok(org.map(OrgId))
+    }
+
+    async fn tokens_of(
+        &self,
+        user_id: UserId,
+        org_id: OrgId,
+        now: OffsetDateTime,
+        page: PageRequest<TokenId>,
+    ) -> Result<Page<TokenInfo, TokenId>, StoreError> {
+        let after = page.after.map_or(Uuid::nil(), |id| id.0);
+        let rows = sqlx::query(
+            "SELECT id, created_at, expires_at FROM api_tokens
+             WHERE user_id = $1 AND org_id = $2 AND revoked_at IS NULL
+               AND expires_at > $3 AND id > $4
+             ORDER BY id LIMIT $5",
+        )
+        .bind(user_id.0)
+        .bind(org_id.0)
+        .bind(now)
+        .bind(after)
+        .bind(i64::from(page.limit) + 1)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        let items = rows
+            .iter()
+            .map(|row| {
+                Ok(TokenInfo {
+                    id: TokenId(row.try_get("id").map_err(db_error)?),
+                    created_at: row.try_get("created_at").map_err(db_error)?,
+                    expires_at: row.try_get("expires_at").map_err(db_error)?,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(Page::from_overfetch(items, page.limit, |t| t.id))
     }
 
     async fn organizations_of(
@@ -626,4 +675,50 @@ impl AccountStore for PgStore {
         tx.commit().await.map_err(db_error)?;
         Ok(true)
     }
+}
+
+/// Revokes the user's working tokens (neither revoked nor expired) in the organization that
+/// `which` selects, each with its `token.revoked` audit record and event.
+async fn revoke_selected(
+    tx: &mut Tx,
+    user_id: UserId,
+    org_id: OrgId,
+    which: TokenSelection,
+    request_id: &str,
+    now: OffsetDateTime,
+) -> Result<u64, StoreError> {
+    let (one, but) = match which {
+        TokenSelection::One(id) => (Some(id.0), None),
+        TokenSelection::AllBut(id) => (None, Some(id.0)),
+    };
+    let rows = sqlx::query(
+        "UPDATE api_tokens SET revoked_at = $3
+         WHERE user_id = $1 AND org_id = $2 AND revoked_at IS NULL AND expires_at > $3
+           AND ($4 IS NULL OR id = $4) AND ($5 IS NULL OR id <> $5)
+         RETURNING id, expires_at",
+    )
+    .bind(user_id.0)
+    .bind(org_id.0)
+    .bind(now)
+    .bind(one)
+    .bind(but)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db_error)?;
+    for row in &rows {
+        let id: Uuid = row.try_get("id").map_err(db_error)?;
+        let expires_at: OffsetDateTime = row.try_get("expires_at").map_err(db_error)?;
+        audit(
+            tx,
+            org_id,
+            user_id,
+            request_id,
+            "token.revoked",
+            Some(id),
+            trueline_store::token_audit_detail(expires_at),
+            now,
+        )
+        .await?;
+    }
+    Ok(rows.len() as u64)
 }

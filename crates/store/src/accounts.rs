@@ -87,6 +87,23 @@ pub struct TokenRecord {
     pub revoked_at: Option<OffsetDateTime>,
 }
 
+/// One of a user's tokens, as its holder may see it (never its secret or hash).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenInfo {
+    pub id: TokenId,
+    pub created_at: OffsetDateTime,
+    pub expires_at: OffsetDateTime,
+}
+
+/// Which of a user's tokens in an organization to revoke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenSelection {
+    /// This one (if it is theirs).
+    One(TokenId),
+    /// Every one but this (the token of the request).
+    AllBut(TokenId),
+}
+
 /// Who is changing something, in which organization, as part of which request.
 #[derive(Debug, Clone)]
 pub struct Actor {
@@ -116,6 +133,29 @@ pub trait AccountStore: Send + Sync {
     /// Finds a token by the hash of its secret, joined with the member's current role.
     /// `None` if unknown or if the membership no longer exists.
     async fn token_by_hash(&self, hash: &[u8; 32]) -> Result<Option<TokenRecord>, StoreError>;
+
+    /// The user's tokens in the organization that still work at `now` (neither revoked nor
+    /// expired), ordered by id.
+    async fn tokens_of(
+        &self,
+        user_id: UserId,
+        org_id: OrgId,
+        now: OffsetDateTime,
+        page: PageRequest<TokenId>,
+    ) -> Result<Page<TokenInfo, TokenId>, StoreError>;
+
+    /// Revokes the user's working tokens (neither revoked nor expired at `now`) in the
+    /// organization that `which` selects, each
+    /// with its `token.revoked` record (as [`AccountStore::revoke_token`]), in one
+    /// transaction; returns how many. Another user's token is never selected.
+    async fn revoke_tokens_of(
+        &self,
+        user_id: UserId,
+        org_id: OrgId,
+        which: TokenSelection,
+        request_id: &str,
+        now: OffsetDateTime,
+    ) -> Result<u64, StoreError>;
 
     /// Marks a token revoked (idempotent: revoking twice keeps the first instant), with its
     /// audit record `token.revoked` (and the event `accounts.token.revoked`) in the same

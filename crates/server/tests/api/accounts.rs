@@ -20,6 +20,7 @@ both_backends!(
     the_last_owner_cannot_leave_or_be_demoted,
     two_owners_demoting_each_other_concurrently_leave_exactly_one_owner,
     organizations_can_be_created_and_listed_with_pagination,
+    a_user_lists_and_revokes_their_own_tokens_and_no_one_elses,
 );
 
 async fn signup_returns_the_user_the_organization_and_a_working_token(backend: Backend) {
@@ -489,4 +490,121 @@ async fn organizations_can_be_created_and_listed_with_pagination(backend: Backen
     }
     assert_eq!(names.len(), 4);
     assert_eq!(app.count("organizations").await, 4);
+}
+
+/// A leaked token can be found and killed: the caller lists their working tokens in the
+/// organization, revokes one by id or all but the current one; another user's token id
+/// changes nothing (and says nothing); each revocation is audited.
+async fn a_user_lists_and_revokes_their_own_tokens_and_no_one_elses(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let ann = app.sign_up("ann@example.com").await;
+    let bob = app.sign_up("bob@example.com").await;
+    let bob_token = app.add_member(&ann, &bob, "member").await;
+    let second = app.log_in(&ann, &ann.org_id).await;
+    let third = app.log_in(&ann, &ann.org_id).await;
+    let listed: Value = app
+        .get("/api/v1/auth/tokens", &ann.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let tokens = listed["data"].as_array().unwrap();
+    assert_eq!(tokens.len(), 3, "{listed}");
+    assert_eq!(
+        tokens
+            .iter()
+            .filter(|t| t["current"] == json!(true))
+            .count(),
+        1
+    );
+    assert!(!listed.to_string().contains("tl_"), "no secret in the list");
+    let second_id = current_token_id(&app, &second).await;
+    let bob_id = current_token_id(&app, &bob_token).await;
+    let audit_before = app.count("audit_log").await;
+
+    // Another user's token: 204, nothing revoked, nothing recorded.
+    let response = app
+        .request(
+            Method::DELETE,
+            &format!("/api/v1/auth/tokens/{bob_id}"),
+            Some(&ann.token),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    assert_eq!(app.get("/api/v1/me", &bob_token).await.status(), 200);
+    assert_eq!(app.count("audit_log").await, audit_before);
+
+    // One of the caller's own: gone at once (also through the SQLite token cache).
+    assert_eq!(app.get("/api/v1/me", &second).await.status(), 200);
+    let response = app
+        .request(
+            Method::DELETE,
+            &format!("/api/v1/auth/tokens/{second_id}"),
+            Some(&ann.token),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    assert_problem(app.get("/api/v1/me", &second).await, 401, "invalid_token").await;
+    assert_eq!(app.count("audit_log").await, audit_before + 1);
+    // Again: nothing more happens.
+    let response = app
+        .request(
+            Method::DELETE,
+            &format!("/api/v1/auth/tokens/{second_id}"),
+            Some(&ann.token),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    assert_eq!(app.count("audit_log").await, audit_before + 1);
+
+    // All but the current one.
+    let response = app
+        .request(Method::DELETE, "/api/v1/auth/tokens", Some(&third))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["revoked"], json!(1), "ann's signup token");
+    assert_problem(
+        app.get("/api/v1/me", &ann.token).await,
+        401,
+        "invalid_token",
+    )
+    .await;
+    assert_eq!(app.get("/api/v1/me", &third).await.status(), 200);
+    assert_eq!(app.get("/api/v1/me", &bob_token).await.status(), 200);
+    let listed: Value = app
+        .get("/api/v1/auth/tokens", &third)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["data"].as_array().unwrap().len(), 1);
+    assert_eq!(app.count("audit_log").await, audit_before + 2);
+}
+
+/// The id of `token`, as `GET /auth/tokens` marks it current.
+async fn current_token_id(app: &TestApp, token: &str) -> String {
+    let listed: Value = app
+        .get("/api/v1/auth/tokens", token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["current"] == json!(true))
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
 }

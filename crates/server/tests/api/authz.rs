@@ -79,6 +79,9 @@ const MATRIX: &[Row] = &[
     row("POST",   "/api/v1/auth/signup",                               [201, 201, 201, 201, 201, 201, 201, 201, 201]),
     row("POST",   "/api/v1/auth/tokens",                               [201, 201, 201, 201, 201, 201, 201, 201, 201]),
     row("DELETE", "/api/v1/auth/tokens/current",                       [401, 401, 401, 401, 204, 204, 204, 204, 204]),
+    row("GET",    "/api/v1/auth/tokens",                               [401, 401, 401, 401, 200, 200, 200, 200, 200]),
+    row("DELETE", "/api/v1/auth/tokens",                               [401, 401, 401, 401, 200, 200, 200, 200, 200]),
+    row("DELETE", "/api/v1/auth/tokens/{id}",                          [401, 401, 401, 401, 204, 204, 204, 204, 204]),
     row("GET",    "/api/v1/me",                                        [401, 401, 401, 401, 200, 200, 200, 200, 200]),
     row("POST",   "/api/v1/organizations",                             [401, 401, 401, 401, 201, 201, 201, 201, 201]),
     row("GET",    "/api/v1/organizations",                             [401, 401, 401, 401, 200, 200, 200, 200, 200]),
@@ -530,6 +533,7 @@ impl World {
                 vec![],
             ),
             ("DELETE", "/api/v1/auth/tokens/current")
+            | ("GET" | "DELETE", "/api/v1/auth/tokens")
             | ("GET", "/api/v1/me" | "/api/v1/organizations" | "/api/v1/members")
             | ("GET", "/api/v1/items" | "/api/v1/events" | "/api/v1/stats")
             | ("GET", "/api/v1/webhooks" | "/api/v1/assessments")
@@ -547,6 +551,18 @@ impl World {
                     json!({"email": account.email, "role": "member"}),
                     vec![],
                 )
+            }
+            ("DELETE", "/api/v1/auth/tokens/{id}") => {
+                // A token of the first organization's owner: only the owner's own call
+                // revokes it (the others answer 204 and change nothing).
+                let body = json!({"email": self.owner.email, "password": PASSWORD, "organization_id": self.owner.org_id});
+                let response = self
+                    .app
+                    .send_json(Method::POST, "/api/v1/auth/tokens", None, &body)
+                    .await;
+                let token: Value = response.json().await.unwrap();
+                let id = token["id"].as_str().unwrap().to_owned();
+                Req::bare(format!("/api/v1/auth/tokens/{id}"), vec![])
             }
             ("PATCH" | "DELETE", "/api/v1/members/{user_id}") => {
                 let user = self.member_of_a().await;
