@@ -468,8 +468,8 @@ fn if_match(headers: &HeaderMap, required: bool) -> Result<Option<u64>, ApiError
     if value == "*" {
         return Ok(None);
     }
+    // Compared strongly (RFC 9110, 13.1.1): a weak tag never matches.
     value
-        .trim_start_matches("W/")
         .strip_prefix("\"r")
         .and_then(|v| v.strip_suffix('"'))
         .and_then(|v| v.parse().ok())
@@ -1614,7 +1614,11 @@ mod if_match_tests {
             let mut headers = HeaderMap::new();
             let raw = format!("{}\"r{revision}\"", if weak { "W/" } else { "" });
             headers.insert(header::IF_MATCH, HeaderValue::from_str(&raw).unwrap());
-            prop_assert_eq!(if_match(&headers, true).unwrap(), Some(revision));
+            if weak {
+                prop_assert!(if_match(&headers, true).is_err(), "a weak tag never matches");
+            } else {
+                prop_assert_eq!(if_match(&headers, true).unwrap(), Some(revision));
+            }
         }
     }
 }

@@ -248,11 +248,13 @@ fn if_match(headers: &HeaderMap) -> Result<Option<Vec<u64>>, ApiError> {
     if value.trim() == "*" {
         return Ok(None);
     }
+    // `If-Match` compares strongly (RFC 9110, 13.1.1): a weak tag never matches. (The
+    // server only hands out strong ones.)
     let versions = value
         .split(',')
         .filter_map(|tag| {
-            let tag = tag.trim().trim_start_matches("W/");
-            tag.strip_prefix("\"v")?
+            tag.trim()
+                .strip_prefix("\"v")?
                 .strip_suffix('"')?
                 .parse::<u64>()
                 .ok()
@@ -713,7 +715,9 @@ mod tests {
                 .collect::<Vec<_>>()
                 .join(", ");
             let got = if_match(&headers(raw.as_bytes()).unwrap()).unwrap();
-            prop_assert_eq!(got, Some(tags.iter().map(|(v, _)| *v).collect::<Vec<_>>()));
+            // Weak tags never match If-Match.
+            let strong: Vec<u64> = tags.iter().filter(|(_, weak)| !weak).map(|(v, _)| *v).collect();
+            prop_assert_eq!(got, Some(strong));
         }
     }
 
