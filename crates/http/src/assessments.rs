@@ -197,9 +197,10 @@ impl From<&Invite> for InviteView {
 pub struct InviteResult {
     #[serde(flatten)]
     pub invite: InviteView,
-    /// `created`, or `already_invited` (the existing token is never shown again).
+    /// `created`, `reissued` (an invite revoked or expired before it was started holds the new
+    /// token now), or `already_invited` (the existing token is never shown again).
     pub status: String,
-    /// The candidate's token, shown once, only for invites created now.
+    /// The candidate's token, shown once, only for invites created or re-issued now.
     pub token: Option<String>,
 }
 
@@ -1221,7 +1222,7 @@ async fn create_invites(
                 }
                 let (token, hash) = new_token("tli_")?;
                 let invite_id = Uuid::now_v7();
-                tokens.insert(invite_id, token);
+                tokens.insert(email.as_str().to_owned(), token);
                 invites.push(NewInvite {
                     id: invite_id,
                     email,
@@ -1241,12 +1242,15 @@ async fn create_invites(
                     invite: InviteView::from(&o.invite),
                     status: if o.created {
                         "created"
+                    } else if o.reissued {
+                        "reissued"
                     } else {
                         "already_invited"
                     }
                     .to_owned(),
-                    token: if o.created {
-                        tokens.get(&o.invite.id).cloned()
+                    // By email: a re-issued invite keeps its id.
+                    token: if o.created || o.reissued {
+                        tokens.get(&o.invite.email).cloned()
                     } else {
                         None
                     },

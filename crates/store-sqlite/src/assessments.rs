@@ -397,6 +397,34 @@ async fn session_where(
     }))
 }
 
+/// An employer's invite of an email whose earlier invite was revoked or expired before it was
+/// ever started: that invite takes the new token, expiry and name (its id stays; the old token
+/// stops working). Not for share-link registrations: a revoked candidate could re-admit
+/// themselves.
+async fn reissue_invite(
+    tx: &mut Tx,
+    assessment: Uuid,
+    i: &NewInvite,
+    now: OffsetDateTime,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "UPDATE invites SET token_hash = ?3, expires_at = ?4, revoked_at = NULL, name = ?5,
+                            via_share_link = 0
+         WHERE assessment_id = ?1 AND email = ?2 AND (revoked_at IS NOT NULL OR expires_at <= ?6)
+           AND NOT EXISTS (SELECT 1 FROM attempts t WHERE t.invite_id = invites.id)",
+    )
+    .bind(assessment)
+    .bind(i.email.as_str())
+    .bind(&i.token_hash[..])
+    .bind(micros(i.expires_at))
+    .bind(&i.name)
+    .bind(micros(now))
+    .execute(&mut *tx)
+    .await
+    .map_err(db_error)?;
+    Ok(done.rows_affected() == 1)
+}
+
 async fn insert_invite(
     tx: &mut Tx,
     org: OrgId,
@@ -856,6 +884,8 @@ impl AssessmentStore for SqliteStore {
                 actor.now,
             )
             .await?;
+            let reissued =
+                !created && reissue_invite(&mut tx, assessment_id, invite, actor.now).await?;
             let row = sqlx::query(sqlx::AssertSqlSafe(format!(
                 "{INVITE_SELECT} WHERE i.assessment_id = ?1 AND i.email = ?2"
             )))
@@ -865,12 +895,16 @@ impl AssessmentStore for SqliteStore {
             .await
             .map_err(db_error)?;
             let stored = invite_from(&row)?;
-            if created {
+            if created || reissued {
                 let payload = json!({ "invite_id": stored.id, "assessment_id": assessment_id, "actor_user_id": actor.user_id, "request_id": actor.request_id });
                 event(
                     &mut tx,
                     actor.org_id,
-                    "assessments.invite.created",
+                    if created {
+                        "assessments.invite.created"
+                    } else {
+                        "assessments.invite.reissued"
+                    },
                     format!("assessment-{}", a.family_id),
                     payload,
                     actor.now,
@@ -880,6 +914,7 @@ impl AssessmentStore for SqliteStore {
             outcomes.push(InviteOutcome {
                 invite: stored,
                 created,
+                reissued,
             });
         }
         complete_idempotency(&mut tx, idempotency, &outcomes, actor.now).await?;

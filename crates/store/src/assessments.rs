@@ -63,11 +63,14 @@ pub struct Invite {
     pub submitted_at: Option<OffsetDateTime>,
 }
 
-/// The result of inviting one candidate: created now, or invited before (no token then).
+/// The result of inviting one candidate: created now, re-issued (an earlier invite of the
+/// same email that was revoked or expired before it was ever started now holds the new token
+/// and expiry), or invited before (no token then).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InviteOutcome {
     pub invite: Invite,
     pub created: bool,
+    pub reissued: bool,
 }
 
 /// Whether an invite whose attempt has not started can start one now. Each store checks it

@@ -915,6 +915,48 @@ async fn expired_and_revoked_invites_are_refused(backend: Backend) {
         "invite_expired",
     )
     .await;
+    // Invited again, the revoked and the expired (never started) invites are re-issued: the
+    // same invite with a new token; the old tokens stay dead. An active one is not.
+    let active = invite(&app, &ann.token, &id, "active@example.com").await;
+    let again: Value = app
+        .post(
+            &format!("/api/v1/assessments/{id}/invites"),
+            &ann.token,
+            &json!({"candidates": [
+                {"email": "revoked@example.com"},
+                {"email": "short@example.com"},
+                {"email": "active@example.com"},
+            ]}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let results = again["invites"].as_array().unwrap();
+    assert_eq!(results[0]["status"], "reissued", "{again}");
+    assert_eq!(results[0]["id"], json!(revoked_id));
+    assert_eq!(results[1]["status"], "reissued", "{again}");
+    assert_eq!(results[2]["status"], "already_invited");
+    assert!(results[2]["token"].is_null());
+    for old in [&revoked, &short] {
+        let refused = candidate(&app, Method::GET, old, None).await;
+        assert_eq!(refused.status(), 404, "an old token stays dead");
+    }
+    for result in &results[..2] {
+        let token = result["token"].as_str().unwrap();
+        let view: Value = candidate(&app, Method::GET, token, None)
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(view["status"], "not_started", "{view}");
+    }
+    let view: Value = candidate(&app, Method::GET, &active, None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(view["status"], "not_started");
     let draft = create(&app, &ann.token, settings("Draft")).await;
     let response = app
         .post(
