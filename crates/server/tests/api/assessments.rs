@@ -242,6 +242,67 @@ async fn drafts_are_validated_and_edited_with_etags(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(list["data"].as_array().unwrap().len(), 1);
+
+    // Deleting a question: a retry after a lost 204 (its If-Match now stale) is a 204, since
+    // the question is gone; a stale If-Match on a question that is still there is a 412.
+    let draft_id = updated["id"].as_str().unwrap().to_owned();
+    let first = add_question(
+        &app,
+        &ann.token,
+        &draft_id,
+        json!({"type": "true_false", "prompt": "One", "correct": true}),
+    )
+    .await;
+    add_question(
+        &app,
+        &ann.token,
+        &draft_id,
+        json!({"type": "true_false", "prompt": "Two", "correct": true}),
+    )
+    .await;
+    let now: Value = app
+        .get(&format!("/api/v1/assessments/{draft_id}"), &ann.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let tag = format!("\"r{}\"", now["revision"]);
+    let path = format!(
+        "/api/v1/assessments/{draft_id}/questions/{}",
+        first["id"].as_str().unwrap()
+    );
+    for _ in 0..2 {
+        let response = app
+            .request(Method::DELETE, &path, Some(&ann.token))
+            .header("if-match", &tag)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 204);
+    }
+    let after: Value = app
+        .get(&format!("/api/v1/assessments/{draft_id}"), &ann.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        after["revision"],
+        json!(now["revision"].as_u64().unwrap() + 1),
+        "one delete"
+    );
+    let second = after["questions"][0]["id"].as_str().unwrap().to_owned();
+    let stale = app
+        .request(
+            Method::DELETE,
+            &format!("/api/v1/assessments/{draft_id}/questions/{second}"),
+            Some(&ann.token),
+        )
+        .header("if-match", &tag)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(stale, 412, "precondition_failed").await;
 }
 
 async fn questions_are_validated_per_type_and_frozen_after_publishing(backend: Backend) {
