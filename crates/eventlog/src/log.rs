@@ -632,17 +632,17 @@ fn collect_org(
 
 /// Reads and fully verifies the record at `loc`.
 /// Reads the events at `locs` in order, stopping after the one that brings their metadata and
-/// payload to `max_bytes`.
+/// payload to `max_bytes` (the first is always read).
 fn read_within(locs: &[Location], max_bytes: usize) -> Result<Vec<StoredEvent>, ReadError> {
     let mut events = Vec::with_capacity(locs.len());
     let mut bytes = 0usize;
     for loc in locs {
-        if bytes >= max_bytes {
-            break;
-        }
         let event = read_at_location(loc)?;
         bytes = bytes.saturating_add(event.metadata.len() + event.payload.len());
         events.push(event);
+        if bytes >= max_bytes {
+            break;
+        }
     }
     Ok(events)
 }

@@ -214,6 +214,8 @@ pub(crate) struct Writer {
     durable_len: u64,
     /// File length: `len` plus zero-filled space written ahead (see `ensure_allocated`).
     allocated: u64,
+    /// The file was cut back (a failed batch) and not synced since.
+    cut_unsynced: bool,
     last_sync: Instant,
     failed: Option<String>,
     /// Appends in the previous group (drives the linger heuristic).
@@ -249,6 +251,7 @@ impl Writer {
             seg_first,
             len,
             durable_len: len,
+            cut_unsynced: false,
             allocated: len,
             last_sync: Instant::now(),
             failed: None,
@@ -642,14 +645,16 @@ impl Writer {
     /// Cuts the active segment back to `len` after a failed write or fsync. If even that
     /// fails, the writer stops (recovery on reopen sorts the file out).
     fn truncate_back(&mut self, len: u64, cause: &str) {
-        // Synced at once: a roll may follow right away and seal this segment, and a sealed
-        // segment whose cut did not last (its failed batch back after a crash) refused the
-        // next open, or made `repair` set aside the next segment's acknowledged events.
-        match self.file.set_len(len).and_then(|()| self.file.sync_data()) {
+        match self.file.set_len(len) {
             Ok(()) => {
                 self.len = len;
                 self.allocated = len;
-                self.durable_len = len;
+                self.durable_len = self.durable_len.min(len);
+                // The cut is durable only with the next sync: a roll must not seal this
+                // segment before (a sealed segment whose cut did not last, its failed batch
+                // back after a crash, refused the next open or made `repair` set aside the
+                // next segment's acknowledged events).
+                self.cut_unsynced = true;
             }
             Err(e) => self.poison(format!("{cause}, then truncating the segment failed: {e}")),
         }
@@ -700,6 +705,7 @@ impl Writer {
                     return;
                 }
                 self.durable_len = self.len;
+                self.cut_unsynced = false;
                 self.last_sync = Instant::now();
             }
         }
@@ -766,7 +772,10 @@ impl Writer {
             return;
         }
         match self.hook_sync() {
-            Ok(()) => self.durable_len = self.len,
+            Ok(()) => {
+                self.durable_len = self.len;
+                self.cut_unsynced = false;
+            }
             // Acknowledged appends may not be durable and cannot be taken back: stop writing.
             Err(e) => self.poison(format!("periodic fdatasync failed: {e}")),
         }
@@ -810,7 +819,7 @@ impl Writer {
         if let Some(f) = &self.failed {
             return Err(AppendError::WriterFailed { detail: f.clone() });
         }
-        if self.len > self.durable_len || self.allocated > self.len {
+        if self.len > self.durable_len || self.allocated > self.len || self.cut_unsynced {
             // Sealed segments end exactly after their last record: trim the zero-filled space.
             let trimmed = if self.allocated > self.len {
                 self.file.set_len(self.len)
@@ -824,6 +833,7 @@ impl Writer {
             }
             self.durable_len = self.len;
             self.allocated = self.len;
+            self.cut_unsynced = false;
         }
         let first = self.next_position();
         let dir = self.shared.dir.clone();

@@ -596,9 +596,10 @@ async fn list_events(
         } else {
             Vec::new()
         };
-        check_not_dropped(after, first.first().or(events.first()))?;
-        if events.is_empty() {
-            check_not_ahead(&state, p.org_id, after).await?;
+        let first = first.first().or(events.first());
+        check_not_dropped(after, first)?;
+        if first.is_none() {
+            check_nothing_after(&state, p.org_id, after).await?;
         }
     }
     let next_cursor = if more {
@@ -668,6 +669,9 @@ async fn read_stream(
         ReadDirection::Backward => None,
     };
     check_stream_not_dropped(&stream, from, direction, oldest_kept)?;
+    if events.is_empty() && oldest_kept.is_none() {
+        check_stream_wholly_kept(&state, p.org_id, &stream, from, direction).await?;
+    }
     let next_cursor = if more {
         events.last().map(|e| match direction {
             ReadDirection::Forward => (e.stream_version + 1).to_string(),
@@ -718,7 +722,7 @@ async fn subscribe(
             .await?;
         check_not_dropped(start, first.first())?;
         if first.is_empty() {
-            check_not_ahead(&state, p.org_id, start).await?;
+            check_nothing_after(&state, p.org_id, start).await?;
         }
     }
     let slot = SubscriptionSlot::take(&state, p.org_id)?;
@@ -822,11 +826,13 @@ fn check_stream_not_dropped(
     }
 }
 
-/// A reader resuming after a position the organization never reached (its log was restored
-/// from an older backup, or lost events in a crash under `interval`/`never` durability)
-/// would wait for events it has in fact seen numbers for, and skip the new ones given those
-/// numbers: `409 position_ahead`, naming the last position.
-async fn check_not_ahead(
+/// When nothing is kept after `after`, which of these it is: caught up (`after` is the last
+/// position); retention dropped every event after it (`410 events_dropped`: a reader resuming
+/// there would skip them without knowing); or the organization never reached `after` (its
+/// log was restored from an older backup, or lost events in a crash under `interval`/`never`
+/// durability): `409 position_ahead`, since the reader would wait for numbers that will go to
+/// other events.
+async fn check_nothing_after(
     state: &AppState,
     org: trueline_core::ids::OrgId,
     after: u64,
@@ -838,6 +844,57 @@ async fn check_not_ahead(
             format!(
                 "position {after} is past this organization's last event ({last}): the log does \
                  not hold what this reader saw; resume from after={last} or from the start"
+            ),
+        ));
+    }
+    if after < last {
+        // Read once more: an append that landed after the first read is not a drop.
+        let kept = state
+            .events
+            .events_after(org, after, ReadLimit::events(1), &EventFilter::default())
+            .await?;
+        if kept.is_empty() {
+            return Err(ApiError::new(
+                codes::EVENTS_DROPPED,
+                format!(
+                    "the events after position {after} up to {last} were dropped by retention \
+                     and nothing newer is kept (resume from after={last})"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// An empty stream page with nothing of the stream kept: if the wanted versions existed,
+/// retention dropped them all (`410 events_dropped`). Reading forward from the start (1) or
+/// past the last version is not a drop.
+async fn check_stream_wholly_kept(
+    state: &AppState,
+    org: trueline_core::ids::OrgId,
+    stream: &str,
+    from: u64,
+    direction: ReadDirection,
+) -> Result<(), ApiError> {
+    let last = state.events.stream_version(org, stream).await?;
+    let wanted_existed = match direction {
+        ReadDirection::Forward => from > 1 && from <= last,
+        ReadDirection::Backward => from >= 1 && last >= 1,
+    };
+    if !wanted_existed {
+        return Ok(());
+    }
+    // Read once more: an append that landed after the first read is not a drop.
+    let kept = state
+        .events
+        .read_stream(org, stream, from, direction, ReadLimit::events(1))
+        .await?;
+    if kept.is_empty() {
+        return Err(ApiError::new(
+            codes::EVENTS_DROPPED,
+            format!(
+                "the versions of stream {stream} up to {last} were dropped by retention and \
+                 nothing of it is kept"
             ),
         ));
     }

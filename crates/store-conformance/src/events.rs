@@ -500,7 +500,7 @@ pub async fn reads_stop_at_their_byte_bound(f: &EventsFixture) {
     );
     let tiny = ReadLimit {
         events: 100,
-        bytes: 1,
+        bytes: 0,
     };
     let one = f
         .events

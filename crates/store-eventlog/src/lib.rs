@@ -391,6 +391,10 @@ impl EventStore for FileEventStore {
         .map_err(|e| StoreError::Internal(e.to_string()))?
     }
 
+    async fn stream_version(&self, org: OrgId, stream: &str) -> Result<u64, StoreError> {
+        Ok(self.log.stream_version(engine_org(org), stream))
+    }
+
     async fn stats(&self, org: OrgId) -> Result<EventStats, StoreError> {
         let s = self.log.org_stats(engine_org(org));
         Ok(EventStats {

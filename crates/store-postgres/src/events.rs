@@ -79,24 +79,26 @@ fn record_from(row: &PgRow) -> Result<EventRecord, StoreError> {
     })
 }
 
-/// Decodes rows as they arrive, stopping after the event that brings data and metadata to
-/// `max_bytes` (the rest of the result is dropped with the stream, never held at once).
-async fn collect_within(
-    mut rows: futures_util::stream::BoxStream<'_, Result<sqlx::postgres::PgRow, sqlx::Error>>,
-    max_bytes: usize,
-) -> Result<Vec<EventRecord>, StoreError> {
-    use futures_util::TryStreamExt as _;
-    let mut events = Vec::new();
-    let mut bytes = 0usize;
-    while bytes < max_bytes {
-        let Some(row) = rows.try_next().await.map_err(db_error)? else {
-            break;
-        };
-        let event = record_from(&row)?;
-        bytes = bytes.saturating_add(event.data.len() + event.metadata.len());
-        events.push(event);
-    }
-    Ok(events)
+/// `limited` (a query of [`COLUMNS`] with its `ORDER BY … LIMIT`) bounded in bytes inside the
+/// database, so rows past the bound are neither sent nor decoded: a row is kept while the rows
+/// before it (in `order`) hold less than the bound, parameter `$bytes_param` (the row that
+/// reaches it is the last).
+fn bounded(limited: &str, order: &str, bytes_param: u8) -> String {
+    format!(
+        "SELECT {COLUMNS} FROM (
+             SELECT {COLUMNS},
+                    sum(octet_length(data) + octet_length(metadata)) OVER (ORDER BY {order})
+                      - (octet_length(data) + octet_length(metadata)) AS bytes_before
+             FROM ({limited}) limited
+         ) bounded
+         WHERE bytes_before < ${bytes_param}
+         ORDER BY {order}"
+    )
+}
+
+/// The byte bound as a parameter: at least 1 (the first event is always read).
+fn bytes_bound(limit: ReadLimit) -> i64 {
+    limit.bytes.clamp(1, i64::MAX as usize) as i64
 }
 
 fn check_limits(stream: &str, events: &[NewEvent], max: usize) -> Result<(), AppendRefusal> {
@@ -275,20 +277,27 @@ impl EventStore for PgEventStore {
         limit: ReadLimit,
         filter: &EventFilter,
     ) -> Result<Vec<EventRecord>, StoreError> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM events
+        let rows = sqlx::query(sqlx::AssertSqlSafe(bounded(
+            &format!(
+                "SELECT {COLUMNS} FROM events
              WHERE org_id = $1 AND position > $2
                AND ($3::text IS NULL OR event_type = $3)
                AND ($4::text IS NULL OR stream = $4)
              ORDER BY position LIMIT $5"
+            ),
+            "position",
+            6,
         )))
         .bind(org.0)
         .bind(after.min(i64::MAX as u64) as i64)
         .bind(filter.event_type.as_deref())
         .bind(filter.stream.as_deref())
         .bind(limit.events as i64)
-        .fetch(&self.pool);
-        collect_within(rows, limit.bytes).await
+        .bind(bytes_bound(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        rows.iter().map(record_from).collect()
     }
 
     async fn read_stream(
@@ -303,17 +312,24 @@ impl EventStore for PgEventStore {
             ReadDirection::Forward => (">=", "ASC"),
             ReadDirection::Backward => ("<=", "DESC"),
         };
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM events
+        let rows = sqlx::query(sqlx::AssertSqlSafe(bounded(
+            &format!(
+                "SELECT {COLUMNS} FROM events
              WHERE org_id = $1 AND stream = $2 AND stream_version {cmp} $3
              ORDER BY stream_version {order} LIMIT $4"
+            ),
+            &format!("stream_version {order}"),
+            5,
         )))
         .bind(org.0)
         .bind(stream)
         .bind(from.min(i64::MAX as u64) as i64)
         .bind(limit.events as i64)
-        .fetch(&self.pool);
-        collect_within(rows, limit.bytes).await
+        .bind(bytes_bound(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        rows.iter().map(record_from).collect()
     }
 
     async fn stats(&self, org: OrgId) -> Result<EventStats, StoreError> {
@@ -349,6 +365,18 @@ impl EventStore for PgEventStore {
                 .await
                 .map_err(db_error)?;
         Ok(last.unwrap_or(0) as u64)
+    }
+
+    async fn stream_version(&self, org: OrgId, stream: &str) -> Result<u64, StoreError> {
+        let version: Option<i64> = sqlx::query_scalar(
+            "SELECT version FROM event_streams WHERE org_id = $1 AND stream = $2",
+        )
+        .bind(org.0)
+        .bind(stream)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_error)?;
+        Ok(version.unwrap_or(0) as u64)
     }
 
     fn storage(&self) -> serde_json::Value {

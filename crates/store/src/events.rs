@@ -66,8 +66,9 @@ pub struct EventRecord {
 }
 
 /// How much one read returns at most: `events`, and events until their data and metadata
-/// reach `bytes` (the event that reaches it is the last; at least one). A read that returns
-/// fewer than `events` with at least `bytes` may have stopped early.
+/// reach `bytes` (the event that reaches it is the last; the first is always read, even with
+/// `bytes` 0). A read that returns fewer than `events` with at least `bytes` may have stopped
+/// early. (PostgreSQL applies the bound in the query: rows past it are not even sent.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReadLimit {
     pub events: usize,
@@ -242,6 +243,10 @@ pub trait EventStore: Send + Sync + 'static {
     async fn last_position(&self, org: OrgId) -> Result<u64, StoreError> {
         Ok(self.stats(org).await?.last_position)
     }
+
+    /// The stream's last version (0 when it never had an event), also when retention dropped
+    /// its events.
+    async fn stream_version(&self, org: OrgId, stream: &str) -> Result<u64, StoreError>;
 
     /// Storage-level facts for `/stats` and `/readyz` (segments, index size, recovery…).
     fn storage(&self) -> serde_json::Value;

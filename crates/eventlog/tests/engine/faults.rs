@@ -440,3 +440,72 @@ fn a_failure_in_a_chain_holds_back_only_the_appends_after_it() {
     ));
     assert_eq!(log.last_global_position(), 1);
 }
+
+/// Counts `fdatasync`s and fails the next one when asked.
+#[derive(Debug, Default)]
+struct SyncCounter {
+    fail_next: std::sync::atomic::AtomicBool,
+    syncs: std::sync::atomic::AtomicUsize,
+}
+
+impl trueline_eventlog::FaultHook for SyncCounter {
+    fn on_write(&self, _len: usize) -> Option<(usize, std::io::Error)> {
+        None
+    }
+    fn on_sync(&self) -> Option<std::io::Error> {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.syncs.fetch_add(1, SeqCst);
+        self.fail_next
+            .swap(false, SeqCst)
+            .then(|| std::io::Error::from_raw_os_error(5))
+    }
+}
+
+/// The `fdatasync`s of an append that rolls the segment, after a small append whose sync
+/// failed (`fail`) or succeeded.
+fn syncs_of_a_roll_after_a_small_append(fail: bool) -> usize {
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = tempdir();
+    let hook = Arc::new(SyncCounter::default());
+    let options = Options {
+        segment_size_bytes: 8 * 1024,
+        fault_hook: Some(hook.clone()),
+        ..Options::default()
+    };
+    let (log, _) = open_with(dir.path(), options);
+    let o = org(1);
+    for n in 1..=24 {
+        log.append(
+            o,
+            "s",
+            ExpectedVersion::Any,
+            vec![event(n, "t", &[b'p'; 150])],
+        )
+        .unwrap();
+    }
+    assert_eq!(log.storage_stats().segments, 1);
+    hook.fail_next.store(fail, SeqCst);
+    let small = log.append(o, "s", ExpectedVersion::Any, vec![event(100, "t", b"{}")]);
+    assert_eq!(small.is_err(), fail);
+    let before = hook.syncs.load(SeqCst);
+    log.append(
+        o,
+        "s",
+        ExpectedVersion::Any,
+        vec![event(101, "t", &[b'b'; 5000])],
+    )
+    .unwrap();
+    assert_eq!(log.storage_stats().segments, 2, "the big append rolled");
+    hook.syncs.load(SeqCst) - before
+}
+
+/// A batch whose `fdatasync` failed is cut off the segment; a roll right after must sync
+/// that cut before sealing the segment (it did not: nothing looked unsynced, and a crash
+/// could bring the failed batch back into a sealed segment, which the next open refuses).
+#[test]
+fn a_roll_right_after_a_failed_batch_syncs_the_cut_first() {
+    assert_eq!(
+        syncs_of_a_roll_after_a_small_append(true),
+        syncs_of_a_roll_after_a_small_append(false)
+    );
+}

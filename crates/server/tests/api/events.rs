@@ -715,6 +715,45 @@ async fn resuming_after_events_retention_dropped_is_410() {
     ] {
         assert_eq!(app.get(&path, &ann.token).await.status(), 200, "{path}");
     }
+    // Nothing of stream "default" (the first 60 events) is kept any more: reading it anywhere
+    // but from the start is the 410, not an empty page.
+    for path in [
+        "/api/v1/streams/default?from=2",
+        "/api/v1/streams/default?direction=backward",
+    ] {
+        assert_problem(app.get(path, &ann.token).await, 410, "events_dropped").await;
+    }
+    assert_eq!(
+        app.get("/api/v1/streams/default", &ann.token)
+            .await
+            .status(),
+        200
+    );
+    // Another organization's appends push out every event of Ann's: resuming after any of
+    // her positions but the last is the 410; at the last she is caught up.
+    let bob = app.sign_up("bob@example.com").await;
+    for i in 0..60 {
+        let body = json!({"type": "t", "data": "z".repeat(200), "metadata": {"i": i}});
+        assert_eq!(append(&app, &bob.token, body).await.status(), 201);
+    }
+    let stats: Value = app
+        .get("/api/v1/stats", &ann.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let last = stats["organization"]["last_position"].as_u64().unwrap();
+    assert_eq!(stats["organization"]["events"], json!(0), "{stats}");
+    assert_problem(
+        app.get("/api/v1/events?after=100", &ann.token).await,
+        410,
+        "events_dropped",
+    )
+    .await;
+    let caught_up = app
+        .get(&format!("/api/v1/events?after={last}"), &ann.token)
+        .await;
+    assert_eq!(caught_up.status(), 200);
 }
 
 /// Appends event 2 to `member`'s organization with another token of the same member.
