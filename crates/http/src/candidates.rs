@@ -446,13 +446,16 @@ async fn submit(
         // reading them and recording the submission, the store refuses (`answers_changed`)
         // and the submission is scored again on what was saved.
         let mut retries_left = SUBMIT_RETRIES;
+        // The submit's time is its arrival: retries after a concurrent save, and the reads
+        // before them, do not move it past the deadline (the sweeper leaves a request
+        // timeout for exactly such a submit).
+        let now = state.clock.now();
         loop {
             let mut s = session(&state, &token).await?;
             let attempt = s.attempt.clone().ok_or_else(|| ApiError::from(DomainError::InvalidTransition { from: "not_started", to: "submitted" }))?;
             if s.submission.is_some() {
                 return Err(DomainError::AlreadySubmitted.into());
             }
-            let now = state.clock.now();
             if now > attempt.deadline_at + grace(&state) {
                 return Err(DomainError::DeadlinePassed.into());
             }

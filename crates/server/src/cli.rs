@@ -131,7 +131,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 MigrateAction::Status => None,
                 _ => crate::startup::lock_sqlite(&config)?,
             };
-            let store = open_store(&config).await?;
+            let store = match action {
+                MigrateAction::Status => crate::startup::open_store_as_guest(&config).await?,
+                _ => open_store(&config).await?,
+            };
             match action {
                 MigrateAction::Up => {
                     let applied = store.migrate_up().await?;

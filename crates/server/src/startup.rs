@@ -117,6 +117,12 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     Ok(open_stores(config).await?.store)
 }
 
+/// The store for a read-only look beside a server that may be running (`migrate status`):
+/// SQLite without the checkpointer, which belongs to whoever holds the server lock.
+pub async fn open_store_as_guest(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(open_stores_with(config, false).await?.store)
+}
+
 /// The opened store, with its concrete handle.
 pub struct Stores {
     pub store: Arc<dyn Store>,
@@ -126,6 +132,10 @@ pub struct Stores {
 
 /// Opens the configured store (not migrated).
 pub async fn open_stores(config: &Config) -> anyhow::Result<Stores> {
+    open_stores_with(config, true).await
+}
+
+async fn open_stores_with(config: &Config, owner: bool) -> anyhow::Result<Stores> {
     let url = config.database_url();
     let acquire_timeout = Duration::from_millis(config.database.acquire_timeout_ms);
     if config.is_postgres() {
@@ -148,6 +158,7 @@ pub async fn open_stores(config: &Config) -> anyhow::Result<Stores> {
         })?;
         let options = SqliteOptions {
             acquire_timeout,
+            checkpoints: owner,
             ..SqliteOptions::default()
         };
         let store = SqliteStore::connect(&url, options)
@@ -190,6 +201,12 @@ pub fn lock_sqlite(config: &Config) -> anyhow::Result<Option<std::fs::File>> {
         .unwrap_or_default()
         .to_owned();
     let lock_path = format!("{path}.server-lock");
+    if let Some(dir) = std::path::Path::new(&lock_path).parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the directory of {lock_path}"))?;
+    }
     let lock = std::fs::File::options()
         .create(true)
         .truncate(false)
@@ -260,8 +277,11 @@ impl Application {
             crate::client_addr::parse_all(&config.server.trusted_proxies)
                 .map_err(|e| anyhow::anyhow!("server.trusted_proxies: {e}"))?
                 .into();
-        let Stores { store, pg, sqlite } = open_stores(&config).await?;
+        // The server lock first: opening the store starts its checkpointer, which must never
+        // run beside another server's (a refused second server's last round truncated the
+        // live WAL under the running one).
         let sqlite_lock = lock_sqlite(&config)?;
+        let Stores { store, pg, sqlite } = open_stores(&config).await?;
         let applied = store.migrate_up().await.context("applying migrations")?;
         if !applied.is_empty() {
             tracing::info!(event = "db.migrated", versions = ?applied, backend = store.backend());

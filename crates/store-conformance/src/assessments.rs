@@ -106,6 +106,30 @@ pub async fn published_versions_are_frozen_by_the_schema(f: &Fixture) {
         ),
         (id, 2, AssessmentStatus::Draft, 1)
     );
+    // A question moves neither out of the published version nor into it (each backend's
+    // guard looked at one side of the move only).
+    for statement in [
+        "UPDATE assessment_questions
+         SET assessment_id = (SELECT id FROM assessments WHERE status = 'draft'),
+             position = position + 100
+         WHERE assessment_id = (SELECT id FROM assessments WHERE status = 'published')",
+        "UPDATE assessment_questions
+         SET assessment_id = (SELECT id FROM assessments WHERE status = 'published'),
+             position = position + 100
+         WHERE assessment_id = (SELECT id FROM assessments WHERE status = 'draft')",
+    ] {
+        assert!(
+            f.raw.execute(statement).await.is_err(),
+            "{statement} must be refused"
+        );
+    }
+    // Writing a frozen setting unchanged is no change (both backends alike).
+    assert_eq!(
+        f.raw
+            .execute("UPDATE assessments SET title = title WHERE status = 'published'")
+            .await,
+        Ok(1)
+    );
 }
 
 pub async fn concurrent_publishes_never_exceed_the_quota(f: &Fixture) {

@@ -74,6 +74,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/0011_event_bytes.up.sql"),
         include_str!("../migrations/0011_event_bytes.down.sql"),
     ),
+    (
+        12,
+        "questions frozen both ways",
+        include_str!("../migrations/0012_questions_frozen_both_ways.up.sql"),
+        include_str!("../migrations/0012_questions_frozen_both_ways.down.sql"),
+    ),
 ];
 
 fn migrator() -> Migrator {

@@ -618,9 +618,7 @@ impl Drop for TokenWrite {
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 runtime.spawn(async move {
-                    if let Ok(mut conn) = writer.acquire().await {
-                        let _ = sqlx::query("SELECT 1").execute(&mut *conn).await;
-                    }
+                    writer.drain().await;
                     tokens.write_done();
                 });
             }

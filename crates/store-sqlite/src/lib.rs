@@ -56,6 +56,10 @@ pub struct SqliteOptions {
     pub readers: u32,
     /// How long a request waits for a connection before `dependency_unavailable`.
     pub acquire_timeout: Duration,
+    /// Run the checkpointer (and its final `TRUNCATE` at close). Only for the process that
+    /// owns the database (the server, or a tool holding the server lock): a guest beside a
+    /// running server must not reset the WAL under it.
+    pub checkpoints: bool,
 }
 
 impl Default for SqliteOptions {
@@ -63,6 +67,7 @@ impl Default for SqliteOptions {
         Self {
             readers: 4,
             acquire_timeout: Duration::from_secs(5),
+            checkpoints: true,
         }
     }
 }
@@ -97,6 +102,11 @@ impl SqliteStore {
             // Checkpoints run beside the writer (the `checkpoint` module), and the WAL
             // file is cut back after a reset so it does not stay at its high-water mark.
             .pragma("wal_autocheckpoint", "0")
+            // `REPLACE` (`INSERT OR REPLACE`) deletes the row it conflicts with; without
+            // recursive triggers that delete fires no trigger, so it went past every guard on
+            // deletes (the audit log's and history's immutability, the last-owner count). No
+            // trigger of the schema changes its own table, so nothing recurses.
+            .pragma("recursive_triggers", "ON")
             .pragma("journal_size_limit", (64 * 1024 * 1024).to_string());
         // One writer connection outside any pool (see `writer`). Its statement journals
         // (every multi-row statement of a combined batch keeps one, to undo just that
@@ -119,17 +129,19 @@ impl SqliteStore {
             .connect_with(connect.clone().read_only(true))
             .await
             .map_err(db_error)?;
-        let checkpointer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(connect.clone())
-            .await
-            .map_err(db_error)?;
         let alive = std::sync::Arc::new(());
-        tokio::spawn(checkpoint::checkpoint_continuously(
-            checkpointer,
-            writer.clone(),
-            std::sync::Arc::downgrade(&alive),
-        ));
+        if options.checkpoints {
+            let checkpointer = SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(connect.clone())
+                .await
+                .map_err(db_error)?;
+            tokio::spawn(checkpoint::checkpoint_continuously(
+                checkpointer,
+                writer.clone(),
+                std::sync::Arc::downgrade(&alive),
+            ));
+        }
         Ok(Self {
             writer,
             reader,

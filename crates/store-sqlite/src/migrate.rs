@@ -50,6 +50,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/0007_idempotency_holder.up.sql"),
         include_str!("../migrations/0007_idempotency_holder.down.sql"),
     ),
+    (
+        8,
+        "questions frozen both ways",
+        include_str!("../migrations/0008_questions_frozen_both_ways.up.sql"),
+        include_str!("../migrations/0008_questions_frozen_both_ways.down.sql"),
+    ),
 ];
 
 fn migrator() -> Migrator {

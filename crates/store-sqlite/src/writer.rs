@@ -214,6 +214,26 @@ impl Writer {
         Ok(WriteTx { conn, open: true })
     }
 
+    /// Returns once everything queued on the writer before this call has run, however long
+    /// that takes (or once it is closed): for a write whose request was dropped half-way,
+    /// whose `COMMIT` may still be queued behind a stalled `fsync`. A wait that times out is
+    /// tried again: declaring the write over then let a cache keep what it was about to
+    /// change (a revoked token served as valid until some later token write).
+    pub async fn drain(&self) {
+        loop {
+            match self.acquire().await {
+                Ok(mut conn) => {
+                    if let Err(e) = sqlx::query("SELECT 1").execute(&mut *conn).await {
+                        conn.note_error(&e);
+                    }
+                    return;
+                }
+                Err(_) if self.is_closed() => return,
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    }
+
     /// Whether someone holds the writer right now (for the pool gauges).
     pub fn busy(&self) -> bool {
         self.conn.try_lock().is_err()
@@ -265,6 +285,39 @@ mod tests {
             .fetch_one(&mut *c)
             .await
             .unwrap()
+    }
+
+    /// `drain` outlasts the acquire timeout: a holder stalled for longer (a `COMMIT` behind a
+    /// slow `fsync`) is waited for, not declared done.
+    #[tokio::test]
+    async fn drain_waits_for_a_holder_longer_than_the_acquire_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("d.db").display());
+        let options = SqliteConnectOptions::from_str(&url)
+            .unwrap()
+            .create_if_missing(true);
+        let conn = options.connect().await.unwrap();
+        let w = Arc::new(Writer::new(conn, options, Duration::from_millis(50)));
+        let held = w.acquire().await.unwrap();
+        let draining = tokio::spawn({
+            let w = w.clone();
+            async move { w.drain().await }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !draining.is_finished(),
+            "drain returned while the writer was held"
+        );
+        drop(held);
+        tokio::time::timeout(Duration::from_secs(5), draining)
+            .await
+            .expect("drain returns once the holder is done")
+            .unwrap();
+        // A closed writer ends a drain at once.
+        w.close().await;
+        tokio::time::timeout(Duration::from_secs(1), w.drain())
+            .await
+            .expect("closed");
     }
 
     #[tokio::test]

@@ -107,3 +107,33 @@ async fn a_revocation_dropped_half_way_never_leaves_the_token_cached_as_valid() 
         "rounds where the cache kept answering with the old token"
     );
 }
+
+/// `REPLACE` deletes the row it conflicts with; with recursive triggers on, that delete meets
+/// the same guards as any other: the last owner cannot be replaced by a viewer, an audit
+/// record or a history record cannot be rewritten.
+#[tokio::test]
+async fn replace_goes_through_the_guards_on_deletes() {
+    use trueline_store_conformance::fixtures::sign_up;
+    let f = sqlite_fixture().await;
+    sign_up(&f, "owner@example.com").await;
+    for (what, sql) in [
+        (
+            "the last owner replaced by a viewer",
+            "INSERT OR REPLACE INTO memberships (org_id, user_id, role, created_at, updated_at)
+             SELECT org_id, user_id, 'viewer', created_at, updated_at FROM memberships",
+        ),
+        (
+            "an audit record rewritten",
+            "REPLACE INTO audit_log SELECT * FROM audit_log",
+        ),
+    ] {
+        let result = f.raw.execute(sql).await;
+        assert!(result.is_err(), "{what}: {result:?}");
+    }
+    assert_eq!(
+        f.raw
+            .scalar("SELECT count(*) FROM memberships WHERE role = 'owner'")
+            .await,
+        1
+    );
+}
