@@ -204,25 +204,100 @@ pub fn classify_tail(
     if bad_offset >= file_len {
         return Ok(TailVerdict::Torn);
     }
-    let mut tail = vec![0u8; (file_len - bad_offset) as usize];
-    file.read_exact_at(&mut tail, bad_offset)?;
-    let max_pos = last_good_position + (tail.len() / RECORD_MIN_LEN) as u64 + 1;
-    let mut i = 1usize;
-    while i + RECORD_MIN_LEN <= tail.len() {
-        let c = &tail[i..];
+    // Read in windows (not the whole rest of the file at once: 2 GiB for a segment torn near
+    // its start): each holds the offsets it scans plus room for the longest record that can
+    // start there.
+    const WINDOW: u64 = 8 * 1024 * 1024;
+    const RECORD_MAX: u64 = (RECORD_PREFIX_LEN + BODY_LEN_LIMIT) as u64;
+    let total = file_len - bad_offset;
+    let max_pos = last_good_position + total / RECORD_MIN_LEN as u64 + 1;
+    let mut buf: Vec<u8> = Vec::new();
+    let mut buf_start = 0u64;
+    let mut pos = 1u64;
+    while pos + RECORD_MIN_LEN as u64 <= total {
+        if buf.is_empty() || pos - buf_start > WINDOW {
+            buf_start = pos;
+            let len = (WINDOW + RECORD_MAX).min(total - pos);
+            buf = vec![0u8; len as usize];
+            file.read_exact_at(&mut buf, bad_offset + pos)?;
+        }
+        let c = &buf[(pos - buf_start) as usize..];
         let plausible = body_len_of(c)
             .is_ok_and(|n| n <= BODY_LEN_LIMIT && RECORD_PREFIX_LEN + n <= c.len())
             && (last_good_position + 1..=max_pos).contains(&peek_global_position(c));
         if plausible && let Ok(r) = decode_record(c) {
             if u64::from(r.frame_start) > bad_offset {
                 return Ok(TailVerdict::Corrupt {
-                    later_record_at: bad_offset + i as u64,
+                    later_record_at: bad_offset + pos,
                 });
             }
-            i += r.len;
+            pos += r.len as u64;
             continue;
         }
-        i += 1;
+        pos += 1;
     }
     Ok(TailVerdict::Torn)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // Tests: a panic is the failure report.
+mod tests {
+    use super::*;
+    use crate::format::{RecordFields, encode_record};
+    use crate::types::{EventId, OrgId};
+    use std::io::Write;
+
+    fn record(position: u64, frame_start: u32) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_record(
+            &mut out,
+            &RecordFields {
+                global_position: position,
+                org_position: position,
+                stream_version: position,
+                timestamp_micros: 0,
+                event_id: EventId([7; 16]),
+                org: OrgId([1; 16]),
+                frame_start,
+                batch_index: 0,
+                batch_count: 1,
+                stream: "s",
+                event_type: "t",
+                metadata: b"{}",
+                payload: b"{}",
+            },
+        );
+        out
+    }
+
+    /// A later write's record far past the damage (beyond the first read window) is found:
+    /// the tail is read window by window, not all at once.
+    #[test]
+    fn a_later_record_beyond_the_first_window_is_found() {
+        let mut file = tempfile::tempfile().unwrap();
+        let bad = 100u64;
+        let garbage = vec![0xA5u8; 9 * 1024 * 1024];
+        file.write_all(&vec![0u8; bad as usize]).unwrap();
+        file.write_all(&garbage).unwrap();
+        let later_at = bad + garbage.len() as u64;
+        file.write_all(&record(11, (later_at) as u32)).unwrap();
+        let len = file.metadata().unwrap().len();
+        assert_eq!(
+            classify_tail(&file, bad, len, 10).unwrap(),
+            TailVerdict::Corrupt {
+                later_record_at: later_at
+            }
+        );
+        // The same record as part of the damaged write (its frame starts before the damage)
+        // is a torn tail.
+        let mut torn = tempfile::tempfile().unwrap();
+        torn.write_all(&vec![0u8; bad as usize]).unwrap();
+        torn.write_all(&garbage).unwrap();
+        torn.write_all(&record(11, 50)).unwrap();
+        let len = torn.metadata().unwrap().len();
+        assert_eq!(
+            classify_tail(&torn, bad, len, 10).unwrap(),
+            TailVerdict::Torn
+        );
+    }
 }
