@@ -420,7 +420,123 @@ impl Config {
         if let Some(url) = &overrides.database_url {
             figment = figment.merge(Serialized::default("database.url", url));
         }
-        figment.extract().map_err(Box::new)
+        let config: Config = figment.extract().map_err(Box::new)?;
+        let problems = config.problems();
+        if !problems.is_empty() {
+            return Err(Box::new(figment::Error::from(problems.join("; "))));
+        }
+        Ok(config)
+    }
+
+    /// Settings that would make the server misbehave rather than do what they say: zero
+    /// timeouts (every request or connection refused), "forever" values whose time arithmetic
+    /// overflows (a worker panics), a retention that deletes what it should keep. Empty when
+    /// all is well.
+    pub fn problems(&self) -> Vec<String> {
+        const DAY_MS: u64 = 86_400_000;
+        const TEN_YEARS_H: u64 = 87_600;
+        let mut problems = Vec::new();
+        let mut within = |name: &str, value: u64, low: u64, high: u64| {
+            if !(low..=high).contains(&value) {
+                problems.push(format!("{name} must be within {low}..={high} (is {value})"));
+            }
+        };
+        within(
+            "server.request_timeout_ms",
+            self.server.request_timeout_ms,
+            1,
+            DAY_MS,
+        );
+        within(
+            "server.header_read_timeout_ms",
+            self.server.header_read_timeout_ms,
+            1,
+            DAY_MS,
+        );
+        within(
+            "server.shutdown_drain_ms",
+            self.server.shutdown_drain_ms,
+            0,
+            DAY_MS,
+        );
+        within(
+            "server.shutdown_grace_ms",
+            self.server.shutdown_grace_ms,
+            0,
+            DAY_MS,
+        );
+        within(
+            "database.acquire_timeout_ms",
+            self.database.acquire_timeout_ms,
+            1,
+            DAY_MS,
+        );
+        within(
+            "idempotency.retention_hours",
+            self.idempotency.retention_hours,
+            1,
+            TEN_YEARS_H,
+        );
+        within("idempotency.lock_ms", self.idempotency.lock_ms, 1, DAY_MS);
+        within("outbox.lease_s", self.outbox.lease_s, 1, 86_400);
+        within(
+            "outbox.retention_hours",
+            self.outbox.retention_hours,
+            0,
+            TEN_YEARS_H,
+        );
+        within(
+            "webhooks.timeout_ms",
+            self.webhooks.timeout_ms,
+            1,
+            3_600_000,
+        );
+        within(
+            "webhooks.backoff_base_ms",
+            self.webhooks.backoff_base_ms,
+            1,
+            DAY_MS,
+        );
+        within(
+            "webhooks.backoff_max_ms",
+            self.webhooks.backoff_max_ms,
+            self.webhooks.backoff_base_ms,
+            DAY_MS,
+        );
+        within(
+            "assessments.submit_grace_s",
+            self.assessments.submit_grace_s,
+            0,
+            86_400,
+        );
+        within(
+            "events.retention_max_age_hours",
+            self.events.retention_max_age_hours,
+            0,
+            TEN_YEARS_H * 10,
+        );
+        if self.events.retention_max_bytes != 0
+            && self.events.retention_max_bytes < self.events.segment_size_bytes
+        {
+            problems.push(format!(
+                "events.retention_max_bytes ({}) must be 0 (keep all) or at least \
+                 events.segment_size_bytes ({}): below it every segment goes once sealed",
+                self.events.retention_max_bytes, self.events.segment_size_bytes
+            ));
+        }
+        // A level, or filter directives (`info,trueline=debug`); a lone word that is not a
+        // level would be read as a target name and log almost nothing.
+        let level = self.log.level.trim().to_ascii_lowercase();
+        let a_level = ["off", "error", "warn", "info", "debug", "trace"].contains(&level.as_str());
+        let directives = level.contains(['=', ','])
+            && tracing_subscriber::EnvFilter::try_new(&self.log.level).is_ok();
+        if !a_level && !directives {
+            problems.push(format!(
+                "log.level {:?} is not a level or filter (error, warn, info, debug, trace)",
+                self.log.level
+            ));
+        }
+        problems
     }
 
     /// The database URL in effect: the configured one or the SQLite file in the data dir.
@@ -444,42 +560,74 @@ impl Config {
         url.starts_with("postgres://") || url.starts_with("postgresql://")
     }
 
-    /// The configuration as TOML with secrets (database passwords) redacted.
+    /// The configuration as TOML with secrets (passwords and tokens in URLs) redacted.
     pub fn to_redacted_toml(&self) -> String {
         let mut shown = self.clone();
         shown.database.url = Some(redact_url(&self.database_url()));
+        shown.publish.nats.url = self.publish.nats.url.as_deref().map(redact_url);
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render config: {e}"))
     }
 }
 
-/// Replaces the password of `scheme://user:password@host/…` with `***`.
+/// Redacts the secrets of a URL: the password of `scheme://user:password@host/…`, the whole
+/// user part when it has no password (a token: `nats://token@host`; a user name of a database
+/// URL stays), and the values of query parameters that carry one (`password=`, `token=`, …).
 pub fn redact_url(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else {
         return url.to_owned();
     };
+    let scheme = &url[..scheme_end];
     let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    let Some(at) = authority.rfind('@') else {
-        return url.to_owned();
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let authority = match authority.rfind('@') {
+        None => authority.to_owned(),
+        Some(at) => {
+            let (userinfo, host) = authority.split_at(at);
+            match userinfo.find(':') {
+                Some(colon) => format!("{}:***{host}", &userinfo[..colon]),
+                None if scheme.starts_with("postgres") => authority.to_owned(),
+                None => format!("***{host}"),
+            }
+        }
     };
-    let userinfo = &authority[..at];
-    let Some(colon) = userinfo.find(':') else {
-        return url.to_owned();
+    let tail = match tail.split_once('?') {
+        None => tail.to_owned(),
+        Some((path, query)) => {
+            let params: Vec<String> = query
+                .split('&')
+                .map(|param| match param.split_once('=') {
+                    Some((name, _)) if is_secret_parameter(name) => format!("{name}=***"),
+                    _ => param.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", params.join("&"))
+        }
     };
-    format!(
-        "{}://{}:***{}",
-        &url[..scheme_end],
-        &userinfo[..colon],
-        &rest[at..]
-    )
+    format!("{scheme}://{authority}{tail}")
+}
+
+fn is_secret_parameter(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    [
+        "password",
+        "passwd",
+        "pass",
+        "token",
+        "secret",
+        "sslpassword",
+    ]
+    .iter()
+    .any(|secret| name == *secret)
 }
 
 /// `TRUELINE_TEST_*` (after the prefix: `TEST_*`) belong to the test suites (database and
 /// broker URLs), not to the configuration: a shell exporting them can still run the server.
 fn is_configuration_key(key: &str) -> bool {
+    // `TRUELINE_CONFIG` names the file (`--config`), it is not a setting in it.
     !key.get(..5)
         .is_some_and(|p| p.eq_ignore_ascii_case("test_"))
+        && !key.eq_ignore_ascii_case("config")
 }
 
 #[cfg(test)]
@@ -502,6 +650,41 @@ mod tests {
         );
         assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redact_url("sqlite://./data/x.db"), "sqlite://./data/x.db");
+        assert_eq!(
+            redact_url("postgres://app@db/x?sslmode=require&password=hunter2"),
+            "postgres://app@db/x?sslmode=require&password=***"
+        );
+        assert_eq!(redact_url("nats://s3cr3t@h:4222"), "nats://***@h:4222");
+        assert_eq!(redact_url("nats://u:p@h:4222"), "nats://u:***@h:4222");
+        assert_eq!(redact_url("nats://h:4222"), "nats://h:4222");
+    }
+
+    #[test]
+    fn the_defaults_have_no_problems_and_broken_values_are_named() {
+        assert_eq!(Config::default().problems(), Vec::<String>::new());
+        let mut broken = Config::default();
+        broken.server.request_timeout_ms = 0;
+        broken.idempotency.retention_hours = 1_000_000_000;
+        broken.webhooks.backoff_base_ms = 0;
+        broken.events.retention_max_bytes = 1;
+        broken.log.level = "loud".into();
+        let problems = broken.problems().join("\n");
+        for name in [
+            "server.request_timeout_ms",
+            "idempotency.retention_hours",
+            "webhooks.backoff_base_ms",
+            "events.retention_max_bytes",
+            "log.level",
+        ] {
+            assert!(problems.contains(name), "{name} not in {problems}");
+        }
+    }
+
+    #[test]
+    fn trueline_config_names_the_file_and_is_not_a_setting() {
+        assert!(!is_configuration_key("CONFIG"));
+        assert!(!is_configuration_key("config"));
+        assert!(is_configuration_key("CONFIG__X"));
     }
 
     #[test]

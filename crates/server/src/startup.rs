@@ -170,7 +170,10 @@ async fn open_stores_with(config: &Config, owner: bool) -> anyhow::Result<Stores
             sqlite: Some(store),
         })
     } else {
-        anyhow::bail!("database.url must start with sqlite:// or postgres:// (got {url})")
+        anyhow::bail!(
+            "database.url must start with sqlite:// or postgres:// (got {})",
+            crate::config::redact_url(&url)
+        )
     }
 }
 
@@ -189,10 +192,11 @@ pub struct Application {
 /// beside a running one, gets a clear error. `None` for PostgreSQL. Taken before anything
 /// writes to the database: a second server used to migrate the live database first.
 pub fn lock_sqlite(config: &Config) -> anyhow::Result<Option<std::fs::File>> {
-    if config.is_postgres() {
+    let url = config.database_url();
+    // Not SQLite (PostgreSQL, or a scheme opening the store will refuse): no file to lock.
+    if config.is_postgres() || !url.starts_with("sqlite:") {
         return Ok(None);
     }
-    let url = config.database_url();
     let path = url
         .trim_start_matches("sqlite://")
         .trim_start_matches("sqlite:")
@@ -416,9 +420,27 @@ impl Application {
                 tracing::warn!(event = "server.grace_expired", grace_ms = grace.as_millis() as u64);
             }
         }
+        // Workers finish their current step, within the grace once more: one stuck on a
+        // dependency that stopped answering (a blackholed database) must not keep the process
+        // from exiting (a second signal does nothing once the first is handled).
         let _ = stop_workers.send(true);
-        for worker in workers {
-            let _ = worker.await;
+        let aborts: Vec<_> = workers
+            .iter()
+            .map(tokio::task::JoinHandle::abort_handle)
+            .collect();
+        if tokio::time::timeout(grace, futures_util::future::join_all(workers))
+            .await
+            .is_err()
+        {
+            let unfinished = aborts.iter().filter(|a| !a.is_finished()).count();
+            tracing::warn!(
+                event = "server.workers_unfinished",
+                unfinished,
+                grace_ms = grace.as_millis() as u64
+            );
+            for abort in aborts {
+                abort.abort();
+            }
         }
         tracing::info!(event = "server.stopped");
         Ok(())

@@ -12,6 +12,28 @@ use tokio::task::JoinHandle;
 use trueline_http::State;
 use trueline_store::{Destination, StoreError};
 
+/// Spawns a background worker whose panic is reported (a JSON `server.worker_panicked` line
+/// and `worker_panics_total{worker}`) instead of ending it in silence. It is not restarted:
+/// whatever it held may be half-changed, and the outbox lag it leaves behind is reported on
+/// its own (`outbox_lag_seconds`, and `/readyz` warns past `outbox.lag_warn_s`).
+fn spawn_worker<F>(name: &'static str, work: F) -> JoinHandle<()>
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    use futures_util::FutureExt as _;
+    tokio::spawn(async move {
+        if let Err(panic) = std::panic::AssertUnwindSafe(work).catch_unwind().await {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|m| (*m).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            metrics::counter!("worker_panics_total", "worker" => name).increment(1);
+            tracing::error!(event = "server.worker_panicked", worker = name, message);
+        }
+    })
+}
+
 /// Starts every background worker.
 pub fn spawn_all(
     state: &State,
@@ -35,57 +57,72 @@ pub fn spawn_all(
     let nats = config.publish.nats.url.is_some();
     let mut workers = vec![
         // Idempotency records older than their retention.
-        tokio::spawn(purge_periodically(
-            state.clone(),
-            Purge {
-                retention: Duration::from_secs(config.idempotency.retention_hours * 3600),
-                interval: Duration::from_secs(config.idempotency.purge_interval_s.max(1)),
-                purged: "idempotency.purged",
-                failed: "idempotency.purge_failed",
-            },
-            stop.clone(),
-            |state, before, limit| async move { state.store.purge_idempotency(before, limit).await },
-        )),
+        spawn_worker(
+            "idempotency_purge",
+            purge_periodically(
+                state.clone(),
+                Purge {
+                    retention: Duration::from_secs(config.idempotency.retention_hours * 3600),
+                    interval: Duration::from_secs(config.idempotency.purge_interval_s.max(1)),
+                    purged: "idempotency.purged",
+                    failed: "idempotency.purge_failed",
+                },
+                stop.clone(),
+                |state, before, limit| async move { state.store.purge_idempotency(before, limit).await },
+            ),
+        ),
         // Outbox rows every destination published, older than their retention.
-        tokio::spawn(purge_periodically(
-            state.clone(),
-            Purge {
-                retention: Duration::from_secs(config.outbox.retention_hours * 3600),
-                interval: Duration::from_secs(config.outbox.purge_interval_s.max(1)),
-                purged: "outbox.purged",
-                failed: "outbox.purge_failed",
-            },
-            stop.clone(),
-            move |state, before, limit| async move {
-                state.store.purge_outbox(before, nats, limit).await
-            },
-        )),
-        tokio::spawn(webhooks::run(state.clone(), webhooks, stop.clone())),
-        tokio::spawn(watch_lag(state.clone(), stop.clone())),
-        tokio::spawn(submit_overdue_attempts(
-            state.clone(),
-            Duration::from_secs(config.assessments.sweep_interval_s.max(1)),
-            stop.clone(),
-        )),
+        spawn_worker(
+            "outbox_purge",
+            purge_periodically(
+                state.clone(),
+                Purge {
+                    retention: Duration::from_secs(config.outbox.retention_hours * 3600),
+                    interval: Duration::from_secs(config.outbox.purge_interval_s.max(1)),
+                    purged: "outbox.purged",
+                    failed: "outbox.purge_failed",
+                },
+                stop.clone(),
+                move |state, before, limit| async move {
+                    state.store.purge_outbox(before, nats, limit).await
+                },
+            ),
+        ),
+        spawn_worker(
+            "webhooks",
+            webhooks::run(state.clone(), webhooks, stop.clone()),
+        ),
+        spawn_worker("outbox_lag", watch_lag(state.clone(), stop.clone())),
+        spawn_worker(
+            "assessment_sweeper",
+            submit_overdue_attempts(
+                state.clone(),
+                Duration::from_secs(config.assessments.sweep_interval_s.max(1)),
+                stop.clone(),
+            ),
+        ),
     ];
     if !config.outbox.relay_enabled {
         return workers;
     }
-    workers.push(tokio::spawn(relay::run(
-        state.clone(),
-        Destination::EventLog,
-        relay.clone(),
-        None,
-        state.outbox_wake.clone(),
-        stop.clone(),
-    )));
+    workers.push(spawn_worker(
+        "relay_eventlog",
+        relay::run(
+            state.clone(),
+            Destination::EventLog,
+            relay.clone(),
+            None,
+            state.outbox_wake.clone(),
+            stop.clone(),
+        ),
+    ));
     if let Some(url) = config.publish.nats.url.clone() {
         let stream = config.publish.nats.stream.clone();
         let prefix = config.publish.nats.subject_prefix.clone();
         let window = std::time::Duration::from_secs(config.publish.nats.duplicate_window_s);
         let state = state.clone();
         let mut stop = stop.clone();
-        workers.push(tokio::spawn(async move {
+        workers.push(spawn_worker("relay_nats", async move {
             let mut failures = 0;
             let mut client = None;
             let nats = loop {

@@ -32,6 +32,7 @@ async fn lease(
                 t + Duration::seconds(30),
                 max_orgs,
                 100,
+                &[],
             )
             .await
             .expect("lease");
@@ -83,6 +84,7 @@ pub async fn outbox_rows_are_leased_per_organization_in_sequence_order(f: &Fixtu
             t + Duration::seconds(30),
             10,
             100,
+            &[],
         )
         .await
         .expect("lease");

@@ -449,6 +449,16 @@ async fn reissue_invite(
     i: &NewInvite,
     now: OffsetDateTime,
 ) -> Result<bool, StoreError> {
+    // The invite locked first, and the attempt looked for by the next statement: a start
+    // holding it (its attempt not committed yet) is waited for and then seen. In one UPDATE
+    // the waiting row would be updated without its `NOT EXISTS` read again, and a candidate
+    // mid-attempt would lose their token.
+    sqlx::query("SELECT 1 FROM invites WHERE assessment_id = $1 AND email = $2 FOR UPDATE")
+        .bind(assessment)
+        .bind(i.email.as_str())
+        .execute(&mut **tx)
+        .await
+        .map_err(db_error)?;
     let done = sqlx::query(
         "UPDATE invites SET token_hash = $3, expires_at = $4, revoked_at = NULL, name = $5,
                             via_share_link = false

@@ -100,23 +100,34 @@ impl DeliveryStore for PgStore {
         until: OffsetDateTime,
         max_orgs: u32,
         max_rows: u32,
+        skip: &[OrgId],
     ) -> Result<Vec<OutboxRow>, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(db_error)?;
         let candidates = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT org_id, min(ord) AS first FROM outbox WHERE {} GROUP BY org_id
              ORDER BY first LIMIT $1",
             pending(destination)
         )))
-        .bind(i64::from(max_orgs) * 4)
-        .fetch_all(&mut *tx)
+        .bind(i64::from(max_orgs) * 4 + skip.len() as i64)
+        .fetch_all(&self.pool)
         .await
         .map_err(db_error)?;
-        let mut leased: Vec<OrgId> = Vec::new();
+        let mut wanted: Vec<OrgId> = Vec::new();
         for row in candidates {
+            let org = OrgId(row.try_get("org_id").map_err(db_error)?);
+            if !skip.contains(&org) {
+                wanted.push(org);
+            }
+        }
+        // Each lease is taken in a statement of its own (autocommit), oldest rows first: an
+        // upsert locks its lease row even when its WHERE fails, and in one transaction two
+        // relays whose snapshots ordered two organizations differently (a publish in between)
+        // could each hold one and wait for the other (a deadlock, a failed round). Leases are
+        // independent of each other; a crash between two leaves one to expire.
+        let mut leased: Vec<OrgId> = Vec::new();
+        for org in wanted {
             if leased.len() >= max_orgs as usize {
                 break;
             }
-            let org = OrgId(row.try_get("org_id").map_err(db_error)?);
             let taken = sqlx::query(
                 "INSERT INTO outbox_leases (destination, org_id, holder, until)
                  VALUES ($1, $2, $3, $4)
@@ -129,7 +140,7 @@ impl DeliveryStore for PgStore {
             .bind(holder)
             .bind(until)
             .bind(now)
-            .execute(&mut *tx)
+            .execute(&self.pool)
             .await
             .map_err(db_error)?;
             if taken.rows_affected() == 1 {
@@ -145,7 +156,7 @@ impl DeliveryStore for PgStore {
             )))
             .bind(org.0)
             .bind(i64::from(max_rows))
-            .fetch_all(&mut *tx)
+            .fetch_all(&self.pool)
             .await
             .map_err(db_error)?;
             for row in rows {
@@ -163,7 +174,6 @@ impl DeliveryStore for PgStore {
                 });
             }
         }
-        tx.commit().await.map_err(db_error)?;
         Ok(out)
     }
 

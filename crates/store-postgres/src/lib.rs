@@ -109,13 +109,20 @@ pub(crate) fn db_error(e: sqlx::Error) -> StoreError {
         | sqlx::Error::PoolClosed
         | sqlx::Error::Io(_)
         | sqlx::Error::Tls(_) => StoreError::Unavailable(e.to_string()),
-        // 57P01 admin_shutdown, 57P03 cannot_connect_now, 08xxx connection exceptions; and
-        // what a retry can get past: 57014 statement timeout (a lock waited on too long),
-        // 40P01 deadlock detected, 40001 serialization failure. Like SQLite's "database is
-        // locked": 503 with Retry-After, not a 500 that reads as a bug.
+        // 57P01 admin_shutdown, 57P02 crash_shutdown (every session after a backend crash),
+        // 57P03 cannot_connect_now, 08xxx connection exceptions, 25006 read-only transaction
+        // (a failover, or a standby), 53100/53200 disk full / out of memory; and what a retry
+        // can get past: 57014 statement timeout (a lock waited on too long), 55P03 lock not
+        // available, 40P01 deadlock detected, 40001 serialization failure. Like SQLite's
+        // "database is locked": 503 with Retry-After, not a 500 that reads as a bug.
         sqlx::Error::Database(d)
             if d.code().is_some_and(|c| {
-                c.starts_with("08") || ["57P01", "57P03", "57014", "40P01", "40001"].contains(&&*c)
+                c.starts_with("08")
+                    || [
+                        "57P01", "57P02", "57P03", "25006", "53100", "53200", "57014", "55P03",
+                        "40P01", "40001",
+                    ]
+                    .contains(&&*c)
             }) =>
         {
             StoreError::Unavailable(e.to_string())

@@ -135,41 +135,80 @@ impl PgStore {
 const MIGRATE_LOCK: &str = "SELECT pg_advisory_lock(hashtextextended('trueline.migrate', 0))";
 const MIGRATE_UNLOCK: &str = "SELECT pg_advisory_unlock(hashtextextended('trueline.migrate', 0))";
 
+/// A connection for a migration step: under the migrate lock, and without the pool's
+/// statement timeout (waiting for the lock behind another instance's migration, or one long
+/// statement such as an index build on a big table, must not fail after 30 s and make every
+/// instance's start fail the same way).
+async fn migration_turn(
+    store: &PgStore,
+) -> Result<sqlx::pool::PoolConnection<sqlx::Postgres>, StoreError> {
+    let mut turn = store.pool.acquire().await.map_err(db_error)?;
+    sqlx::query("SET statement_timeout = 0")
+        .execute(&mut *turn)
+        .await
+        .map_err(db_error)?;
+    sqlx::query(MIGRATE_LOCK)
+        .execute(&mut *turn)
+        .await
+        .map_err(db_error)?;
+    Ok(turn)
+}
+
+/// Gives the lock back and the pool's statement timeout; a connection that cannot be reset
+/// is closed (a session lock lives as long as its connection: never back into the pool).
+async fn end_turn(mut turn: sqlx::pool::PoolConnection<sqlx::Postgres>) {
+    let unlocked = sqlx::query(MIGRATE_UNLOCK)
+        .execute(&mut *turn)
+        .await
+        .is_ok();
+    let reset = sqlx::query("RESET statement_timeout")
+        .execute(&mut *turn)
+        .await
+        .is_ok();
+    if !(unlocked && reset) {
+        let _ = sqlx::Connection::close(turn.detach()).await;
+    }
+}
+
 #[async_trait::async_trait]
 impl Migrations for PgStore {
     async fn migrate_up(&self) -> Result<Vec<i64>, StoreError> {
-        let mut turn = self.pool.acquire().await.map_err(db_error)?;
-        sqlx::query(MIGRATE_LOCK)
-            .execute(&mut *turn)
-            .await
-            .map_err(db_error)?;
+        let mut turn = migration_turn(self).await?;
         let result = async {
             let before = self.applied_versions().await?;
-            migrator().run(&self.pool).await.map_err(migrate_error)?;
+            // (`run_direct`: `run` on a borrowed connection trips the "`Acquire` is not
+            // general enough" limit inside the trait's boxed future.)
+            migrator()
+                .run_direct(None, &mut *turn, false)
+                .await
+                .map_err(migrate_error)?;
             let after = self.applied_versions().await?;
             Ok(after.into_iter().filter(|v| !before.contains(v)).collect())
         }
         .await;
-        if sqlx::query(MIGRATE_UNLOCK)
-            .execute(&mut *turn)
-            .await
-            .is_err()
-        {
-            // A session lock lives as long as its connection: never back into the pool.
-            let _ = sqlx::Connection::close(turn.detach()).await;
-        }
+        end_turn(turn).await;
         result
     }
 
+    /// Under the migrate lock too: what is applied is read and undone in one turn, so an
+    /// instance migrating up meanwhile cannot have its new version undone with them.
     async fn migrate_down(&self, steps: u32) -> Result<Vec<i64>, StoreError> {
-        let applied = self.applied_versions().await?;
-        let keep = applied.len().saturating_sub(steps as usize);
-        let target = if keep == 0 { 0 } else { applied[keep - 1] };
-        migrator()
-            .undo(&self.pool, target)
-            .await
-            .map_err(migrate_error)?;
-        Ok(applied[keep..].iter().rev().copied().collect())
+        let turn = migration_turn(self).await?;
+        let result = async {
+            let applied = self.applied_versions().await?;
+            let keep = applied.len().saturating_sub(steps as usize);
+            let target = if keep == 0 { 0 } else { applied[keep - 1] };
+            // On a pooled connection of its own (sqlx has no `undo` for a borrowed one), with
+            // the pool's statement timeout: down migrations are an operator's step.
+            migrator()
+                .undo(&self.pool, target)
+                .await
+                .map_err(migrate_error)?;
+            Ok(applied[keep..].iter().rev().copied().collect())
+        }
+        .await;
+        end_turn(turn).await;
+        result
     }
 
     async fn migration_status(&self) -> Result<Vec<MigrationStatus>, StoreError> {

@@ -100,13 +100,14 @@ impl DeliveryStore for SqliteStore {
         until: OffsetDateTime,
         max_orgs: u32,
         max_rows: u32,
+        skip: &[OrgId],
     ) -> Result<Vec<OutboxRow>, StoreError> {
         let candidates = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT org_id, min(seq) AS first FROM outbox WHERE {} GROUP BY org_id
              ORDER BY first LIMIT ?1",
             pending(destination)
         )))
-        .bind(i64::from(max_orgs) * 4)
+        .bind(i64::from(max_orgs) * 4 + skip.len() as i64)
         .fetch_all(&self.reader)
         .await
         .map_err(db_error)?;
@@ -115,7 +116,10 @@ impl DeliveryStore for SqliteStore {
         }
         let mut candidate_orgs = Vec::with_capacity(candidates.len());
         for row in candidates {
-            candidate_orgs.push(OrgId(row.try_get("org_id").map_err(db_error)?));
+            let org = OrgId(row.try_get("org_id").map_err(db_error)?);
+            if !skip.contains(&org) {
+                candidate_orgs.push(org);
+            }
         }
         // Leases of ours with at least half their time left need no renewal this round.
         let fresh_until = now + (until - now) / 2;

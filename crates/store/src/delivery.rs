@@ -166,6 +166,9 @@ pub trait DeliveryStore: Send + Sync {
     /// lease is free, expired or already ours) and returns up to `max_rows` of each one's
     /// pending rows in sequence order.
     #[allow(clippy::too_many_arguments)]
+    /// `skip`: organizations the caller is not taking now (backing off after failures); they
+    /// neither take a place among `max_orgs` nor keep others out.
+    #[allow(clippy::too_many_arguments)]
     async fn lease_outbox(
         &self,
         destination: Destination,
@@ -174,6 +177,7 @@ pub trait DeliveryStore: Send + Sync {
         until: OffsetDateTime,
         max_orgs: u32,
         max_rows: u32,
+        skip: &[OrgId],
     ) -> Result<Vec<OutboxRow>, StoreError>;
 
     /// Marks rows published for `destination` and inserts `deliveries` (ignoring ones that

@@ -86,6 +86,16 @@ impl Answer {
                                 "must be at most {SHORT_ANSWER_CHARS_MAX} characters, got {chars}"
                             ),
                         ))
+                    } else if s
+                        .chars()
+                        .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
+                    {
+                        // A NUL cannot be stored in PostgreSQL's JSON (a 500 there, accepted
+                        // by SQLite); no control character belongs in a typed answer.
+                        Err(Invalid::new(
+                            codes::CONTROL_CHARACTER,
+                            "must not contain control characters (tabs and line breaks are fine)",
+                        ))
                     } else {
                         Ok(Answer::ShortText(s.clone()))
                     }
@@ -248,6 +258,16 @@ mod tests {
         assert_eq!(code(&text, json!(1)), Err(codes::INVALID_TYPE));
         assert_eq!(code(&text, json!("é".repeat(1001))), Err(codes::TOO_LONG));
         assert!(code(&text, json!("é".repeat(1000))).is_ok());
+        // A NUL (PostgreSQL's JSON cannot hold it) or another control character is refused;
+        // tabs and line breaks are text.
+        for bad in ["a\u{0}b", "a\u{7}", "\u{7f}", "\u{85}"] {
+            assert_eq!(
+                code(&text, json!(bad)),
+                Err(codes::CONTROL_CHARACTER),
+                "{bad:?}"
+            );
+        }
+        assert!(code(&text, json!("two\nlines\tand\r")).is_ok());
         let number = spec(json!({"type": "numeric", "prompt": "p", "value": 1}));
         assert_eq!(code(&number, json!("2")), Err(codes::INVALID_TYPE));
     }

@@ -242,7 +242,6 @@ fn deliveries(rows: &[OutboxRow], published: &[i64], hooks: &[Webhook]) -> Vec<N
 /// What one round did.
 struct Round {
     published: usize,
-    failed: bool,
     /// Rows were found (so this instance holds leases).
     found: bool,
     /// The round was limited by `rows_per_org` or `orgs_per_round`: more is waiting.
@@ -266,6 +265,15 @@ async fn round(
 ) -> Result<Round, String> {
     let now = state.clock.now();
     let lease = time::Duration::try_from(settings.lease).unwrap_or(time::Duration::seconds(30));
+    // Organizations backing off are not leased at all: leased and then set aside, the ones
+    // failing longest (they hold the oldest rows) took every place of a round, and healthy
+    // organizations behind them waited for as long as they failed.
+    let started = std::time::Instant::now();
+    let waiting: Vec<OrgId> = backing_off
+        .iter()
+        .filter(|(_, (_, until))| *until > started)
+        .map(|(org, _)| *org)
+        .collect();
     let rows = state
         .store
         .lease_outbox(
@@ -275,13 +283,13 @@ async fn round(
             now + lease,
             settings.orgs_per_round,
             settings.rows_per_org,
+            &waiting,
         )
         .await
         .map_err(|e| e.to_string())?;
     if rows.is_empty() {
         return Ok(Round {
             published: 0,
-            failed: false,
             found: false,
             full: false,
         });
@@ -293,10 +301,8 @@ async fn round(
             _ => by_org.push((row.org_id, vec![row])),
         }
     }
-    // Organizations backing off keep their leases (renewed by this round) and wait. Entries
-    // long past their time (the organization moved to another instance, or its rows were
-    // dealt with) are forgotten, so the map holds only organizations failing now.
-    let started = std::time::Instant::now();
+    // Entries long past their time (the organization moved to another instance, or its rows
+    // were dealt with) are forgotten, so the map holds only organizations failing now.
     backing_off.retain(|_, (_, until)| *until + settings.backoff_max > started);
     by_org.retain(|(org, _)| {
         backing_off
@@ -316,16 +322,13 @@ async fn round(
         }
     }))
     .await;
-    let tried = by_org.len();
     let mut published = Vec::new();
-    let mut failed_orgs = 0;
     for ((org, _), (done, failure)) in by_org.iter().zip(results) {
         published.extend(done);
         if failure.is_none() {
             backing_off.remove(org);
         }
         if let Some((seqs, error)) = failure {
-            failed_orgs += 1;
             let failures = backing_off.get(org).map_or(1, |(n, _)| n + 1);
             let wait = backoff(failures, settings.backoff_base, settings.backoff_max);
             backing_off.insert(*org, (failures, std::time::Instant::now() + wait));
@@ -362,11 +365,14 @@ async fn round(
         metrics::counter!("outbox_published_total", "destination" => destination.as_str())
             .increment(published.len() as u64);
     }
+    // Failing organizations back off each on their own, and are not leased while they wait;
+    // the relay as a whole backs off only when it cannot work at all (`Err`). (It also did
+    // when every organization a round tried failed: with more failing organizations than a
+    // round takes, that was every round, and healthy organizations waited for up to
+    // `backoff_max` each time. A destination that is down costs one attempt per
+    // organization per backoff period.)
     Ok(Round {
         published: published.len(),
-        // The relay itself backs off only when every organization it tried failed (the
-        // destination is down, most likely); single organizations back off on their own.
-        failed: failed_orgs > 0 && failed_orgs == tried,
         found: true,
         full,
     })
@@ -397,7 +403,7 @@ pub async fn run(
         )
         .await;
         let wait = match outcome {
-            Ok(round) if !round.failed => {
+            Ok(round) => {
                 failures = 0;
                 holding = round.found;
                 if !round.found {
@@ -415,15 +421,6 @@ pub async fn run(
                 } else {
                     None
                 }
-            }
-            Ok(round) => {
-                holding = round.found;
-                failures += 1;
-                Some(backoff(
-                    failures,
-                    settings.backoff_base,
-                    settings.backoff_max,
-                ))
             }
             Err(error) => {
                 failures += 1;

@@ -95,6 +95,7 @@ async fn leased_by(
                 now + time::Duration::seconds(30),
                 10,
                 100,
+                &[],
             )
             .await
             .unwrap();
@@ -343,6 +344,34 @@ async fn a_failing_organization_does_not_hold_back_the_others() {
         .scalar("SELECT attempts FROM outbox WHERE event_type = 'test.big'")
         .await;
     assert!(failures >= 3, "the big row was tried {failures} times");
+
+    // More failing organizations than a round takes (16), all with rows older than bob's:
+    // leased and set aside, they took every place of every round, and bob waited for as long
+    // as they failed. Backing off, they are not leased at all.
+    for i in 0..20 {
+        let org = app.sign_up(&format!("failing{i}@example.com")).await;
+        app.execute(&format!(
+            "INSERT INTO outbox (event_id, org_id, event_type, stream, payload, created_at)
+             VALUES (randomblob(16), {}, 'test.big', 'big', '{payload}', 0)",
+            org_literal(&app, &org.org_id)
+        ))
+        .await
+        .unwrap();
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    for round in 0..3 {
+        let before = log_of(&app, &bob.token).await.len();
+        app.create_item(&bob.token, &format!("Later {round}"), 1)
+            .await;
+        let started = std::time::Instant::now();
+        while log_of(&app, &bob.token).await.len() == before {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(2),
+                "bob's change {round} waited behind 20 failing organizations"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
 }
 
 async fn a_change_and_its_outbox_row_exist_together_or_not_at_all(backend: Backend) {

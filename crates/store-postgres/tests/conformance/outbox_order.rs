@@ -40,6 +40,7 @@ async fn relay_round(store: &PgStore) -> Vec<(String, i64)> {
             now + time::Duration::seconds(30),
             10,
             1000,
+            &[],
         )
         .await
         .unwrap();
