@@ -152,7 +152,9 @@ mod tests {
         let raised = |code: &str| {
             format!("DO $$ BEGIN RAISE EXCEPTION 'test' USING ERRCODE = '{code}'; END $$")
         };
-        for code in ["57014", "40P01", "40001", "57P01"] {
+        for code in [
+            "57014", "40P01", "40001", "57P01", "57P02", "25006", "53100", "53200", "55P03",
+        ] {
             let e = sqlx::query(sqlx::AssertSqlSafe(raised(code)))
                 .execute(&pool)
                 .await
