@@ -278,6 +278,9 @@ pub struct ServerConfig {
     /// A request head must arrive within this time; idle keep-alive connections close
     /// after it too (slowloris protection).
     pub header_read_timeout_ms: u64,
+    /// A connection whose client takes nothing of a response for this long is closed (a
+    /// client that stops reading would otherwise hold its connection forever).
+    pub write_stall_timeout_ms: u64,
     /// A larger request head (request line and headers) is refused with 431.
     pub max_request_head_bytes: usize,
     /// Proxies (addresses or ranges, e.g. `10.0.0.0/8`) whose `X-Forwarded-For` names the
@@ -342,6 +345,7 @@ impl Default for ServerConfig {
             shutdown_grace_ms: 30_000,
             max_connections: 1024,
             header_read_timeout_ms: 10_000,
+            write_stall_timeout_ms: 60_000,
             max_request_head_bytes: 64 * 1024,
             trusted_proxies: Vec::new(),
         }
@@ -450,6 +454,12 @@ impl Config {
         within(
             "server.header_read_timeout_ms",
             self.server.header_read_timeout_ms,
+            1,
+            DAY_MS,
+        );
+        within(
+            "server.write_stall_timeout_ms",
+            self.server.write_stall_timeout_ms,
             1,
             DAY_MS,
         );

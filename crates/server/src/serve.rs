@@ -7,7 +7,9 @@
 //! in the kernel's backlog), a request head must arrive completely within
 //! `header_read_timeout` (the same clock closes keep-alive connections left idle that long),
 //! and a request head larger than `max_request_head_bytes` is refused by hyper with
-//! `431 Request Header Fields Too Large` before any handler runs.
+//! `431 Request Header Fields Too Large` before any handler runs. A client that stops taking
+//! a response (its receive window closed) for `write_stall_timeout` loses the connection:
+//! hyper has no write timeout, and the request timeout ends when the headers are sent.
 
 use axum::Router;
 use axum::extract::ConnectInfo;
@@ -26,6 +28,7 @@ use tower::ServiceExt as _;
 pub struct ConnectionLimits {
     pub max_connections: usize,
     pub header_read_timeout: Duration,
+    pub write_stall_timeout: Duration,
     pub max_request_head_bytes: usize,
     /// See [`crate::client_addr`].
     pub trusted_proxies: Arc<[crate::client_addr::Cidr]>,
@@ -76,6 +79,7 @@ pub async fn serve(
             request.extensions_mut().insert(ConnectInfo(client));
             router.clone().oneshot(request)
         });
+        let stream = StallGuard::new(stream, limits.write_stall_timeout);
         let connection = connections.watch(http.serve_connection(TokioIo::new(stream), service));
         let open = metrics::gauge!("http_connections_open");
         open.increment(1.0);
@@ -90,4 +94,99 @@ pub async fn serve(
     }
     drop(listener);
     connections.shutdown().await;
+}
+
+/// A connection's stream whose writes fail (`TimedOut`) once one has waited `limit` without
+/// any progress: the client stopped reading. Reads pass through (the request head has its own
+/// timeout, the request body the request timeout).
+struct StallGuard<S> {
+    inner: S,
+    limit: Duration,
+    /// Armed while a write waits for the client.
+    stalled: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> StallGuard<S> {
+    fn new(inner: S, limit: Duration) -> Self {
+        Self {
+            inner,
+            limit,
+            stalled: None,
+        }
+    }
+
+    /// After a write or flush poll: progress disarms the timer; waiting arms it (once) and
+    /// fails the write when it fires.
+    fn watch<T>(
+        &mut self,
+        polled: std::task::Poll<std::io::Result<T>>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<T>> {
+        use std::task::Poll;
+        if polled.is_ready() {
+            self.stalled = None;
+            return polled;
+        }
+        let limit = self.limit;
+        let timer = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client took nothing of the response for the write stall timeout",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for StallGuard<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for StallGuard<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.watch(polled, cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.watch(polled, cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_flush(cx);
+        self.watch(polled, cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.watch(polled, cx)
+    }
 }

@@ -406,6 +406,7 @@ impl Application {
         let limits = crate::serve::ConnectionLimits {
             max_connections: self.config.server.max_connections,
             header_read_timeout: Duration::from_millis(self.config.server.header_read_timeout_ms),
+            write_stall_timeout: Duration::from_millis(self.config.server.write_stall_timeout_ms),
             max_request_head_bytes: self.config.server.max_request_head_bytes,
             trusted_proxies: self.trusted_proxies.clone(),
         };

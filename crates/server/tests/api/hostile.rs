@@ -610,3 +610,55 @@ async fn slow_and_idle_connections_beyond_the_cap_are_cut_off_and_others_get_ser
     eprintln!("100 hostile connections, cap {CAP}: a real request waited {waited:?}");
     assert_eq!(status_of(&app, "/livez").await, 200, "still serving");
 }
+
+/// A client that asks for a large answer and then reads nothing held its connection forever
+/// (hyper has no write timeout, and the request timeout ends with the headers): with a cap of
+/// one connection, nobody else was served again. Past `server.write_stall_timeout_ms` without
+/// progress the connection is closed.
+#[tokio::test]
+async fn a_client_that_stops_reading_its_answer_loses_the_connection() {
+    let app = spawn_app_with(
+        Backend::Sqlite,
+        |c| {
+            c.server.max_connections = 1;
+            c.server.write_stall_timeout_ms = 500;
+            // The test client's own idle keep-alive connection gives the one place back soon.
+            c.server.header_read_timeout_ms = 300;
+            c.outbox.relay_enabled = false;
+        },
+        axum::Router::new(),
+    )
+    .await;
+    let ann = app.sign_up("ann@example.com").await;
+    let big = "x".repeat(1_000_000);
+    for i in 0..9 {
+        let body = json!({"type": "t", "data": big, "metadata": {"i": i}});
+        let response = app.post("/api/v1/events", &ann.token, &body).await;
+        assert_eq!(response.status(), 201);
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Nothing of the ~9 MB answer is read, through a small receive buffer.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let address = app.address.trim_start_matches("http://").parse().unwrap();
+    let mut stalled = socket.connect(address).await.unwrap();
+    let request = format!(
+        "GET /api/v1/events?limit=1000 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+        ann.token
+    );
+    stalled.write_all(request.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let fresh = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let response = fresh
+        .get(app.url("/livez"))
+        .send()
+        .await
+        .expect("served once the stalled connection is cut");
+    assert_eq!(response.status(), 200);
+    eprintln!("served after {:?}", started.elapsed());
+    drop(stalled);
+}
