@@ -1282,8 +1282,13 @@ impl AssessmentStore for PgStore {
         deadline_not_before: Option<OffsetDateTime>,
     ) -> Result<Submission, StoreError> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
-        if deadline_not_before.is_some() {
-            refuse_if_revoked(&mut tx, attempt_id).await?;
+        // Every submit takes the invite's lock first, the sweeper's too: a start holds it
+        // (`FOR UPDATE`) while it inserts its attempt, and a submit that updated the attempt
+        // first and then needed the invite for the submission's foreign key could deadlock
+        // with a repeated start. Only a candidate's own submit is refused when revoked.
+        let revoked = invite_revoked_locked(&mut tx, attempt_id).await?;
+        if deadline_not_before.is_some() && revoked == Some(true) {
+            return Err(StoreError::not_found("invite"));
         }
         let (checked, saved_at) = s.answers_source.guard();
         let closed = sqlx::query(
@@ -1499,7 +1504,16 @@ impl AssessmentStore for PgStore {
 /// refuses its reads (404), checked inside the write: the handler's read may predate the
 /// revoke. On PostgreSQL the invite row is locked FOR SHARE, so a revoke committing meanwhile is waited for and seen.
 async fn refuse_if_revoked(tx: &mut Tx, attempt_id: Uuid) -> Result<(), StoreError> {
-    let revoked: Option<bool> = sqlx::query_scalar(
+    if invite_revoked_locked(tx, attempt_id).await? == Some(true) {
+        return Err(StoreError::not_found("invite"));
+    }
+    Ok(())
+}
+
+/// Whether the attempt's invite is revoked (`None`: no such attempt), with the invite locked
+/// `FOR SHARE` until the transaction ends.
+async fn invite_revoked_locked(tx: &mut Tx, attempt_id: Uuid) -> Result<Option<bool>, StoreError> {
+    sqlx::query_scalar(
         "SELECT i.revoked_at IS NOT NULL FROM attempts t JOIN invites i ON i.id = t.invite_id
              WHERE t.id = $1
              FOR SHARE OF i",
@@ -1507,9 +1521,5 @@ async fn refuse_if_revoked(tx: &mut Tx, attempt_id: Uuid) -> Result<(), StoreErr
     .bind(attempt_id)
     .fetch_optional(&mut **tx)
     .await
-    .map_err(db_error)?;
-    if revoked == Some(true) {
-        return Err(StoreError::not_found("invite"));
-    }
-    Ok(())
+    .map_err(db_error)
 }
