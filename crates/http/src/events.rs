@@ -651,27 +651,8 @@ async fn read_stream(
             .await?,
         limit,
     );
-    let oldest_kept = match direction {
-        ReadDirection::Forward => events.first().map(|e| e.stream_version),
-        ReadDirection::Backward if events.is_empty() => state
-            .events
-            .read_stream(
-                p.org_id,
-                &stream,
-                1,
-                ReadDirection::Forward,
-                ReadLimit::events(1),
-            )
-            .await?
-            .first()
-            .map(|e| e.stream_version),
-        // A full page, or one that reached version 1, says nothing about retention.
-        ReadDirection::Backward => None,
-    };
-    check_stream_not_dropped(&stream, from, direction, oldest_kept)?;
-    if events.is_empty() && oldest_kept.is_none() {
-        check_stream_wholly_kept(&state, p.org_id, &stream, from, direction).await?;
-    }
+    let first = events.first().map(|e| e.stream_version);
+    check_stream_kept(&state, p.org_id, &stream, from, direction, first).await?;
     let next_cursor = if more {
         events.last().map(|e| match direction {
             ReadDirection::Forward => (e.stream_version + 1).to_string(),
@@ -798,34 +779,6 @@ fn page_of(mut events: Vec<EventRecord>, limit: usize) -> (Vec<EventRecord>, boo
     (events, more)
 }
 
-/// A stream read whose first wanted version retention dropped would begin at the oldest kept
-/// version without a word: `410 events_dropped`. Forward: `oldest_kept` is the page's first
-/// version; backward: the stream's oldest kept version when the page was empty. (Reading
-/// forward from the start, version 1, begins at the oldest kept, as `after=0` does.)
-fn check_stream_not_dropped(
-    stream: &str,
-    from: u64,
-    direction: ReadDirection,
-    oldest_kept: Option<u64>,
-) -> Result<(), ApiError> {
-    let dropped = match (direction, oldest_kept) {
-        (ReadDirection::Forward, Some(oldest)) => from > 1 && oldest > from,
-        (ReadDirection::Backward, Some(oldest)) => from >= 1 && oldest > from,
-        (_, None) => false,
-    };
-    match oldest_kept {
-        Some(oldest) if dropped => Err(ApiError::new(
-            codes::EVENTS_DROPPED,
-            format!(
-                "versions up to {} of stream {stream} were dropped by retention; the oldest \
-                 kept is {oldest}",
-                oldest - 1
-            ),
-        )),
-        _ => Ok(()),
-    }
-}
-
 /// When nothing is kept after `after`, which of these it is: caught up (`after` is the last
 /// position); retention dropped every event after it (`410 events_dropped`: a reader resuming
 /// there would skip them without knowing); or the organization never reached `after` (its
@@ -866,22 +819,38 @@ async fn check_nothing_after(
     Ok(())
 }
 
-/// An empty stream page with nothing of the stream kept: if the wanted versions existed,
-/// retention dropped them all (`410 events_dropped`). Reading forward from the start (1) or
-/// past the last version is not a drop.
-async fn check_stream_wholly_kept(
+/// A stream read that starts at a version retention dropped would begin at the oldest kept
+/// version, or find nothing, without a word: `410 events_dropped`. `first`: the page's first
+/// version. Reading forward from the start (version 1), or past the last version, is no drop;
+/// a backward page that ends above version 1 points its cursor below, where this answers.
+async fn check_stream_kept(
     state: &AppState,
     org: trueline_core::ids::OrgId,
     stream: &str,
     from: u64,
     direction: ReadDirection,
+    first: Option<u64>,
 ) -> Result<(), ApiError> {
-    let last = state.events.stream_version(org, stream).await?;
-    let wanted_existed = match direction {
-        ReadDirection::Forward => from > 1 && from <= last,
-        ReadDirection::Backward => from >= 1 && last >= 1,
+    let dropped = |up_to: u64, rest: String| {
+        ApiError::new(
+            codes::EVENTS_DROPPED,
+            format!("versions up to {up_to} of stream {stream} were dropped by retention; {rest}"),
+        )
     };
-    if !wanted_existed {
+    match (direction, first) {
+        (ReadDirection::Forward, Some(oldest)) if from > 1 && oldest > from => {
+            return Err(dropped(oldest - 1, format!("the oldest kept is {oldest}")));
+        }
+        (_, Some(_)) => return Ok(()),
+        (_, None) => {}
+    }
+    // An empty page: did the wanted versions exist?
+    let last = state.events.stream_version(org, stream).await?;
+    let (existed, up_to) = match direction {
+        ReadDirection::Forward => (from > 1 && from <= last, last),
+        ReadDirection::Backward => (from >= 1 && last >= 1, from.min(last)),
+    };
+    if !existed {
         return Ok(());
     }
     // Read once more: an append that landed after the first read is not a drop.
@@ -890,13 +859,7 @@ async fn check_stream_wholly_kept(
         .read_stream(org, stream, from, direction, ReadLimit::events(1))
         .await?;
     if kept.is_empty() {
-        return Err(ApiError::new(
-            codes::EVENTS_DROPPED,
-            format!(
-                "the versions of stream {stream} up to {last} were dropped by retention and \
-                 nothing of it is kept"
-            ),
-        ));
+        return Err(dropped(up_to, "none of them is kept".into()));
     }
     Ok(())
 }
