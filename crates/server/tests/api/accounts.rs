@@ -524,14 +524,8 @@ async fn a_user_lists_and_revokes_their_own_tokens_and_no_one_elses(backend: Bac
 
     // Another user's token: 204, nothing revoked, nothing recorded.
     let response = app
-        .request(
-            Method::DELETE,
-            &format!("/api/v1/auth/tokens/{bob_id}"),
-            Some(&ann.token),
-        )
-        .send()
-        .await
-        .unwrap();
+        .delete(&format!("/api/v1/auth/tokens/{bob_id}"), &ann.token)
+        .await;
     assert_eq!(response.status(), 204);
     assert_eq!(app.get("/api/v1/me", &bob_token).await.status(), 200);
     assert_eq!(app.count("audit_log").await, audit_before);
@@ -539,36 +533,20 @@ async fn a_user_lists_and_revokes_their_own_tokens_and_no_one_elses(backend: Bac
     // One of the caller's own: gone at once (also through the SQLite token cache).
     assert_eq!(app.get("/api/v1/me", &second).await.status(), 200);
     let response = app
-        .request(
-            Method::DELETE,
-            &format!("/api/v1/auth/tokens/{second_id}"),
-            Some(&ann.token),
-        )
-        .send()
-        .await
-        .unwrap();
+        .delete(&format!("/api/v1/auth/tokens/{second_id}"), &ann.token)
+        .await;
     assert_eq!(response.status(), 204);
     assert_problem(app.get("/api/v1/me", &second).await, 401, "invalid_token").await;
     assert_eq!(app.count("audit_log").await, audit_before + 1);
     // Again: nothing more happens.
     let response = app
-        .request(
-            Method::DELETE,
-            &format!("/api/v1/auth/tokens/{second_id}"),
-            Some(&ann.token),
-        )
-        .send()
-        .await
-        .unwrap();
+        .delete(&format!("/api/v1/auth/tokens/{second_id}"), &ann.token)
+        .await;
     assert_eq!(response.status(), 204);
     assert_eq!(app.count("audit_log").await, audit_before + 1);
 
     // All but the current one.
-    let response = app
-        .request(Method::DELETE, "/api/v1/auth/tokens", Some(&third))
-        .send()
-        .await
-        .unwrap();
+    let response = app.delete("/api/v1/auth/tokens", &third).await;
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["revoked"], json!(1), "ann's signup token");

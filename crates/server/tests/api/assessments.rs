@@ -1091,6 +1091,7 @@ async fn share_links_register_candidates_without_revealing_existing_invites(back
         )
         .await;
     assert_eq!(closed.status(), 200);
+    let before = assessment_and_counts(&app, &ann.token, &id).await;
     let refused = app
         .post(
             &format!("/api/v1/assessments/{id}/share-link"),
@@ -1099,6 +1100,11 @@ async fn share_links_register_candidates_without_revealing_existing_invites(back
         )
         .await;
     assert_problem(refused, 409, "invalid_transition").await;
+    assert_eq!(
+        assessment_and_counts(&app, &ann.token, &id).await,
+        before,
+        "the refusal changed nothing"
+    );
 }
 
 async fn pass_is_decided_on_exact_arithmetic_and_unicode_answers_match(backend: Backend) {
@@ -1846,4 +1852,20 @@ async fn concurrent_setting_edits_with_a_star_keep_every_accepted_change(backend
             );
         }
     }
+}
+
+/// The assessment as its owner reads it, and the row counts of every table: what a refused
+/// request must leave as it was.
+async fn assessment_and_counts(
+    app: &TestApp,
+    token: &str,
+    id: &str,
+) -> (Value, Vec<(String, i64)>) {
+    let body: Value = app
+        .get(&format!("/api/v1/assessments/{id}"), token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    (body, app.snapshot().await)
 }

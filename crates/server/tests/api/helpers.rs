@@ -229,6 +229,13 @@ impl TestApp {
             .unwrap()
     }
 
+    pub async fn delete(&self, path: &str, token: &str) -> Response {
+        self.request(Method::DELETE, path, Some(token))
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub async fn send_json(
         &self,
         method: Method,
