@@ -403,8 +403,22 @@ impl Application {
             tracing::info!(event = "server.closing_listener");
             closing_signal.notify_one();
         };
+        let configured = self.config.server.max_connections;
+        let open_files_limit = crate::open_files::raise_limit();
+        let open_files = crate::open_files::open_now();
+        let max_connections =
+            crate::open_files::connection_cap(configured, open_files_limit, open_files);
+        if max_connections < configured {
+            tracing::warn!(
+                event = "server.connections_capped",
+                configured,
+                max_connections,
+                open_files_limit,
+                open_files,
+            );
+        }
         let limits = crate::serve::ConnectionLimits {
-            max_connections: self.config.server.max_connections,
+            max_connections,
             header_read_timeout: Duration::from_millis(self.config.server.header_read_timeout_ms),
             write_stall_timeout: Duration::from_millis(self.config.server.write_stall_timeout_ms),
             max_request_head_bytes: self.config.server.max_request_head_bytes,
