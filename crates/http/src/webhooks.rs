@@ -153,6 +153,8 @@ pub fn is_private(ip: IpAddr) -> bool {
                 || v4.is_private()
                 || v4.is_link_local()
                 || v4.is_unspecified()
+                // 0.0.0.0/8, "this network": Linux connects 0.x.y.z to the host itself.
+                || v4.octets()[0] == 0
                 || v4.is_broadcast()
                 || v4.is_multicast()
                 // 100.64.0.0/10 shared (carrier-grade NAT), 192.0.0.0/24 protocol
@@ -184,6 +186,9 @@ pub fn is_private(ip: IpAddr) -> bool {
                     && is_private(IpAddr::V4(std::net::Ipv4Addr::from_bits(
                         ((v6.to_bits() >> 80) & 0xffff_ffff) as u32,
                     ))))
+                // 64:ff9b:1::/48, local-use NAT64 (RFC 8215): it translates to whatever
+                // IPv4 network the operator chose, private ones included.
+                || v6.segments()[..3] == [0x64, 0xff9b, 1]
                 // 64:ff9b::/96, NAT64: the IPv4 address in its last 32 bits is the target.
                 || (v6.segments()[..6] == [0x64, 0xff9b, 0, 0, 0, 0]
                     && is_private(IpAddr::V4(std::net::Ipv4Addr::from_bits(
@@ -219,7 +224,15 @@ fn check_url(raw: &str, allow_private: bool) -> Result<String, ApiError> {
     if private && !allow_private {
         return Err(invalid("loopback and private-network targets are refused"));
     }
-    Ok(url.to_string())
+    // Counted again as it is stored: the parser percent-encodes (`é` becomes six
+    // characters), and the schema's bound would refuse a longer one as an internal error.
+    let url = url.to_string();
+    if url.chars().count() > WEBHOOK_URL_CHARS_MAX {
+        return Err(invalid(
+            "must be at most 2000 characters once percent-encoded",
+        ));
+    }
+    Ok(url)
 }
 
 fn new_secret() -> Result<String, ApiError> {

@@ -185,8 +185,11 @@ impl Default for WebhooksConfig {
         Self {
             allow_private_targets: false,
             timeout_ms: 10_000,
-            max_attempts: 8,
-            backoff_base_ms: 1_000,
+            // Waits of 5–10 s doubling up to an hour: a receiver down for a few hours
+            // (3.2–6.4 h in all) still gets its deliveries. Eight attempts from 1 s gave up
+            // after about two minutes.
+            max_attempts: 15,
+            backoff_base_ms: 10_000,
             backoff_max_ms: 3_600_000,
             poll_ms: 500,
             concurrency: 8,

@@ -5,8 +5,8 @@ use crate::inventory::{create, delta, owner_actor};
 use time::Duration;
 use trueline_core::error::DomainError;
 use trueline_store::{
-    AttemptOutcome, DeliveryAttempt, DeliveryState, Destination, NewDelivery, NewWebhook,
-    OutboxRow, PageRequest, StoreError,
+    AttemptOutcome, DeliveryAttempt, DeliveryLease, DeliveryState, Destination, NewDelivery,
+    NewWebhook, OutboxRow, PageRequest, StoreError,
 };
 use uuid::Uuid;
 
@@ -324,7 +324,7 @@ pub async fn an_attempt_whose_lease_was_lost_records_nothing(f: &Fixture) {
     };
     let first = f
         .store
-        .lease_deliveries(t, t + Duration::seconds(30), 10)
+        .lease_deliveries(t, t + Duration::seconds(30), 10, DeliveryLease::ANY)
         .await
         .expect("lease")
         .remove(0);
@@ -348,7 +348,7 @@ pub async fn an_attempt_whose_lease_was_lost_records_nothing(f: &Fixture) {
     let later = t + Duration::seconds(31);
     let second = f
         .store
-        .lease_deliveries(later, later + Duration::seconds(30), 10)
+        .lease_deliveries(later, later + Duration::seconds(30), 10, DeliveryLease::ANY)
         .await
         .expect("takeover")
         .remove(0);
@@ -419,7 +419,7 @@ pub async fn deliveries_retry_then_die_and_can_be_redelivered(f: &Fixture) {
         .expect("complete");
     let due = f
         .store
-        .lease_deliveries(t, t + Duration::seconds(30), 10)
+        .lease_deliveries(t, t + Duration::seconds(30), 10, DeliveryLease::ANY)
         .await
         .expect("due");
     assert_eq!(due.len(), 1);
@@ -429,7 +429,7 @@ pub async fn deliveries_retry_then_die_and_can_be_redelivered(f: &Fixture) {
     );
     assert!(
         f.store
-            .lease_deliveries(t, t + Duration::seconds(30), 10)
+            .lease_deliveries(t, t + Duration::seconds(30), 10, DeliveryLease::ANY)
             .await
             .expect("due")
             .is_empty(),
@@ -454,7 +454,7 @@ pub async fn deliveries_retry_then_die_and_can_be_redelivered(f: &Fixture) {
     );
     assert!(
         f.store
-            .lease_deliveries(t, t + Duration::seconds(30), 10)
+            .lease_deliveries(t, t + Duration::seconds(30), 10, DeliveryLease::ANY)
             .await
             .expect("due")
             .is_empty(),
@@ -463,7 +463,7 @@ pub async fn deliveries_retry_then_die_and_can_be_redelivered(f: &Fixture) {
     let later = t + Duration::seconds(61);
     let due = f
         .store
-        .lease_deliveries(later, later + Duration::seconds(30), 10)
+        .lease_deliveries(later, later + Duration::seconds(30), 10, DeliveryLease::ANY)
         .await
         .expect("due");
     assert_eq!(due[0].attempts, 1);
@@ -500,7 +500,7 @@ pub async fn deliveries_retry_then_die_and_can_be_redelivered(f: &Fixture) {
     assert_eq!(redelivered.state, DeliveryState::Pending);
     assert_eq!(
         f.store
-            .lease_deliveries(later, later, 10)
+            .lease_deliveries(later, later, 10, DeliveryLease::ANY)
             .await
             .expect("due")
             .len(),
@@ -524,5 +524,86 @@ pub async fn deliveries_retry_then_die_and_can_be_redelivered(f: &Fixture) {
             )
             .await
             .is_err()
+    );
+}
+
+/// A lease takes the organizations' due deliveries in turns, at most `per_org` of one and none
+/// of the organizations skipped: one organization's backlog of retries (a receiver that
+/// hangs) cannot hold every slot of the worker while another's deliveries wait.
+pub async fn deliveries_are_leased_in_turns_per_organization(f: &Fixture) {
+    let a = owner_actor(f, "ann@example.com").await;
+    let b = owner_actor(f, "bob@example.com").await;
+    let hook_a = f
+        .store
+        .create_webhook(&a, webhook("http://127.0.0.1:9/a", &[]), None)
+        .await
+        .expect("webhook");
+    let hook_b = f
+        .store
+        .create_webhook(&b, webhook("http://127.0.0.1:9/b", &[]), None)
+        .await
+        .expect("webhook");
+    let new = |webhook_id: Uuid, org_id| NewDelivery {
+        id: Uuid::now_v7(),
+        webhook_id,
+        org_id,
+        event_id: trueline_core::ids::EventId(Uuid::now_v7()),
+        event_type: "inventory.item.created".to_owned(),
+        payload: serde_json::json!({}),
+    };
+    let t = now();
+    // Four of Ann's organization's due first, then one of Bob's.
+    let ann: Vec<_> = (0..4).map(|_| new(hook_a.id, a.org_id)).collect();
+    f.store
+        .complete_outbox(Destination::EventLog, &[], &ann, t)
+        .await
+        .expect("deliveries");
+    f.store
+        .complete_outbox(
+            Destination::EventLog,
+            &[],
+            &[new(hook_b.id, b.org_id)],
+            t + Duration::milliseconds(1),
+        )
+        .await
+        .expect("deliveries");
+    let later = t + Duration::seconds(1);
+    let orgs =
+        |due: &[trueline_store::DueDelivery]| due.iter().map(|d| d.org_id).collect::<Vec<_>>();
+    let turns = DeliveryLease {
+        per_org: 2,
+        skip: &[],
+    };
+    let first = f
+        .store
+        .lease_deliveries(later, later + Duration::seconds(30), 3, turns)
+        .await
+        .expect("lease");
+    assert_eq!(orgs(&first), [a.org_id, b.org_id, a.org_id]);
+    assert_eq!(first[0].id, ann[0].id);
+    assert_eq!(first[2].id, ann[1].id);
+    // Ann's organization skipped (its deliveries in flight): nothing else is due.
+    let skipped = f
+        .store
+        .lease_deliveries(
+            later,
+            later + Duration::seconds(30),
+            10,
+            DeliveryLease {
+                per_org: 10,
+                skip: &[a.org_id],
+            },
+        )
+        .await
+        .expect("lease");
+    assert!(skipped.is_empty(), "{skipped:?}");
+    let rest = f
+        .store
+        .lease_deliveries(later, later + Duration::seconds(30), 10, DeliveryLease::ANY)
+        .await
+        .expect("lease");
+    assert_eq!(
+        rest.iter().map(|d| d.id).collect::<Vec<_>>(),
+        [ann[2].id, ann[3].id]
     );
 }

@@ -9,9 +9,9 @@ use time::OffsetDateTime;
 use trueline_core::error::DomainError;
 use trueline_core::ids::{EventId, OrgId, UserId};
 use trueline_store::{
-    Actor, AttemptOutcome, Delivery, DeliveryAttempt, DeliveryState, DeliveryStore, Destination,
-    DueDelivery, Idempotency, NewDelivery, NewWebhook, OutboxRow, OutboxStats, Page, PageRequest,
-    StoreError, Webhook,
+    Actor, AttemptOutcome, Delivery, DeliveryAttempt, DeliveryLease, DeliveryState, DeliveryStore,
+    Destination, DueDelivery, Idempotency, LEASE_WINDOW, NewDelivery, NewWebhook, OutboxRow,
+    OutboxStats, Page, PageRequest, StoreError, Webhook,
 };
 use uuid::Uuid;
 
@@ -338,7 +338,10 @@ impl DeliveryStore for PgStore {
             created_at: actor.now,
             created_by: actor.user_id,
         };
-        let detail = serde_json::json!({ "url": w.url, "event_types": w.event_types });
+        let detail = serde_json::json!({
+            "origin": trueline_store::url_origin(&w.url),
+            "event_types": w.event_types,
+        });
         audit(
             &mut tx,
             actor.org_id,
@@ -421,20 +424,38 @@ impl DeliveryStore for PgStore {
         now: OffsetDateTime,
         until: OffsetDateTime,
         limit: u32,
+        lease: DeliveryLease<'_>,
     ) -> Result<Vec<DueDelivery>, StoreError> {
         // Compared for equality when the attempt is recorded: as stored, to the microsecond.
         let until = trueline_core::clock::truncate_to_micros(until);
+        let skip: Vec<Uuid> = lease.skip.iter().map(|org| org.0).collect();
         let mut tx = self.pool.begin().await.map_err(db_error)?;
+        // The turns are numbered in a CTE: `FOR UPDATE` is not allowed beside a window
+        // function, and it locks only the rows this lease returns.
         let rows = sqlx::query(
-            "SELECT d.id, d.webhook_id, d.event_id, d.event_type, d.payload, d.attempts, w.url, w.secret
-             FROM webhook_deliveries d JOIN webhooks w ON w.id = d.webhook_id
-             WHERE d.state = 'pending' AND d.next_attempt_at <= $1
-               AND (d.locked_until IS NULL OR d.locked_until < $1)
-             ORDER BY d.next_attempt_at LIMIT $2
+            "WITH due AS (
+                 SELECT id, org_id, next_attempt_at FROM webhook_deliveries
+                 WHERE state = 'pending' AND next_attempt_at <= $1
+                   AND (locked_until IS NULL OR locked_until < $1) AND org_id <> ALL($3)
+                 ORDER BY next_attempt_at LIMIT $5
+             ), turns AS (
+                 SELECT id, next_attempt_at,
+                        row_number() OVER (PARTITION BY org_id ORDER BY next_attempt_at, id) AS turn
+                 FROM due
+             )
+             SELECT d.id, d.webhook_id, d.org_id, d.event_id, d.event_type, d.payload, d.attempts,
+                    w.url, w.secret
+             FROM turns t JOIN webhook_deliveries d ON d.id = t.id
+                  JOIN webhooks w ON w.id = d.webhook_id
+             WHERE t.turn <= $4
+             ORDER BY t.turn, t.next_attempt_at, t.id LIMIT $2
              FOR UPDATE OF d SKIP LOCKED",
         )
         .bind(now)
         .bind(i64::from(limit))
+        .bind(&skip)
+        .bind(i64::from(lease.per_org))
+        .bind(i64::from(LEASE_WINDOW))
         .fetch_all(&mut *tx)
         .await
         .map_err(db_error)?;
@@ -452,6 +473,7 @@ impl DeliveryStore for PgStore {
             out.push(DueDelivery {
                 id,
                 webhook_id: row.try_get("webhook_id").map_err(db_error)?,
+                org_id: OrgId(row.try_get("org_id").map_err(db_error)?),
                 event_id: EventId(row.try_get("event_id").map_err(db_error)?),
                 event_type: row.try_get("event_type").map_err(db_error)?,
                 url: row.try_get("url").map_err(db_error)?,

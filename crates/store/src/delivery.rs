@@ -140,6 +140,7 @@ pub struct Delivery {
 pub struct DueDelivery {
     pub id: Uuid,
     pub webhook_id: Uuid,
+    pub org_id: OrgId,
     pub event_id: EventId,
     pub event_type: String,
     pub url: String,
@@ -151,6 +152,36 @@ pub struct DueDelivery {
     /// takeover after it ran out) cannot overwrite a newer state.
     pub leased_until: OffsetDateTime,
 }
+
+/// `scheme://host[:port]` of a stored webhook URL: what audit records and events tell of a
+/// webhook. The path and query may carry a secret (a token the receiver checks), and events
+/// reach every member, NATS subscribers and other webhooks' receivers.
+pub fn url_origin(url: &str) -> &str {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    let end = url[after_scheme..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| after_scheme + i);
+    &url[..end]
+}
+
+/// Which due deliveries a lease may take (see [`DeliveryStore::lease_deliveries`]).
+#[derive(Debug, Clone, Copy)]
+pub struct DeliveryLease<'a> {
+    pub per_org: u32,
+    pub skip: &'a [OrgId],
+}
+
+impl DeliveryLease<'_> {
+    /// No organization skipped, no bound per organization.
+    pub const ANY: DeliveryLease<'static> = DeliveryLease {
+        per_org: u32::MAX,
+        skip: &[],
+    };
+}
+
+/// Due deliveries looked at per lease (the earliest): the turns are taken among them, so a
+/// backlog of millions is not sorted on every poll.
+pub const LEASE_WINDOW: u32 = 1_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttemptOutcome {
@@ -234,12 +265,18 @@ pub trait DeliveryStore: Send + Sync {
     /// Deletes a webhook and its deliveries. `Ok(false)` if it did not exist.
     async fn delete_webhook(&self, actor: &Actor, id: Uuid) -> Result<bool, StoreError>;
 
-    /// Leases up to `limit` pending deliveries that are due, until `until`.
+    /// Leases up to `limit` pending deliveries that are due, until `until`: at most
+    /// `per_org` of any one organization, none of the organizations in `skip` (those this
+    /// worker has deliveries of in flight), and the organizations' earliest first, taking
+    /// turns (each organization's first delivery before any second one). So one
+    /// organization whose receiver hangs cannot hold every slot of the worker while other
+    /// organizations' deliveries wait behind its retries.
     async fn lease_deliveries(
         &self,
         now: OffsetDateTime,
         until: OffsetDateTime,
         limit: u32,
+        lease: DeliveryLease<'_>,
     ) -> Result<Vec<DueDelivery>, StoreError>;
 
     /// Records one attempt and its outcome, and releases the lease, if the delivery is still
@@ -270,4 +307,25 @@ pub trait DeliveryStore: Send + Sync {
         delivery_id: Uuid,
         idempotency: Option<Idempotency<'_, Delivery>>,
     ) -> Result<Delivery, StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_url_origin_has_no_path_query_or_fragment() {
+        use super::url_origin;
+        assert_eq!(
+            url_origin("https://hooks.example.com/t/secret?k=v"),
+            "https://hooks.example.com"
+        );
+        assert_eq!(
+            url_origin("http://[2001:db8::1]:8080/x"),
+            "http://[2001:db8::1]:8080"
+        );
+        assert_eq!(
+            url_origin("https://example.com?token=1"),
+            "https://example.com"
+        );
+        assert_eq!(url_origin("https://example.com"), "https://example.com");
+    }
 }

@@ -8,12 +8,14 @@
 use super::backoff;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
+use trueline_core::ids::OrgId;
 use trueline_http::State;
 use trueline_http::webhooks::is_private;
-use trueline_store::{AttemptOutcome, DeliveryAttempt, DueDelivery};
+use trueline_store::{AttemptOutcome, DeliveryAttempt, DeliveryLease, DueDelivery};
 
 #[derive(Debug, Clone)]
 pub struct WebhookSettings {
@@ -32,8 +34,8 @@ impl Default for WebhookSettings {
     fn default() -> Self {
         Self {
             timeout: Duration::from_secs(10),
-            max_attempts: 8,
-            backoff_base: Duration::from_secs(1),
+            max_attempts: 15,
+            backoff_base: Duration::from_secs(10),
             backoff_max: Duration::from_secs(3600),
             allow_private_targets: false,
             poll: Duration::from_millis(500),
@@ -201,40 +203,79 @@ async fn deliver(state: &State, d: DueDelivery, settings: &WebhookSettings) {
     }
 }
 
-/// Runs the delivery worker until `stop` flips.
+/// Runs the delivery worker until `stop` flips, then lets the attempts in flight finish.
+///
+/// A pool of `concurrency` slots: a new delivery is leased as soon as a slot frees (a round
+/// that waited for its slowest attempt let one receiver that hangs slow every delivery).
+/// One organization holds at most half the slots (rounded up), and an organization with
+/// deliveries in flight gets no more until they end, so other organizations' deliveries
+/// take turns with a backlog of retries instead of waiting behind it.
 pub async fn run(state: State, settings: WebhookSettings, mut stop: watch::Receiver<bool>) {
+    let slots = settings.concurrency.max(1) as usize;
+    let per_org = settings.concurrency.div_ceil(2).max(1);
+    let mut in_flight = tokio::task::JoinSet::new();
+    let mut orgs_of: HashMap<tokio::task::Id, OrgId> = HashMap::new();
     loop {
         if *stop.borrow() {
-            return;
+            break;
         }
-        let now = state.clock.now();
-        // Longer than an attempt can take (the lookup's limit plus the request's), so no
-        // other worker takes a delivery over while its attempt still runs.
-        let lease =
-            time::Duration::try_from(settings.timeout * 3).unwrap_or(time::Duration::MINUTE);
-        let due = state
-            .store
-            .lease_deliveries(now, now + lease, settings.concurrency)
-            .await;
-        let count = match due {
-            Ok(due) => {
-                let count = due.len();
-                futures_util::future::join_all(
-                    due.into_iter().map(|d| deliver(&state, d, &settings)),
-                )
-                .await;
-                count
+        while let Some(done) = in_flight.try_join_next_with_id() {
+            orgs_of.remove(&finished_task(done));
+        }
+        let free = slots.saturating_sub(in_flight.len());
+        let mut leased = 0;
+        if free > 0 {
+            let now = state.clock.now();
+            // Longer than an attempt can take (the lookup's limit plus the request's), so no
+            // other worker takes a delivery over while its attempt still runs.
+            let lease =
+                time::Duration::try_from(settings.timeout * 3).unwrap_or(time::Duration::MINUTE);
+            let mut skip: Vec<OrgId> = orgs_of.values().copied().collect();
+            skip.sort_unstable();
+            skip.dedup();
+            let turns = DeliveryLease {
+                per_org,
+                skip: &skip,
+            };
+            match state
+                .store
+                .lease_deliveries(now, now + lease, free as u32, turns)
+                .await
+            {
+                Ok(due) => {
+                    leased = due.len();
+                    for d in due {
+                        let org = d.org_id;
+                        let (state, settings) = (state.clone(), settings.clone());
+                        let task =
+                            in_flight.spawn(async move { deliver(&state, d, &settings).await });
+                        orgs_of.insert(task.id(), org);
+                    }
+                }
+                Err(e) => tracing::warn!(event = "webhook.lease_failed", error = %e),
             }
-            Err(e) => {
-                tracing::warn!(event = "webhook.lease_failed", error = %e);
-                0
-            }
-        };
-        if count == 0 {
+        }
+        if leased == 0 || in_flight.len() >= slots {
             tokio::select! {
                 _ = stop.changed() => {}
                 () = tokio::time::sleep(settings.poll) => {}
+                Some(done) = in_flight.join_next_with_id() => {
+                    orgs_of.remove(&finished_task(done));
+                }
             }
+        }
+    }
+    while in_flight.join_next().await.is_some() {}
+}
+
+/// The task of a finished attempt. One that panicked is logged; its delivery is attempted
+/// again once its lease runs out.
+fn finished_task(done: Result<(tokio::task::Id, ()), tokio::task::JoinError>) -> tokio::task::Id {
+    match done {
+        Ok((id, ())) => id,
+        Err(e) => {
+            tracing::error!(event = "webhook.attempt_panicked", error = %e);
+            e.id()
         }
     }
 }

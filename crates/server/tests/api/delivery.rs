@@ -663,6 +663,70 @@ async fn webhooks_are_signed_retried_dead_lettered_and_redelivered(backend: Back
     assert_problem(app.get(&path, &bob.token).await, 404, "not_found").await;
 }
 
+/// A receiver that accepts connections and never answers holds its organization's
+/// deliveries for the whole timeout; another organization's delivery goes out meanwhile
+/// (a round of deliveries waited for its slowest: every organization waited behind one
+/// that hangs, as long as its retries were due first).
+#[tokio::test]
+async fn a_receiver_that_hangs_slows_only_its_own_organization() {
+    let app = spawn_app_with(
+        Backend::Sqlite,
+        |c| {
+            c.webhooks.allow_private_targets = true;
+            c.webhooks.timeout_ms = 8_000;
+            c.webhooks.concurrency = 2;
+            c.webhooks.poll_ms = 20;
+        },
+        Router::new(),
+    )
+    .await;
+    let hanging = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hanging_url = format!("http://{}/hook", hanging.local_addr().unwrap());
+    let accepted = Arc::new(Mutex::new(Vec::new()));
+    let held = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = hanging.accept().await {
+            held.lock().unwrap().push(stream);
+        }
+    });
+    let ann = app.sign_up("ann@example.com").await;
+    app.post(
+        "/api/v1/webhooks",
+        &ann.token,
+        &json!({"url": hanging_url, "event_types": ["inventory.*"]}),
+    )
+    .await;
+    for name in ["A", "B", "C", "D"] {
+        app.create_item(&ann.token, name, 1).await;
+    }
+    assert!(eventually(10, || async { !accepted.lock().unwrap().is_empty() }).await);
+
+    let bob = app.sign_up("bob@example.com").await;
+    let receiver = Receiver::default();
+    let url = start_receiver(receiver.clone()).await;
+    app.post(
+        "/api/v1/webhooks",
+        &bob.token,
+        &json!({"url": url, "event_types": ["inventory.*"]}),
+    )
+    .await;
+    let created = std::time::Instant::now();
+    app.create_item(&bob.token, "Milk", 1).await;
+    assert!(
+        eventually(10, || async {
+            !receiver.received.lock().unwrap().is_empty()
+        })
+        .await
+    );
+    let waited = created.elapsed();
+    assert!(
+        waited < std::time::Duration::from_secs(4),
+        "the other organization's delivery waited {waited:?} behind a receiver that hangs"
+    );
+    // Ann's organization held one of the two slots, never both.
+    assert_eq!(accepted.lock().unwrap().len(), 1);
+}
+
 async fn private_webhook_targets_are_refused_by_default(backend: Backend) {
     let app = spawn_app(backend).await;
     let ann = app.sign_up("ann@example.com").await;

@@ -193,7 +193,11 @@ async fn secrets_never_reach_logs_error_bodies_events_or_webhook_payloads(backen
 
     // A webhook secret, and a delivery signed with it. Creations that hand out a secret are
     // sent with an Idempotency-Key (and replayed), so their stored copies are scanned too.
-    let hook_body = json!({"url": hook_url, "event_types": ["*"]});
+    // The receiver's own token in the URL's query: admins read the URL back, but the
+    // `accounts.webhook.created` event tells only its origin.
+    let url_token = format!("rcv_{}", uuid::Uuid::new_v4().simple());
+    secrets.push(("webhook URL token", url_token.clone()));
+    let hook_body = json!({"url": format!("{hook_url}?token={url_token}"), "event_types": ["*"]});
     let mut hook = Value::Null;
     for _ in 0..2 {
         let (status, body) = flow
@@ -433,10 +437,10 @@ async fn secrets_never_reach_logs_error_bodies_events_or_webhook_payloads(backen
     );
 
     // At rest: tokens only as SHA-256 (and passwords only as argon2id hashes). The webhook
-    // secret is the one secret stored as is: the server signs with it.
+    // secret is stored as is (the server signs with it), and so is the webhook's URL.
     let at_rest: Vec<&(&str, String)> = secrets
         .iter()
-        .filter(|(what, _)| *what != "webhook secret")
+        .filter(|(what, _)| !matches!(*what, "webhook secret" | "webhook URL token"))
         .collect();
     match &database {
         None => {
