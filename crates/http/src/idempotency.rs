@@ -487,12 +487,18 @@ impl Drop for ReleaseIfUnfinished {
             return;
         };
         let store = self.store.clone();
-        runtime.spawn(async move {
+        // In the request's span (entered while its future is dropped), so the lines carry
+        // its request id.
+        let release = async move {
             match store.release(&scope).await {
                 Ok(()) => tracing::info!(event = "idempotency.release_unfinished"),
                 Err(e) => tracing::warn!(event = "idempotency.release_failed", error = %e),
             }
-        });
+        };
+        runtime.spawn(tracing::Instrument::instrument(
+            release,
+            tracing::Span::current(),
+        ));
     }
 }
 

@@ -23,6 +23,14 @@ pub struct RequestId(pub String);
 #[derive(Debug, Clone, Copy)]
 pub struct NoOutboxRow;
 
+/// The span every line of a request carries its `request_id` from. At level ERROR: a span
+/// is filtered like an event, and one at INFO was off under `log.level = "warn"`, so the
+/// very lines a 500 asks to report the request id of (`error.unhandled`, `error.db`) had
+/// none. (The level only decides when the span is recorded.)
+pub fn request_span(id: &str) -> tracing::Span {
+    tracing::error_span!("request", request_id = %id)
+}
+
 pub async fn observe(mut request: Request, next: Next) -> Response {
     let id = request_id::accept_or_new(request.headers().get(&X_REQUEST_ID));
     request.extensions_mut().insert(RequestId(id.clone()));
@@ -36,7 +44,7 @@ pub async fn observe(mut request: Request, next: Next) -> Response {
         .extensions()
         .get::<crate::state::AppState>()
         .map(|s| s.outbox_wake.clone());
-    let span = tracing::info_span!("request", request_id = %id);
+    let span = request_span(&id);
     tracing::debug!(parent: &span, event = "http.request.started", method = %method, route = %route);
 
     let mut response =

@@ -273,6 +273,30 @@ mod tests {
     }
 
     #[test]
+    fn warnings_carry_the_request_id_when_the_level_is_warn() {
+        CAPTURED.with_borrow_mut(Vec::clear);
+        let subscriber = tracing_subscriber::registry()
+            .with(EnvFilter::new("warn"))
+            .with(JsonLines { sink: capture });
+        tracing::subscriber::with_default(subscriber, || {
+            let span = trueline_http::observe::request_span("r-7");
+            let _in = span.enter();
+            tracing::info!(event = "http.request.completed");
+            tracing::error!(event = "error.db");
+        });
+        let lines: Vec<Value> = CAPTURED.with_borrow(|c| {
+            c.iter()
+                .map(|l| serde_json::from_str(l).unwrap_or_default())
+                .collect()
+        });
+        let [line] = lines.as_slice() else {
+            panic!("{lines:?}")
+        };
+        assert_eq!(line["event"], "error.db");
+        assert_eq!(line["request_id"], "r-7");
+    }
+
+    #[test]
     fn a_line_is_flat_json_with_the_base_fields_span_fields_and_event_fields() {
         let lines = logged(|| {
             let span = tracing::info_span!("request", request_id = "r-1");

@@ -213,6 +213,10 @@ impl SqliteStore {
         )
         .await;
         let (ok, detail) = match ping {
+            // The reader answering says nothing of the writer, which every change needs.
+            Ok(Ok(_)) if self.writer.is_closed() => {
+                (false, "the writer connection is closed".to_owned())
+            }
             Ok(Ok(_)) => (true, "sqlite reachable".to_owned()),
             Ok(Err(e)) => (false, format!("sqlite error: {e}")),
             Err(_) => (false, "sqlite did not answer within 2s".to_owned()),
@@ -275,5 +279,25 @@ pub(crate) fn constraint_message(e: &sqlx::Error) -> Option<&str> {
     match e {
         sqlx::Error::Database(d) => Some(d.message()),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{SqliteOptions, SqliteStore};
+
+    /// The reader answering said nothing of the writer: a closed writer was `ready`.
+    #[tokio::test]
+    async fn a_closed_writer_fails_the_health_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let store = SqliteStore::connect(&url, SqliteOptions::default())
+            .await
+            .unwrap();
+        assert!(store.health_check().await.ok);
+        store.writer.close().await;
+        let health = store.health_check().await;
+        assert!(!health.ok, "{}", health.detail);
+        store.close().await;
     }
 }
