@@ -9,6 +9,14 @@
 //!
 //! Transport failures (connection refused, timeout) are a [`Reply`] with status 0, so the
 //! load loops count them like any other outcome instead of aborting the run.
+//!
+//! A request that fails on a reused keep-alive connection before any answer came back is
+//! sent once more on a fresh connection only if repeating it is harmless: a GET or HEAD, a
+//! request with an `Idempotency-Key`, or one the caller marks as carrying client-chosen ids
+//! ([`Api::post_repeatable`]). The server may have applied the first copy before the
+//! connection died; a repeated `POST …/submit` would then be refused `409 already_submitted`
+//! and counted as a failure that never happened. Anything else gets a transport error, and
+//! its outcome is resolved at the end like any other unknown one.
 
 use anyhow::{Context, bail};
 pub use http::Method;
@@ -161,8 +169,30 @@ impl Api {
         body: Option<&Value>,
         idempotency_key: Option<&str>,
     ) -> Reply {
+        let repeatable = may_repeat(&method, idempotency_key.is_some());
+        self.call_with(method, path, token, body, idempotency_key, repeatable)
+            .await
+    }
+
+    /// A POST whose body carries client-chosen ids that make a second copy harmless (event
+    /// appends: the same ids and content again → 200 with the original positions).
+    pub async fn post_repeatable(&self, path: &str, token: Option<&str>, body: &Value) -> Reply {
+        self.call_with(Method::POST, path, token, Some(body), None, true)
+            .await
+    }
+
+    async fn call_with(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+        idempotency_key: Option<&str>,
+        repeatable: bool,
+    ) -> Reply {
         let request = self.encode(&method, path, token, body, idempotency_key);
-        match tokio::time::timeout(self.inner.timeout, self.send(&request)).await {
+        let send = self.send(&request, repeatable);
+        match tokio::time::timeout(self.inner.timeout, send).await {
             Ok(reply) => reply,
             Err(_) => Reply::transport(format!(
                 "no answer within {:?} ({method} {path})",
@@ -221,7 +251,8 @@ impl Api {
         out
     }
 
-    async fn send(&self, request: &[u8]) -> Reply {
+    /// `repeatable`: the request may go out twice (see the module documentation).
+    async fn send(&self, request: &[u8], repeatable: bool) -> Reply {
         let pooled = self
             .inner
             .idle
@@ -232,6 +263,12 @@ impl Api {
             match self.exchange(connection, request).await {
                 Ok(reply) => return reply,
                 Err(Failure::Other(e)) => return Reply::transport(e),
+                Err(Failure::Stale(e)) if !repeatable => {
+                    return Reply::transport(format!(
+                        "the kept-alive connection closed before an answer ({e}); not re-sent, \
+                         as the server may have applied it"
+                    ));
+                }
                 Err(Failure::Stale(_)) => {} // try once more on a fresh connection
             }
         }
@@ -328,6 +365,11 @@ impl Api {
             error: None,
         })
     }
+}
+
+/// Whether a request may be sent a second time after a stale connection.
+fn may_repeat(method: &Method, has_idempotency_key: bool) -> bool {
+    *method == Method::GET || *method == Method::HEAD || has_idempotency_key
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -567,6 +609,52 @@ mod tests {
         assert_eq!(again.status, 200, "{again:?}");
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
         assert_eq!(seen.lock().unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn only_requests_safe_to_repeat_are_re_sent_after_a_stale_connection() {
+        assert!(may_repeat(&Method::GET, false));
+        assert!(may_repeat(&Method::HEAD, false));
+        assert!(may_repeat(&Method::PATCH, true));
+        assert!(!may_repeat(&Method::POST, false));
+        // As in the test above, the pooled connection is dead when the POST goes out; the
+        // POST has no Idempotency-Key, so it is not sent again on connection 2.
+        let (base, accepted, seen) = scripted(vec![vec![OK], vec![OK, OK]]).await;
+        let api = Api::new(&base, Duration::from_secs(5)).unwrap();
+        assert_eq!(api.get("/a", None).await.status, 200);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let body = serde_json::json!({});
+        let submit = api.post("/submit", None, &body).await;
+        assert_eq!(submit.status, TRANSPORT_ERROR, "{submit:?}");
+        assert!(
+            submit
+                .error
+                .as_deref()
+                .unwrap_or("")
+                .contains("not re-sent")
+        );
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // Client-chosen ids (post_repeatable) or an Idempotency-Key make the repeat safe.
+        // Nothing is pooled now: this one opens connection 2 and keeps it.
+        assert_eq!(
+            api.post_repeatable("/events", None, &body).await.status,
+            200
+        );
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+        assert_eq!(seen.lock().unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_repeatable_post_goes_out_again_after_a_stale_connection() {
+        let (base, accepted, seen) = scripted(vec![vec![OK], vec![OK]]).await;
+        let api = Api::new(&base, Duration::from_secs(5)).unwrap();
+        assert_eq!(api.get("/a", None).await.status, 200);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let body = serde_json::json!({"id": "e1"});
+        let again = api.post_repeatable("/events", None, &body).await;
+        assert_eq!(again.status, 200, "{again:?}");
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+        assert!(seen.lock().unwrap()[1].starts_with("POST /events "));
     }
 
     #[tokio::test]

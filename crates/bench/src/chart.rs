@@ -1,8 +1,10 @@
 //! SVG charts (plotters with its SVG backend only: no fonts are rasterized, text stays text).
 //!
-//! - one run: operations per second and p50/p99 latency, second by second;
+//! - one run: successful operations per second (every second of the window, a stall drawn
+//!   as zeroes) and p50/p99 latency, second by second (seconds without an operation have no
+//!   latency and no point);
 //! - a sweep: throughput vs concurrency and latency percentiles vs concurrency (medians as
-//!   lines, every run as a dot), with concurrency on a log₂ axis.
+//!   lines, every run as a faint dot), with concurrency on a log₂ axis.
 
 use crate::report::{RunReport, SweepReport};
 use anyhow::Context;
@@ -42,7 +44,12 @@ fn bounds(series: &[Series], pick: fn(&(f64, f64)) -> f64) -> (f64, f64) {
         .iter()
         .flat_map(|s| s.line.iter().chain(&s.dots))
         .map(pick)
-        .fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)))
+        .fold(None, |range: Option<(f64, f64)>, v| match range {
+            None => Some((v, v)),
+            Some((lo, hi)) => Some((lo.min(v), hi.max(v))),
+        })
+        // Nothing to draw (a run without a successful operation): an empty unit range.
+        .unwrap_or((0.0, 1.0))
 }
 
 /// A chart with a linear y axis; `log2_x` plots x on a log₂ scale (concurrency levels).
@@ -172,6 +179,7 @@ pub fn run_charts(dir: &Path, report: &RunReport) -> anyhow::Result<Vec<PathBuf>
         false,
     )?;
     let latency = dir.join(format!("{name}-latency.svg"));
+    let busy = || t.iter().filter(|p| p.operations > 0);
     linear_chart(
         &latency,
         &format!("{}: latency per second", report.workload),
@@ -180,16 +188,14 @@ pub fn run_charts(dir: &Path, report: &RunReport) -> anyhow::Result<Vec<PathBuf>
         &[
             Series {
                 label: "p50".into(),
-                line: t
-                    .iter()
+                line: busy()
                     .map(|p| (p.second as f64, p.p50_us as f64 / 1000.0))
                     .collect(),
                 dots: Vec::new(),
             },
             Series {
                 label: "p99".into(),
-                line: t
-                    .iter()
+                line: busy()
                     .map(|p| (p.second as f64, p.p99_us as f64 / 1000.0))
                     .collect(),
                 dots: Vec::new(),
@@ -232,13 +238,19 @@ pub fn sweep_charts(dir: &Path, report: &SweepReport) -> anyhow::Result<Vec<Path
     )?;
 
     let latency = dir.join(format!("{}-latency-vs-clients.svg", report.workload));
+    let x = |clients: usize| (clients as f64).max(1.0).log2();
     let percentile = |label: &str, f: fn(&crate::report::RunSummary) -> f64| Series {
         label: label.to_owned(),
         line: points
             .iter()
-            .map(|p| ((p.clients as f64).max(1.0).log2(), f(&p.median) / 1000.0))
+            .map(|p| (x(p.clients), f(&p.median) / 1000.0))
             .collect(),
-        dots: Vec::new(),
+        // A run without a latency (no successful operation) has no place on a log axis.
+        dots: points
+            .iter()
+            .flat_map(|p| p.runs.iter().map(|r| (x(p.clients), f(r) / 1000.0)))
+            .filter(|&(_, y)| y > 0.0)
+            .collect(),
     };
     let series = [
         percentile("p50", |r| r.p50_us),
@@ -336,6 +348,23 @@ mod tests {
         let svg = std::fs::read_to_string(&files[1]).unwrap();
         assert!(svg.contains("p99.9"));
         assert!(svg.contains(">64<") || svg.contains("64"));
+        // Every run is a dot too: 4 percentiles × 4 levels × 2 runs.
+        assert_eq!(svg.matches(r#"r="3""#).count(), 32, "{svg}");
+    }
+
+    #[test]
+    fn a_run_that_stalled_or_never_succeeded_still_charts() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut report = crate::report::tests::sample_report();
+        report.results.timeline = (0..3)
+            .map(|s| TimelinePoint {
+                second: s,
+                operations: 0,
+                p50_us: 0,
+                p99_us: 0,
+            })
+            .collect();
+        run_charts(dir.path(), &report).unwrap();
     }
 
     #[test]

@@ -61,7 +61,7 @@ pub struct RunCmd {
     #[arg(value_enum)]
     pub workload: Workload,
     /// Concurrent clients (closed loop), or token/stream owners in the open loop.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = parse_clients)]
     pub clients: usize,
     #[command(flatten)]
     pub common: CommonArgs,
@@ -72,7 +72,7 @@ pub struct SweepCmd {
     #[arg(value_enum)]
     pub workload: Workload,
     /// Concurrency levels, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "1,4,16,64")]
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16,64", value_parser = parse_clients)]
     pub clients: Vec<usize>,
     /// Runs per level; the report shows their medians (at least 3 for a median to mean much).
     #[arg(long, default_value_t = 3)]
@@ -96,6 +96,11 @@ pub struct CommonArgs {
     /// `postgres://…` for the spawned server (passed as TRUELINE_DATABASE__URL).
     #[arg(long, requires = "spawn")]
     pub database_url: Option<String>,
+    /// A shell command (`sh -c`) run before each spawned server starts, after the previous
+    /// one stopped; the run fails if it does. For a fresh PostgreSQL database every run:
+    /// `psql …/postgres -c 'DROP DATABASE IF EXISTS b' -c 'CREATE DATABASE b'`.
+    #[arg(long, requires = "spawn")]
+    pub before_each_run: Option<String>,
     /// Log level of the spawned server (its default is `info`: one line per request).
     #[arg(long, requires = "spawn")]
     pub server_log_level: Option<String>,
@@ -103,14 +108,15 @@ pub struct CommonArgs {
     /// --url).
     #[arg(long)]
     pub server_pid: Option<u32>,
-    /// Measured time, after the warm-up (e.g. 30s, 500ms, 2m).
+    /// Measured time, after the warm-up (e.g. 30s, 500ms, 2m; at most 30 days).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub duration: Duration,
     /// Time before measuring: requests run but are not recorded (they are verified).
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub warmup: Duration,
-    /// Open loop: requests per second on a fixed schedule (default: closed loop).
-    #[arg(long)]
+    /// Open loop: requests per second on a fixed schedule (default: closed loop; at most
+    /// 10,000,000).
+    #[arg(long, value_parser = parse_rate)]
     pub rate: Option<f64>,
     /// Open loop: requests in flight at most; a request whose slot is not free at its
     /// intended time waits (counted) and its latency still starts at the intended time.
@@ -150,6 +156,11 @@ pub struct CommonArgs {
     /// random sample of this size; the full log is always compared through the listing).
     #[arg(long, default_value_t = 20_000)]
     pub verify_by_id_max: usize,
+    /// Largest fraction of the measured operations allowed to fail (0.01 = 1 %) before the
+    /// run fails (exit 1). A failure is any answer other than 2xx or an expected refusal
+    /// (`insufficient_quantity` on a delta), no answer, or an open-loop request never sent.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_fraction)]
+    pub max_error_rate: f64,
     /// Per-request client timeout (the server's own limit is 30 s).
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub timeout: Duration,
@@ -164,7 +175,11 @@ pub struct CommonArgs {
     pub chart_dir: Option<PathBuf>,
 }
 
-/// `500ms`, `15s`, `2m`, or a bare number of seconds.
+/// The longest duration accepted: far beyond any benchmark, and far from the overflow of
+/// `Instant + Duration`.
+pub const DURATION_MAX: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// `500ms`, `15s`, `2m`, or a bare number of seconds; at most [`DURATION_MAX`].
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
@@ -187,7 +202,41 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     if !seconds.is_finite() || seconds < 0.0 {
         return Err(format!("`{text}` is not a valid duration"));
     }
-    Ok(Duration::from_secs_f64(seconds))
+    match Duration::try_from_secs_f64(seconds) {
+        Ok(d) if d <= DURATION_MAX => Ok(d),
+        _ => Err(format!(
+            "`{text}` is longer than the tool's limit of {} days",
+            DURATION_MAX.as_secs() / 86_400
+        )),
+    }
+}
+
+/// A number of clients: at least 1 (0 would run one client and report zero).
+pub fn parse_clients(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(0) => Err("the number of clients must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("`{text}` is not a number of clients")),
+    }
+}
+
+/// An open-loop rate: positive and at most [`crate::schedule::RATE_MAX`].
+pub fn parse_rate(text: &str) -> Result<f64, String> {
+    let rate: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of requests per second"))?;
+    crate::schedule::Schedule::new(rate).map(|s| s.rate_per_s())
+}
+
+/// A fraction in 0..=1.
+pub fn parse_fraction(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
+        _ => Err(format!(
+            "`{text}` is not a fraction between 0 and 1 (0.01 = 1 %)"
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -208,6 +257,47 @@ mod tests {
         assert!(parse_duration("5h").is_err());
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn huge_durations_are_refused_with_a_message_instead_of_a_panic() {
+        for text in ["99999999999999999999999s", "100000000m", "43201m"] {
+            let e = parse_duration(text).unwrap_err();
+            assert!(
+                e.contains("longer than the tool's limit of 30 days"),
+                "{text}: {e}"
+            );
+        }
+        assert_eq!(
+            parse_duration("30d").unwrap_err(),
+            "unknown unit `d` in `30d` (use ms, s or m)"
+        );
+        assert_eq!(parse_duration("43200m"), Ok(DURATION_MAX));
+    }
+
+    #[test]
+    fn zero_clients_huge_rates_and_error_rates_outside_zero_to_one_are_refused() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["trueline-bench", "run", "hot-item", "--spawn"];
+            argv.extend_from_slice(extra);
+            Cli::try_parse_from(argv).map_err(|e| e.to_string())
+        };
+        let e = parse(&["--clients", "0"]).unwrap_err();
+        assert!(e.contains("must be at least 1"), "{e}");
+        let e = parse(&["--rate", "1e18"]).unwrap_err();
+        assert!(e.contains("above the tool's limit"), "{e}");
+        let e = parse(&["--max-error-rate", "5"]).unwrap_err();
+        assert!(e.contains("not a fraction between 0 and 1"), "{e}");
+        assert!(parse(&["--rate", "500", "--max-error-rate", "0.01"]).is_ok());
+        let sweep = Cli::try_parse_from([
+            "trueline-bench",
+            "sweep",
+            "hot-item",
+            "--spawn",
+            "--clients",
+            "1,0",
+        ]);
+        assert!(sweep.is_err());
     }
 
     #[test]

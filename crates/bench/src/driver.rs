@@ -7,8 +7,13 @@
 //!   previous ones. Its latency is measured from that *intended* time, so when the server
 //!   stalls, the requests queued behind the stall carry the wait in their latency instead of
 //!   silently not being sent (coordinated omission). At most `--max-in-flight` operations
-//!   run at once; one that finds no free slot waits for one (counted) and one still unsent
-//!   when the run ends is counted as unsent.
+//!   run at once; one that finds no free slot waits for one (counted). One still unsent
+//!   when the run ends is counted as unsent *and* recorded as a failed operation whose
+//!   latency is at least the end of the drain minus its intended time: leaving it out of
+//!   the percentiles would hide the stall that kept it unsent.
+//!
+//! Each operation is classified by [`Fixture::outcome`]: only successful ones count as
+//! throughput and latency (see [`crate::stats`]).
 
 use crate::schedule::{Schedule, is_late};
 use crate::stats::{Recorded, Recorder};
@@ -44,7 +49,8 @@ pub struct OpenLoopStats {
     pub sent_late: u64,
     /// Found every in-flight slot taken at their intended time and waited for one.
     pub waited_for_slot: u64,
-    /// Due before the end of the run but never sent.
+    /// Due in the measured window but never sent: failed operations, with the wait until
+    /// the end of the drain in the latency as a lower bound.
     pub unsent: u64,
 }
 
@@ -135,7 +141,8 @@ async fn closed_loop(
                 }
                 let done = Instant::now();
                 let measured = started >= recorder.measure_start();
-                recorder.record(measured, done - started, done, &samples);
+                let outcome = fixture.outcome(&samples);
+                recorder.record(measured, outcome, done - started, done, &samples);
                 seq += clients as u64;
             }
             Instant::now()
@@ -211,18 +218,26 @@ async fn open_loop(
                 exhausted.store(true, Ordering::Relaxed);
             } else {
                 let done = Instant::now();
-                recorder.record(measured, done - intended, done, &samples);
+                let outcome = fixture.outcome(&samples);
+                recorder.record(measured, outcome, done - intended, done, &samples);
             }
             drop(permit);
         });
         i += 1;
     }
-    if !exhausted.load(Ordering::Relaxed) {
-        stats.unsent = due.saturating_sub(i.max(first_measured));
-    }
+    let unsent = if exhausted.load(Ordering::Relaxed) {
+        0..0
+    } else {
+        i.max(first_measured)..due.max(first_measured)
+    };
+    stats.unsent = unsent.end - unsent.start;
     let dispatched = Instant::now();
     // Wait for the operations still in flight (they are part of the run).
     let all = u32::try_from(max_in_flight).unwrap_or(u32::MAX);
     let _ = tokio::time::timeout(config.drain_timeout, slots.acquire_many(all)).await;
-    (dispatched.max(Instant::now().min(end)), stats)
+    let drained = Instant::now();
+    for j in unsent {
+        recorder.record_unsent(drained.saturating_duration_since(start + schedule.offset(j)));
+    }
+    (dispatched.max(drained.min(end)), stats)
 }

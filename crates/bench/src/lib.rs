@@ -3,11 +3,15 @@
 //! It drives a running server (or one it starts on a temporary data directory) with named
 //! workloads, in a closed loop (C clients, each sending its next request when the previous
 //! one answered) or an open loop (a fixed arrival schedule, latency measured from the
-//! *intended* send time so a slow server cannot hide its queueing: no coordinated omission).
-//! Latencies go to HDR histograms (microseconds); the server's RSS and CPU are sampled from
-//! `/proc`; and every run ends by checking that the server told the truth (final quantities
-//! equal the acknowledged deltas, history records match, events are readable and gapless,
-//! one submission per invite). A run whose checks fail exits non-zero.
+//! *intended* send time so a slow server cannot hide its queueing: no coordinated omission;
+//! requests the in-flight cap kept from being sent are in the percentiles at a lower bound).
+//! Only successful operations count as throughput and latency; failures count towards an
+//! error rate bounded by `--max-error-rate`. Latencies go to HDR histograms (microseconds);
+//! the `trueline` process's RSS and CPU are sampled from `/proc`; and every run ends by
+//! checking that the server told the truth (final quantities equal the acknowledged deltas,
+//! history records match them, the items and events stored are exactly those acknowledged,
+//! events are readable and gapless, one submission per invite). A run whose checks fail
+//! exits non-zero.
 //!
 //! Layout:
 //! - [`cli`]: the command line and duration parsing;

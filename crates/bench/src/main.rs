@@ -1,7 +1,8 @@
 //! `trueline-bench`: see `trueline-bench --help` and docs/benchmarks.md.
 //!
 //! Exit codes: 0 when every end-of-run check passed, 1 when a check failed (the server's
-//! state differs from what it acknowledged, or it answered 5xx), 2 on any other error.
+//! state differs from what it acknowledged, it answered 5xx, or more operations failed than
+//! `--max-error-rate` allows), 2 on any other error.
 
 use clap::Parser;
 use std::process::ExitCode;

@@ -1,5 +1,8 @@
 //! Resident memory and CPU time of a process, from `/proc/<pid>/status` (VmRSS) and
 //! `/proc/<pid>/stat` (utime + stime), sampled during the measured window.
+//!
+//! The "server" sampled is one process: the spawned `trueline` (or `--server-pid`). Against
+//! PostgreSQL the database's own processes are not in it.
 
 use serde::Serialize;
 use std::time::Duration;
@@ -88,9 +91,20 @@ pub fn summarise(
     })
 }
 
-/// Samples `pid` from `from` until `until`, every [`SAMPLE_EVERY`].
-pub async fn sample_window(pid: u32, from: Instant, until: Instant) -> Option<ResourceUsage> {
-    tokio::time::sleep_until(from).await;
+/// Samples `pid` from `from` until `until`, every [`SAMPLE_EVERY`], or until `stop` changes
+/// or its sender is dropped: a workload that runs out of work before the end of the window
+/// must not have its CPU averaged over seconds in which nothing was sent. `None` if it
+/// stopped before the window opened.
+pub async fn sample_window(
+    pid: u32,
+    from: Instant,
+    until: Instant,
+    mut stop: tokio::sync::watch::Receiver<()>,
+) -> Option<ResourceUsage> {
+    tokio::select! {
+        () = tokio::time::sleep_until(from) => {}
+        _ = stop.changed() => return None,
+    }
     let ticks_per_s = clock_ticks_per_s();
     let started = Instant::now();
     let mut samples = Vec::new();
@@ -100,14 +114,17 @@ pub async fn sample_window(pid: u32, from: Instant, until: Instant) -> Option<Re
             samples.push(sample);
         }
         next += SAMPLE_EVERY;
-        if next >= until {
-            tokio::time::sleep_until(until).await;
+        let last = next >= until;
+        let stopped = tokio::select! {
+            () = tokio::time::sleep_until(next.min(until)) => false,
+            _ = stop.changed() => true,
+        };
+        if last || stopped {
             if let Some(sample) = read_sample(pid) {
                 samples.push(sample);
             }
             break;
         }
-        tokio::time::sleep_until(next).await;
     }
     summarise(pid, &samples, started.elapsed(), ticks_per_s)
 }
@@ -155,6 +172,32 @@ mod tests {
             summarise(7, &samples[..1], Duration::from_secs(1), 100),
             None
         );
+    }
+
+    #[tokio::test]
+    async fn the_sampler_stops_when_told_and_averages_over_the_time_it_ran() {
+        let (stop, stopped) = tokio::sync::watch::channel(());
+        let now = Instant::now();
+        let sampler = tokio::spawn(sample_window(
+            std::process::id(),
+            now,
+            now + Duration::from_secs(600),
+            stopped,
+        ));
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        drop(stop);
+        let usage = tokio::time::timeout(Duration::from_secs(5), sampler)
+            .await
+            .expect("the sampler stopped with the drive, not at the end of the window")
+            .unwrap()
+            .unwrap();
+        assert!((2..=5).contains(&usage.samples), "{usage:?}");
+        // Before the window opens: nothing to report.
+        let (stop, stopped) = tokio::sync::watch::channel(());
+        let later = Instant::now() + Duration::from_secs(600);
+        let sampler = tokio::spawn(sample_window(std::process::id(), later, later, stopped));
+        stop.send(()).unwrap();
+        assert_eq!(sampler.await.unwrap(), None);
     }
 
     #[test]

@@ -107,6 +107,8 @@ pub struct Parameters {
     pub invites: usize,
     pub questions: usize,
     pub token_per_client: bool,
+    /// `--max-error-rate`, a fraction.
+    pub max_error_rate: f64,
     pub seed: u64,
 }
 
@@ -121,16 +123,27 @@ pub struct Target {
 #[derive(Debug, Clone, Serialize)]
 pub struct Results {
     pub measured_s: f64,
+    /// Successful operations (every request answered 2xx) in the measured window.
     pub operations: u64,
+    /// Successful operations per second: failures and refusals are not throughput.
     pub throughput_per_s: f64,
-    /// Per operation; open loop: from the intended send time.
+    /// Operations refused as the workload expects (`insufficient_quantity` on a delta).
+    pub refused_operations: u64,
+    /// Operations that failed: any other non-2xx, no answer, or (open loop) never sent.
+    pub failed_operations: u64,
+    /// `failed_operations` over all measured operations.
+    pub error_rate: f64,
+    /// Per successful operation; open loop: from the intended send time, plus every
+    /// operation never sent at a lower bound of its wait.
     pub latency_us: LatencySummary,
-    /// Per request kind, from the actual send.
+    /// Per request kind, 2xx answers only, from the actual send.
     pub per_request_us: BTreeMap<String, LatencySummary>,
     pub status_counts: BTreeMap<u16, u64>,
     pub code_counts: BTreeMap<String, u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub open_loop: Option<OpenLoopStats>,
+    /// The sampled server process only: the spawned `trueline` or `--server-pid`. Against
+    /// PostgreSQL the database server's own CPU and memory are not in it.
     pub server: Option<ResourceUsage>,
     /// This tool's own process (it shares the machine with the server).
     pub client: Option<ResourceUsage>,
@@ -211,8 +224,18 @@ pub fn render_run(report: &RunReport) -> String {
     );
     let _ = writeln!(
         out,
-        "throughput {:.1} operations/s ({} operations)",
+        "throughput {:.1} operations/s ({} successful operations)",
         r.throughput_per_s, r.operations
+    );
+    let _ = writeln!(
+        out,
+        "outcomes   {} succeeded, {} refused as expected, {} failed: error rate {:.2} % \
+         (--max-error-rate {:.2} %)",
+        r.operations,
+        r.refused_operations,
+        r.failed_operations,
+        r.error_rate * 100.0,
+        p.max_error_rate * 100.0
     );
     let _ = writeln!(
         out,
@@ -224,6 +247,7 @@ pub fn render_run(report: &RunReport) -> String {
     } else {
         "operation"
     };
+    // Failed and refused operations are in neither row: a fast 429 is not a fast server.
     latency_row(&mut out, label, &r.latency_us);
     for (kind, l) in &r.per_request_us {
         latency_row(&mut out, kind, l);
@@ -243,12 +267,21 @@ pub fn render_run(report: &RunReport) -> String {
             o.waited_for_slot,
             o.unsent
         );
+        if o.unsent > 0 {
+            let _ = writeln!(
+                out,
+                "note       the {} unsent operations are failures, and in the operation latency \
+                 with their wait until the end of the run: a lower bound",
+                o.unsent
+            );
+        }
     }
     match &r.server {
         Some(s) => {
             let _ = writeln!(
                 out,
-                "server     pid {}: CPU {:.1} % (of one core), RSS peak {}, average {}",
+                "trueline   process {} only (not a database server): CPU {:.1} % (of one core), \
+                 RSS peak {}, average {}",
                 s.pid,
                 s.cpu_percent,
                 mib(s.rss_peak_kib),
@@ -256,7 +289,10 @@ pub fn render_run(report: &RunReport) -> String {
             );
         }
         None => {
-            let _ = writeln!(out, "server     not sampled (pass --server-pid or --spawn)");
+            let _ = writeln!(
+                out,
+                "trueline   process not sampled (pass --server-pid or --spawn)"
+            );
         }
     }
     if let Some(c) = &r.client {
@@ -303,12 +339,17 @@ fn render_verification(out: &mut String, v: &Verification) {
 /// The figures of one run that a sweep keeps.
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
 pub struct RunSummary {
+    /// Successful operations per second.
     pub throughput_per_s: f64,
+    /// Failed over all measured operations; of a level, the worst run's (a median would hide
+    /// one bad run).
+    pub error_rate: f64,
     pub p50_us: f64,
     pub p90_us: f64,
     pub p99_us: f64,
     pub p999_us: f64,
     pub max_us: f64,
+    /// Of the trueline process only (see [`Results::server`]).
     pub server_cpu_percent: Option<f64>,
     pub server_rss_peak_kib: Option<f64>,
     pub verified: bool,
@@ -319,6 +360,7 @@ impl RunSummary {
         let l = &report.results.latency_us;
         Self {
             throughput_per_s: report.results.throughput_per_s,
+            error_rate: report.results.error_rate,
             p50_us: l.p50_us as f64,
             p90_us: l.p90_us as f64,
             p99_us: l.p99_us as f64,
@@ -343,6 +385,7 @@ impl RunSummary {
         };
         Self {
             throughput_per_s: m(|r| r.throughput_per_s),
+            error_rate: runs.iter().map(|r| r.error_rate).fold(0.0, f64::max),
             p50_us: m(|r| r.p50_us),
             p90_us: m(|r| r.p90_us),
             p99_us: m(|r| r.p99_us),
@@ -406,12 +449,24 @@ pub fn render_sweep(report: &SweepReport) -> String {
     );
     let _ = writeln!(
         out,
-        "medians of the runs (latency in ms; throughput range = min–max of the runs)"
+        "medians of the runs (successful operations only; latency in ms; throughput range = \
+         min–max of the runs; err % = failed operations of the worst run; CPU % = the trueline \
+         process only)"
     );
     let _ = writeln!(
         out,
-        "{:>7} {:>12} {:>19} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9}",
-        "clients", "ops/s", "range", "p50", "p90", "p99", "p99.9", "max", "CPU %", "verified"
+        "{:>7} {:>12} {:>19} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9}",
+        "clients",
+        "ops/s",
+        "range",
+        "err %",
+        "p50",
+        "p90",
+        "p99",
+        "p99.9",
+        "max",
+        "CPU %",
+        "verified"
     );
     for point in &report.points {
         let m = &point.median;
@@ -420,10 +475,11 @@ pub fn render_sweep(report: &SweepReport) -> String {
         });
         let _ = writeln!(
             out,
-            "{:>7} {:>12.1} {:>19} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8} {:>9}",
+            "{:>7} {:>12.1} {:>19} {:>7.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8} {:>9}",
             point.clients,
             m.throughput_per_s,
             format!("{lo:.0}–{hi:.0}"),
+            m.error_rate * 100.0,
             m.p50_us / 1000.0,
             m.p90_us / 1000.0,
             m.p99_us / 1000.0,
@@ -465,6 +521,7 @@ pub(crate) mod tests {
                 invites: 0,
                 questions: 0,
                 token_per_client: false,
+                max_error_rate: 0.0,
                 seed: 7,
             },
             target: Target {
@@ -481,10 +538,13 @@ pub(crate) mod tests {
             },
             results: Results {
                 measured_s: 10.0,
-                operations: 5000,
-                throughput_per_s: 500.0,
+                operations: 4990,
+                throughput_per_s: 499.0,
+                refused_operations: 10,
+                failed_operations: 0,
+                error_rate: 0.0,
                 latency_us: LatencySummary {
-                    count: 5000,
+                    count: 4990,
                     mean_us: 2100.0,
                     p50_us: 2000,
                     p90_us: 3000,
@@ -523,7 +583,13 @@ pub(crate) mod tests {
     fn the_run_table_shows_throughput_percentiles_statuses_resources_and_verdict() {
         let text = render_run(&sample_report());
         assert!(
-            text.contains("throughput 500.0 operations/s (5000 operations)"),
+            text.contains("throughput 499.0 operations/s (4990 successful operations)"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "outcomes   4990 succeeded, 10 refused as expected, 0 failed: error rate 0.00 %"
+            ),
             "{text}"
         );
         // p50 2.00 ms, p90 3.00, p99 7.50, p99.9 12.00, max 20.00
@@ -536,7 +602,10 @@ pub(crate) mod tests {
             text.contains("codes      insufficient_quantity: 10"),
             "{text}"
         );
-        assert!(text.contains("CPU 123.4 % (of one core), RSS peak 50.0 MiB, average 40.0 MiB"));
+        assert!(text.contains(
+            "trueline   process 42 only (not a database server): CPU 123.4 % (of one core), RSS \
+             peak 50.0 MiB, average 40.0 MiB"
+        ));
         assert!(text.contains("verified   FAILED"), "{text}");
         assert!(text.contains("  [ok] no 5xx: 5000 responses"), "{text}");
         assert!(text.contains("  [FAIL] quantities"), "{text}");
@@ -551,6 +620,10 @@ pub(crate) mod tests {
         assert_eq!(json["machine"]["nproc"], 2);
         assert_eq!(json["results"]["latency_us"]["p99_us"], 7500);
         assert_eq!(json["results"]["status_counts"]["200"], 4990);
+        assert_eq!(json["results"]["refused_operations"], 10);
+        assert_eq!(json["results"]["failed_operations"], 0);
+        assert_eq!(json["results"]["error_rate"], 0.0);
+        assert_eq!(json["parameters"]["max_error_rate"], 0.0);
         assert_eq!(json["verification"]["passed"], false);
     }
 
@@ -561,6 +634,7 @@ pub(crate) mod tests {
             p99_us: p99,
             verified: ok,
             server_cpu_percent: Some(t / 10.0),
+            error_rate: t / 1e5,
             ..RunSummary::default()
         };
         let point = SweepPoint::new(
@@ -572,6 +646,7 @@ pub(crate) mod tests {
             ],
         );
         assert_eq!(point.median.throughput_per_s, 1000.0);
+        assert_eq!(point.median.error_rate, 0.012, "the worst run's");
         assert_eq!(point.median.p99_us, 5000.0);
         assert_eq!(point.median.server_cpu_percent, Some(100.0));
         assert!(point.median.verified);
@@ -584,6 +659,7 @@ pub(crate) mod tests {
         let run = |t: f64| RunSummary {
             throughput_per_s: t,
             p50_us: 1500.0,
+            error_rate: 0.0125,
             verified: true,
             ..RunSummary::default()
         };
@@ -603,6 +679,8 @@ pub(crate) mod tests {
         assert!(row.contains("110.0"), "{row}");
         assert!(row.contains("100–120"), "{row}");
         assert!(row.contains("1.50"), "{row}");
+        assert!(row.contains(" 1.25 "), "{row}");
+        assert!(text.contains("err %"), "{text}");
         assert!(row.trim_end().ends_with("yes"), "{row}");
     }
 

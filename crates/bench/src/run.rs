@@ -10,6 +10,8 @@ use crate::report::{
     now_rfc3339, redact_url, render_run, render_sweep,
 };
 use crate::server::{SpawnedServer, default_server_bin};
+use crate::stats::error_rate;
+use crate::verify::{Verification, check_error_rate};
 use crate::workloads::{Fixture, Params, Session};
 use anyhow::Context;
 use std::path::Path;
@@ -65,6 +67,7 @@ fn parameters(workload: Workload, clients: usize, common: &CommonArgs, seed: u64
         invites: common.invites,
         questions: common.questions,
         token_per_client: common.token_per_client,
+        max_error_rate: common.max_error_rate,
         seed,
     }
 }
@@ -125,21 +128,42 @@ pub async fn run_once(
     };
     let from = Instant::now() + common.warmup;
     let until = from + common.duration;
+    // Dropped when the drive returns: the samplers stop then, even before `until`.
+    let (drive_done, stop) = tokio::sync::watch::channel(());
     let server_sampler = endpoint
         .server_pid
-        .map(|pid| tokio::spawn(sample_window(pid, from, until)));
-    let client_sampler = tokio::spawn(sample_window(std::process::id(), from, until));
-    let outcome = drive(fixture.clone(), session.clone(), &config).await?;
+        .map(|pid| tokio::spawn(sample_window(pid, from, until, stop.clone())));
+    let client_sampler = tokio::spawn(sample_window(std::process::id(), from, until, stop));
+    let outcome = drive(fixture.clone(), session.clone(), &config).await;
+    drop(drive_done);
+    let outcome = outcome?;
     let server = match server_sampler {
         Some(task) => task.await.ok().flatten(),
         None => None,
     };
     let client = client_sampler.await.ok().flatten();
     eprintln!("[{}] verifying", workload.name());
-    let verification = fixture
-        .verify(&session, &outcome.recorded.all_status_counts)
-        .await;
     let recorded = outcome.recorded;
+    let error_rate = error_rate(&recorded);
+    let answers = recorded
+        .status_counts
+        .iter()
+        .map(|(status, n)| format!("{status}: {n}"))
+        .collect::<Vec<_>>()
+        .join("  ");
+    let mut checks = vec![check_error_rate(
+        recorded.failed,
+        recorded.operations + recorded.refused + recorded.failed,
+        common.max_error_rate,
+        &answers,
+    )];
+    checks.extend(
+        fixture
+            .verify(&session, &recorded.all_status_counts)
+            .await
+            .checks,
+    );
+    let verification = Verification::new(checks);
     let measured_s = outcome.measured.as_secs_f64();
     Ok(RunReport {
         tool: tool_name(),
@@ -152,6 +176,9 @@ pub async fn run_once(
             measured_s,
             operations: recorded.operations,
             throughput_per_s: recorded.operations as f64 / measured_s,
+            refused_operations: recorded.refused,
+            failed_operations: recorded.failed,
+            error_rate,
             latency_us: recorded.latency,
             per_request_us: recorded.per_request,
             status_counts: recorded.status_counts,
@@ -173,6 +200,9 @@ async fn with_endpoint<T>(
     f: impl AsyncFnOnce(&Endpoint) -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
     if common.spawn {
+        if let Some(command) = &common.before_each_run {
+            run_hook(command)?;
+        }
         let bin = common.server_bin.clone().unwrap_or_else(default_server_bin);
         let server = SpawnedServer::start(
             &bin,
@@ -214,6 +244,23 @@ async fn with_endpoint<T>(
         };
         f(&endpoint).await
     }
+}
+
+/// `--before-each-run`: `sh -c COMMAND`, which must succeed. Blocking is fine here: no
+/// server runs and nothing is measured.
+fn run_hook(command: &str) -> anyhow::Result<()> {
+    eprintln!("running --before-each-run: {command}");
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .stdin(std::process::Stdio::null())
+        .status()
+        .with_context(|| format!("starting --before-each-run `{command}`"))?;
+    anyhow::ensure!(
+        status.success(),
+        "--before-each-run `{command}` failed ({status})"
+    );
+    Ok(())
 }
 
 fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
@@ -268,11 +315,12 @@ pub async fn sweep_command(cmd: SweepCmd) -> anyhow::Result<bool> {
             })
             .await?;
             eprintln!(
-                "clients {clients:>4} run {}/{}: {:.1} ops/s, p99 {:.2} ms, {}",
+                "clients {clients:>4} run {}/{}: {:.1} ops/s, p99 {:.2} ms, {:.2} % failed, {}",
                 run + 1,
                 cmd.runs,
                 report.results.throughput_per_s,
                 report.results.latency_us.p99_us as f64 / 1000.0,
+                report.results.error_rate * 100.0,
                 if report.verification.passed {
                     "verified"
                 } else {
@@ -309,4 +357,19 @@ pub async fn sweep_command(cmd: SweepCmd) -> anyhow::Result<bool> {
         }
     }
     Ok(sweep.points.iter().all(|p| p.median.verified))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_before_each_run_command_stops_the_run() {
+        assert!(run_hook("true").is_ok());
+        let e = run_hook("exit 3").unwrap_err();
+        assert!(
+            format!("{e}").contains("--before-each-run `exit 3` failed"),
+            "{e}"
+        );
+    }
 }

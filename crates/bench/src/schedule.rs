@@ -11,6 +11,10 @@ use std::time::Duration;
 /// A request sent more than this after its intended time counts as late (the tokio timer
 /// itself has a 1 ms resolution, so anything below is noise).
 pub const LATE_AFTER: Duration = Duration::from_millis(5);
+/// The highest `--rate`: one request every 100 ns, far beyond what one client process can
+/// send. Above ~1e9/s consecutive requests would round to the same nanosecond and
+/// [`Schedule::due_before`] would step through them one by one for ever.
+pub const RATE_MAX: f64 = 1e7;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Schedule {
@@ -22,6 +26,12 @@ impl Schedule {
         if !rate_per_s.is_finite() || rate_per_s <= 0.0 {
             return Err(format!(
                 "--rate must be a positive number, got {rate_per_s}"
+            ));
+        }
+        if rate_per_s > RATE_MAX {
+            return Err(format!(
+                "--rate {rate_per_s} is above the tool's limit of {RATE_MAX}/s (one request \
+                 every 100 ns)"
             ));
         }
         Ok(Self { rate_per_s })
@@ -112,6 +122,20 @@ mod tests {
         assert!(Schedule::new(-5.0).is_err());
         assert!(Schedule::new(f64::INFINITY).is_err());
         assert!(Schedule::new(f64::NAN).is_err());
+        assert!(
+            Schedule::new(1e18)
+                .unwrap_err()
+                .contains("above the tool's limit")
+        );
+    }
+
+    #[test]
+    fn due_before_stays_exact_at_the_highest_rate_over_a_long_window() {
+        let s = Schedule::new(RATE_MAX).unwrap();
+        let t = Duration::from_secs(3600) + Duration::from_nanos(50);
+        let n = s.due_before(t);
+        assert_eq!(n, 36_000_000_001);
+        assert!(s.offset(n - 1) < t && s.offset(n) >= t);
     }
 
     #[test]

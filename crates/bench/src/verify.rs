@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 use serde_json::Value;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// Problems listed per check; the count says how many there were in all.
 const PROBLEMS_LISTED_MAX: usize = 10;
@@ -51,7 +51,9 @@ impl Verification {
     }
 }
 
-/// Fails if any response of the run (warm-up and verification replays included) was a 5xx.
+/// Fails if any response of the run (warm-up included) was a 5xx. The verification's own
+/// requests are not counted here: a replay that still gets a 5xx leaves its outcome unknown,
+/// which fails "unknown outcomes resolved" instead.
 pub fn check_no_5xx(all_status_counts: &BTreeMap<u16, u64>) -> Check {
     let server_errors: Vec<String> = all_status_counts
         .iter()
@@ -62,49 +64,163 @@ pub fn check_no_5xx(all_status_counts: &BTreeMap<u16, u64>) -> Check {
     Check::from_problems("no 5xx", format!("{total} responses"), server_errors)
 }
 
+/// Failed operations of the measured window against `--max-error-rate` (a fraction).
+/// `answers`: the window's answers by status, for the message.
+pub fn check_error_rate(failed: u64, total: u64, max_error_rate: f64, answers: &str) -> Check {
+    let rate = if total == 0 {
+        0.0
+    } else {
+        failed as f64 / total as f64
+    };
+    let detail = format!(
+        "{failed} of {total} measured operations failed ({:.2} %; --max-error-rate {:.2} %)",
+        rate * 100.0,
+        max_error_rate * 100.0
+    );
+    let problems = if rate > max_error_rate {
+        vec![format!(
+            "more operations failed than allowed; answers by status: {answers}"
+        )]
+    } else {
+        Vec::new()
+    };
+    Check::from_problems(
+        "failed operations within --max-error-rate",
+        detail,
+        problems,
+    )
+}
+
+/// A multiset of quantity deltas: delta → how many times.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Deltas(BTreeMap<i64, u64>);
+
+impl Deltas {
+    pub fn add(&mut self, delta: i64) {
+        *self.0.entry(delta).or_default() += 1;
+    }
+
+    pub fn count(&self) -> u64 {
+        self.0.values().sum()
+    }
+
+    /// In i128: a long run of large deltas must not overflow the comparison itself.
+    pub fn sum(&self) -> i128 {
+        self.0
+            .iter()
+            .map(|(&d, &n)| i128::from(d) * i128::from(n))
+            .sum()
+    }
+
+    /// `+d ×n` of the deltas in `self` but not in `other` (with multiplicity).
+    fn missing_from(&self, other: &Deltas) -> Vec<String> {
+        self.0
+            .iter()
+            .filter_map(|(d, &n)| {
+                let there = other.0.get(d).copied().unwrap_or(0);
+                (n > there).then(|| format!("{d:+} ×{}", n - there))
+            })
+            .collect()
+    }
+}
+
+impl FromIterator<i64> for Deltas {
+    fn from_iter<I: IntoIterator<Item = i64>>(iter: I) -> Self {
+        let mut deltas = Deltas::default();
+        for d in iter {
+            deltas.add(d);
+        }
+        deltas
+    }
+}
+
 /// What the run was told about one item.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ItemExpectation {
     pub initial_qty: u64,
-    /// Sum of the deltas answered 200.
-    pub acked_delta_sum: i64,
-    /// Number of deltas answered 200.
-    pub acked_count: u64,
+    /// The deltas answered 200.
+    pub acked_deltas: Deltas,
 }
 
 /// What the server stores for that item afterwards.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ItemObservation {
     /// `GET /items/{id}` → `qty`.
     pub qty: u64,
-    /// `qty_changed` records in `GET /items/{id}/history` (all pages).
-    pub qty_changed_records: u64,
-    /// The sum of their `delta`s.
-    pub qty_changed_delta_sum: i64,
+    /// The `delta`s of the `qty_changed` records of `GET /items/{id}/history` (all pages).
+    pub qty_changed_deltas: Deltas,
 }
 
 /// Problems of one item (empty: the server's state is exactly what it acknowledged).
-pub fn compare_item(label: &str, want: ItemExpectation, got: ItemObservation) -> Vec<String> {
+pub fn compare_item(label: &str, want: &ItemExpectation, got: &ItemObservation) -> Vec<String> {
     let mut problems = Vec::new();
-    let expected_qty = i128::from(want.initial_qty) + i128::from(want.acked_delta_sum);
+    let acked_sum = want.acked_deltas.sum();
+    let expected_qty = i128::from(want.initial_qty) + acked_sum;
     if i128::from(got.qty) != expected_qty {
         problems.push(format!(
-            "{label}: qty {} but initial {} + acknowledged deltas {} = {expected_qty}",
-            got.qty, want.initial_qty, want.acked_delta_sum
+            "{label}: qty {} but initial {} + acknowledged deltas {acked_sum} = {expected_qty}",
+            got.qty, want.initial_qty
         ));
     }
-    if got.qty_changed_records != want.acked_count {
+    let (records, acked) = (got.qty_changed_deltas.count(), want.acked_deltas.count());
+    if records != acked {
         problems.push(format!(
-            "{label}: {} qty_changed history records but {} deltas acknowledged",
-            got.qty_changed_records, want.acked_count
+            "{label}: {records} qty_changed history records but {acked} deltas acknowledged"
         ));
     }
-    if got.qty_changed_delta_sum != want.acked_delta_sum {
+    let history_sum = got.qty_changed_deltas.sum();
+    if history_sum != acked_sum {
         problems.push(format!(
-            "{label}: history deltas sum to {} but acknowledged deltas to {}",
-            got.qty_changed_delta_sum, want.acked_delta_sum
+            "{label}: history deltas sum to {history_sum} but acknowledged deltas to {acked_sum}"
         ));
     }
+    // Same count and sum can still hide a wrong record ({+3, -1} stored for {+1, +1}).
+    // A lost or extra delta already failed above: say nothing twice.
+    if problems.is_empty() && got.qty_changed_deltas != want.acked_deltas {
+        let missing = want.acked_deltas.missing_from(&got.qty_changed_deltas);
+        let unexpected = got.qty_changed_deltas.missing_from(&want.acked_deltas);
+        problems.push(format!(
+            "{label}: history deltas differ from the acknowledged ones (not in the history: \
+             {}; never acknowledged: {})",
+            first_few(&missing),
+            first_few(&unexpected)
+        ));
+    }
+    problems
+}
+
+fn first_few(items: &[String]) -> String {
+    let mut text = items.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
+    if items.len() > 5 {
+        text.push_str(&format!(", … ({} in all)", items.len()));
+    }
+    text
+}
+
+/// The items the server lists against those the run created and was told about: an item
+/// nobody was told of is a create applied without an acknowledgement.
+pub fn compare_item_ids(expected: &HashSet<String>, listed: &[String]) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut seen = HashSet::with_capacity(listed.len());
+    for id in listed {
+        if !seen.insert(id.as_str()) {
+            problems.push(format!("item {id} is listed twice"));
+        } else if !expected.contains(id) {
+            problems.push(format!(
+                "item {id} is listed but its creation was never acknowledged"
+            ));
+        }
+    }
+    let mut missing: Vec<&String> = expected
+        .iter()
+        .filter(|id| !seen.contains(id.as_str()))
+        .collect();
+    missing.sort();
+    problems.extend(
+        missing
+            .into_iter()
+            .map(|id| format!("item {id} was acknowledged but is not listed")),
+    );
     problems
 }
 
@@ -128,6 +244,7 @@ pub struct AckedEvent {
     pub id: String,
     pub position: u64,
     pub stream: String,
+    pub event_type: String,
     pub data: Value,
 }
 
@@ -136,18 +253,31 @@ pub struct AckedEvent {
 pub struct StoredEvent {
     pub position: u64,
     pub stream: String,
+    pub event_type: String,
     pub data: Value,
+    /// Published by the server's outbox relay (metadata `"source": "outbox"`): the record of
+    /// a mutation (sign-up, …), not an append of the tool's.
+    pub from_outbox: bool,
 }
 
 /// Every acknowledged event must be stored at its acknowledged position, in its stream, with
-/// the data that was sent. Fed the listed log page by page, so that neither the log nor the
-/// acknowledged events are ever held as JSON (at 64 clients that took the tool to 720 MB):
-/// an acknowledged event is rebuilt only when its id is listed.
+/// the type and data that were sent; and every other event of the run's organization must be
+/// one the server's outbox published. An append whose answer was lost is no exception: the
+/// tool re-sends it with the same ids before checking, and the server answers it (200 with
+/// the original position if it had been applied), so it is acknowledged by then. Only the
+/// ids of re-sends that still got no usable answer are excused ([`EventCheck::unsettled`]):
+/// those already fail "unknown outcomes resolved".
+///
+/// Fed the listed log page by page, so that neither the log nor the acknowledged events are
+/// ever held as JSON (at 64 clients that took the tool to 720 MB): an acknowledged event is
+/// rebuilt only when its id is listed.
 #[derive(Debug, Default)]
 pub struct EventCheck {
     /// Acknowledged event id → its index in acknowledgement order.
     index: HashMap<String, usize>,
     listed: Vec<bool>,
+    unsettled: HashSet<String>,
+    outbox_events: u64,
     problems: Vec<String>,
 }
 
@@ -160,12 +290,23 @@ impl EventCheck {
         EventCheck {
             index,
             listed,
-            problems: Vec::new(),
+            ..EventCheck::default()
         }
     }
 
+    /// Ids of appends whose outcome stayed unknown after their re-send: they may be stored.
+    pub fn unsettled(mut self, ids: impl IntoIterator<Item = String>) -> Self {
+        self.unsettled.extend(ids);
+        self
+    }
+
+    /// Events listed that the server's outbox published (not compared).
+    pub fn outbox_events(&self) -> u64 {
+        self.outbox_events
+    }
+
     /// One event of the listed log; `acked(i)` rebuilds acknowledged event `i` (only called
-    /// when `id` was acknowledged). Events nobody acknowledged are not checked here.
+    /// when `id` was acknowledged).
     pub fn listed(
         &mut self,
         id: &str,
@@ -173,6 +314,14 @@ impl EventCheck {
         acked: impl FnOnce(usize) -> AckedEvent,
     ) {
         let Some(&i) = self.index.get(id) else {
+            if stored.from_outbox {
+                self.outbox_events += 1;
+            } else if !self.unsettled.contains(id) {
+                self.problems.push(format!(
+                    "event {id} is stored in {} at position {} but was never acknowledged",
+                    stored.stream, stored.position
+                ));
+            }
             return;
         };
         self.listed[i] = true;
@@ -187,6 +336,12 @@ impl EventCheck {
             self.problems.push(format!(
                 "event {id} was appended to {} but is stored in {}",
                 event.stream, stored.stream
+            ));
+        }
+        if stored.event_type != event.event_type {
+            self.problems.push(format!(
+                "event {id} was appended as type {} but is stored as {}",
+                event.event_type, stored.event_type
             ));
         }
         if !same_json(&stored.data, &event.data) {
@@ -263,34 +418,33 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn want(initial_qty: u64, deltas: &[i64]) -> ItemExpectation {
+        ItemExpectation {
+            initial_qty,
+            acked_deltas: deltas.iter().copied().collect(),
+        }
+    }
+
+    fn got(qty: u64, deltas: &[i64]) -> ItemObservation {
+        ItemObservation {
+            qty,
+            qty_changed_deltas: deltas.iter().copied().collect(),
+        }
+    }
+
     #[test]
     fn an_item_matching_its_acknowledgements_has_no_problems() {
-        let want = ItemExpectation {
-            initial_qty: 1_000,
-            acked_delta_sum: -7,
-            acked_count: 3,
-        };
-        let got = ItemObservation {
-            qty: 993,
-            qty_changed_records: 3,
-            qty_changed_delta_sum: -7,
-        };
-        assert!(compare_item("item a", want, got).is_empty());
+        let problems = compare_item(
+            "item a",
+            &want(1_000, &[-5, 1, -3]),
+            &got(993, &[1, -3, -5]),
+        );
+        assert!(problems.is_empty(), "{problems:?}");
     }
 
     #[test]
     fn a_lost_acknowledged_delta_is_reported_on_qty_count_and_sum() {
-        let want = ItemExpectation {
-            initial_qty: 10,
-            acked_delta_sum: 5,
-            acked_count: 2,
-        };
-        let got = ItemObservation {
-            qty: 12,
-            qty_changed_records: 1,
-            qty_changed_delta_sum: 2,
-        };
-        let problems = compare_item("item a", want, got);
+        let problems = compare_item("item a", &want(10, &[3, 2]), &got(12, &[2]));
         assert_eq!(problems.len(), 3, "{problems:?}");
         assert!(problems[0].contains("qty 12 but initial 10 + acknowledged deltas 5 = 15"));
     }
@@ -298,17 +452,60 @@ mod tests {
     #[test]
     fn an_applied_but_unacknowledged_delta_is_caught_too() {
         // The server changed the quantity without telling the client: also a lie.
-        let want = ItemExpectation {
-            initial_qty: 10,
-            acked_delta_sum: 0,
-            acked_count: 0,
-        };
-        let got = ItemObservation {
-            qty: 9,
-            qty_changed_records: 1,
-            qty_changed_delta_sum: -1,
-        };
-        assert_eq!(compare_item("x", want, got).len(), 3);
+        assert_eq!(compare_item("x", &want(10, &[]), &got(9, &[-1])).len(), 3);
+    }
+
+    #[test]
+    fn history_records_with_the_right_count_and_sum_but_wrong_deltas_are_caught() {
+        // {+3, -1} stored for the acknowledged {+1, +1}: qty, count and sum all agree.
+        let problems = compare_item("item a", &want(10, &[1, 1]), &got(12, &[3, -1]));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].contains("not in the history: +1 ×2; never acknowledged: -1 ×1, +3 ×1"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn deltas_are_a_multiset_with_an_overflow_free_sum() {
+        let d: Deltas = [i64::MAX, i64::MAX, -1].into_iter().collect();
+        assert_eq!(d.count(), 3);
+        assert_eq!(d.sum(), 2 * i128::from(i64::MAX) - 1);
+        let same: Deltas = [-1, i64::MAX, i64::MAX].into_iter().collect();
+        assert_eq!(d, same);
+    }
+
+    #[test]
+    fn listed_items_must_be_exactly_the_acknowledged_ones() {
+        let expected: HashSet<String> = ["a", "b", "c"].map(str::to_owned).into();
+        let listed = ["a", "b", "c"].map(str::to_owned);
+        assert!(compare_item_ids(&expected, &listed).is_empty());
+        let listed = ["a", "b", "x", "b"].map(str::to_owned);
+        let problems = compare_item_ids(&expected, &listed);
+        assert_eq!(
+            problems,
+            vec![
+                "item x is listed but its creation was never acknowledged".to_owned(),
+                "item b is listed twice".to_owned(),
+                "item c was acknowledged but is not listed".to_owned(),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_error_rate_check_fails_only_above_the_allowed_fraction() {
+        let ok = check_error_rate(0, 1000, 0.0, "200: 1000");
+        assert!(ok.passed, "{ok:?}");
+        assert!(
+            ok.detail
+                .contains("0 of 1000 measured operations failed (0.00 %")
+        );
+        let failed = check_error_rate(950, 1000, 0.0, "200: 50  429: 950");
+        assert!(!failed.passed);
+        assert!(failed.problems[0].contains("429: 950"), "{failed:?}");
+        assert!(check_error_rate(10, 1000, 0.01, "").passed);
+        assert!(!check_error_rate(11, 1000, 0.01, "").passed);
+        assert!(check_error_rate(0, 0, 0.0, "").passed);
     }
 
     #[test]
@@ -332,51 +529,42 @@ mod tests {
         );
     }
 
+    fn acked(id: &str, position: u64, data: Value) -> AckedEvent {
+        AckedEvent {
+            id: id.into(),
+            position,
+            stream: "s".into(),
+            event_type: "bench.appended".into(),
+            data,
+        }
+    }
+
+    fn stored(position: u64, stream: &str, data: Value) -> StoredEvent {
+        StoredEvent {
+            position,
+            stream: stream.into(),
+            event_type: "bench.appended".into(),
+            data,
+            from_outbox: false,
+        }
+    }
+
     #[test]
     fn acknowledged_events_must_be_stored_where_and_as_acknowledged() {
         let acked = [
-            AckedEvent {
-                id: "a".into(),
-                position: 1,
-                stream: "s".into(),
-                data: json!({"n": 5, "text": "héllo"}),
-            },
-            AckedEvent {
-                id: "b".into(),
-                position: 2,
-                stream: "s".into(),
-                data: json!({"n": 6}),
-            },
-            AckedEvent {
-                id: "c".into(),
-                position: 3,
-                stream: "s".into(),
-                data: json!(1),
-            },
+            acked("a", 1, json!({"n": 5, "text": "héllo"})),
+            acked("b", 2, json!({"n": 6})),
+            acked("c", 3, json!(1)),
+            acked("d", 4, json!(2)),
         ];
         let stored = [
+            ("a", stored(1, "s", json!({"text": "héllo", "n": 5.0}))),
+            ("b", stored(7, "t", json!({"n": 7}))),
             (
-                "a",
+                "d",
                 StoredEvent {
-                    position: 1,
-                    stream: "s".into(),
-                    data: json!({"text": "héllo", "n": 5.0}),
-                },
-            ),
-            (
-                "b",
-                StoredEvent {
-                    position: 7,
-                    stream: "t".into(),
-                    data: json!({"n": 7}),
-                },
-            ),
-            (
-                "not-acknowledged",
-                StoredEvent {
-                    position: 2,
-                    stream: "s".into(),
-                    data: json!(null),
+                    event_type: "other.type".into(),
+                    ..stored(4, "s", json!(2))
                 },
             ),
         ];
@@ -385,9 +573,35 @@ mod tests {
             check.listed(id, event, |i| acked[i].clone());
         }
         let problems = check.finish();
-        assert_eq!(problems.len(), 4, "{problems:?}");
+        assert_eq!(problems.len(), 5, "{problems:?}");
         assert!(problems[0].contains("acknowledged at position 2 is stored at 7"));
-        assert!(problems[3].contains("event c was acknowledged but is not stored"));
+        assert!(
+            problems[3].contains("appended as type bench.appended but is stored as other.type")
+        );
+        assert!(problems[4].contains("event c was acknowledged but is not stored"));
+    }
+
+    #[test]
+    fn unacknowledged_events_fail_unless_the_outbox_published_them_or_their_resend_is_unsettled() {
+        let mut check = EventCheck::new(["a".to_owned()]).unsettled(["lost".to_owned()]);
+        let a = acked("a", 1, json!(1));
+        check.listed("a", &stored(1, "s", json!(1)), |_| a.clone());
+        let outbox = StoredEvent {
+            from_outbox: true,
+            event_type: "organization.created".into(),
+            ..stored(2, "organization", json!({}))
+        };
+        check.listed("signup", &outbox, |_| unreachable!());
+        check.listed("lost", &stored(3, "s", json!(2)), |_| unreachable!());
+        check.listed("phantom", &stored(4, "s", json!(3)), |_| unreachable!());
+        assert_eq!(check.outbox_events(), 1);
+        let problems = check.finish();
+        assert_eq!(
+            problems,
+            vec![
+                "event phantom is stored in s at position 4 but was never acknowledged".to_owned()
+            ]
+        );
     }
 
     #[test]

@@ -4,21 +4,28 @@
 //! Every mutation carries something that makes it safe to repeat (an `Idempotency-Key`, or a
 //! client-chosen event id), so a request whose outcome the client never learned (no answer,
 //! or a 5xx) is *resolved* at the end by sending it again: the server either replays what it
-//! did or does it now, and the books balance either way. A 5xx still fails the run.
+//! did or does it now, and the books balance either way. A 5xx still fails the run. The
+//! re-send carries the token of the client that sent the original: the server scopes
+//! idempotency keys per organization, user and key, so under another user's token the same
+//! key would be a new request and could apply a delta twice.
+//!
+//! Only one refusal is an *expected* outcome (see [`Fixture::outcome`]): a quantity delta
+//! refused as `400 insufficient_quantity`. Every other non-2xx answer is a failure.
 
 use crate::api::{Api, Method, Reply};
 use crate::cli::Workload;
-use crate::stats::Sample;
+use crate::stats::{Outcome, Sample, classify};
 use crate::verify::{
-    AckedEvent, Check, EventCheck, ItemExpectation, ItemObservation, StoredEvent, Verification,
-    check_gapless, check_no_5xx, check_one_submission_per_invite, compare_item, same_json,
+    AckedEvent, Check, Deltas, EventCheck, ItemExpectation, ItemObservation, StoredEvent,
+    Verification, check_gapless, check_no_5xx, check_one_submission_per_invite, compare_item,
+    compare_item_ids, same_json,
 };
 use anyhow::{Context, bail};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use tokio::time::Instant;
 
 /// Requests in flight while setting up and verifying (untimed phases).
@@ -34,6 +41,8 @@ const POPULATE_BATCH: usize = 100;
 /// Invites created per request for the submit workload.
 const INVITES_PER_REQUEST: usize = 50;
 const PASSWORD: &str = "bench passphrase, not a secret";
+/// The type of every event `events-append` sends.
+const APPENDED_TYPE: &str = "bench.appended";
 
 /// What a workload needs from the command line.
 #[derive(Debug, Clone)]
@@ -172,6 +181,17 @@ async fn timed(
     reply
 }
 
+/// The one refusal a workload provokes on purpose and the server is right to give: a
+/// quantity delta that would take the stock below zero (likely with a small
+/// `--initial-qty` or a large `--max-delta`). Nothing else has a correct refusal: each
+/// invite of `submit` is started and submitted once, events carry fresh ids, reads ask for
+/// what exists.
+pub fn expected_refusal(sample: &Sample) -> bool {
+    sample.kind == "qty_delta"
+        && sample.status == 400
+        && sample.code.as_deref() == Some("insufficient_quantity")
+}
+
 /// Whether the client cannot know if the server applied the request.
 fn outcome_unknown(reply: &Reply) -> bool {
     reply.status == crate::api::TRANSPORT_ERROR || reply.status >= 500
@@ -229,6 +249,14 @@ impl Fixture {
         }
     }
 
+    /// How the operation that sent `samples` ended, for the figures.
+    pub fn outcome(&self, samples: &[Sample]) -> Outcome {
+        match self {
+            Fixture::Inventory(_) => classify(samples, expected_refusal),
+            _ => classify(samples, |_| false),
+        }
+    }
+
     /// The end-of-run checks. `all_status_counts` covers every request of the run.
     pub async fn verify(
         &self,
@@ -279,11 +307,22 @@ impl Fixture {
 
 // ---- inventory: hot-item, spread, mixed ----
 
+/// A delta whose outcome the client never learned.
 #[derive(Debug, Clone)]
 struct PendingDelta {
+    /// Whose token sent it: the re-send must use the same one.
+    client: usize,
     item: usize,
     key: String,
     delta: i64,
+}
+
+/// A create (mixed) whose outcome the client never learned.
+#[derive(Debug, Clone)]
+struct PendingCreate {
+    client: usize,
+    key: String,
+    body: Value,
 }
 
 pub struct Inventory {
@@ -291,12 +330,13 @@ pub struct Inventory {
     item_ids: Vec<String>,
     initial_qty: u64,
     max_delta: i64,
-    acked_sum: Vec<AtomicI64>,
-    acked_count: Vec<AtomicU64>,
+    /// Per item, every delta answered 200 (a multiset: at most 2 × `--max-delta` entries,
+    /// however long the run).
+    acked: Vec<Mutex<Deltas>>,
     unknown: Mutex<Vec<PendingDelta>>,
     /// Items created during a mixed run: (id, qty).
     created: Mutex<Vec<(String, u64)>>,
-    unknown_creates: Mutex<Vec<(String, Value)>>,
+    unknown_creates: Mutex<Vec<PendingCreate>>,
 }
 
 impl Inventory {
@@ -329,8 +369,7 @@ impl Inventory {
         let item_ids = results.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Self {
             workload: params.workload,
-            acked_sum: (0..count).map(|_| AtomicI64::new(0)).collect(),
-            acked_count: (0..count).map(|_| AtomicU64::new(0)).collect(),
+            acked: (0..count).map(|_| Mutex::new(Deltas::default())).collect(),
             item_ids,
             initial_qty: params.initial_qty,
             max_delta: params.max_delta,
@@ -341,11 +380,7 @@ impl Inventory {
     }
 
     fn notes(&self) -> Vec<String> {
-        let acked: u64 = self
-            .acked_count
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .sum();
+        let acked: u64 = self.acked.iter().map(|d| lock(d).count()).sum();
         let mut notes = vec![format!(
             "{} item(s) at initial qty {}; {acked} deltas acknowledged",
             self.item_ids.len(),
@@ -400,7 +435,7 @@ impl Inventory {
                             lock(&self.created).push((id, qty));
                         }
                     } else if outcome_unknown(&reply) {
-                        lock(&self.unknown_creates).push((key, body));
+                        lock(&self.unknown_creates).push(PendingCreate { client, key, body });
                     }
                     return OpEnd::Done;
                 }
@@ -416,7 +451,7 @@ impl Inventory {
         let reply = self
             .send_delta(session, token, item, &key, delta, samples)
             .await;
-        self.account(item, &key, delta, &reply);
+        self.account(client, item, &key, delta, &reply);
         OpEnd::Done
     }
 
@@ -437,12 +472,12 @@ impl Inventory {
         timed(samples, "qty_delta", request).await
     }
 
-    fn account(&self, item: usize, key: &str, delta: i64, reply: &Reply) {
+    fn account(&self, client: usize, item: usize, key: &str, delta: i64, reply: &Reply) {
         if reply.status == 200 {
-            self.acked_sum[item].fetch_add(delta, Ordering::Relaxed);
-            self.acked_count[item].fetch_add(1, Ordering::Relaxed);
+            lock(&self.acked[item]).add(delta);
         } else if outcome_unknown(reply) {
             lock(&self.unknown).push(PendingDelta {
+                client,
                 item,
                 key: key.to_owned(),
                 delta,
@@ -458,28 +493,22 @@ impl Inventory {
         let mut unresolved = Vec::new();
         for p in &pending {
             let mut scratch = Vec::new();
+            let token = session.token(p.client);
             let reply = self
-                .send_delta(
-                    session,
-                    &session.owner_token,
-                    p.item,
-                    &p.key,
-                    p.delta,
-                    &mut scratch,
-                )
+                .send_delta(session, token, p.item, &p.key, p.delta, &mut scratch)
                 .await;
-            self.account(p.item, &p.key, p.delta, &reply);
+            self.account(p.client, p.item, &p.key, p.delta, &reply);
             if outcome_unknown(&reply) {
                 unresolved.push(format!("delta with key {}: {}", p.key, reply.describe()));
             }
         }
-        for (key, body) in &pending_creates {
+        for PendingCreate { client, key, body } in &pending_creates {
             let reply = session
                 .api
                 .call(
                     Method::POST,
                     "/api/v1/items",
-                    Some(&session.owner_token),
+                    Some(session.token(*client)),
                     Some(body),
                     Some(key),
                 )
@@ -505,12 +534,11 @@ impl Inventory {
         let mut targets: Vec<(String, ItemExpectation)> = self
             .item_ids
             .iter()
-            .enumerate()
-            .map(|(i, id)| {
+            .zip(&self.acked)
+            .map(|(id, acked)| {
                 let want = ItemExpectation {
                     initial_qty: self.initial_qty,
-                    acked_delta_sum: self.acked_sum[i].load(Ordering::Relaxed),
-                    acked_count: self.acked_count[i].load(Ordering::Relaxed),
+                    acked_deltas: lock(acked).clone(),
                 };
                 (id.clone(), want)
             })
@@ -524,11 +552,11 @@ impl Inventory {
             };
             (id, want)
         }));
-        let acked_total: u64 = targets.iter().map(|(_, w)| w.acked_count).sum();
+        let acked_total: u64 = targets.iter().map(|(_, w)| w.acked_deltas.count()).sum();
         let results: Vec<anyhow::Result<Vec<String>>> = futures_util::stream::iter(&targets)
             .map(|(id, want)| async move {
                 let got = observe_item(session, id).await?;
-                Ok(compare_item(&format!("item {id}"), *want, got))
+                Ok(compare_item(&format!("item {id}"), want, &got))
             })
             .buffer_unordered(SETUP_CONCURRENCY)
             .collect()
@@ -546,8 +574,44 @@ impl Inventory {
             ),
             problems,
         ));
+
+        // 3. The organization's items are exactly those set up and acknowledged as created
+        //    (a fresh organization per run: nothing else is in it).
+        let listed = list_item_ids(session).await?;
+        let expected: HashSet<String> = targets.into_iter().map(|(id, _)| id).collect();
+        checks.push(Check::from_problems(
+            "the items listed are exactly those acknowledged",
+            format!("{} items listed, {} expected", listed.len(), expected.len()),
+            compare_item_ids(&expected, &listed),
+        ));
         Ok(checks)
     }
+}
+
+/// The ids of every item of the organization (all pages of `GET /items`).
+async fn list_item_ids(session: &Session) -> anyhow::Result<Vec<String>> {
+    let token = Some(session.owner_token.as_str());
+    let mut ids = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut path = format!("/api/v1/items?limit={PAGE_LIMIT}");
+        if let Some(c) = &cursor {
+            path.push_str(&format!("&cursor={}", encode_query(c)));
+        }
+        let page = session
+            .api
+            .get(&path, token)
+            .await
+            .ok_json("listing the items")?;
+        for item in page["data"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+            ids.push(str_at(item, "/id")?);
+        }
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    Ok(ids)
 }
 
 /// `GET /items/{id}` and every page of its history.
@@ -578,8 +642,10 @@ async fn observe_item(session: &Session, id: &str) -> anyhow::Result<ItemObserva
             .ok_json("reading an item's history")?;
         for record in page["data"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
             if record["kind"] == "qty_changed" {
-                observation.qty_changed_records += 1;
-                observation.qty_changed_delta_sum += record["delta"].as_i64().unwrap_or(0);
+                let delta = record["delta"]
+                    .as_i64()
+                    .with_context(|| format!("a qty_changed record without a delta: {record}"))?;
+                observation.qty_changed_deltas.add(delta);
             }
         }
         match page["next_cursor"].as_str() {
@@ -666,7 +732,7 @@ impl EventsAppend {
         let event = |i: usize| {
             json!({
                 "id": uuid::Uuid::now_v7().to_string(),
-                "type": "bench.appended",
+                "type": APPENDED_TYPE,
                 "data": self.data(client, seq, i),
             })
         };
@@ -746,6 +812,7 @@ impl EventsAppend {
             id: a.id.to_string(),
             position: a.position,
             stream: Self::stream(a.client as usize),
+            event_type: APPENDED_TYPE.to_owned(),
             data: self.data(a.client as usize, a.seq, a.index as usize),
         }
     }
@@ -763,13 +830,11 @@ impl EventsAppend {
         } else {
             "append_batch"
         };
-        let request = session.api.call(
-            Method::POST,
-            &path,
-            Some(session.token(client)),
-            Some(&body),
-            None,
-        );
+        // Client-chosen event ids make a re-send harmless (same ids and content → 200 with
+        // the original positions), so the client may retry it on a stale connection.
+        let request = session
+            .api
+            .post_repeatable(&path, Some(session.token(client)), &body);
         let reply = timed(samples, kind, request).await;
         if reply.is_success() {
             if self.account(&body, &reply, client, seq).is_err() {
@@ -787,10 +852,13 @@ impl EventsAppend {
         let mut checks = Vec::new();
         let pending = std::mem::take(&mut *lock(&self.unknown));
         let mut unresolved = Vec::new();
+        let mut unsettled_ids = Vec::new();
         for (path, body, client, seq) in &pending {
-            let reply = session.api.post(path, token, body).await;
+            let client_token = Some(session.token(*client));
+            let reply = session.api.post_repeatable(path, client_token, body).await;
             if !reply.is_success() || self.account(body, &reply, *client, *seq).is_err() {
                 unresolved.push(format!("append to {path}: {}", reply.describe()));
+                unsettled_ids.extend(sent_ids(body));
             }
         }
         checks.push(Check::from_problems(
@@ -805,7 +873,8 @@ impl EventsAppend {
         // The whole log of the organization, by position, checked page by page against the
         // acknowledgements (compact; each rebuilt only when its id is listed).
         let acked: Vec<AckedAppend> = lock(&self.acked).iter().flatten().cloned().collect();
-        let mut check = EventCheck::new(acked.iter().map(|a| a.id.to_string()));
+        let mut check =
+            EventCheck::new(acked.iter().map(|a| a.id.to_string())).unsettled(unsettled_ids);
         let mut positions = Vec::new();
         let mut cursor: Option<String> = None;
         loop {
@@ -833,7 +902,9 @@ impl EventsAppend {
                 let stored = StoredEvent {
                     position,
                     stream: str_at(event, "/stream")?,
+                    event_type: str_at(event, "/type")?,
                     data: event["data"].take(),
+                    from_outbox: event["metadata"]["source"] == "outbox",
                 };
                 check.listed(&str_at(event, "/id")?, &stored, |i| {
                     self.acked_event(&acked[i])
@@ -849,9 +920,14 @@ impl EventsAppend {
             format!("{} positions listed from 1", positions.len()),
             check_gapless(&positions).err().into_iter().collect(),
         ));
+        let outbox_events = check.outbox_events();
         checks.push(Check::from_problems(
-            "acknowledged events are listed as acknowledged",
-            format!("{} acknowledged events", acked.len()),
+            "the log holds the acknowledged events as acknowledged, and no other append",
+            format!(
+                "{} acknowledged events; {outbox_events} events of the server's outbox not \
+                 compared",
+                acked.len()
+            ),
             check.finish(),
         ));
 
@@ -874,6 +950,7 @@ impl EventsAppend {
                 };
                 let same = body["position"].as_u64() == Some(event.position)
                     && body["stream"].as_str() == Some(event.stream.as_str())
+                    && body["type"].as_str() == Some(event.event_type.as_str())
                     && same_json(&body["data"], &event.data);
                 (!same)
                     .then(|| format!("event {}: read by id differs from what was sent", event.id))
@@ -892,6 +969,18 @@ impl EventsAppend {
         ));
         Ok(checks)
     }
+}
+
+/// The event ids of an append's body (one event, or `events`).
+fn sent_ids(body: &Value) -> Vec<String> {
+    let events = match body.get("events").and_then(Value::as_array) {
+        Some(events) => events.iter().collect(),
+        None => vec![body],
+    };
+    events
+        .into_iter()
+        .filter_map(|e| e["id"].as_str().map(str::to_owned))
+        .collect()
 }
 
 // ---- events-read ----
@@ -1222,6 +1311,45 @@ mod tests {
         assert!(outcome_unknown(&reply(503)));
         assert!(!outcome_unknown(&reply(400)));
         assert!(!outcome_unknown(&reply(200)));
+    }
+
+    #[test]
+    fn only_insufficient_quantity_on_a_delta_is_an_expected_refusal() {
+        let sample = |kind, status, code: &str| Sample {
+            kind,
+            status,
+            code: Some(code.to_owned()),
+            elapsed: std::time::Duration::ZERO,
+        };
+        assert!(expected_refusal(&sample(
+            "qty_delta",
+            400,
+            "insufficient_quantity"
+        )));
+        assert!(!expected_refusal(&sample("qty_delta", 429, "rate_limited")));
+        assert!(!expected_refusal(&sample(
+            "qty_delta",
+            400,
+            "validation_failed"
+        )));
+        assert!(!expected_refusal(&sample(
+            "create_item",
+            400,
+            "insufficient_quantity"
+        )));
+        assert!(!expected_refusal(&sample(
+            "invite_submit",
+            409,
+            "already_submitted"
+        )));
+    }
+
+    #[test]
+    fn the_ids_of_a_single_or_batched_append_are_found() {
+        let single = json!({"id": "a", "type": "t", "data": {}, "stream": "s"});
+        assert_eq!(sent_ids(&single), vec!["a".to_owned()]);
+        let batch = json!({"events": [{"id": "a"}, {"id": "b"}]});
+        assert_eq!(sent_ids(&batch), vec!["a".to_owned(), "b".to_owned()]);
     }
 
     #[test]

@@ -108,6 +108,13 @@ fn assert_verified(report: &RunReport) {
     assert!(report.results.operations > 0);
     assert!(report.results.throughput_per_s > 0.0);
     assert!(report.results.latency_us.p50_us > 0);
+    assert_eq!(report.results.failed_operations, 0);
+    assert_eq!(report.results.error_rate, 0.0);
+    // Every second of the window has a point, busy or not.
+    assert_eq!(
+        report.results.timeline.len() as u64,
+        (report.results.measured_s as u64).max(1)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -160,6 +167,9 @@ async fn a_small_stock_makes_rejections_that_are_counted_by_code_and_still_balan
         "{:?}",
         report.results.code_counts
     );
+    // Refusals the workload provokes are neither failures nor throughput.
+    assert!(report.results.refused_operations > 0);
+    assert_eq!(report.results.failed_operations, 0);
     server.stop().await;
 }
 
