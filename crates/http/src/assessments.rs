@@ -949,11 +949,13 @@ impl<S: Send + Sync> FromRequest<S> for Upload {
             ));
         }
         let format = Format::from_media_type(&content_type).ok_or_else(unsupported)?;
+        // A body that fails to arrive is a failed upload, as in the multipart path: the body
+        // is a spreadsheet, not JSON.
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 too_large()
             } else {
-                ApiError::new(codes::MALFORMED_JSON, e.body_text())
+                ApiError::field("/file", "invalid_upload", e.body_text())
             }
         })?;
         Ok(Upload { format, bytes })
@@ -978,13 +980,51 @@ fn format_of_name(name: &str) -> Option<Format> {
     }
 }
 
+/// Row errors an `invalid_import` problem lists (`detail` counts them all): enough to fix a
+/// file by, and a bound on the response; every row of a 5 MiB CSV in error made a problem of
+/// tens of MiB.
+const IMPORT_ROW_ERRORS_LISTED_MAX: usize = 100;
+
+/// Spreadsheets parsed at once, across all imports. A parse takes a core and, for a hostile
+/// workbook, up to a few hundred MiB (calamine's structures); without a bound a burst ran as
+/// many as the blocking pool has threads (512).
+const IMPORT_PARSES_MAX: usize = 2;
+/// How long an import waits for a parse to finish before it is told to retry.
+const IMPORT_PARSE_WAIT_MS: u64 = 2_000;
+static IMPORT_PARSES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(IMPORT_PARSES_MAX);
+
+/// A place among the parses running at once, or `503 overloaded` once `wait` has passed:
+/// imports queue briefly, never without bound (a queue turns a burst into timeouts for all).
+async fn parse_slot(
+    slots: &tokio::sync::Semaphore,
+    wait: std::time::Duration,
+) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
+    match tokio::time::timeout(wait, slots.acquire()).await {
+        Ok(permit) => permit.map_err(ApiError::internal),
+        Err(_) => Err(ApiError::new(
+            codes::OVERLOADED,
+            "too many spreadsheets are being imported; retry shortly",
+        )
+        .retry_after(1)),
+    }
+}
+
 fn import_error(e: ImportError) -> ApiError {
     match e {
         ImportError::TooLarge { .. } => ApiError::new(codes::PAYLOAD_TOO_LARGE, e.to_string()),
         ImportError::Rows(rows) => {
-            let detail = format!("{} row error(s); nothing was imported", rows.len());
+            let detail = if rows.len() > IMPORT_ROW_ERRORS_LISTED_MAX {
+                format!(
+                    "{} row error(s), the first {IMPORT_ROW_ERRORS_LISTED_MAX} listed; nothing \
+                     was imported",
+                    rows.len()
+                )
+            } else {
+                format!("{} row error(s); nothing was imported", rows.len())
+            };
             let errors = rows
                 .into_iter()
+                .take(IMPORT_ROW_ERRORS_LISTED_MAX)
                 .map(|r| FieldError::new(format!("/rows/{}/{}", r.row, r.column), r.code, r.detail))
                 .collect();
             ApiError {
@@ -1003,7 +1043,8 @@ fn import_error(e: ImportError) -> ApiError {
 }
 
 /// Import questions from CSV or XLSX (columns `type,prompt,options,correct,points`), all or
-/// nothing: any bad row → 400 listing every row error, and nothing is imported.
+/// nothing: any bad row → 400 listing the row errors (the first 100; `detail` counts them
+/// all), and nothing is imported.
 #[utoipa::path(post, path = "/assessments/{id}/questions/import", tag = "assessments", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "Assessment id")),
     request_body(description = "CSV or XLSX, raw or as a multipart `file` part; at most 5 MiB and 1,000 rows",
@@ -1023,10 +1064,20 @@ async fn import_questions(
     let result = async {
         p.require(Role::Admin)?;
         let (format, bytes) = (upload.format, upload.bytes);
-        let specs = tokio::task::spawn_blocking(move || trueline_import::parse(&bytes, format))
-            .await
-            .map_err(ApiError::internal)?
-            .map_err(import_error)?;
+        let slot = parse_slot(
+            &IMPORT_PARSES,
+            std::time::Duration::from_millis(IMPORT_PARSE_WAIT_MS),
+        )
+        .await?;
+        // The place moves into the blocking task: a request dropped meanwhile (timeout, client
+        // gone) must not free the place of a parse that still runs.
+        let specs = tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            trueline_import::parse(&bytes, format)
+        })
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(import_error)?;
         let questions = specs.into_iter().map(|s| (Uuid::now_v7(), s)).collect();
         let render = |qs: &Vec<Question>| json_response(StatusCode::CREATED, &[], &ImportResponse { imported: qs.len(), questions: qs.iter().map(QuestionView::from).collect() });
         let added = state.store.add_questions(&actor(&p, &state, &rid), id, None, questions, idem.with(&render)).await?;
@@ -1680,5 +1731,75 @@ mod percent_tests {
             let mark_percent = PassingScorePercent::new(mark).unwrap();
             prop_assert_eq!(shown >= mark as u64 * 100, passes(earned, total, mark_percent));
         }
+    }
+}
+
+#[cfg(test)]
+mod import_tests {
+    use super::*;
+    use std::time::Duration;
+    use trueline_import::RowError;
+
+    #[test]
+    fn a_problem_lists_the_first_100_row_errors_and_counts_them_all() {
+        let rows = |n: u64| {
+            ImportError::Rows(
+                (0..n)
+                    .map(|i| RowError {
+                        row: i + 2,
+                        column: "points".into(),
+                        code: "invalid_type",
+                        detail: "must be a whole number".into(),
+                    })
+                    .collect(),
+            )
+        };
+        let problem = import_error(rows(250));
+        assert_eq!(problem.code.code, codes::INVALID_IMPORT.code);
+        assert_eq!(problem.errors.len(), IMPORT_ROW_ERRORS_LISTED_MAX);
+        assert_eq!(problem.errors[0].field, "/rows/2/points");
+        assert_eq!(problem.errors[99].field, "/rows/101/points");
+        assert_eq!(
+            problem.detail,
+            "250 row error(s), the first 100 listed; nothing was imported"
+        );
+        let problem = import_error(rows(100));
+        assert_eq!(problem.errors.len(), 100);
+        assert_eq!(problem.detail, "100 row error(s); nothing was imported");
+    }
+
+    #[tokio::test]
+    async fn an_import_waits_briefly_for_a_parse_slot_then_is_told_to_retry() {
+        let slots = tokio::sync::Semaphore::new(1);
+        let wait = Duration::from_millis(20);
+        let held = parse_slot(&slots, wait).await.expect("a free slot");
+        let refused = parse_slot(&slots, wait).await.expect_err("no free slot");
+        assert_eq!(refused.code.code, codes::OVERLOADED.code);
+        let headers = refused.headers.as_deref().cloned().unwrap_or_default();
+        assert!(headers.iter().any(|(name, _)| name == header::RETRY_AFTER));
+        drop(held);
+        let _freed = parse_slot(&slots, wait)
+            .await
+            .expect("the slot is free again");
+    }
+
+    #[tokio::test]
+    async fn a_raw_upload_whose_body_fails_to_arrive_is_an_invalid_upload() {
+        let chunks = [
+            Ok(Bytes::from_static(b"type,prompt,correct\n")),
+            Err(std::io::Error::other("connection reset")),
+        ];
+        let request = Request::builder()
+            .header(header::CONTENT_TYPE, "text/csv")
+            .body(axum::body::Body::from_stream(futures_util::stream::iter(
+                chunks,
+            )))
+            .expect("a request");
+        let Err(e) = Upload::from_request(request, &()).await else {
+            panic!("the upload is refused");
+        };
+        assert_eq!(e.code.code, codes::VALIDATION_FAILED.code);
+        assert_eq!(e.errors[0].field, "/file");
+        assert_eq!(e.errors[0].code, "invalid_upload");
     }
 }

@@ -7,7 +7,8 @@
 //! question is exactly as valid as one sent as JSON. No IO: the caller hands in the bytes.
 //!
 //! # The file
-//! The first non-blank row holds the column names `type, prompt, options, correct, points`,
+//! A CSV file, or the first visible worksheet of an XLSX workbook (a hidden sheet is only read
+//! when no worksheet is visible). The first non-blank row holds the column names `type, prompt, options, correct, points`,
 //! matched case-insensitively after trimming, in any order. `type`, `prompt` and `correct` are
 //! required; `options` may be left out when no question needs it, and `points` is optional
 //! (default 1). A column with any other name is refused ([`ImportError::UnknownColumn`]): a
@@ -33,7 +34,9 @@
 //! [`UPLOAD_BYTES_MAX`], [`ROWS_MAX`], [`COLUMNS_MAX`], [`TEXT_CELL_BYTES_MAX`], and for XLSX
 //! [`XLSX_DECOMPRESSED_BYTES_MAX`] and [`XLSX_ENTRIES_MAX`], checked by streaming every zip
 //! entry through a bounded reader *before* calamine parses anything (declared sizes can lie),
-//! and [`XLSX_TEXT_BYTES_MAX`] while the cells are read.
+//! together with what calamine would multiply or pre-allocate from a few bytes of XML
+//! ([`XLSX_STYLE_ATTRIBUTE_CHARS_MAX`], [`XLSX_STYLE_XFS_MAX`], a shared-string count the part
+//! cannot hold), and [`XLSX_TEXT_BYTES_MAX`] while the cells are read.
 //! The number of questions an *assessment* may hold (`QUESTIONS_MAX`) is the caller's check.
 
 mod csv_input;
@@ -41,7 +44,10 @@ mod rows;
 mod table;
 mod xlsx_input;
 
-use trueline_core::assessments::QuestionSpec;
+use trueline_core::assessments::{
+    ACCEPTED_ANSWER_CHARS_MAX, ACCEPTED_ANSWERS_MAX, OPTION_CHARS_MAX, OPTIONS_MAX,
+    PROMPT_CHARS_MAX, QuestionSpec,
+};
 
 /// The largest upload accepted, in bytes (5 MiB).
 pub const UPLOAD_BYTES_MAX: usize = 5 * 1024 * 1024;
@@ -49,18 +55,43 @@ pub const UPLOAD_BYTES_MAX: usize = 5 * 1024 * 1024;
 pub const ROWS_MAX: usize = 1_000;
 /// Columns that may hold anything at all; a value further right is refused.
 pub const COLUMNS_MAX: usize = 64;
-/// Total decompressed size of every entry of an XLSX archive (50 MiB). A real question
-/// workbook of 1,000 rows decompresses to well under 2 MiB.
-pub const XLSX_DECOMPRESSED_BYTES_MAX: u64 = 50 * 1024 * 1024;
+/// Total decompressed size of every entry of an XLSX archive (8 MiB). A real question
+/// workbook of 1,000 rows decompresses to well under 2 MiB; calamine's structures take several
+/// times what it inflates, so this also bounds the memory one import takes.
+pub const XLSX_DECOMPRESSED_BYTES_MAX: u64 = 8 * 1024 * 1024;
 /// Entries in an XLSX archive (a workbook written by a spreadsheet has a dozen or two).
 pub const XLSX_ENTRIES_MAX: usize = 1_000;
-/// Bytes of text in one cell (16 KiB; a prompt holds at most 2,000 characters). A longer
-/// cell is reported as a row error and never copied.
-pub const TEXT_CELL_BYTES_MAX: usize = 16 * 1024;
+/// Characters of one attribute value in an XLSX styles part: Excel's own limit for a number
+/// format code (a font name has at most 31). calamine copies a format code and a font name
+/// into every cell format that names them, so one long value is multiplied by
+/// [`XLSX_STYLE_XFS_MAX`] at most.
+pub const XLSX_STYLE_ATTRIBUTE_CHARS_MAX: usize = 255;
+/// Cell formats (`xf` records) in an XLSX styles part: Excel's own limit.
+pub const XLSX_STYLE_XFS_MAX: usize = 64_000;
+/// Bytes of text in one cell: the longest cell holding a value the domain can accept. The
+/// domain counts characters and a character takes up to 4 bytes in UTF-8, so a limit in bytes
+/// must allow 4 per character: the longest such cell is a list of 10 options of 500
+/// characters and its 9 separators (20,009 bytes; 20 accepted answers of 200 need 16,019, a
+/// prompt of 2,000 characters 8,000). A longer cell is reported as a row error and never
+/// copied.
+pub const TEXT_CELL_BYTES_MAX: usize = {
+    const UTF8_CHAR_BYTES_MAX: usize = 4;
+    let options = OPTIONS_MAX * OPTION_CHARS_MAX * UTF8_CHAR_BYTES_MAX + (OPTIONS_MAX - 1);
+    let answers = ACCEPTED_ANSWERS_MAX * ACCEPTED_ANSWER_CHARS_MAX * UTF8_CHAR_BYTES_MAX
+        + (ACCEPTED_ANSWERS_MAX - 1);
+    let prompt = PROMPT_CHARS_MAX * UTF8_CHAR_BYTES_MAX;
+    let lists = if options > answers { options } else { answers };
+    if lists > prompt { lists } else { prompt }
+};
 /// Bytes of text in all the cells of an XLSX sheet together (10 MiB). Cells may share one
 /// string of the workbook, so a file of a few KiB could otherwise name one long string
 /// thousands of times, each copied.
 pub const XLSX_TEXT_BYTES_MAX: usize = 10 * 1024 * 1024;
+
+/// Characters of a cell quoted in an error (longer text is cut, with `…`): enough to find the
+/// cell, while a 20 KiB cell quoted whole, escaped, in each of its errors made a refusal of a
+/// few MiB of CSV tens of MiB long.
+pub const QUOTED_CHARS_MAX: usize = 80;
 
 /// The media type of CSV uploads.
 pub const CSV_MEDIA_TYPE: &str = "text/csv";
@@ -102,6 +133,7 @@ impl Format {
 
 /// One problem in one row. `row` is the row number a person sees (header = 1); `column` is the
 /// canonical column name (`correct`), or the column letter (`F`) for a column without a name.
+/// `detail` quotes at most [`QUOTED_CHARS_MAX`] characters of a value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RowError {
     pub row: u64,

@@ -3,7 +3,7 @@
 //! numbers, `value±tolerance`), and [`QuestionSpec::build`] applies the domain's rules. Every
 //! problem of every row is collected; one bad row means no question is returned.
 
-use crate::table::{Cell, Row, Table, column_letter};
+use crate::table::{Cell, Row, Table, column_letter, quoted, shortened};
 use crate::{ImportError, RowError};
 use std::collections::BTreeMap;
 use trueline_core::assessments::text::answer_key;
@@ -55,7 +55,7 @@ fn layout(header: &Row) -> Result<BTreeMap<usize, Column>, ImportError> {
         let name = written.trim().to_lowercase();
         let Some(column) = Column::ALL.into_iter().find(|c| c.name() == name) else {
             return Err(ImportError::UnknownColumn {
-                column: written.trim().to_owned(),
+                column: shortened(written.trim()),
             });
         };
         if layout.values().any(|c| *c == column) {
@@ -175,8 +175,8 @@ fn question(layout: &BTreeMap<usize, Column>, row: &Row) -> Result<QuestionSpec,
                         Column::Type,
                         codes::INVALID_VALUE,
                         format!(
-                            "unknown question type {:?}; expected one of {}",
-                            written.trim(),
+                            "unknown question type {}; expected one of {}",
+                            quoted(written.trim()),
                             QuestionType::ALL.map(QuestionType::as_str).join(", ")
                         ),
                     );
@@ -221,8 +221,8 @@ fn question(layout: &BTreeMap<usize, Column>, row: &Row) -> Result<QuestionSpec,
                                     Column::Correct,
                                     codes::INVALID_VALUE,
                                     format!(
-                                        "must be true or false, not {:?}",
-                                        cell.to_text().trim()
+                                        "must be true or false, not {}",
+                                        quoted(cell.to_text().trim())
                                     ),
                                 );
                                 FieldValue::Rejected
@@ -313,7 +313,7 @@ fn points(value: FieldValue<&Cell>, errors: &mut RowErrors) -> FieldValue<i64> {
             errors.push(
                 Column::Points,
                 codes::INVALID_TYPE,
-                format!("must be a whole number, not {:?}", written.trim()),
+                format!("must be a whole number, not {}", quoted(written.trim())),
             );
             FieldValue::Rejected
         }
@@ -392,8 +392,8 @@ fn choice_correct(
                 Column::Correct,
                 codes::INVALID_CORRECT_ANSWER,
                 format!(
-                    "{entry:?} is neither the text of an option nor an option number \
-                     (1 to {})",
+                    "{} is neither the text of an option nor an option number (1 to {})",
+                    quoted(entry),
                     options.len()
                 ),
             );
@@ -405,10 +405,11 @@ fn choice_correct(
                 Column::Correct,
                 codes::DUPLICATE_INDEX,
                 format!(
-                    "{:?} and {entry:?} both name option {} ({:?})",
-                    named_by[first],
+                    "{} and {} both name option {} ({})",
+                    quoted(named_by[first]),
+                    quoted(entry),
                     index + 1,
-                    options[index].trim()
+                    quoted(options[index].trim())
                 ),
             );
             failed = true;
@@ -455,10 +456,12 @@ fn number(text: &str, what: &str) -> Result<f64, String> {
         // `parse` also reads "inf" and "NaN"; an answer key must be a finite number.
         Ok(x) if x.is_finite() => Ok(x),
         _ if text.contains(',') => Err(format!(
-            "{what} {text:?} is not a number; use a dot as the decimal separator"
+            "{what} {} is not a number; use a dot as the decimal separator",
+            quoted(text)
         )),
         _ => Err(format!(
-            "{what} {text:?} is not a number; write value or value±tolerance, e.g. 2.75±0.01"
+            "{what} {} is not a number; write value or value±tolerance, e.g. 2.75±0.01",
+            quoted(text)
         )),
     }
 }

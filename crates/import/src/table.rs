@@ -1,7 +1,7 @@
 //! The format-neutral shape both readers produce: rows of non-empty cells with the row number
 //! a person sees.
 
-use crate::{COLUMNS_MAX, ImportError, ROWS_MAX, TEXT_CELL_BYTES_MAX};
+use crate::{COLUMNS_MAX, ImportError, QUOTED_CHARS_MAX, ROWS_MAX, TEXT_CELL_BYTES_MAX};
 
 /// A non-empty cell.
 #[derive(Debug, Clone, PartialEq)]
@@ -74,6 +74,19 @@ pub(crate) fn text_cell(text: &str) -> Option<Cell> {
     (!text.trim().is_empty()).then(|| Cell::Text(text.to_owned()))
 }
 
+/// `text` cut to [`QUOTED_CHARS_MAX`] characters (on a character boundary), with `…` when cut.
+pub(crate) fn shortened(text: &str) -> String {
+    match text.char_indices().nth(QUOTED_CHARS_MAX) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_owned(),
+    }
+}
+
+/// `text` as an error message quotes it: [`shortened`], in quotes, control characters escaped.
+pub(crate) fn quoted(text: &str) -> String {
+    format!("{:?}", shortened(text))
+}
+
 /// The spreadsheet letter of a 0-based column: 0 → `A`, 25 → `Z`, 26 → `AA`.
 pub(crate) fn column_letter(index: usize) -> String {
     let mut letters = Vec::new();
@@ -98,6 +111,18 @@ mod tests {
         assert_eq!(column_letter(26), "AA");
         assert_eq!(column_letter(701), "ZZ");
         assert_eq!(column_letter(702), "AAA");
+    }
+
+    #[test]
+    fn quoted_values_are_cut_on_a_character_boundary() {
+        assert_eq!(quoted("a\tb"), "\"a\\tb\"");
+        let exact = "é".repeat(QUOTED_CHARS_MAX);
+        assert_eq!(quoted(&exact), format!("\"{exact}\""));
+        let long = "𝒜".repeat(QUOTED_CHARS_MAX + 1);
+        assert_eq!(
+            shortened(&long),
+            format!("{}…", "𝒜".repeat(QUOTED_CHARS_MAX))
+        );
     }
 
     #[test]

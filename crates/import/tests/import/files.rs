@@ -59,6 +59,16 @@ pub fn zip(entries: &[(&str, &[u8])]) -> Vec<u8> {
 /// A minimal workbook written by hand around `sheet_data` (the inside of `<sheetData>`), with
 /// the given shared strings.
 pub fn handwritten_xlsx(sheet_data: &str, shared_strings: &[&str]) -> Vec<u8> {
+    handwritten_xlsx_with(sheet_data, shared_strings, &[])
+}
+
+/// [`handwritten_xlsx`] with `parts` (name, contents) replacing the entries of the same name
+/// or added after them.
+pub fn handwritten_xlsx_with(
+    sheet_data: &str,
+    shared_strings: &[&str],
+    parts: &[(&str, &[u8])],
+) -> Vec<u8> {
     let content_types = r#"<?xml version="1.0" encoding="UTF-8" standalone="yes"?>
 <Types xmlns="http://schemas.openxmlformats.org/package/2006/content-types">
 <Default Extension="rels" ContentType="application/vnd.openxmlformats-package.relationships+xml"/>
@@ -93,12 +103,19 @@ pub fn handwritten_xlsx(sheet_data: &str, shared_strings: &[&str]) -> Vec<u8> {
 <sst xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main" count="{n}" uniqueCount="{n}">{strings}</sst>"#,
         n = shared_strings.len()
     );
-    zip(&[
+    let mut entries: Vec<(&str, &[u8])> = vec![
         ("[Content_Types].xml", content_types.as_bytes()),
         ("_rels/.rels", root_rels.as_bytes()),
         ("xl/workbook.xml", workbook.as_bytes()),
         ("xl/_rels/workbook.xml.rels", workbook_rels.as_bytes()),
         ("xl/worksheets/sheet1.xml", sheet.as_bytes()),
         ("xl/sharedStrings.xml", shared.as_bytes()),
-    ])
+    ];
+    for (name, contents) in parts {
+        match entries.iter_mut().find(|(existing, _)| existing == name) {
+            Some(entry) => entry.1 = contents,
+            None => entries.push((name, contents)),
+        }
+    }
+    zip(&entries)
 }

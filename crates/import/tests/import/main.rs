@@ -3,7 +3,8 @@
 //! - `csv_text`: text files (BOM, CRLF, quoting, header rules, row errors);
 //! - `xlsx`: workbooks written by rust_xlsxwriter and by hand (inline strings, self-closing
 //!   cells, shared strings), dates, malformed archives;
-//! - `limits`: zip bombs, row, column and size caps;
+//! - `limits`: zip bombs, styles and shared strings the reader would multiply, row, column,
+//!   cell and size caps, quoted values;
 //! - `template`: the downloadable templates read into one question of every type;
 //! - `robustness`: arbitrary and mutated bytes never panic.
 

@@ -1,6 +1,6 @@
 //! XLSX workbooks: typed cells, hand-written XML parts, dates, malformed archives.
 
-use crate::files::{X, handwritten_xlsx, xlsx, zip};
+use crate::files::{X, handwritten_xlsx, handwritten_xlsx_with, xlsx, zip};
 use trueline_core::assessments::{AnswerKey, QuestionSpec};
 use trueline_import::{Format, ImportError, RowError, parse};
 
@@ -264,4 +264,110 @@ fn formulas_count_by_their_saved_result_and_without_one_are_reported() {
     let saved = sheet.split("<row r=\"3\">").next().unwrap();
     let questions = read(&handwritten_xlsx(saved, &[])).expect("imports");
     assert_eq!(questions[0].points(), 3);
+}
+
+/// `=IF(A5="","",1)` saved with its empty result is an empty cell, not a formula "without a
+/// saved result"; so is a result of only spaces.
+#[test]
+fn a_formula_whose_saved_result_is_empty_text_is_an_empty_cell() {
+    let sheet = r#"
+<row r="1">
+  <c r="A1" t="inlineStr"><is><t>type</t></is></c>
+  <c r="B1" t="inlineStr"><is><t>prompt</t></is></c>
+  <c r="C1" t="inlineStr"><is><t>options</t></is></c>
+  <c r="D1" t="inlineStr"><is><t>correct</t></is></c>
+  <c r="E1" t="inlineStr"><is><t>points</t></is></c>
+</row>
+<row r="2">
+  <c r="A2" t="inlineStr"><is><t>true_false</t></is></c>
+  <c r="B2" t="inlineStr"><is><t>Empty results?</t></is></c>
+  <c r="C2" t="str"><f>IF(A5="","",1)</f><v></v></c>
+  <c r="D2" t="b"><v>1</v></c>
+  <c r="E2" t="str"><f>IF(A5="","  ",1)</f><v>  </v></c>
+</row>"#;
+    let questions = read(&handwritten_xlsx(sheet, &[])).expect("imports");
+    assert_eq!(questions[0].key(), &AnswerKey::TrueFalse { correct: true });
+    assert_eq!(questions[0].points(), 1);
+}
+
+/// A spreadsheet computes and shows 15 significant digits; the bits beyond (`=0.1+0.2` is
+/// saved as 0.30000000000000004) are not what the person wrote.
+#[test]
+fn numbers_are_read_as_the_spreadsheet_shows_them() {
+    use X::*;
+    let bytes = xlsx(&[
+        header(),
+        vec![
+            S("numeric"),
+            S("0.1 + 0.2?"),
+            Blank,
+            N(0.1 + 0.2),
+            N(0.1 * 30.0),
+        ],
+    ]);
+    let questions = read(&bytes).expect("imports");
+    assert_eq!(
+        questions[0].key(),
+        &AnswerKey::Numeric {
+            value: 0.3,
+            tolerance: 0.0
+        }
+    );
+    assert_eq!(questions[0].points(), 3);
+}
+
+/// A workbook of a `Notes` sheet and a `Questions` sheet, `Notes` first.
+fn two_sheets(notes_state: &str, questions_state: &str) -> Vec<u8> {
+    let workbook = format!(
+        r#"<?xml version="1.0" encoding="UTF-8" standalone="yes"?>
+<workbook xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main" xmlns:r="http://schemas.openxmlformats.org/officeDocument/2006/relationships">
+<sheets><sheet name="Notes" sheetId="1" {notes_state} r:id="rId1"/><sheet name="Questions" sheetId="2" {questions_state} r:id="rId3"/></sheets>
+</workbook>"#
+    );
+    let rels = r#"<?xml version="1.0" encoding="UTF-8" standalone="yes"?>
+<Relationships xmlns="http://schemas.openxmlformats.org/package/2006/relationships">
+<Relationship Id="rId1" Type="http://schemas.openxmlformats.org/officeDocument/2006/relationships/worksheet" Target="worksheets/sheet1.xml"/>
+<Relationship Id="rId2" Type="http://schemas.openxmlformats.org/officeDocument/2006/relationships/sharedStrings" Target="sharedStrings.xml"/>
+<Relationship Id="rId3" Type="http://schemas.openxmlformats.org/officeDocument/2006/relationships/worksheet" Target="worksheets/sheet2.xml"/>
+</Relationships>"#;
+    let questions = r#"<?xml version="1.0" encoding="UTF-8" standalone="yes"?>
+<worksheet xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main"><sheetData>
+<row r="1">
+  <c r="A1" t="inlineStr"><is><t>type</t></is></c>
+  <c r="B1" t="inlineStr"><is><t>prompt</t></is></c>
+  <c r="C1" t="inlineStr"><is><t>correct</t></is></c>
+</row>
+<row r="2">
+  <c r="A2" t="inlineStr"><is><t>true_false</t></is></c>
+  <c r="B2" t="inlineStr"><is><t>Visible?</t></is></c>
+  <c r="C2" t="b"><v>1</v></c>
+</row>
+</sheetData></worksheet>"#;
+    let notes =
+        r#"<row r="1"><c r="A1" t="inlineStr"><is><t>Fill in the next sheet</t></is></c></row>"#;
+    handwritten_xlsx_with(
+        notes,
+        &[],
+        &[
+            ("xl/workbook.xml", workbook.as_bytes()),
+            ("xl/_rels/workbook.xml.rels", rels.as_bytes()),
+            ("xl/worksheets/sheet2.xml", questions.as_bytes()),
+        ],
+    )
+}
+
+/// A hidden sheet (a template's notes, a lookup table) is not what the person sees and fills
+/// in: the first visible worksheet is read, and a hidden one only when none is visible.
+#[test]
+fn the_first_visible_worksheet_is_read() {
+    for hidden in [r#"state="hidden""#, r#"state="veryHidden""#] {
+        let questions = read(&two_sheets(hidden, "")).expect("imports");
+        assert_eq!(questions[0].prompt(), "Visible?");
+    }
+    let notes_read = |bytes: &[u8]| matches!(read(bytes), Err(ImportError::UnknownColumn { column }) if column == "Fill in the next sheet");
+    assert!(notes_read(&two_sheets("", "")));
+    assert!(notes_read(&two_sheets(
+        r#"state="hidden""#,
+        r#"state="hidden""#
+    )));
 }
