@@ -278,6 +278,9 @@ pub struct ServerConfig {
     pub shutdown_grace_ms: u64,
     /// Open connections at most; further clients wait in the kernel's accept backlog.
     pub max_connections: usize,
+    /// Open connections one client (an IPv4 address, an IPv6 /64) may hold; its further
+    /// connections are closed at once. Trusted proxies are exempt.
+    pub max_connections_per_client: usize,
     /// A request head must arrive within this time; idle keep-alive connections close
     /// after it too (slowloris protection).
     pub header_read_timeout_ms: u64,
@@ -347,6 +350,7 @@ impl Default for ServerConfig {
             shutdown_drain_ms: 1_000,
             shutdown_grace_ms: 30_000,
             max_connections: 1024,
+            max_connections_per_client: 256,
             header_read_timeout_ms: 10_000,
             write_stall_timeout_ms: 60_000,
             max_request_head_bytes: 64 * 1024,
@@ -459,6 +463,12 @@ impl Config {
             self.server.header_read_timeout_ms,
             1,
             DAY_MS,
+        );
+        within(
+            "server.max_connections_per_client",
+            self.server.max_connections_per_client as u64,
+            1,
+            u64::MAX,
         );
         within(
             "server.write_stall_timeout_ms",

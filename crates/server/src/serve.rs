@@ -10,13 +10,18 @@
 //! `431 Request Header Fields Too Large` before any handler runs. A client that stops taking
 //! a response (its receive window closed) for `write_stall_timeout` loses the connection:
 //! hyper has no write timeout, and the request timeout ends when the headers are sent.
+//! One client holds at most `max_connections_per_client` of the connections (the rest of
+//! its connections are closed as they come): rate limits count requests, and a client that
+//! kept a thousand connections alive with a request every few seconds each held every slot.
 
 use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
+use std::collections::HashMap;
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -27,6 +32,7 @@ use tower::ServiceExt as _;
 #[derive(Debug, Clone)]
 pub struct ConnectionLimits {
     pub max_connections: usize,
+    pub max_connections_per_client: usize,
     pub header_read_timeout: Duration,
     pub write_stall_timeout: Duration,
     pub max_request_head_bytes: usize,
@@ -44,6 +50,7 @@ pub async fn serve(
     stop: impl Future<Output = ()>,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let per_client = PerClient::new(limits.max_connections_per_client.max(1));
     let connections = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -71,6 +78,12 @@ pub async fn serve(
             },
             () = &mut stop => break,
         };
+        let Some(held) = per_client.admit(remote.ip(), &limits.trusted_proxies) else {
+            metrics::counter!("http_connections_refused_total", "reason" => "per_client")
+                .increment(1);
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let router = router.clone();
         let trusted = limits.trusted_proxies.clone();
@@ -89,11 +102,75 @@ pub async fn serve(
                 tracing::debug!(event = "server.connection_closed", error = %e);
             }
             open.decrement(1.0);
+            drop(held);
             drop(permit);
         });
     }
     drop(listener);
     connections.shutdown().await;
+}
+
+/// Connections open per client, against its cap.
+#[derive(Clone)]
+struct PerClient {
+    cap: usize,
+    open: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>,
+}
+
+/// A client's place among its connections, given back when the connection ends.
+struct Held {
+    client: Option<IpAddr>,
+    open: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl PerClient {
+    fn new(cap: usize) -> Self {
+        Self {
+            cap,
+            open: Arc::default(),
+        }
+    }
+
+    /// A place for a connection from `peer`, or `None` when the client has its cap. A
+    /// trusted proxy carries many clients: it is not counted.
+    fn admit(&self, peer: IpAddr, trusted: &[crate::client_addr::Cidr]) -> Option<Held> {
+        if trusted.iter().any(|c| c.contains(peer)) {
+            return Some(Held {
+                client: None,
+                open: self.open.clone(),
+            });
+        }
+        let client = trueline_http::limits::client_key(peer);
+        let mut open = self
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = open.entry(client).or_default();
+        if *count >= self.cap {
+            return None;
+        }
+        *count += 1;
+        Some(Held {
+            client: Some(client),
+            open: self.open.clone(),
+        })
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let Some(client) = self.client else { return };
+        let mut open = self
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = open.get_mut(&client) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&client);
+            }
+        }
+    }
 }
 
 /// A connection's stream whose writes fail (`TimedOut`) once one has waited `limit` without

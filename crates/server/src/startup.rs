@@ -419,6 +419,7 @@ impl Application {
         }
         let limits = crate::serve::ConnectionLimits {
             max_connections,
+            max_connections_per_client: self.config.server.max_connections_per_client,
             header_read_timeout: Duration::from_millis(self.config.server.header_read_timeout_ms),
             write_stall_timeout: Duration::from_millis(self.config.server.write_stall_timeout_ms),
             max_request_head_bytes: self.config.server.max_request_head_bytes,

@@ -568,6 +568,48 @@ async fn idle_client(address: String, give_up: Duration) -> Option<Duration> {
     }
 }
 
+/// One client holds at most its share of the connections: the ones past it are closed as
+/// they come, and a place frees when one of its connections ends. (Rate limits count
+/// requests: a client keeping every connection alive with a request every few seconds held
+/// every slot of the server.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_past_its_connection_share_is_closed_at_once() {
+    let app = spawn_app_with(
+        Backend::Sqlite,
+        |c| {
+            c.server.max_connections_per_client = 4;
+            c.server.header_read_timeout_ms = 20_000;
+        },
+        axum::Router::new(),
+    )
+    .await;
+    let address = app.address.trim_start_matches("http://").to_owned();
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(TcpStream::connect(&address).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut fifth = TcpStream::connect(&address).await.unwrap();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(5), fifth.read(&mut buf))
+        .await
+        .expect("the fifth connection is closed at once, not left waiting");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    // One of the four ends: its place is free for a request.
+    drop(held.pop());
+    let fresh = reqwest::Client::new();
+    assert!(
+        eventually(5, || async {
+            fresh
+                .get(app.url("/livez"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        })
+        .await
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_and_idle_connections_beyond_the_cap_are_cut_off_and_others_get_served() {
     const CAP: usize = 8;
