@@ -238,12 +238,19 @@ pub async fn layer(request: Request, next: Next) -> Response {
             Err(wait) => return limited(limits.per_ip.policy(), wait, "ip"),
         }
     }
-    if let Some(auth) = request.headers().get(header::AUTHORIZATION) {
-        // The bucket key is a hash of the credential: tokens never sit in memory as keys.
-        // Of the token itself where there is one, so `Bearer t`, `bearer t` and
-        // `Bearer  t` (one token to the authenticator) share one bucket.
-        let credential = crate::extract::bearer_token(auth).map_or(auth.as_bytes(), str::as_bytes);
-        let digest = Sha256::digest(credential);
+    // Only a credential shaped like a token gets a bucket: anything else is refused with
+    // 401 without a lookup, and a bucket per made-up value (kept for a minute) let any
+    // client grow the map with every request. The per-address limit covers those.
+    let token = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(crate::extract::bearer_token)
+        .filter(|t| crate::auth::looks_like_token(t));
+    if let Some(token) = token {
+        // The bucket key is a hash of the token: tokens never sit in memory as keys. Of the
+        // token itself, so `Bearer t`, `bearer t` and `Bearer  t` (one token to the
+        // authenticator) share one bucket.
+        let digest = Sha256::digest(token.as_bytes());
         let mut key = [0u8; 16];
         key.copy_from_slice(&digest[..16]);
         match limits.per_token.check(&key) {

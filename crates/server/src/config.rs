@@ -178,6 +178,8 @@ pub struct WebhooksConfig {
     pub backoff_max_ms: u64,
     pub poll_ms: u64,
     pub concurrency: u32,
+    /// How long finished deliveries (succeeded or dead) and their attempts are kept.
+    pub delivery_retention_hours: u64,
 }
 
 impl Default for WebhooksConfig {
@@ -193,6 +195,7 @@ impl Default for WebhooksConfig {
             backoff_max_ms: 3_600_000,
             poll_ms: 500,
             concurrency: 8,
+            delivery_retention_hours: 24 * 30,
         }
     }
 }
@@ -502,6 +505,12 @@ impl Config {
         );
         within("idempotency.lock_ms", self.idempotency.lock_ms, 1, DAY_MS);
         within("outbox.lease_s", self.outbox.lease_s, 1, 86_400);
+        within(
+            "webhooks.delivery_retention_hours",
+            self.webhooks.delivery_retention_hours,
+            0,
+            TEN_YEARS_H,
+        );
         within(
             "outbox.retention_hours",
             self.outbox.retention_hours,

@@ -88,6 +88,21 @@ pub fn spawn_all(
                 },
             ),
         ),
+        // Finished webhook deliveries older than their retention (the outbox's interval).
+        spawn_worker(
+            "delivery_purge",
+            purge_periodically(
+                state.clone(),
+                Purge {
+                    retention: Duration::from_secs(config.webhooks.delivery_retention_hours * 3600),
+                    interval: Duration::from_secs(config.outbox.purge_interval_s.max(1)),
+                    purged: "webhook.deliveries_purged",
+                    failed: "webhook.purge_failed",
+                },
+                stop.clone(),
+                |state, before, limit| async move { state.store.purge_deliveries(before, limit).await },
+            ),
+        ),
         spawn_worker(
             "webhooks",
             webhooks::run(state.clone(), webhooks, stop.clone()),

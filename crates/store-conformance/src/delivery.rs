@@ -607,3 +607,87 @@ pub async fn deliveries_are_leased_in_turns_per_organization(f: &Fixture) {
         [ann[2].id, ann[3].id]
     );
 }
+
+/// Finished deliveries (succeeded, dead) older than the retention go with their attempts;
+/// pending ones and newer ones stay.
+pub async fn finished_deliveries_are_purged_with_their_attempts(f: &Fixture) {
+    let a = owner_actor(f, "ann@example.com").await;
+    let hook = f
+        .store
+        .create_webhook(&a, webhook("http://127.0.0.1:9/hook", &[]), None)
+        .await
+        .expect("webhook");
+    let new = || NewDelivery {
+        id: Uuid::now_v7(),
+        webhook_id: hook.id,
+        org_id: a.org_id,
+        event_id: trueline_core::ids::EventId(Uuid::now_v7()),
+        event_type: "inventory.item.created".to_owned(),
+        payload: serde_json::json!({}),
+    };
+    let t = now();
+    let made: Vec<_> = (0..4).map(|_| new()).collect();
+    f.store
+        .complete_outbox(Destination::EventLog, &[], &made, t)
+        .await
+        .expect("deliveries");
+    let leased = f
+        .store
+        .lease_deliveries(t, t + Duration::seconds(30), 10, DeliveryLease::ANY)
+        .await
+        .expect("lease");
+    assert_eq!(leased.len(), 4);
+    let outcomes = [
+        (t, AttemptOutcome::Succeeded),
+        (t, AttemptOutcome::Dead),
+        (t, AttemptOutcome::RetryAt(t + Duration::hours(1))),
+        // Finished, but after the purge's cut-off.
+        (t + Duration::hours(2), AttemptOutcome::Succeeded),
+    ];
+    for (d, (at, outcome)) in leased.iter().zip(outcomes) {
+        let attempt = DeliveryAttempt {
+            attempt: 1,
+            at,
+            status: Some(200),
+            error: None,
+            duration_ms: 1,
+        };
+        assert!(
+            f.store
+                .record_attempt(d, attempt, outcome)
+                .await
+                .expect("record")
+        );
+    }
+    assert_eq!(f.count("webhook_attempts").await, 4);
+    let purged = f
+        .store
+        .purge_deliveries(t + Duration::hours(1), 100)
+        .await
+        .expect("purge");
+    assert_eq!(purged, 2);
+    assert_eq!(f.count("webhook_deliveries").await, 2);
+    assert_eq!(
+        f.count("webhook_attempts").await,
+        2,
+        "attempts go with their delivery"
+    );
+    let kept = f
+        .store
+        .deliveries(
+            a.org_id,
+            hook.id,
+            None,
+            PageRequest {
+                limit: 10,
+                after: None,
+            },
+        )
+        .await
+        .expect("list");
+    let mut kept: Vec<Uuid> = kept.items.iter().map(|d| d.id).collect();
+    kept.sort();
+    let mut expected = vec![leased[2].id, leased[3].id];
+    expected.sort();
+    assert_eq!(kept, expected);
+}

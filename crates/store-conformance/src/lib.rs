@@ -85,6 +85,7 @@ macro_rules! conformance_suite {
             delivery::deliveries_retry_then_die_and_can_be_redelivered,
             delivery::an_attempt_whose_lease_was_lost_records_nothing,
             delivery::deliveries_are_leased_in_turns_per_organization,
+            delivery::finished_deliveries_are_purged_with_their_attempts,
         );
     };
 }

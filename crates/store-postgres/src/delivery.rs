@@ -259,6 +259,25 @@ impl DeliveryStore for PgStore {
         Ok(done.rows_affected())
     }
 
+    async fn purge_deliveries(
+        &self,
+        before: OffsetDateTime,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "DELETE FROM webhook_deliveries WHERE id IN (
+                 SELECT id FROM webhook_deliveries
+                 WHERE state <> 'pending' AND updated_at < $1
+                 ORDER BY updated_at LIMIT $2)",
+        )
+        .bind(before)
+        .bind(i64::from(limit))
+        .execute(&self.pool)
+        .await
+        .map_err(db_error)?;
+        Ok(done.rows_affected())
+    }
+
     async fn release_outbox(
         &self,
         destination: Destination,

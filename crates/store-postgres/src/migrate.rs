@@ -80,6 +80,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/0012_questions_frozen_both_ways.up.sql"),
         include_str!("../migrations/0012_questions_frozen_both_ways.down.sql"),
     ),
+    (
+        13,
+        "finished deliveries index",
+        include_str!("../migrations/0013_finished_deliveries.up.sql"),
+        include_str!("../migrations/0013_finished_deliveries.down.sql"),
+    ),
 ];
 
 fn migrator() -> Migrator {

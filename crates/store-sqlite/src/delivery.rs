@@ -297,6 +297,27 @@ impl DeliveryStore for SqliteStore {
         Ok(done.rows_affected())
     }
 
+    async fn purge_deliveries(
+        &self,
+        before: OffsetDateTime,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let done = sqlx::query(
+            "DELETE FROM webhook_deliveries WHERE id IN (
+                 SELECT id FROM webhook_deliveries
+                 WHERE state <> 'pending' AND updated_at < ?1
+                 ORDER BY updated_at LIMIT ?2)",
+        )
+        .bind(micros(before))
+        .bind(i64::from(limit))
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(done.rows_affected())
+    }
+
     async fn release_outbox(
         &self,
         destination: Destination,

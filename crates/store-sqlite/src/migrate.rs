@@ -56,6 +56,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/0008_questions_frozen_both_ways.up.sql"),
         include_str!("../migrations/0008_questions_frozen_both_ways.down.sql"),
     ),
+    (
+        9,
+        "finished deliveries index",
+        include_str!("../migrations/0009_finished_deliveries.up.sql"),
+        include_str!("../migrations/0009_finished_deliveries.down.sql"),
+    ),
 ];
 
 fn migrator() -> Migrator {

@@ -235,6 +235,12 @@ pub trait DeliveryStore: Send + Sync {
         limit: u32,
     ) -> Result<u64, StoreError>;
 
+    /// Deletes up to `limit` finished deliveries (succeeded or dead) last changed before
+    /// `before`, with their attempts, oldest first; returns how many. Pending ones are never
+    /// deleted.
+    async fn purge_deliveries(&self, before: OffsetDateTime, limit: u32)
+    -> Result<u64, StoreError>;
+
     /// Gives up `holder`'s leases on `destination`.
     async fn release_outbox(
         &self,

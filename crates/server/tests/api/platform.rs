@@ -64,6 +64,18 @@ async fn requests_beyond_the_rate_limits_get_429_with_retry_after_and_ratelimit_
     assert!(response.headers().contains_key("retry-after"));
     assert!(response.headers().contains_key("ratelimit-policy"));
     assert_problem(response, 429, "rate_limited").await;
+    // A credential not shaped like a token gets no bucket of its own (one per made-up
+    // value let any client grow the limiter's map): a 401, under the address's limit.
+    let made_up = app.get("/api/v1/me", "not-a-token").await;
+    assert!(
+        !made_up
+            .headers()
+            .get("ratelimit")
+            .is_some_and(|v| v.to_str().unwrap().starts_with("\"token\"")),
+        "{:?}",
+        made_up.headers()
+    );
+    assert_problem(made_up, 401, "invalid_token").await;
     // Signup and login are limited much more strictly, per client address.
     let login = json!({"email": "ann@example.com", "password": PASSWORD});
     let mut codes = Vec::new();
