@@ -76,12 +76,16 @@ fn add(op: &mut Operation, status: u16, description: &str) {
         .or_insert_with(|| problem_response(&format!("{description} ({})", codes_of(status))));
 }
 
-fn complete(path: &str, keyed: bool, op: &mut Operation) {
+fn complete(path: &str, writes: bool, op: &mut Operation) {
     let has_body = op.request_body.is_some();
     let has_query = op.parameters.as_ref().is_some_and(|ps| {
         ps.iter().any(|p| matches!(p, RefOr::T(p) if matches!(p.parameter_in, utoipa::openapi::path::ParameterIn::Query)))
     });
     let secured = op.security.as_ref().is_some_and(|s| !s.is_empty());
+    // The idempotency layer wraps the authenticated routes but the events' (made
+    // idempotent by client-chosen event ids): not signup, login or the candidates' routes.
+    let events = path.starts_with("/api/v1/events") || path.starts_with("/api/v1/streams");
+    let keyed = writes && secured && !events;
     if has_body || has_query {
         add(op, 400, "Invalid request");
     }
@@ -102,7 +106,10 @@ fn complete(path: &str, keyed: bool, op: &mut Operation) {
     if path.contains('{') {
         add(op, 404, "Not found (or in another organization)");
     }
-    add(op, 429, "Rate limited; see Retry-After");
+    // Rate limits and load shedding apply under `/api/` only (health and metrics never).
+    if path.starts_with("/api/") {
+        add(op, 429, "Rate limited; see Retry-After");
+    }
     add(op, 500, "Server error; report the request id");
     add(
         op,
@@ -114,11 +121,9 @@ fn complete(path: &str, keyed: bool, op: &mut Operation) {
 /// Adds the error responses every operation can produce.
 pub fn finalize(mut api: OpenApi) -> OpenApi {
     for (path, item) in api.paths.paths.iter_mut() {
-        // (Candidates' public routes have no token to scope a key to.)
-        let keyed_put = !path.contains("/public/");
-        for (keyed, op) in [
+        for (writes, op) in [
             (false, &mut item.get),
-            (keyed_put, &mut item.put),
+            (true, &mut item.put),
             (true, &mut item.post),
             (false, &mut item.delete),
             (true, &mut item.patch),
@@ -127,7 +132,7 @@ pub fn finalize(mut api: OpenApi) -> OpenApi {
             (false, &mut item.trace),
         ] {
             if let Some(op) = op {
-                complete(path, keyed, op);
+                complete(path, writes, op);
             }
         }
     }

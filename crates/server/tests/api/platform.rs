@@ -391,14 +391,33 @@ async fn the_openapi_document_covers_every_route_and_error_response(backend: Bac
         for method in methods {
             let op = &paths[path][method];
             assert!(op.is_object(), "{method} {path} is documented");
-            for status in ["500", "503", "429"] {
+            for status in ["500", "503"] {
                 assert!(
                     op["responses"][status].is_object(),
                     "{method} {path} documents {status}"
                 );
             }
+            // Rate limits apply under /api/ only.
+            assert_eq!(
+                op["responses"]["429"].is_object(),
+                path.starts_with("/api/"),
+                "{method} {path} and 429"
+            );
         }
     }
+    // Idempotency-Key errors only where the idempotency layer runs: authenticated writes,
+    // not signup, login, the candidates' routes or the event appends (ids, not keys).
+    let conflict = |path: &str, method: &str| {
+        paths[path][method]["responses"]["422"]["description"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Idempotency")
+    };
+    assert!(conflict("/api/v1/members", "post"));
+    assert!(!conflict("/api/v1/auth/signup", "post"));
+    assert!(!conflict("/api/v1/auth/tokens", "post"));
+    assert!(!conflict("/api/v1/events", "post"));
+    assert!(!conflict("/api/v1/public/invites/{token}/submit", "post"));
     let patch = &paths["/api/v1/members/{user_id}"]["patch"]["responses"];
     for status in ["200", "400", "401", "403", "404", "409", "413", "415"] {
         assert!(
