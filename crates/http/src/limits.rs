@@ -239,8 +239,9 @@ pub async fn layer(request: Request, next: Next) -> Response {
         }
     }
     // Only a credential shaped like a token gets a bucket: anything else is refused with
-    // 401 without a lookup, and a bucket per made-up value (kept for a minute) let any
-    // client grow the map with every request. The per-address limit covers those.
+    // 401 without a lookup, under the per-address limit alone. (A made-up value shaped
+    // like a token still gets a bucket until the sweep; the per-address limit bounds how
+    // fast one client can make them.)
     let token = request
         .headers()
         .get(header::AUTHORIZATION)

@@ -225,17 +225,32 @@ fn check_styles(part: impl Read) -> Result<(), ImportError> {
     let mut reader = xml_reader(part);
     let mut buf = Vec::new();
     let mut xfs = 0usize;
+    // Only the cell formats (`cellXfs`) are counted, as calamine copies them and as Excel
+    // bounds them; the cell style formats (`cellStyleXfs`) are not copied.
+    let mut in_cell_xfs = false;
     loop {
         buf.clear();
         let event = reader
             .read_event_into(&mut buf)
             .map_err(|e| not_xlsx(format!("the styles part is malformed: {e}")))?;
         let element = match event {
-            Event::Start(element) | Event::Empty(element) => element,
+            Event::Start(element) => {
+                if element.local_name().as_ref() == "cellXfs" {
+                    in_cell_xfs = true;
+                }
+                element
+            }
+            Event::Empty(element) => element,
+            Event::End(end) => {
+                if end.local_name().as_ref() == "cellXfs" {
+                    in_cell_xfs = false;
+                }
+                continue;
+            }
             Event::Eof => return Ok(()),
             _ => continue,
         };
-        if element.local_name().as_ref() == "xf" {
+        if in_cell_xfs && element.local_name().as_ref() == "xf" {
             xfs += 1;
             if xfs > XLSX_STYLE_XFS_MAX {
                 return Err(not_xlsx(format!(
@@ -376,10 +391,15 @@ mod tests {
         let wide = "𝒜".repeat(XLSX_STYLE_ATTRIBUTE_CHARS_MAX);
         let quotes = "&quot;".repeat(XLSX_STYLE_ATTRIBUTE_CHARS_MAX);
         let formats = "<xf/>".repeat(XLSX_STYLE_XFS_MAX - 1);
+        // Cell style formats are not cell formats: calamine copies nothing into them.
+        let style_formats = "<xf/>".repeat(XLSX_STYLE_XFS_MAX + 1);
         for fits in [
             styles(&wide),
             styles(&quotes),
             format!("<styleSheet><cellXfs>{formats}</cellXfs></styleSheet>"),
+            format!(
+                "<styleSheet><cellStyleXfs>{style_formats}</cellStyleXfs><cellXfs><xf/></cellXfs></styleSheet>"
+            ),
         ] {
             check_archive(&archive(&[("xl/styles.xml", &fits)])).expect("fits");
         }

@@ -506,6 +506,12 @@ impl Config {
         within("idempotency.lock_ms", self.idempotency.lock_ms, 1, DAY_MS);
         within("outbox.lease_s", self.outbox.lease_s, 1, 86_400);
         within(
+            "webhooks.concurrency",
+            u64::from(self.webhooks.concurrency),
+            1,
+            256,
+        );
+        within(
             "webhooks.delivery_retention_hours",
             self.webhooks.delivery_retention_hours,
             0,

@@ -406,8 +406,10 @@ impl Application {
         let configured = self.config.server.max_connections;
         let open_files_limit = crate::open_files::raise_limit();
         let open_files = crate::open_files::open_now();
+        let outbound = u64::from(self.config.database.max_connections)
+            + u64::from(self.config.webhooks.concurrency);
         let max_connections =
-            crate::open_files::connection_cap(configured, open_files_limit, open_files);
+            crate::open_files::connection_cap(configured, open_files_limit, open_files, outbound);
         if max_connections < configured {
             tracing::warn!(
                 event = "server.connections_capped",

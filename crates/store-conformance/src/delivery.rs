@@ -572,7 +572,7 @@ pub async fn deliveries_are_leased_in_turns_per_organization(f: &Fixture) {
         |due: &[trueline_store::DueDelivery]| due.iter().map(|d| d.org_id).collect::<Vec<_>>();
     let turns = DeliveryLease {
         per_org: 2,
-        skip: &[],
+        in_flight: &[],
     };
     let first = f
         .store
@@ -582,30 +582,45 @@ pub async fn deliveries_are_leased_in_turns_per_organization(f: &Fixture) {
     assert_eq!(orgs(&first), [a.org_id, b.org_id, a.org_id]);
     assert_eq!(first[0].id, ann[0].id);
     assert_eq!(first[2].id, ann[1].id);
-    // Ann's organization skipped (its deliveries in flight): nothing else is due.
-    let skipped = f
+    // Ann's organization has its two in flight (its share): nothing else is due.
+    let saturated = f
         .store
         .lease_deliveries(
             later,
             later + Duration::seconds(30),
             10,
             DeliveryLease {
-                per_org: 10,
-                skip: &[a.org_id],
+                per_org: 2,
+                in_flight: &[(a.org_id, 2)],
             },
         )
         .await
         .expect("lease");
-    assert!(skipped.is_empty(), "{skipped:?}");
+    assert!(saturated.is_empty(), "{saturated:?}");
+    // One of them ended: one more, not two.
+    let one_more = f
+        .store
+        .lease_deliveries(
+            later,
+            later + Duration::seconds(30),
+            10,
+            DeliveryLease {
+                per_org: 2,
+                in_flight: &[(a.org_id, 1), (b.org_id, 1)],
+            },
+        )
+        .await
+        .expect("lease");
+    assert_eq!(
+        one_more.iter().map(|d| d.id).collect::<Vec<_>>(),
+        [ann[2].id]
+    );
     let rest = f
         .store
         .lease_deliveries(later, later + Duration::seconds(30), 10, DeliveryLease::ANY)
         .await
         .expect("lease");
-    assert_eq!(
-        rest.iter().map(|d| d.id).collect::<Vec<_>>(),
-        [ann[2].id, ann[3].id]
-    );
+    assert_eq!(rest.iter().map(|d| d.id).collect::<Vec<_>>(), [ann[3].id]);
 }
 
 /// Finished deliveries (succeeded, dead) older than the retention go with their attempts;
@@ -690,4 +705,55 @@ pub async fn finished_deliveries_are_purged_with_their_attempts(f: &Fixture) {
     let mut expected = vec![leased[2].id, leased[3].id];
     expected.sort();
     assert_eq!(kept, expected);
+}
+
+/// Workers (instances) leasing at once each take their own deliveries: on PostgreSQL a row
+/// another worker leased after this statement's snapshot is re-checked once locked.
+pub async fn concurrent_leases_never_take_a_delivery_twice(f: &Fixture) {
+    let a = owner_actor(f, "ann@example.com").await;
+    let hook = f
+        .store
+        .create_webhook(&a, webhook("http://127.0.0.1:9/hook", &[]), None)
+        .await
+        .expect("webhook");
+    let made: Vec<_> = (0..60)
+        .map(|_| NewDelivery {
+            id: Uuid::now_v7(),
+            webhook_id: hook.id,
+            org_id: a.org_id,
+            event_id: trueline_core::ids::EventId(Uuid::now_v7()),
+            event_type: "inventory.item.created".to_owned(),
+            payload: serde_json::json!({}),
+        })
+        .collect();
+    let t = now();
+    f.store
+        .complete_outbox(Destination::EventLog, &[], &made, t)
+        .await
+        .expect("deliveries");
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let store = f.store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            for _ in 0..10 {
+                let leased = store
+                    .lease_deliveries(t, t + Duration::seconds(30), 3, DeliveryLease::ANY)
+                    .await
+                    .expect("lease");
+                mine.extend(leased.into_iter().map(|d| d.id));
+                tokio::task::yield_now().await;
+            }
+            mine
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.expect("task"));
+    }
+    let leased = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), leased, "a delivery was leased twice");
+    assert_eq!(leased, 60, "every due delivery was leased");
 }

@@ -86,6 +86,7 @@ macro_rules! conformance_suite {
             delivery::an_attempt_whose_lease_was_lost_records_nothing,
             delivery::deliveries_are_leased_in_turns_per_organization,
             delivery::finished_deliveries_are_purged_with_their_attempts,
+            delivery::concurrent_leases_never_take_a_delivery_twice,
         );
     };
 }

@@ -265,10 +265,14 @@ impl DeliveryStore for PgStore {
         limit: u32,
     ) -> Result<u64, StoreError> {
         let done = sqlx::query(
+            // The state once more on the row itself: a redelivery committed after this
+            // statement's snapshot made it pending, and only the outer condition is
+            // re-checked on the row once it is locked.
             "DELETE FROM webhook_deliveries WHERE id IN (
                  SELECT id FROM webhook_deliveries
                  WHERE state <> 'pending' AND updated_at < $1
-                 ORDER BY updated_at LIMIT $2)",
+                 ORDER BY updated_at LIMIT $2)
+             AND state <> 'pending'",
         )
         .bind(before)
         .bind(i64::from(limit))
@@ -447,18 +451,22 @@ impl DeliveryStore for PgStore {
     ) -> Result<Vec<DueDelivery>, StoreError> {
         // Compared for equality when the attempt is recorded: as stored, to the microsecond.
         let until = trueline_core::clock::truncate_to_micros(until);
-        let skip: Vec<Uuid> = lease.skip.iter().map(|org| org.0).collect();
+        let busy_orgs: Vec<Uuid> = lease.in_flight.iter().map(|(org, _)| org.0).collect();
+        let busy_counts: Vec<i64> = lease.in_flight.iter().map(|(_, n)| i64::from(*n)).collect();
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         // The turns are numbered in a CTE: `FOR UPDATE` is not allowed beside a window
         // function, and it locks only the rows this lease returns.
         let rows = sqlx::query(
-            "WITH due AS (
+            "WITH busy AS (
+                 SELECT * FROM unnest($3::uuid[], $6::int8[]) AS b(org_id, used)
+             ), due AS (
                  SELECT id, org_id, next_attempt_at FROM webhook_deliveries
                  WHERE state = 'pending' AND next_attempt_at <= $1
-                   AND (locked_until IS NULL OR locked_until < $1) AND org_id <> ALL($3)
+                   AND (locked_until IS NULL OR locked_until < $1)
+                   AND org_id NOT IN (SELECT org_id FROM busy WHERE used >= $4)
                  ORDER BY next_attempt_at LIMIT $5
              ), turns AS (
-                 SELECT id, next_attempt_at,
+                 SELECT id, org_id, next_attempt_at,
                         row_number() OVER (PARTITION BY org_id ORDER BY next_attempt_at, id) AS turn
                  FROM due
              )
@@ -466,15 +474,21 @@ impl DeliveryStore for PgStore {
                     w.url, w.secret
              FROM turns t JOIN webhook_deliveries d ON d.id = t.id
                   JOIN webhooks w ON w.id = d.webhook_id
-             WHERE t.turn <= $4
+             WHERE t.turn + COALESCE((SELECT used FROM busy WHERE busy.org_id = t.org_id), 0) <= $4
+               -- Again on the row itself: a row another worker leased and committed after
+               -- this statement's snapshot is re-checked here once locked (the conditions
+               -- inside the CTEs are not), so it is skipped rather than leased twice.
+               AND d.state = 'pending' AND d.next_attempt_at <= $1
+               AND (d.locked_until IS NULL OR d.locked_until < $1)
              ORDER BY t.turn, t.next_attempt_at, t.id LIMIT $2
              FOR UPDATE OF d SKIP LOCKED",
         )
         .bind(now)
         .bind(i64::from(limit))
-        .bind(&skip)
+        .bind(&busy_orgs)
         .bind(i64::from(lease.per_org))
         .bind(i64::from(LEASE_WINDOW))
+        .bind(&busy_counts)
         .fetch_all(&mut *tx)
         .await
         .map_err(db_error)?;

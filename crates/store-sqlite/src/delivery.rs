@@ -499,7 +499,7 @@ impl DeliveryStore for SqliteStore {
             .push_bind(micros(now))
             .push(") AND org_id NOT IN (");
         let mut skipped = query.separated(", ");
-        for org in lease.skip {
+        for org in lease.saturated() {
             skipped.push_bind(org.0);
         }
         query
@@ -507,7 +507,7 @@ impl DeliveryStore for SqliteStore {
             .push_bind(i64::from(LEASE_WINDOW));
         query.push(
             "), turns AS (
-                 SELECT id, next_attempt_at,
+                 SELECT id, org_id, next_attempt_at,
                         row_number() OVER (PARTITION BY org_id ORDER BY next_attempt_at, id) AS turn
                  FROM due
              )
@@ -517,8 +517,21 @@ impl DeliveryStore for SqliteStore {
                   JOIN webhooks w ON w.id = d.webhook_id
              WHERE t.turn <= ",
         );
+        query.push_bind(i64::from(lease.per_org));
+        // Less what the organization has in flight already.
+        let busy: Vec<_> = lease.in_flight.iter().filter(|(_, n)| *n > 0).collect();
+        if !busy.is_empty() {
+            query.push(" - CASE t.org_id");
+            for (org, n) in busy {
+                query
+                    .push(" WHEN ")
+                    .push_bind(org.0)
+                    .push(" THEN ")
+                    .push_bind(i64::from(*n));
+            }
+            query.push(" ELSE 0 END");
+        }
         query
-            .push_bind(i64::from(lease.per_org))
             .push(" ORDER BY t.turn, t.next_attempt_at, t.id LIMIT ")
             .push_bind(i64::from(limit));
         let rows = query.build().fetch_all(&mut *tx).await.map_err(db_error)?;

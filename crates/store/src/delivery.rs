@@ -167,16 +167,26 @@ pub fn url_origin(url: &str) -> &str {
 /// Which due deliveries a lease may take (see [`DeliveryStore::lease_deliveries`]).
 #[derive(Debug, Clone, Copy)]
 pub struct DeliveryLease<'a> {
+    /// Deliveries in flight at most per organization.
     pub per_org: u32,
-    pub skip: &'a [OrgId],
+    /// Organizations with deliveries in flight, and how many.
+    pub in_flight: &'a [(OrgId, u32)],
 }
 
 impl DeliveryLease<'_> {
-    /// No organization skipped, no bound per organization.
+    /// Nothing in flight, no bound per organization.
     pub const ANY: DeliveryLease<'static> = DeliveryLease {
         per_org: u32::MAX,
-        skip: &[],
+        in_flight: &[],
     };
+
+    /// The organizations that have `per_org` in flight: none of theirs is looked at.
+    pub fn saturated(&self) -> impl Iterator<Item = OrgId> + '_ {
+        self.in_flight
+            .iter()
+            .filter(|(_, n)| *n >= self.per_org)
+            .map(|(org, _)| *org)
+    }
 }
 
 /// Due deliveries looked at per lease (the earliest): the turns are taken among them, so a
@@ -271,12 +281,12 @@ pub trait DeliveryStore: Send + Sync {
     /// Deletes a webhook and its deliveries. `Ok(false)` if it did not exist.
     async fn delete_webhook(&self, actor: &Actor, id: Uuid) -> Result<bool, StoreError>;
 
-    /// Leases up to `limit` pending deliveries that are due, until `until`: at most
-    /// `per_org` of any one organization, none of the organizations in `skip` (those this
-    /// worker has deliveries of in flight), and the organizations' earliest first, taking
-    /// turns (each organization's first delivery before any second one). So one
-    /// organization whose receiver hangs cannot hold every slot of the worker while other
-    /// organizations' deliveries wait behind its retries.
+    /// Leases up to `limit` pending deliveries that are due, until `until`: the
+    /// organizations' earliest first, taking turns (each organization's first delivery
+    /// before any second one), and no organization past `per_org` counting the deliveries
+    /// the worker has of it in flight (`in_flight`). So one organization whose receiver hangs
+    /// cannot hold every slot of the worker while other organizations' deliveries wait
+    /// behind its retries.
     async fn lease_deliveries(
         &self,
         now: OffsetDateTime,

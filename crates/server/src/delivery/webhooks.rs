@@ -207,9 +207,9 @@ async fn deliver(state: &State, d: DueDelivery, settings: &WebhookSettings) {
 ///
 /// A pool of `concurrency` slots: a new delivery is leased as soon as a slot frees (a round
 /// that waited for its slowest attempt let one receiver that hangs slow every delivery).
-/// One organization holds at most half the slots (rounded up), and an organization with
-/// deliveries in flight gets no more until they end, so other organizations' deliveries
-/// take turns with a backlog of retries instead of waiting behind it.
+/// One organization holds at most half the slots (rounded up) and the organizations take
+/// turns, so other organizations' deliveries go out beside a backlog of retries instead of
+/// waiting behind it.
 pub async fn run(state: State, settings: WebhookSettings, mut stop: watch::Receiver<bool>) {
     let slots = settings.concurrency.max(1) as usize;
     let per_org = settings.concurrency.div_ceil(2).max(1);
@@ -230,12 +230,14 @@ pub async fn run(state: State, settings: WebhookSettings, mut stop: watch::Recei
             // other worker takes a delivery over while its attempt still runs.
             let lease =
                 time::Duration::try_from(settings.timeout * 3).unwrap_or(time::Duration::MINUTE);
-            let mut skip: Vec<OrgId> = orgs_of.values().copied().collect();
-            skip.sort_unstable();
-            skip.dedup();
+            let mut counts: HashMap<OrgId, u32> = HashMap::new();
+            for org in orgs_of.values() {
+                *counts.entry(*org).or_default() += 1;
+            }
+            let busy: Vec<(OrgId, u32)> = counts.into_iter().collect();
             let turns = DeliveryLease {
                 per_org,
-                skip: &skip,
+                in_flight: &busy,
             };
             match state
                 .store
