@@ -252,7 +252,8 @@ impl Default for EventsConfig {
 pub struct IdempotencyConfig {
     /// How long completed idempotency records are kept (and replayed).
     pub retention_hours: u64,
-    /// How long a claim stays locked to its request; must exceed the request timeout.
+    /// How long a claim stays locked to its request; at least the request timeout + 1 s is
+    /// used whatever is set (a claim must outlive the request that holds it).
     pub lock_ms: u64,
     /// How often the purge job runs.
     pub purge_interval_s: u64,
