@@ -292,7 +292,7 @@ pub use options::{
 };
 #[doc(hidden)]
 pub use options::{Fault, FaultHook, FaultSwitch};
-pub use tools::{Problem, ProblemKind, RepairReport, VerifyReport, dump, repair, verify};
+pub use tools::{Problem, ProblemKind, RepairReport, VerifyReport, dump, in_use, repair, verify};
 pub use types::{
     CommitNotice, Direction, EventId, ExpectedVersion, NewEvent, OrgFilter, OrgId, OrgStats,
     Recorded, RecoveryReport, StorageStats, StoredEvent, TruncatedTail,

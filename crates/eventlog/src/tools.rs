@@ -198,6 +198,28 @@ fn check_segment(
 pub fn verify(dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<VerifyReport, OpenError> {
     let segs = list_segments(dir)?;
     let mut report = VerifyReport::default();
+    if segs.is_empty() {
+        // No segment, yet the registry or checkpoints of a log: its segments were lost (a
+        // clean empty directory has neither). "0 segments, ok" hid that.
+        let leftover = fs::read_dir(dir)
+            .map_err(|e| OpenError::io(dir, e))?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name().is_some_and(|n| n == REGISTRY_FILE_NAME)
+                    || p.extension().is_some_and(|x| x == "idx")
+            });
+        if let Some(file) = leftover {
+            report.problems.push(Problem {
+                kind: ProblemKind::Corruption,
+                file,
+                offset: 0,
+                detail: "no segment files, yet this file of a log is here: the log's segments \
+                         are missing"
+                    .into(),
+            });
+        }
+    }
     let mut total = 0u64;
     for (_, p) in &segs {
         total += fs::metadata(p).map_err(|e| OpenError::io(p, e))?.len();
@@ -492,6 +514,17 @@ pub fn repair(dir: &Path) -> Result<RepairReport, OpenError> {
             });
             report.last_global_position = check.last_position.max(index.last_position);
             cut = Some(i + 1);
+        } else if i == 0 && *first > 1 {
+            // Nothing would be left of a log retention trimmed: the next open would start
+            // it again at position 1 and hand out positions and stream versions a second
+            // time. That is not a repair.
+            return Err(OpenError::Corrupt {
+                segment: path.clone(),
+                offset: bad_off,
+                detail: format!(
+                    "{why}; this is the oldest segment retention kept, and cutting it would                      leave no segment (the log would start over at position 1, reusing                      positions): repair refuses; restore the segment from a backup"
+                ),
+            });
         } else {
             // The header itself is bad or out of sequence: the whole file goes.
             cut = Some(i);
@@ -514,6 +547,22 @@ pub fn repair(dir: &Path) -> Result<RepairReport, OpenError> {
         rebuild_lost_registry(dir, &mut index, &mut report)?;
     }
     Ok(report)
+}
+
+/// Whether a process (a running server) holds the log's directory lock. Reading a log that
+/// is being appended to reports its moving tail as damage.
+pub fn in_use(dir: &Path) -> Result<bool, OpenError> {
+    let lock_path = dir.join(LOCK_FILE_NAME);
+    let lock = match OpenOptions::new().read(true).open(&lock_path) {
+        Ok(lock) => lock,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(OpenError::io(&lock_path, e)),
+    };
+    match lock.try_lock_shared() {
+        Ok(()) => Ok(false),
+        Err(fs::TryLockError::WouldBlock) => Ok(true),
+        Err(fs::TryLockError::Error(e)) => Err(OpenError::io(&lock_path, e)),
+    }
 }
 
 /// A name for bytes moved aside that no earlier repair used: `candidate`, else `candidate.2`,

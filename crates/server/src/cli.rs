@@ -81,6 +81,10 @@ pub enum MigrateAction {
         /// How many migrations to revert.
         #[arg(long, default_value_t = 1)]
         steps: u32,
+        /// Go ahead: down migrations drop the tables and columns they remove, with their
+        /// rows. Without it, the migrations that would be reverted are listed.
+        #[arg(long)]
+        yes: bool,
     },
     /// List migrations and whether each is applied.
     Status,
@@ -140,7 +144,26 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     let applied = store.migrate_up().await?;
                     println!("applied {} migration(s): {applied:?}", applied.len());
                 }
-                MigrateAction::Down { steps } => {
+                MigrateAction::Down { steps, yes } => {
+                    if !yes {
+                        let applied: Vec<_> = store
+                            .migration_status()
+                            .await?
+                            .into_iter()
+                            .filter(|m| m.applied)
+                            .collect();
+                        let undone: Vec<String> = applied
+                            .iter()
+                            .rev()
+                            .take(steps as usize)
+                            .map(|m| format!("{} ({})", m.version, m.description))
+                            .collect();
+                        anyhow::bail!(
+                            "migrate down would revert {} migration(s): {}; down migrations drop                              the tables and columns they remove, with their rows: run it again with --yes",
+                            undone.len(),
+                            undone.join(", ")
+                        );
+                    }
                     let reverted = store.migrate_down(steps).await?;
                     println!("reverted {} migration(s): {reverted:?}", reverted.len());
                 }
@@ -162,6 +185,7 @@ fn eventlog(config: &Config, action: EventlogAction) -> anyhow::Result<()> {
     anyhow::ensure!(dir.is_dir(), "no event log at {}", dir.display());
     match action {
         EventlogAction::Verify => {
+            refuse_while_in_use(&dir)?;
             let bar = indicatif::ProgressBar::new(0).with_style(
                 indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {eta}")
                     .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
@@ -192,6 +216,7 @@ fn eventlog(config: &Config, action: EventlogAction) -> anyhow::Result<()> {
             Ok(())
         }
         EventlogAction::Dump { from } => {
+            refuse_while_in_use(&dir)?;
             let stdout = std::io::stdout();
             // Without the key (lost, or a log from before it) the records are still worth
             // reading: their ids are printed as stored, and the operator is told so.
@@ -269,6 +294,17 @@ fn eventlog(config: &Config, action: EventlogAction) -> anyhow::Result<()> {
     }
 }
 
+/// `verify` and `dump` read a log no server appends to: a tail being written looks torn, and
+/// a segment retention drops mid-scan is an I/O error.
+fn refuse_while_in_use(dir: &std::path::Path) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !trueline_eventlog::in_use(dir)?,
+        "{} is in use by a running trueline server: stop it first",
+        dir.display()
+    );
+    Ok(())
+}
+
 /// Rewrites each dumped NDJSON line's `id` from the engine's stored form to the id the API
 /// shows (the adapter stores `id XOR a keyed mask of the organization`, see
 /// `trueline_store_eventlog::id_scope`), so an operator can search a dump for an id a client
@@ -282,28 +318,39 @@ struct ApiIds<W: std::io::Write> {
 }
 
 impl<W: std::io::Write> ApiIds<W> {
+    /// The line as dumped, with only its `id` replaced in place: parsing and writing the
+    /// record again changed what it carries (numbers beyond a double's precision, key
+    /// order, payloads nested past the parser's depth went out with the stored id).
     fn line(&mut self, line: &[u8]) -> std::io::Result<()> {
-        let mut record: serde_json::Value = match serde_json::from_slice(line) {
-            Ok(record) => record,
-            // As it is, with its line end (without one it ran into the next record).
-            Err(_) => {
-                self.out.write_all(line)?;
-                return self.out.write_all(b"\n");
-            }
-        };
-        let parse = |field: &str| {
-            record
-                .get(field)
-                .and_then(serde_json::Value::as_str)
-                .and_then(|s| uuid::Uuid::parse_str(s).ok())
-        };
-        if let (Some(ids), Some(org), Some(stored)) = (&self.ids, parse("org"), parse("id")) {
+        let mut line = line.to_vec();
+        if let Some(ids) = &self.ids
+            && let (Some(org_at), Some(id_at)) = (field_at(&line, b"org"), field_at(&line, b"id"))
+            && let (Some(org), Some(stored)) = (uuid_at(&line, org_at), uuid_at(&line, id_at))
+        {
             let id = trueline_store_eventlog::api_event_id(ids, org, stored);
-            record["id"] = serde_json::Value::String(id.to_string());
+            line[id_at..id_at + 36].copy_from_slice(id.hyphenated().to_string().as_bytes());
         }
-        serde_json::to_writer(&mut self.out, &record)?;
+        self.out.write_all(&line)?;
         self.out.write_all(b"\n")
     }
+}
+
+/// Where the value of the dump's top-level string field `name` starts: its first
+/// `"name":"`. The dump writes `org` and `id` before the metadata and payload, and a quote
+/// inside a JSON string is always escaped, so no earlier match can come from a value.
+fn field_at(line: &[u8], name: &[u8]) -> Option<usize> {
+    let mut pattern = Vec::with_capacity(name.len() + 5);
+    pattern.push(b'"');
+    pattern.extend_from_slice(name);
+    pattern.extend_from_slice(b"\":\"");
+    line.windows(pattern.len())
+        .position(|w| w == pattern.as_slice())
+        .map(|at| at + pattern.len())
+}
+
+fn uuid_at(line: &[u8], at: usize) -> Option<uuid::Uuid> {
+    let text = std::str::from_utf8(line.get(at..at + 36)?).ok()?;
+    uuid::Uuid::parse_str(text).ok()
 }
 
 impl<W: std::io::Write> std::io::Write for ApiIds<W> {
@@ -322,5 +369,37 @@ impl<W: std::io::Write> std::io::Write for ApiIds<W> {
             self.line(&rest)?;
         }
         self.out.flush()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // Tests: a panic is the failure report.
+mod tests {
+    use super::*;
+    use std::io::Write as _;
+
+    /// Only the id changes: a number past a double's precision, the key order and the rest
+    /// of the line stay byte for byte.
+    #[test]
+    fn a_dumped_line_keeps_its_bytes_but_the_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let ids = trueline_store_eventlog::IdScope::open(dir.path(), true).unwrap();
+        let org = uuid::Uuid::now_v7();
+        let stored = uuid::Uuid::now_v7();
+        let line = format!(
+            r#"{{"global_position":1,"org_position":1,"org":"{org}","stream":"s","stream_version":1,"event_type":"t","id":"{stored}","timestamp_micros":1,"metadata":{{"z":1,"a":2}},"payload":{{"amount":123456789012345678901,"id":"{stored}"}}}}"#
+        );
+        let mut out = ApiIds {
+            ids: Some(ids),
+            out: Vec::new(),
+            pending: Vec::new(),
+        };
+        out.write_all(line.as_bytes()).unwrap();
+        out.write_all(b"\n").unwrap();
+        let written = String::from_utf8(out.out).unwrap();
+        let api = trueline_store_eventlog::api_event_id(out.ids.as_ref().unwrap(), org, stored);
+        assert_ne!(api, stored);
+        let expected = line.replacen(&stored.to_string(), &api.to_string(), 1) + "\n";
+        assert_eq!(written, expected);
     }
 }

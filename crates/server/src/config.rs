@@ -492,6 +492,14 @@ impl Config {
             0,
             DAY_MS,
         );
+        // Two at least: a PostgreSQL migration holds one connection and reads what is
+        // applied on another (with one, every start waited out the acquire timeout).
+        within(
+            "database.max_connections",
+            u64::from(self.database.max_connections),
+            2,
+            10_000,
+        );
         within(
             "database.acquire_timeout_ms",
             self.database.acquire_timeout_ms,
@@ -613,11 +621,20 @@ impl Config {
 /// URL stays), and the values of query parameters that carry one (`password=`, `token=`, …).
 pub fn redact_url(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else {
-        return url.to_owned();
+        // Not a URL (a keyword string such as `host=db password=x`): nothing tells where a
+        // secret is in it, so none of it is shown.
+        return "*** (not a URL)".to_owned();
     };
     let scheme = &url[..scheme_end];
     let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    // The user information ends at the last `@` before the query: a password may hold `/`
+    // or `#`, which would otherwise end the authority early and leave the password in the
+    // "path". (An `@` in the query, `?user=a@b`, is not one.)
+    let before_query = rest.find('?').unwrap_or(rest.len());
+    let after_userinfo = rest[..before_query].rfind('@').map_or(0, |at| at + 1);
+    let authority_end = rest[after_userinfo..]
+        .find(['/', '?'])
+        .map_or(rest.len(), |i| after_userinfo + i);
     let (authority, tail) = rest.split_at(authority_end);
     let authority = match authority.rfind('@') {
         None => authority.to_owned(),
@@ -696,6 +713,16 @@ mod tests {
         assert_eq!(redact_url("nats://s3cr3t@h:4222"), "nats://***@h:4222");
         assert_eq!(redact_url("nats://u:p@h:4222"), "nats://u:***@h:4222");
         assert_eq!(redact_url("nats://h:4222"), "nats://h:4222");
+        // A password with `/` or `#` in it, an `@` in the query, a keyword string.
+        assert_eq!(
+            redact_url("postgres://u:pa/ss#w@h/db"),
+            "postgres://u:***@h/db"
+        );
+        assert_eq!(
+            redact_url("postgres://h/db?application_name=a@b&password=x"),
+            "postgres://h/db?application_name=a@b&password=***"
+        );
+        assert_eq!(redact_url("host=db password=x"), "*** (not a URL)");
     }
 
     #[test]

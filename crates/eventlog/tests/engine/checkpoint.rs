@@ -602,6 +602,39 @@ fn sealed_segments_beyond_the_cached_ones_leave_the_page_cache_and_still_read_ex
     }
 }
 
+/// A repair that would leave no segment of a trimmed log refuses: the log would start over at
+/// position 1 and hand out positions a second time.
+#[test]
+fn repair_refuses_to_empty_a_trimmed_log() {
+    let dir = tempdir();
+    let options = trimmed_to(20 * 1024);
+    let (log, _) = open_with(dir.path(), options.clone());
+    early_then_filled(&log);
+    assert!(
+        log.storage_stats().first_global_position > 1,
+        "nothing dropped"
+    );
+    drop(log);
+    let mut segments: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    segments.sort();
+    let oldest = segments[0].clone();
+    let mut bytes = std::fs::read(&oldest).unwrap();
+    bytes[8] ^= 0xFF;
+    std::fs::write(&oldest, &bytes).unwrap();
+    let before: Vec<_> = segments.iter().map(|p| std::fs::read(p).unwrap()).collect();
+    let refused = trueline_eventlog::repair(dir.path());
+    assert!(
+        matches!(refused, Err(trueline_eventlog::OpenError::Corrupt { .. })),
+        "{refused:?}"
+    );
+    let after: Vec<_> = segments.iter().map(|p| std::fs::read(p).unwrap()).collect();
+    assert!(before == after, "the refused repair moved nothing");
+}
+
 #[test]
 fn a_lost_registry_in_a_trimmed_log_refuses_open_until_repair_accepts_it() {
     let dir = tempdir();

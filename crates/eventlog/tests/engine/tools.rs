@@ -1,5 +1,5 @@
 use trueline_eventlog::{
-    EventLog, ExpectedVersion, NewEvent, OpenError, Options, dump, repair, verify,
+    EventLog, ExpectedVersion, NewEvent, OpenError, Options, ProblemKind, dump, repair, verify,
 };
 
 use crate::support::{event, id, org, segment_files, tempdir};
@@ -116,6 +116,33 @@ fn repair_cuts_after_the_last_good_record_only_when_asked() {
     assert_eq!(rec[0].global_position, r.last_global_position + 1);
     drop(log);
     assert!(verify(dir.path(), &mut |_, _| {}).unwrap().is_clean());
+}
+
+/// `verify` and `dump` can tell a log a server appends to (its lock is held).
+#[test]
+fn a_log_in_use_is_told_apart() {
+    let dir = filled(3);
+    assert!(!trueline_eventlog::in_use(dir.path()).unwrap());
+    let (log, _) = EventLog::open(dir.path(), small()).unwrap();
+    assert!(trueline_eventlog::in_use(dir.path()).unwrap());
+    drop(log);
+    assert!(!trueline_eventlog::in_use(dir.path()).unwrap());
+}
+
+/// A directory whose segments are gone but whose registry and checkpoints remain is not
+/// "0 segments, ok".
+#[test]
+fn verify_reports_a_log_whose_segments_are_missing() {
+    let dir = filled(50);
+    for segment in segment_files(dir.path()) {
+        std::fs::remove_file(segment).unwrap();
+    }
+    let report = verify(dir.path(), &mut |_, _| {}).unwrap();
+    assert!(!report.is_clean(), "{report:?}");
+    assert_eq!(report.problems[0].kind, ProblemKind::Corruption);
+    // An empty directory is a clean, empty log.
+    let empty = tempdir();
+    assert!(verify(empty.path(), &mut |_, _| {}).unwrap().is_clean());
 }
 
 #[test]

@@ -226,7 +226,21 @@ fn migrate_status_down_and_up_work_on_the_embedded_database() {
         status.contains("applied") && !status.contains("pending"),
         "{status}"
     );
-    assert!(run(&["migrate", "down", "--steps", "99"]).contains("reverted"));
+    // Without --yes, down lists what it would revert and changes nothing.
+    let refused = Command::new(BIN)
+        .args(["migrate", "down", "--steps", "2", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains("would revert 2 migration(s)") && said.contains("--yes"),
+        "{said}"
+    );
+    let still = run(&["migrate", "status"]);
+    assert!(!still.contains("pending"), "{still}");
+    assert!(run(&["migrate", "down", "--steps", "99", "--yes"]).contains("reverted"));
     assert!(!run(&["migrate", "status"]).contains("applied"));
     run(&["migrate", "up"]);
 }
