@@ -102,10 +102,14 @@ impl Cli {
 }
 
 fn banner(config: &Config, addr: std::net::SocketAddr) -> String {
+    // The database in effect (an explicit database.url wins over the data directory).
     let storage = if config.is_postgres() {
         "postgres".to_owned()
     } else {
-        format!("sqlite {}", config.data_dir.join("trueline.db").display())
+        format!(
+            "sqlite {}",
+            crate::config::redact_url(&config.database_url())
+        )
     };
     format!(
         "Trueline is listening on http://{addr}  (storage: {storage})\n\
@@ -135,6 +139,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 MigrateAction::Status => None,
                 _ => crate::startup::lock_sqlite(&config)?,
             };
+            // Status only reads: a mistyped --data-dir must not create a database to report
+            // every migration pending in.
+            let url = config.database_url();
+            if matches!(action, MigrateAction::Status) && url.starts_with("sqlite:") {
+                let path = crate::startup::sqlite_path(&url);
+                anyhow::ensure!(
+                    std::path::Path::new(&path).exists(),
+                    "there is no database at {path} (the server creates it at its first start; check --data-dir)"
+                );
+            }
             let store = match action {
                 MigrateAction::Status => crate::startup::open_store_as_guest(&config).await?,
                 _ => open_store(&config).await?,
@@ -231,9 +245,16 @@ fn eventlog(config: &Config, action: EventlogAction) -> anyhow::Result<()> {
                 ids,
                 out: std::io::BufWriter::new(stdout.lock()),
                 pending: Vec::new(),
+                closed: false,
             };
-            let count = trueline_eventlog::dump(&dir, &mut out, from)?;
-            std::io::Write::flush(&mut out)?;
+            let dumped = trueline_eventlog::dump(&dir, &mut out, from);
+            let flushed = std::io::Write::flush(&mut out);
+            if out.closed {
+                // The reader stopped reading (`dump | head`): not a failure of the dump.
+                return Ok(());
+            }
+            let count = dumped?;
+            flushed?;
             eprintln!("{count} record(s)");
             Ok(())
         }
@@ -315,6 +336,8 @@ struct ApiIds<W: std::io::Write> {
     out: W,
     /// The bytes of a line not complete yet.
     pending: Vec<u8>,
+    /// The reader went away (a broken pipe).
+    closed: bool,
 }
 
 impl<W: std::io::Write> ApiIds<W> {
@@ -330,8 +353,14 @@ impl<W: std::io::Write> ApiIds<W> {
             let id = trueline_store_eventlog::api_event_id(ids, org, stored);
             line[id_at..id_at + 36].copy_from_slice(id.hyphenated().to_string().as_bytes());
         }
-        self.out.write_all(&line)?;
-        self.out.write_all(b"\n")
+        let written = self
+            .out
+            .write_all(&line)
+            .and_then(|()| self.out.write_all(b"\n"));
+        if let Err(e) = &written {
+            self.closed |= e.kind() == std::io::ErrorKind::BrokenPipe;
+        }
+        written
     }
 }
 
@@ -368,7 +397,11 @@ impl<W: std::io::Write> std::io::Write for ApiIds<W> {
             let rest = std::mem::take(&mut self.pending);
             self.line(&rest)?;
         }
-        self.out.flush()
+        let flushed = self.out.flush();
+        if let Err(e) = &flushed {
+            self.closed |= e.kind() == std::io::ErrorKind::BrokenPipe;
+        }
+        flushed
     }
 }
 
@@ -393,6 +426,7 @@ mod tests {
             ids: Some(ids),
             out: Vec::new(),
             pending: Vec::new(),
+            closed: false,
         };
         out.write_all(line.as_bytes()).unwrap();
         out.write_all(b"\n").unwrap();

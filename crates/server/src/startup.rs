@@ -191,19 +191,23 @@ pub struct Application {
 /// while one runs): takes `<database>.server-lock`; a second server, or `trueline migrate`
 /// beside a running one, gets a clear error. `None` for PostgreSQL. Taken before anything
 /// writes to the database: a second server used to migrate the live database first.
+/// The file of a `sqlite:` URL.
+pub fn sqlite_path(url: &str) -> String {
+    url.trim_start_matches("sqlite://")
+        .trim_start_matches("sqlite:")
+        .split('?')
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
 pub fn lock_sqlite(config: &Config) -> anyhow::Result<Option<std::fs::File>> {
     let url = config.database_url();
     // Not SQLite (PostgreSQL, or a scheme opening the store will refuse): no file to lock.
     if config.is_postgres() || !url.starts_with("sqlite:") {
         return Ok(None);
     }
-    let path = url
-        .trim_start_matches("sqlite://")
-        .trim_start_matches("sqlite:")
-        .split('?')
-        .next()
-        .unwrap_or_default()
-        .to_owned();
+    let path = sqlite_path(&url);
     let lock_path = format!("{path}.server-lock");
     if let Some(dir) = std::path::Path::new(&lock_path).parent()
         && !dir.as_os_str().is_empty()

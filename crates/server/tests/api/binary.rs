@@ -219,7 +219,15 @@ fn migrate_status_down_and_up_work_on_the_embedded_database() {
         );
         String::from_utf8(output.stdout).unwrap()
     };
-    assert!(run(&["migrate", "status"]).contains("pending"));
+    // Status only reads: on a directory without a database it says so and creates none.
+    let nothing = Command::new(BIN)
+        .args(["migrate", "status", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!nothing.status.success());
+    assert!(String::from_utf8_lossy(&nothing.stderr).contains("there is no database"));
+    assert!(!dir.path().join("trueline.db").exists());
     assert!(run(&["migrate", "up"]).contains("applied"));
     let status = run(&["migrate", "status"]);
     assert!(
