@@ -931,6 +931,7 @@ fn recover(dir: &Path, report: &mut RecoveryReport) -> Result<(Index, ActiveSegm
     let mut segs = list_segments(dir)?;
     remove_orphan_checkpoints(dir, &segs);
     // A crash while creating a segment can leave a last file without a complete header.
+    let mut recreate_at = 1;
     if let Some((first, path)) = segs.last().cloned() {
         let len = fs::metadata(&path)
             .map_err(|e| OpenError::io(&path, e))?
@@ -946,16 +947,18 @@ fn recover(dir: &Path, report: &mut RecoveryReport) -> Result<(Index, ActiveSegm
             report.removed_partial_segment = Some(path);
             segs.pop();
         } else if bad_header {
-            // The only segment: recreate it below.
+            // The only segment: recreate it below, at the position it was to start at (a
+            // log retention trimmed must not start over at 1 and hand positions out again).
             fs::remove_file(&path).map_err(|e| OpenError::io(&path, e))?;
             report.removed_partial_segment = Some(path);
             segs.pop();
+            recreate_at = first;
         }
     }
     if segs.is_empty() {
-        let path = dir.join(segment_file_name(1));
-        create_segment(dir, &path, 1).map_err(|e| OpenError::io(&path, e))?;
-        segs.push((1, path));
+        let path = dir.join(segment_file_name(recreate_at));
+        create_segment(dir, &path, recreate_at).map_err(|e| OpenError::io(&path, e))?;
+        segs.push((recreate_at, path));
     }
     let mut index = Index::default();
     let mut registry = None;

@@ -483,6 +483,9 @@ pub fn repair(dir: &Path) -> Result<RepairReport, OpenError> {
     let mut report = RepairReport::default();
     let mut index = Index::default();
     let mut cut: Option<usize> = None;
+    let trimmed = segs.first().is_some_and(|(first, _)| *first > 1);
+    // The oldest segment of a trimmed log, moved aside whole: (where it was, where it went).
+    let mut dropped_first: Option<(PathBuf, PathBuf)> = None;
     for (i, (first, path)) in segs.iter().enumerate() {
         let is_last = i + 1 == segs.len();
         let check = check_segment(&mut index, path, *first, is_last, |_| {})
@@ -514,15 +517,31 @@ pub fn repair(dir: &Path) -> Result<RepairReport, OpenError> {
             });
             report.last_global_position = check.last_position.max(index.last_position);
             cut = Some(i + 1);
-        } else if i == 0 && *first > 1 {
+        } else if i == 0 && *first > 1 && segs.len() > 1 {
+            // The oldest segment a trimmed log kept is unreadable from its header on: it goes
+            // as retention would have dropped it; the registry keeps the numbers, and the
+            // later segments are checked as the log's new start.
+            let q = unused_name(path.with_extension("seg.quarantined"));
+            fs::rename(path, &q).map_err(|e| OpenError::io(path, e))?;
+            let _ = File::open(dir).and_then(|d| d.sync_all());
+            report.quarantined.push(q.clone());
+            dropped_first = Some((path.clone(), q));
+            index = Index::default();
+            continue;
+        } else if trimmed && (i == 0 || (i == 1 && dropped_first.is_some())) {
             // Nothing would be left of a log retention trimmed: the next open would start
             // it again at position 1 and hand out positions and stream versions a second
-            // time. That is not a repair.
+            // time. That is not a repair: the oldest segment goes back where it was.
+            if let Some((original, q)) = dropped_first.take() {
+                fs::rename(&q, &original).map_err(|e| OpenError::io(&q, e))?;
+            }
             return Err(OpenError::Corrupt {
                 segment: path.clone(),
                 offset: bad_off,
                 detail: format!(
-                    "{why}; this is the oldest segment retention kept, and cutting it would                      leave no segment (the log would start over at position 1, reusing                      positions): repair refuses; restore the segment from a backup"
+                    "{why}; cutting here would leave no segment of a log retention trimmed \
+                     (it would start over at position 1, reusing positions): repair \
+                     refuses; restore the segment from a backup"
                 ),
             });
         } else {
@@ -541,7 +560,20 @@ pub fn repair(dir: &Path) -> Result<RepairReport, OpenError> {
             report.quarantined.push(q);
             remove_checkpoint(dir, *first, &mut report);
         }
+        if from == 0 {
+            // No segment is left (of a log that started at 1): its registry goes too, or
+            // `verify` would take it for a log whose segments were lost.
+            let registry = dir.join(REGISTRY_FILE_NAME);
+            if registry.exists() {
+                let q = unused_name(registry.with_extension("idx.quarantined"));
+                fs::rename(&registry, &q).map_err(|e| OpenError::io(&registry, e))?;
+                report.quarantined.push(q);
+            }
+        }
         let _ = File::open(dir).and_then(|d| d.sync_all());
+    }
+    if let (Some(_), Some((first, _))) = (&dropped_first, segs.first()) {
+        remove_checkpoint(dir, *first, &mut report);
     }
     if segs.first().is_some_and(|(first, _)| *first > 1) {
         rebuild_lost_registry(dir, &mut index, &mut report)?;

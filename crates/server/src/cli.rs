@@ -108,7 +108,7 @@ fn banner(config: &Config, addr: std::net::SocketAddr) -> String {
     } else {
         format!(
             "sqlite {}",
-            crate::config::redact_url(&config.database_url())
+            crate::startup::sqlite_path(&config.database_url())
         )
     };
     format!(
@@ -173,7 +173,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                             .map(|m| format!("{} ({})", m.version, m.description))
                             .collect();
                         anyhow::bail!(
-                            "migrate down would revert {} migration(s): {}; down migrations drop                              the tables and columns they remove, with their rows: run it again with --yes",
+                            "migrate down would revert {} migration(s): {}; down migrations drop \
+                             the tables and columns they remove, with their rows: run it again \
+                             with --yes",
                             undone.len(),
                             undone.join(", ")
                         );

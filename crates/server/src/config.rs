@@ -492,14 +492,17 @@ impl Config {
             0,
             DAY_MS,
         );
-        // Two at least: a PostgreSQL migration holds one connection and reads what is
+        // Two at least on PostgreSQL: a migration holds one connection and reads what is
         // applied on another (with one, every start waited out the acquire timeout).
-        within(
-            "database.max_connections",
-            u64::from(self.database.max_connections),
-            2,
-            10_000,
-        );
+        // (SQLite does not use the setting.)
+        if self.is_postgres() {
+            within(
+                "database.max_connections",
+                u64::from(self.database.max_connections),
+                2,
+                10_000,
+            );
+        }
         within(
             "database.acquire_timeout_ms",
             self.database.acquire_timeout_ms,
@@ -620,10 +623,18 @@ impl Config {
 /// user part when it has no password (a token: `nats://token@host`; a user name of a database
 /// URL stays), and the values of query parameters that carry one (`password=`, `token=`, …).
 pub fn redact_url(url: &str) -> String {
+    // A SQLite URL names a file: no credentials to hide (and `sqlite:data.db` has no `//`).
+    if url.starts_with("sqlite:") {
+        return url.to_owned();
+    }
     let Some(scheme_end) = url.find("://") else {
-        // Not a URL (a keyword string such as `host=db password=x`): nothing tells where a
-        // secret is in it, so none of it is shown.
-        return "*** (not a URL)".to_owned();
+        // A keyword string (`host=db password=x`): nothing tells where a secret is in it, so
+        // none of it is shown. A bare `host:port` (NATS adds the scheme) is read as a URL.
+        if url.contains(['=', ' ']) {
+            return "*** (not a URL)".to_owned();
+        }
+        let shown = redact_url(&format!("nats://{url}"));
+        return shown.trim_start_matches("nats://").to_owned();
     };
     let scheme = &url[..scheme_end];
     let rest = &url[scheme_end + 3..];
@@ -723,6 +734,14 @@ mod tests {
             "postgres://h/db?application_name=a@b&password=***"
         );
         assert_eq!(redact_url("host=db password=x"), "*** (not a URL)");
+        // Files and bare addresses are shown as they are.
+        assert_eq!(redact_url("sqlite:data.db"), "sqlite:data.db");
+        assert_eq!(
+            redact_url("sqlite:///srv/a@b/trueline.db"),
+            "sqlite:///srv/a@b/trueline.db"
+        );
+        assert_eq!(redact_url("localhost:4222"), "localhost:4222");
+        assert_eq!(redact_url("tok@localhost:4222"), "***@localhost:4222");
     }
 
     #[test]

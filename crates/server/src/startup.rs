@@ -187,10 +187,6 @@ pub struct Application {
     _sqlite_lock: Option<std::fs::File>,
 }
 
-/// An embedded database serves exactly one server process (and is migrated by nothing else
-/// while one runs): takes `<database>.server-lock`; a second server, or `trueline migrate`
-/// beside a running one, gets a clear error. `None` for PostgreSQL. Taken before anything
-/// writes to the database: a second server used to migrate the live database first.
 /// The file of a `sqlite:` URL.
 pub fn sqlite_path(url: &str) -> String {
     url.trim_start_matches("sqlite://")
@@ -201,6 +197,10 @@ pub fn sqlite_path(url: &str) -> String {
         .to_owned()
 }
 
+/// An embedded database serves exactly one server process (and is migrated by nothing else
+/// while one runs): takes `<database>.server-lock`; a second server, or `trueline migrate`
+/// beside a running one, gets a clear error. `None` for PostgreSQL. Taken before anything
+/// writes to the database: a second server used to migrate the live database first.
 pub fn lock_sqlite(config: &Config) -> anyhow::Result<Option<std::fs::File>> {
     let url = config.database_url();
     // Not SQLite (PostgreSQL, or a scheme opening the store will refuse): no file to lock.

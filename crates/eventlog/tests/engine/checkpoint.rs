@@ -602,10 +602,12 @@ fn sealed_segments_beyond_the_cached_ones_leave_the_page_cache_and_still_read_ex
     }
 }
 
-/// A repair that would leave no segment of a trimmed log refuses: the log would start over at
-/// position 1 and hand out positions a second time.
+/// The oldest segment of a trimmed log damaged from its header on: repair moves it aside
+/// as retention would have dropped it, and the log goes on from the next one with its
+/// positions. When it is the only segment, repair refuses (the log would start over at
+/// position 1, handing out positions a second time) and moves nothing.
 #[test]
-fn repair_refuses_to_empty_a_trimmed_log() {
+fn repair_drops_a_trimmed_logs_oldest_segment_but_never_empties_it() {
     let dir = tempdir();
     let options = trimmed_to(20 * 1024);
     let (log, _) = open_with(dir.path(), options.clone());
@@ -614,25 +616,53 @@ fn repair_refuses_to_empty_a_trimmed_log() {
         log.storage_stats().first_global_position > 1,
         "nothing dropped"
     );
+    let last = log.last_global_position();
     drop(log);
-    let mut segments: Vec<_> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
-        .collect();
-    segments.sort();
-    let oldest = segments[0].clone();
-    let mut bytes = std::fs::read(&oldest).unwrap();
-    bytes[8] ^= 0xFF;
-    std::fs::write(&oldest, &bytes).unwrap();
-    let before: Vec<_> = segments.iter().map(|p| std::fs::read(p).unwrap()).collect();
+    let segments = || {
+        let mut s: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+            .collect();
+        s.sort();
+        s
+    };
+    let damage = |path: &std::path::Path| {
+        let mut bytes = std::fs::read(path).unwrap();
+        bytes[8] ^= 0xFF;
+        std::fs::write(path, &bytes).unwrap();
+    };
+    let before = segments();
+    assert!(before.len() > 2, "{before:?}");
+    damage(&before[0]);
+    let repaired = trueline_eventlog::repair(dir.path()).unwrap();
+    assert!(repaired.truncated.is_none());
+    assert_eq!(segments(), before[1..].to_vec());
+    assert_eq!(repaired.last_global_position, last);
+    let (log, _) = open_with(dir.path(), options.clone());
+    assert_eq!(log.last_global_position(), last, "positions go on");
+    drop(log);
+
+    // Down to one segment, damaged: refused, and nothing moves.
+    for extra in &segments()[1..] {
+        std::fs::remove_file(extra).unwrap();
+        let _ = std::fs::remove_file(extra.with_extension("idx"));
+    }
+    let only = segments();
+    assert_eq!(only.len(), 1);
+    damage(&only[0]);
+    let bytes = std::fs::read(&only[0]).unwrap();
     let refused = trueline_eventlog::repair(dir.path());
     assert!(
         matches!(refused, Err(trueline_eventlog::OpenError::Corrupt { .. })),
         "{refused:?}"
     );
-    let after: Vec<_> = segments.iter().map(|p| std::fs::read(p).unwrap()).collect();
-    assert!(before == after, "the refused repair moved nothing");
+    assert_eq!(segments(), only);
+    assert_eq!(
+        std::fs::read(&only[0]).unwrap(),
+        bytes,
+        "the refused repair moved nothing"
+    );
 }
 
 #[test]

@@ -487,6 +487,17 @@ fn syncs_of_a_roll_after_a_small_append(fail: bool) -> usize {
     hook.fail_next.store(fail, SeqCst);
     let small = log.append(o, "s", ExpectedVersion::Any, vec![event(100, "t", b"{}")]);
     assert_eq!(small.is_err(), fail);
+    // A thread prepares the next segment ahead; whether it is ready at the roll decides
+    // whether the writer extends the new segment itself (one more sync). Both runs wait for
+    // it, so they roll alike (under load the count differed by that sync alone).
+    let prepared = dir.path().join("next-segment.seg.tmp");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::fs::metadata(&prepared).map_or(true, |m| m.len() < 8 * 1024)
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
     let before = hook.syncs.load(SeqCst);
     log.append(
         o,

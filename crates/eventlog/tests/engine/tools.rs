@@ -145,6 +145,24 @@ fn verify_reports_a_log_whose_segments_are_missing() {
     assert!(verify(empty.path(), &mut |_, _| {}).unwrap().is_clean());
 }
 
+/// A repair that cuts a log (starting at 1) from its first segment's header on leaves no
+/// segment: the registry goes aside too, so `verify` does not take the directory for a log
+/// whose segments were lost, and the log opens empty.
+#[test]
+fn a_repair_that_leaves_no_segment_leaves_no_registry() {
+    let dir = filled(50);
+    let first = segment_files(dir.path())[0].clone();
+    let mut bytes = std::fs::read(&first).unwrap();
+    bytes[8] ^= 0xFF;
+    std::fs::write(&first, &bytes).unwrap();
+    let r = repair(dir.path()).unwrap();
+    assert!(segment_files(dir.path()).is_empty(), "{r:?}");
+    assert!(!dir.path().join("streams.idx").exists());
+    assert!(verify(dir.path(), &mut |_, _| {}).unwrap().is_clean());
+    let (log, _) = EventLog::open(dir.path(), small()).unwrap();
+    assert_eq!(log.last_global_position(), 0);
+}
+
 #[test]
 fn repair_refuses_while_the_log_is_open() {
     let dir = filled(3);
