@@ -43,6 +43,19 @@ async fn lease(
     }
 }
 
+/// A delivery of a made-up event to `webhook_id` (the tests of leases and purges need
+/// deliveries, not the outbox rows they come from).
+fn new_delivery(webhook_id: Uuid, org_id: trueline_core::ids::OrgId) -> NewDelivery {
+    NewDelivery {
+        id: Uuid::now_v7(),
+        webhook_id,
+        org_id,
+        event_id: trueline_core::ids::EventId(Uuid::now_v7()),
+        event_type: "inventory.item.created".to_owned(),
+        payload: serde_json::json!({}),
+    }
+}
+
 fn webhook(url: &str, types: &[&str]) -> NewWebhook {
     NewWebhook {
         id: Uuid::now_v7(),
@@ -543,17 +556,9 @@ pub async fn deliveries_are_leased_in_turns_per_organization(f: &Fixture) {
         .create_webhook(&b, webhook("http://127.0.0.1:9/b", &[]), None)
         .await
         .expect("webhook");
-    let new = |webhook_id: Uuid, org_id| NewDelivery {
-        id: Uuid::now_v7(),
-        webhook_id,
-        org_id,
-        event_id: trueline_core::ids::EventId(Uuid::now_v7()),
-        event_type: "inventory.item.created".to_owned(),
-        payload: serde_json::json!({}),
-    };
     let t = now();
     // Four of Ann's organization's due first, then one of Bob's.
-    let ann: Vec<_> = (0..4).map(|_| new(hook_a.id, a.org_id)).collect();
+    let ann: Vec<_> = (0..4).map(|_| new_delivery(hook_a.id, a.org_id)).collect();
     f.store
         .complete_outbox(Destination::EventLog, &[], &ann, t)
         .await
@@ -562,7 +567,7 @@ pub async fn deliveries_are_leased_in_turns_per_organization(f: &Fixture) {
         .complete_outbox(
             Destination::EventLog,
             &[],
-            &[new(hook_b.id, b.org_id)],
+            &[new_delivery(hook_b.id, b.org_id)],
             t + Duration::milliseconds(1),
         )
         .await
@@ -632,16 +637,8 @@ pub async fn finished_deliveries_are_purged_with_their_attempts(f: &Fixture) {
         .create_webhook(&a, webhook("http://127.0.0.1:9/hook", &[]), None)
         .await
         .expect("webhook");
-    let new = || NewDelivery {
-        id: Uuid::now_v7(),
-        webhook_id: hook.id,
-        org_id: a.org_id,
-        event_id: trueline_core::ids::EventId(Uuid::now_v7()),
-        event_type: "inventory.item.created".to_owned(),
-        payload: serde_json::json!({}),
-    };
     let t = now();
-    let made: Vec<_> = (0..4).map(|_| new()).collect();
+    let made: Vec<_> = (0..4).map(|_| new_delivery(hook.id, a.org_id)).collect();
     f.store
         .complete_outbox(Destination::EventLog, &[], &made, t)
         .await
@@ -716,16 +713,7 @@ pub async fn concurrent_leases_never_take_a_delivery_twice(f: &Fixture) {
         .create_webhook(&a, webhook("http://127.0.0.1:9/hook", &[]), None)
         .await
         .expect("webhook");
-    let made: Vec<_> = (0..60)
-        .map(|_| NewDelivery {
-            id: Uuid::now_v7(),
-            webhook_id: hook.id,
-            org_id: a.org_id,
-            event_id: trueline_core::ids::EventId(Uuid::now_v7()),
-            event_type: "inventory.item.created".to_owned(),
-            payload: serde_json::json!({}),
-        })
-        .collect();
+    let made: Vec<_> = (0..60).map(|_| new_delivery(hook.id, a.org_id)).collect();
     let t = now();
     f.store
         .complete_outbox(Destination::EventLog, &[], &made, t)
