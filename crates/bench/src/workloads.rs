@@ -590,28 +590,39 @@ impl Inventory {
 
 /// The ids of every item of the organization (all pages of `GET /items`).
 async fn list_item_ids(session: &Session) -> anyhow::Result<Vec<String>> {
-    let token = Some(session.owner_token.as_str());
     let mut ids = Vec::new();
+    each_page(session, "/api/v1/items", "listing the items", |item| {
+        ids.push(str_at(item, "/id")?);
+        Ok(())
+    })
+    .await?;
+    Ok(ids)
+}
+
+/// Hands every row of every page of the listing at `path` (`limit`, `cursor`,
+/// `next_cursor`) to `each`, read with the owner's token.
+async fn each_page(
+    session: &Session,
+    path: &str,
+    what: &str,
+    mut each: impl FnMut(&Value) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let token = Some(session.owner_token.as_str());
     let mut cursor: Option<String> = None;
     loop {
-        let mut path = format!("/api/v1/items?limit={PAGE_LIMIT}");
+        let mut url = format!("{path}?limit={PAGE_LIMIT}");
         if let Some(c) = &cursor {
-            path.push_str(&format!("&cursor={}", encode_query(c)));
+            url.push_str(&format!("&cursor={}", encode_query(c)));
         }
-        let page = session
-            .api
-            .get(&path, token)
-            .await
-            .ok_json("listing the items")?;
-        for item in page["data"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
-            ids.push(str_at(item, "/id")?);
+        let page = session.api.get(&url, token).await.ok_json(what)?;
+        for row in page["data"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+            each(row)?;
         }
         match page["next_cursor"].as_str() {
             Some(next) => cursor = Some(next.to_owned()),
-            None => break,
+            None => return Ok(()),
         }
     }
-    Ok(ids)
 }
 
 /// `GET /items/{id}` and every page of its history.
@@ -629,30 +640,21 @@ async fn observe_item(session: &Session, id: &str) -> anyhow::Result<ItemObserva
         qty,
         ..ItemObservation::default()
     };
-    let mut cursor: Option<String> = None;
-    loop {
-        let mut path = format!("/api/v1/items/{id}/history?limit={PAGE_LIMIT}");
-        if let Some(c) = &cursor {
-            path.push_str(&format!("&cursor={}", encode_query(c)));
-        }
-        let page = session
-            .api
-            .get(&path, token)
-            .await
-            .ok_json("reading an item's history")?;
-        for record in page["data"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+    each_page(
+        session,
+        &format!("/api/v1/items/{id}/history"),
+        "reading an item's history",
+        |record| {
             if record["kind"] == "qty_changed" {
                 let delta = record["delta"]
                     .as_i64()
                     .with_context(|| format!("a qty_changed record without a delta: {record}"))?;
                 observation.qty_changed_deltas.add(delta);
             }
-        }
-        match page["next_cursor"].as_str() {
-            Some(next) => cursor = Some(next.to_owned()),
-            None => break,
-        }
-    }
+            Ok(())
+        },
+    )
+    .await?;
     Ok(observation)
 }
 
