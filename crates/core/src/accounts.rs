@@ -6,6 +6,7 @@ use crate::validation::{Invalid, clean_name};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
+use unicode_normalization::UnicodeNormalization;
 
 /// Longest accepted email address (RFC 5321 path limit).
 pub const EMAIL_LENGTH_MAX: usize = 254;
@@ -17,16 +18,19 @@ pub const PASSWORD_BYTES_MAX: usize = 1024;
 /// Longest organization name, in characters.
 pub const ORGANIZATION_NAME_CHARS_MAX: usize = 200;
 
-/// An email address, trimmed and lowercased so `Ann@Example.com` and `ann@example.com` are one
-/// account. Only the structure is checked (one `@`, a dotted domain, no spaces or controls);
-/// deliverability is not this type's business.
+/// An email address, trimmed, in NFC and lowercased so `Ann@Example.com` and
+/// `ann@example.com` are one account, and so are `josé@…` typed with a precomposed `é` and
+/// with a combining accent. Only the structure is checked (one `@`, a dotted domain, no spaces
+/// or controls); deliverability is not this type's business.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(transparent)]
 pub struct Email(String);
 
 impl Email {
     pub fn parse(raw: &str) -> Result<Self, Invalid> {
-        let email = raw.trim().to_lowercase();
+        let composed: String = raw.trim().nfc().collect();
+        // Lowercasing may decompose (`İ` becomes `i` and a combining dot): compose again.
+        let email: String = composed.to_lowercase().nfc().collect();
         if email.is_empty() || email.len() > EMAIL_LENGTH_MAX {
             return Err(Invalid::new(
                 "invalid_email",
@@ -233,6 +237,10 @@ mod tests {
         assert_eq!(
             Email::parse("  Ann@Example.COM ").map(|e| e.0),
             Ok("ann@example.com".into())
+        );
+        assert_eq!(
+            Email::parse("Jose\u{301}@example.com").map(|e| e.0),
+            Ok("jos\u{e9}@example.com".into())
         );
         for bad in [
             "",

@@ -1,6 +1,7 @@
 //! The shape of a rejected field and the text rules shared by every name-like value.
 
 use std::fmt;
+use unicode_normalization::UnicodeNormalization;
 
 /// Why one field of a request was refused. `field` is a JSON pointer (`/name`,
 /// `/adjustments/3/delta`) filled in by whoever knows where the value came from.
@@ -84,11 +85,18 @@ pub fn clean_name(raw: &str, max_chars: usize) -> Result<String, Invalid> {
     Ok(trimmed.to_owned())
 }
 
-/// The key under which names are unique: Unicode lowercase, so `Milk` and `milk` collide on
-/// every backend alike (SQLite's `lower()` only folds ASCII, PostgreSQL's depends on the
-/// collation, so the key is computed here and stored, never derived in SQL).
+/// The key under which names are unique, sorted and searched: Unicode *canonical caseless*
+/// matching (Unicode §3.13, D145: NFD, full case folding, NFD again), kept in NFC. So `Milk`
+/// and `milk` collide, and so do `Café` typed with a precomposed `é` and with `e` plus a
+/// combining accent (two names that render identically), and `STRASSE` and `straße`. It is
+/// computed here and stored, never derived in SQL: SQLite's `lower()` only folds ASCII and
+/// PostgreSQL's depends on the collation. Compatibility forms stay apart (`²` is not `2`,
+/// a full-width `Ａ` is not `A`): a name is what its owner typed, not a search term. Keys stored by
+/// earlier versions (plain lowercase) are recomputed once by the stores after migrating.
 pub fn name_key(clean: &str) -> String {
-    clean.to_lowercase()
+    let decomposed: String = clean.nfd().collect();
+    let folded = caseless::default_case_fold_str(&decomposed);
+    folded.nfc().collect()
 }
 
 #[cfg(test)]
@@ -111,5 +119,30 @@ mod tests {
     fn name_keys_fold_unicode_case() {
         assert_eq!(name_key("MILK"), name_key("milk"));
         assert_eq!(name_key("ÉCLAIR"), "éclair");
+        assert_eq!(name_key("STRASSE"), name_key("Straße"));
+        assert_eq!(name_key("ΟΔΟΣ"), name_key("οδος"));
+    }
+
+    #[test]
+    fn name_keys_equate_canonically_equivalent_names_only() {
+        // Precomposed é (U+00E9) and e + COMBINING ACUTE ACCENT (U+0301) render alike.
+        assert_eq!(name_key("Caf\u{e9}"), name_key("Cafe\u{301}"));
+        assert_eq!(name_key("Cafe\u{301}"), "caf\u{e9}");
+        // Å as a letter (U+00C5) and as the Ångström sign (U+212B) are canonically equal.
+        assert_eq!(name_key("\u{212B}"), name_key("\u{c5}"));
+        // Compatibility forms stay apart.
+        assert_ne!(name_key("\u{ff21}"), name_key("a"));
+        assert_ne!(name_key("x\u{b2}"), name_key("x2"));
+    }
+
+    proptest::proptest! {
+        /// The stores recompute and compare keys (cursor checks): a key is its own key.
+        #[test]
+        fn name_keys_are_stable(name in "\\PC{1,12}") {
+            let key = name_key(&name);
+            proptest::prop_assert_eq!(name_key(&key), key.clone());
+            let nfd: String = name.nfd().collect();
+            proptest::prop_assert_eq!(name_key(&nfd), key);
+        }
     }
 }

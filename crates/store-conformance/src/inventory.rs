@@ -6,6 +6,7 @@ use trueline_core::accounts::Role;
 use trueline_core::error::LineRejection;
 use trueline_core::ids::{ItemId, OrgId};
 use trueline_core::inventory::{Delta, ItemName, Quantity, Sku};
+use trueline_core::validation::name_key;
 use trueline_store::{
     Actor, HistoryKind, Item, ItemFilter, ItemPatch, ItemSort, NewItem, PageRequest, QtyChange,
     StoreError,
@@ -135,6 +136,84 @@ pub async fn names_are_unique_per_organization_case_insensitively(f: &Fixture) {
     };
     let renamed = f.store.update_item(&a, eggs.id, Some(1), patch, None).await;
     assert!(matches!(domain(renamed), DomainError::NameTaken { .. }));
+}
+
+/// Names that render alike are one name: a precomposed `é` and `e` with a combining accent,
+/// `ß` and `SS` (Unicode canonical caseless matching, `validation::name_key`).
+pub async fn names_equal_under_unicode_normalization_and_case_folding_collide(f: &Fixture) {
+    let a = owner_actor(f, "ann@example.com").await;
+    create(f, &a, "Caf\u{e9}", 1).await;
+    create(f, &a, "Stra\u{df}e", 1).await;
+    let before = trail(f).await;
+    for taken in ["Cafe\u{301}", "CAF\u{c9}", "STRASSE", "strasse"] {
+        let refused = f.store.create_item(&a, new_item(taken, 2), None).await;
+        assert!(
+            matches!(domain(refused), DomainError::NameTaken { .. }),
+            "{taken:?} is taken"
+        );
+    }
+    assert_eq!(trail(f).await, before, "refused creates write nothing");
+    // Compatibility forms are other names.
+    create(f, &a, "x\u{b2}", 1).await;
+    create(f, &a, "x2", 1).await;
+}
+
+/// Rows written under the earlier key rule (plain lowercase, no normalization) get today's
+/// keys when the store migrates: what migration 10 (SQLite) / 14 (PostgreSQL) lists in
+/// `unicode_rekeys`. Simulated here by writing the old keys back and listing every row.
+pub async fn keys_of_the_earlier_rule_are_recomputed_after_migrating(f: &Fixture) {
+    let a = owner_actor(f, "ann@example.com").await;
+    let nfd = create(f, &a, "Cafe\u{301}", 1).await;
+    create(f, &a, "Stra\u{df}e", 1).await;
+    sign_up(f, "jos\u{e9}@example.com").await;
+    let old_keys = [
+        "UPDATE items SET name_key = 'cafe\u{301}' WHERE name = 'Cafe\u{301}'",
+        "UPDATE items SET name_key = 'stra\u{df}e' WHERE name = 'Stra\u{df}e'",
+        "UPDATE users SET email = 'jose\u{301}@example.com' WHERE email = 'jos\u{e9}@example.com'",
+    ];
+    for sql in old_keys {
+        assert_eq!(f.raw.execute(sql).await, Ok(1), "{sql}");
+    }
+    // Under the old keys `STRASSE` was another name: now its key is the one `Straße` gets.
+    create(f, &a, "STRASSE", 1).await;
+    for sql in [
+        "INSERT INTO unicode_rekeys (table_name, row_id) SELECT 'items', id FROM items",
+        "INSERT INTO unicode_rekeys (table_name, row_id) SELECT 'users', id FROM users",
+    ] {
+        f.raw.execute(sql).await.expect("list the rows");
+    }
+    assert!(f.store.migrate_up().await.expect("migrate").is_empty());
+    assert_eq!(f.count("unicode_rekeys").await, 0, "every listed row done");
+    let has = |sql: &'static str| async move { f.raw.scalar(sql).await };
+    assert_eq!(
+        has("SELECT count(*) FROM items WHERE name_key = 'caf\u{e9}'").await,
+        1,
+        "the decomposed name has the composed key"
+    );
+    assert_eq!(
+        has("SELECT count(*) FROM items WHERE name_key = 'stra\u{df}e'").await,
+        1,
+        "the key another row holds is left as it was"
+    );
+    assert_eq!(
+        has("SELECT count(*) FROM users WHERE email = 'jos\u{e9}@example.com'").await,
+        1,
+        "the email is composed again"
+    );
+    let refused = f
+        .store
+        .create_item(&a, new_item("CAF\u{c9}", 2), None)
+        .await;
+    assert!(matches!(domain(refused), DomainError::NameTaken { .. }));
+    assert_eq!(
+        f.store
+            .item(a.org_id, nfd.id)
+            .await
+            .expect("get")
+            .map(|i| i.name),
+        Some("Cafe\u{301}".to_owned()),
+        "the name itself is kept as it was typed"
+    );
 }
 
 pub async fn guarded_deltas_refuse_negative_and_overflow_and_change_nothing(f: &Fixture) {
@@ -577,9 +656,7 @@ pub async fn listings_filter_sort_and_page_without_gaps(f: &Fixture) {
         let mut expected = seen.clone();
         expected.sort_by(|x, y| {
             let key = match sort {
-                ItemSort::NameAsc | ItemSort::NameDesc => {
-                    x.name.to_lowercase().cmp(&y.name.to_lowercase())
-                }
+                ItemSort::NameAsc | ItemSort::NameDesc => name_key(&x.name).cmp(&name_key(&y.name)),
                 ItemSort::QtyAsc | ItemSort::QtyDesc => x.qty.cmp(&y.qty),
                 ItemSort::CreatedAsc | ItemSort::CreatedDesc => x.created_at.cmp(&y.created_at),
             }

@@ -45,6 +45,8 @@ macro_rules! conformance_suite {
             schema::migrations_go_up_down_and_up_again,
             inventory::items_are_created_with_history_and_outbox_in_one_transaction,
             inventory::names_are_unique_per_organization_case_insensitively,
+            inventory::names_equal_under_unicode_normalization_and_case_folding_collide,
+            inventory::keys_of_the_earlier_rule_are_recomputed_after_migrating,
             inventory::guarded_deltas_refuse_negative_and_overflow_and_change_nothing,
             inventory::another_organizations_item_is_not_found_and_unchanged,
             inventory::updates_check_the_expected_version,

@@ -4,7 +4,8 @@
 use crate::{PgStore, db_error};
 use sqlx::SqlSafeStr;
 use sqlx::migrate::{Migrate, Migration, MigrationType, Migrator};
-use trueline_store::{MigrationStatus, Migrations, StoreError};
+use sqlx::{Acquire, Row};
+use trueline_store::{MigrationStatus, Migrations, Rekey, StoreError};
 
 /// Every migration as (version, description, up, down).
 const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
@@ -85,6 +86,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         "finished deliveries index",
         include_str!("../migrations/0013_finished_deliveries.up.sql"),
         include_str!("../migrations/0013_finished_deliveries.down.sql"),
+    ),
+    (
+        14,
+        "unicode name keys and emails",
+        include_str!("../migrations/0014_unicode_keys.up.sql"),
+        include_str!("../migrations/0014_unicode_keys.down.sql"),
     ),
 ];
 
@@ -188,6 +195,7 @@ impl Migrations for PgStore {
                 .run_direct(None, &mut *turn, false)
                 .await
                 .map_err(migrate_error)?;
+            rekey_listed(&mut turn).await?;
             let after = self.applied_versions().await?;
             Ok(after.into_iter().filter(|v| !before.contains(v)).collect())
         }
@@ -227,5 +235,95 @@ impl Migrations for PgStore {
                 applied: applied.contains(&version),
             })
             .collect())
+    }
+}
+
+/// Rows per transaction of [`rekey_listed`].
+const REKEY_BATCH: i64 = 500;
+
+/// Recomputes the keys migration 14 listed in `unicode_rekeys` (see [`Rekey`]), a batch per
+/// transaction, each row's entry removed with its change; returns how many rows changed.
+/// Runs under the migrate lock, but other instances may be serving: each update is guarded
+/// by the source value it was computed from (a row renamed meanwhile got its key from the
+/// rename). A row whose new key another row already holds keeps its old key (logged: the
+/// two names are now equivalent, and an operator decides which to rename); its update runs
+/// in a savepoint so the rest of the batch still changes.
+async fn rekey_listed(conn: &mut sqlx::PgConnection) -> Result<u64, StoreError> {
+    let mut changed = 0u64;
+    loop {
+        let mut tx = conn.begin().await.map_err(db_error)?;
+        let rows = sqlx::query(
+            "SELECT r.table_name, r.row_id,
+                    coalesce(i.name, u.email) AS source, coalesce(i.name_key, u.email) AS stored
+             FROM unicode_rekeys r
+             LEFT JOIN items i ON r.table_name = 'items' AND i.id = r.row_id
+             LEFT JOIN users u ON r.table_name = 'users' AND u.id = r.row_id
+             LIMIT $1",
+        )
+        .bind(REKEY_BATCH)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        if rows.is_empty() {
+            if changed > 0 {
+                tracing::info!(
+                    event = "store.keys_recomputed",
+                    rows = changed,
+                    "name keys and emails recomputed under the Unicode rules"
+                );
+            }
+            return Ok(changed);
+        }
+        for row in rows {
+            let table: String = row.try_get("table_name").map_err(db_error)?;
+            let id: uuid::Uuid = row.try_get("row_id").map_err(db_error)?;
+            let source: Option<String> = row.try_get("source").map_err(db_error)?;
+            let stored: Option<String> = row.try_get("stored").map_err(db_error)?;
+            let rekey = Rekey::from_table(&table);
+            let new = match (rekey, &source, &stored) {
+                (Some(rekey), Some(source), Some(stored)) => rekey
+                    .recompute(source, stored)
+                    .map(|key| (rekey, key, source)),
+                _ => None,
+            };
+            if let Some((rekey, key, source)) = new {
+                let sql = match rekey {
+                    Rekey::ItemNameKey => {
+                        "UPDATE items SET name_key = $1 WHERE id = $2 AND name = $3"
+                    }
+                    Rekey::UserEmail => "UPDATE users SET email = $1 WHERE id = $2 AND email = $3",
+                };
+                let mut savepoint = tx.begin().await.map_err(db_error)?;
+                let updated = sqlx::query(sql)
+                    .bind(&key)
+                    .bind(id)
+                    .bind(source)
+                    .execute(&mut *savepoint)
+                    .await;
+                match updated {
+                    Ok(done) => {
+                        savepoint.commit().await.map_err(db_error)?;
+                        changed += done.rows_affected();
+                    }
+                    Err(sqlx::Error::Database(d)) if d.is_unique_violation() => {
+                        savepoint.rollback().await.map_err(db_error)?;
+                        tracing::warn!(
+                            event = "store.rekey_conflict",
+                            table = %table,
+                            row_id = %id,
+                            "a recomputed key is already another row's: this row keeps its old key"
+                        );
+                    }
+                    Err(e) => return Err(db_error(e)),
+                }
+            }
+            sqlx::query("DELETE FROM unicode_rekeys WHERE table_name = $1 AND row_id = $2")
+                .bind(&table)
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error)?;
+        }
+        tx.commit().await.map_err(db_error)?;
     }
 }

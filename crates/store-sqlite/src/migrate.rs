@@ -2,9 +2,10 @@
 //! detection, locking).
 
 use crate::{SqliteStore, db_error};
+use sqlx::Row;
 use sqlx::SqlSafeStr;
 use sqlx::migrate::{Migrate, Migration, MigrationType, Migrator};
-use trueline_store::{MigrationStatus, Migrations, StoreError};
+use trueline_store::{MigrationStatus, Migrations, Rekey, StoreError};
 
 /// Every migration as (version, description, up, down).
 const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
@@ -61,6 +62,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         "finished deliveries index",
         include_str!("../migrations/0009_finished_deliveries.up.sql"),
         include_str!("../migrations/0009_finished_deliveries.down.sql"),
+    ),
+    (
+        10,
+        "unicode name keys and emails",
+        include_str!("../migrations/0010_unicode_keys.up.sql"),
+        include_str!("../migrations/0010_unicode_keys.down.sql"),
     ),
 ];
 
@@ -123,6 +130,7 @@ impl Migrations for SqliteStore {
         let pool = self.migration_pool().await?;
         migrator().run(&pool).await.map_err(migrate_error)?;
         pool.close().await;
+        rekey_listed(self).await?;
         let after = self.applied_versions().await?;
         Ok(after.into_iter().filter(|v| !before.contains(v)).collect())
     }
@@ -150,5 +158,85 @@ impl Migrations for SqliteStore {
                 applied: applied.contains(&version),
             })
             .collect())
+    }
+}
+
+/// Rows per transaction of [`rekey_listed`].
+const REKEY_BATCH: i64 = 500;
+
+/// Recomputes the keys migration 10 listed in `unicode_rekeys` (see [`Rekey`]), a batch per
+/// transaction, each row's entry removed with its change; returns how many rows changed. A
+/// row whose new key another row already holds keeps its old key (logged: the two names are
+/// now equivalent, and an operator decides which to rename); every other row of the batch
+/// still changes, SQLite undoing only the refused statement.
+async fn rekey_listed(store: &SqliteStore) -> Result<u64, StoreError> {
+    let mut changed = 0u64;
+    loop {
+        let mut tx = store.writer.begin().await?;
+        let rows = sqlx::query(
+            "SELECT r.table_name, r.row_id,
+                    coalesce(i.name, u.email) AS source, coalesce(i.name_key, u.email) AS stored
+             FROM unicode_rekeys r
+             LEFT JOIN items i ON r.table_name = 'items' AND i.id = r.row_id
+             LEFT JOIN users u ON r.table_name = 'users' AND u.id = r.row_id
+             LIMIT ?1",
+        )
+        .bind(REKEY_BATCH)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        if rows.is_empty() {
+            if changed > 0 {
+                tracing::info!(
+                    event = "store.keys_recomputed",
+                    rows = changed,
+                    "name keys and emails recomputed under the Unicode rules"
+                );
+            }
+            return Ok(changed);
+        }
+        for row in rows {
+            let table: String = row.try_get("table_name").map_err(db_error)?;
+            let id: Vec<u8> = row.try_get("row_id").map_err(db_error)?;
+            let source: Option<String> = row.try_get("source").map_err(db_error)?;
+            let stored: Option<String> = row.try_get("stored").map_err(db_error)?;
+            let rekey = Rekey::from_table(&table);
+            let new = match (rekey, &source, &stored) {
+                (Some(rekey), Some(source), Some(stored)) => {
+                    rekey.recompute(source, stored).map(|key| (rekey, key))
+                }
+                _ => None,
+            };
+            if let Some((rekey, key)) = new {
+                let sql = match rekey {
+                    Rekey::ItemNameKey => "UPDATE items SET name_key = ?1 WHERE id = ?2",
+                    Rekey::UserEmail => "UPDATE users SET email = ?1 WHERE id = ?2",
+                };
+                match sqlx::query(sql)
+                    .bind(&key)
+                    .bind(&id)
+                    .execute(&mut *tx)
+                    .await
+                {
+                    Ok(_) => changed += 1,
+                    Err(sqlx::Error::Database(d)) if d.is_unique_violation() => {
+                        tracing::warn!(
+                            event = "store.rekey_conflict",
+                            table = %table,
+                            row_id = %uuid::Uuid::from_slice(&id).unwrap_or_default(),
+                            "a recomputed key is already another row's: this row keeps its old key"
+                        );
+                    }
+                    Err(e) => return Err(db_error(e)),
+                }
+            }
+            sqlx::query("DELETE FROM unicode_rekeys WHERE table_name = ?1 AND row_id = ?2")
+                .bind(&table)
+                .bind(&id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error)?;
+        }
+        tx.commit().await.map_err(db_error)?;
     }
 }

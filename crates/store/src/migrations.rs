@@ -18,3 +18,64 @@ pub trait Migrations: Send + Sync {
     /// Every known migration and whether it is applied.
     async fn migration_status(&self) -> Result<Vec<MigrationStatus>, StoreError>;
 }
+
+/// A table whose rows carry a key computed by the domain that an earlier version computed
+/// differently, recomputed by the stores right after migrating (SQL has no Unicode
+/// normalization). The migration that changed the rule lists the rows that may differ in
+/// `unicode_rekeys`; the stores take each listed row, write [`Rekey::recompute`]'s answer
+/// and remove the row from the list in one transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rekey {
+    /// `items.name_key`, from `items.name` ([`trueline_core::validation::name_key`]).
+    ItemNameKey,
+    /// `users.email`, normalized again ([`trueline_core::accounts::Email`]).
+    UserEmail,
+}
+
+impl Rekey {
+    pub fn from_table(table: &str) -> Option<Self> {
+        match table {
+            "items" => Some(Self::ItemNameKey),
+            "users" => Some(Self::UserEmail),
+            _ => None,
+        }
+    }
+
+    /// The key `source` has under today's rule, when it is not `stored`. `None` also when the
+    /// source no longer passes today's check (an email that stored fine but normalizes to
+    /// something invalid): such a row keeps what it has.
+    pub fn recompute(self, source: &str, stored: &str) -> Option<String> {
+        let key = match self {
+            Self::ItemNameKey => trueline_core::validation::name_key(source),
+            Self::UserEmail => trueline_core::accounts::Email::parse(source)
+                .ok()?
+                .as_str()
+                .to_owned(),
+        };
+        (key != stored).then_some(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Rekey;
+
+    #[test]
+    fn only_keys_that_changed_are_rewritten() {
+        assert_eq!(Rekey::ItemNameKey.recompute("Milk", "milk"), None);
+        assert_eq!(
+            Rekey::ItemNameKey.recompute("Stra\u{df}e", "stra\u{df}e"),
+            Some("strasse".into())
+        );
+        assert_eq!(
+            Rekey::UserEmail.recompute("jose\u{301}@example.com", "jose\u{301}@example.com"),
+            Some("jos\u{e9}@example.com".into())
+        );
+        assert_eq!(
+            Rekey::UserEmail.recompute("ann@example.com", "ann@example.com"),
+            None
+        );
+        assert_eq!(Rekey::from_table("items"), Some(Rekey::ItemNameKey));
+        assert_eq!(Rekey::from_table("other"), None);
+    }
+}
