@@ -378,7 +378,10 @@ async fn start(
             deadline_at: now + limit,
             question_order: order,
         };
-        let started = state.store.start_attempt(s.invite.id, attempt).await?;
+        let started = state
+            .store
+            .start_attempt(&token_hash(&token)?, attempt)
+            .await?;
         tracing::info!(event = "assessments.attempt_started", attempt_id = %started.id, invite_id = %s.invite.id);
         s.attempt = Some(started);
     }

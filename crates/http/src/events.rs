@@ -877,7 +877,10 @@ fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
         return Ok(None);
     }
     match text.parse::<u64>() {
-        Ok(position) if text.bytes().all(|b| b.is_ascii_digit()) => Ok(Some(position)),
+        // Positions start at 1: the server never sends id 0.
+        Ok(position) if position > 0 && text.bytes().all(|b| b.is_ascii_digit()) => {
+            Ok(Some(position))
+        }
         _ => Err(ApiError::field(
             "/header/last-event-id",
             "invalid_value",
@@ -983,6 +986,24 @@ impl Live {
                 )
                 .await
             {
+                // Positions are gapless per organization, so a first event past the next
+                // position means retention dropped events this subscriber had not read yet
+                // (the store reads from the oldest kept one). The stream ends rather than
+                // skip them silently: the client's reconnect with `Last-Event-ID` gets the
+                // `410 events_dropped` a catch-up read gets.
+                Ok(events)
+                    if events
+                        .first()
+                        .is_some_and(|e| e.position != self.position + 1) =>
+                {
+                    tracing::info!(
+                        event = "events.subscription_ended",
+                        code = "events_dropped",
+                        position = self.position,
+                        oldest_kept = events[0].position
+                    );
+                    return None;
+                }
                 Ok(events) if !events.is_empty() => self.pending = events.into_iter(),
                 Ok(_) => {
                     tokio::select! {

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use time::Duration;
 use trueline_core::DomainError;
 use trueline_core::assessments::{AssessmentStatus, ReviewDecision, SubmissionStatus};
-use trueline_store::{Actor, AnswersSource, Attempt, NewAttempt, NewSubmission, Store, StoreError};
+use trueline_store::{
+    Actor, AnswersSource, Attempt, NewAttempt, NewInvite, NewSubmission, Store, StoreError,
+};
 use uuid::Uuid;
 
 /// How many times each race is run: one run may miss the window, twenty rarely all do.
@@ -51,14 +53,15 @@ async fn published(f: &Fixture, a: &Actor, title: &str) -> Uuid {
 
 /// A started attempt of a new candidate of `assessment`.
 async fn started(f: &Fixture, a: &Actor, assessment: Uuid, email: &str) -> Attempt {
-    let outcomes = f
-        .store
-        .create_invites(a, assessment, vec![invite(email)], None)
+    let candidate = invite(email);
+    let token = candidate.token_hash;
+    f.store
+        .create_invites(a, assessment, vec![candidate], None)
         .await
         .expect("invite");
     let t = now();
     f.store
-        .start_attempt(outcomes[0].invite.id, new_attempt(t))
+        .start_attempt(&token, new_attempt(t))
         .await
         .expect("start")
 }
@@ -284,31 +287,76 @@ pub async fn concurrent_transitions_and_revisions_run_one_after_another(f: &Fixt
     );
 }
 
+/// Two requests inviting the same candidates in opposite orders both succeed, with their
+/// outcomes in request order. On PostgreSQL an insert that conflicts with a row another open
+/// transaction inserted waits for it: in request order the two waited for each other (40P01,
+/// a 503), so the store works through the invites in email order.
+pub async fn overlapping_invites_in_opposite_orders_both_succeed(f: &Fixture) {
+    let a = owner_actor(f, "ann@example.com").await;
+    let id = published(f, &a, "Quiz").await;
+    for round in 0..ROUNDS {
+        let emails: Vec<String> = (0..5)
+            .map(|k| format!("c{round}-{k}@example.com"))
+            .collect();
+        let results = together(&f.store, 2, |store, task| {
+            let a = a.clone();
+            let mut list: Vec<NewInvite> = emails
+                .iter()
+                .map(|e| {
+                    let mut i = invite(e);
+                    i.token_hash = token_hash(&format!("{e}/{task}"));
+                    i
+                })
+                .collect();
+            if task == 1 {
+                list.reverse();
+            }
+            async move { store.create_invites(&a, id, list, None).await }
+        })
+        .await;
+        for (task, result) in results.iter().enumerate() {
+            let outcomes = result.as_ref().expect("both requests succeed");
+            let mut got: Vec<String> = outcomes
+                .iter()
+                .map(|o| o.invite.email.to_string())
+                .collect();
+            if task == 1 {
+                got.reverse();
+            }
+            assert_eq!(got, emails, "outcomes in request order");
+            let created = outcomes.iter().filter(|o| o.created).count();
+            assert!(created <= 5);
+        }
+        let created: usize = results
+            .iter()
+            .map(|r| {
+                r.as_ref()
+                    .map_or(0, |o| o.iter().filter(|o| o.created).count())
+            })
+            .sum();
+        assert_eq!(created, 5, "each candidate invited once");
+    }
+    assert_eq!(f.count("invites").await, (ROUNDS * 5) as i64);
+}
+
 pub async fn a_start_rechecks_revocation_expiry_and_status_in_its_transaction(f: &Fixture) {
     let a = owner_actor(f, "ann@example.com").await;
     let id = published(f, &a, "Quiz").await;
     let t = now();
     let mut expiring = invite("soon@example.com");
     expiring.expires_at = t + Duration::minutes(1);
+    let (to_revoke, to_close) = (invite("revoked@example.com"), invite("closed@example.com"));
+    let (revoked_token, soon_token, closed_token) = (
+        to_revoke.token_hash,
+        expiring.token_hash,
+        to_close.token_hash,
+    );
     let outcomes = f
         .store
-        .create_invites(
-            &a,
-            id,
-            vec![
-                invite("revoked@example.com"),
-                expiring,
-                invite("closed@example.com"),
-            ],
-            None,
-        )
+        .create_invites(&a, id, vec![to_revoke, expiring, to_close], None)
         .await
         .expect("invites");
-    let (revoked, soon, closed) = (
-        outcomes[0].invite.id,
-        outcomes[1].invite.id,
-        outcomes[2].invite.id,
-    );
+    let revoked = outcomes[0].invite.id;
     // A revoke that lands after the handler's checks: the start still refuses.
     assert!(
         f.store
@@ -316,14 +364,29 @@ pub async fn a_start_rechecks_revocation_expiry_and_status_in_its_transaction(f:
             .await
             .expect("revoke")
     );
-    let refused = f.store.start_attempt(revoked, new_attempt(t)).await;
+    let refused = f.store.start_attempt(&revoked_token, new_attempt(t)).await;
     assert!(matches!(
         refused,
         Err(StoreError::Domain(DomainError::NotFound(_)))
     ));
+    // Invited again: the same invite gets a new token. A start with the old token (its
+    // handler's checks passed before the revoke) still finds no invite.
+    let mut again = invite("revoked@example.com");
+    again.token_hash = token_hash("reissued");
+    let reissued = f
+        .store
+        .create_invites(&a, id, vec![again], None)
+        .await
+        .expect("re-issue");
+    assert_eq!(reissued[0].invite.id, revoked, "the same invite, re-issued");
+    let old_token = f.store.start_attempt(&revoked_token, new_attempt(t)).await;
+    assert!(matches!(
+        old_token,
+        Err(StoreError::Domain(DomainError::NotFound(_)))
+    ));
     let late = f
         .store
-        .start_attempt(soon, new_attempt(t + Duration::minutes(1)))
+        .start_attempt(&soon_token, new_attempt(t + Duration::minutes(1)))
         .await;
     assert!(matches!(
         late,
@@ -333,7 +396,7 @@ pub async fn a_start_rechecks_revocation_expiry_and_status_in_its_transaction(f:
         .transition_assessment(&a, id, AssessmentStatus::Closed, 100, None)
         .await
         .expect("close");
-    let after_close = f.store.start_attempt(closed, new_attempt(t)).await;
+    let after_close = f.store.start_attempt(&closed_token, new_attempt(t)).await;
     assert!(matches!(
         after_close,
         Err(StoreError::Domain(DomainError::InvalidTransition { .. }))

@@ -55,6 +55,55 @@ pub(crate) fn invite(email: &str) -> NewInvite {
     }
 }
 
+/// The lifecycle's edges hold in the schema too (`assessments_status_edges`): a statement
+/// skipping or reversing a step is refused, whatever the code checked.
+pub async fn lifecycle_edges_are_held_by_the_schema(f: &Fixture) {
+    let a = owner_actor(f, "ann@example.com").await;
+    let id = draft(f, &a, "Edges").await;
+    let set =
+        |status: &str| format!("UPDATE assessments SET status = '{status}' WHERE title = 'Edges'");
+    f.store
+        .transition_assessment(&a, id, AssessmentStatus::Published, 3, None)
+        .await
+        .expect("publish");
+    assert!(
+        f.raw.execute(&set("archived")).await.is_err(),
+        "published → archived"
+    );
+    f.store
+        .transition_assessment(&a, id, AssessmentStatus::Closed, 3, None)
+        .await
+        .expect("close");
+    assert!(
+        f.raw.execute(&set("published")).await.is_err(),
+        "closed → published"
+    );
+    f.store
+        .transition_assessment(&a, id, AssessmentStatus::Archived, 3, None)
+        .await
+        .expect("archive");
+    for back in ["closed", "published"] {
+        assert!(
+            f.raw.execute(&set(back)).await.is_err(),
+            "archived → {back}"
+        );
+    }
+    let stored = f
+        .store
+        .assessment(a.org_id, id)
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(stored.0.status, AssessmentStatus::Archived);
+    assert_eq!(
+        f.raw
+            .scalar("SELECT published_assessments FROM organizations WHERE id IN (SELECT org_id FROM assessments)")
+            .await,
+        0,
+        "the published count moved only with the accepted transitions"
+    );
+}
+
 pub async fn published_versions_are_frozen_by_the_schema(f: &Fixture) {
     let a = owner_actor(f, "ann@example.com").await;
     let id = draft(f, &a, "Rust basics").await;
@@ -223,17 +272,17 @@ pub async fn two_concurrent_submits_leave_exactly_one_submission(f: &Fixture) {
         .transition_assessment(&a, id, AssessmentStatus::Published, 3, None)
         .await
         .expect("publish");
-    let outcomes = f
-        .store
-        .create_invites(&a, id, vec![invite("cand@example.com")], None)
+    let candidate = invite("cand@example.com");
+    let token = candidate.token_hash;
+    f.store
+        .create_invites(&a, id, vec![candidate], None)
         .await
         .expect("invite");
-    let invite_id = outcomes[0].invite.id;
     let t = now();
     let attempt = f
         .store
         .start_attempt(
-            invite_id,
+            &token,
             NewAttempt {
                 id: Uuid::now_v7(),
                 started_at: t,
@@ -246,7 +295,7 @@ pub async fn two_concurrent_submits_leave_exactly_one_submission(f: &Fixture) {
     let again = f
         .store
         .start_attempt(
-            invite_id,
+            &token,
             NewAttempt {
                 id: Uuid::now_v7(),
                 started_at: t + Duration::minutes(1),
@@ -306,16 +355,17 @@ pub async fn deadlines_are_enforced_by_the_guarded_statements(f: &Fixture) {
         .transition_assessment(&a, id, AssessmentStatus::Published, 3, None)
         .await
         .expect("publish");
-    let outcomes = f
-        .store
-        .create_invites(&a, id, vec![invite("late@example.com")], None)
+    let candidate = invite("late@example.com");
+    let token = candidate.token_hash;
+    f.store
+        .create_invites(&a, id, vec![candidate], None)
         .await
         .expect("invite");
     let t = now();
     let attempt = f
         .store
         .start_attempt(
-            outcomes[0].invite.id,
+            &token,
             NewAttempt {
                 id: Uuid::now_v7(),
                 started_at: t,

@@ -824,15 +824,29 @@ impl AssessmentStore for PgStore {
             AssessmentStatus::Closed => (a.published_at, Some(actor.now)),
             _ => (a.published_at, a.closed_at),
         };
-        sqlx::query("UPDATE assessments SET status = $2, published_at = $3, closed_at = $4, updated_at = $5 WHERE id = $1")
-            .bind(id)
-            .bind(to.as_str())
-            .bind(published_at)
-            .bind(closed_at)
-            .bind(actor.now)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error)?;
+        // Guarded by the status the transition was checked from (and, in the schema, by the
+        // `assessments_status_edges` trigger): under the lock nothing can have moved it, and
+        // if something did, the transition is refused rather than applied from another state.
+        let moved = sqlx::query(
+            "UPDATE assessments SET status = $2, published_at = $3, closed_at = $4, updated_at = $5
+             WHERE id = $1 AND status = $6",
+        )
+        .bind(id)
+        .bind(to.as_str())
+        .bind(published_at)
+        .bind(closed_at)
+        .bind(actor.now)
+        .bind(a.status.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        if moved.rows_affected() != 1 {
+            return Err(DomainError::InvalidTransition {
+                from: a.status.as_str(),
+                to: to.as_str(),
+            }
+            .into());
+        }
         let a = fetch_assessment(&mut tx, actor.org_id, id)
             .await?
             .ok_or_else(|| internal("assessment vanished"))?;
@@ -942,8 +956,14 @@ impl AssessmentStore for PgStore {
             }
             .into());
         }
-        let mut outcomes = Vec::with_capacity(invites.len());
-        for invite in &invites {
+        // Rows are inserted (or locked to re-issue) in email order, the outcomes kept in the
+        // request's: two requests inviting the same people in different orders would
+        // otherwise each wait for a row the other inserted first (a deadlock, 40P01).
+        let mut order: Vec<usize> = (0..invites.len()).collect();
+        order.sort_by(|&x, &y| invites[x].email.as_str().cmp(invites[y].email.as_str()));
+        let mut outcomes: Vec<Option<InviteOutcome>> = (0..invites.len()).map(|_| None).collect();
+        for k in order {
+            let invite = &invites[k];
             let created = insert_invite(
                 &mut tx,
                 actor.org_id,
@@ -980,12 +1000,13 @@ impl AssessmentStore for PgStore {
                 )
                 .await?;
             }
-            outcomes.push(InviteOutcome {
+            outcomes[k] = Some(InviteOutcome {
                 invite: stored,
                 created,
                 reissued,
             });
         }
+        let outcomes: Vec<InviteOutcome> = outcomes.into_iter().flatten().collect();
         complete_idempotency(&mut tx, idempotency, &outcomes, actor.now).await?;
         tx.commit().await.map_err(db_error)?;
         Ok(outcomes)
@@ -1172,22 +1193,24 @@ impl AssessmentStore for PgStore {
 
     async fn start_attempt(
         &self,
-        invite_id: Uuid,
+        token_hash: &[u8; 32],
         attempt: NewAttempt,
     ) -> Result<Attempt, StoreError> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         // The invite's row lock orders this start after a concurrent revoke (and two starts
         // one after the other); the assessment's share lock, after a concurrent close.
         let invite = sqlx::query(
-            "SELECT i.assessment_id, i.org_id, a.family_id, a.status, i.revoked_at, i.expires_at,
-                EXISTS (SELECT 1 FROM attempts t WHERE t.invite_id = i.id) AS started
-             FROM invites i JOIN assessments a ON a.id = i.assessment_id WHERE i.id = $1
+            "SELECT i.id, i.assessment_id, i.org_id, a.family_id, a.status, i.revoked_at,
+                i.expires_at, EXISTS (SELECT 1 FROM attempts t WHERE t.invite_id = i.id) AS started
+             FROM invites i JOIN assessments a ON a.id = i.assessment_id WHERE i.token_hash = $1
              FOR UPDATE OF i FOR SHARE OF a",
         )
-        .bind(invite_id)
-        .fetch_one(&mut *tx)
+        .bind(&token_hash[..])
+        .fetch_optional(&mut *tx)
         .await
-        .map_err(db_error)?;
+        .map_err(db_error)?
+        .ok_or(DomainError::NotFound("invite"))?;
+        let invite_id: Uuid = invite.try_get("id").map_err(db_error)?;
         let started: bool = invite.try_get("started").map_err(db_error)?;
         if !started {
             let revoked: Option<OffsetDateTime> = invite.try_get("revoked_at").map_err(db_error)?;

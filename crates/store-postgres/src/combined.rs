@@ -36,14 +36,25 @@ pub(crate) async fn apply_deltas(
     Ok(plan.outcomes)
 }
 
+/// Locks the batch's items, each by (id, organization) of the job naming it: an id sent by a
+/// member of another organization matches no row, so it neither locks that row (making the
+/// owner's writers wait, and the sender's request wait on the owner's: a hint that the id
+/// exists) nor is read. The planner checks the organization again.
 async fn lock_items(tx: &mut Tx, jobs: &[DeltaJob]) -> Result<HashMap<ItemId, Item>, StoreError> {
-    let mut ids: Vec<Uuid> = jobs.iter().map(|j| j.item_id.0).collect();
-    ids.sort();
-    ids.dedup();
+    let mut pairs: Vec<(Uuid, Uuid)> = jobs
+        .iter()
+        .map(|j| (j.item_id.0, j.actor.org_id.0))
+        .collect();
+    pairs.sort();
+    pairs.dedup();
+    let (ids, orgs): (Vec<Uuid>, Vec<Uuid>) = pairs.into_iter().unzip();
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {ITEM_COLUMNS} FROM items WHERE id = ANY($1) ORDER BY id FOR UPDATE"
+        "SELECT {ITEM_COLUMNS} FROM items
+         WHERE (id, org_id) IN (SELECT * FROM unnest($1::uuid[], $2::uuid[]))
+         ORDER BY id FOR UPDATE OF items"
     )))
     .bind(&ids)
+    .bind(&orgs)
     .fetch_all(&mut **tx)
     .await
     .map_err(db_error)?;

@@ -101,6 +101,17 @@ fn bytes_bound(limit: ReadLimit) -> i64 {
     limit.bytes.clamp(1, i64::MAX as usize) as i64
 }
 
+/// An append's driver error. A full disk (53100) is the refusal the file engine gives for
+/// `ENOSPC`, `507 storage_full` with nothing written, not a 503 that invites a retry at once.
+fn write_error(e: sqlx::Error) -> EventStoreError {
+    match &e {
+        sqlx::Error::Database(d) if d.code().as_deref() == Some("53100") => {
+            AppendRefusal::StorageFull.into()
+        }
+        _ => db_error(e).into(),
+    }
+}
+
 fn check_limits(stream: &str, events: &[NewEvent], max: usize) -> Result<(), AppendRefusal> {
     for (i, e) in events.iter().enumerate() {
         let size = e.data.len() + e.metadata.len();
@@ -136,19 +147,19 @@ impl EventStore for PgEventStore {
         now: OffsetDateTime,
     ) -> Result<Vec<Appended>, EventStoreError> {
         check_limits(stream, &events, self.event_bytes_max)?;
-        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let mut tx = self.pool.begin().await.map_err(write_error)?;
         sqlx::query("INSERT INTO event_heads (org_id) VALUES ($1) ON CONFLICT DO NOTHING")
             .bind(org.0)
             .execute(&mut *tx)
             .await
-            .map_err(db_error)?;
+            .map_err(write_error)?;
         let head: i64 = sqlx::query_scalar(
             "SELECT last_position FROM event_heads WHERE org_id = $1 FOR UPDATE",
         )
         .bind(org.0)
         .fetch_one(&mut *tx)
         .await
-        .map_err(db_error)?;
+        .map_err(write_error)?;
         // Idempotent retries: every id already present with the same content, as one
         // contiguous run of this stream, returns the originals.
         let ids: Vec<uuid::Uuid> = events.iter().map(|e| e.id.0).collect();
@@ -159,7 +170,7 @@ impl EventStore for PgEventStore {
         .bind(&ids)
         .fetch_all(&mut *tx)
         .await
-        .map_err(db_error)?;
+        .map_err(write_error)?;
         if !existing.is_empty() {
             let existing = existing
                 .iter()
@@ -174,7 +185,7 @@ impl EventStore for PgEventStore {
         .bind(stream)
         .fetch_one(&mut *tx)
         .await
-        .map_err(db_error)?;
+        .map_err(write_error)?;
         let current = current as u64;
         let ok = match expected {
             ExpectedVersion::Any => true,
@@ -216,7 +227,7 @@ impl EventStore for PgEventStore {
         .map_err(|e| match crate::constraint_name(&e) {
             // Only reachable if a concurrent transaction bypassed the head lock.
             Some("events_id_key") => EventStoreError::Refused(AppendRefusal::EventIdConflict { id: events[0].id }),
-            _ => db_error(e).into(),
+            _ => write_error(e),
         })?;
         sqlx::query(
             "INSERT INTO event_streams (org_id, stream, version) VALUES ($1, $2, $3)
@@ -227,7 +238,7 @@ impl EventStore for PgEventStore {
         .bind(current as i64 + count)
         .execute(&mut *tx)
         .await
-        .map_err(db_error)?;
+        .map_err(write_error)?;
         sqlx::query(
             "UPDATE event_heads SET last_position = $2, bytes = bytes + $3 WHERE org_id = $1",
         )
@@ -236,14 +247,14 @@ impl EventStore for PgEventStore {
         .bind(bytes)
         .execute(&mut *tx)
         .await
-        .map_err(db_error)?;
+        .map_err(write_error)?;
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(CHANNEL)
             .bind(org.0.to_string())
             .execute(&mut *tx)
             .await
-            .map_err(db_error)?;
-        tx.commit().await.map_err(db_error)?;
+            .map_err(write_error)?;
+        tx.commit().await.map_err(write_error)?;
         for (i, e) in events.iter().enumerate() {
             appended.push(Appended {
                 id: e.id,

@@ -93,6 +93,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/0014_unicode_keys.up.sql"),
         include_str!("../migrations/0014_unicode_keys.down.sql"),
     ),
+    (
+        15,
+        "assessment status edges",
+        include_str!("../migrations/0015_assessment_status_edges.up.sql"),
+        include_str!("../migrations/0015_assessment_status_edges.down.sql"),
+    ),
 ];
 
 fn migrator() -> Migrator {

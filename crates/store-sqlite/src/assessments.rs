@@ -768,15 +768,29 @@ impl AssessmentStore for SqliteStore {
             AssessmentStatus::Closed => (a.published_at.map(micros), Some(micros(actor.now))),
             _ => (a.published_at.map(micros), a.closed_at.map(micros)),
         };
-        sqlx::query("UPDATE assessments SET status = ?2, published_at = ?3, closed_at = ?4, updated_at = ?5 WHERE id = ?1")
-            .bind(id)
-            .bind(to.as_str())
-            .bind(published_at)
-            .bind(closed_at)
-            .bind(micros(actor.now))
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error)?;
+        // Guarded by the status the transition was checked from (and, in the schema, by the
+        // `assessments_status_edges` trigger): under the lock nothing can have moved it, and
+        // if something did, the transition is refused rather than applied from another state.
+        let moved = sqlx::query(
+            "UPDATE assessments SET status = ?2, published_at = ?3, closed_at = ?4, updated_at = ?5
+             WHERE id = ?1 AND status = ?6",
+        )
+        .bind(id)
+        .bind(to.as_str())
+        .bind(published_at)
+        .bind(closed_at)
+        .bind(micros(actor.now))
+        .bind(a.status.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        if moved.rows_affected() != 1 {
+            return Err(DomainError::InvalidTransition {
+                from: a.status.as_str(),
+                to: to.as_str(),
+            }
+            .into());
+        }
         let a = fetch_assessment(&mut tx, actor.org_id, id)
             .await?
             .ok_or_else(|| internal("assessment vanished"))?;
@@ -1103,19 +1117,21 @@ impl AssessmentStore for SqliteStore {
 
     async fn start_attempt(
         &self,
-        invite_id: Uuid,
+        token_hash: &[u8; 32],
         attempt: NewAttempt,
     ) -> Result<Attempt, StoreError> {
         let mut tx = self.begin_write().await?;
         let invite = sqlx::query(
-            "SELECT i.assessment_id, i.org_id, a.family_id, a.status, i.revoked_at, i.expires_at,
-                EXISTS (SELECT 1 FROM attempts t WHERE t.invite_id = i.id) AS started
-             FROM invites i JOIN assessments a ON a.id = i.assessment_id WHERE i.id = ?1",
+            "SELECT i.id, i.assessment_id, i.org_id, a.family_id, a.status, i.revoked_at,
+                i.expires_at, EXISTS (SELECT 1 FROM attempts t WHERE t.invite_id = i.id) AS started
+             FROM invites i JOIN assessments a ON a.id = i.assessment_id WHERE i.token_hash = ?1",
         )
-        .bind(invite_id)
-        .fetch_one(&mut *tx)
+        .bind(&token_hash[..])
+        .fetch_optional(&mut *tx)
         .await
-        .map_err(db_error)?;
+        .map_err(db_error)?
+        .ok_or(DomainError::NotFound("invite"))?;
+        let invite_id: Uuid = invite.try_get("id").map_err(db_error)?;
         let started: bool = invite.try_get("started").map_err(db_error)?;
         if !started {
             let revoked: Option<i64> = invite.try_get("revoked_at").map_err(db_error)?;

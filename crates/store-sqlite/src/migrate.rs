@@ -69,6 +69,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/0010_unicode_keys.up.sql"),
         include_str!("../migrations/0010_unicode_keys.down.sql"),
     ),
+    (
+        11,
+        "assessment status edges",
+        include_str!("../migrations/0011_assessment_status_edges.up.sql"),
+        include_str!("../migrations/0011_assessment_status_edges.down.sql"),
+    ),
 ];
 
 fn migrator() -> Migrator {

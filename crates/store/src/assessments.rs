@@ -403,10 +403,13 @@ pub trait AssessmentStore: Send + Sync {
         attempt_id: Uuid,
     ) -> Result<Option<CandidateSession>, StoreError>;
 
-    /// Starts the invite's attempt; if one exists already, returns it unchanged.
+    /// Starts the attempt of the invite whose token hashes to `token_hash`; if one exists
+    /// already, returns it unchanged. The invite is found by the token again in the write
+    /// transaction, not by its id: a revoke and a re-issue (a new token on the same invite)
+    /// landing after the caller's checks leave the old token `NotFound` (invite).
     async fn start_attempt(
         &self,
-        invite_id: Uuid,
+        token_hash: &[u8; 32],
         attempt: NewAttempt,
     ) -> Result<Attempt, StoreError>;
 

@@ -471,6 +471,7 @@ async fn subscriptions_refuse_a_last_event_id_the_server_never_sent(backend: Bac
     for (value, code) in [
         ("abc", "invalid_value"),
         ("-1", "invalid_value"),
+        ("0", "invalid_value"),
         ("+1", "invalid_value"),
         ("1.5", "invalid_value"),
         ("18446744073709551615", "out_of_range"),
@@ -614,6 +615,67 @@ async fn an_organization_holds_a_bounded_number_of_subscriptions(backend: Backen
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     drop(second);
+}
+
+/// A live subscriber that falls behind by more than retention keeps: its stream ends once it
+/// reaches what was dropped (the reconnect is the 410), instead of jumping over it. The
+/// client stops reading after the first event, so the server's writes stall on the socket
+/// while ~70 MB of events go by and retention keeps only the last few MiB.
+#[tokio::test]
+async fn a_live_subscription_that_falls_behind_retention_ends_rather_than_skips() {
+    let app = spawn_app_with(
+        Backend::Sqlite,
+        |c| {
+            c.outbox.relay_enabled = false;
+            c.events.segment_size_bytes = 2 * 1024 * 1024;
+            c.events.retention_max_bytes = 4 * 1024 * 1024;
+        },
+        axum::Router::new(),
+    )
+    .await;
+    let ann = app.sign_up("ann@example.com").await;
+    append(&app, &ann.token, json!({"type": "t", "data": 0})).await;
+    let mut subscription = app
+        .request(Method::GET, "/api/v1/events/subscribe", Some(&ann.token))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read_sse(&mut subscription, 1).await[0].0, 1);
+    let big = "x".repeat(900 * 1024);
+    for i in 0..80 {
+        let body = json!({"type": "t", "data": big, "metadata": {"i": i}});
+        assert_eq!(append(&app, &ann.token, body).await.status(), 201);
+    }
+    // Everything the subscriber gets is consecutive, and the stream ends before the end.
+    let mut ids = vec![1];
+    let mut buffer = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let chunk = tokio::time::timeout_at(deadline, subscription.chunk())
+            .await
+            .expect("the server ends the stream in time");
+        match chunk {
+            Ok(Some(bytes)) => buffer.extend_from_slice(&bytes),
+            Ok(None) | Err(_) => break,
+        }
+        while let Some(end) = buffer.windows(2).position(|w| w == b"\n\n") {
+            let message: Vec<u8> = buffer.drain(..end + 2).collect();
+            let text = String::from_utf8_lossy(&message);
+            if let Some(id) = text.lines().find_map(|l| l.strip_prefix("id:")) {
+                ids.push(id.trim().parse::<u64>().unwrap());
+            }
+        }
+    }
+    let last = *ids.last().unwrap();
+    assert_eq!(ids, (1..=last).collect::<Vec<_>>(), "no event skipped");
+    assert!(last < 81, "the stream ended at the gap (last sent: {last})");
+    let resumed = app
+        .request(Method::GET, "/api/v1/events/subscribe", Some(&ann.token))
+        .header("last-event-id", last.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_problem(resumed, 410, "events_dropped").await;
 }
 
 /// Retention (embedded log) dropped the oldest events: reading or subscribing after a

@@ -133,6 +133,109 @@ async fn item_names_sort_by_bytes_whatever_the_database_collation() {
     assert_eq!(collation, "C");
 }
 
+/// A combined delta naming another organization's item neither reads nor locks that row:
+/// with the owner holding the row locked, the foreign request answers `NotFound` at once
+/// instead of waiting for the owner (which also told the sender the id exists).
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set TRUELINE_TEST_POSTGRES_URL and run with --ignored"]
+async fn a_combined_delta_on_another_organizations_item_does_not_lock_it() {
+    use trueline_core::accounts::Role;
+    use trueline_store::{AccountStore, DeltaJob, DeltaOutcome, ItemStore};
+    use trueline_store_conformance::fixtures::{actor, signup_of};
+    use trueline_store_conformance::inventory::{delta, new_item};
+    let (_database, store) = migrated_store().await;
+    let a = store
+        .sign_up(signup_of("a@example.com", "A"))
+        .await
+        .unwrap();
+    let b = store
+        .sign_up(signup_of("b@example.com", "B"))
+        .await
+        .unwrap();
+    let owner = actor(a.organization.id, a.user.id, Role::Owner);
+    let stranger = actor(b.organization.id, b.user.id, Role::Owner);
+    let item = store
+        .create_item(&owner, new_item("Milk", 5), None)
+        .await
+        .unwrap();
+    let mut holder = store.pool().begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM items WHERE id = $1 FOR UPDATE")
+        .bind(item.id.0)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let job = DeltaJob {
+        actor: stranger,
+        item_id: item.id,
+        delta: delta(1),
+        idempotency: None,
+    };
+    let outcomes = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        store.apply_deltas(&[job]),
+    )
+    .await
+    .expect("the foreign request does not wait for the owner's lock")
+    .unwrap();
+    assert!(
+        matches!(
+            outcomes[0],
+            DeltaOutcome::Refused(trueline_core::DomainError::NotFound(_))
+        ),
+        "{outcomes:?}"
+    );
+    holder.rollback().await.unwrap();
+    let stored = store.item(owner.org_id, item.id).await.unwrap().unwrap();
+    assert_eq!((stored.qty, stored.version), (5, 1), "nothing changed");
+}
+
+/// A full disk refuses an append as the file engine does (`StorageFull`, HTTP 507), with
+/// nothing written; simulated by a trigger raising PostgreSQL's `disk_full` (53100).
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set TRUELINE_TEST_POSTGRES_URL and run with --ignored"]
+async fn a_full_disk_refuses_an_append_as_storage_full() {
+    use trueline_store::events::{
+        AppendRefusal, EventStore, EventStoreError, ExpectedVersion, NewEvent,
+    };
+    let (_database, store) = migrated_store().await;
+    for sql in [
+        "CREATE FUNCTION full_disk() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN RAISE EXCEPTION 'could not extend file' USING ERRCODE = 'disk_full'; END $$",
+        "CREATE TRIGGER full_disk BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION full_disk()",
+    ] {
+        sqlx::query(sql).execute(store.pool()).await.unwrap();
+    }
+    let events = store.event_store(trueline_store::events::EVENT_BYTES_MAX_DEFAULT);
+    let org = trueline_core::ids::OrgId::new();
+    let event = NewEvent {
+        id: trueline_core::ids::EventId::new(),
+        event_type: "t.x".into(),
+        data: b"1".to_vec(),
+        metadata: b"{}".to_vec(),
+    };
+    let refused = events
+        .append(
+            org,
+            "s",
+            ExpectedVersion::Any,
+            vec![event],
+            time::OffsetDateTime::now_utc(),
+        )
+        .await;
+    assert!(
+        matches!(
+            refused,
+            Err(EventStoreError::Refused(AppendRefusal::StorageFull))
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(
+        events.stats(org).await.unwrap().events,
+        0,
+        "nothing written"
+    );
+}
+
 /// Migration 11 recounts the organizations' event bytes as the embedded engine stores them;
 /// its down migration goes back to metadata + data.
 #[tokio::test]

@@ -1,0 +1,1 @@
+DROP TRIGGER assessments_status_edges;
