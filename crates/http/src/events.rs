@@ -519,6 +519,29 @@ async fn append_to_stream(
         .into_response())
 }
 
+/// Event types of the server's own changes that only admins read: what they carry (a
+/// candidate's invite, attempt, score or review; a share link; a webhook's receiver; when
+/// members log in and out) is admin-only through the REST routes, and the event log must not
+/// be a way around a route's role. Below admin these events are left out of every read:
+/// pages, stream reads and subscriptions skip them (positions and versions have gaps there;
+/// cursors still move past them), and by id they are `404`.
+pub const ADMIN_ONLY_EVENT_TYPES: &[&str] = &[
+    "accounts.token.",
+    "accounts.webhook.",
+    "assessments.invite.",
+    "assessments.attempt.",
+    "assessments.submission.",
+    "assessments.share_link.",
+];
+
+/// Whether a caller of `role` reads events of `event_type` (see [`ADMIN_ONLY_EVENT_TYPES`]).
+fn visible_to(role: Role, event_type: &str) -> bool {
+    role.at_least(Role::Admin)
+        || !ADMIN_ONLY_EVENT_TYPES
+            .iter()
+            .any(|prefix| event_type.starts_with(prefix))
+}
+
 /// One event by id.
 #[utoipa::path(get, path = "/events/{id}", tag = "events", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "Event id")),
@@ -532,6 +555,7 @@ async fn get_event(
         .events
         .event(p.org_id, EventId(id))
         .await?
+        .filter(|e| visible_to(p.role, &e.event_type))
         .ok_or_else(|| ApiError::new(codes::NOT_FOUND, "event not found"))?;
     Ok(Json(event.into()))
 }
@@ -573,7 +597,7 @@ async fn list_events(
         stream: query.stream,
     };
     let filtered = filter.event_type.is_some() || filter.stream.is_some();
-    let (events, more) = page_of(
+    let (mut events, more) = page_of(
         state
             .events
             .events_after(p.org_id, after, page_read(limit), &filter)
@@ -607,6 +631,7 @@ async fn list_events(
     } else {
         None
     };
+    events.retain(|e| visible_to(p.role, &e.event_type));
     Ok(Json(EventList {
         data: events.into_iter().map(EventView::from).collect(),
         next_cursor,
@@ -644,7 +669,7 @@ async fn read_stream(
             ReadDirection::Forward => 1,
             ReadDirection::Backward => u64::MAX,
         });
-    let (events, more) = page_of(
+    let (mut events, more) = page_of(
         state
             .events
             .read_stream(p.org_id, &stream, from, direction, page_read(limit))
@@ -669,6 +694,7 @@ async fn read_stream(
             _ => None,
         }
     };
+    events.retain(|e| visible_to(p.role, &e.event_type));
     Ok(Json(EventList {
         data: events.into_iter().map(EventView::from).collect(),
         next_cursor,
@@ -717,6 +743,7 @@ async fn subscribe(
     let live = Live {
         _slot: slot,
         token_hash,
+        role: p.role,
         checked_at: state.clock.now(),
         state: state.clone(),
         org: p.org_id,
@@ -726,7 +753,7 @@ async fn subscribe(
         shutdown: state.shutdown.subscribe(),
     };
     let stream = futures_util::stream::unfold(live, |mut live| async move {
-        let event = live.next().await?;
+        let event = live.next_visible().await?;
         let sse = SseEvent::default()
             .id(event.position.to_string())
             .event(event.event_type.clone())
@@ -943,6 +970,8 @@ impl Drop for SubscriptionSlot {
 struct Live {
     _slot: SubscriptionSlot,
     token_hash: [u8; 32],
+    /// The subscriber's role as of the last check: it decides which events it is sent.
+    role: Role,
     /// When the token was last found valid (the server's clock).
     checked_at: OffsetDateTime,
     state: AppState,
@@ -954,6 +983,17 @@ struct Live {
 }
 
 impl Live {
+    /// The next event the subscriber's role reads ([`visible_to`]); the others are passed
+    /// over (the position still moves past them).
+    async fn next_visible(&mut self) -> Option<EventRecord> {
+        loop {
+            let event = self.next().await?;
+            if visible_to(self.role, &event.event_type) {
+                return Some(event);
+            }
+        }
+    }
+
     /// The next event, waiting for one if caught up; `None` when the server shuts down or
     /// the store fails (the client reconnects with `Last-Event-ID`).
     async fn next(&mut self) -> Option<EventRecord> {
@@ -1037,6 +1077,8 @@ impl Live {
         match principal_for(&self.state, &self.token_hash).await {
             Ok(p) if p.org_id == self.org => {
                 self.checked_at = now;
+                // A demotion applies from here on (a promotion too).
+                self.role = p.role;
                 true
             }
             Ok(_) => false,

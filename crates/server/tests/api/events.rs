@@ -22,6 +22,7 @@ both_backends!(
     viewers_may_read_events_but_not_append,
     resuming_past_the_last_position_is_refused,
     pages_of_large_events_stop_at_a_byte_budget_and_go_on_by_cursor,
+    admin_only_events_are_left_out_for_members_and_viewers,
 );
 
 /// An app whose outbox relay is off, so the event log holds only what the test appends.
@@ -1028,4 +1029,126 @@ async fn pages_of_large_events_stop_at_a_byte_budget_and_go_on_by_cursor(backend
         assert_eq!(seen, expected, "{first}");
         assert!(pages >= 2, "{first}");
     }
+}
+
+/// Types and positions of the organization's events as `token` reads them.
+async fn listed(app: &TestApp, token: &str) -> Vec<(u64, String)> {
+    let page: Value = app
+        .get("/api/v1/events?limit=1000", token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    page["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["position"].as_u64().unwrap(),
+                e["type"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// What the REST routes show admins only (webhooks, logins, invites, submissions) is not
+/// readable through the event log below admin: a viewer's pages, stream reads, reads by id
+/// and subscription leave those events out, while an admin sees everything.
+async fn admin_only_events_are_left_out_for_members_and_viewers(backend: Backend) {
+    let app = spawn_app_with(
+        backend,
+        |c| c.webhooks.allow_private_targets = true,
+        axum::Router::new(),
+    )
+    .await;
+    let owner = app.sign_up("owner@example.com").await;
+    let viewer = app.sign_up("viewer@example.com").await;
+    let viewer_token = app.add_member(&owner, &viewer, "viewer").await;
+    let hook = json!({"url": "http://127.0.0.1:9/hook", "event_types": ["nothing.*"]});
+    let created = app.post("/api/v1/webhooks", &owner.token, &hook).await;
+    assert_eq!(created.status(), 201);
+    let admin_only =
+        |t: &str| t.starts_with("accounts.webhook.") || t.starts_with("accounts.token.");
+    let everything = || async { listed(&app, &owner.token).await };
+    assert!(
+        eventually(15, || async {
+            everything()
+                .await
+                .iter()
+                .any(|(_, t)| t == "accounts.webhook.created")
+        })
+        .await,
+        "the relay brings the webhook's event to the log"
+    );
+    let all = everything().await;
+    assert!(all.iter().any(|(_, t)| t == "accounts.token.issued"));
+    let seen = listed(&app, &viewer_token).await;
+    let expected: Vec<_> = all
+        .iter()
+        .filter(|(_, t)| !admin_only(t))
+        .cloned()
+        .collect();
+    assert!(expected.iter().any(|(_, t)| t == "accounts.member.added"));
+    assert_eq!(seen, expected, "everything but the admin-only events");
+    // Filtered by type, by stream, by id: the same rule.
+    let by_type = app
+        .get(
+            "/api/v1/events?type=accounts.webhook.created",
+            &viewer_token,
+        )
+        .await;
+    let by_type: Value = by_type.json().await.unwrap();
+    assert_eq!(by_type["data"], json!([]));
+    let hook_event: Value = app
+        .get("/api/v1/events?type=accounts.webhook.created", &owner.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let hook_event = &hook_event["data"][0];
+    let path = format!("/api/v1/events/{}", hook_event["id"].as_str().unwrap());
+    assert_eq!(app.get(&path, &owner.token).await.status(), 200);
+    assert_problem(app.get(&path, &viewer_token).await, 404, "not_found").await;
+    let stream = format!("/api/v1/streams/{}", hook_event["stream"].as_str().unwrap());
+    let stream_page: Value = app.get(&stream, &viewer_token).await.json().await.unwrap();
+    assert!(
+        stream_page["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| !admin_only(e["type"].as_str().unwrap())),
+        "{stream_page}"
+    );
+    // A subscription skips them too, in catch-up and live.
+    let mut subscription = app
+        .request(Method::GET, "/api/v1/events/subscribe", Some(&viewer_token))
+        .send()
+        .await
+        .unwrap();
+    let caught_up = read_sse(&mut subscription, expected.len()).await;
+    assert_eq!(
+        caught_up.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+        expected.iter().map(|(p, _)| *p).collect::<Vec<_>>()
+    );
+    let another = app.post("/api/v1/webhooks", &owner.token, &hook).await;
+    assert_eq!(another.status(), 201);
+    assert!(
+        eventually(15, || async {
+            let hooks = everything().await;
+            hooks
+                .iter()
+                .filter(|(_, t)| t == "accounts.webhook.created")
+                .count()
+                == 2
+        })
+        .await,
+        "the second webhook's event is in the log before the next append"
+    );
+    append(&app, &owner.token, json!({"type": "after.hook", "data": 1})).await;
+    let live = read_sse(&mut subscription, 1).await;
+    assert_eq!(
+        live[0].1["type"], "after.hook",
+        "the hook's event was skipped"
+    );
 }
