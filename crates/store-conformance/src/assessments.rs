@@ -55,6 +55,66 @@ pub(crate) fn invite(email: &str) -> NewInvite {
     }
 }
 
+/// Every change staff make to assessments leaves an immutable audit record (action = the
+/// event type, with the actor and request id) beside its event, in the same transaction:
+/// the outbox rows go once published, the audit log stays.
+pub async fn staff_changes_to_assessments_are_audited(f: &Fixture) {
+    let a = owner_actor(f, "ann@example.com").await;
+    let id = draft(f, &a, "Audited").await;
+    f.store
+        .transition_assessment(&a, id, AssessmentStatus::Published, 3, None)
+        .await
+        .expect("publish");
+    let outcomes = f
+        .store
+        .create_invites(&a, id, vec![invite("cand@example.com")], None)
+        .await
+        .expect("invite");
+    f.store
+        .revoke_invite(&a, id, outcomes[0].invite.id)
+        .await
+        .expect("revoke");
+    f.store
+        .set_share_link(&a, id, Some(token_hash("link")), None)
+        .await
+        .expect("share link");
+    f.store
+        .transition_assessment(&a, id, AssessmentStatus::Closed, 3, None)
+        .await
+        .expect("close");
+    let events = f
+        .raw
+        .scalar("SELECT count(*) FROM outbox WHERE event_type LIKE 'assessments.%'")
+        .await;
+    let audited = f
+        .raw
+        .scalar("SELECT count(*) FROM audit_log WHERE action LIKE 'assessments.%'")
+        .await;
+    // created, questions added (the draft helper), published, invited, revoked, link, closed
+    assert!(events >= 7, "{events}");
+    assert_eq!(audited, events, "one audit record per staff event");
+    for action in [
+        "assessments.assessment.published",
+        "assessments.invite.created",
+        "assessments.invite.revoked",
+        "assessments.share_link.set",
+        "assessments.assessment.closed",
+    ] {
+        let sql = format!(
+            "SELECT count(*) FROM audit_log WHERE action = '{action}' AND request_id = '{}'",
+            a.request_id
+        );
+        assert_eq!(f.raw.scalar(&sql).await, 1, "{action}");
+    }
+    assert!(
+        f.raw
+            .execute("DELETE FROM audit_log WHERE action LIKE 'assessments.%'")
+            .await
+            .is_err(),
+        "the records are immutable"
+    );
+}
+
 /// The lifecycle's edges hold in the schema too (`assessments_status_edges`): a statement
 /// skipping or reversing a step is refused, whatever the code checked.
 pub async fn lifecycle_edges_are_held_by_the_schema(f: &Fixture) {

@@ -83,15 +83,16 @@ async fn insert_organization(
     })
 }
 
+/// The immutable audit record of a change (see the `audit_log` triggers), in its transaction.
 #[allow(clippy::too_many_arguments)]
-pub(crate) async fn audit(
+pub(crate) async fn audit_row(
     tx: &mut Tx,
     org_id: OrgId,
     actor: UserId,
     request_id: &str,
     action: &str,
     subject: Option<Uuid>,
-    detail: serde_json::Value,
+    detail: &serde_json::Value,
     now: OffsetDateTime,
 ) -> Result<(), StoreError> {
     sqlx::query(
@@ -104,11 +105,26 @@ pub(crate) async fn audit(
     .bind(request_id)
     .bind(action)
     .bind(subject)
-    .bind(&detail)
+    .bind(detail)
     .bind(now)
     .execute(&mut **tx)
     .await
     .map_err(db_error)?;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn audit(
+    tx: &mut Tx,
+    org_id: OrgId,
+    actor: UserId,
+    request_id: &str,
+    action: &str,
+    subject: Option<Uuid>,
+    detail: serde_json::Value,
+    now: OffsetDateTime,
+) -> Result<(), StoreError> {
+    audit_row(tx, org_id, actor, request_id, action, subject, &detail, now).await?;
     // Every audited change is also a domain event (`accounts.member.added`, …).
     let mut payload = detail;
     if let Some(p) = payload.as_object_mut() {

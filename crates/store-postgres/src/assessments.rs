@@ -184,6 +184,33 @@ async fn event(
     .await
 }
 
+/// A change the organization's staff made: its immutable audit record (`audit_log`, the
+/// event type as its action and the event's payload as its detail) and its domain event, in
+/// the change's transaction; the outbox rows are purged once published, the audit record
+/// stays. Candidates' own steps (start, submit, registering through a share link) have no
+/// staff actor: their rows (attempts, submissions) are the record.
+async fn staff_event(
+    tx: &mut Tx,
+    actor: &Actor,
+    event_type: &str,
+    stream: String,
+    payload: Value,
+    now: OffsetDateTime,
+) -> Result<(), StoreError> {
+    crate::accounts::audit_row(
+        tx,
+        actor.org_id,
+        actor.user_id,
+        &actor.request_id,
+        event_type,
+        None,
+        &payload,
+        now,
+    )
+    .await?;
+    event(tx, actor.org_id, event_type, stream, payload, now).await
+}
+
 async fn fetch_assessment(
     tx: &mut Tx,
     org: OrgId,
@@ -296,9 +323,9 @@ async fn bump(
         .execute(&mut **tx)
         .await
         .map_err(db_error)?;
-    event(
+    staff_event(
         tx,
-        actor.org_id,
+        actor,
         &format!("assessments.draft.{change}"),
         format!("assessment-{}", a.family_id),
         trueline_store::draft_change_payload(actor, a, question_ids),
@@ -557,9 +584,9 @@ impl AssessmentStore for PgStore {
         let a = fetch_assessment(&mut tx, actor.org_id, id)
             .await?
             .ok_or_else(|| internal("created assessment vanished"))?;
-        event(
+        staff_event(
             &mut tx,
-            actor.org_id,
+            actor,
             "assessments.assessment.created",
             format!("assessment-{}", a.family_id),
             lifecycle_payload(actor, &a),
@@ -850,9 +877,9 @@ impl AssessmentStore for PgStore {
         let a = fetch_assessment(&mut tx, actor.org_id, id)
             .await?
             .ok_or_else(|| internal("assessment vanished"))?;
-        event(
+        staff_event(
             &mut tx,
-            actor.org_id,
+            actor,
             &format!("assessments.assessment.{}", to.as_str()),
             format!("assessment-{}", a.family_id),
             lifecycle_payload(actor, &a),
@@ -923,9 +950,9 @@ impl AssessmentStore for PgStore {
         let revised = fetch_assessment(&mut tx, actor.org_id, new_id)
             .await?
             .ok_or_else(|| internal("revision vanished"))?;
-        event(
+        staff_event(
             &mut tx,
-            actor.org_id,
+            actor,
             "assessments.assessment.revised",
             format!("assessment-{}", a.family_id),
             lifecycle_payload(actor, &revised),
@@ -986,9 +1013,9 @@ impl AssessmentStore for PgStore {
             let stored = invite_from(&row)?;
             if created || reissued {
                 let payload = json!({ "invite_id": stored.id, "assessment_id": assessment_id, "actor_user_id": actor.user_id, "request_id": actor.request_id });
-                event(
+                staff_event(
                     &mut tx,
-                    actor.org_id,
+                    actor,
                     if created {
                         "assessments.invite.created"
                     } else {
@@ -1061,9 +1088,9 @@ impl AssessmentStore for PgStore {
         }
         let family = family_of(&mut tx, assessment_id).await?;
         let payload = json!({ "invite_id": invite_id, "assessment_id": assessment_id, "actor_user_id": actor.user_id, "request_id": actor.request_id });
-        event(
+        staff_event(
             &mut tx,
-            actor.org_id,
+            actor,
             "assessments.invite.revoked",
             format!("assessment-{family}"),
             payload,
@@ -1112,9 +1139,9 @@ impl AssessmentStore for PgStore {
         let family = family_of(&mut tx, assessment_id).await?;
         let (event_type, payload) =
             trueline_store::share_link_event(actor, assessment_id, token_hash.is_some());
-        event(
+        staff_event(
             &mut tx,
-            actor.org_id,
+            actor,
             event_type,
             format!("assessment-{family}"),
             payload,
@@ -1505,9 +1532,9 @@ impl AssessmentStore for PgStore {
         .await
         .map_err(db_error)?;
         let payload = json!({ "submission_id": id, "assessment_id": current.assessment_id, "from": current.review_status.as_str(), "to": next.as_str(), "decision": decision.as_str(), "actor_user_id": actor.user_id, "request_id": actor.request_id });
-        event(
+        staff_event(
             &mut tx,
-            actor.org_id,
+            actor,
             "assessments.submission.reviewed",
             format!("submission-{id}"),
             payload,
