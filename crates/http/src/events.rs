@@ -367,11 +367,15 @@ fn page_limit(limit: Option<u32>) -> Result<usize, ApiError> {
     Ok(limit as usize)
 }
 
+/// A `cursor` is a position (or version) this API handed out: at most 2^53-1, like `after`.
 fn cursor_position(cursor: Option<&str>) -> Result<Option<u64>, ApiError> {
     cursor
-        .map(|c| {
-            c.parse::<u64>()
-                .map_err(|_| ApiError::new(codes::INVALID_CURSOR, "the cursor is not a position"))
+        .map(|c| match c.parse::<u64>() {
+            Ok(p) if p <= trueline_core::inventory::JSON_SAFE_INTEGER_MAX as u64 => Ok(p),
+            _ => Err(ApiError::new(
+                codes::INVALID_CURSOR,
+                "the cursor is not a position",
+            )),
         })
         .transpose()
 }

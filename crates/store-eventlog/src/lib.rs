@@ -231,15 +231,17 @@ impl FileEventStore {
     }
 }
 
-/// The API's view of one batch's outcome (`count` events).
+/// The API's view of one batch's outcome.
 fn finish(
     mask: Mask,
-    count: usize,
     received: Result<EngineOutcome, tokio::sync::oneshot::error::RecvError>,
 ) -> Result<Vec<Appended>, EventStoreError> {
     let result = received.map_err(|_| StoreError::Unavailable("event log closed".into()))?;
     let recorded = result.map_err(|e| append_error(mask, e))?;
-    metrics::counter!("eventlog_events_total").increment(count as u64);
+    // Events written: a retry that found its events already there wrote none (as on
+    // PostgreSQL, which counts only new rows).
+    let written = recorded.iter().filter(|r| !r.duplicate).count();
+    metrics::counter!("eventlog_events_total").increment(written as u64);
     Ok(recorded
         .into_iter()
         .map(|r| Appended {
@@ -266,10 +268,9 @@ impl EventStore for FileEventStore {
         events: Vec<NewEvent>,
         now: OffsetDateTime,
     ) -> Result<Vec<Appended>, EventStoreError> {
-        let count = events.len();
         let mask = self.mask(org);
         let pending = self.submit(None, mask, org, stream, expected, events, now);
-        finish(mask, count, pending.await)
+        finish(mask, pending.await)
     }
 
     /// Every batch goes to the writer before any is waited for: in submission order, and
@@ -287,7 +288,6 @@ impl EventStore for FileEventStore {
         let chain = engine::AppendChain::new();
         let mask = self.mask(org);
         for batch in batches {
-            let count = batch.events.len();
             let mut receiver = self.submit(
                 Some(&chain),
                 mask,
@@ -301,20 +301,20 @@ impl EventStore for FileEventStore {
                 // Refused before it reached the writer (e.g. too large): stop, as calls to
                 // `append` one after another would.
                 Ok(Err(e)) => {
-                    submitted.push((count, Submitted::Done(Err(e))));
+                    submitted.push(Submitted::Done(Err(e)));
                     break;
                 }
-                Ok(done) => submitted.push((count, Submitted::Done(done))),
-                Err(_) => submitted.push((count, Submitted::Waiting(receiver))),
+                Ok(done) => submitted.push(Submitted::Done(done)),
+                Err(_) => submitted.push(Submitted::Waiting(receiver)),
             }
         }
         let mut outcomes = Vec::with_capacity(submitted.len());
-        for (count, submitted) in submitted {
+        for submitted in submitted {
             let received = match submitted {
                 Submitted::Done(done) => Ok(done),
                 Submitted::Waiting(receiver) => receiver.await,
             };
-            outcomes.push(finish(mask, count, received));
+            outcomes.push(finish(mask, received));
         }
         outcomes
     }

@@ -35,6 +35,22 @@ async fn quiet_app(backend: Backend) -> TestApp {
     .await
 }
 
+/// `eventlog_events_total` as `/metrics` shows it (events written).
+async fn events_written(app: &TestApp) -> f64 {
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("eventlog_events_total "))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
 async fn append(app: &TestApp, token: &str, body: Value) -> reqwest::Response {
     app.post("/api/v1/events", token, &body).await
 }
@@ -69,11 +85,18 @@ async fn a_single_append_returns_its_position_and_a_client_id_makes_it_idempoten
         .await
         .unwrap();
     assert_eq!(created["position"], 2);
+    let written = events_written(&app).await;
+    assert!(written >= 2.0, "both appends counted ({written})");
     let again = append(&app, &ann.token, body.clone()).await;
     assert_eq!(
         again.status(),
         200,
         "same id and content: the original position"
+    );
+    assert_eq!(
+        events_written(&app).await,
+        written,
+        "a retry writes no event and counts none"
     );
     let again: Value = again.json().await.unwrap();
     assert_eq!(again["position"], 2);
@@ -310,12 +333,15 @@ async fn catch_up_reads_are_gapless_filtered_and_paginated(backend: Backend) {
         "validation_failed",
     )
     .await;
-    assert_problem(
-        app.get("/api/v1/events?cursor=abc", &ann.token).await,
-        400,
-        "invalid_cursor",
-    )
-    .await;
+    for cursor in ["abc", "9007199254740992"] {
+        assert_problem(
+            app.get(&format!("/api/v1/events?cursor={cursor}"), &ann.token)
+                .await,
+            400,
+            "invalid_cursor",
+        )
+        .await;
+    }
     // A NUL (which PostgreSQL text cannot hold) or another control character in a name is
     // a 400 on both backends.
     for path in [
