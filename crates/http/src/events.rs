@@ -528,7 +528,8 @@ async fn append_to_stream(
 /// members log in and out) is admin-only through the REST routes, and the event log must not
 /// be a way around a route's role. Below admin these events are left out of every read:
 /// pages, stream reads and subscriptions skip them (positions and versions have gaps there;
-/// cursors still move past them), and by id they are `404`.
+/// cursors still move past them), a `type=` filter naming one is an empty page, and by id
+/// they are `403 insufficient_role`.
 pub const ADMIN_ONLY_EVENT_TYPES: &[&str] = &[
     "accounts.token.",
     "accounts.webhook.",
@@ -559,8 +560,12 @@ async fn get_event(
         .events
         .event(p.org_id, EventId(id))
         .await?
-        .filter(|e| visible_to(p.role, &e.event_type))
         .ok_or_else(|| ApiError::new(codes::NOT_FOUND, "event not found"))?;
+    if !visible_to(p.role, &event.event_type) {
+        // The organization's own event, of a type its role does not read: 403, as the REST
+        // route of the same fact answers.
+        p.require(Role::Admin)?;
+    }
     Ok(Json(event.into()))
 }
 
@@ -595,6 +600,16 @@ async fn list_events(
     }
     if !errors.is_empty() {
         return Err(ApiError::validation(errors));
+    }
+    // A type the caller may not read: nothing, and no cursor (whose positions would tell
+    // where events of that type are).
+    if let Some(t) = &query.event_type
+        && !visible_to(p.role, t)
+    {
+        return Ok(Json(EventList {
+            data: Vec::new(),
+            next_cursor: None,
+        }));
     }
     let filter = EventFilter {
         event_type: query.event_type,
@@ -1034,11 +1049,13 @@ impl Live {
                 // position means retention dropped events this subscriber had not read yet
                 // (the store reads from the oldest kept one). The stream ends rather than
                 // skip them silently: the client's reconnect with `Last-Event-ID` gets the
-                // `410 events_dropped` a catch-up read gets.
+                // `410 events_dropped` a catch-up read gets. (From the start, position 0,
+                // the oldest kept event is where the subscription begins.)
                 Ok(events)
-                    if events
-                        .first()
-                        .is_some_and(|e| e.position != self.position + 1) =>
+                    if self.position > 0
+                        && events
+                            .first()
+                            .is_some_and(|e| e.position != self.position + 1) =>
                 {
                     tracing::info!(
                         event = "events.subscription_ended",

@@ -866,7 +866,17 @@ impl AssessmentStore for PgStore {
         .bind(a.status.as_str())
         .execute(&mut *tx)
         .await
-        .map_err(db_error)?;
+        .map_err(|e| {
+            // The schema's edge trigger: refused like the domain refuses it.
+            if constraint_name(&e) == Some("assessments_status_edges") {
+                StoreError::from(DomainError::InvalidTransition {
+                    from: a.status.as_str(),
+                    to: to.as_str(),
+                })
+            } else {
+                db_error(e)
+            }
+        })?;
         if moved.rows_affected() != 1 {
             return Err(DomainError::InvalidTransition {
                 from: a.status.as_str(),

@@ -33,6 +33,7 @@ pub(crate) fn item_from(row: &PgRow) -> Result<Item, StoreError> {
         created_at: row.try_get("created_at").map_err(db_error)?,
         updated_at: row.try_get("updated_at").map_err(db_error)?,
         created_by: UserId(row.try_get("created_by").map_err(db_error)?),
+        name_key: row.try_get("name_key").map_err(db_error)?,
     })
 }
 
@@ -213,9 +214,7 @@ fn sort_column(sort: ItemSort) -> (&'static str, bool) {
 
 fn cursor_of(sort: ItemSort, item: &Item) -> ItemCursor {
     let key = match sort {
-        ItemSort::NameAsc | ItemSort::NameDesc => {
-            CursorKey::Text(trueline_core::validation::name_key(&item.name))
-        }
+        ItemSort::NameAsc | ItemSort::NameDesc => CursorKey::Text(item.name_key.clone()),
         ItemSort::QtyAsc | ItemSort::QtyDesc => CursorKey::Int(item.qty as i64),
         ItemSort::CreatedAsc | ItemSort::CreatedDesc => {
             CursorKey::Int((item.created_at.unix_timestamp_nanos() / 1_000) as i64)
@@ -373,10 +372,11 @@ impl ItemStore for PgStore {
             .name
             .as_ref()
             .map_or(current.name.clone(), |n| n.as_str().to_owned());
-        let name_key = patch.name.as_ref().map_or_else(
-            || trueline_core::validation::name_key(&current.name),
-            |n| n.key().to_owned(),
-        );
+        // An unchanged name keeps its stored key (see `Item::name_key`).
+        let name_key = patch
+            .name
+            .as_ref()
+            .map_or_else(|| current.name_key.clone(), |n| n.key().to_owned());
         let sku = match &patch.sku {
             Some(sku) => sku.as_ref().map(|s| s.as_str().to_owned()),
             None => current.sku.clone(),

@@ -248,24 +248,34 @@ impl Migrations for PgStore {
 const REKEY_BATCH: i64 = 500;
 
 /// Recomputes the keys migration 14 listed in `unicode_rekeys` (see [`Rekey`]), a batch per
-/// transaction, each row's entry removed with its change; returns how many rows changed.
-/// Runs under the migrate lock, but other instances may be serving: each update is guarded
-/// by the source value it was computed from (a row renamed meanwhile got its key from the
-/// rename). A row whose new key another row already holds keeps its old key (logged: the
-/// two names are now equivalent, and an operator decides which to rename); its update runs
-/// in a savepoint so the rest of the batch still changes.
+/// transaction, each done row's entry removed with its change; returns how many rows
+/// changed. Runs under the migrate lock, but other instances may be serving: each update is
+/// guarded by the source value it was computed from (a row renamed meanwhile got its key
+/// from the rename). A row whose new key another row already holds (or that a constraint
+/// refuses) keeps its old key and stays listed, logged at every start until an operator
+/// renames one of the two (the names are now equivalent); its update runs in a savepoint so
+/// the rest of the batch still changes, and the batches walk the list in key order so such
+/// rows are passed over, not read again.
 async fn rekey_listed(conn: &mut sqlx::PgConnection) -> Result<u64, StoreError> {
     let mut changed = 0u64;
+    let mut after: (String, uuid::Uuid) = (String::new(), uuid::Uuid::nil());
     loop {
         let mut tx = conn.begin().await.map_err(db_error)?;
         let rows = sqlx::query(
             "SELECT r.table_name, r.row_id,
-                    coalesce(i.name, u.email) AS source, coalesce(i.name_key, u.email) AS stored
+                    coalesce(i.name, u.email, v.email, s.email) AS source,
+                    coalesce(i.name_key, u.email, v.email, s.email) AS stored
              FROM unicode_rekeys r
              LEFT JOIN items i ON r.table_name = 'items' AND i.id = r.row_id
              LEFT JOIN users u ON r.table_name = 'users' AND u.id = r.row_id
-             LIMIT $1",
+             LEFT JOIN invites v ON r.table_name = 'invites' AND v.id = r.row_id
+             LEFT JOIN submissions s ON r.table_name = 'submissions' AND s.id = r.row_id
+             WHERE (r.table_name, r.row_id) > ($1, $2)
+             ORDER BY r.table_name, r.row_id
+             LIMIT $3",
         )
+        .bind(&after.0)
+        .bind(after.1)
         .bind(REKEY_BATCH)
         .fetch_all(&mut *tx)
         .await
@@ -285,6 +295,7 @@ async fn rekey_listed(conn: &mut sqlx::PgConnection) -> Result<u64, StoreError> 
             let id: uuid::Uuid = row.try_get("row_id").map_err(db_error)?;
             let source: Option<String> = row.try_get("source").map_err(db_error)?;
             let stored: Option<String> = row.try_get("stored").map_err(db_error)?;
+            after = (table.clone(), id);
             let rekey = Rekey::from_table(&table);
             let new = match (rekey, &source, &stored) {
                 (Some(rekey), Some(source), Some(stored)) => rekey
@@ -293,14 +304,8 @@ async fn rekey_listed(conn: &mut sqlx::PgConnection) -> Result<u64, StoreError> 
                 _ => None,
             };
             if let Some((rekey, key, source)) = new {
-                let sql = match rekey {
-                    Rekey::ItemNameKey => {
-                        "UPDATE items SET name_key = $1 WHERE id = $2 AND name = $3"
-                    }
-                    Rekey::UserEmail => "UPDATE users SET email = $1 WHERE id = $2 AND email = $3",
-                };
                 let mut savepoint = tx.begin().await.map_err(db_error)?;
-                let updated = sqlx::query(sql)
+                let updated = sqlx::query(sqlx::AssertSqlSafe(rekey.update_sql(true)))
                     .bind(&key)
                     .bind(id)
                     .bind(source)
@@ -311,14 +316,18 @@ async fn rekey_listed(conn: &mut sqlx::PgConnection) -> Result<u64, StoreError> 
                         savepoint.commit().await.map_err(db_error)?;
                         changed += done.rows_affected();
                     }
-                    Err(sqlx::Error::Database(d)) if d.is_unique_violation() => {
+                    Err(sqlx::Error::Database(d))
+                        if d.is_unique_violation() || d.is_check_violation() =>
+                    {
                         savepoint.rollback().await.map_err(db_error)?;
                         tracing::warn!(
                             event = "store.rekey_conflict",
                             table = %table,
                             row_id = %id,
-                            "a recomputed key is already another row's: this row keeps its old key"
+                            error = %d.message(),
+                            "a recomputed key is refused (another row holds it): this row keeps its old key and stays listed"
                         );
+                        continue;
                     }
                     Err(e) => return Err(db_error(e)),
                 }

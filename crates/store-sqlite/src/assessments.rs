@@ -810,7 +810,17 @@ impl AssessmentStore for SqliteStore {
         .bind(a.status.as_str())
         .execute(&mut *tx)
         .await
-        .map_err(db_error)?;
+        .map_err(|e| {
+            // The schema's edge trigger: refused like the domain refuses it.
+            if constraint_message(&e).is_some_and(|m| m.contains("invalid_transition")) {
+                StoreError::from(DomainError::InvalidTransition {
+                    from: a.status.as_str(),
+                    to: to.as_str(),
+                })
+            } else {
+                db_error(e)
+            }
+        })?;
         if moved.rows_affected() != 1 {
             return Err(DomainError::InvalidTransition {
                 from: a.status.as_str(),

@@ -171,22 +171,31 @@ impl Migrations for SqliteStore {
 const REKEY_BATCH: i64 = 500;
 
 /// Recomputes the keys migration 10 listed in `unicode_rekeys` (see [`Rekey`]), a batch per
-/// transaction, each row's entry removed with its change; returns how many rows changed. A
-/// row whose new key another row already holds keeps its old key (logged: the two names are
-/// now equivalent, and an operator decides which to rename); every other row of the batch
-/// still changes, SQLite undoing only the refused statement.
+/// transaction, each done row's entry removed with its change; returns how many rows
+/// changed. A row whose new key another row already holds (or that a constraint refuses)
+/// keeps its old key and stays listed, logged at every start until an operator renames one
+/// of the two (the names are now equivalent): SQLite undoes only the refused statement, and
+/// the batches walk the list in key order so such rows are passed over, not read again.
 async fn rekey_listed(store: &SqliteStore) -> Result<u64, StoreError> {
     let mut changed = 0u64;
+    let mut after: (String, Vec<u8>) = (String::new(), Vec::new());
     loop {
         let mut tx = store.writer.begin().await?;
         let rows = sqlx::query(
             "SELECT r.table_name, r.row_id,
-                    coalesce(i.name, u.email) AS source, coalesce(i.name_key, u.email) AS stored
+                    coalesce(i.name, u.email, v.email, s.email) AS source,
+                    coalesce(i.name_key, u.email, v.email, s.email) AS stored
              FROM unicode_rekeys r
              LEFT JOIN items i ON r.table_name = 'items' AND i.id = r.row_id
              LEFT JOIN users u ON r.table_name = 'users' AND u.id = r.row_id
-             LIMIT ?1",
+             LEFT JOIN invites v ON r.table_name = 'invites' AND v.id = r.row_id
+             LEFT JOIN submissions s ON r.table_name = 'submissions' AND s.id = r.row_id
+             WHERE (r.table_name, r.row_id) > (?1, ?2)
+             ORDER BY r.table_name, r.row_id
+             LIMIT ?3",
         )
+        .bind(&after.0)
+        .bind(&after.1)
         .bind(REKEY_BATCH)
         .fetch_all(&mut *tx)
         .await
@@ -206,32 +215,36 @@ async fn rekey_listed(store: &SqliteStore) -> Result<u64, StoreError> {
             let id: Vec<u8> = row.try_get("row_id").map_err(db_error)?;
             let source: Option<String> = row.try_get("source").map_err(db_error)?;
             let stored: Option<String> = row.try_get("stored").map_err(db_error)?;
+            after = (table.clone(), id.clone());
             let rekey = Rekey::from_table(&table);
             let new = match (rekey, &source, &stored) {
-                (Some(rekey), Some(source), Some(stored)) => {
-                    rekey.recompute(source, stored).map(|key| (rekey, key))
-                }
+                (Some(rekey), Some(source), Some(stored)) => rekey
+                    .recompute(source, stored)
+                    .map(|key| (rekey, key, source)),
                 _ => None,
             };
-            if let Some((rekey, key)) = new {
-                let sql = match rekey {
-                    Rekey::ItemNameKey => "UPDATE items SET name_key = ?1 WHERE id = ?2",
-                    Rekey::UserEmail => "UPDATE users SET email = ?1 WHERE id = ?2",
-                };
-                match sqlx::query(sql)
+            if let Some((rekey, key, source)) = new {
+                let updated = sqlx::query(sqlx::AssertSqlSafe(rekey.update_sql(false)))
                     .bind(&key)
                     .bind(&id)
+                    .bind(source)
                     .execute(&mut *tx)
-                    .await
-                {
-                    Ok(_) => changed += 1,
-                    Err(sqlx::Error::Database(d)) if d.is_unique_violation() => {
+                    .await;
+                match updated {
+                    Ok(done) => {
+                        changed += done.rows_affected();
+                    }
+                    Err(sqlx::Error::Database(d))
+                        if d.is_unique_violation() || d.is_check_violation() =>
+                    {
                         tracing::warn!(
                             event = "store.rekey_conflict",
                             table = %table,
                             row_id = %uuid::Uuid::from_slice(&id).unwrap_or_default(),
-                            "a recomputed key is already another row's: this row keeps its old key"
+                            error = %d.message(),
+                            "a recomputed key is refused (another row holds it): this row keeps its old key and stays listed"
                         );
+                        continue;
                     }
                     Err(e) => return Err(db_error(e)),
                 }

@@ -19,6 +19,10 @@ pub struct Item {
     pub created_at: OffsetDateTime,
     pub updated_at: OffsetDateTime,
     pub created_by: UserId,
+    /// The key the name is unique, sorted and searched under, as stored
+    /// ([`trueline_core::validation::name_key`] of the name, except for a row whose key an
+    /// earlier rule computed and that could not be recomputed: see `Rekey`).
+    pub name_key: String,
 }
 
 #[derive(Debug, Clone)]
@@ -64,12 +68,13 @@ impl ItemCursor {
         /// 9999-12-31T23:59:59.999999Z in unix microseconds.
         const LAST_MICROS: i64 = 253_402_300_799_999_999;
         match (&self.key, self.sort) {
-            // A name key: folded already, no control character (PostgreSQL refuses NUL in
-            // text with an error; SQLite compared it), no longer than a folded name can be.
+            // A name key as stored: no control character (PostgreSQL refuses NUL in text
+            // with an error; SQLite compared it), no longer than a folded name can be. (Not
+            // required to be its own key: a row whose key an earlier rule computed keeps it
+            // when today's would collide, and its cursor carries that stored key.)
             (CursorKey::Text(k), ItemSort::NameAsc | ItemSort::NameDesc) => {
                 k.chars().count() <= 3 * trueline_core::inventory::ITEM_NAME_CHARS_MAX
                     && !k.chars().any(char::is_control)
-                    && trueline_core::validation::name_key(k) == *k
             }
             (CursorKey::Int(q), ItemSort::QtyAsc | ItemSort::QtyDesc) => {
                 (0..=trueline_core::inventory::JSON_SAFE_INTEGER_MAX).contains(q)

@@ -30,6 +30,10 @@ pub enum Rekey {
     ItemNameKey,
     /// `users.email`, normalized again ([`trueline_core::accounts::Email`]).
     UserEmail,
+    /// `invites.email`, likewise.
+    InviteEmail,
+    /// `submissions.email`, likewise.
+    SubmissionEmail,
 }
 
 impl Rekey {
@@ -37,6 +41,8 @@ impl Rekey {
         match table {
             "items" => Some(Self::ItemNameKey),
             "users" => Some(Self::UserEmail),
+            "invites" => Some(Self::InviteEmail),
+            "submissions" => Some(Self::SubmissionEmail),
             _ => None,
         }
     }
@@ -44,13 +50,28 @@ impl Rekey {
     /// The key `source` has under today's rule, when it is not `stored`. `None` also when the
     /// source no longer passes today's check (an email that stored fine but normalizes to
     /// something invalid): such a row keeps what it has.
+    /// The statement writing the new key: `?1`/`$1` the key, `?2`/`$2` the row's id, `?3`/`$3`
+    /// the source value it was computed from (a row changed meanwhile is left to its writer).
+    pub fn update_sql(self, postgres: bool) -> String {
+        let (table, column, source) = match self {
+            Self::ItemNameKey => ("items", "name_key", "name"),
+            Self::UserEmail => ("users", "email", "email"),
+            Self::InviteEmail => ("invites", "email", "email"),
+            Self::SubmissionEmail => ("submissions", "email", "email"),
+        };
+        let p = if postgres { '$' } else { '?' };
+        format!("UPDATE {table} SET {column} = {p}1 WHERE id = {p}2 AND {source} = {p}3")
+    }
+
     pub fn recompute(self, source: &str, stored: &str) -> Option<String> {
         let key = match self {
             Self::ItemNameKey => trueline_core::validation::name_key(source),
-            Self::UserEmail => trueline_core::accounts::Email::parse(source)
-                .ok()?
-                .as_str()
-                .to_owned(),
+            Self::UserEmail | Self::InviteEmail | Self::SubmissionEmail => {
+                trueline_core::accounts::Email::parse(source)
+                    .ok()?
+                    .as_str()
+                    .to_owned()
+            }
         };
         (key != stored).then_some(key)
     }
@@ -77,5 +98,35 @@ mod tests {
         );
         assert_eq!(Rekey::from_table("items"), Some(Rekey::ItemNameKey));
         assert_eq!(Rekey::from_table("other"), None);
+    }
+
+    #[test]
+    fn each_table_is_updated_guarded_by_its_source() {
+        for (table, sql) in [
+            (
+                "items",
+                "UPDATE items SET name_key = $1 WHERE id = $2 AND name = $3",
+            ),
+            (
+                "users",
+                "UPDATE users SET email = $1 WHERE id = $2 AND email = $3",
+            ),
+            (
+                "invites",
+                "UPDATE invites SET email = $1 WHERE id = $2 AND email = $3",
+            ),
+            (
+                "submissions",
+                "UPDATE submissions SET email = $1 WHERE id = $2 AND email = $3",
+            ),
+        ] {
+            let rekey = Rekey::from_table(table).expect("known");
+            assert_eq!(rekey.update_sql(true), sql);
+            assert_eq!(rekey.update_sql(false), sql.replace('$', "?"));
+        }
+        assert_eq!(
+            Rekey::InviteEmail.recompute("Jose\u{301}@example.com", "x"),
+            Some("jos\u{e9}@example.com".into())
+        );
     }
 }

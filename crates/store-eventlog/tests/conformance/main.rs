@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod id_scope;
+mod metrics;
 
 use std::sync::Arc;
 use trueline_store_conformance::event_store_suite;
