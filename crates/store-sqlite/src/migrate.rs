@@ -181,25 +181,13 @@ async fn rekey_listed(store: &SqliteStore) -> Result<u64, StoreError> {
     let mut after: (String, Vec<u8>) = (String::new(), Vec::new());
     loop {
         let mut tx = store.writer.begin().await?;
-        let rows = sqlx::query(
-            "SELECT r.table_name, r.row_id,
-                    coalesce(i.name, u.email, v.email, s.email) AS source,
-                    coalesce(i.name_key, u.email, v.email, s.email) AS stored
-             FROM unicode_rekeys r
-             LEFT JOIN items i ON r.table_name = 'items' AND i.id = r.row_id
-             LEFT JOIN users u ON r.table_name = 'users' AND u.id = r.row_id
-             LEFT JOIN invites v ON r.table_name = 'invites' AND v.id = r.row_id
-             LEFT JOIN submissions s ON r.table_name = 'submissions' AND s.id = r.row_id
-             WHERE (r.table_name, r.row_id) > (?1, ?2)
-             ORDER BY r.table_name, r.row_id
-             LIMIT ?3",
-        )
-        .bind(&after.0)
-        .bind(&after.1)
-        .bind(REKEY_BATCH)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db_error)?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(Rekey::list_sql(false)))
+            .bind(&after.0)
+            .bind(&after.1)
+            .bind(REKEY_BATCH)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_error)?;
         if rows.is_empty() {
             if changed > 0 {
                 tracing::info!(

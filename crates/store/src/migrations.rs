@@ -50,6 +50,28 @@ impl Rekey {
     /// The key `source` has under today's rule, when it is not `stored`. `None` also when the
     /// source no longer passes today's check (an email that stored fine but normalizes to
     /// something invalid): such a row keeps what it has.
+    /// The next batch of listed rows after `(?1/$1, ?2/$2)` in list order, `?3/$3` at most,
+    /// each with the value its key is computed from (`source`) and the key as stored
+    /// (`stored`; both NULL for a row deleted since it was listed).
+    pub fn list_sql(postgres: bool) -> String {
+        let sql = "SELECT r.table_name, r.row_id,
+                    coalesce(i.name, u.email, v.email, s.email) AS source,
+                    coalesce(i.name_key, u.email, v.email, s.email) AS stored
+             FROM unicode_rekeys r
+             LEFT JOIN items i ON r.table_name = 'items' AND i.id = r.row_id
+             LEFT JOIN users u ON r.table_name = 'users' AND u.id = r.row_id
+             LEFT JOIN invites v ON r.table_name = 'invites' AND v.id = r.row_id
+             LEFT JOIN submissions s ON r.table_name = 'submissions' AND s.id = r.row_id
+             WHERE (r.table_name, r.row_id) > (?1, ?2)
+             ORDER BY r.table_name, r.row_id
+             LIMIT ?3";
+        if postgres {
+            sql.replace('?', "$")
+        } else {
+            sql.to_owned()
+        }
+    }
+
     /// The statement writing the new key: `?1`/`$1` the key, `?2`/`$2` the row's id, `?3`/`$3`
     /// the source value it was computed from (a row changed meanwhile is left to its writer).
     pub fn update_sql(self, postgres: bool) -> String {
