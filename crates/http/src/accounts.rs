@@ -19,7 +19,8 @@ use trueline_core::accounts::{Email, OrganizationName, Password, Role};
 use trueline_core::ids::{OrgId, TokenId, UserId};
 use trueline_core::validation::FieldError;
 use trueline_store::{
-    Actor, Member, NewSignup, NewToken, Organization, OrganizationMembership, TokenSelection, User,
+    Actor, Member, NewSignup, NewToken, Organization, OrganizationMembership, PasswordChange,
+    TokenSelection, User,
 };
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -31,6 +32,12 @@ pub fn public_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(signup))
         .routes(routes!(create_token))
+}
+
+/// The password change: it needs a token, but it stays out of the idempotency layer, which
+/// stores a fingerprint (an unsalted hash) of the request body, here the passwords.
+pub fn password_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(change_password))
 }
 
 /// Routes that need a token.
@@ -207,6 +214,20 @@ pub struct LoginRequest {
     pub password: String,
     /// The organization the token acts in; default: the first one you belong to.
     pub organization_id: Option<Uuid>,
+}
+
+#[derive(Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChangePasswordRequest {
+    pub current_password: String,
+    /// At least 10 characters, at most 1024 bytes.
+    pub new_password: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PasswordChanged {
+    /// Your other tokens revoked, in every organization (the one of this request works on).
+    pub tokens_revoked: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -553,6 +574,80 @@ async fn revoke_other_tokens(
         .await?;
     tracing::info!(event = "auth.tokens_revoked", revoked);
     Ok(Json(RevokedTokens { revoked }))
+}
+
+/// Change your password: give the current one and the new one. Every other token of yours,
+/// in every organization, is revoked; the token of this request keeps working. A wrong
+/// current password is `400` at `/current_password` (`wrong_password`); such guesses are
+/// limited like failed logins (5 per 15 minutes per account, then `429`).
+#[utoipa::path(put, path = "/me/password", tag = "accounts", security(("bearer" = [])),
+    request_body = ChangePasswordRequest,
+    responses((status = 200, description = "Changed; how many other tokens were revoked", body = PasswordChanged)))]
+async fn change_password(
+    State(state): State<AppState>,
+    axum::Extension(request_id): axum::Extension<crate::observe::RequestId>,
+    p: Principal,
+    ApiJson(body): ApiJson<ChangePasswordRequest>,
+) -> Result<Json<PasswordChanged>, ApiError> {
+    let new_password = Password::parse(body.new_password)
+        .map_err(|e| ApiError::validation(vec![e.at("/new_password")]))?;
+    // Someone holding a stolen token must not get unlimited guesses at the password behind
+    // it: wrong current passwords count against the account like failed logins.
+    let attempt = match state
+        .login_limiter
+        .begin(vec![(format!("password:{}", p.user_id), 1)])
+    {
+        Ok(attempt) => attempt,
+        Err(wait) => {
+            tracing::info!(event = "auth.login_throttled", retry_after_s = wait);
+            return Err(ApiError::new(
+                codes::RATE_LIMITED,
+                "too many wrong passwords; wait before retrying",
+            )
+            .retry_after(wait));
+        }
+    };
+    let user = state
+        .store
+        .user(p.user_id)
+        .await?
+        .ok_or_else(|| ApiError::new(codes::INVALID_TOKEN, "user gone"))?;
+    let credentials = match Email::parse(&user.email) {
+        Ok(email) => state.store.credentials(&email).await?,
+        Err(_) => None,
+    };
+    let verified = state
+        .passwords
+        .verify(
+            &body.current_password,
+            credentials.as_ref().map(|c| c.password_hash.clone()),
+        )
+        .await;
+    let Some(credentials) = credentials.filter(|c| verified && c.user_id == p.user_id) else {
+        attempt.failed();
+        tracing::info!(event = "auth.password_change_failed", user_id = %p.user_id);
+        return Err(trueline_store::wrong_password().into());
+    };
+    attempt.succeeded();
+    let new_hash = state
+        .passwords
+        .hash(&new_password)
+        .await
+        .map_err(ApiError::internal)?;
+    let tokens_revoked = state
+        .store
+        .change_password(PasswordChange {
+            user_id: p.user_id,
+            org_id: p.org_id,
+            keep: p.token_id,
+            checked_hash: credentials.password_hash,
+            new_hash,
+            request_id: request_id.0,
+            now: state.clock.now(),
+        })
+        .await?;
+    tracing::info!(event = "auth.password_changed", user_id = %p.user_id, tokens_revoked);
+    Ok(Json(PasswordChanged { tokens_revoked }))
 }
 
 /// Who am I: the user, the organization the token acts in, and my role there.

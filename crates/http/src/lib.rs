@@ -57,6 +57,7 @@ pub fn api(events_body_limit: usize) -> (Router<AppState>, utoipa::openapi::Open
             accounts::public_router()
                 .merge(candidates::router())
                 .merge(authenticated)
+                .merge(accounts::password_router())
                 .merge(events),
         )
         .merge(platform::router())

@@ -3,8 +3,8 @@
 use crate::fixtures::*;
 use std::sync::Arc;
 use trueline_core::DomainError;
-use trueline_core::accounts::{Email, Role};
-use trueline_core::ids::UserId;
+use trueline_core::accounts::{Email, OrganizationName, Role};
+use trueline_core::ids::{OrgId, UserId};
 use trueline_store::{PageRequest, StoreError};
 
 fn domain(result: Result<impl std::fmt::Debug, StoreError>) -> DomainError {
@@ -211,6 +211,99 @@ pub async fn tokens_of_a_removed_member_stop_resolving(f: &Fixture) {
     let refused = f.store.create_token(foreign, "req-foreign").await;
     assert_eq!(domain(refused), DomainError::NotFound("organization"));
     assert_eq!(f.count("audit_log").await, audit_before, "nothing recorded");
+}
+
+/// A password change applies only over the hash the caller's password was checked against: a
+/// change that landed since refuses it and nothing changes; otherwise the new hash is stored,
+/// every other working token of the user in every organization is revoked and the change is
+/// audited, in one transaction.
+pub async fn a_password_change_is_guarded_by_the_checked_hash(f: &Fixture) {
+    let signup = signup_of("ann@example.com", "Acme");
+    let signup_token = signup.token.hash;
+    let ann = f.store.sign_up(signup).await.expect("signup");
+    let keep = new_token(ann.user.id, ann.organization.id, now());
+    f.store
+        .create_token(keep.clone(), "req-keep")
+        .await
+        .expect("token");
+    let second = f
+        .store
+        .create_organization(
+            ann.user.id,
+            OrgId::new(),
+            OrganizationName::parse("Second").expect("valid"),
+            now(),
+            "req-org",
+            None,
+        )
+        .await
+        .expect("second organization");
+    f.store
+        .create_token(new_token(ann.user.id, second.id, now()), "req-second")
+        .await
+        .expect("token in the second organization");
+    let change = |checked: &str| trueline_store::PasswordChange {
+        user_id: ann.user.id,
+        org_id: ann.organization.id,
+        keep: keep.id,
+        checked_hash: checked.to_owned(),
+        new_hash: "$argon2id$v=19$m=8,t=1,p=1$bmV3c2FsdA$bmV3aGFzaA".to_owned(),
+        request_id: "req-change".to_owned(),
+        now: now(),
+    };
+    let audit_before = f.count("audit_log").await;
+    let stale = f
+        .store
+        .change_password(change("$argon2id$v=19$m=8,t=1,p=1$b3RoZXI$b3RoZXI"))
+        .await;
+    assert!(
+        matches!(&stale, Err(StoreError::Domain(DomainError::Validation(e))) if e[0].code == "wrong_password"),
+        "{stale:?}"
+    );
+    assert_eq!(f.count("audit_log").await, audit_before, "nothing recorded");
+    assert_eq!(
+        f.raw
+            .scalar("SELECT count(*) FROM api_tokens WHERE revoked_at IS NOT NULL")
+            .await,
+        0,
+        "nothing revoked"
+    );
+    let revoked = f
+        .store
+        .change_password(change(FAKE_PASSWORD_HASH))
+        .await
+        .expect("change");
+    assert_eq!(
+        revoked, 2,
+        "the sign-up's token and the second organization's"
+    );
+    assert!(
+        f.store
+            .token_by_hash(&keep.hash)
+            .await
+            .expect("lookup")
+            .is_some()
+    );
+    assert!(
+        f.store
+            .token_by_hash(&signup_token)
+            .await
+            .expect("lookup")
+            .is_none_or(|t| t.revoked_at.is_some()),
+        "the sign-up's token is revoked"
+    );
+    assert_eq!(
+        f.raw
+            .scalar("SELECT count(*) FROM audit_log WHERE action = 'password.changed'")
+            .await,
+        1
+    );
+    assert_eq!(
+        f.raw
+            .scalar("SELECT count(*) FROM users WHERE password_hash LIKE '%bmV3aGFzaA'")
+            .await,
+        1
+    );
 }
 
 pub async fn members_are_listed_in_keyset_pages(f: &Fixture) {

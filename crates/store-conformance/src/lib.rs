@@ -28,6 +28,7 @@ macro_rules! conformance_suite {
             accounts::signup_with_a_taken_email_is_refused_and_changes_nothing,
             accounts::tokens_resolve_to_the_current_role_and_record_revocation,
             accounts::tokens_of_a_removed_member_stop_resolving,
+            accounts::a_password_change_is_guarded_by_the_checked_hash,
             accounts::members_are_listed_in_keyset_pages,
             accounts::organizations_of_a_user_are_listed_with_roles,
             accounts::adding_members_checks_user_role_and_duplicates,

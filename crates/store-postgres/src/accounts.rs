@@ -12,8 +12,8 @@ use trueline_core::accounts::{
 use trueline_core::ids::{AuditId, EventId, OrgId, TokenId, UserId};
 use trueline_store::{
     AccountStore, Actor, Credentials, Idempotency, Member, NewSignup, NewToken, Organization,
-    OrganizationMembership, OutboxEvent, Page, PageRequest, SignupRecord, StoreError, StoreHealth,
-    TokenInfo, TokenRecord, TokenSelection, User,
+    OrganizationMembership, OutboxEvent, Page, PageRequest, PasswordChange, SignupRecord,
+    StoreError, StoreHealth, TokenInfo, TokenRecord, TokenSelection, User,
 };
 use uuid::Uuid;
 
@@ -314,6 +314,57 @@ impl AccountStore for PgStore {
             })
         })
         .transpose()
+    }
+
+    async fn change_password(&self, change: PasswordChange) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let updated =
+            sqlx::query("UPDATE users SET password_hash = $3 WHERE id = $1 AND password_hash = $2")
+                .bind(change.user_id.0)
+                .bind(&change.checked_hash)
+                .bind(&change.new_hash)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error)?;
+        if updated.rows_affected() != 1 {
+            return Err(trueline_store::wrong_password().into());
+        }
+        let orgs: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT DISTINCT org_id FROM api_tokens
+             WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > $2 AND id <> $3
+             ORDER BY org_id",
+        )
+        .bind(change.user_id.0)
+        .bind(change.now)
+        .bind(change.keep.0)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        let mut revoked = 0;
+        for org in orgs {
+            revoked += revoke_selected(
+                &mut tx,
+                change.user_id,
+                OrgId(org),
+                TokenSelection::AllBut(change.keep),
+                &change.request_id,
+                change.now,
+            )
+            .await?;
+        }
+        audit(
+            &mut tx,
+            change.org_id,
+            change.user_id,
+            &change.request_id,
+            "password.changed",
+            Some(change.user_id.0),
+            serde_json::json!({ "tokens_revoked": revoked }),
+            change.now,
+        )
+        .await?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(revoked)
     }
 
     async fn revoke_tokens_of(

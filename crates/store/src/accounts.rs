@@ -96,12 +96,37 @@ pub struct TokenInfo {
 }
 
 /// Which of a user's tokens in an organization to revoke.
+/// The refusal of a password change whose current password is wrong (or no longer current).
+pub fn wrong_password() -> trueline_core::DomainError {
+    trueline_core::DomainError::Validation(vec![trueline_core::validation::FieldError::new(
+        "/current_password",
+        "wrong_password",
+        "is not your current password",
+    )])
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenSelection {
     /// This one (if it is theirs).
     One(TokenId),
     /// Every one but this (the token of the request).
     AllBut(TokenId),
+}
+
+/// A password change, the caller's password checked already (outside any transaction: the
+/// check is a slow hash).
+#[derive(Debug, Clone)]
+pub struct PasswordChange {
+    pub user_id: UserId,
+    /// The organization of the request: where the change's audit record goes.
+    pub org_id: OrgId,
+    /// The token of the request: the one token of the user left working.
+    pub keep: TokenId,
+    /// The hash the caller's current password was checked against.
+    pub checked_hash: String,
+    pub new_hash: String,
+    pub request_id: String,
+    pub now: OffsetDateTime,
 }
 
 /// Who is changing something, in which organization, as part of which request.
@@ -166,6 +191,14 @@ pub trait AccountStore: Send + Sync {
         request_id: &str,
         now: OffsetDateTime,
     ) -> Result<(), StoreError>;
+
+    /// Sets the user's password hash to `new_hash` if it is still `checked_hash` (a change
+    /// that landed since the check makes the caller's password stale: `Validation` at
+    /// `/current_password`, `wrong_password`, and nothing changes), revokes every working
+    /// token of the user in every organization but `keep` (each with its `token.revoked`
+    /// record), and records `password.changed` (and the event `accounts.password.changed`)
+    /// in the request's organization, in one transaction; returns how many tokens it revoked.
+    async fn change_password(&self, change: PasswordChange) -> Result<u64, StoreError>;
 
     async fn user(&self, id: UserId) -> Result<Option<User>, StoreError>;
 

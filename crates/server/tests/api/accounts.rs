@@ -21,6 +21,7 @@ both_backends!(
     two_owners_demoting_each_other_concurrently_leave_exactly_one_owner,
     organizations_can_be_created_and_listed_with_pagination,
     a_user_lists_and_revokes_their_own_tokens_and_no_one_elses,
+    a_password_change_needs_the_current_password_and_revokes_every_other_token,
 );
 
 async fn signup_returns_the_user_the_organization_and_a_working_token(backend: Backend) {
@@ -585,4 +586,109 @@ async fn current_token_id(app: &TestApp, token: &str) -> String {
         .as_str()
         .unwrap()
         .to_owned()
+}
+
+/// `PUT /me/password`: refused without the right current password or with a weak new one
+/// (nothing changes: the old password and every token still work); accepted, the new
+/// password logs in, the old one no longer does, and every other token of the user, in every
+/// organization, is revoked while the request's own token works on; audited. Wrong guesses
+/// are limited like failed logins.
+async fn a_password_change_needs_the_current_password_and_revokes_every_other_token(
+    backend: Backend,
+) {
+    let app = spawn_app(backend).await;
+    let ann = app.sign_up("ann@example.com").await;
+    let other_org: Value = app
+        .post(
+            "/api/v1/organizations",
+            &ann.token,
+            &json!({"name": "Second"}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let second_org = other_org["id"].as_str().unwrap().to_owned();
+    let in_second = app.log_in(&ann, &second_org).await;
+    let another_here = app.log_in(&ann, &ann.org_id).await;
+    let current = app.log_in(&ann, &ann.org_id).await;
+    let change = |current_password: &str, new_password: &str| json!({"current_password": current_password, "new_password": new_password});
+    let put = |token: &str, body: Value| {
+        let token = token.to_owned();
+        let app = &app;
+        async move {
+            app.send_json(Method::PUT, "/api/v1/me/password", Some(&token), &body)
+                .await
+        }
+    };
+    let works = |token: &str| {
+        let token = token.to_owned();
+        let app = &app;
+        async move { app.get("/api/v1/me", &token).await.status() == 200 }
+    };
+    let login = |password: &str| {
+        let body = json!({"email": ann.email, "password": password});
+        let app = &app;
+        async move {
+            app.send_json(Method::POST, "/api/v1/auth/tokens", None, &body)
+                .await
+                .status()
+        }
+    };
+    let audited = || async {
+        app.scalar("SELECT count(*) FROM audit_log WHERE action = 'password.changed'")
+            .await
+    };
+
+    let wrong = put(
+        &current,
+        change("not my password at all", "a brand new passphrase"),
+    )
+    .await;
+    assert_eq!(wrong.status(), 400);
+    let problem: Value = wrong.json().await.unwrap();
+    assert_eq!(problem["errors"][0]["field"], "/current_password");
+    assert_eq!(problem["errors"][0]["code"], "wrong_password");
+    let weak = put(&current, change(PASSWORD, "short")).await;
+    assert_eq!(weak.status(), 400);
+    let problem: Value = weak.json().await.unwrap();
+    assert_eq!(problem["errors"][0]["field"], "/new_password");
+    for token in [&ann.token, &in_second, &another_here, &current] {
+        assert!(works(token).await, "a refused change revokes nothing");
+    }
+    assert_eq!(login(PASSWORD).await, 201, "the old password still works");
+    assert_eq!(audited().await, 0);
+
+    let changed = put(&current, change(PASSWORD, "a brand new passphrase")).await;
+    assert_eq!(changed.status(), 200);
+    let changed: Value = changed.json().await.unwrap();
+    // The sign-up's token, the second organization's, another here, and the one the
+    // old-password login above issued.
+    assert_eq!(changed["tokens_revoked"], 4);
+    assert!(works(&current).await, "the request's own token works on");
+    for token in [&ann.token, &in_second, &another_here] {
+        assert!(!works(token).await, "every other token is revoked");
+    }
+    assert_eq!(
+        login(PASSWORD).await,
+        401,
+        "the old password no longer logs in"
+    );
+    assert_eq!(login("a brand new passphrase").await, 201);
+    assert_eq!(audited().await, 1);
+
+    // Guesses at the current password with a (stolen) token are limited.
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(
+            put(
+                &current,
+                change("a wrong guess again", "yet another passphrase"),
+            )
+            .await
+            .status()
+            .as_u16(),
+        );
+    }
+    assert_eq!(statuses, [400, 400, 400, 400, 400, 429]);
 }

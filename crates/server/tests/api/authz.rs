@@ -83,6 +83,7 @@ const MATRIX: &[Row] = &[
     row("DELETE", "/api/v1/auth/tokens",                               [401, 401, 401, 401, 200, 200, 200, 200, 200]),
     row("DELETE", "/api/v1/auth/tokens/{id}",                          [401, 401, 401, 401, 204, 204, 204, 204, 204]),
     row("GET",    "/api/v1/me",                                        [401, 401, 401, 401, 200, 200, 200, 200, 200]),
+    row("PUT",    "/api/v1/me/password",                               [401, 401, 401, 401, 400, 400, 400, 400, 400]),
     row("POST",   "/api/v1/organizations",                             [401, 401, 401, 401, 201, 201, 201, 201, 201]),
     row("GET",    "/api/v1/organizations",                             [401, 401, 401, 401, 200, 200, 200, 200, 200]),
     row("GET",    "/api/v1/members",                                   [401, 401, 401, 401, 200, 200, 200, 200, 200]),
@@ -145,15 +146,17 @@ const MATRIX: &[Row] = &[
     row("GET",    "/metrics",                                          [200, 200, 200, 200, 200, 200, 200, 200, 200]),
 ];
 
-/// The code a refusal carries. (The one 400 of the table: another organization's item ids in
-/// a batch are unknown lines, `adjustments_rejected`, exactly as ids that do not exist.)
-fn code_of(caller: Caller, status: u16) -> Option<&'static str> {
+/// The code a refusal carries. (The 400s of the table: another organization's item ids in a
+/// batch are unknown lines, `adjustments_rejected`, exactly as ids that do not exist; the
+/// password change's wrong current password is a `validation_failed` for every caller.)
+fn code_of(path: &str, caller: Caller, status: u16) -> Option<&'static str> {
     match (status, caller) {
         (401, Caller::NoToken) => Some("unauthenticated"),
         (401, Caller::Expired) => Some("token_expired"),
         (401, _) => Some("invalid_token"),
         (403, _) => Some("insufficient_role"),
         (404, _) => Some("not_found"),
+        (400, _) if path == "/api/v1/me/password" => Some("validation_failed"),
         (400, Caller::OtherOrgOwner) => Some("adjustments_rejected"),
         _ => None,
     }
@@ -541,6 +544,13 @@ impl World {
             | ("GET", "/api/v1/assessments/import-template.xlsx")
             | ("GET", "/livez" | "/readyz" | "/metrics") => Req::bare(template.into(), vec![]),
             ("GET", "/api/v1/events/subscribe") => Req::bare(format!("{template}?after=0"), vec![]),
+            // A wrong current password: every caller with a working token gets as far as
+            // the check (a change would revoke the tokens the rest of the matrix uses).
+            ("PUT", "/api/v1/me/password") => Req::json(
+                template.into(),
+                json!({"current_password": "not the password", "new_password": "a new passphrase"}),
+                vec![],
+            ),
             ("POST", "/api/v1/organizations") => {
                 Req::json(template.into(), json!({"name": "Another"}), vec![])
             }
@@ -931,7 +941,7 @@ async fn check(
         status, expected,
         "{method} {path} as {caller:?}: expected {expected}, got {status} {text}"
     );
-    if let Some(code) = code_of(caller, status) {
+    if let Some(code) = code_of(path, caller, status) {
         let body: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(
             body["code"], code,
