@@ -481,7 +481,11 @@ async fn create_token(
     let (token, secret) = new_token(&state, credentials.user_id, org_id)?;
     state
         .store
-        .create_token(token.clone(), &request_id.0)
+        .create_token(
+            token.clone(),
+            Some(&credentials.password_hash),
+            &request_id.0,
+        )
         .await?;
     tracing::info!(event = "auth.token_issued", user_id = %credentials.user_id, org_id = %org_id);
     Ok((StatusCode::CREATED, Json(token_view(&token, secret))))
@@ -579,7 +583,8 @@ async fn revoke_other_tokens(
 /// Change your password: give the current one and the new one. Every other token of yours,
 /// in every organization, is revoked; the token of this request keeps working. A wrong
 /// current password is `400` at `/current_password` (`wrong_password`); such guesses are
-/// limited like failed logins (5 per 15 minutes per account, then `429`).
+/// limited like failed logins (5 per token and 50 per account within 15 minutes, then
+/// `429`).
 #[utoipa::path(put, path = "/me/password", tag = "accounts", security(("bearer" = [])),
     request_body = ChangePasswordRequest,
     responses((status = 200, description = "Changed; how many other tokens were revoked", body = PasswordChanged)))]
@@ -593,13 +598,20 @@ async fn change_password(
         .map_err(|e| ApiError::validation(vec![e.at("/new_password")]))?;
     // Someone holding a stolen token must not get unlimited guesses at the password behind
     // it: wrong current passwords count against the account like failed logins.
-    let attempt = match state
-        .login_limiter
-        .begin(vec![(format!("password:{}", p.user_id), 1)])
-    {
+    // Per token (5 wrong guesses), and per account from all its tokens together (50): a
+    // stolen token's guesses cannot lock the owner's own change out, and many tokens cannot
+    // guess without bound either. Logins have their own keys.
+    let attempt = match state.login_limiter.begin(vec![
+        (format!("password:{}", p.token_id), 1),
+        (format!("password-user:{}", p.user_id), 10),
+    ]) {
         Ok(attempt) => attempt,
         Err(wait) => {
-            tracing::info!(event = "auth.login_throttled", retry_after_s = wait);
+            tracing::info!(
+                event = "auth.password_change_throttled",
+                user_id = %p.user_id,
+                retry_after_s = wait
+            );
             return Err(ApiError::new(
                 codes::RATE_LIMITED,
                 "too many wrong passwords; wait before retrying",
@@ -645,7 +657,10 @@ async fn change_password(
             request_id: request_id.0,
             now: state.clock.now(),
         })
-        .await?;
+        .await
+        .inspect_err(|_| {
+            tracing::info!(event = "auth.password_change_failed", user_id = %p.user_id);
+        })?;
     tracing::info!(event = "auth.password_changed", user_id = %p.user_id, tokens_revoked);
     Ok(Json(PasswordChanged { tokens_revoked }))
 }

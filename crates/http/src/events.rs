@@ -525,8 +525,8 @@ async fn append_to_stream(
 
 /// Event types of the server's own changes that only admins read: what they carry (a
 /// candidate's invite, attempt, score or review; a share link; a webhook's receiver; when
-/// members log in and out or change their password) is admin-only through the REST routes, and the event log must not
-/// be a way around a route's role. Below admin these events are left out of every read:
+/// members log in and out or change their password) is admin-only through the REST routes,
+/// and the event log must not be a way around a route's role. Below admin these events are left out of every read:
 /// pages, stream reads and subscriptions skip them (positions and versions have gaps there;
 /// cursors still move past them), a `type=` filter naming one is an empty page, and by id
 /// they are `403 insufficient_role`.

@@ -91,7 +91,7 @@ pub async fn tokens_resolve_to_the_current_role_and_record_revocation(f: &Fixtur
     let (org, member) = org_with_member(f, Role::Member).await;
     let token = new_token(member, org.org, now());
     f.store
-        .create_token(token.clone(), "req-issue")
+        .create_token(token.clone(), None, "req-issue")
         .await
         .expect("create token");
     let found = f
@@ -193,7 +193,7 @@ pub async fn tokens_of_a_removed_member_stop_resolving(f: &Fixture) {
     let (org, member) = org_with_member(f, Role::Member).await;
     let token = new_token(member, org.org, now());
     f.store
-        .create_token(token.clone(), "req-issue")
+        .create_token(token.clone(), None, "req-issue")
         .await
         .expect("create token");
     let owner = actor(org.org, org.owner, Role::Owner);
@@ -208,7 +208,7 @@ pub async fn tokens_of_a_removed_member_stop_resolving(f: &Fixture) {
     let stranger = sign_up(f, "stranger@example.com").await;
     let foreign = new_token(stranger.user.id, org.org, now());
     let audit_before = f.count("audit_log").await;
-    let refused = f.store.create_token(foreign, "req-foreign").await;
+    let refused = f.store.create_token(foreign, None, "req-foreign").await;
     assert_eq!(domain(refused), DomainError::NotFound("organization"));
     assert_eq!(f.count("audit_log").await, audit_before, "nothing recorded");
 }
@@ -223,7 +223,7 @@ pub async fn a_password_change_is_guarded_by_the_checked_hash(f: &Fixture) {
     let ann = f.store.sign_up(signup).await.expect("signup");
     let keep = new_token(ann.user.id, ann.organization.id, now());
     f.store
-        .create_token(keep.clone(), "req-keep")
+        .create_token(keep.clone(), None, "req-keep")
         .await
         .expect("token");
     let second = f
@@ -239,7 +239,7 @@ pub async fn a_password_change_is_guarded_by_the_checked_hash(f: &Fixture) {
         .await
         .expect("second organization");
     f.store
-        .create_token(new_token(ann.user.id, second.id, now()), "req-second")
+        .create_token(new_token(ann.user.id, second.id, now()), None, "req-second")
         .await
         .expect("token in the second organization");
     let change = |checked: &str| trueline_store::PasswordChange {
@@ -304,6 +304,40 @@ pub async fn a_password_change_is_guarded_by_the_checked_hash(f: &Fixture) {
             .await,
         1
     );
+    // Recorded in the request's organization, with its event; each revocation in its own.
+    assert_eq!(
+        f.raw
+            .scalar("SELECT count(*) FROM outbox WHERE event_type = 'accounts.password.changed'")
+            .await,
+        1
+    );
+    assert_eq!(
+        f.raw
+            .scalar(
+                "SELECT count(DISTINCT org_id) FROM audit_log
+                 WHERE request_id = 'req-change' AND action = 'token.revoked'"
+            )
+            .await,
+        2,
+        "a revocation record in each organization"
+    );
+    // A login that checked the old hash before the change committed gets no token now.
+    let late = new_token(ann.user.id, ann.organization.id, now());
+    let tokens_before = f.count("api_tokens").await;
+    let refused = f
+        .store
+        .create_token(late.clone(), Some(FAKE_PASSWORD_HASH), "req-late")
+        .await;
+    assert_eq!(domain(refused), DomainError::InvalidCredentials);
+    assert_eq!(f.count("api_tokens").await, tokens_before, "nothing stored");
+    f.store
+        .create_token(
+            late,
+            Some("$argon2id$v=19$m=8,t=1,p=1$bmV3c2FsdA$bmV3aGFzaA"),
+            "req-new",
+        )
+        .await
+        .expect("a login with the new password");
 }
 
 pub async fn members_are_listed_in_keyset_pages(f: &Fixture) {

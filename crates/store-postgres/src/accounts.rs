@@ -275,8 +275,28 @@ impl AccountStore for PgStore {
         .transpose()
     }
 
-    async fn create_token(&self, token: NewToken, request_id: &str) -> Result<(), StoreError> {
+    async fn create_token(
+        &self,
+        token: NewToken,
+        checked_password_hash: Option<&str>,
+        request_id: &str,
+    ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
+        // `FOR SHARE` waits for a password change holding the row and then sees its hash:
+        // the change either sees this token (and revokes it) or this login is refused.
+        if let Some(checked) = checked_password_hash {
+            let current: Option<i32> = sqlx::query_scalar(
+                "SELECT 1 FROM users WHERE id = $1 AND password_hash = $2 FOR SHARE",
+            )
+            .bind(token.user_id.0)
+            .bind(checked)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_error)?;
+            if current.is_none() {
+                return Err(DomainError::InvalidCredentials.into());
+            }
+        }
         insert_token(&mut tx, &token).await?;
         audit(
             &mut tx,

@@ -263,8 +263,27 @@ impl AccountStore for SqliteStore {
         .transpose()
     }
 
-    async fn create_token(&self, token: NewToken, request_id: &str) -> Result<(), StoreError> {
+    async fn create_token(
+        &self,
+        token: NewToken,
+        checked_password_hash: Option<&str>,
+        request_id: &str,
+    ) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
+        // Under the writer lock: a password change is either before (this login checked
+        // the old hash: refused) or after (it sees this token and revokes it).
+        if let Some(checked) = checked_password_hash {
+            let current: Option<i64> =
+                sqlx::query_scalar("SELECT 1 FROM users WHERE id = ?1 AND password_hash = ?2")
+                    .bind(token.user_id.0)
+                    .bind(checked)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db_error)?;
+            if current.is_none() {
+                return Err(DomainError::InvalidCredentials.into());
+            }
+        }
         insert_token(&mut tx, &token).await?;
         audit(
             &mut tx,

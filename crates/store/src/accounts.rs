@@ -68,10 +68,19 @@ pub struct SignupRecord {
 }
 
 /// What login needs to check a password.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Credentials {
     pub user_id: UserId,
     pub password_hash: String,
+}
+
+/// Without the hash: secrets never reach a `Debug` print (CONVENTIONS).
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("user_id", &self.user_id)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The identity behind a presented token, as stored. The caller decides about expiry and
@@ -95,7 +104,18 @@ pub struct TokenInfo {
     pub expires_at: OffsetDateTime,
 }
 
-/// Which of a user's tokens in an organization to revoke.
+/// Without the hashes: secrets never reach a `Debug` print (CONVENTIONS).
+impl std::fmt::Debug for PasswordChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PasswordChange")
+            .field("user_id", &self.user_id)
+            .field("org_id", &self.org_id)
+            .field("keep", &self.keep)
+            .field("request_id", &self.request_id)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The refusal of a password change whose current password is wrong (or no longer current).
 pub fn wrong_password() -> trueline_core::DomainError {
     trueline_core::DomainError::Validation(vec![trueline_core::validation::FieldError::new(
@@ -105,6 +125,7 @@ pub fn wrong_password() -> trueline_core::DomainError {
     )])
 }
 
+/// Which of a user's tokens in an organization to revoke.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenSelection {
     /// This one (if it is theirs).
@@ -115,7 +136,7 @@ pub enum TokenSelection {
 
 /// A password change, the caller's password checked already (outside any transaction: the
 /// check is a slow hash).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PasswordChange {
     pub user_id: UserId,
     /// The organization of the request: where the change's audit record goes.
@@ -152,8 +173,16 @@ pub trait AccountStore: Send + Sync {
 
     /// Stores a token for an existing membership (`NotFound("organization")` if the user is
     /// not a member of `org_id`), with its audit record `token.issued` (and the event
-    /// `accounts.token.issued`) in the same transaction.
-    async fn create_token(&self, token: NewToken, request_id: &str) -> Result<(), StoreError>;
+    /// `accounts.token.issued`) in the same transaction. `checked_password_hash`: the hash a
+    /// login checked the password against; if the password changed since (a change
+    /// committed between the check and this), `InvalidCredentials` and nothing is stored,
+    /// so a login racing a password change cannot keep a token the change did not revoke.
+    async fn create_token(
+        &self,
+        token: NewToken,
+        checked_password_hash: Option<&str>,
+        request_id: &str,
+    ) -> Result<(), StoreError>;
 
     /// Finds a token by the hash of its secret, joined with the member's current role.
     /// `None` if unknown or if the membership no longer exists.

@@ -47,9 +47,6 @@ impl Rekey {
         }
     }
 
-    /// The key `source` has under today's rule, when it is not `stored`. `None` also when the
-    /// source no longer passes today's check (an email that stored fine but normalizes to
-    /// something invalid): such a row keeps what it has.
     /// The next batch of listed rows after `(?1/$1, ?2/$2)` in list order, `?3/$3` at most,
     /// each with the value its key is computed from (`source`) and the key as stored
     /// (`stored`; both NULL for a row deleted since it was listed).
@@ -85,6 +82,9 @@ impl Rekey {
         format!("UPDATE {table} SET {column} = {p}1 WHERE id = {p}2 AND {source} = {p}3")
     }
 
+    /// The key `source` has under today's rule, when it is not `stored`. `None` also when the
+    /// source no longer passes today's check (an email that stored fine but normalizes to
+    /// something invalid): such a row keeps what it has.
     pub fn recompute(self, source: &str, stored: &str) -> Option<String> {
         let key = match self {
             Self::ItemNameKey => trueline_core::validation::name_key(source),

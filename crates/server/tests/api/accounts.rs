@@ -691,4 +691,23 @@ async fn a_password_change_needs_the_current_password_and_revokes_every_other_to
         );
     }
     assert_eq!(statuses, [400, 400, 400, 400, 400, 429]);
+    // Those guesses were one token's: the owner's own token still changes the password, and
+    // logins were never limited by them.
+    assert_eq!(login("a brand new passphrase").await, 201);
+    let owners = app
+        .send_json(
+            Method::POST,
+            "/api/v1/auth/tokens",
+            None,
+            &json!({"email": ann.email, "password": "a brand new passphrase"}),
+        )
+        .await;
+    let owners: Value = owners.json().await.unwrap();
+    let owners = owners["token"].as_str().unwrap().to_owned();
+    let again = put(
+        &owners,
+        change("a brand new passphrase", "the third passphrase"),
+    )
+    .await;
+    assert_eq!(again.status(), 200);
 }
