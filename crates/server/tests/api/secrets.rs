@@ -354,6 +354,32 @@ async fn secrets_never_reach_logs_error_bodies_events_or_webhook_payloads(backen
     )
     .await;
 
+    // A password change: refused with a wrong current password and with a weak new one,
+    // then made (with the token the rest of the flow uses, which keeps working).
+    let change =
+        |current: &str, new: &str| json!({"current_password": current, "new_password": new});
+    let wrong_current = "a wrong current passphrase 3";
+    let weak_new = "shrt-pw!5";
+    let new_password = "the new passphrase of ann 6";
+    for (status, body) in [
+        (400, change(wrong_current, "an unused passphrase 4")),
+        (400, change(PASSWORD, weak_new)),
+        (200, change(PASSWORD, new_password)),
+    ] {
+        flow.expect(
+            status,
+            Method::PUT,
+            "/api/v1/me/password",
+            Some(&token),
+            Some(body),
+        )
+        .await;
+    }
+    secrets.push(("wrong current password", wrong_current.to_owned()));
+    secrets.push(("unused new password", "an unused passphrase 4".to_owned()));
+    secrets.push(("weak new password", weak_new.to_owned()));
+    secrets.push(("new password", new_password.to_owned()));
+
     // Everything the outbox published: the event log (events API) and webhook deliveries.
     let deliveries_path = format!("/api/v1/webhooks/{hook_id}/deliveries?limit=200");
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
