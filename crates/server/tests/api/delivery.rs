@@ -127,15 +127,8 @@ async fn outbox_of(app: &TestApp, org: &str) -> Vec<String> {
 }
 
 async fn log_of(app: &TestApp, token: &str) -> Vec<String> {
-    let page: Value = app
-        .get("/api/v1/events?limit=1000", token)
+    app.first_events(token)
         .await
-        .json()
-        .await
-        .unwrap();
-    page["data"]
-        .as_array()
-        .unwrap()
         .iter()
         .map(|e| e["id"].as_str().unwrap().replace('-', ""))
         .collect()

@@ -1050,15 +1050,8 @@ async fn pages_of_large_events_stop_at_a_byte_budget_and_go_on_by_cursor(backend
 
 /// Types and positions of the organization's events as `token` reads them.
 async fn listed(app: &TestApp, token: &str) -> Vec<(u64, String)> {
-    let page: Value = app
-        .get("/api/v1/events?limit=1000", token)
+    app.first_events(token)
         .await
-        .json()
-        .await
-        .unwrap();
-    page["data"]
-        .as_array()
-        .unwrap()
         .iter()
         .map(|e| {
             (

@@ -218,15 +218,8 @@ async fn append(app: &TestApp, token: &str, n: u32) -> reqwest::Response {
 }
 
 async fn positions(app: &TestApp, token: &str) -> Vec<u64> {
-    let page: Value = app
-        .get("/api/v1/events?after=0&limit=1000", token)
+    app.first_events(token)
         .await
-        .json()
-        .await
-        .unwrap();
-    page["data"]
-        .as_array()
-        .unwrap()
         .iter()
         .map(|e| e["position"].as_u64().unwrap())
         .collect()

@@ -270,6 +270,17 @@ impl TestApp {
         }
     }
 
+    /// The first page (up to 1000) of the organization's events as `token` reads them.
+    pub async fn first_events(&self, token: &str) -> Vec<Value> {
+        let page: Value = self
+            .get("/api/v1/events?after=0&limit=1000", token)
+            .await
+            .json()
+            .await
+            .unwrap();
+        page["data"].as_array().unwrap().clone()
+    }
+
     /// Logs `account` into `org_id`; returns the token.
     pub async fn log_in(&self, account: &Account, org_id: &str) -> String {
         let body = json!({"email": account.email, "password": account.password, "organization_id": org_id});
