@@ -380,6 +380,50 @@ fn cursor_position(cursor: Option<&str>) -> Result<Option<u64>, ApiError> {
         .transpose()
 }
 
+/// An `Idempotency-Key` on an append names the request's events: an event sent without an
+/// `id` gets one derived from (organization, user, key, its index in the request). A retry
+/// of the same request then appends nothing (200 with the original positions, as for client
+/// ids) and a retry with other content is `409 event_id_conflict`. Events are idempotent by
+/// their ids, which are kept as long as the event, so these routes keep no key records of
+/// their own (and stay outside the idempotency layer).
+struct KeyedIds(Option<[u8; 32]>);
+
+impl KeyedIds {
+    fn of(p: &Principal, headers: &HeaderMap) -> Result<Self, ApiError> {
+        use sha2::{Digest, Sha256};
+        let Some(raw) = headers.get(&crate::idempotency::IDEMPOTENCY_KEY) else {
+            return Ok(Self(None));
+        };
+        let key = raw
+            .to_str()
+            .ok()
+            .and_then(|k| trueline_core::idempotency::IdempotencyKey::parse(k).ok())
+            .ok_or_else(crate::idempotency::invalid_key)?;
+        let mut seed = Sha256::new();
+        seed.update(b"trueline event ids\0");
+        seed.update(p.org_id.0.as_bytes());
+        seed.update(p.user_id.0.as_bytes());
+        seed.update(key.as_str().as_bytes());
+        Ok(Self(Some(seed.finalize().into())))
+    }
+
+    /// The id of the request's `index`th event: the client's own if it sent one.
+    fn id(&self, index: usize, client_id: Option<Uuid>) -> Option<Uuid> {
+        use sha2::{Digest, Sha256};
+        client_id.or_else(|| {
+            let seed = self.0?;
+            let digest: [u8; 32] = Sha256::new()
+                .chain_update(seed)
+                .chain_update((index as u64).to_be_bytes())
+                .finalize()
+                .into();
+            let mut bytes = [0u8; 16];
+            bytes.copy_from_slice(&digest[..16]);
+            Some(uuid::Builder::from_custom_bytes(bytes).into_uuid())
+        })
+    }
+}
+
 // ---- handlers ----
 
 /// Append one event (to `stream`, default `default`). A client `id` makes it idempotent:
@@ -393,10 +437,12 @@ fn cursor_position(cursor: Option<&str>) -> Result<Option<u64>, ApiError> {
 async fn append_event(
     State(state): State<AppState>,
     p: Principal,
+    headers: HeaderMap,
     ApiJson(body): ApiJson<AppendEventRequest>,
 ) -> Result<Response, ApiError> {
     let result = async {
         p.require(Role::Member)?;
+        let ids = KeyedIds::of(&p, &headers)?;
         let mut errors = Vec::new();
         let stream = body
             .stream
@@ -409,7 +455,7 @@ async fn append_event(
             &body.event_type,
             &body.data,
             body.metadata.as_ref(),
-            body.id,
+            ids.id(0, body.id),
             "",
             &mut errors,
         );
@@ -460,10 +506,12 @@ async fn append_to_stream(
     State(state): State<AppState>,
     p: Principal,
     Path(stream): Path<String>,
+    headers: HeaderMap,
     ApiJson(body): ApiJson<AppendStreamRequest>,
 ) -> Result<Response, ApiError> {
     let result = async {
         p.require(Role::Member)?;
+        let ids = KeyedIds::of(&p, &headers)?;
         let mut errors = Vec::new();
         if let Err(e) = check_name("/path/stream", &stream, STREAM_NAME_BYTES_MAX) {
             errors.push(e);
@@ -485,7 +533,7 @@ async fn append_to_stream(
                     &e.event_type,
                     &e.data,
                     e.metadata.as_ref(),
-                    e.id,
+                    ids.id(i, e.id),
                     &format!("/events/{i}"),
                     &mut errors,
                 )

@@ -1,4 +1,5 @@
-//! `Idempotency-Key` on every authenticated `POST` and `PATCH`.
+//! `Idempotency-Key` on every authenticated `POST`, `PATCH` and `PUT` (the event routes
+//! and the password change excepted: see `events::KeyedIds` and `accounts::password_router`).
 //!
 //! Before the handler runs, this middleware claims the key for (organization, user, key) with
 //! a fingerprint of (method, path, canonical body: JSON re-serialized, multipart by its parts):
@@ -294,6 +295,15 @@ async fn multipart_digest(boundary: String, body: axum::body::Bytes) -> Option<[
     Some(hasher.finalize().into())
 }
 
+/// The refusal of a malformed `Idempotency-Key` header.
+pub(crate) fn invalid_key() -> ApiError {
+    ApiError::field(
+        "/headers/idempotency-key",
+        "invalid_idempotency_key",
+        "must be 1 to 255 printable ASCII characters, bare or quoted",
+    )
+}
+
 pub async fn layer(request: Request, next: Next) -> Response {
     // This layer wraps the authenticated routes only (candidates' public routes have no
     // token to scope a key to). A PUT there takes keys too: the question order carries an
@@ -317,14 +327,7 @@ async fn claimed(request: Request, raw_key: HeaderValue, next: Next) -> Result<R
         .to_str()
         .ok()
         .and_then(|k| IdempotencyKey::parse(k).ok())
-        .ok_or_else(|| {
-            ApiError::field(
-                "/headers/idempotency-key",
-                "invalid_idempotency_key",
-                "must be 1 to 255 printable ASCII characters, bare or quoted",
-            )
-            .into_response()
-        })?;
+        .ok_or_else(|| invalid_key().into_response())?;
     let state = request
         .extensions()
         .get::<AppState>()

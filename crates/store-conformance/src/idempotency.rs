@@ -228,6 +228,67 @@ pub async fn an_expired_pending_claim_is_taken_over(f: &Fixture) {
     );
 }
 
+/// A request that died left its claim pending; a retry with a corrected body (the first one
+/// was refused, or the client fixed it) takes the expired claim over as a new request: the
+/// key then answers for the new body, and its record's age starts again.
+pub async fn an_expired_claim_is_taken_over_by_a_corrected_request(f: &Fixture) {
+    let a = owner_actor(f, "ann@example.com").await;
+    let item = create(f, &a, "Milk", 5).await;
+    let s = scope(&a, "key-4");
+    let now = now();
+    let claim = |print: u8, at: time::OffsetDateTime| {
+        let s = s.clone();
+        async move {
+            f.store
+                .claim(&s, &[print; 32], at, at + Duration::seconds(30))
+                .await
+                .expect("claim")
+        }
+    };
+    assert_eq!(claim(1, now).await, Claim::Acquired);
+    assert_eq!(
+        claim(2, now).await,
+        Claim::Mismatch,
+        "while it may still finish"
+    );
+    let later = now + Duration::seconds(31);
+    assert_eq!(
+        claim(2, later).await,
+        Claim::Acquired,
+        "expired: taken over"
+    );
+    let after = f
+        .store
+        .adjust_qty(
+            &a,
+            item.id,
+            delta(-1),
+            Some(Idempotency {
+                scope: &s,
+                render: &render,
+            }),
+        )
+        .await
+        .expect("the corrected request completes its claim");
+    assert_eq!(after.qty, 4);
+    assert_eq!(claim(2, later).await, Claim::Replay(render(&after)));
+    assert_eq!(
+        claim(1, later).await,
+        Claim::Mismatch,
+        "the dead request's body"
+    );
+    // Purging what is older than the takeover keeps the record.
+    f.store
+        .purge_idempotency(now + Duration::seconds(10), 100)
+        .await
+        .expect("purge");
+    assert_eq!(
+        claim(2, later).await,
+        Claim::Replay(render(&after)),
+        "its age started again"
+    );
+}
+
 pub async fn old_records_are_purged(f: &Fixture) {
     let a = owner_actor(f, "ann@example.com").await;
     let item = create(f, &a, "Milk", 1).await;

@@ -975,6 +975,7 @@ pub async fn combined_deltas_honour_keys_of_earlier_requests(f: &Fixture) {
         ("busy", 2, a.now + minute),
         ("stale", 3, a.now - minute),
         ("stale-refused", 4, a.now - minute),
+        ("stale-corrected", 6, a.now - minute),
     ] {
         let claim = f
             .store
@@ -992,6 +993,7 @@ pub async fn combined_deltas_honour_keys_of_earlier_requests(f: &Fixture) {
         job(&a, x.id, -100, Some(("retry", 5))),
         job(&a, x.id, 2, Some(("retry", 5))),
         job(&a, x.id, 2, Some(("retry", 5))),
+        job(&a, x.id, 1, Some(("stale-corrected", 16))),
     ];
     let outcomes = f.store.apply_deltas(&jobs).await.expect("batch");
     assert_eq!(
@@ -1005,21 +1007,51 @@ pub async fn combined_deltas_honour_keys_of_earlier_requests(f: &Fixture) {
             "refused insufficient",
             "applied 10", // the same key after its refusal: a new request
             "replayed 10",
+            "applied 11", // an expired claim of another request: taken over all the same
         ]
     );
     let mut state = Vec::new();
-    for key in ["done", "busy", "stale", "stale-refused", "retry"] {
+    for key in [
+        "done",
+        "busy",
+        "stale",
+        "stale-refused",
+        "retry",
+        "stale-corrected",
+    ] {
         state.push(key_state(f, key).await);
     }
     assert_eq!(
         state,
-        ["completed", "pending", "completed", "absent", "completed"]
+        [
+            "completed",
+            "pending",
+            "completed",
+            "absent",
+            "completed",
+            "completed"
+        ]
     );
+    // The taken-over key is the new request's: it replays for its body, not the dead one's.
+    let later = a.now + minute;
+    for (print, expected) in [(16, "replay"), (6, "mismatch")] {
+        let claim = f
+            .store
+            .claim(&scope("stale-corrected"), &[print; 32], later, later)
+            .await
+            .expect("claim");
+        let got = match claim {
+            trueline_store::Claim::Replay(_) => "replay",
+            trueline_store::Claim::Mismatch => "mismatch",
+            _ => "other",
+        };
+        assert_eq!(got, expected);
+    }
     let item = f.store.item(a.org_id, x.id).await.expect("get").expect("x");
-    assert_eq!((item.qty, item.version), (10, 4));
+    assert_eq!((item.qty, item.version), (11, 5));
     assert_eq!(
         history_sum(f, a.org_id, x.id).await,
-        (10, 4, vec![1, 2, 3, 4])
+        (11, 5, vec![1, 2, 3, 4, 5])
     );
     let untouched = f
         .store
@@ -1032,7 +1064,7 @@ pub async fn combined_deltas_honour_keys_of_earlier_requests(f: &Fixture) {
         .raw
         .scalar("SELECT count(*) FROM outbox WHERE event_type = 'inventory.item.qty_changed'")
         .await;
-    assert_eq!(events, 3);
+    assert_eq!(events, 4);
 }
 
 /// More jobs than one multi-row statement holds: every delta, record, event and key lands.

@@ -66,6 +66,7 @@ macro_rules! conformance_suite {
             idempotency::a_failed_mutation_stores_nothing_and_a_released_key_can_be_reused,
             idempotency::a_mutation_whose_claim_was_lost_rolls_back,
             idempotency::an_expired_pending_claim_is_taken_over,
+            idempotency::an_expired_claim_is_taken_over_by_a_corrected_request,
             idempotency::old_records_are_purged,
             assessments::published_versions_are_frozen_by_the_schema,
             assessments::lifecycle_edges_are_held_by_the_schema,

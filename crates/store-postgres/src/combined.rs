@@ -347,7 +347,8 @@ async fn write_keys(tx: &mut Tx, jobs: &[DeltaJob], plan: &Plan) -> Result<(), S
         let updated = sqlx::query(
             "UPDATE idempotency_keys AS k
              SET state = 'completed', fingerprint = v.f, response_status = v.s,
-                 response_headers = v.h::jsonb, response_body = v.b, completed_at = v.at
+                 response_headers = v.h::jsonb, response_body = v.b, completed_at = v.at,
+                 created_at = v.at
              FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::bytea[], $5::int[], $6::text[],
                          $7::bytea[], $8::timestamptz[]) AS v(o, u, k, f, s, h, b, at)
              WHERE k.org_id = v.o AND k.user_id = v.u AND k.key = v.k AND k.state = 'pending'",

@@ -126,16 +126,26 @@ impl IdempotencyStore for PgStore {
         let stored: Vec<u8> = row.try_get("fingerprint").map_err(db_error)?;
         let state: String = row.try_get("state").map_err(db_error)?;
         let lock: OffsetDateTime = row.try_get("locked_until").map_err(db_error)?;
-        let claim = if stored != fingerprint[..] {
-            Claim::Mismatch
-        } else if state == "completed" {
-            Claim::Replay(stored_response(&row)?)
+        let same = stored == fingerprint[..];
+        let claim = if state == "completed" {
+            if same {
+                Claim::Replay(stored_response(&row)?)
+            } else {
+                Claim::Mismatch
+            }
         } else if lock > now {
-            Claim::InProgress
+            if same {
+                Claim::InProgress
+            } else {
+                Claim::Mismatch
+            }
         } else {
-            // The request that held it died: take it over.
+            // The request that held it died having stored nothing (a completion is in the
+            // write's own transaction): a retry takes it over, corrected or not, as a new
+            // request.
             sqlx::query(
-                "UPDATE idempotency_keys SET locked_until = $4, holder = $5
+                "UPDATE idempotency_keys
+                 SET locked_until = $4, holder = $5, fingerprint = $6, created_at = $7
                  WHERE org_id = $1 AND user_id = $2 AND key = $3 AND state = 'pending'",
             )
             .bind(scope.org_id.0)
@@ -143,6 +153,8 @@ impl IdempotencyStore for PgStore {
             .bind(&scope.key)
             .bind(locked_until)
             .bind(scope.holder)
+            .bind(&fingerprint[..])
+            .bind(now)
             .execute(&mut *tx)
             .await
             .map_err(db_error)?;
@@ -174,10 +186,13 @@ impl IdempotencyStore for PgStore {
         limit: u32,
     ) -> Result<u64, StoreError> {
         let done = sqlx::query(
+            // The conditions again outside: a row taken over by a retry between the
+            // subquery's snapshot and the delete's lock is no longer stale.
             "DELETE FROM idempotency_keys WHERE (org_id, user_id, key) IN (
                  SELECT org_id, user_id, key FROM idempotency_keys
                  WHERE created_at < $1 AND (state = 'completed' OR locked_until < $1)
-                 ORDER BY created_at LIMIT $2)",
+                 ORDER BY created_at LIMIT $2)
+               AND created_at < $1 AND (state = 'completed' OR locked_until < $1)",
         )
         .bind(before)
         .bind(i64::from(limit))

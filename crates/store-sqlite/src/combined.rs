@@ -278,9 +278,10 @@ async fn write_existing_keys(
         let headers = encode_headers(planned)?;
         let scope = &planned.scope;
         let done = sqlx::query(
+            // A taken-over claim becomes this request's: its fingerprint and age too.
             "UPDATE idempotency_keys
              SET state = 'completed', response_status = ?4, response_headers = ?5,
-                 response_body = ?6, completed_at = ?7
+                 response_body = ?6, completed_at = ?7, created_at = ?7, fingerprint = ?8
              WHERE org_id = ?1 AND user_id = ?2 AND key = ?3 AND state = 'pending'",
         )
         .bind(scope.org_id.0)
@@ -290,6 +291,7 @@ async fn write_existing_keys(
         .bind(headers)
         .bind(&planned.response.body)
         .bind(micros(jobs[planned.job].actor.now))
+        .bind(planned.fingerprint.to_vec())
         .execute(&mut *tx)
         .await
         .map_err(db_error)?;

@@ -119,16 +119,26 @@ impl IdempotencyStore for SqliteStore {
                 let stored: Vec<u8> = row.try_get("fingerprint").map_err(db_error)?;
                 let state: String = row.try_get("state").map_err(db_error)?;
                 let lock: i64 = row.try_get("locked_until").map_err(db_error)?;
-                if stored != fingerprint[..] {
-                    Claim::Mismatch
-                } else if state == "completed" {
-                    Claim::Replay(stored_response(&row)?)
+                let same = stored == fingerprint[..];
+                if state == "completed" {
+                    if same {
+                        Claim::Replay(stored_response(&row)?)
+                    } else {
+                        Claim::Mismatch
+                    }
                 } else if from_micros(lock)? > now {
-                    Claim::InProgress
+                    if same {
+                        Claim::InProgress
+                    } else {
+                        Claim::Mismatch
+                    }
                 } else {
-                    // The request that held it died: take it over.
+                    // The request that held it died having stored nothing (a completion is
+                    // in the write's own transaction): a retry takes it over, corrected or
+                    // not, as a new request.
                     sqlx::query(
-                        "UPDATE idempotency_keys SET locked_until = ?4, holder = ?5
+                        "UPDATE idempotency_keys
+                         SET locked_until = ?4, holder = ?5, fingerprint = ?6, created_at = ?7
                          WHERE org_id = ?1 AND user_id = ?2 AND key = ?3 AND state = 'pending'",
                     )
                     .bind(scope.org_id.0)
@@ -136,6 +146,8 @@ impl IdempotencyStore for SqliteStore {
                     .bind(&scope.key)
                     .bind(micros(locked_until))
                     .bind(scope.holder)
+                    .bind(&fingerprint[..])
+                    .bind(micros(now))
                     .execute(&mut *tx)
                     .await
                     .map_err(db_error)?;

@@ -87,14 +87,18 @@ fn refusal(item_id: ItemId, current: u64, delta: i64, why: QuantityRejection) ->
 fn key_verdict(job: &DeltaJob, state: Option<&KeyState>) -> Option<DeltaOutcome> {
     let idem = job.idempotency.as_ref()?;
     let state = state.filter(|s| !s.fresh)?;
-    if state.fingerprint != idem.fingerprint {
-        Some(DeltaOutcome::Refused(DomainError::IdempotencyKeyReused))
-    } else if let Some(response) = &state.completed {
-        Some(DeltaOutcome::Replayed(response.clone()))
-    } else if state.locked_until > job.actor.now {
-        Some(DeltaOutcome::Refused(DomainError::IdempotencyKeyInUse))
-    } else {
-        None // an expired pending claim: taken over
+    let same = state.fingerprint == idem.fingerprint;
+    match &state.completed {
+        Some(response) if same => Some(DeltaOutcome::Replayed(response.clone())),
+        Some(_) => Some(DeltaOutcome::Refused(DomainError::IdempotencyKeyReused)),
+        None if state.locked_until > job.actor.now => Some(DeltaOutcome::Refused(if same {
+            DomainError::IdempotencyKeyInUse
+        } else {
+            DomainError::IdempotencyKeyReused
+        })),
+        // An expired pending claim: its request died having stored nothing, so a retry
+        // takes it over, corrected or not.
+        None => None,
     }
 }
 

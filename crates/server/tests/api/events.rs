@@ -23,6 +23,7 @@ both_backends!(
     resuming_past_the_last_position_is_refused,
     pages_of_large_events_stop_at_a_byte_budget_and_go_on_by_cursor,
     admin_only_events_are_left_out_for_members_and_viewers,
+    an_idempotency_key_names_the_events_of_an_append,
 );
 
 /// An app whose outbox relay is off, so the event log holds only what the test appends.
@@ -1173,5 +1174,90 @@ async fn admin_only_events_are_left_out_for_members_and_viewers(backend: Backend
     assert_eq!(
         live[0].1["type"], "after.hook",
         "the hook's event was skipped"
+    );
+}
+
+/// An append with an `Idempotency-Key` and no event ids is safe to retry: its events get ids
+/// derived from the key, so the same request again appends nothing (200, the original
+/// positions), other content under the key is `409 event_id_conflict`, and another user's
+/// same key is another request. A malformed key is refused before anything is written.
+async fn an_idempotency_key_names_the_events_of_an_append(backend: Backend) {
+    let app = quiet_app(backend).await;
+    let ann = app.sign_up("ann@example.com").await;
+    let bob = app.sign_up("bob@example.com").await;
+    let bob_token = app.add_member(&ann, &bob, "member").await;
+    let keyed = |token: &str, path: &str, key: &str, body: &Value| {
+        app.request(Method::POST, path, Some(token))
+            .header("idempotency-key", key)
+            .json(body)
+            .send()
+    };
+    let one = json!({"type": "order.placed", "data": {"n": 1}});
+    let first = keyed(&ann.token, "/api/v1/events", "k-1", &one)
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 201);
+    let first: Value = first.json().await.unwrap();
+    let again = keyed(&ann.token, "/api/v1/events", "k-1", &one)
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 200, "a retry appends nothing");
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(
+        (&again["id"], &again["position"]),
+        (&first["id"], &first["position"])
+    );
+    assert_problem(
+        keyed(
+            &ann.token,
+            "/api/v1/events",
+            "k-1",
+            &json!({"type": "order.placed", "data": 2}),
+        )
+        .await
+        .unwrap(),
+        409,
+        "event_id_conflict",
+    )
+    .await;
+    let bobs = keyed(&bob_token, "/api/v1/events", "k-1", &one)
+        .await
+        .unwrap();
+    assert_eq!(bobs.status(), 201, "another user's key is another request");
+    let bobs: Value = bobs.json().await.unwrap();
+    assert_ne!(bobs["id"], first["id"]);
+
+    let batch = json!({"events": [
+        {"type": "line.added", "data": 1},
+        {"type": "line.added", "data": 2, "id": uuid::Uuid::now_v7()},
+        {"type": "line.added", "data": 3},
+    ]});
+    let path = "/api/v1/streams/order-9/events";
+    let created = keyed(&ann.token, path, "k-2", &batch).await.unwrap();
+    assert_eq!(created.status(), 201);
+    let created: Value = created.json().await.unwrap();
+    assert_eq!(
+        created["events"][1]["id"], batch["events"][1]["id"],
+        "a client id is kept"
+    );
+    let replayed = keyed(&ann.token, path, "k-2", &batch).await.unwrap();
+    assert_eq!(replayed.status(), 200);
+    let replayed: Value = replayed.json().await.unwrap();
+    assert_eq!(replayed, created);
+
+    let before = app.first_events(&ann.token).await;
+    assert_eq!(before.len(), 5);
+    assert_problem(
+        keyed(&ann.token, "/api/v1/events", &"k".repeat(256), &one)
+            .await
+            .unwrap(),
+        400,
+        "validation_failed",
+    )
+    .await;
+    assert_eq!(
+        app.first_events(&ann.token).await,
+        before,
+        "nothing appended"
     );
 }
