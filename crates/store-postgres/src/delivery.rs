@@ -204,7 +204,7 @@ impl DeliveryStore for PgStore {
                  (id, webhook_id, org_id, event_id, event_type, payload, state, next_attempt_at,
                   created_at, updated_at)
                  SELECT $1, $2, $3, $4, $5, $6, 'pending', $7, $7, $7
-                 WHERE EXISTS (SELECT 1 FROM webhooks WHERE id = $2)
+                 WHERE EXISTS (SELECT 1 FROM webhooks WHERE id = $2 FOR KEY SHARE)
                  ON CONFLICT (webhook_id, event_id) DO NOTHING",
             )
             .bind(d.id)

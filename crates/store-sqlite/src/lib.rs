@@ -265,7 +265,16 @@ pub(crate) fn db_error(e: sqlx::Error) -> StoreError {
         sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
             StoreError::Unavailable(e.to_string())
         }
-        sqlx::Error::Database(d) if d.message().contains("database is locked") => {
+        // What the storage, not the request, is short of: 5 SQLITE_BUSY ("database is
+        // locked"), 6 LOCKED, 7 NOMEM, 8 READONLY, 10 IOERR, 13 FULL (primary codes of the
+        // extended code). As on PostgreSQL (53100 disk full, 53200 out of memory, 25006
+        // read-only): 503 with Retry-After, not a 500 that reads as a bug.
+        sqlx::Error::Database(d)
+            if d.message().contains("database is locked")
+                || d.code()
+                    .and_then(|c| c.parse::<i32>().ok())
+                    .is_some_and(|c| matches!(c & 0xff, 5 | 6 | 7 | 8 | 10 | 13)) =>
+        {
             StoreError::Unavailable(e.to_string())
         }
         _ => StoreError::Internal(e.to_string()),
@@ -287,6 +296,30 @@ mod tests {
     use super::{SqliteOptions, SqliteStore};
 
     /// The reader answering said nothing of the writer: a closed writer was `ready`.
+    /// A full disk (here: a database at its page limit) is the storage's state, not a bug:
+    /// `Unavailable` (503 with Retry-After), as PostgreSQL's disk_full is.
+    #[tokio::test]
+    async fn a_full_database_is_unavailable_not_internal() {
+        use sqlx::{Connection, Executor};
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("full.db").display());
+        let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        conn.execute("CREATE TABLE t (b BLOB); PRAGMA max_page_count = 3")
+            .await
+            .unwrap();
+        let full = sqlx::query("INSERT INTO t VALUES (zeroblob(100000))")
+            .execute(&mut conn)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                super::db_error(full),
+                trueline_store::StoreError::Unavailable(_)
+            ),
+            "SQLITE_FULL maps to Unavailable"
+        );
+    }
+
     #[tokio::test]
     async fn a_closed_writer_fails_the_health_check() {
         let dir = tempfile::tempdir().unwrap();

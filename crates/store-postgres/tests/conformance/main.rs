@@ -322,3 +322,81 @@ async fn membership_changes_do_not_wait_for_foreign_key_checks_on_the_organizati
     assert!(removed.unwrap());
     referencing.rollback().await.unwrap();
 }
+
+/// A webhook deleted while the relay completes a round: the delivery's check of the webhook
+/// waits for the delete and then sees it gone (`FOR KEY SHARE`), so the round completes
+/// without that delivery. Under the statement's own snapshot it saw the row, the foreign key
+/// then failed, and the whole round (every organization's rows) was an error.
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set TRUELINE_TEST_POSTGRES_URL and run with --ignored"]
+async fn a_webhook_deleted_during_a_relay_round_is_skipped() {
+    use trueline_core::accounts::Role;
+    use trueline_store::{AccountStore, DeliveryStore, Destination, NewDelivery, NewWebhook};
+    use trueline_store_conformance::fixtures::{actor, signup_of};
+    use uuid::Uuid;
+    let (_database, store) = migrated_store().await;
+    let a = store
+        .sign_up(signup_of("a@example.com", "A"))
+        .await
+        .unwrap();
+    let owner = actor(a.organization.id, a.user.id, Role::Owner);
+    let hook = store
+        .create_webhook(
+            &owner,
+            NewWebhook {
+                id: Uuid::now_v7(),
+                url: "https://example.com/hook".into(),
+                event_types: vec![],
+                secret: "s".repeat(40),
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let rows = store
+        .lease_outbox(
+            Destination::EventLog,
+            "test",
+            now,
+            now + time::Duration::seconds(30),
+            10,
+            100,
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(!rows.is_empty(), "the sign-up's events");
+    let mut deleting = store.pool().begin().await.unwrap();
+    sqlx::query("DELETE FROM webhooks WHERE id = $1")
+        .bind(hook.id)
+        .execute(&mut *deleting)
+        .await
+        .unwrap();
+    let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
+    let delivery = NewDelivery {
+        id: Uuid::now_v7(),
+        webhook_id: hook.id,
+        org_id: owner.org_id,
+        event_id: rows[0].event_id,
+        event_type: rows[0].event_type.clone(),
+        payload: serde_json::json!({}),
+    };
+    let relay = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .complete_outbox(Destination::EventLog, &seqs, &[delivery], now)
+                .await
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    deleting.commit().await.unwrap();
+    let completed = relay.await.unwrap().expect("the round completes");
+    assert_eq!(completed, rows.len() as u64);
+    let deliveries: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_deliveries")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(deliveries, 0, "no delivery for the deleted webhook");
+}
