@@ -559,3 +559,50 @@ pub async fn a_submit_of_saved_answers_is_refused_when_a_save_replaced_them(f: &
         .await
         .expect("submit of an attempt never saved");
 }
+
+/// A read of an assessment shows one moment: its revision, its question count and its
+/// questions agree while questions are being added (on PostgreSQL each statement of a READ
+/// COMMITTED transaction took its own snapshot, so a read could pair one revision's count
+/// with the next revision's questions).
+pub async fn reads_of_an_assessment_show_one_moment_while_it_changes(f: &Fixture) {
+    let a = owner_actor(f, "ann@example.com").await;
+    let id = draft(f, &a, "Quiz").await;
+    let writer = {
+        let store = f.store.clone();
+        let a = a.clone();
+        tokio::spawn(async move {
+            for _ in 0..60 {
+                store
+                    .add_questions(
+                        &a,
+                        id,
+                        None,
+                        vec![(Uuid::now_v7(), crate::assessments::question())],
+                        None,
+                    )
+                    .await
+                    .expect("add");
+            }
+        })
+    };
+    let mut reads = 0;
+    while !writer.is_finished() || reads == 0 {
+        let (assessment, questions) = f
+            .store
+            .assessment(a.org_id, id)
+            .await
+            .expect("read")
+            .expect("exists");
+        assert_eq!(
+            assessment.question_count as usize,
+            questions.len(),
+            "revision {} read with {} questions",
+            assessment.revision,
+            questions.len()
+        );
+        // Each added question is one revision: a draft of one question is at revision 2.
+        assert_eq!(assessment.revision as usize, questions.len() + 1);
+        reads += 1;
+    }
+    writer.await.expect("writer");
+}

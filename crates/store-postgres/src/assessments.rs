@@ -403,6 +403,22 @@ fn lifecycle_payload(actor: &Actor, a: &Assessment) -> Value {
     })
 }
 
+/// A read-only transaction whose statements all see one snapshot (REPEATABLE READ): a read
+/// of several tables (an assessment and its questions; a submission and its reviews) shows
+/// one moment, as SQLite's read transactions do. At PostgreSQL's default READ COMMITTED each
+/// statement took its own snapshot, so a read racing a change could show a revision with
+/// another revision's questions.
+async fn read_snapshot(
+    store: &PgStore,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
+    let mut tx = store.pool.begin().await.map_err(db_error)?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+    Ok(tx)
+}
+
 /// How a candidate session is found.
 enum SessionKey<'a> {
     Token(&'a [u8]),
@@ -423,10 +439,10 @@ async fn session_where(
         )))
         .bind(id),
     };
-    let row = query.fetch_optional(&store.pool).await.map_err(db_error)?;
+    let mut tx = read_snapshot(store).await?;
+    let row = query.fetch_optional(&mut *tx).await.map_err(db_error)?;
     let Some(row) = row else { return Ok(None) };
     let invite = invite_from(&row)?;
-    let mut tx = store.pool.begin().await.map_err(db_error)?;
     let assessment_row = sqlx::query(sqlx::AssertSqlSafe(format!(
         "{ASSESSMENT_SELECT} WHERE a.id = $1"
     )))
@@ -626,7 +642,7 @@ impl AssessmentStore for PgStore {
         org: OrgId,
         id: Uuid,
     ) -> Result<Option<(Assessment, Vec<Question>)>, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let mut tx = read_snapshot(self).await?;
         let Some(a) = fetch_assessment(&mut tx, org, id).await? else {
             return Ok(None);
         };
@@ -1486,7 +1502,7 @@ impl AssessmentStore for PgStore {
     }
 
     async fn submission(&self, org: OrgId, id: Uuid) -> Result<Option<Submission>, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let mut tx = read_snapshot(self).await?;
         let found = submission_in(&mut tx, org, id).await?;
         tx.rollback().await.map_err(db_error)?;
         Ok(found)
