@@ -612,3 +612,55 @@ pub async fn draft_edits_and_share_links_write_outbox_events(f: &Fixture) {
     ));
     assert_eq!(f.count("outbox").await, before);
 }
+
+/// The events of one request come out in the request's order on both stores: inviting
+/// `[c, a, b]` publishes c's, a's, then b's `invite.created` (PostgreSQL inserts the rows in
+/// email order, to not deadlock, and wrote the events in that order too).
+pub async fn invite_events_follow_the_request_order(f: &Fixture) {
+    use trueline_store::{DeliveryStore, Destination};
+    let a = owner_actor(f, "ann@example.com").await;
+    let id = draft(f, &a, "Ordered").await;
+    f.store
+        .transition_assessment(&a, id, AssessmentStatus::Published, 3, None)
+        .await
+        .expect("publish");
+    let outcomes = f
+        .store
+        .create_invites(
+            &a,
+            id,
+            vec![
+                invite("c@example.com"),
+                invite("a@example.com"),
+                invite("b@example.com"),
+            ],
+            None,
+        )
+        .await
+        .expect("invite");
+    let requested: Vec<String> = outcomes.iter().map(|o| o.invite.id.to_string()).collect();
+    let rows = f
+        .store
+        .lease_outbox(
+            Destination::EventLog,
+            "test",
+            a.now,
+            a.now + Duration::seconds(30),
+            10,
+            1000,
+            &[],
+        )
+        .await
+        .expect("lease");
+    let published: Vec<String> = rows
+        .iter()
+        .filter(|r| r.event_type == "assessments.invite.created")
+        .map(|r| {
+            r.payload["invite_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(published, requested);
+}

@@ -85,6 +85,7 @@ macro_rules! conformance_suite {
             assessment_races::a_submit_of_saved_answers_is_refused_when_a_save_replaced_them,
             assessment_races::saves_and_submits_recheck_revocation_in_their_transaction,
             assessment_races::reads_of_an_assessment_show_one_moment_while_it_changes,
+            assessments::invite_events_follow_the_request_order,
             delivery::outbox_rows_are_leased_per_organization_in_sequence_order,
             delivery::completing_marks_rows_once_and_creates_each_delivery_once,
             delivery::only_rows_every_destination_published_are_purged_oldest_first,

@@ -792,9 +792,19 @@ async fn revoke_selected(
     .fetch_all(&mut **tx)
     .await
     .map_err(db_error)?;
-    for row in &rows {
-        let id: Uuid = row.try_get("id").map_err(db_error)?;
-        let expires_at: OffsetDateTime = row.try_get("expires_at").map_err(db_error)?;
+    // Audited in token id order: `RETURNING` gives no order, and both stores must record
+    // (and publish) the same sequence.
+    let mut revoked = rows
+        .iter()
+        .map(|row| -> Result<(Uuid, OffsetDateTime), StoreError> {
+            Ok((
+                row.try_get("id").map_err(db_error)?,
+                row.try_get("expires_at").map_err(db_error)?,
+            ))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    revoked.sort_by_key(|(id, _)| *id);
+    for (id, expires_at) in revoked {
         audit(
             tx,
             org_id,

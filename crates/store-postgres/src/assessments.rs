@@ -1037,22 +1037,6 @@ impl AssessmentStore for PgStore {
             .await
             .map_err(db_error)?;
             let stored = invite_from(&row)?;
-            if created || reissued {
-                let payload = json!({ "invite_id": stored.id, "assessment_id": assessment_id, "actor_user_id": actor.user_id, "request_id": actor.request_id });
-                staff_event(
-                    &mut tx,
-                    actor,
-                    if created {
-                        "assessments.invite.created"
-                    } else {
-                        "assessments.invite.reissued"
-                    },
-                    format!("assessment-{}", a.family_id),
-                    payload,
-                    actor.now,
-                )
-                .await?;
-            }
             outcomes[k] = Some(InviteOutcome {
                 invite: stored,
                 created,
@@ -1060,6 +1044,23 @@ impl AssessmentStore for PgStore {
             });
         }
         let outcomes: Vec<InviteOutcome> = outcomes.into_iter().flatten().collect();
+        // Events and audit records in the request's order, as SQLite writes them.
+        for o in outcomes.iter().filter(|o| o.created || o.reissued) {
+            let payload = json!({ "invite_id": o.invite.id, "assessment_id": assessment_id, "actor_user_id": actor.user_id, "request_id": actor.request_id });
+            staff_event(
+                &mut tx,
+                actor,
+                if o.created {
+                    "assessments.invite.created"
+                } else {
+                    "assessments.invite.reissued"
+                },
+                format!("assessment-{}", a.family_id),
+                payload,
+                actor.now,
+            )
+            .await?;
+        }
         complete_idempotency(&mut tx, idempotency, &outcomes, actor.now).await?;
         tx.commit().await.map_err(db_error)?;
         Ok(outcomes)
