@@ -512,6 +512,10 @@ pub async fn deliveries_retry_then_die_and_can_be_redelivered(f: &Fixture) {
         .expect("redeliver");
     assert_eq!(redelivered.state, DeliveryState::Pending);
     assert_eq!(
+        redelivered.attempt_log, dead.attempt_log,
+        "the answer shows the attempts made, as the list does"
+    );
+    assert_eq!(
         f.store
             .lease_deliveries(later, later, 10, DeliveryLease::ANY)
             .await

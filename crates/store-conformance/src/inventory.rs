@@ -259,6 +259,21 @@ pub async fn keys_of_the_earlier_rule_are_recomputed_after_migrating(f: &Fixture
         .await
         .expect("an edit keeping the name is no rename");
     assert_eq!(edited.name_key, "stra\u{df}e");
+    // Sending the same name again (a client that always sends every field) is no rename
+    // either: the stored key stays, and no conflict with the other row's key is raised.
+    let patch = ItemPatch {
+        name: Some(ItemName::parse("Stra\u{df}e").expect("valid")),
+        sku: Some(Some(Sku::parse("S-2").expect("valid"))),
+    };
+    let edited = f
+        .store
+        .update_item(&a, strasse.id, None, patch, None)
+        .await
+        .expect("the same name sent again is no rename");
+    assert_eq!(
+        (edited.name_key.as_str(), edited.sku.as_deref()),
+        ("stra\u{df}e", Some("S-2"))
+    );
 }
 
 pub async fn guarded_deltas_refuse_negative_and_overflow_and_change_nothing(f: &Fixture) {

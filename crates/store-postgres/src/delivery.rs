@@ -66,13 +66,16 @@ fn delivery_from(row: &PgRow) -> Result<Delivery, StoreError> {
 const DELIVERY_COLUMNS: &str = "id, webhook_id, event_id, event_type, state, attempts, \
      next_attempt_at, last_status, last_error, created_at, updated_at";
 
-async fn attempts_of(store: &PgStore, delivery: &mut Delivery) -> Result<(), StoreError> {
+async fn attempts_of<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    delivery: &mut Delivery,
+) -> Result<(), StoreError> {
     let rows = sqlx::query(
         "SELECT attempt, at, status, error, duration_ms FROM webhook_attempts
          WHERE delivery_id = $1 ORDER BY attempt",
     )
     .bind(delivery.id)
-    .fetch_all(&store.pool)
+    .fetch_all(executor)
     .await
     .map_err(db_error)?;
     for row in rows {
@@ -600,7 +603,7 @@ impl DeliveryStore for PgStore {
             .map(delivery_from)
             .collect::<Result<Vec<_>, _>>()?;
         for d in &mut items {
-            attempts_of(self, d).await?;
+            attempts_of(&self.pool, d).await?;
         }
         Ok(Page::from_overfetch(items, page.limit, |d| d.id))
     }
@@ -651,7 +654,9 @@ impl DeliveryStore for PgStore {
                 StoreError::not_found("delivery")
             });
         };
-        let delivery = delivery_from(&row)?;
+        let mut delivery = delivery_from(&row)?;
+        // The answer (and what the key replays) shows the attempts made so far, as a read does.
+        attempts_of(&mut *tx, &mut delivery).await?;
         let detail = serde_json::json!({ "webhook_id": webhook_id });
         audit(
             &mut tx,

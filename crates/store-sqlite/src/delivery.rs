@@ -63,13 +63,16 @@ fn delivery_from(row: &SqliteRow) -> Result<Delivery, StoreError> {
 const DELIVERY_COLUMNS: &str = "id, webhook_id, event_id, event_type, state, attempts, \
      next_attempt_at, last_status, last_error, created_at, updated_at";
 
-async fn attempts_of(store: &SqliteStore, delivery: &mut Delivery) -> Result<(), StoreError> {
+async fn attempts_of<'e>(
+    executor: impl sqlx::SqliteExecutor<'e>,
+    delivery: &mut Delivery,
+) -> Result<(), StoreError> {
     let rows = sqlx::query(
         "SELECT attempt, at, status, error, duration_ms FROM webhook_attempts
          WHERE delivery_id = ?1 ORDER BY attempt",
     )
     .bind(delivery.id)
-    .fetch_all(&store.reader)
+    .fetch_all(executor)
     .await
     .map_err(db_error)?;
     for row in rows {
@@ -643,7 +646,7 @@ impl DeliveryStore for SqliteStore {
             .map(delivery_from)
             .collect::<Result<Vec<_>, _>>()?;
         for d in &mut items {
-            attempts_of(self, d).await?;
+            attempts_of(&self.reader, d).await?;
         }
         Ok(Page::from_overfetch(items, page.limit, |d| d.id))
     }
@@ -694,7 +697,9 @@ impl DeliveryStore for SqliteStore {
                 StoreError::not_found("delivery")
             });
         };
-        let delivery = delivery_from(&row)?;
+        let mut delivery = delivery_from(&row)?;
+        // The answer (and what the key replays) shows the attempts made so far, as a read does.
+        attempts_of(&mut *tx, &mut delivery).await?;
         let detail = serde_json::json!({ "webhook_id": webhook_id });
         audit(
             &mut tx,

@@ -340,10 +340,12 @@ impl ItemStore for SqliteStore {
             .name
             .as_ref()
             .map_or(current.name.clone(), |n| n.as_str().to_owned());
-        // An unchanged name keeps its stored key (see `Item::name_key`).
+        // An unchanged name (absent, or sent again as it is) keeps its stored key (see
+        // `Item::name_key`).
         let name_key = patch
             .name
             .as_ref()
+            .filter(|n| n.as_str() != current.name)
             .map_or_else(|| current.name_key.clone(), |n| n.key().to_owned());
         let sku = match &patch.sku {
             Some(sku) => sku.as_ref().map(|s| s.as_str().to_owned()),
