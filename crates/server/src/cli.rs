@@ -62,6 +62,14 @@ pub enum EventlogAction {
         #[arg(long)]
         yes: bool,
     },
+    /// Accept the event log as it is as the database's log: a start refuses a log the
+    /// database was not used with, or one that ends before the position the database saw.
+    Pair {
+        /// Required: positions and stream versions past the log's end that the database's
+        /// earlier log handed out may be handed out again.
+        #[arg(long)]
+        yes: bool,
+    },
     /// Let a log written before 2026-12-03 (no `id-scope.key`) open with that version's id
     /// mapping (ids XORed with the organization id).
     KeepLegacyIds {
@@ -139,10 +147,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 MigrateAction::Status => None,
                 _ => crate::startup::lock_sqlite(&config)?,
             };
-            // Status only reads: a mistyped --data-dir must not create a database to report
-            // every migration pending in.
+            // Status and down only read or remove: a mistyped --data-dir must not create a
+            // database to report every migration pending in (or to revert nothing in).
             let url = config.database_url();
-            if matches!(action, MigrateAction::Status) && url.starts_with("sqlite:") {
+            if !matches!(action, MigrateAction::Up) && url.starts_with("sqlite:") {
                 let path = crate::startup::sqlite_path(&url);
                 anyhow::ensure!(
                     std::path::Path::new(&path).exists(),
@@ -192,8 +200,58 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Eventlog {
+            action: EventlogAction::Pair { yes },
+        } => pair_event_log(&config, yes).await,
         Command::Eventlog { action } => eventlog(&config, action),
     }
+}
+
+/// `trueline eventlog pair`: the server must be stopped (the log's lock, and on SQLite the
+/// database's server lock).
+async fn pair_event_log(config: &Config, yes: bool) -> anyhow::Result<()> {
+    let dir = config.eventlog_dir();
+    anyhow::ensure!(dir.is_dir(), "no event log at {}", dir.display());
+    anyhow::ensure!(
+        config.events.backend == "file",
+        "events.backend is {:?}: only the file event log is paired with the database",
+        config.events.backend
+    );
+    anyhow::ensure!(
+        yes,
+        "pair makes the database accept the event log in {} as it is; positions and stream          versions the earlier log handed out past this log's end may be handed out again:          run it again with --yes",
+        dir.display()
+    );
+    let _lock = crate::startup::lock_sqlite(config)?;
+    let store = open_store(config).await?;
+    store.migrate_up().await.context("applying migrations")?;
+    let events =
+        trueline_store_eventlog::FileEventStore::open(&dir, crate::startup::file_options(config)?)
+            .with_context(|| format!("opening the event log in {}", dir.display()))?;
+    let (mark, before) = crate::log_pairing::pair(
+        store.as_ref(),
+        &dir,
+        &events,
+        time::OffsetDateTime::now_utc(),
+    )
+    .await?;
+    match before {
+        Some(b) => println!(
+            "the database now takes log {} (at global position {}) in {}; it was used with log {} at global position {}",
+            mark.log_id,
+            mark.position,
+            dir.display(),
+            b.log_id,
+            b.position
+        ),
+        None => println!(
+            "the database now takes log {} (at global position {}) in {}",
+            mark.log_id,
+            mark.position,
+            dir.display()
+        ),
+    }
+    Ok(())
 }
 
 fn eventlog(config: &Config, action: EventlogAction) -> anyhow::Result<()> {
@@ -259,6 +317,9 @@ fn eventlog(config: &Config, action: EventlogAction) -> anyhow::Result<()> {
             flushed?;
             eprintln!("{count} record(s)");
             Ok(())
+        }
+        EventlogAction::Pair { .. } => {
+            anyhow::bail!("`pair` needs the database: handled by `pair_event_log`")
         }
         EventlogAction::KeepLegacyIds { yes } => {
             anyhow::ensure!(

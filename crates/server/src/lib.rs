@@ -6,6 +6,7 @@ pub mod cli;
 pub mod client_addr;
 pub mod config;
 pub mod delivery;
+pub mod log_pairing;
 pub mod open_files;
 pub mod serve;
 pub mod startup;

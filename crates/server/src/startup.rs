@@ -27,19 +27,24 @@ pub struct TestHooks {
 
 /// Opens the configured event store. The file backend logs what recovery did.
 pub fn open_events(config: &Config, pg: Option<&PgStore>) -> anyhow::Result<Arc<dyn EventStore>> {
-    open_events_with(config, pg, &TestHooks::default())
+    Ok(open_events_with(config, pg, &TestHooks::default())?.0)
 }
 
+/// The event store, and the file log itself when that is the backend (for its pairing with
+/// the database: `log_pairing`).
 fn open_events_with(
     config: &Config,
     pg: Option<&PgStore>,
     hooks: &TestHooks,
-) -> anyhow::Result<Arc<dyn EventStore>> {
+) -> anyhow::Result<(Arc<dyn EventStore>, Option<Arc<FileEventStore>>)> {
     match config.events.backend.as_str() {
         "postgres" => {
             let pg =
                 pg.context("events.backend = \"postgres\" needs a postgres:// database.url")?;
-            Ok(Arc::new(pg.event_store(config.events.event_bytes_max)))
+            Ok((
+                Arc::new(pg.event_store(config.events.event_bytes_max)),
+                None,
+            ))
         }
         "file" => {
             let dir = config.eventlog_dir();
@@ -82,7 +87,8 @@ fn open_events_with(
                 truncated_reason = ?r.truncated.as_ref().map(|t| t.reason.clone()),
                 last_global_position = r.last_global_position,
             );
-            Ok(Arc::new(events))
+            let events = Arc::new(events);
+            Ok((events.clone(), Some(events)))
         }
         other => anyhow::bail!("events.backend must be \"file\" or \"postgres\" (got {other:?})"),
     }
@@ -183,6 +189,8 @@ pub struct Application {
     pub state: State,
     config: Config,
     trusted_proxies: Arc<[crate::client_addr::Cidr]>,
+    /// The file event log and its id, whose mark in the database a worker moves forward.
+    log_marks: Option<(Arc<FileEventStore>, uuid::Uuid)>,
     /// SQLite: held while this server runs (one server per database file).
     _sqlite_lock: Option<std::fs::File>,
 }
@@ -319,7 +327,21 @@ impl Application {
             submit_grace: Duration::from_secs(config.assessments.submit_grace_s),
             subscriptions_per_org: config.events.subscriptions_per_org,
         };
-        let events = open_events_with(&config, pg.as_ref(), &hooks)?;
+        let (events, file_log) = open_events_with(&config, pg.as_ref(), &hooks)?;
+        let log_marks = match file_log {
+            Some(log) => {
+                let log_id = crate::log_pairing::check_at_start(
+                    store.as_ref(),
+                    &config.eventlog_dir(),
+                    &log,
+                    config.events.durability == "always",
+                    clock.now(),
+                )
+                .await?;
+                Some((log, log_id))
+            }
+            None => None,
+        };
         let metrics = telemetry::metrics_handle();
         let mut state = trueline_http::state::SharedState::new(
             store,
@@ -366,6 +388,7 @@ impl Application {
             state,
             config,
             trusted_proxies,
+            log_marks,
             _sqlite_lock: sqlite_lock,
         })
     }
@@ -390,7 +413,17 @@ impl Application {
             backend = self.state.store.backend(),
         );
         let (stop_workers, workers_stopped) = tokio::sync::watch::channel(false);
-        let workers = crate::workers::spawn_all(&self.state, &self.config, workers_stopped);
+        let mut workers =
+            crate::workers::spawn_all(&self.state, &self.config, workers_stopped.clone());
+        if let Some((log, log_id)) = self.log_marks.clone() {
+            workers.push(tokio::spawn(crate::log_pairing::keep_marking(
+                self.state.store.clone(),
+                log,
+                log_id,
+                self.state.clock.clone(),
+                workers_stopped,
+            )));
+        }
         let state_for_shutdown = self.state.clone();
         let drain = Duration::from_millis(self.config.server.shutdown_drain_ms);
         let grace = Duration::from_millis(self.config.server.shutdown_grace_ms);

@@ -327,3 +327,43 @@ pub async fn old_records_are_purged(f: &Fixture) {
     }
     assert_eq!(f.count("idempotency_keys").await, 0);
 }
+
+/// The event log mark moves forward only, and only for the log it names; the operator's
+/// replace (`trueline eventlog pair`) stores it as given. The schema holds one row at most.
+pub async fn the_event_log_mark_only_moves_forward_for_its_log(f: &Fixture) {
+    use trueline_store::EventLogMark;
+    let (one, other) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    let mark = |log_id, position| EventLogMark { log_id, position };
+    assert_eq!(f.store.event_log_mark().await.expect("read"), None);
+    let set = |m, replace| async move {
+        f.store
+            .set_event_log_mark(m, now(), replace)
+            .await
+            .expect("set");
+        f.store.event_log_mark().await.expect("read")
+    };
+    assert_eq!(set(mark(one, 10), false).await, Some(mark(one, 10)));
+    assert_eq!(set(mark(one, 25), false).await, Some(mark(one, 25)));
+    assert_eq!(
+        set(mark(one, 5), false).await,
+        Some(mark(one, 25)),
+        "never back"
+    );
+    assert_eq!(
+        set(mark(other, 90), false).await,
+        Some(mark(one, 25)),
+        "not another log"
+    );
+    assert_eq!(
+        set(mark(other, 3), true).await,
+        Some(mark(other, 3)),
+        "replaced"
+    );
+    assert!(
+        f.raw
+            .execute("INSERT INTO event_log_mark (singleton, log_id, position, updated_at) SELECT 2, log_id, 1, updated_at FROM event_log_mark")
+            .await
+            .is_err(),
+        "one row at most"
+    );
+}

@@ -67,6 +67,7 @@ macro_rules! conformance_suite {
             idempotency::a_mutation_whose_claim_was_lost_rolls_back,
             idempotency::an_expired_pending_claim_is_taken_over,
             idempotency::an_expired_claim_is_taken_over_by_a_corrected_request,
+            idempotency::the_event_log_mark_only_moves_forward_for_its_log,
             idempotency::old_records_are_purged,
             assessments::published_versions_are_frozen_by_the_schema,
             assessments::lifecycle_edges_are_held_by_the_schema,

@@ -161,6 +161,11 @@ impl FileEventStore {
     }
 
     /// What recovery did at open (the server logs it as `eventlog.recovered`).
+    /// The last global position visible to readers (with `always` durability, durable).
+    pub fn last_global_position(&self) -> u64 {
+        self.log.last_global_position()
+    }
+
     pub fn recovery(&self) -> &RecoveryReport {
         &self.recovery
     }

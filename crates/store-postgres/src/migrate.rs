@@ -99,6 +99,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/0015_assessment_status_edges.up.sql"),
         include_str!("../migrations/0015_assessment_status_edges.down.sql"),
     ),
+    (
+        16,
+        "event log mark",
+        include_str!("../migrations/0016_event_log_mark.up.sql"),
+        include_str!("../migrations/0016_event_log_mark.down.sql"),
+    ),
 ];
 
 fn migrator() -> Migrator {

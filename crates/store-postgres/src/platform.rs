@@ -202,3 +202,50 @@ impl IdempotencyStore for PgStore {
         Ok(done.rows_affected())
     }
 }
+
+#[async_trait::async_trait]
+impl trueline_store::EventLogMarks for PgStore {
+    async fn event_log_mark(&self) -> Result<Option<trueline_store::EventLogMark>, StoreError> {
+        let row = sqlx::query("SELECT log_id, position FROM event_log_mark")
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error)?;
+        row.map(|row| {
+            let position: i64 = row.try_get("position").map_err(db_error)?;
+            Ok(trueline_store::EventLogMark {
+                log_id: row.try_get("log_id").map_err(db_error)?,
+                position: position as u64,
+            })
+        })
+        .transpose()
+    }
+
+    async fn set_event_log_mark(
+        &self,
+        mark: trueline_store::EventLogMark,
+        now: OffsetDateTime,
+        replace: bool,
+    ) -> Result<(), StoreError> {
+        sqlx::query(if replace {
+            "INSERT INTO event_log_mark (singleton, log_id, position, updated_at)
+             VALUES (1, $1, $2, $3)
+             ON CONFLICT (singleton) DO UPDATE
+             SET log_id = excluded.log_id, position = excluded.position,
+                 updated_at = excluded.updated_at"
+        } else {
+            "INSERT INTO event_log_mark (singleton, log_id, position, updated_at)
+             VALUES (1, $1, $2, $3)
+             ON CONFLICT (singleton) DO UPDATE
+             SET position = excluded.position, updated_at = excluded.updated_at
+             WHERE event_log_mark.log_id = excluded.log_id
+               AND event_log_mark.position < excluded.position"
+        })
+        .bind(mark.log_id)
+        .bind(i64::try_from(mark.position).unwrap_or(i64::MAX))
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(db_error)?;
+        Ok(())
+    }
+}

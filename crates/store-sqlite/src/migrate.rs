@@ -75,6 +75,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/0011_assessment_status_edges.up.sql"),
         include_str!("../migrations/0011_assessment_status_edges.down.sql"),
     ),
+    (
+        12,
+        "event log mark",
+        include_str!("../migrations/0012_event_log_mark.up.sql"),
+        include_str!("../migrations/0012_event_log_mark.down.sql"),
+    ),
 ];
 
 fn migrator() -> Migrator {

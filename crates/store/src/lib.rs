@@ -36,6 +36,7 @@ pub trait Store:
     + AssessmentStore
     + IdempotencyStore
     + DeliveryStore
+    + EventLogMarks
     + Migrations
     + Send
     + Sync

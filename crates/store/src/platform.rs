@@ -107,3 +107,29 @@ pub struct OutboxEvent {
     pub payload: serde_json::Value,
     pub created_at: OffsetDateTime,
 }
+
+/// What the database remembers of the embedded event log it is used with (the file backend):
+/// the log's identity and a global position the log had reached. The log is a directory of
+/// its own; this lets a start tell a missing, replaced or rolled-back log from the one the
+/// database's published outbox rows went into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventLogMark {
+    pub log_id: uuid::Uuid,
+    pub position: u64,
+}
+
+#[async_trait::async_trait]
+pub trait EventLogMarks: Send + Sync {
+    /// The mark, if a file event log was ever used with this database.
+    async fn event_log_mark(&self) -> Result<Option<EventLogMark>, StoreError>;
+
+    /// Records `mark`. Without `replace` a mark only moves forward, and only for the log it
+    /// names (a lower position, or another log's id, leaves the stored mark as it is); with
+    /// `replace` (the operator's `trueline eventlog pair`) it is stored as given.
+    async fn set_event_log_mark(
+        &self,
+        mark: EventLogMark,
+        now: OffsetDateTime,
+        replace: bool,
+    ) -> Result<(), StoreError>;
+}

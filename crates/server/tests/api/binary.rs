@@ -248,6 +248,16 @@ fn migrate_status_down_and_up_work_on_the_embedded_database() {
     );
     let still = run(&["migrate", "status"]);
     assert!(!still.contains("pending"), "{still}");
+    // Neither does down, on a directory that has none (a mistyped --data-dir).
+    let elsewhere = tempfile::tempdir().unwrap();
+    let nothing = Command::new(BIN)
+        .args(["migrate", "down", "--yes", "--data-dir"])
+        .arg(elsewhere.path())
+        .output()
+        .unwrap();
+    assert!(!nothing.status.success());
+    assert!(String::from_utf8_lossy(&nothing.stderr).contains("there is no database"));
+    assert!(!elsewhere.path().join("trueline.db").exists());
     assert!(run(&["migrate", "down", "--steps", "99", "--yes"]).contains("reverted"));
     assert!(!run(&["migrate", "status"]).contains("applied"));
     run(&["migrate", "up"]);
@@ -294,4 +304,123 @@ fn an_unusable_database_url_fails_startup_with_a_clear_error() {
         .unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("sqlite:// or postgres://"));
+}
+
+/// Runs `trueline ARGS --data-dir DIR` to its end: (success, stdout + stderr). One still
+/// running after 30 s (a server that started) is killed and counts as a success.
+fn run_to_end(dir: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let mut command = Command::new(BIN);
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("TRUELINE_")) {
+        command.env_remove(key);
+    }
+    let mut child = command
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir)
+        .env("TRUELINE_AUTH__PASSWORD_MEMORY_KIB", "64")
+        .env("TRUELINE_AUTH__PASSWORD_ITERATIONS", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let output = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (
+        output.status.success() || output.status.code().is_none(),
+        text,
+    )
+}
+
+/// Copies a directory of plain files.
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+/// The database remembers its event log: a start with the log's directory gone, or with a
+/// backup of it older than the database, refuses (it would hand out positions a second
+/// time) and says how to go on; `trueline eventlog pair --yes` accepts the log as it is.
+#[tokio::test]
+async fn a_start_refuses_an_event_log_that_is_not_the_databases() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("eventlog");
+    let client = reqwest::Client::new();
+    // First run: a sign-up, whose events the relay publishes into the log.
+    let (mut server, address, _lines) = start_server(dir.path());
+    let signup =
+        json!({"email": "ann@example.com", "password": PASSWORD, "organization_name": "Ann"});
+    let body: Value = client
+        .post(format!("{address}/api/v1/auth/signup"))
+        .json(&signup)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = body["token"]["token"].as_str().unwrap().to_owned();
+    let append = |n: u64| {
+        client
+            .post(format!("{address}/api/v1/events"))
+            .bearer_auth(&token)
+            .json(&json!({"type": "test.appended", "data": n}))
+            .send()
+    };
+    assert_eq!(append(1).await.unwrap().status(), 201);
+    terminate(&mut server);
+    let early = dir.path().join("eventlog-backup");
+    copy_dir(&log, &early);
+    // Second run: more events; then the log is swapped for the older copy.
+    let (mut server, address, _lines) = start_server(dir.path());
+    for n in 2..=4 {
+        let appended = client
+            .post(format!("{address}/api/v1/events"))
+            .bearer_auth(&token)
+            .json(&json!({"type": "test.appended", "data": n}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(appended.status(), 201);
+    }
+    terminate(&mut server);
+    let later = dir.path().join("eventlog-later");
+    std::fs::rename(&log, &later).unwrap();
+
+    let (started, said) = run_to_end(dir.path(), &["serve", "--bind", "127.0.0.1:0"]);
+    assert!(!started, "a missing log is refused");
+    assert!(
+        said.contains("has no log-id") && said.contains("pair --yes"),
+        "{said}"
+    );
+    std::fs::remove_dir_all(&log).unwrap();
+    std::fs::rename(&early, &log).unwrap();
+    let (started, said) = run_to_end(dir.path(), &["serve", "--bind", "127.0.0.1:0"]);
+    assert!(!started, "an older copy is refused");
+    assert!(said.contains("acknowledged events are missing"), "{said}");
+
+    let (paired, said) = run_to_end(dir.path(), &["eventlog", "pair"]);
+    assert!(!paired && said.contains("--yes"), "{said}");
+    let (paired, said) = run_to_end(dir.path(), &["eventlog", "pair", "--yes"]);
+    assert!(paired, "{said}");
+    assert!(said.contains("the database now takes log"), "{said}");
+    let (mut server, _address, _lines) = start_server(dir.path());
+    terminate(&mut server);
 }
