@@ -218,6 +218,28 @@ pub enum OpenError {
         first_position: u64,
         detail: String,
     },
+    /// A segment was written by a newer version of the engine: its header is intact and its
+    /// format version is above [`crate::FORMAT_VERSION`]. Not damage: upgrade. Open, `verify`
+    /// and `repair` say so, and `repair` changes nothing, whatever its options.
+    NewerFormat {
+        segment: PathBuf,
+        version: u32,
+    },
+    /// `repair` refused, changing nothing: cutting the log where it is damaged would move
+    /// aside `records` records whose checksums verify (global positions between
+    /// `first_position` and `last_position`), e.g. the records after a damaged record in the
+    /// middle of a segment, or whole later segments. Restore the log from a backup, or accept
+    /// the loss with [`crate::RepairOptions::discard_valid_records`].
+    RepairWouldDiscard {
+        /// Where the cut would be: the damaged segment and byte offset.
+        segment: PathBuf,
+        offset: u64,
+        /// What is damaged there.
+        reason: String,
+        records: u64,
+        first_position: u64,
+        last_position: u64,
+    },
 }
 
 impl OpenError {
@@ -263,6 +285,31 @@ impl fmt::Display for OpenError {
                  dropped would count from 1 again. Restore the file from a backup, or accept \
                  that with `repair` (which rebuilds it from the log)",
                 path.display()
+            ),
+            OpenError::NewerFormat { segment, version } => write!(
+                f,
+                "event log segment {} has format version {version}, newer than this binary's \
+                 ({}): the log was written by a newer Trueline; upgrade needed (this is not \
+                 damage: nothing was changed, and repair will not touch it)",
+                segment.display(),
+                crate::FORMAT_VERSION
+            ),
+            OpenError::RepairWouldDiscard {
+                segment,
+                offset,
+                reason,
+                records,
+                first_position,
+                last_position,
+            } => write!(
+                f,
+                "repair refused, nothing was changed: cutting the event log in {} at byte \
+                 {offset} ({reason}) would move aside {records} record(s) whose checksums \
+                 verify (global positions {first_position} to {last_position}). Restore the log \
+                 from a backup, or accept losing them with `repair --yes \
+                 --discard-valid-records` (the records are moved aside into `*.quarantined` \
+                 files, not deleted)",
+                segment.display()
             ),
         }
     }

@@ -70,6 +70,9 @@ pub fn decode_segment_header(h: &[u8]) -> Result<u64, String> {
         return Err("segment header checksum mismatch".into());
     }
     let version = le_u32(&h[8..12]);
+    if version > FORMAT_VERSION {
+        return Err(newer_format_detail(version));
+    }
     if version != FORMAT_VERSION {
         return Err(format!("unsupported segment format version {version}"));
     }
@@ -81,6 +84,29 @@ pub fn decode_segment_header(h: &[u8]) -> Result<u64, String> {
         return Err("segment header has first position 0".into());
     }
     Ok(first)
+}
+
+/// The format version of a segment header that is intact (magic and checksum verify) but
+/// newer than this crate's [`FORMAT_VERSION`]: the segment was written by a newer version of
+/// the engine. That is not damage, and nothing may rewrite or cut such a segment.
+pub fn newer_format_version(h: &[u8]) -> Option<u32> {
+    if h.len() < SEGMENT_HEADER_LEN as usize || h[0..8] != SEGMENT_MAGIC {
+        return None;
+    }
+    if le_u32(&h[28..32]) != crc32c::crc32c(&h[0..28]) {
+        return None;
+    }
+    let version = le_u32(&h[8..12]);
+    (version > FORMAT_VERSION).then_some(version)
+}
+
+/// What the tools and open say about a segment of a newer format version.
+pub fn newer_format_detail(version: u32) -> String {
+    format!(
+        "segment format version {version} is newer than this binary's ({FORMAT_VERSION}): the \
+         log was written by a newer Trueline; upgrade needed (this is not damage, and nothing \
+         was changed)"
+    )
 }
 
 /// The fields of one record, as written by the writer.
@@ -375,5 +401,23 @@ mod tests {
         assert!(decode_segment_header(&bad).is_err());
         assert_eq!(parse_segment_file_name(&segment_file_name(42)), Some(42));
         assert_eq!(parse_segment_file_name("x.seg"), None);
+        assert_eq!(newer_format_version(&h), None);
+    }
+
+    #[test]
+    fn a_newer_version_is_told_apart_from_damage() {
+        let mut h = encode_segment_header(42);
+        h[8..12].copy_from_slice(&(FORMAT_VERSION + 1).to_le_bytes());
+        let crc = crc32c::crc32c(&h[0..28]);
+        h[28..32].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(newer_format_version(&h), Some(FORMAT_VERSION + 1));
+        assert!(
+            decode_segment_header(&h)
+                .unwrap_err()
+                .contains("upgrade needed")
+        );
+        // The same version bytes with a checksum that does not verify are damage.
+        h[25] ^= 1;
+        assert_eq!(newer_format_version(&h), None);
     }
 }

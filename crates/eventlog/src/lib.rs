@@ -193,6 +193,41 @@
 //! covered by a checkpoint is not seen at open (they are not read); reads of such a record
 //! fail with [`ReadError::Corrupt`], and [`verify`] reads everything.
 //!
+//! A segment whose header is intact but has a format version above [`FORMAT_VERSION`] was
+//! written by a newer engine: open, [`verify`], [`dump`] and [`repair`] report
+//! [`OpenError::NewerFormat`] / [`ProblemKind::NewerFormat`] ("upgrade needed"), never damage.
+//!
+//! # Repair
+//!
+//! [`repair`] (the CLI's `eventlog repair --yes`) is the operator's explicit decision for what
+//! open refuses. It plans everything first (reading every segment) and changes nothing when it
+//! refuses. It never silently discards a record whose checksum verifies:
+//!
+//! - A **damaged segment header** is rewritten when that is certain to restore it: the header
+//!   holds nothing but the magic, the version (`1`), its length, the first position (which
+//!   the file name also carries), zeros and its checksum, so it is rebuilt from the file name
+//!   when that name continues the previous segment and the segment's first record verifies
+//!   right after the header with that position, as the first of its append, its write
+//!   starting at byte 32 (or, in the last segment, only zeros follow: preallocated space).
+//!   The old 32 bytes are kept in `{segment}.seg.header.quarantined`. The records are then
+//!   checked as usual. Otherwise the header counts as damage at offset 0 of its segment.
+//! - Otherwise the log is **cut** after its last good record: the damaged segment is truncated
+//!   at the end of its last complete append (or moved aside whole when its header is bad or
+//!   out of sequence) and every later segment is moved aside. If the bytes moved aside hold
+//!   records whose checksums verify (found by a byte-by-byte search past the damage), repair
+//!   refuses with [`OpenError::RepairWouldDiscard`] naming the cut's segment and offset, the
+//!   count and the range of positions, unless [`RepairOptions::discard_valid_records`]
+//!   (`--discard-valid-records`) accepts the loss. A torn tail (what open itself would cut:
+//!   no later write's record follows the damage) and bytes in which no record verifies are
+//!   cut without it.
+//! - A trimmed log's oldest segment unreadable from its header on is moved aside alone (as
+//!   retention would have dropped it; it needs the same consent if it holds intact records);
+//!   a cut that would leave a trimmed log no segment is refused whatever the options.
+//! - A segment of a **newer format version** is refused whatever the options.
+//!
+//! [`RepairReport`] lists the rewritten headers, the cut, every file moved aside (nothing is
+//! deleted but checkpoints) and how many intact records were moved aside.
+//!
 //! # Durability, failures and visibility
 //!
 //! One dedicated writer thread owns the active segment. Appends are queued; the writer takes
@@ -292,7 +327,9 @@ pub use options::{
 };
 #[doc(hidden)]
 pub use options::{Fault, FaultHook, FaultSwitch};
-pub use tools::{Problem, ProblemKind, RepairReport, VerifyReport, dump, in_use, repair, verify};
+pub use tools::{
+    Problem, ProblemKind, RepairOptions, RepairReport, VerifyReport, dump, in_use, repair, verify,
+};
 pub use types::{
     CommitNotice, Direction, EventId, ExpectedVersion, NewEvent, OrgFilter, OrgId, OrgStats,
     Recorded, RecoveryReport, StorageStats, StoredEvent, TruncatedTail,

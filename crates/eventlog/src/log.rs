@@ -13,7 +13,8 @@ use std::time::Instant;
 use crate::error::{AppendError, OpenError, ReadError};
 use crate::format::{
     INDEX_EXT, RECORD_PREFIX_LEN, SEGMENT_HEADER_LEN, body_len_of, decode_record,
-    decode_segment_header, index_file_name, parse_segment_file_name, record_len, segment_file_name,
+    decode_segment_header, index_file_name, newer_format_version, parse_segment_file_name,
+    record_len, segment_file_name,
 };
 use crate::index::{
     Checkpoint, Entry, IdRun, Index, Location, REGISTRY_FILE_NAME, SegmentFile, checkpoint_source,
@@ -940,7 +941,9 @@ fn recover(dir: &Path, report: &mut RecoveryReport) -> Result<(Index, ActiveSegm
         File::open(&path)
             .and_then(|f| f.read_exact_at(&mut header, 0))
             .map_err(|e| OpenError::io(&path, e))?;
-        let bad_header = decode_segment_header(&header).is_err_and(|_| len <= SEGMENT_HEADER_LEN);
+        // (A header-only segment of a newer format is not a partial one: it is refused below.)
+        let bad_header = decode_segment_header(&header).is_err_and(|_| len <= SEGMENT_HEADER_LEN)
+            && newer_format_version(&header).is_none();
         if bad_header && segs.len() > 1 {
             fs::remove_file(&path).map_err(|e| OpenError::io(&path, e))?;
             let _ = fs::remove_file(dir.join(index_file_name(first)));
@@ -1029,6 +1032,12 @@ fn recover(dir: &Path, report: &mut RecoveryReport) -> Result<(Index, ActiveSegm
                 offset,
                 detail,
             };
+            if let Some(version) = newer_format_version(&header) {
+                return Err(OpenError::NewerFormat {
+                    segment: path.clone(),
+                    version,
+                });
+            }
             let first = decode_segment_header(&header).map_err(|d| corrupt(0, d))?;
             if first != *name_first {
                 return Err(corrupt(0, format!("header says first position {first}")));

@@ -54,13 +54,22 @@ pub enum EventlogAction {
         #[arg(long, default_value_t = 1)]
         from: u64,
     },
-    /// Cut the log after its last good record (damaged bytes are moved aside, not deleted), and
-    /// rebuild a stream registry that is missing or damaged in a log that retention trimmed.
+    /// Cut the log after its last good record (damaged bytes are moved aside, not deleted),
+    /// rewrite a damaged segment header from the file name when the records after it verify,
+    /// and rebuild a stream registry that is missing or damaged in a log that retention
+    /// trimmed. Refuses, changing nothing, when the cut would move aside records whose
+    /// checksums verify (unless --discard-valid-records), and for a log written by a newer
+    /// version.
     Repair {
         /// Required: repairing discards every record after the first damaged one (and a lost
         /// registry's numbers of streams whose events were all dropped).
         #[arg(long)]
         yes: bool,
+        /// Also accept moving aside records whose checksums verify (after a damaged record in
+        /// the middle of a segment, whole later segments): without it repair refuses such a
+        /// cut. Restoring the log from a backup loses nothing; this loses those records.
+        #[arg(long)]
+        discard_valid_records: bool,
     },
     /// Accept the event log as it is as the database's log: a start refuses a log the
     /// database was not used with, or one that ends before the position the database saw.
@@ -344,24 +353,53 @@ fn eventlog(config: &Config, action: EventlogAction) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        EventlogAction::Repair { yes } => {
+        EventlogAction::Repair {
+            yes,
+            discard_valid_records,
+        } => {
             anyhow::ensure!(
                 yes,
                 "repair discards every record after the first damaged one; run `trueline eventlog verify` first, then `repair --yes`"
             );
-            let report = trueline_eventlog::repair(&dir)?;
-            match &report.truncated {
-                Some(t) => println!(
+            let report = trueline_eventlog::repair(
+                &dir,
+                trueline_eventlog::RepairOptions {
+                    discard_valid_records,
+                },
+            )?;
+            for h in &report.headers_rebuilt {
+                println!(
+                    "rewrote the damaged header of {} from its file name (its records verify)",
+                    h.display()
+                );
+            }
+            if let Some(t) = &report.truncated {
+                println!(
                     "cut {} at offset {} ({} bytes): {}",
                     t.segment.display(),
                     t.offset,
                     t.truncated_bytes,
                     t.reason
-                ),
-                None => println!("nothing to cut"),
+                );
+            }
+            if report.segments_moved_aside > 0 {
+                println!(
+                    "moved {} whole segment(s) aside",
+                    report.segments_moved_aside
+                );
+            }
+            if report.truncated.is_none() && report.segments_moved_aside == 0 {
+                println!("nothing to cut");
             }
             for q in &report.quarantined {
                 println!("moved aside: {}", q.display());
+            }
+            match report.positions_moved_aside {
+                Some((first, last)) => println!(
+                    "{} record(s) whose checksums verify were moved aside (global positions {first} to {last})",
+                    report.records_moved_aside
+                ),
+                None => println!("0 records whose checksums verify were moved aside"),
             }
             if report.registry_rebuilt {
                 println!(

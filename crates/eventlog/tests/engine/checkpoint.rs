@@ -602,12 +602,18 @@ fn sealed_segments_beyond_the_cached_ones_leave_the_page_cache_and_still_read_ex
     }
 }
 
-/// The oldest segment of a trimmed log damaged from its header on: repair moves it aside
-/// as retention would have dropped it, and the log goes on from the next one with its
-/// positions. When it is the only segment, repair refuses (the log would start over at
-/// position 1, handing out positions a second time) and moves nothing.
+/// The oldest segment of a trimmed log damaged at its header only: repair rewrites the header
+/// from the file name and nothing moves. Damaged from its header on (its first record too):
+/// repair moves it aside as retention would have dropped it, once the caller accepts losing
+/// the intact records after the damage, and the log goes on from the next one with its
+/// positions. When it is the only segment, repair refuses even then (the log would start over
+/// at position 1, handing positions out a second time) and moves nothing.
 #[test]
 fn repair_drops_a_trimmed_logs_oldest_segment_but_never_empties_it() {
+    use trueline_eventlog::{OpenError, RepairOptions, repair};
+    let discard = RepairOptions {
+        discard_valid_records: true,
+    };
     let dir = tempdir();
     let options = trimmed_to(20 * 1024);
     let (log, _) = open_with(dir.path(), options.clone());
@@ -618,43 +624,66 @@ fn repair_drops_a_trimmed_logs_oldest_segment_but_never_empties_it() {
     );
     let last = log.last_global_position();
     drop(log);
-    let segments = || {
-        let mut s: Vec<_> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|x| x == "seg"))
-            .collect();
-        s.sort();
-        s
-    };
-    let damage = |path: &std::path::Path| {
+    let segments = || segment_files(dir.path());
+    let damage_header = |path: &std::path::Path| {
         let mut bytes = std::fs::read(path).unwrap();
         bytes[8] ^= 0xFF;
         std::fs::write(path, &bytes).unwrap();
     };
+    // The header and the first record after it.
+    let damage_from_header_on = |path: &std::path::Path| {
+        let mut bytes = std::fs::read(path).unwrap();
+        bytes[8] ^= 0xFF;
+        bytes[32 + 50] ^= 0x01;
+        std::fs::write(path, &bytes).unwrap();
+    };
     let before = segments();
     assert!(before.len() > 2, "{before:?}");
-    damage(&before[0]);
-    let repaired = trueline_eventlog::repair(dir.path()).unwrap();
+    let intact = std::fs::read(&before[0]).unwrap();
+    damage_header(&before[0]);
+    let repaired = repair(dir.path(), RepairOptions::default()).unwrap();
+    assert_eq!(repaired.headers_rebuilt, vec![before[0].clone()]);
     assert!(repaired.truncated.is_none());
+    assert_eq!(repaired.records_moved_aside, 0);
+    assert_eq!(segments(), before);
+    assert_eq!(std::fs::read(&before[0]).unwrap(), intact);
+    assert_eq!(repaired.last_global_position, last);
+
+    damage_from_header_on(&before[0]);
+    let unchanged = std::fs::read(&before[0]).unwrap();
+    let refused = repair(dir.path(), RepairOptions::default());
+    assert!(
+        matches!(refused, Err(OpenError::RepairWouldDiscard { ref segment, .. }) if *segment == before[0]),
+        "{refused:?}"
+    );
+    assert_eq!(segments(), before);
+    assert_eq!(std::fs::read(&before[0]).unwrap(), unchanged);
+    let repaired = repair(dir.path(), discard).unwrap();
+    assert!(repaired.truncated.is_none());
+    assert_eq!(repaired.segments_moved_aside, 1);
+    assert!(repaired.records_moved_aside > 0, "{repaired:?}");
     assert_eq!(segments(), before[1..].to_vec());
     assert_eq!(repaired.last_global_position, last);
     let (log, _) = open_with(dir.path(), options.clone());
     assert_eq!(log.last_global_position(), last, "positions go on");
     drop(log);
 
-    // Down to one segment, damaged: refused, and nothing moves.
+    // Down to one segment: a damaged header is rewritten; damaged from the header on, repair
+    // refuses even when allowed to discard intact records, and nothing moves.
     for extra in &segments()[1..] {
         std::fs::remove_file(extra).unwrap();
         let _ = std::fs::remove_file(extra.with_extension("idx"));
     }
     let only = segments();
     assert_eq!(only.len(), 1);
-    damage(&only[0]);
+    damage_header(&only[0]);
+    let repaired = repair(dir.path(), RepairOptions::default()).unwrap();
+    assert_eq!(repaired.headers_rebuilt, only);
+    damage_from_header_on(&only[0]);
     let bytes = std::fs::read(&only[0]).unwrap();
-    let refused = trueline_eventlog::repair(dir.path());
+    let refused = repair(dir.path(), discard);
     assert!(
-        matches!(refused, Err(trueline_eventlog::OpenError::Corrupt { .. })),
+        matches!(refused, Err(OpenError::Corrupt { .. })),
         "{refused:?}"
     );
     assert_eq!(segments(), only);
@@ -702,7 +731,9 @@ fn a_lost_registry_in_a_trimmed_log_refuses_open_until_repair_accepts_it() {
                 .iter()
                 .any(|p| p.kind == trueline_eventlog::ProblemKind::RegistryLost)
         );
-        let repaired = trueline_eventlog::repair(dir.path()).unwrap();
+        let repaired =
+            trueline_eventlog::repair(dir.path(), trueline_eventlog::RepairOptions::default())
+                .unwrap();
         assert!(repaired.registry_rebuilt);
         assert!(repaired.truncated.is_none());
         let (log, _) = open_with(dir.path(), options.clone());
