@@ -61,7 +61,7 @@ pub enum EventlogAction {
     /// checksums verify (unless --discard-valid-records), and for a log written by a newer
     /// version.
     Repair {
-        /// Required: repairing discards every record after the first damaged one (and a lost
+        /// Required: repairing discards the damaged records and what follows them (and a lost
         /// registry's numbers of streams whose events were all dropped).
         #[arg(long)]
         yes: bool,
@@ -359,7 +359,7 @@ fn eventlog(config: &Config, action: EventlogAction) -> anyhow::Result<()> {
         } => {
             anyhow::ensure!(
                 yes,
-                "repair discards every record after the first damaged one; run `trueline eventlog verify` first, then `repair --yes`"
+                "repair cuts the log after its last good record (what follows is moved aside; records whose checksums verify only with --discard-valid-records); run `trueline eventlog verify` first, then `repair --yes`"
             );
             let report = trueline_eventlog::repair(
                 &dir,
