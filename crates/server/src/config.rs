@@ -565,6 +565,25 @@ impl Config {
             0,
             TEN_YEARS_H * 10,
         );
+        within(
+            "events.segment_size_bytes",
+            self.events.segment_size_bytes,
+            trueline_eventlog::SEGMENT_SIZE_MIN_BYTES,
+            trueline_eventlog::SEGMENT_SIZE_MAX_BYTES,
+        );
+        // Argon2's own bounds (one lane: at least 8 KiB).
+        within(
+            "auth.password_memory_kib",
+            u64::from(self.auth.password_memory_kib),
+            8,
+            0x0FFF_FFFF,
+        );
+        within(
+            "auth.password_iterations",
+            u64::from(self.auth.password_iterations),
+            1,
+            u64::from(u32::MAX),
+        );
         if self.events.retention_max_bytes != 0
             && self.events.retention_max_bytes < self.events.segment_size_bytes
         {
@@ -572,6 +591,23 @@ impl Config {
                 "events.retention_max_bytes ({}) must be 0 (keep all) or at least \
                  events.segment_size_bytes ({}): below it every segment goes once sealed",
                 self.events.retention_max_bytes, self.events.segment_size_bytes
+            ));
+        }
+        // Checked here, before anything is opened or migrated, rather than where they are
+        // used: a start that would refuse them must not first migrate a (shared) database.
+        match self.events.backend.as_str() {
+            "file" => {}
+            "postgres" if self.is_postgres() => {}
+            "postgres" => problems
+                .push("events.backend = \"postgres\" needs a postgres:// database.url".to_owned()),
+            other => problems.push(format!(
+                "events.backend must be \"file\" or \"postgres\" (is {other:?})"
+            )),
+        }
+        if !["always", "interval", "never"].contains(&self.events.durability.as_str()) {
+            problems.push(format!(
+                "events.durability must be always, interval or never (is {:?})",
+                self.events.durability
             ));
         }
         // A level, or filter directives (`info,trueline=debug`); a lone word that is not a
@@ -753,6 +789,10 @@ mod tests {
         broken.webhooks.backoff_base_ms = 0;
         broken.events.retention_max_bytes = 1;
         broken.log.level = "loud".into();
+        broken.events.backend = "pg".into();
+        broken.events.durability = "alway".into();
+        broken.events.segment_size_bytes = 100;
+        broken.auth.password_memory_kib = 1;
         let problems = broken.problems().join("\n");
         for name in [
             "server.request_timeout_ms",
@@ -760,6 +800,10 @@ mod tests {
             "webhooks.backoff_base_ms",
             "events.retention_max_bytes",
             "log.level",
+            "events.backend",
+            "events.durability",
+            "events.segment_size_bytes",
+            "auth.password_memory_kib",
         ] {
             assert!(problems.contains(name), "{name} not in {problems}");
         }

@@ -293,6 +293,18 @@ impl Application {
             crate::client_addr::parse_all(&config.server.trusted_proxies)
                 .map_err(|e| anyhow::anyhow!("server.trusted_proxies: {e}"))?
                 .into();
+        // What can refuse the start without the database goes first: a start that fails on
+        // its address or its settings must not have migrated a (shared) database before.
+        let listener = TcpListener::bind(&config.server.bind)
+            .await
+            .with_context(|| format!("binding {}", config.server.bind))?;
+        let passwords = PasswordHasher::new(PasswordCost {
+            memory_kib: config.auth.password_memory_kib,
+            iterations: config.auth.password_iterations,
+        })?;
+        if config.events.backend == "file" {
+            file_options(&config)?;
+        }
         // The server lock first: opening the store starts its checkpointer, which must never
         // run beside another server's (a refused second server's last round truncated the
         // live WAL under the running one).
@@ -305,10 +317,6 @@ impl Application {
         if let Some(sqlite) = &sqlite {
             release_leftovers(sqlite, clock.now()).await?;
         }
-        let passwords = PasswordHasher::new(PasswordCost {
-            memory_kib: config.auth.password_memory_kib,
-            iterations: config.auth.password_iterations,
-        })?;
         let settings = HttpSettings {
             body_limit_bytes: config.server.body_limit_bytes,
             request_timeout: Duration::from_millis(config.server.request_timeout_ms),
@@ -379,9 +387,6 @@ impl Application {
         state.outbox_lag_warn = Duration::from_secs(config.outbox.lag_warn_s);
         let state = State::from(state);
         let router = trueline_http::app_with(state.clone(), extra);
-        let listener = TcpListener::bind(&config.server.bind)
-            .await
-            .with_context(|| format!("binding {}", config.server.bind))?;
         Ok(Self {
             listener,
             router,

@@ -308,7 +308,7 @@ fn an_unusable_database_url_fails_startup_with_a_clear_error() {
 
 /// Runs `trueline ARGS --data-dir DIR` to its end: (success, stdout + stderr). One still
 /// running after 30 s (a server that started) is killed and counts as a success.
-fn run_to_end(dir: &std::path::Path, args: &[&str]) -> (bool, String) {
+fn run_to_end(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
     let mut command = Command::new(BIN);
     for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("TRUELINE_")) {
         command.env_remove(key);
@@ -319,6 +319,7 @@ fn run_to_end(dir: &std::path::Path, args: &[&str]) -> (bool, String) {
         .arg(dir)
         .env("TRUELINE_AUTH__PASSWORD_MEMORY_KIB", "64")
         .env("TRUELINE_AUTH__PASSWORD_ITERATIONS", "1")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -404,7 +405,7 @@ async fn a_start_refuses_an_event_log_that_is_not_the_databases() {
     let later = dir.path().join("eventlog-later");
     std::fs::rename(&log, &later).unwrap();
 
-    let (started, said) = run_to_end(dir.path(), &["serve", "--bind", "127.0.0.1:0"]);
+    let (started, said) = run_to_end(dir.path(), &["serve", "--bind", "127.0.0.1:0"], &[]);
     assert!(!started, "a missing log is refused");
     assert!(
         said.contains("has no log-id") && said.contains("pair --yes"),
@@ -412,15 +413,53 @@ async fn a_start_refuses_an_event_log_that_is_not_the_databases() {
     );
     std::fs::remove_dir_all(&log).unwrap();
     std::fs::rename(&early, &log).unwrap();
-    let (started, said) = run_to_end(dir.path(), &["serve", "--bind", "127.0.0.1:0"]);
+    let (started, said) = run_to_end(dir.path(), &["serve", "--bind", "127.0.0.1:0"], &[]);
     assert!(!started, "an older copy is refused");
     assert!(said.contains("acknowledged events are missing"), "{said}");
 
-    let (paired, said) = run_to_end(dir.path(), &["eventlog", "pair"]);
+    let (paired, said) = run_to_end(dir.path(), &["eventlog", "pair"], &[]);
     assert!(!paired && said.contains("--yes"), "{said}");
-    let (paired, said) = run_to_end(dir.path(), &["eventlog", "pair", "--yes"]);
+    let (paired, said) = run_to_end(dir.path(), &["eventlog", "pair", "--yes"], &[]);
     assert!(paired, "{said}");
     assert!(said.contains("the database now takes log"), "{said}");
     let (mut server, _address, _lines) = start_server(dir.path());
     terminate(&mut server);
+}
+
+/// A start refused by its settings or its address refuses before it opens, creates or
+/// migrates the database (on PostgreSQL a shared one).
+#[test]
+fn a_start_refused_by_its_settings_or_address_leaves_no_database_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, value) in [
+        ("TRUELINE_EVENTS__DURABILITY", "alway"),
+        ("TRUELINE_EVENTS__BACKEND", "pg"),
+        ("TRUELINE_EVENTS__SEGMENT_SIZE_BYTES", "100"),
+        ("TRUELINE_AUTH__PASSWORD_MEMORY_KIB", "1"),
+    ] {
+        let (started, said) = run_to_end(
+            dir.path(),
+            &["serve", "--bind", "127.0.0.1:0"],
+            &[(name, value)],
+        );
+        assert!(!started, "{name}={value}: {said}");
+        let key = name
+            .trim_start_matches("TRUELINE_")
+            .replace("__", ".")
+            .to_lowercase();
+        assert!(said.contains(&key), "{name}: {said}");
+    }
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let (started, said) = run_to_end(dir.path(), &["serve", "--bind", &address], &[]);
+    assert!(!started, "{said}");
+    assert!(said.contains("binding"), "{said}");
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(
+        !dir.path().join("trueline.db").exists(),
+        "no database created: {left:?}"
+    );
 }
