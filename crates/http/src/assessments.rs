@@ -1201,7 +1201,7 @@ async fn archive(
 /// A new draft version of a published, closed or archived assessment (questions copied).
 #[utoipa::path(post, path = "/assessments/{id}/revise", tag = "assessments", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "Assessment id")),
-    responses((status = 201, description = "The new draft", body = AssessmentDetail),
+    responses((status = 201, description = "The new draft (without its questions: `GET /assessments/{id}` shows them)", body = AssessmentView),
               (status = 409, description = "`invalid_transition` (already a draft)", body = crate::problem::Problem, content_type = "application/problem+json")))]
 async fn revise(
     State(state): State<AppState>,

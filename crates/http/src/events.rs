@@ -622,7 +622,9 @@ async fn get_event(
 /// of one `type` or `stream`. Positions are gapless per organization.
 #[utoipa::path(get, path = "/events", tag = "events", security(("bearer" = [])),
     params(EventsQuery),
-    responses((status = 200, description = "A page of events; `next_cursor` is the last position", body = EventList)))]
+    responses((status = 200, description = "A page of events; `next_cursor` is the last position", body = EventList),
+              (status = 409, description = "`position_ahead`: `after` is past the organization's last position", body = crate::problem::Problem, content_type = "application/problem+json"),
+              (status = 410, description = "`events_dropped`: events after `after` were dropped by retention", body = crate::problem::Problem, content_type = "application/problem+json")))]
 async fn list_events(
     State(state): State<AppState>,
     p: Principal,
@@ -709,7 +711,8 @@ async fn list_events(
 /// A stream's events by version, forward or backward.
 #[utoipa::path(get, path = "/streams/{stream}", tag = "events", security(("bearer" = [])),
     params(("stream" = String, Path, description = "Stream name"), StreamQuery),
-    responses((status = 200, description = "A page of the stream; `next_cursor` is the next version to read", body = EventList)))]
+    responses((status = 200, description = "A page of the stream; `next_cursor` is the next version to read", body = EventList),
+              (status = 410, description = "`events_dropped`: the versions asked for were dropped by retention", body = crate::problem::Problem, content_type = "application/problem+json")))]
 async fn read_stream(
     State(state): State<AppState>,
     p: Principal,
@@ -774,7 +777,9 @@ async fn read_stream(
 /// never dropped and never slows writers: it simply reads from its own position.
 #[utoipa::path(get, path = "/events/subscribe", tag = "events", security(("bearer" = [])),
     params(SubscribeQuery),
-    responses((status = 200, description = "`text/event-stream`; `event:` is the type, `data:` the event JSON", content_type = "text/event-stream")))]
+    responses((status = 200, description = "`text/event-stream`; `event:` is the type, `data:` the event JSON", content_type = "text/event-stream"),
+              (status = 409, description = "`position_ahead`: the resume point is past the organization's last position", body = crate::problem::Problem, content_type = "application/problem+json"),
+              (status = 410, description = "`events_dropped`: events after the resume point were dropped by retention", body = crate::problem::Problem, content_type = "application/problem+json")))]
 async fn subscribe(
     State(state): State<AppState>,
     p: Principal,

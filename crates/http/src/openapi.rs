@@ -76,6 +76,24 @@ fn add(op: &mut Operation, status: u16, description: &str) {
         .or_insert_with(|| problem_response(&format!("{description} ({})", codes_of(status))));
 }
 
+/// The optional `Idempotency-Key` request header.
+fn idempotency_key_parameter(description: &str) -> utoipa::openapi::path::Parameter {
+    use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+    use utoipa::openapi::{ObjectBuilder, Required, Type};
+    ParameterBuilder::new()
+        .name("Idempotency-Key")
+        .parameter_in(ParameterIn::Header)
+        .required(Required::False)
+        .description(Some(description))
+        .schema(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(Some(1))
+                .max_length(Some(255)),
+        ))
+        .build()
+}
+
 fn complete(path: &str, writes: bool, op: &mut Operation) {
     let has_body = op.request_body.is_some();
     let has_query = op.parameters.as_ref().is_some_and(|ps| {
@@ -89,6 +107,18 @@ fn complete(path: &str, writes: bool, op: &mut Operation) {
     let keyed = writes && secured && !events && path != "/api/v1/me/password";
     if has_body || has_query {
         add(op, 400, "Invalid request");
+    }
+    if keyed || (writes && secured && events) {
+        let description = if keyed {
+            "Makes the request safe to retry: the same key and request again get the stored \
+             response (README, Idempotency keys)"
+        } else {
+            "Names the events sent without an `id`: the same key and request again append \
+             nothing and answer 200 with the original positions (README, Idempotency keys)"
+        };
+        op.parameters
+            .get_or_insert_with(Vec::new)
+            .push(RefOr::T(idempotency_key_parameter(description)));
     }
     if keyed {
         // The idempotency layer runs on every POST and PATCH, and on authenticated PUTs.
