@@ -238,7 +238,8 @@ impl Principal {
                 role = %self.role,
                 required = %required,
             );
-            ApiError::from(e)
+            // Not through `From<DomainError>`, which logs the refusals stores decide.
+            ApiError::new(codes::INSUFFICIENT_ROLE, e.to_string())
         })
     }
 }

@@ -225,7 +225,15 @@ impl From<DomainError> for ApiError {
             DomainError::NotFound(what) => {
                 ApiError::new(codes::NOT_FOUND, format!("{what} not found"))
             }
-            e @ DomainError::InsufficientRole { .. } => {
+            e @ DomainError::InsufficientRole { required, actual } => {
+                // Refusals decided inside a store's transaction (an admin touching an owner,
+                // a role change the caller may not make); `Principal::require` logs its own
+                // with the caller's ids.
+                tracing::info!(
+                    event = "auth.denied",
+                    role = %actual,
+                    required = %required,
+                );
                 ApiError::new(codes::INSUFFICIENT_ROLE, e.to_string())
             }
             e @ DomainError::EmailTaken => ApiError::new(codes::EMAIL_TAKEN, e.to_string()),

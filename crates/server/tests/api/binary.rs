@@ -123,6 +123,43 @@ async fn logs_are_json_lines_with_base_fields_and_never_contain_secrets() {
         .send()
         .await
         .unwrap();
+    // A refusal the store decides (an admin may not change an owner) is logged like one the
+    // handler decides: `auth.denied`.
+    let bob = json!({"email": "bob@example.com", "password": PASSWORD, "organization_name": "Bob"});
+    let bob_signup = client
+        .post(format!("{address}/api/v1/auth/signup"))
+        .json(&bob)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bob_signup.status(), 201);
+    let added = client
+        .post(format!("{address}/api/v1/members"))
+        .bearer_auth(&token)
+        .json(&json!({"email": "bob@example.com", "role": "admin"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(added.status(), 201);
+    let org_id = body["organization"]["id"].as_str().unwrap();
+    let bob_in_ann: Value = client
+        .post(format!("{address}/api/v1/auth/tokens"))
+        .json(&json!({"email": "bob@example.com", "password": PASSWORD, "organization_id": org_id}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ann_id = body["user"]["id"].as_str().unwrap();
+    let refused = client
+        .patch(format!("{address}/api/v1/members/{ann_id}"))
+        .bearer_auth(bob_in_ann["token"].as_str().unwrap())
+        .json(&json!({"role": "viewer"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
     terminate(&mut child);
     let lines: Vec<String> = lines.try_iter().collect();
     assert!(lines.len() >= 6, "{lines:?}");
@@ -156,7 +193,13 @@ async fn logs_are_json_lines_with_base_fields_and_never_contain_secrets() {
             assert!(value["request_id"].is_string());
         }
     }
-    assert_eq!(completed, 5, "one completion line per request");
+    assert_eq!(completed, 9, "one completion line per request");
+    assert!(
+        lines.iter().any(
+            |l| l.contains("\"event\":\"auth.denied\"") && l.contains("\"required\":\"owner\"")
+        ),
+        "the store's refusal is logged"
+    );
     assert!(
         lines
             .iter()
