@@ -349,14 +349,33 @@ impl AccountStore for PgStore {
         if updated.rows_affected() != 1 {
             return Err(trueline_store::wrong_password().into());
         }
-        let orgs: Vec<Uuid> = sqlx::query_scalar(
-            "SELECT DISTINCT org_id FROM api_tokens
+        // The tokens to revoke, locked (no login can add one meanwhile: the users row is
+        // locked, and a login re-checks the hash under FOR SHARE), so their count is known
+        // before any event is written.
+        let to_revoke: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT id FROM api_tokens
              WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > $2 AND id <> $3
-             ORDER BY org_id",
+             ORDER BY id FOR UPDATE",
         )
         .bind(change.user_id.0)
         .bind(change.now)
         .bind(change.keep.0)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        // Organizations in the order of their outbox commit locks (migration 9's deferred
+        // trigger takes them in the order rows were inserted; a combined batch inserts in this
+        // order too): a change touching several organizations and a batch touching the same
+        // ones in another order would otherwise deadlock at commit.
+        let orgs: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT o FROM (
+                 SELECT DISTINCT org_id AS o FROM api_tokens WHERE id = ANY($1)
+                 UNION SELECT $2::uuid
+             ) AS touched
+             ORDER BY hashtextextended('trueline.outbox ' || o::text, 0), o",
+        )
+        .bind(&to_revoke)
+        .bind(change.org_id.0)
         .fetch_all(&mut *tx)
         .await
         .map_err(db_error)?;
@@ -371,18 +390,25 @@ impl AccountStore for PgStore {
                 change.now,
             )
             .await?;
+            if org == change.org_id.0 {
+                audit(
+                    &mut tx,
+                    change.org_id,
+                    change.user_id,
+                    &change.request_id,
+                    "password.changed",
+                    Some(change.user_id.0),
+                    serde_json::json!({ "tokens_revoked": to_revoke.len() }),
+                    change.now,
+                )
+                .await?;
+            }
         }
-        audit(
-            &mut tx,
-            change.org_id,
-            change.user_id,
-            &change.request_id,
-            "password.changed",
-            Some(change.user_id.0),
-            serde_json::json!({ "tokens_revoked": revoked }),
-            change.now,
-        )
-        .await?;
+        if revoked != to_revoke.len() as u64 {
+            return Err(StoreError::Internal(
+                "tokens changed under the password change's row locks".into(),
+            ));
+        }
         tx.commit().await.map_err(db_error)?;
         Ok(revoked)
     }

@@ -400,3 +400,111 @@ async fn a_webhook_deleted_during_a_relay_round_is_skipped() {
         .unwrap();
     assert_eq!(deliveries, 0, "no delivery for the deleted webhook");
 }
+
+/// A password change revokes tokens in several organizations, so its transaction writes
+/// outbox rows of each, and their commit locks (migration 9's deferred trigger, one per
+/// organization, in the order rows were inserted) must come in the same global order as a
+/// combined batch's. Here another transaction holds the lock the change needs first and
+/// then asks for the other one: in the shared order the change holds nothing yet and waits;
+/// in another order it would hold that other lock and the two would deadlock.
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set TRUELINE_TEST_POSTGRES_URL and run with --ignored"]
+async fn a_password_change_takes_the_outbox_locks_in_the_shared_order() {
+    use trueline_core::accounts::{Email, Role};
+    use trueline_store::{AccountStore, PasswordChange};
+    use trueline_store_conformance::fixtures::{
+        FAKE_PASSWORD_HASH, actor, new_token, now, signup_of,
+    };
+    use uuid::Uuid;
+    let (_database, store) = migrated_store().await;
+    let pool = store.pool().clone();
+    let lock_key = |org: Uuid| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT hashtextextended('trueline.outbox ' || $1::text, 0)",
+            )
+            .bind(org)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    // Two organizations whose lock order puts the change's own organization first: the
+    // change used to write the other organizations' revocations first and its own record last.
+    let (ann, keep, a, b) = loop {
+        let ann_signup = signup_of(&format!("ann-{}@example.com", Uuid::new_v4()), "A");
+        let keep = ann_signup.token.id;
+        let ann = store.sign_up(ann_signup).await.unwrap();
+        let bob = store
+            .sign_up(signup_of(
+                &format!("bob-{}@example.com", Uuid::new_v4()),
+                "B",
+            ))
+            .await
+            .unwrap();
+        let (a, b) = (ann.organization.id.0, bob.organization.id.0);
+        let (first, second) = if lock_key(a).await < lock_key(b).await {
+            (a, b)
+        } else {
+            (b, a)
+        };
+        if first == a {
+            let owner_b = actor(bob.organization.id, bob.user.id, Role::Owner);
+            store
+                .add_member(
+                    &owner_b,
+                    &Email::parse(&ann.user.email).unwrap(),
+                    Role::Member,
+                    None,
+                )
+                .await
+                .unwrap();
+            store
+                .create_token(
+                    new_token(ann.user.id, bob.organization.id, now()),
+                    None,
+                    "req",
+                )
+                .await
+                .unwrap();
+            break (ann, keep, first, second);
+        }
+    };
+    let mut other = pool.begin().await.unwrap();
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(hashtextextended('trueline.outbox ' || $1::text, 0))",
+    )
+    .bind(a)
+    .execute(&mut *other)
+    .await
+    .unwrap();
+    let change = {
+        let store = store.clone();
+        let change = PasswordChange {
+            user_id: ann.user.id,
+            org_id: ann.organization.id,
+            keep,
+            checked_hash: FAKE_PASSWORD_HASH.to_owned(),
+            new_hash: FAKE_PASSWORD_HASH.replace("c2FsdHNhbHQ", "bmV3c2FsdA"),
+            request_id: "req-change".into(),
+            now: now(),
+        };
+        tokio::spawn(async move { store.change_password(change).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    sqlx::query("SET LOCAL lock_timeout = '3s'")
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(hashtextextended('trueline.outbox ' || $1::text, 0))",
+    )
+    .bind(b)
+    .execute(&mut *other)
+    .await
+    .expect("the change does not hold the second lock while it waits for the first");
+    other.commit().await.unwrap();
+    let revoked = change.await.unwrap().expect("the change commits");
+    assert_eq!(revoked, 1, "the token in the other organization");
+}
