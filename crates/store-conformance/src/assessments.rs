@@ -31,6 +31,14 @@ pub(crate) fn question() -> QuestionSpec {
     .expect("valid question")
 }
 
+/// Another valid question (a replacement that changes something).
+pub(crate) fn other_question() -> QuestionSpec {
+    QuestionSpec::from_json(
+        &serde_json::json!({"type": "true_false", "prompt": "Is fire hot?", "correct": true}),
+    )
+    .expect("valid question")
+}
+
 /// A draft with one question.
 pub(crate) async fn draft(f: &Fixture, a: &Actor, title: &str) -> Uuid {
     let id = Uuid::now_v7();
@@ -526,7 +534,7 @@ pub async fn draft_edits_and_share_links_write_outbox_events(f: &Fixture) {
         .expect("exists");
     let first = questions[0].id;
     f.store
-        .replace_question(&a, id, first, None, question(), None)
+        .replace_question(&a, id, first, None, other_question(), None)
         .await
         .expect("replace");
     f.store
@@ -663,4 +671,64 @@ pub async fn invite_events_follow_the_request_order(f: &Fixture) {
         })
         .collect();
     assert_eq!(published, requested);
+}
+
+/// An edit that changes nothing (settings as they are, a question replaced by itself, the
+/// current order) is a no-op, as an unchanged item is: no new revision, no event, no audit
+/// record, so it does not make another editor's `If-Match` stale. A real change still is one.
+pub async fn draft_edits_that_change_nothing_are_no_ops(f: &Fixture) {
+    let a = owner_actor(f, "ann@example.com").await;
+    let id = draft(f, &a, "Quiz").await;
+    f.store
+        .add_questions(&a, id, None, vec![(Uuid::now_v7(), question())], None)
+        .await
+        .expect("second question");
+    let state = || async {
+        let (assessment, questions) = f
+            .store
+            .assessment(a.org_id, id)
+            .await
+            .expect("read")
+            .expect("exists");
+        (
+            assessment.revision,
+            questions,
+            f.count("outbox").await,
+            f.count("audit_log").await,
+        )
+    };
+    let before = state().await;
+    let revision = Some(before.0);
+    let same = f
+        .store
+        .update_assessment(&a, id, revision, settings("Quiz"), None)
+        .await
+        .expect("same settings");
+    assert_eq!(same.revision, before.0);
+    let first = before.1[0].clone();
+    let replaced = f
+        .store
+        .replace_question(&a, id, first.id, revision, first.spec.clone(), None)
+        .await
+        .expect("same question");
+    assert_eq!(replaced, first);
+    let order: Vec<Uuid> = before.1.iter().map(|q| q.id).collect();
+    f.store
+        .reorder_questions(&a, id, revision, order.clone(), None)
+        .await
+        .expect("same order");
+    assert_eq!(state().await, before, "nothing changed");
+    let reversed: Vec<Uuid> = order.into_iter().rev().collect();
+    let moved = f
+        .store
+        .reorder_questions(&a, id, revision, reversed.clone(), None)
+        .await
+        .expect("another order");
+    assert_eq!(moved.iter().map(|q| q.id).collect::<Vec<_>>(), reversed);
+    let after = state().await;
+    assert_eq!(after.0, before.0 + 1, "a real change is a new revision");
+    assert!(
+        after.2 > before.2 && after.3 > before.3,
+        "with its event and audit record"
+    );
 }

@@ -87,6 +87,7 @@ macro_rules! conformance_suite {
             assessment_races::saves_and_submits_recheck_revocation_in_their_transaction,
             assessment_races::reads_of_an_assessment_show_one_moment_while_it_changes,
             assessments::invite_events_follow_the_request_order,
+            assessments::draft_edits_that_change_nothing_are_no_ops,
             delivery::outbox_rows_are_leased_per_organization_in_sequence_order,
             delivery::completing_marks_rows_once_and_creates_each_delivery_once,
             delivery::only_rows_every_destination_published_are_purged_oldest_first,

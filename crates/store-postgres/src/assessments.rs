@@ -661,6 +661,13 @@ impl AssessmentStore for PgStore {
     ) -> Result<Assessment, StoreError> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         let current = editable(&mut tx, actor, id, expected_revision).await?;
+        // Settings as they are: a no-op, as an unchanged item is (no revision, no record),
+        // so it does not turn another editor's If-Match stale.
+        if s == current.settings {
+            complete_idempotency(&mut tx, idempotency, &current, actor.now).await?;
+            tx.commit().await.map_err(db_error)?;
+            return Ok(current);
+        }
         sqlx::query(
             "UPDATE assessments SET title = $2, description = $3, time_limit_minutes = $4,
                 passing_score_percent = $5, shuffle_questions = $6, show_score_to_candidate = $7
@@ -737,6 +744,15 @@ impl AssessmentStore for PgStore {
     ) -> Result<Question, StoreError> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         let a = editable(&mut tx, actor, id, expected_revision).await?;
+        if let Some(same) = questions_in(&mut tx, id)
+            .await?
+            .into_iter()
+            .find(|q| q.id == question_id && q.spec == spec)
+        {
+            complete_idempotency(&mut tx, idempotency, &same, actor.now).await?;
+            tx.commit().await.map_err(db_error)?;
+            return Ok(same);
+        }
         let row = sqlx::query("UPDATE assessment_questions SET kind = $3, points = $4, spec = $5 WHERE id = $1 AND assessment_id = $2 RETURNING id, position, spec")
             .bind(question_id)
             .bind(id)
@@ -801,6 +817,11 @@ impl AssessmentStore for PgStore {
                 "must list every question of the assessment exactly once",
             )
             .into());
+        }
+        if order.iter().eq(current.iter().map(|q| &q.id)) {
+            complete_idempotency(&mut tx, idempotency, &current, actor.now).await?;
+            tx.commit().await.map_err(db_error)?;
+            return Ok(current);
         }
         // Two steps so the UNIQUE (assessment, position) never sees a transient duplicate.
         sqlx::query("UPDATE assessment_questions SET position = position + 1000000 WHERE assessment_id = $1")
