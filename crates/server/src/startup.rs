@@ -482,7 +482,7 @@ impl Application {
         }
         // Workers finish their current step, within the grace once more: one stuck on a
         // dependency that stopped answering (a blackholed database) must not keep the process
-        // from exiting (a second signal does nothing once the first is handled).
+        // from exiting (a second signal ends the process at once: `shutdown_signal`).
         let _ = stop_workers.send(true);
         let aborts: Vec<_> = workers
             .iter()
@@ -508,24 +508,61 @@ impl Application {
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+/// A second signal while the server drains stops it at once (exit code 130): an operator who
+/// asks twice does not want to wait out the grace periods. The listeners are registered once,
+/// before the first signal, so a second one sent right after the first is not missed.
 pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
-    }
+    let mut signals = Signals::new();
+    signals.next().await;
     tracing::info!(event = "server.signal_received");
+    tokio::spawn(async move {
+        signals.next().await;
+        tracing::warn!(event = "server.forced_exit", code = 130);
+        std::process::exit(130);
+    });
+}
+
+/// SIGINT (Ctrl-C) and SIGTERM, as one stream.
+struct Signals {
+    #[cfg(unix)]
+    interrupt: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    terminate: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn new() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Self {
+                interrupt: signal(SignalKind::interrupt()).ok(),
+                terminate: signal(SignalKind::terminate()).ok(),
+            }
+        }
+        #[cfg(not(unix))]
+        Self {}
+    }
+
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        {
+            async fn one(signal: &mut Option<tokio::signal::unix::Signal>) {
+                match signal {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            }
+            tokio::select! {
+                () = one(&mut self.interrupt) => {},
+                () = one(&mut self.terminate) => {},
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }

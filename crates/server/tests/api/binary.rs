@@ -506,3 +506,50 @@ fn a_start_refused_by_its_settings_or_address_leaves_no_database_behind() {
         "no database created: {left:?}"
     );
 }
+
+/// A second SIGTERM while the server drains ends it at once, with exit code 130.
+#[test]
+fn a_second_signal_ends_a_draining_server_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = Command::new(BIN);
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("TRUELINE_")) {
+        command.env_remove(key);
+    }
+    let mut child = command
+        .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env("TRUELINE_SERVER__SHUTDOWN_DRAIN_MS", "60000")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let started = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|l| l.contains("\"event\":\"server.started\""));
+    assert!(started);
+    let term = || {
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+    };
+    term();
+    // The first signal is being handled (the server drains for a minute).
+    assert!(
+        lines
+            .by_ref()
+            .map_while(Result::ok)
+            .any(|l| l.contains("\"event\":\"server.draining\""))
+    );
+    let asked = std::time::Instant::now();
+    term();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        asked.elapsed()
+    );
+}
