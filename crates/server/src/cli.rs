@@ -176,6 +176,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     println!("applied {} migration(s): {applied:?}", applied.len());
                 }
                 MigrateAction::Down { steps, yes } => {
+                    let unknown: Vec<i64> = store
+                        .migration_status()
+                        .await?
+                        .into_iter()
+                        .filter(|m| m.description == trueline_store::UNKNOWN_MIGRATION)
+                        .map(|m| m.version)
+                        .collect();
+                    anyhow::ensure!(
+                        unknown.is_empty(),
+                        "the database has migrations this binary does not know ({unknown:?}, \
+                         applied by a newer version): revert them with that version"
+                    );
                     if !yes {
                         let applied: Vec<_> = store
                             .migration_status()
@@ -201,10 +213,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     println!("reverted {} migration(s): {reverted:?}", reverted.len());
                 }
                 MigrateAction::Status => {
-                    for m in store.migration_status().await? {
+                    let status = store.migration_status().await?;
+                    for m in &status {
                         let state = if m.applied { "applied" } else { "pending" };
                         println!("{:>4}  {:<8} {}", m.version, state, m.description);
                     }
+                    let unknown = status
+                        .iter()
+                        .filter(|m| m.description == trueline_store::UNKNOWN_MIGRATION)
+                        .count();
+                    anyhow::ensure!(
+                        unknown == 0,
+                        "{unknown} applied migration(s) are unknown to this binary: this \
+                         database was migrated by a newer version, which this one cannot serve"
+                    );
                 }
             }
             Ok(())

@@ -239,14 +239,25 @@ impl Migrations for PgStore {
 
     async fn migration_status(&self) -> Result<Vec<MigrationStatus>, StoreError> {
         let applied = self.applied_versions().await?;
-        Ok(MIGRATIONS
+        let mut status: Vec<MigrationStatus> = MIGRATIONS
             .iter()
             .map(|&(version, description, _, _)| MigrationStatus {
                 version,
                 description: description.to_owned(),
                 applied: applied.contains(&version),
             })
-            .collect())
+            .collect();
+        status.extend(
+            applied
+                .iter()
+                .filter(|v| !MIGRATIONS.iter().any(|m| m.0 == **v))
+                .map(|&version| MigrationStatus {
+                    version,
+                    description: trueline_store::UNKNOWN_MIGRATION.to_owned(),
+                    applied: true,
+                }),
+        );
+        Ok(status)
     }
 }
 

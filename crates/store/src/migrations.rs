@@ -2,6 +2,10 @@
 
 use crate::StoreError;
 
+/// The description of an applied migration the binary does not have (a newer version applied
+/// it): `migrate status` lists it, and `migrate down` refuses to run past it.
+pub const UNKNOWN_MIGRATION: &str = "applied by a newer version: unknown to this binary";
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MigrationStatus {
     pub version: i64,

@@ -553,3 +553,31 @@ fn a_second_signal_ends_a_draining_server_at_once() {
         asked.elapsed()
     );
 }
+
+/// A database a newer version migrated: `migrate status` lists the migration this binary does
+/// not know and fails, and `migrate down` refuses rather than revert around it.
+#[tokio::test]
+async fn migrations_unknown_to_the_binary_are_reported_not_reverted_around() {
+    use sqlx::Connection;
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, said) = run_to_end(dir.path(), &["migrate", "up"], &[]);
+    assert!(ok, "{said}");
+    let url = format!("sqlite://{}", dir.path().join("trueline.db").display());
+    let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+         VALUES (999, 'from the future', 1, x'00', 0)",
+    )
+    .execute(&mut db)
+    .await
+    .unwrap();
+    db.close().await.unwrap();
+    let (ok, said) = run_to_end(dir.path(), &["migrate", "status"], &[]);
+    assert!(!ok, "{said}");
+    assert!(
+        said.contains(" 999  applied") && said.contains("unknown to this binary"),
+        "{said}"
+    );
+    let (ok, said) = run_to_end(dir.path(), &["migrate", "down", "--yes"], &[]);
+    assert!(!ok && said.contains("[999]"), "{said}");
+}
