@@ -151,11 +151,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Migrate { action } => {
-            // Not under a running server (SQLite: it holds the database's server lock).
-            let _lock = match action {
-                MigrateAction::Status => None,
-                _ => crate::startup::lock_sqlite(&config)?,
-            };
             // Status and down only read or remove: a mistyped --data-dir must not create a
             // database to report every migration pending in (or to revert nothing in).
             let url = config.database_url();
@@ -166,6 +161,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     "there is no database at {path} (the server creates it at its first start; check --data-dir)"
                 );
             }
+            // Not under a running server (SQLite: it holds the database's server lock).
+            let _lock = match action {
+                MigrateAction::Status => None,
+                _ => crate::startup::lock_sqlite(&config)?,
+            };
             let store = match action {
                 MigrateAction::Status => crate::startup::open_store_as_guest(&config).await?,
                 _ => open_store(&config).await?,
@@ -242,20 +242,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 /// database's server lock).
 async fn pair_event_log(config: &Config, yes: bool) -> anyhow::Result<()> {
     let dir = config.eventlog_dir();
-    anyhow::ensure!(dir.is_dir(), "no event log at {}", dir.display());
     anyhow::ensure!(
-        config.events.backend == "file",
-        "events.backend is {:?}: only the file event log is paired with the database",
-        config.events.backend
+        config.events.backend == "file" && !config.is_postgres(),
+        "only the embedded configuration (SQLite and the file event log) pairs its event log \
+         with the database"
     );
     anyhow::ensure!(
         yes,
-        "pair makes the database accept the event log in {} as it is; positions and stream          versions the earlier log handed out past this log's end may be handed out again:          run it again with --yes",
+        "pair makes the database accept the event log in {} as it is; positions and stream \
+         versions the earlier log handed out past this log's end may be handed out again: \
+         run it again with --yes",
         dir.display()
     );
     let _lock = crate::startup::lock_sqlite(config)?;
     let store = open_store(config).await?;
     store.migrate_up().await.context("applying migrations")?;
+    // A missing directory is a new, empty log: what the operator asked for.
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let events =
         trueline_store_eventlog::FileEventStore::open(&dir, crate::startup::file_options(config)?)
             .with_context(|| format!("opening the event log in {}", dir.display()))?;

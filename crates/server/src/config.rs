@@ -565,12 +565,14 @@ impl Config {
             0,
             TEN_YEARS_H * 10,
         );
-        within(
-            "events.segment_size_bytes",
-            self.events.segment_size_bytes,
-            trueline_eventlog::SEGMENT_SIZE_MIN_BYTES,
-            trueline_eventlog::SEGMENT_SIZE_MAX_BYTES,
-        );
+        if self.events.backend == "file" {
+            within(
+                "events.segment_size_bytes",
+                self.events.segment_size_bytes,
+                trueline_eventlog::SEGMENT_SIZE_MIN_BYTES,
+                trueline_eventlog::SEGMENT_SIZE_MAX_BYTES,
+            );
+        }
         // Argon2's own bounds (one lane: at least 8 KiB).
         within(
             "auth.password_memory_kib",

@@ -7,6 +7,12 @@
 //! hand out positions and stream versions a second time, and the changes the outbox relay
 //! already published into the lost events would be missing from the log for good.
 //! `trueline eventlog pair --yes` accepts the log as it is.
+//!
+//! Made on the embedded configuration (SQLite), where one server owns both. With PostgreSQL
+//! each instance keeps its own log directory (which the server warns about), so one mark in
+//! the shared database could not describe them. Positions are compared only under `always`
+//! durability, where a visible position is a durable one: under `interval`/`never` a crash
+//! may rightly lose the last events, and the mark keeps only the log's id.
 
 use anyhow::Context;
 use std::path::Path;
@@ -93,6 +99,28 @@ pub fn mismatch(
     }
 }
 
+/// Before the log is opened (opening creates a log in an empty or missing directory): a
+/// database that knows a log refuses a directory without that log's id, creating nothing
+/// (an unmounted volume's mount point stays empty).
+pub async fn check_before_open(store: &dyn Store, dir: &Path) -> anyhow::Result<()> {
+    let found = if dir.is_dir() {
+        read_log_id(dir)?
+    } else {
+        None
+    };
+    if found.is_some() {
+        return Ok(());
+    }
+    let mark = store
+        .event_log_mark()
+        .await
+        .context("reading the event log mark")?;
+    match mismatch(dir, None, 0, mark, false) {
+        Some(why) => anyhow::bail!(why),
+        None => Ok(()),
+    }
+}
+
 /// Checks the log against the database's mark at start-up and moves the mark to the log's
 /// position; returns the log's id (given one if it is new, or from before this check).
 pub async fn check_at_start(
@@ -115,6 +143,9 @@ pub async fn check_at_start(
         Some(id) => id,
         None => write_log_id(dir)?,
     };
+    // Without `always` durability a visible position may not survive a crash: the mark
+    // keeps the id only (a position of 0 never moves a mark).
+    let position = if positions_durable { position } else { 0 };
     store
         .set_event_log_mark(EventLogMark { log_id, position }, now, false)
         .await
@@ -143,8 +174,9 @@ pub async fn pair(
 }
 
 /// Moves the mark up to the log's last position every few seconds and once more when the
-/// server stops. A mark behind the log is harmless (it is a lower bound); failures are logged
-/// and tried again at the next round.
+/// server stops (under `always` durability only). A mark behind the log is harmless (it is a
+/// lower bound); failures are logged and tried again at the next round. A mark that names
+/// another log now (an operator paired one while this server ran) stops the marking.
 pub async fn keep_marking(
     store: Arc<dyn Store>,
     events: Arc<FileEventStore>,
@@ -162,7 +194,15 @@ pub async fn keep_marking(
         if position > marked {
             let mark = EventLogMark { log_id, position };
             match store.set_event_log_mark(mark, clock.now(), false).await {
-                Ok(()) => marked = position,
+                Ok(true) => marked = position,
+                Ok(false) => {
+                    tracing::warn!(
+                        event = "eventlog.mark_failed",
+                        position,
+                        error = "the database's mark names another log or a later position: `trueline eventlog pair` ran meanwhile?",
+                    );
+                    return;
+                }
                 Err(e) => tracing::warn!(
                     event = "eventlog.mark_failed",
                     position,

@@ -32,11 +32,13 @@ pub fn open_events(config: &Config, pg: Option<&PgStore>) -> anyhow::Result<Arc<
 
 /// The event store, and the file log itself when that is the backend (for its pairing with
 /// the database: `log_pairing`).
+type OpenedEvents = (Arc<dyn EventStore>, Option<Arc<FileEventStore>>);
+
 fn open_events_with(
     config: &Config,
     pg: Option<&PgStore>,
     hooks: &TestHooks,
-) -> anyhow::Result<(Arc<dyn EventStore>, Option<Arc<FileEventStore>>)> {
+) -> anyhow::Result<OpenedEvents> {
     match config.events.backend.as_str() {
         "postgres" => {
             let pg =
@@ -335,8 +337,14 @@ impl Application {
             submit_grace: Duration::from_secs(config.assessments.submit_grace_s),
             subscriptions_per_org: config.events.subscriptions_per_org,
         };
+        // The embedded log is paired with its database (`log_pairing`) on the embedded
+        // configuration; with PostgreSQL every instance keeps a log of its own.
+        let paired = config.events.backend == "file" && !config.is_postgres();
+        if paired {
+            crate::log_pairing::check_before_open(store.as_ref(), &config.eventlog_dir()).await?;
+        }
         let (events, file_log) = open_events_with(&config, pg.as_ref(), &hooks)?;
-        let log_marks = match file_log {
+        let log_marks = match file_log.filter(|_| paired) {
             Some(log) => {
                 let log_id = crate::log_pairing::check_at_start(
                     store.as_ref(),
@@ -420,7 +428,8 @@ impl Application {
         let (stop_workers, workers_stopped) = tokio::sync::watch::channel(false);
         let mut workers =
             crate::workers::spawn_all(&self.state, &self.config, workers_stopped.clone());
-        if let Some((log, log_id)) = self.log_marks.clone() {
+        let durable = self.config.events.durability == "always";
+        if let Some((log, log_id)) = self.log_marks.clone().filter(|_| durable) {
             workers.push(tokio::spawn(crate::log_pairing::keep_marking(
                 self.state.store.clone(),
                 log,

@@ -625,7 +625,7 @@ pub async fn draft_edits_and_share_links_write_outbox_events(f: &Fixture) {
 /// `[c, a, b]` publishes c's, a's, then b's `invite.created` (PostgreSQL inserts the rows in
 /// email order, to not deadlock, and wrote the events in that order too).
 pub async fn invite_events_follow_the_request_order(f: &Fixture) {
-    use trueline_store::{DeliveryStore, Destination};
+    use trueline_store::Destination;
     let a = owner_actor(f, "ann@example.com").await;
     let id = draft(f, &a, "Ordered").await;
     f.store

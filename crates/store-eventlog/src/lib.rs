@@ -160,12 +160,12 @@ impl FileEventStore {
         self.ids.is_legacy()
     }
 
-    /// What recovery did at open (the server logs it as `eventlog.recovered`).
     /// The last global position visible to readers (with `always` durability, durable).
     pub fn last_global_position(&self) -> u64 {
         self.log.last_global_position()
     }
 
+    /// What recovery did at open (the server logs it as `eventlog.recovered`).
     pub fn recovery(&self) -> &RecoveryReport {
         &self.recovery
     }

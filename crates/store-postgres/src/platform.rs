@@ -225,8 +225,8 @@ impl trueline_store::EventLogMarks for PgStore {
         mark: trueline_store::EventLogMark,
         now: OffsetDateTime,
         replace: bool,
-    ) -> Result<(), StoreError> {
-        sqlx::query(if replace {
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(if replace {
             "INSERT INTO event_log_mark (singleton, log_id, position, updated_at)
              VALUES (1, $1, $2, $3)
              ON CONFLICT (singleton) DO UPDATE
@@ -246,6 +246,6 @@ impl trueline_store::EventLogMarks for PgStore {
         .execute(&self.pool)
         .await
         .map_err(db_error)?;
-        Ok(())
+        Ok(done.rows_affected() > 0)
     }
 }

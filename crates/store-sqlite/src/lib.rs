@@ -266,14 +266,15 @@ pub(crate) fn db_error(e: sqlx::Error) -> StoreError {
             StoreError::Unavailable(e.to_string())
         }
         // What the storage, not the request, is short of: 5 SQLITE_BUSY ("database is
-        // locked"), 6 LOCKED, 7 NOMEM, 8 READONLY, 10 IOERR, 13 FULL (primary codes of the
-        // extended code). As on PostgreSQL (53100 disk full, 53200 out of memory, 25006
-        // read-only): 503 with Retry-After, not a 500 that reads as a bug.
+        // locked"), 7 NOMEM, 10 IOERR, 13 FULL (primary codes of the extended code). As on
+        // PostgreSQL (53100 disk full, 53200 out of memory): 503 with Retry-After, not a 500
+        // that reads as a bug. (Not 8 READONLY: the readers are read-only connections, and a
+        // write sent to one is a bug to see, not an outage to retry.)
         sqlx::Error::Database(d)
             if d.message().contains("database is locked")
                 || d.code()
                     .and_then(|c| c.parse::<i32>().ok())
-                    .is_some_and(|c| matches!(c & 0xff, 5 | 6 | 7 | 8 | 10 | 13)) =>
+                    .is_some_and(|c| matches!(c & 0xff, 5 | 7 | 10 | 13)) =>
         {
             StoreError::Unavailable(e.to_string())
         }
@@ -295,7 +296,6 @@ pub(crate) fn constraint_message(e: &sqlx::Error) -> Option<&str> {
 mod tests {
     use super::{SqliteOptions, SqliteStore};
 
-    /// The reader answering said nothing of the writer: a closed writer was `ready`.
     /// A full disk (here: a database at its page limit) is the storage's state, not a bug:
     /// `Unavailable` (503 with Retry-After), as PostgreSQL's disk_full is.
     #[tokio::test]
@@ -320,6 +320,7 @@ mod tests {
         );
     }
 
+    /// The reader answering said nothing of the writer: a closed writer was `ready`.
     #[tokio::test]
     async fn a_closed_writer_fails_the_health_check() {
         let dir = tempfile::tempdir().unwrap();

@@ -238,9 +238,9 @@ impl trueline_store::EventLogMarks for SqliteStore {
         mark: trueline_store::EventLogMark,
         now: OffsetDateTime,
         replace: bool,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let mut tx = self.begin_write().await?;
-        sqlx::query(if replace {
+        let done = sqlx::query(if replace {
             "INSERT INTO event_log_mark (singleton, log_id, position, updated_at)
              VALUES (1, ?1, ?2, ?3)
              ON CONFLICT (singleton) DO UPDATE
@@ -260,6 +260,7 @@ impl trueline_store::EventLogMarks for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(db_error)?;
-        tx.commit().await.map_err(db_error)
+        tx.commit().await.map_err(db_error)?;
+        Ok(done.rows_affected() > 0)
     }
 }

@@ -123,13 +123,14 @@ pub trait EventLogMarks: Send + Sync {
     /// The mark, if a file event log was ever used with this database.
     async fn event_log_mark(&self) -> Result<Option<EventLogMark>, StoreError>;
 
-    /// Records `mark`. Without `replace` a mark only moves forward, and only for the log it
-    /// names (a lower position, or another log's id, leaves the stored mark as it is); with
-    /// `replace` (the operator's `trueline eventlog pair`) it is stored as given.
+    /// Records `mark`; whether the stored mark changed. Without `replace` a mark only moves
+    /// forward, and only for the log it names (a lower or equal position, or another log's
+    /// id, leaves the stored mark as it is: `false`); with `replace` (the operator's
+    /// `trueline eventlog pair`) it is stored as given.
     async fn set_event_log_mark(
         &self,
         mark: EventLogMark,
         now: OffsetDateTime,
         replace: bool,
-    ) -> Result<(), StoreError>;
+    ) -> Result<bool, StoreError>;
 }

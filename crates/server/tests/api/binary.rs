@@ -300,7 +300,11 @@ fn migrate_status_down_and_up_work_on_the_embedded_database() {
         .unwrap();
     assert!(!nothing.status.success());
     assert!(String::from_utf8_lossy(&nothing.stderr).contains("there is no database"));
-    assert!(!elsewhere.path().join("trueline.db").exists());
+    assert_eq!(
+        std::fs::read_dir(elsewhere.path()).unwrap().count(),
+        0,
+        "nothing created"
+    );
     assert!(run(&["migrate", "down", "--steps", "99", "--yes"]).contains("reverted"));
     assert!(!run(&["migrate", "status"]).contains("applied"));
     run(&["migrate", "up"]);
@@ -454,7 +458,10 @@ async fn a_start_refuses_an_event_log_that_is_not_the_databases() {
         said.contains("has no log-id") && said.contains("pair --yes"),
         "{said}"
     );
-    std::fs::remove_dir_all(&log).unwrap();
+    assert!(
+        !log.exists(),
+        "the refused start created no log (an unmounted volume stays empty)"
+    );
     std::fs::rename(&early, &log).unwrap();
     let (started, said) = run_to_end(dir.path(), &["serve", "--bind", "127.0.0.1:0"], &[]);
     assert!(!started, "an older copy is refused");
