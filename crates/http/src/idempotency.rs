@@ -304,7 +304,29 @@ pub(crate) fn invalid_key() -> ApiError {
     )
 }
 
-pub async fn layer(request: Request, next: Next) -> Response {
+/// The (route, method) pairs the API serves, from its OpenAPI document: the layer wraps a
+/// route's every method, also those it answers `405` (a wrong method with a reused key was a
+/// `422 idempotency_key_reused`, and with a fresh one a claim written for nothing).
+pub type Served = Arc<std::sync::OnceLock<std::collections::HashSet<(String, Method)>>>;
+
+/// Fills `served` from the finished OpenAPI document.
+pub fn record_served(served: &Served, api: &utoipa::openapi::OpenApi) {
+    let mut pairs = std::collections::HashSet::new();
+    for (path, item) in &api.paths.paths {
+        for (method, op) in [
+            (Method::POST, &item.post),
+            (Method::PATCH, &item.patch),
+            (Method::PUT, &item.put),
+        ] {
+            if op.is_some() {
+                pairs.insert((path.clone(), method));
+            }
+        }
+    }
+    let _ = served.set(pairs);
+}
+
+pub async fn layer(served: Served, request: Request, next: Next) -> Response {
     // This layer wraps the authenticated routes only (candidates' public routes have no
     // token to scope a key to). A PUT there takes keys too: the question order carries an
     // `If-Match` that the first attempt moves on, so a retry without a key fails.
@@ -313,6 +335,21 @@ pub async fn layer(request: Request, next: Next) -> Response {
         Method::POST | Method::PATCH | Method::PUT
     ) {
         return next.run(request).await;
+    }
+    // A method the route does not serve goes on to its `405`.
+    if let (Some(pairs), Some(matched)) = (
+        served.get(),
+        request.extensions().get::<axum::extract::MatchedPath>(),
+    ) {
+        let path = matched.as_str();
+        let full = if path.starts_with(crate::API_PREFIX) {
+            path.to_owned()
+        } else {
+            format!("{}{path}", crate::API_PREFIX)
+        };
+        if !pairs.contains(&(full, request.method().clone())) {
+            return next.run(request).await;
+        }
     }
     let Some(raw_key) = request.headers().get(&IDEMPOTENCY_KEY).cloned() else {
         return next.run(request).await;

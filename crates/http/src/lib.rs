@@ -43,17 +43,21 @@ pub const IMPORT_BODY_LIMIT_BYTES: usize = 6 * 1024 * 1024;
 /// The API routes and the finished OpenAPI document. `events_body_limit`: the body limit of
 /// the event routes (batches of up to 1000 events are larger than other requests).
 pub fn api(events_body_limit: usize) -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let served = idempotency::Served::default();
+    let layer_served = served.clone();
     let authenticated = accounts::router()
         .merge(inventory::router())
         .merge(webhooks::router())
         .merge(assessments::router())
         .merge(assessments::import_router().layer(DefaultBodyLimit::max(IMPORT_BODY_LIMIT_BYTES)))
-        .route_layer(axum::middleware::from_fn(idempotency::layer));
+        .route_layer(axum::middleware::from_fn(move |request, next| {
+            idempotency::layer(layer_served.clone(), request, next)
+        }));
     // Events are made idempotent by client-chosen event ids (kept forever), not by keys.
     let events = events::router().layer(DefaultBodyLimit::max(events_body_limit));
     let (router, api) = OpenApiRouter::with_openapi(openapi::base())
         .nest(
-            "/api/v1",
+            API_PREFIX,
             accounts::public_router()
                 .merge(candidates::router())
                 .merge(authenticated)
@@ -62,8 +66,13 @@ pub fn api(events_body_limit: usize) -> (Router<AppState>, utoipa::openapi::Open
         )
         .merge(platform::router())
         .split_for_parts();
-    (router, openapi::finalize(api))
+    let api = openapi::finalize(api);
+    idempotency::record_served(&served, &api);
+    (router, api)
 }
+
+/// Where the API's routes are nested.
+pub const API_PREFIX: &str = "/api/v1";
 
 /// The complete application: routes, docs, fallbacks and middleware.
 pub fn app(state: AppState) -> Router {

@@ -18,6 +18,7 @@ both_backends!(
     invalid_idempotency_keys_are_rejected,
     creates_and_member_changes_are_idempotent_too,
     responses_that_hand_out_a_secret_are_stored_sealed_to_the_callers_token,
+    a_method_the_route_does_not_serve_is_405_whatever_the_key,
 );
 
 /// A request that times out while it waits (here: for a row another transaction holds)
@@ -481,4 +482,35 @@ async fn responses_that_hand_out_a_secret_are_stored_sealed_to_the_callers_token
         .await
         .unwrap();
     assert_eq!(register.status(), 201, "the replayed link works");
+}
+
+/// A method the route does not serve is `405` with or without a key, also with a key already
+/// used for the route's own method (it was `422 idempotency_key_reused`), and it claims no key.
+async fn a_method_the_route_does_not_serve_is_405_whatever_the_key(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let ann = app.sign_up("ann@example.com").await;
+    let created = app
+        .request(Method::POST, "/api/v1/items", Some(&ann.token))
+        .header("idempotency-key", "k-1")
+        .json(&json!({"name": "Milk", "qty": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let keys = app.count("idempotency_keys").await;
+    for (method, key) in [
+        (Method::PATCH, "k-1"),
+        (Method::PUT, "k-1"),
+        (Method::PATCH, "k-2"),
+    ] {
+        let refused = app
+            .request(method.clone(), "/api/v1/items", Some(&ann.token))
+            .header("idempotency-key", key)
+            .json(&json!({"name": "Milk", "qty": 1}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 405, "{method} with {key}");
+    }
+    assert_eq!(app.count("idempotency_keys").await, keys, "no key claimed");
 }
