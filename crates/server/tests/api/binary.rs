@@ -61,6 +61,20 @@ pub(crate) fn start_server_with(
     (child, address, rx)
 }
 
+/// Signs up `email` (organization "Ann") on the server at `address`; the response body.
+async fn sign_up_over_http(client: &reqwest::Client, address: &str, email: &str) -> Value {
+    let signup = json!({"email": email, "password": PASSWORD, "organization_name": "Ann"});
+    client
+        .post(format!("{address}/api/v1/auth/signup"))
+        .json(&signup)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 pub(crate) fn terminate(child: &mut Child) {
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -80,17 +94,7 @@ async fn logs_are_json_lines_with_base_fields_and_never_contain_secrets() {
     // this test may run before any of them.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = reqwest::Client::new();
-    let signup =
-        json!({"email": "ann@example.com", "password": PASSWORD, "organization_name": "Ann"});
-    let body: Value = client
-        .post(format!("{address}/api/v1/auth/signup"))
-        .json(&signup)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = sign_up_over_http(&client, &address, "ann@example.com").await;
     let token = body["token"]["token"].as_str().unwrap().to_owned();
     let me = client
         .get(format!("{address}/api/v1/me"))
@@ -413,17 +417,7 @@ async fn a_start_refuses_an_event_log_that_is_not_the_databases() {
     let client = reqwest::Client::new();
     // First run: a sign-up, whose events the relay publishes into the log.
     let (mut server, address, _lines) = start_server(dir.path());
-    let signup =
-        json!({"email": "ann@example.com", "password": PASSWORD, "organization_name": "Ann"});
-    let body: Value = client
-        .post(format!("{address}/api/v1/auth/signup"))
-        .json(&signup)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = sign_up_over_http(&client, &address, "ann@example.com").await;
     let token = body["token"]["token"].as_str().unwrap().to_owned();
     let append = |n: u64| {
         client
