@@ -312,7 +312,21 @@ impl Application {
         // live WAL under the running one).
         let sqlite_lock = lock_sqlite(&config)?;
         let Stores { store, pg, sqlite } = open_stores(&config).await?;
-        let applied = store.migrate_up().await.context("applying migrations")?;
+        let applied = match store.migrate_up().await {
+            Ok(applied) => applied,
+            Err(e) => {
+                let cause = match &pg {
+                    Some(pg) => pg.connection_error().await,
+                    None => None,
+                };
+                return Err(anyhow::Error::from(e).context(match cause {
+                    Some(cause) => {
+                        format!("applying migrations: cannot connect to PostgreSQL: {cause}")
+                    }
+                    None => "applying migrations".to_owned(),
+                }));
+            }
+        };
         if !applied.is_empty() {
             tracing::info!(event = "db.migrated", versions = ?applied, backend = store.backend());
         }

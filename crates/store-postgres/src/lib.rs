@@ -44,8 +44,9 @@ pub struct PgStore {
 }
 
 impl PgStore {
-    /// Connects lazily: the pool opens connections on demand, so the server starts (and
-    /// reports not-ready) even while the database is down, and recovers on its own.
+    /// Connects lazily: the pool opens connections on demand, so a running server reports
+    /// not-ready while the database is down and recovers on its own. (A start migrates, so
+    /// it needs the database: see [`connection_error`](Self::connection_error).)
     pub async fn connect(url: &str, options: PgOptions) -> Result<Self, StoreError> {
         let connect = PgConnectOptions::from_str(url)
             .map_err(|e| StoreError::Internal(format!("invalid PostgreSQL URL: {e}")))?
@@ -58,6 +59,26 @@ impl PgStore {
             .acquire_timeout(options.acquire_timeout)
             .connect_lazy_with(connect);
         Ok(Self { pool })
+    }
+
+    /// Why a connection cannot be made now, if it cannot: the pool reports only that it
+    /// timed out waiting, and an operator needs the cause (refused, unknown host, password).
+    pub async fn connection_error(&self) -> Option<String> {
+        use sqlx::Connection;
+        let options = self.pool.connect_options();
+        match tokio::time::timeout(
+            Duration::from_secs(5),
+            sqlx::PgConnection::connect_with(&options),
+        )
+        .await
+        {
+            Ok(Ok(connection)) => {
+                let _ = connection.close().await;
+                None
+            }
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some("no answer within 5 s".to_owned()),
+        }
     }
 
     /// The pool, for tests that must bypass the domain (to prove the schema refuses).

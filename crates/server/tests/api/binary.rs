@@ -582,3 +582,24 @@ async fn migrations_unknown_to_the_binary_are_reported_not_reverted_around() {
     let (ok, said) = run_to_end(dir.path(), &["migrate", "down", "--yes"], &[]);
     assert!(!ok && said.contains("[999]"), "{said}");
 }
+
+/// A PostgreSQL server that cannot be reached fails the start with the cause (here: the
+/// connection refused), not only the pool's "timed out".
+#[test]
+fn an_unreachable_postgres_fails_startup_with_its_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let (started, said) = run_to_end(
+        dir.path(),
+        &[
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--database-url",
+            "postgres://postgres@127.0.0.1:1/x",
+        ],
+        &[("TRUELINE_DATABASE__ACQUIRE_TIMEOUT_MS", "300")],
+    );
+    assert!(!started, "{said}");
+    assert!(said.contains("cannot connect to PostgreSQL"), "{said}");
+    assert!(said.to_lowercase().contains("refused"), "{said}");
+}
