@@ -603,3 +603,50 @@ fn an_unreachable_postgres_fails_startup_with_its_cause() {
     assert!(said.contains("cannot connect to PostgreSQL"), "{said}");
     assert!(said.to_lowercase().contains("refused"), "{said}");
 }
+
+/// `eventlog verify` tells damage to the log (exit 1) from damaged index checkpoints, which
+/// the server rebuilds from the log (listed, exit 0).
+#[tokio::test]
+async fn verify_fails_on_a_damaged_log_but_not_on_a_damaged_checkpoint() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, address, _lines) = start_server(dir.path());
+    let client = reqwest::Client::new();
+    let body = sign_up_over_http(&client, &address, "ann@example.com").await;
+    let token = body["token"]["token"].as_str().unwrap().to_owned();
+    let appended = client
+        .post(format!("{address}/api/v1/events"))
+        .bearer_auth(&token)
+        .json(&json!({"type": "test.appended", "data": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(appended.status(), 201);
+    terminate(&mut server);
+    let log = dir.path().join("eventlog");
+    let checkpoint = std::fs::read_dir(&log)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.extension().is_some_and(|e| e == "idx")
+                && p.file_name().is_some_and(|n| n != "streams.idx")
+        })
+        .expect("a checkpoint written at the clean stop");
+    std::fs::write(&checkpoint, b"garbage").unwrap();
+    let (ok, said) = run_to_end(dir.path(), &["eventlog", "verify"], &[]);
+    assert!(ok, "{said}");
+    assert!(
+        said.contains("problem:") && said.contains("the log is whole"),
+        "{said}"
+    );
+    let segment = std::fs::read_dir(&log)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "seg"))
+        .unwrap();
+    let mut bytes = std::fs::read(&segment).unwrap();
+    bytes[40] ^= 0xff;
+    std::fs::write(&segment, bytes).unwrap();
+    let (ok, said) = run_to_end(dir.path(), &["eventlog", "verify"], &[]);
+    assert!(!ok, "{said}");
+}
