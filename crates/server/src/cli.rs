@@ -254,6 +254,12 @@ async fn pair_event_log(config: &Config, yes: bool) -> anyhow::Result<()> {
          run it again with --yes",
         dir.display()
     );
+    // A mistyped --data-dir must not create a database (and a log) to pair.
+    let path = crate::startup::sqlite_path(&config.database_url());
+    anyhow::ensure!(
+        std::path::Path::new(&path).exists(),
+        "there is no database at {path} (check --data-dir)"
+    );
     let _lock = crate::startup::lock_sqlite(config)?;
     let store = open_store(config).await?;
     store.migrate_up().await.context("applying migrations")?;

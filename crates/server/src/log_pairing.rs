@@ -122,14 +122,15 @@ pub async fn check_before_open(store: &dyn Store, dir: &Path) -> anyhow::Result<
 }
 
 /// Checks the log against the database's mark at start-up and moves the mark to the log's
-/// position; returns the log's id (given one if it is new, or from before this check).
+/// position; returns the log's id (given one if it is new, or from before this check) and the
+/// position marked.
 pub async fn check_at_start(
     store: &dyn Store,
     dir: &Path,
     events: &FileEventStore,
     positions_durable: bool,
     now: time::OffsetDateTime,
-) -> anyhow::Result<Uuid> {
+) -> anyhow::Result<(Uuid, u64)> {
     let position = events.last_global_position();
     let found = read_log_id(dir)?;
     let mark = store
@@ -150,7 +151,7 @@ pub async fn check_at_start(
         .set_event_log_mark(EventLogMark { log_id, position }, now, false)
         .await
         .context("recording the event log mark")?;
-    Ok(log_id)
+    Ok((log_id, position))
 }
 
 /// `trueline eventlog pair`: records the log as it is as the database's log.
@@ -173,18 +174,21 @@ pub async fn pair(
     Ok((mark, before))
 }
 
-/// Moves the mark up to the log's last position every few seconds and once more when the
-/// server stops (under `always` durability only). A mark behind the log is harmless (it is a
+/// Moves the mark up to the log's last position every few seconds (under `always`
+/// durability only; the server writes a last one with [`mark_now`] once its workers and
+/// requests are done). A mark behind the log is harmless (it is a
 /// lower bound); failures are logged and tried again at the next round. A mark that names
 /// another log now (an operator paired one while this server ran) stops the marking.
 pub async fn keep_marking(
     store: Arc<dyn Store>,
     events: Arc<FileEventStore>,
     log_id: Uuid,
+    marked_at_start: u64,
     clock: Arc<dyn trueline_core::clock::Clock>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut marked = events.last_global_position();
+    // From what the start recorded: the relay may publish leftovers before this runs.
+    let mut marked = marked_at_start;
     loop {
         let stopping = tokio::select! {
             () = tokio::time::sleep(MARK_INTERVAL) => false,
@@ -213,6 +217,23 @@ pub async fn keep_marking(
         if stopping || *stop.borrow() {
             return;
         }
+    }
+}
+
+/// The mark at the log's last position now: the server's last one, after its workers (the
+/// relay among them) and requests have stopped appending.
+pub async fn mark_now(
+    store: &dyn Store,
+    events: &FileEventStore,
+    log_id: Uuid,
+    now: time::OffsetDateTime,
+) {
+    let position = events.last_global_position();
+    if let Err(e) = store
+        .set_event_log_mark(EventLogMark { log_id, position }, now, false)
+        .await
+    {
+        tracing::warn!(event = "eventlog.mark_failed", position, error = %e);
     }
 }
 

@@ -21,8 +21,9 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(trueline::cli::run(cli));
     // Log lines are written in batches: the last ones once the runtime (and whatever its
-    // tasks and threads still logged while stopping) is gone.
-    drop(runtime);
+    // tasks and threads still logged while stopping) is gone. Bounded: a blocking task stuck
+    // on a hung disk must not keep the process (its signal handlers swallow SIGTERM now).
+    runtime.shutdown_timeout(std::time::Duration::from_secs(10));
     trueline::telemetry::flush_logs();
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

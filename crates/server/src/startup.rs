@@ -191,8 +191,9 @@ pub struct Application {
     pub state: State,
     config: Config,
     trusted_proxies: Arc<[crate::client_addr::Cidr]>,
-    /// The file event log and its id, whose mark in the database a worker moves forward.
-    log_marks: Option<(Arc<FileEventStore>, uuid::Uuid)>,
+    /// The file event log, its id and the position marked at start, whose mark in the
+    /// database a worker moves forward.
+    log_marks: Option<(Arc<FileEventStore>, uuid::Uuid, u64)>,
     /// SQLite: held while this server runs (one server per database file).
     _sqlite_lock: Option<std::fs::File>,
 }
@@ -360,7 +361,7 @@ impl Application {
         let (events, file_log) = open_events_with(&config, pg.as_ref(), &hooks)?;
         let log_marks = match file_log.filter(|_| paired) {
             Some(log) => {
-                let log_id = crate::log_pairing::check_at_start(
+                let (log_id, marked) = crate::log_pairing::check_at_start(
                     store.as_ref(),
                     &config.eventlog_dir(),
                     &log,
@@ -368,7 +369,7 @@ impl Application {
                     clock.now(),
                 )
                 .await?;
-                Some((log, log_id))
+                Some((log, log_id, marked))
             }
             None => None,
         };
@@ -443,11 +444,13 @@ impl Application {
         let mut workers =
             crate::workers::spawn_all(&self.state, &self.config, workers_stopped.clone());
         let durable = self.config.events.durability == "always";
-        if let Some((log, log_id)) = self.log_marks.clone().filter(|_| durable) {
+        let log_marks = self.log_marks.clone().filter(|_| durable);
+        if let Some((log, log_id, marked)) = log_marks.clone() {
             workers.push(tokio::spawn(crate::log_pairing::keep_marking(
                 self.state.store.clone(),
                 log,
                 log_id,
+                marked,
                 self.state.clock.clone(),
                 workers_stopped,
             )));
@@ -525,21 +528,40 @@ impl Application {
                 abort.abort();
             }
         }
+        // The last mark, once nothing appends any more (the relay stopped with the workers).
+        if let Some((log, log_id, _)) = log_marks {
+            crate::log_pairing::mark_now(
+                self.state.store.as_ref(),
+                &log,
+                log_id,
+                self.state.clock.now(),
+            )
+            .await;
+        }
         tracing::info!(event = "server.stopped");
         Ok(())
     }
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-/// A second signal while the server drains stops it at once (exit code 130): an operator who
-/// asks twice does not want to wait out the grace periods. The listeners are registered once,
+/// A second signal while the server drains (a second or more after the first) stops it at
+/// once (exit code 130): an operator who asks twice does not want to wait out the grace
+/// periods. The listeners are registered once,
 /// before the first signal, so a second one sent right after the first is not missed.
 pub async fn shutdown_signal() {
     let mut signals = Signals::new();
     signals.next().await;
+    let first = std::time::Instant::now();
     tracing::info!(event = "server.signal_received");
     tokio::spawn(async move {
-        signals.next().await;
+        loop {
+            signals.next().await;
+            // One Ctrl-C can arrive as two signals (a process manager forwarding a SIGTERM
+            // after the terminal's SIGINT): only one a second later counts as asking again.
+            if first.elapsed() >= Duration::from_secs(1) {
+                break;
+            }
+        }
         tracing::warn!(event = "server.forced_exit", code = 130);
         std::process::exit(130);
     });

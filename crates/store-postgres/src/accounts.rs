@@ -804,6 +804,22 @@ async fn revoke_selected(
         TokenSelection::One(id) => (Some(id.0), None),
         TokenSelection::AllBut(id) => (None, Some(id.0)),
     };
+    // Locked in id order first (a password change locks the user's tokens that way too):
+    // the UPDATE alone locks in the order it finds rows, and two such could deadlock.
+    sqlx::query(
+        "SELECT id FROM api_tokens
+         WHERE user_id = $1 AND org_id = $2 AND revoked_at IS NULL AND expires_at > $3
+           AND ($4 IS NULL OR id = $4) AND ($5 IS NULL OR id <> $5)
+         ORDER BY id FOR UPDATE",
+    )
+    .bind(user_id.0)
+    .bind(org_id.0)
+    .bind(now)
+    .bind(one)
+    .bind(but)
+    .execute(&mut **tx)
+    .await
+    .map_err(db_error)?;
     let rows = sqlx::query(
         "UPDATE api_tokens SET revoked_at = $3
          WHERE user_id = $1 AND org_id = $2 AND revoked_at IS NULL AND expires_at > $3
