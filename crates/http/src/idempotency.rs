@@ -304,26 +304,27 @@ pub(crate) fn invalid_key() -> ApiError {
     )
 }
 
-/// The (route, method) pairs the API serves, from its OpenAPI document: the layer wraps a
-/// route's every method, also those it answers `405` (a wrong method with a reused key was a
-/// `422 idempotency_key_reused`, and with a fresh one a claim written for nothing).
-pub type Served = Arc<std::sync::OnceLock<std::collections::HashSet<(String, Method)>>>;
+/// The write methods each route of the API serves, from its OpenAPI document: the layer wraps
+/// a route's every method, also those it answers `405` (a wrong method with a reused key was
+/// a `422 idempotency_key_reused`, and with a fresh one a claim written for nothing).
+pub type Served = Arc<std::sync::OnceLock<std::collections::HashMap<String, Vec<Method>>>>;
 
 /// Fills `served` from the finished OpenAPI document.
 pub fn record_served(served: &Served, api: &utoipa::openapi::OpenApi) {
-    let mut pairs = std::collections::HashSet::new();
+    let mut routes = std::collections::HashMap::new();
     for (path, item) in &api.paths.paths {
-        for (method, op) in [
+        let methods: Vec<Method> = [
             (Method::POST, &item.post),
             (Method::PATCH, &item.patch),
             (Method::PUT, &item.put),
-        ] {
-            if op.is_some() {
-                pairs.insert((path.clone(), method));
-            }
-        }
+        ]
+        .into_iter()
+        .filter(|(_, op)| op.is_some())
+        .map(|(method, _)| method)
+        .collect();
+        routes.insert(path.clone(), methods);
     }
-    let _ = served.set(pairs);
+    let _ = served.set(routes);
 }
 
 pub async fn layer(served: Served, request: Request, next: Next) -> Response {
@@ -336,18 +337,19 @@ pub async fn layer(served: Served, request: Request, next: Next) -> Response {
     ) {
         return next.run(request).await;
     }
-    // A method the route does not serve goes on to its `405`.
-    if let (Some(pairs), Some(matched)) = (
+    // A method a documented route does not serve goes on to its `405`. (A route the document
+    // does not know keeps the layer: nothing is switched off by omission.)
+    if let (Some(routes), Some(matched)) = (
         served.get(),
         request.extensions().get::<axum::extract::MatchedPath>(),
     ) {
         let path = matched.as_str();
-        let full = if path.starts_with(crate::API_PREFIX) {
-            path.to_owned()
+        let methods = if path.starts_with(crate::API_PREFIX) {
+            routes.get(path)
         } else {
-            format!("{}{path}", crate::API_PREFIX)
+            routes.get(&format!("{}{path}", crate::API_PREFIX))
         };
-        if !pairs.contains(&(full, request.method().clone())) {
+        if methods.is_some_and(|m| !m.contains(request.method())) {
             return next.run(request).await;
         }
     }
