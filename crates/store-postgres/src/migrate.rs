@@ -239,25 +239,8 @@ impl Migrations for PgStore {
 
     async fn migration_status(&self) -> Result<Vec<MigrationStatus>, StoreError> {
         let applied = self.applied_versions().await?;
-        let mut status: Vec<MigrationStatus> = MIGRATIONS
-            .iter()
-            .map(|&(version, description, _, _)| MigrationStatus {
-                version,
-                description: description.to_owned(),
-                applied: applied.contains(&version),
-            })
-            .collect();
-        status.extend(
-            applied
-                .iter()
-                .filter(|v| !MIGRATIONS.iter().any(|m| m.0 == **v))
-                .map(|&version| MigrationStatus {
-                    version,
-                    description: trueline_store::UNKNOWN_MIGRATION.to_owned(),
-                    applied: true,
-                }),
-        );
-        Ok(status)
+        let known: Vec<(i64, &str)> = MIGRATIONS.iter().map(|m| (m.0, m.1)).collect();
+        Ok(trueline_store::migration_status(&known, &applied))
     }
 }
 

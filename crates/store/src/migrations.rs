@@ -6,6 +6,30 @@ use crate::StoreError;
 /// it): `migrate status` lists it, and `migrate down` refuses to run past it.
 pub const UNKNOWN_MIGRATION: &str = "applied by a newer version: unknown to this binary";
 
+/// Every migration the binary has (version, description), applied or pending, then the
+/// applied versions it does not have ([`UNKNOWN_MIGRATION`]).
+pub fn migration_status(known: &[(i64, &str)], applied: &[i64]) -> Vec<MigrationStatus> {
+    let mut status: Vec<MigrationStatus> = known
+        .iter()
+        .map(|&(version, description)| MigrationStatus {
+            version,
+            description: description.to_owned(),
+            applied: applied.contains(&version),
+        })
+        .collect();
+    status.extend(
+        applied
+            .iter()
+            .filter(|v| !known.iter().any(|k| k.0 == **v))
+            .map(|&version| MigrationStatus {
+                version,
+                description: UNKNOWN_MIGRATION.to_owned(),
+                applied: true,
+            }),
+    );
+    status
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MigrationStatus {
     pub version: i64,
