@@ -317,7 +317,7 @@ mod writer;
 
 pub use error::{AppendError, OpenError, ReadError};
 pub use format::FORMAT_VERSION;
-pub use log::{CommitListener, EventLog, LOCK_FILE_NAME};
+pub use log::{CommitListener, EventLog, LOCK_FILE_NAME, holds_segments};
 pub use options::{
     APPEND_SIZE_LIMIT_BYTES, BATCH_DEFAULT_MAX, BATCH_LIMIT_MAX, CACHED_SEALED_SEGMENTS_DEFAULT,
     Durability, EVENT_SIZE_DEFAULT_BYTES, EVENT_SIZE_LIMIT_BYTES, EVENT_TYPE_LEN_MAX,

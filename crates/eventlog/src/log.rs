@@ -877,6 +877,15 @@ fn seal_segment(shared: &Shared, first: u64) {
     }
 }
 
+/// Whether `dir` holds a segment file (a missing directory holds none), without opening or
+/// creating anything: a start uses it to tell an empty or unmounted log directory.
+pub fn holds_segments(dir: &Path) -> Result<bool, OpenError> {
+    if !dir.exists() {
+        return Ok(false);
+    }
+    Ok(!list_segments(dir)?.is_empty())
+}
+
 /// Segment files of `dir`, sorted by first position.
 pub(crate) fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, OpenError> {
     let mut segs = Vec::new();

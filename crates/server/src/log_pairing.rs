@@ -101,7 +101,9 @@ pub fn mismatch(
 
 /// Before the log is opened (opening creates a log in an empty or missing directory): a
 /// database that knows a log refuses a directory without that log's id, creating nothing
-/// (an unmounted volume's mount point stays empty).
+/// (an unmounted volume's mount point stays empty). A database without a mark (used only
+/// by versions before the pairing) whose relay published events refuses a directory without
+/// segments: it had a log, and the first start must not adopt an empty one in its place.
 pub async fn check_before_open(store: &dyn Store, dir: &Path) -> anyhow::Result<()> {
     let found = if dir.is_dir() {
         read_log_id(dir)?
@@ -115,10 +117,26 @@ pub async fn check_before_open(store: &dyn Store, dir: &Path) -> anyhow::Result<
         .event_log_mark()
         .await
         .context("reading the event log mark")?;
-    match mismatch(dir, None, 0, mark, false) {
-        Some(why) => anyhow::bail!(why),
-        None => Ok(()),
+    if let Some(why) = mismatch(dir, None, 0, mark, false) {
+        anyhow::bail!(why);
     }
+    if mark.is_none()
+        && !trueline_eventlog::holds_segments(dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+        && store
+            .outbox_ever_published()
+            .await
+            .context("reading the outbox")?
+    {
+        anyhow::bail!(
+            "the event log in {} is empty or missing, but this database's outbox relay has \
+             published events into a log: is the log's volume mounted? Start it with the log \
+             it was used with (restore that directory), or accept an empty log with \
+             `trueline eventlog pair --yes` (positions from 1 on are then handed out again)",
+            dir.display()
+        );
+    }
+    Ok(())
 }
 
 /// Checks the log against the database's mark at start-up and moves the mark to the log's

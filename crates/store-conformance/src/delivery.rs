@@ -239,6 +239,39 @@ pub async fn only_rows_every_destination_published_are_purged_oldest_first(f: &F
     assert_eq!(pending.pending, 1);
 }
 
+/// A database tells whether its relay ever published (a start without an event log asks).
+pub async fn the_outbox_tells_whether_it_ever_published(f: &Fixture) {
+    let ever = || async { f.store.outbox_ever_published().await.expect("ask") };
+    assert!(!ever().await, "a new database");
+    let a = owner_actor(f, "ann@example.com").await;
+    create(f, &a, "Milk", 1).await;
+    assert!(!ever().await, "rows waiting are not published");
+    let t = now();
+    let rows = lease(f, Destination::EventLog, "r", t, 10, 2).await;
+    let s: Vec<i64> = rows.iter().map(|r| r.seq).collect();
+    f.store
+        .complete_outbox(Destination::Nats, &s, &[], t)
+        .await
+        .expect("complete");
+    assert!(!ever().await, "published to NATS only");
+    f.store
+        .complete_outbox(Destination::EventLog, &s[..1], &[], t)
+        .await
+        .expect("complete");
+    assert!(ever().await, "a published row is kept");
+    let purged = f
+        .store
+        .purge_outbox(t + Duration::hours(1), false, 100)
+        .await
+        .expect("purge");
+    assert_eq!(purged, 1);
+    assert_eq!(f.raw.scalar("SELECT count(*) FROM outbox").await, 1);
+    assert!(
+        ever().await,
+        "the published row was purged: the sequence still tells"
+    );
+}
+
 pub async fn failed_publications_are_counted(f: &Fixture) {
     owner_actor(f, "ann@example.com").await;
     let t = now();

@@ -91,6 +91,7 @@ macro_rules! conformance_suite {
             delivery::outbox_rows_are_leased_per_organization_in_sequence_order,
             delivery::completing_marks_rows_once_and_creates_each_delivery_once,
             delivery::only_rows_every_destination_published_are_purged_oldest_first,
+            delivery::the_outbox_tells_whether_it_ever_published,
             delivery::failed_publications_are_counted,
             delivery::webhooks_are_listed_per_organization_and_deleted_with_their_deliveries,
             delivery::deliveries_retry_then_die_and_can_be_redelivered,

@@ -248,4 +248,18 @@ impl trueline_store::EventLogMarks for PgStore {
         .map_err(db_error)?;
         Ok(done.rows_affected() > 0)
     }
+
+    async fn outbox_ever_published(&self) -> Result<bool, StoreError> {
+        // The sequence's last value, NULL before its first use; it also moves for inserts
+        // that rolled back (see the trait).
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM outbox WHERE published_at IS NOT NULL)
+                 OR COALESCE(pg_sequence_last_value(
+                        pg_get_serial_sequence('outbox', 'seq')::regclass), 0)
+                    > (SELECT count(*) FROM outbox)",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db_error)
+    }
 }

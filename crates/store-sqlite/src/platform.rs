@@ -263,4 +263,17 @@ impl trueline_store::EventLogMarks for SqliteStore {
         tx.commit().await.map_err(db_error)?;
         Ok(done.rows_affected() > 0)
     }
+
+    async fn outbox_ever_published(&self) -> Result<bool, StoreError> {
+        // `AUTOINCREMENT` keeps the highest `seq` ever committed in `sqlite_sequence` (a
+        // rollback takes it back), so a sequence past the row count means deleted rows.
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM outbox WHERE published_at IS NOT NULL)
+                 OR COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'outbox'), 0)
+                    > (SELECT count(*) FROM outbox)",
+        )
+        .fetch_one(&self.reader)
+        .await
+        .map_err(db_error)
+    }
 }

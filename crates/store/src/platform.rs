@@ -133,4 +133,14 @@ pub trait EventLogMarks: Send + Sync {
         now: OffsetDateTime,
         replace: bool,
     ) -> Result<bool, StoreError>;
+
+    /// Whether the outbox relay ever published a row (into the event log): a published row
+    /// is still kept, or rows were purged (the purge deletes published rows only). A start
+    /// that finds no event log and no mark asks this: such a database had a log (one used
+    /// before the mark existed), and starting a new one would hand out its positions again.
+    /// Purged rows are told by the outbox's sequence having gone past its rows; on
+    /// PostgreSQL, whose sequences also skip the values of rolled-back inserts, that can
+    /// answer yes for rows that were never published (the pairing that asks is made on the
+    /// embedded configuration only).
+    async fn outbox_ever_published(&self) -> Result<bool, StoreError>;
 }

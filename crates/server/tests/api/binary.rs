@@ -470,6 +470,84 @@ async fn a_start_refuses_an_event_log_that_is_not_the_databases() {
     terminate(&mut server);
 }
 
+/// A database from before the pairing (no mark) whose relay published events had a log: the
+/// first start with the pairing refuses an empty or missing log directory (an unmounted
+/// volume) instead of adopting it, and adopts the log it finds there as it is.
+#[tokio::test]
+async fn a_first_start_with_the_pairing_refuses_a_missing_log_the_database_published_into() {
+    use sqlx::Connection;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("eventlog");
+    let client = reqwest::Client::new();
+    let (mut server, address, _lines) = start_server(dir.path());
+    let body = sign_up_over_http(&client, &address, "ann@example.com").await;
+    let token = body["token"]["token"].as_str().unwrap().to_owned();
+    // The relay has published the sign-up's events once the owner reads them.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let page: Value = client
+            .get(format!("{address}/api/v1/events?after=0"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if !page["data"].as_array().unwrap().is_empty() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "nothing published");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    terminate(&mut server);
+    // What a version before the pairing leaves: no mark, no log id.
+    let url = format!("sqlite://{}", dir.path().join("trueline.db").display());
+    let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query("DELETE FROM event_log_mark")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    db.close().await.unwrap();
+    std::fs::remove_file(log.join("log-id")).unwrap();
+    let unmounted = dir.path().join("eventlog-volume");
+    std::fs::rename(&log, &unmounted).unwrap();
+    std::fs::create_dir(&log).unwrap();
+
+    let (started, said) = run_to_end(dir.path(), &["serve", "--bind", "127.0.0.1:0"], &[]);
+    assert!(!started, "an empty log directory is refused");
+    assert!(
+        said.contains("is empty or missing") && said.contains("pair --yes"),
+        "{said}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&log).unwrap().count(),
+        0,
+        "the refused start created nothing in it"
+    );
+    std::fs::remove_dir(&log).unwrap();
+    let (started, said) = run_to_end(dir.path(), &["serve", "--bind", "127.0.0.1:0"], &[]);
+    assert!(!started && said.contains("is empty or missing"), "{said}");
+    assert!(!log.exists());
+
+    // The volume back: its log is adopted (given an id) and serves the events it holds.
+    std::fs::rename(&unmounted, &log).unwrap();
+    let (mut server, address, _lines) = start_server(dir.path());
+    let page: Value = client
+        .get(format!("{address}/api/v1/events?after=0"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(!page["data"].as_array().unwrap().is_empty());
+    terminate(&mut server);
+    assert!(log.join("log-id").exists());
+}
+
 /// A start refused by its settings or its address refuses before it opens, creates or
 /// migrates the database (on PostgreSQL a shared one).
 #[test]

@@ -431,9 +431,18 @@ async fn a_restarted_sqlite_server_releases_what_the_dead_one_held_and_refuses_a
     .unwrap();
     assert_eq!(app.count("outbox_leases").await, 1);
     // (The same database file; a fresh event log, as the old one is still open in `app`: the
-    // database forgets its log, as `trueline eventlog pair --yes` would make it take this one.)
-    app.execute("DELETE FROM event_log_mark").await.unwrap();
+    // database takes it, as `trueline eventlog pair --yes` would.)
     let fresh_log = tempfile::tempdir().unwrap();
+    let fresh_id = uuid::Uuid::new_v4();
+    let fresh_dir = fresh_log.path().join("eventlog");
+    std::fs::create_dir_all(&fresh_dir).unwrap();
+    std::fs::write(fresh_dir.join("log-id"), format!("{fresh_id}\n")).unwrap();
+    app.execute(&format!(
+        "UPDATE event_log_mark SET log_id = X'{}', position = 0",
+        fresh_id.simple()
+    ))
+    .await
+    .unwrap();
     let mut config = app.config.clone();
     config.data_dir = fresh_log.path().to_path_buf();
     config.database.url = Some(app.config.database_url());
