@@ -39,13 +39,19 @@ pub async fn observe(mut request: Request, next: Next) -> Response {
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let started = Instant::now();
     let wake = request
         .extensions()
         .get::<crate::state::AppState>()
         .map(|s| s.outbox_wake.clone());
     let span = request_span(&id);
     tracing::debug!(parent: &span, event = "http.request.started", method = %method, route = %route);
+    let mut outcome = Outcome {
+        span: span.clone(),
+        method: method.clone(),
+        route,
+        started: Instant::now(),
+        answered: false,
+    };
 
     let mut response =
         request_id::scope(id.clone(), next.run(request).instrument(span.clone())).await;
@@ -84,24 +90,58 @@ pub async fn observe(mut request: Request, next: Next) -> Response {
     {
         state.notify_one();
     }
-    let latency = started.elapsed();
-    let status_code = response.status().as_u16();
-    tracing::info!(
-        parent: &span,
-        event = "http.request.completed",
-        method = %method,
-        route = %route,
-        status = status_code,
-        latency_ms = latency.as_secs_f64() * 1000.0,
-    );
-    metrics::histogram!(
-        "http_request_duration_seconds",
-        "route" => route,
-        "method" => method_label(&method),
-        "status" => status_code.to_string(),
-    )
-    .record(latency.as_secs_f64());
+    outcome.answered(response.status().as_u16());
     response
+}
+
+/// The request's one closing log line and its latency sample. Written when the answer is
+/// ready, or, if the request is dropped before that (its client went away and the
+/// connection with it: hyper drops the handler's future), when it is dropped:
+/// `http.request.aborted` with status 499 (nginx's "client closed request"). A write the
+/// handler had sent to the database may have committed all the same; the audit trail tells.
+struct Outcome {
+    span: tracing::Span,
+    method: axum::http::Method,
+    route: String,
+    started: Instant,
+    answered: bool,
+}
+
+/// The status recorded for a request whose client went away before its answer.
+const CLIENT_CLOSED_REQUEST: u16 = 499;
+
+impl Outcome {
+    fn answered(&mut self, status: u16) {
+        self.answered = true;
+        self.record("http.request.completed", status);
+    }
+
+    fn record(&self, event: &'static str, status: u16) {
+        let latency = self.started.elapsed();
+        tracing::info!(
+            parent: &self.span,
+            event,
+            method = %self.method,
+            route = %self.route,
+            status,
+            latency_ms = latency.as_secs_f64() * 1000.0,
+        );
+        metrics::histogram!(
+            "http_request_duration_seconds",
+            "route" => self.route.clone(),
+            "method" => method_label(&self.method),
+            "status" => status.to_string(),
+        )
+        .record(latency.as_secs_f64());
+    }
+}
+
+impl Drop for Outcome {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.record("http.request.aborted", CLIENT_CLOSED_REQUEST);
+        }
+    }
 }
 
 /// The method as a metrics label: the standard ones by name, any other as `other`. A client

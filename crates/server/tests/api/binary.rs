@@ -31,11 +31,11 @@ pub(crate) fn start_server_with(
     let mut child = command
         .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
         .arg(dir)
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .env("TRUELINE_AUTH__PASSWORD_MEMORY_KIB", "64")
         .env("TRUELINE_AUTH__PASSWORD_ITERATIONS", "1")
         .env("TRUELINE_SERVER__SHUTDOWN_DRAIN_MS", "0")
         .env("TRUELINE_LOG__LEVEL", "debug")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -546,6 +546,56 @@ async fn a_first_start_with_the_pairing_refuses_a_missing_log_the_database_publi
     assert!(!page["data"].as_array().unwrap().is_empty());
     terminate(&mut server);
     assert!(log.join("log-id").exists());
+}
+
+/// A request whose client goes away before its answer still leaves its closing log line:
+/// `http.request.aborted` with status 499 (it left no line at all).
+#[tokio::test]
+async fn a_request_dropped_before_its_answer_is_logged_as_aborted() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    // Password hashing slow enough (~0.1-0.5 s) for a login to be under way when its
+    // client leaves.
+    let slow = [
+        ("TRUELINE_AUTH__PASSWORD_MEMORY_KIB", "65536".to_owned()),
+        ("TRUELINE_AUTH__PASSWORD_ITERATIONS", "3".to_owned()),
+    ];
+    let (mut server, address, lines) = start_server_with(dir.path(), &slow);
+    let client = reqwest::Client::new();
+    sign_up_over_http(&client, &address, "ann@example.com").await;
+    let host = address.trim_start_matches("http://");
+    let login = json!({"email": "ann@example.com", "password": PASSWORD}).to_string();
+    let mut socket = std::net::TcpStream::connect(host).unwrap();
+    write!(
+        socket,
+        "POST /api/v1/auth/tokens HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nx-request-id: left-early\r\n\r\n{login}",
+        login.len()
+    )
+    .unwrap();
+    socket.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    drop(socket);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let closing = loop {
+        let line = lines
+            .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+            .expect("a closing line for the request");
+        let value: Value = serde_json::from_str(&line).unwrap();
+        if value["request_id"] == "left-early"
+            && value["event"]
+                .as_str()
+                .unwrap()
+                .starts_with("http.request.")
+            && value["event"] != "http.request.started"
+        {
+            break value;
+        }
+    };
+    assert_eq!(closing["event"], "http.request.aborted", "{closing}");
+    assert_eq!(closing["status"], 499, "{closing}");
+    assert_eq!(closing["route"], "/api/v1/auth/tokens", "{closing}");
+    terminate(&mut server);
 }
 
 /// A start refused by its settings or its address refuses before it opens, creates or
