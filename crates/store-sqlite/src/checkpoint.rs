@@ -33,25 +33,83 @@ pub(crate) async fn checkpoint_continuously(
     writer: Arc<writer::Writer>,
     alive: std::sync::Weak<()>,
 ) {
+    let mut failures = Failures::default();
     while !writer.is_closed() && alive.strong_count() > 0 {
         tokio::time::sleep(CHECKPOINT_INTERVAL).await;
-        match checkpoint(&checkpointer).await {
+        let round = match checkpoint(&checkpointer).await {
             Ok(frames) if frames > RESTART_AFTER_FRAMES => {
                 let Ok(_held) = writer.acquire().await else {
                     continue;
                 };
-                if let Err(e) = checkpoint(&checkpointer).await {
-                    tracing::warn!(event = "error.db", error = %e, "WAL checkpoint failed");
+                checkpoint(&checkpointer).await.map(|_| ())
+            }
+            Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        };
+        match round {
+            Ok(()) => {
+                if let Some(failed) = failures.succeeded() {
+                    tracing::info!(
+                        event = "sqlite.checkpoint_recovered",
+                        failed_rounds = failed,
+                        "WAL checkpoints work again"
+                    );
                 }
             }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(event = "error.db", error = %e, "WAL checkpoint failed"),
+            Err(e) => {
+                if let Some(since_logged) = failures.failed(std::time::Instant::now()) {
+                    tracing::warn!(
+                        event = "error.db",
+                        error = %e,
+                        failed_rounds_since_last_line = since_logged,
+                        "WAL checkpoint failed"
+                    );
+                }
+            }
         }
     }
     let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
         .execute(&checkpointer)
         .await;
     checkpointer.close().await;
+}
+
+/// How often a checkpoint that keeps failing is logged: a full disk fails every round
+/// (five a second), and a line per round would fill what room the logs have left.
+const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Failed rounds in a row, and when one was last logged.
+#[derive(Default)]
+struct Failures {
+    in_a_row: u64,
+    not_logged: u64,
+    last_logged: Option<std::time::Instant>,
+}
+
+impl Failures {
+    /// A round failed at `now`: `Some(rounds failed since the last line)` if this one is to
+    /// be logged (the first of a run, then one a minute).
+    fn failed(&mut self, now: std::time::Instant) -> Option<u64> {
+        self.in_a_row += 1;
+        self.not_logged += 1;
+        let due = self.in_a_row == 1
+            || self
+                .last_logged
+                .is_none_or(|at| now.duration_since(at) >= FAILURE_LOG_INTERVAL);
+        if !due {
+            return None;
+        }
+        self.last_logged = Some(now);
+        Some(std::mem::take(&mut self.not_logged))
+    }
+
+    /// A round succeeded: `Some(rounds failed in a row)` if it ends a run of failures.
+    fn succeeded(&mut self) -> Option<u64> {
+        let failed = std::mem::take(&mut self.in_a_row);
+        self.not_logged = 0;
+        self.last_logged = None;
+        (failed > 0).then_some(failed)
+    }
 }
 
 /// A passive checkpoint; returns the frames in the WAL.
@@ -65,7 +123,38 @@ async fn checkpoint(checkpointer: &SqlitePool) -> Result<i64, sqlx::Error> {
 
 #[cfg(test)]
 mod tests {
+    use super::{FAILURE_LOG_INTERVAL, Failures};
     use crate::{SqliteOptions, SqliteStore};
+
+    #[test]
+    fn a_checkpoint_failing_every_round_is_logged_once_a_minute_and_its_end_once() {
+        let mut failures = Failures::default();
+        let start = std::time::Instant::now();
+        let at = |ms: u64| start + std::time::Duration::from_millis(ms);
+        assert_eq!(failures.failed(at(0)), Some(1), "the first failure");
+        let logged: Vec<Option<u64>> = (1..=300).map(|i| failures.failed(at(i * 200))).collect();
+        let lines: Vec<u64> = logged.iter().flatten().copied().collect();
+        assert_eq!(
+            lines,
+            vec![300],
+            "one line at the minute, counting the rounds since"
+        );
+        assert_eq!(
+            failures.failed(at(300 * 200) + FAILURE_LOG_INTERVAL),
+            Some(1)
+        );
+        assert_eq!(
+            failures.succeeded(),
+            Some(302),
+            "the run's end, with its length"
+        );
+        assert_eq!(failures.succeeded(), None);
+        assert_eq!(
+            failures.failed(at(61_000)),
+            Some(1),
+            "a new run is logged at once"
+        );
+    }
 
     /// Without the held second round the WAL only grew while commits kept coming.
     #[tokio::test]
