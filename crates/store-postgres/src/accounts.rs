@@ -767,6 +767,17 @@ impl AccountStore for PgStore {
             MembershipChange::Remove { role: target.role },
             is_self,
         )?;
+        // The delete cascades to the member's tokens, locking them in the order it finds
+        // them; a password change and revocations lock a user's tokens in id order, so
+        // they are locked that way first (two orders could deadlock).
+        sqlx::query(
+            "SELECT id FROM api_tokens WHERE org_id = $1 AND user_id = $2 ORDER BY id FOR UPDATE",
+        )
+        .bind(actor.org_id.0)
+        .bind(user_id.0)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
         sqlx::query("DELETE FROM memberships WHERE org_id = $1 AND user_id = $2")
             .bind(actor.org_id.0)
             .bind(user_id.0)

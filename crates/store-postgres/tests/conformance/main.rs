@@ -508,3 +508,97 @@ async fn a_password_change_takes_the_outbox_locks_in_the_shared_order() {
     let revoked = change.await.unwrap().expect("the change commits");
     assert_eq!(revoked, 1, "the token in the other organization");
 }
+
+/// A member's removal cascades to their tokens; it locks them in id order first, as a
+/// password change and revocations do (two orders could deadlock). Here the tokens' heap
+/// and index order is the reverse of their ids (the lower one was updated, so its live
+/// version comes last), and another transaction holds the higher one: the removal must hold the lower one
+/// while it waits. The cascade alone went in heap order and waited holding nothing.
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set TRUELINE_TEST_POSTGRES_URL and run with --ignored"]
+async fn a_member_removal_locks_the_members_tokens_in_id_order() {
+    use trueline_core::accounts::{Email, Role};
+    use trueline_store::AccountStore;
+    use trueline_store_conformance::fixtures::{actor, new_token, now, signup_of};
+    let (_database, store) = migrated_store().await;
+    let pool = store.pool().clone();
+    let ann = store
+        .sign_up(signup_of("ann@example.com", "A"))
+        .await
+        .unwrap();
+    let bob = store
+        .sign_up(signup_of("bob@example.com", "B"))
+        .await
+        .unwrap();
+    let owner = actor(ann.organization.id, ann.user.id, Role::Owner);
+    store
+        .add_member(
+            &owner,
+            &Email::parse(&bob.user.email).unwrap(),
+            Role::Member,
+            None,
+        )
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let token = new_token(bob.user.id, ann.organization.id, now());
+        ids.push(token.id.0);
+        store.create_token(token, None, "req").await.unwrap();
+    }
+    ids.sort();
+    let (low, high) = (ids[0], ids[1]);
+    // An indexed column, so not a HOT update: the index entries move with the row too.
+    sqlx::query("UPDATE api_tokens SET token_hash = sha256(token_hash) WHERE id = $1")
+        .bind(low)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let heap_order: Vec<uuid::Uuid> = sqlx::query_scalar(
+        "SELECT id FROM api_tokens WHERE org_id = $1 AND user_id = $2 ORDER BY ctid",
+    )
+    .bind(ann.organization.id.0)
+    .bind(bob.user.id.0)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        heap_order,
+        vec![high, low],
+        "the set-up reverses the heap order"
+    );
+    let mut other = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM api_tokens WHERE id = $1 FOR UPDATE")
+        .bind(high)
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    let removal = {
+        let store = store.clone();
+        let bob_id = bob.user.id;
+        tokio::spawn(async move { store.remove_member(&owner, bob_id).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let probe = sqlx::query("SELECT 1 FROM api_tokens WHERE id = $1 FOR UPDATE NOWAIT")
+        .bind(low)
+        .execute(&pool)
+        .await;
+    other.commit().await.unwrap();
+    let lock_not_available = match &probe {
+        Err(sqlx::Error::Database(e)) => e.code().as_deref() == Some("55P03"),
+        _ => false,
+    };
+    assert!(
+        lock_not_available,
+        "the removal holds the lower id while it waits for the higher: {probe:?}"
+    );
+    assert!(removal.await.unwrap().expect("the removal commits"));
+    let left: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM api_tokens WHERE user_id = $1 AND org_id = $2")
+            .bind(bob.user.id.0)
+            .bind(ann.organization.id.0)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(left, 0);
+}
