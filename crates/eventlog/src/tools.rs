@@ -469,10 +469,13 @@ pub fn verify(dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<VerifyRe
                         && (cp.records == 0
                             || cp.last_offset()
                                 == seg.offsets.get(cp.records - 1).map(|o| u64::from(*o)));
-                    if matches {
-                        Ok(())
-                    } else {
+                    if !matches {
                         Err("does not match the segment".to_string())
+                    } else {
+                        // The last record's checksum too, as open checks it.
+                        File::open(path)
+                            .map_err(|e| e.to_string())
+                            .and_then(|file| crate::log::check_checkpoint_tail(&file, &cp))
                     }
                 }
                 (Ok(_), None) => Err("no segment".to_string()),
