@@ -915,6 +915,8 @@ impl<S: Send + Sync> FromRequest<S> for Upload {
             while let Some(field) = multipart.next_field().await.map_err(|e| {
                 if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
                     too_large()
+                } else if crate::body_read::is_stalled(&e) {
+                    crate::body_read::timed_out_reading()
                 } else {
                     ApiError::field("/file", "invalid_upload", e.body_text())
                 }
@@ -936,6 +938,8 @@ impl<S: Send + Sync> FromRequest<S> for Upload {
                 let bytes = field.bytes().await.map_err(|e| {
                     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
                         too_large()
+                    } else if crate::body_read::is_stalled(&e) {
+                        crate::body_read::timed_out_reading()
                     } else {
                         ApiError::field("/file", "invalid_upload", e.body_text())
                     }
@@ -954,6 +958,8 @@ impl<S: Send + Sync> FromRequest<S> for Upload {
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 too_large()
+            } else if crate::body_read::is_stalled(&e) {
+                crate::body_read::timed_out_reading()
             } else {
                 ApiError::field("/file", "invalid_upload", e.body_text())
             }

@@ -31,7 +31,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
                     "the request body exceeds the size limit",
                 )
             } else {
-                ApiError::new(codes::MALFORMED_JSON, rejection.body_text())
+                crate::body_read::read_failed(&rejection)
             }
         })?;
         parse_json(&bytes).map(ApiJson)

@@ -398,13 +398,9 @@ async fn claimed(request: Request, raw_key: HeaderValue, next: Next) -> Result<R
     } else {
         state.settings.body_limit_bytes
     };
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
-        ApiError::new(
-            codes::PAYLOAD_TOO_LARGE,
-            "the request body exceeds the size limit",
-        )
-        .into_response()
-    })?;
+    let bytes = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|e| crate::body_read::read_failed(&e).into_response())?;
     let scope = IdempotencyScope::new(principal.org_id, principal.user_id, key.as_str().to_owned());
     // Nested routers see the path without their prefix; the fingerprint uses the full one.
     let path = parts

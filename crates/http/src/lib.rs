@@ -9,6 +9,7 @@
 pub mod accounts;
 pub mod assessments;
 pub mod auth;
+pub mod body_read;
 pub mod candidates;
 pub mod combiner;
 pub mod events;

@@ -39,10 +39,17 @@ pub async fn observe(mut request: Request, next: Next) -> Response {
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let wake = request
-        .extensions()
-        .get::<crate::state::AppState>()
-        .map(|s| s.outbox_wake.clone());
+    let state = request.extensions().get::<crate::state::AppState>();
+    let wake = state.map(|s| s.outbox_wake.clone());
+    let idle = state.map_or_else(
+        || crate::state::HttpSettings::default().body_read_timeout,
+        |s| s.settings.body_read_timeout,
+    );
+    let (request, body) = {
+        let (parts, body) = request.into_parts();
+        let (body, progress) = crate::body_read::watch(body, idle);
+        (Request::from_parts(parts, body), progress)
+    };
     let span = request_span(&id);
     tracing::debug!(parent: &span, event = "http.request.started", method = %method, route = %route);
     let mut outcome = Outcome {
@@ -67,8 +74,15 @@ pub async fn observe(mut request: Request, next: Next) -> Response {
         .is_none_or(|v| v.as_bytes().starts_with(b"text/plain"));
     if status.as_u16() >= 400 && is_plain {
         let headers = std::mem::take(response.headers_mut());
-        response =
-            request_id::sync_scope(id.clone(), || problem::for_status(status).into_response());
+        // A request timeout that found the handler still waiting for the body: nothing
+        // was changed (see `body_read`).
+        let problem =
+            if status == axum::http::StatusCode::SERVICE_UNAVAILABLE && body.waiting_for_body() {
+                crate::body_read::timed_out_reading()
+            } else {
+                problem::for_status(status)
+            };
+        response = request_id::sync_scope(id.clone(), || problem.into_response());
         for (name, value) in headers.iter() {
             if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
                 response.headers_mut().insert(name.clone(), value.clone());

@@ -127,6 +127,11 @@ fn complete(path: &str, writes: bool, op: &mut Operation) {
         add(op, 422, "Idempotency key used for another request");
     }
     if has_body {
+        add(
+            op,
+            408,
+            "The body did not arrive in time; nothing was changed",
+        );
         add(op, 413, "Body too large");
         add(op, 415, "Body is not JSON");
     }

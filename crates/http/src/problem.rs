@@ -84,6 +84,7 @@ error_codes! {
     DEPENDENCY_UNAVAILABLE = ("dependency_unavailable", SERVICE_UNAVAILABLE, "A dependency is unavailable");
     OVERLOADED = ("overloaded", SERVICE_UNAVAILABLE, "The server is at capacity");
     TIMEOUT = ("timeout", SERVICE_UNAVAILABLE, "The request took too long");
+    REQUEST_TIMEOUT = ("request_timeout", REQUEST_TIMEOUT, "The request body did not arrive in time");
 }
 
 /// The wire shape of a problem (also the OpenAPI schema).

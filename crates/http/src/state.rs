@@ -15,6 +15,8 @@ pub struct HttpSettings {
     pub body_limit_bytes: usize,
     /// Longest a request may take before a 503 `timeout`.
     pub request_timeout: Duration,
+    /// Longest a request body may pause before a 408 `request_timeout` (`body_read`).
+    pub body_read_timeout: Duration,
     /// Lifetime of a new API token.
     pub token_ttl: Duration,
     /// Failed logins allowed per (email, client) per window; per email from anywhere ten
@@ -41,6 +43,7 @@ impl Default for HttpSettings {
         Self {
             body_limit_bytes: 1024 * 1024,
             request_timeout: Duration::from_secs(30),
+            body_read_timeout: Duration::from_secs(10),
             token_ttl: Duration::from_secs(30 * 24 * 3600),
             login_failures_max: 5,
             login_failure_window: Duration::from_secs(15 * 60),

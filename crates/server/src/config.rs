@@ -274,6 +274,9 @@ impl Default for IdempotencyConfig {
 pub struct ServerConfig {
     pub bind: String,
     pub request_timeout_ms: u64,
+    /// A request body whose next bytes do not come within this time is refused with `408
+    /// request_timeout` (nothing was changed); so is one still unread at the request timeout.
+    pub body_read_timeout_ms: u64,
     pub body_limit_bytes: usize,
     /// After SIGTERM, how long `/readyz` fails while requests are still served, so load
     /// balancers stop routing here before the listener closes.
@@ -350,6 +353,7 @@ impl Default for ServerConfig {
         Self {
             bind: "127.0.0.1:8080".into(),
             request_timeout_ms: 30_000,
+            body_read_timeout_ms: 10_000,
             body_limit_bytes: 1024 * 1024,
             shutdown_drain_ms: 1_000,
             shutdown_grace_ms: 30_000,
@@ -459,6 +463,12 @@ impl Config {
         within(
             "server.request_timeout_ms",
             self.server.request_timeout_ms,
+            1,
+            DAY_MS,
+        );
+        within(
+            "server.body_read_timeout_ms",
+            self.server.body_read_timeout_ms,
             1,
             DAY_MS,
         );

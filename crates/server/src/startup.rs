@@ -337,6 +337,7 @@ impl Application {
         let settings = HttpSettings {
             body_limit_bytes: config.server.body_limit_bytes,
             request_timeout: Duration::from_millis(config.server.request_timeout_ms),
+            body_read_timeout: Duration::from_millis(config.server.body_read_timeout_ms),
             token_ttl: Duration::from_secs(u64::from(config.auth.token_ttl_days) * 24 * 3600),
             login_failures_max: config.auth.login_failures_max,
             login_failure_window: Duration::from_secs(config.auth.login_failure_window_s),

@@ -704,3 +704,135 @@ async fn a_client_that_stops_reading_its_answer_loses_the_connection() {
     eprintln!("served after {:?}", started.elapsed());
     drop(stalled);
 }
+
+/// Sends a request head announcing `length` body bytes, then `parts` of the body with
+/// `pause` before each; returns the response head and body (the server answers early).
+async fn send_body_slowly(
+    address: &str,
+    head: &str,
+    length: usize,
+    parts: &[&[u8]],
+    pause: Duration,
+) -> (String, Value) {
+    let mut stream = TcpStream::connect(address).await.unwrap();
+    stream
+        .write_all(format!("{head}content-length: {length}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    for part in parts {
+        tokio::time::sleep(pause).await;
+        // The server may have answered and closed already.
+        if stream.write_all(part).await.is_err() {
+            break;
+        }
+    }
+    read_response(&mut stream).await
+}
+
+/// Reads one response whose body is JSON with a `content-length`.
+async fn read_response(stream: &mut TcpStream) -> (String, Value) {
+    let response_head = read_response_head(stream).await;
+    let length: usize = response_head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length: ")
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .expect("a content-length");
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).await.unwrap();
+    (response_head, serde_json::from_slice(&body).unwrap())
+}
+
+/// A body that stops arriving is `408 request_timeout` after `server.body_read_timeout_ms`,
+/// with or without an `Idempotency-Key`, and so is one still trickling in when the request
+/// times out (it was a `503 timeout` saying a change might have been committed, while the
+/// slot was held for the whole request timeout). Nothing changes; a bodyless slow handler
+/// keeps its `503` (`platform::a_slow_request_is_cut_off_with_a_503_timeout`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_does_not_arrive_in_time_is_a_408_and_changes_nothing() {
+    let app = spawn_app_with(
+        Backend::Sqlite,
+        |c| {
+            c.server.body_read_timeout_ms = 300;
+            c.server.request_timeout_ms = 1_500;
+        },
+        axum::Router::new(),
+    )
+    .await;
+    let ann = app.sign_up("ann@example.com").await;
+    let before = app.snapshot().await;
+    let address = app.address.trim_start_matches("http://").to_owned();
+    let head = |key: &str| {
+        format!(
+            "POST /api/v1/items HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\n\
+             content-type: application/json\r\n{key}",
+            ann.token
+        )
+    };
+    let body = br#"{"name":"Milk","qty":1}"#;
+    for key in ["", "idempotency-key: stalled-1\r\n"] {
+        let started = Instant::now();
+        let (status, problem) = send_body_slowly(
+            &address,
+            &head(key),
+            body.len(),
+            &[&body[..5]],
+            Duration::ZERO,
+        )
+        .await;
+        assert!(status.starts_with("HTTP/1.1 408"), "{key}: {status}");
+        assert_eq!(problem["code"], "request_timeout", "{problem}");
+        assert!(
+            problem["detail"]
+                .as_str()
+                .unwrap()
+                .contains("nothing was changed"),
+            "{problem}"
+        );
+        assert!(started.elapsed() < Duration::from_millis(1_400), "{key}");
+    }
+    // Each part in time, the whole too slow for the request timeout.
+    let parts: Vec<&[u8]> = body.chunks(2).collect();
+    let (status, problem) = send_body_slowly(
+        &address,
+        &head(""),
+        body.len(),
+        &parts,
+        Duration::from_millis(200),
+    )
+    .await;
+    assert!(status.starts_with("HTTP/1.1 408"), "{status}");
+    assert_eq!(problem["code"], "request_timeout", "{problem}");
+    assert_eq!(app.snapshot().await, before, "nothing changed");
+}
+
+/// A body that breaks off (a malformed chunk) is `400 bad_request` with or without an
+/// `Idempotency-Key` (with one it was `413 payload_too_large`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_breaks_off_is_a_400_with_or_without_a_key() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let ann = app.sign_up("ann@example.com").await;
+    let before = app.snapshot().await;
+    let address = app.address.trim_start_matches("http://").to_owned();
+    for key in ["", "idempotency-key: broken-1\r\n"] {
+        let mut stream = TcpStream::connect(&address).await.unwrap();
+        stream
+            .write_all(
+                format!(
+                    "POST /api/v1/items HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\n\
+                     content-type: application/json\r\ntransfer-encoding: chunked\r\n{key}\r\n\
+                     5\r\n{{\"nam\r\nzz\r\n",
+                    ann.token
+                )
+                .as_bytes(),
+            )
+            .await
+            .unwrap();
+        let (status, problem) = read_response(&mut stream).await;
+        assert!(status.starts_with("HTTP/1.1 400"), "{key}: {status}");
+        assert_eq!(problem["code"], "bad_request", "{problem}");
+    }
+    assert_eq!(app.snapshot().await, before, "nothing changed");
+}
