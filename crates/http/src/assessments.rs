@@ -898,6 +898,7 @@ impl<S: Send + Sync> FromRequest<S> for Upload {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        crate::extract::refuse_content_coding(req.headers())?;
         let content_type = req
             .headers()
             .get(header::CONTENT_TYPE)

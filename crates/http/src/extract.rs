@@ -34,11 +34,46 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
                 crate::body_read::read_failed(&rejection)
             }
         })?;
+        require_object(&bytes)?;
         parse_json(&bytes).map(ApiJson)
     }
 }
 
+/// Every request body is a JSON object. serde's derived structs also take an array, matched
+/// to the fields by position (`["Milk", 5]` made an item) with no field name checked, and
+/// other values got errors naming internal types.
+fn require_object(bytes: &[u8]) -> Result<(), ApiError> {
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
+        return Ok(());
+    }
+    serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
+        .map_err(|e| ApiError::new(codes::MALFORMED_JSON, e.to_string()))?;
+    Err(ApiError::validation(vec![FieldError::new(
+        "",
+        "invalid_type",
+        "the body must be a JSON object",
+    )]))
+}
+
+/// A body in a content coding (`gzip`, …) is refused: nothing here decodes one, and reading
+/// its bytes as they are would take a compressed body for JSON (or JSON sent with a wrong
+/// header for something it is not).
+pub fn refuse_content_coding(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    let coded = headers.get_all(header::CONTENT_ENCODING).iter().any(|v| {
+        !v.to_str()
+            .is_ok_and(|v| v.trim().eq_ignore_ascii_case("identity"))
+    });
+    if coded {
+        return Err(ApiError::new(
+            codes::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Encoding is not supported: send the body uncompressed",
+        ));
+    }
+    Ok(())
+}
+
 pub fn require_json_content_type(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    refuse_content_coding(headers)?;
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
@@ -200,7 +235,7 @@ fn form_urlencoded_parse(input: &[u8]) -> form_urlencoded::Parse<'_> {
 }
 
 /// A UUID path parameter. A malformed id names no resource, so it is a 404 like any other
-/// unknown id (and reveals nothing).
+/// unknown id (and reveals nothing); a segment that is not UTF-8 is `400 bad_request`.
 #[derive(Debug, Clone, Copy)]
 pub struct PathId(pub uuid::Uuid);
 
@@ -208,10 +243,12 @@ impl<S: Send + Sync> FromRequestParts<S> for PathId {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        // A segment that does not decode (not UTF-8) is a malformed request, as on the
+        // routes that take their parameters with axum's `Path`.
         let axum::extract::Path(raw): axum::extract::Path<String> =
             axum::extract::Path::from_request_parts(parts, state)
                 .await
-                .map_err(|_| ApiError::new(codes::NOT_FOUND, "not found"))?;
+                .map_err(|e| ApiError::new(codes::BAD_REQUEST, e.body_text()))?;
         uuid::Uuid::parse_str(&raw)
             .map(PathId)
             .map_err(|_| ApiError::new(codes::NOT_FOUND, "no resource has this id"))

@@ -466,6 +466,31 @@ pub async fn deletes_are_idempotent_and_keep_history(f: &Fixture) {
         (0, 3, vec![1, 2, 3]),
         "created +5, +3, deleted -8"
     );
+    // Past its end, a deleted item's history is an empty page; an id that never had any is
+    // not found, with or without a cursor.
+    let past = f
+        .store
+        .history(
+            a.org_id,
+            item.id,
+            PageRequest {
+                limit: 10,
+                after: Some(3),
+            },
+        )
+        .await
+        .expect("past the end");
+    assert!(past.items.is_empty());
+    for after in [None, Some(1)] {
+        let unknown = f
+            .store
+            .history(a.org_id, ItemId::new(), PageRequest { limit: 10, after })
+            .await;
+        assert!(
+            matches!(unknown, Err(StoreError::Domain(DomainError::NotFound(_)))),
+            "{after:?}: {unknown:?}"
+        );
+    }
     create(f, &a, "milk", 1).await;
 }
 

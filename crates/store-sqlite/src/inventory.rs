@@ -505,7 +505,20 @@ impl ItemStore for SqliteStore {
         .fetch_all(&self.reader)
         .await
         .map_err(db_error)?;
-        if rows.is_empty() && page.after.is_none() {
+        // An empty page of an item without any history is a 404 also past a cursor (a
+        // made-up cursor answered an empty 200 for any id). History is never deleted, so a
+        // second look cannot miss records the first saw.
+        if rows.is_empty()
+            && (page.after.is_none()
+                || !sqlx::query_scalar::<_, bool>(
+                    "SELECT EXISTS (SELECT 1 FROM item_history WHERE org_id = ?1 AND item_id = ?2)",
+                )
+                .bind(org_id.0)
+                .bind(id.0)
+                .fetch_one(&self.reader)
+                .await
+                .map_err(db_error)?)
+        {
             return Err(StoreError::not_found("item"));
         }
         let records = rows

@@ -836,3 +836,66 @@ async fn a_body_that_breaks_off_is_a_400_with_or_without_a_key() {
     }
     assert_eq!(app.snapshot().await, before, "nothing changed");
 }
+
+/// Bodies are JSON objects: an array (which serde's structs took, matched to the fields by
+/// position), a number or a string is `400 validation_failed` (`invalid_type` at the root),
+/// a body in a content coding is `415`, a path segment that is not UTF-8 is `400
+/// bad_request` on every route, and a made-up history cursor of an unknown item is a `404`.
+/// Nothing changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_must_be_plain_json_objects_and_paths_must_decode() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let ann = app.sign_up("ann@example.com").await;
+    let before = app.snapshot().await;
+    for body in [r#"["SeqItem", 5, null]"#, "[]", " 5", r#""Milk""#] {
+        let response = app
+            .request(Method::POST, "/api/v1/items", Some(&ann.token))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let problem = assert_problem(response, 400, "validation_failed").await;
+        assert_eq!(problem["errors"][0]["field"], "", "{body}: {problem}");
+        assert_eq!(
+            problem["errors"][0]["code"], "invalid_type",
+            "{body}: {problem}"
+        );
+    }
+    let truncated = app
+        .request(Method::POST, "/api/v1/items", Some(&ann.token))
+        .header("content-type", "application/json")
+        .body("[")
+        .send()
+        .await
+        .unwrap();
+    assert_problem(truncated, 400, "malformed_json").await;
+    let gzip = app
+        .request(Method::POST, "/api/v1/items", Some(&ann.token))
+        .header("content-type", "application/json")
+        .header("content-encoding", "gzip")
+        .body(r#"{"name":"Milk","qty":1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(gzip, 415, "unsupported_media_type").await;
+    for path in ["/api/v1/items/%FF", "/api/v1/items/%FF/history"] {
+        let response = app
+            .request(Method::GET, path, Some(&ann.token))
+            .send()
+            .await
+            .unwrap();
+        assert_problem(response, 400, "bad_request").await;
+    }
+    let history = app
+        .request(
+            Method::GET,
+            &format!("/api/v1/items/{}/history?cursor=MQ", uuid::Uuid::now_v7()),
+            Some(&ann.token),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_problem(history, 404, "not_found").await;
+    assert_eq!(app.snapshot().await, before, "nothing changed");
+}
