@@ -719,7 +719,7 @@ async fn add_question(
     Extension(rid): Extension<RequestId>,
     idem: Idem,
     headers: HeaderMap,
-    ApiJson(body): ApiJson<Value>,
+    ApiJson(crate::strict_json::StrictValue(body)): ApiJson<crate::strict_json::StrictValue>,
 ) -> Result<Response, ApiError> {
     let result = async {
         p.require(Role::Admin)?;
@@ -765,7 +765,7 @@ async fn replace_question(
     Extension(rid): Extension<RequestId>,
     idem: Idem,
     headers: HeaderMap,
-    ApiJson(body): ApiJson<Value>,
+    ApiJson(crate::strict_json::StrictValue(body)): ApiJson<crate::strict_json::StrictValue>,
 ) -> Result<Response, ApiError> {
     let result = async {
         p.require(Role::Admin)?;

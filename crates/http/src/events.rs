@@ -5,6 +5,7 @@ use crate::extract::{ApiJson, ApiQuery, Principal, bearer_token, principal_for};
 use crate::list_type;
 use crate::problem::{ApiError, codes};
 use crate::state::AppState;
+use crate::strict_json::StrictValue;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -78,9 +79,11 @@ pub struct EventInput {
     #[serde(rename = "type")]
     pub event_type: String,
     /// Any JSON value.
-    pub data: Value,
+    #[schema(value_type = serde_json::Value)]
+    pub data: StrictValue,
     /// A JSON object (default `{}`).
-    pub metadata: Option<Value>,
+    #[schema(value_type = Option<serde_json::Value>)]
+    pub metadata: Option<StrictValue>,
     /// A client-chosen UUID makes the append idempotent.
     pub id: Option<Uuid>,
 }
@@ -90,8 +93,10 @@ pub struct EventInput {
 pub struct AppendEventRequest {
     #[serde(rename = "type")]
     pub event_type: String,
-    pub data: Value,
-    pub metadata: Option<Value>,
+    #[schema(value_type = serde_json::Value)]
+    pub data: StrictValue,
+    #[schema(value_type = Option<serde_json::Value>)]
+    pub metadata: Option<StrictValue>,
     pub id: Option<Uuid>,
     /// Default `default`. 1-256 bytes.
     pub stream: Option<String>,
@@ -453,8 +458,8 @@ async fn append_event(
         }
         let event = new_event(
             &body.event_type,
-            &body.data,
-            body.metadata.as_ref(),
+            &body.data.0,
+            body.metadata.as_ref().map(|m| &m.0),
             ids.id(0, body.id),
             "",
             &mut errors,
@@ -531,8 +536,8 @@ async fn append_to_stream(
             .map(|(i, e)| {
                 new_event(
                     &e.event_type,
-                    &e.data,
-                    e.metadata.as_ref(),
+                    &e.data.0,
+                    e.metadata.as_ref().map(|m| &m.0),
                     ids.id(i, e.id),
                     &format!("/events/{i}"),
                     &mut errors,

@@ -171,6 +171,14 @@ fn data_error(path: &str, e: &serde_json::Error) -> FieldError {
             format!("`{field}` is required"),
         );
     }
+    if message.starts_with("duplicate field") {
+        let field = backticked();
+        return FieldError::new(
+            format!("{path}/{field}"),
+            "duplicate_field",
+            format!("`{field}` is given more than once"),
+        );
+    }
     if message.starts_with("unknown field") {
         let field = backticked();
         let at = if path.ends_with(&format!("/{field}")) {
@@ -187,7 +195,8 @@ fn data_error(path: &str, e: &serde_json::Error) -> FieldError {
     } else {
         "invalid_value"
     };
-    FieldError::new(if path.is_empty() { "/" } else { path }, code, message)
+    // The root's pointer is "" (RFC 6901; "/" would name a member called "").
+    FieldError::new(path, code, message)
 }
 
 /// Codes our custom deserializers may report (anything else becomes `invalid_value`).
@@ -197,6 +206,7 @@ const CUSTOM_CODES: &[&str] = &[
     "invalid_value",
     "too_long",
     "empty",
+    "duplicate_field",
 ];
 
 /// A query string parsed into `T`, with problem rejections.

@@ -24,6 +24,7 @@ pub mod platform;
 pub mod problem;
 pub mod request_id;
 pub mod state;
+pub mod strict_json;
 pub mod unread_body;
 pub mod webhooks;
 

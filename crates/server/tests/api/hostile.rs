@@ -899,3 +899,62 @@ async fn bodies_must_be_plain_json_objects_and_paths_must_decode() {
     assert_problem(history, 404, "not_found").await;
     assert_eq!(app.snapshot().await, before, "nothing changed");
 }
+
+/// A member named twice in a body is refused (`duplicate_field`) in typed bodies, in a
+/// question's definition and in an event's `data` (both were free-form values that kept the
+/// last one without a word). Nothing changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_named_twice_are_refused_everywhere() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let ann = app.sign_up("ann@example.com").await;
+    let assessment: Value = app
+        .post(
+            "/api/v1/assessments",
+            &ann.token,
+            &json!({"title": "T", "time_limit_minutes": 30, "passing_score_percent": 50}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = assessment["id"].as_str().unwrap();
+    let before = app.snapshot().await;
+    for (path, body, field) in [
+        (
+            "/api/v1/items".to_owned(),
+            r#"{"name":"Milk","qty":1,"qty":2}"#,
+            "/qty",
+        ),
+        (
+            format!("/api/v1/assessments/{id}/questions"),
+            r#"{"type":"single_choice","prompt":"2+2?","options":["3","4"],"correct":0,"correct":1}"#,
+            "",
+        ),
+        (
+            "/api/v1/events".to_owned(),
+            r#"{"type":"order.paid","data":{"amount":5,"note":"x","amount":500}}"#,
+            "/data",
+        ),
+    ] {
+        let response = app
+            .request(Method::POST, &path, Some(&ann.token))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let problem = assert_problem(response, 400, "validation_failed").await;
+        assert_eq!(
+            problem["errors"][0]["code"], "duplicate_field",
+            "{body}: {problem}"
+        );
+        assert!(
+            problem["errors"][0]["field"]
+                .as_str()
+                .unwrap()
+                .starts_with(field),
+            "{body}: {problem}"
+        );
+    }
+    assert_eq!(app.snapshot().await, before, "nothing changed");
+}
