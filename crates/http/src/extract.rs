@@ -320,7 +320,16 @@ impl FromRequestParts<AppState> for Principal {
                 "send Authorization: Bearer <token>",
             ));
         };
-        let token = bearer_token(value)
+        // Another scheme (`Basic …`) is no bearer token at all: as without the header
+        // (RFC 6750 §3: no error code for a request without bearer credentials).
+        let Some(token) = bearer_token(value) else {
+            return Err(unauthorized(
+                codes::UNAUTHENTICATED,
+                "other_scheme",
+                "send Authorization: Bearer <token> (the header names another scheme)",
+            ));
+        };
+        let token = Some(token)
             .filter(|token| looks_like_token(token))
             .ok_or_else(|| {
                 unauthorized(

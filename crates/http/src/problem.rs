@@ -210,9 +210,17 @@ impl IntoResponse for ApiError {
         if self.code.status == StatusCode::UNAUTHORIZED
             && !response.headers().contains_key(header::WWW_AUTHENTICATE)
         {
+            // RFC 6750 §3: a token that was sent and refused says so (`invalid_token`, with
+            // expired ones); a request without one gets the challenge only.
+            let challenge =
+                if self.code == codes::INVALID_TOKEN || self.code == codes::TOKEN_EXPIRED {
+                    "Bearer realm=\"trueline\", error=\"invalid_token\""
+                } else {
+                    "Bearer realm=\"trueline\""
+                };
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"trueline\""),
+                HeaderValue::from_static(challenge),
             );
         }
         response

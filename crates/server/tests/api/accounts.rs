@@ -202,7 +202,7 @@ async fn expired_tokens_are_refused_with_token_expired(backend: Backend) {
     let response = app.get("/api/v1/me", &ann.token).await;
     assert_eq!(
         response.headers()["www-authenticate"],
-        "Bearer realm=\"trueline\""
+        "Bearer realm=\"trueline\", error=\"invalid_token\""
     );
     assert_problem(response, 401, "token_expired").await;
 }
@@ -214,11 +214,22 @@ async fn missing_and_malformed_credentials_are_401_with_www_authenticate(backend
         .send()
         .await
         .unwrap();
-    assert!(response.headers().contains_key("www-authenticate"));
+    // RFC 6750 §3: the challenge alone without a bearer token, `error="invalid_token"`
+    // for one that was sent and refused.
+    assert_eq!(
+        response.headers()["www-authenticate"],
+        "Bearer realm=\"trueline\""
+    );
     assert_problem(response, 401, "unauthenticated").await;
     for bad in ["garbage", "tl_short", &format!("tl_{}", "A".repeat(43))] {
-        assert_problem(app.get("/api/v1/me", bad).await, 401, "invalid_token").await;
+        let response = app.get("/api/v1/me", bad).await;
+        assert_eq!(
+            response.headers()["www-authenticate"],
+            "Bearer realm=\"trueline\", error=\"invalid_token\""
+        );
+        assert_problem(response, 401, "invalid_token").await;
     }
+    // Another scheme is no bearer token: as without the header.
     let response = app
         .client
         .get(app.url("/api/v1/me"))
@@ -226,7 +237,11 @@ async fn missing_and_malformed_credentials_are_401_with_www_authenticate(backend
         .send()
         .await
         .unwrap();
-    assert_problem(response, 401, "invalid_token").await;
+    assert_eq!(
+        response.headers()["www-authenticate"],
+        "Bearer realm=\"trueline\""
+    );
+    assert_problem(response, 401, "unauthenticated").await;
 }
 
 async fn members_can_be_added_listed_promoted_and_removed(backend: Backend) {
