@@ -1171,6 +1171,7 @@ async fn publish(
     PathId(id): PathId,
     Extension(rid): Extension<RequestId>,
     idem: Idem,
+    _: crate::extract::NoBody,
 ) -> Result<Response, ApiError> {
     move_to(state, p, id, rid, idem, AssessmentStatus::Published).await
 }
@@ -1186,6 +1187,7 @@ async fn close(
     PathId(id): PathId,
     Extension(rid): Extension<RequestId>,
     idem: Idem,
+    _: crate::extract::NoBody,
 ) -> Result<Response, ApiError> {
     move_to(state, p, id, rid, idem, AssessmentStatus::Closed).await
 }
@@ -1201,6 +1203,7 @@ async fn archive(
     PathId(id): PathId,
     Extension(rid): Extension<RequestId>,
     idem: Idem,
+    _: crate::extract::NoBody,
 ) -> Result<Response, ApiError> {
     move_to(state, p, id, rid, idem, AssessmentStatus::Archived).await
 }
@@ -1216,6 +1219,7 @@ async fn revise(
     PathId(id): PathId,
     Extension(rid): Extension<RequestId>,
     idem: Idem,
+    _: crate::extract::NoBody,
 ) -> Result<Response, ApiError> {
     let result = async {
         p.require(Role::Admin)?;
@@ -1394,6 +1398,7 @@ async fn create_share_link(
     PathId(id): PathId,
     Extension(rid): Extension<RequestId>,
     idem: Idem,
+    _: crate::extract::NoBody,
 ) -> Result<Response, ApiError> {
     p.require(Role::Admin)?;
     // Registration takes published assessments only: a link made for a closed or archived

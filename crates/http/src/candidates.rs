@@ -356,6 +356,7 @@ async fn view(
 async fn start(
     State(state): State<AppState>,
     Path(token): Path<String>,
+    _: crate::extract::NoBody,
 ) -> Result<Json<CandidateView>, ApiError> {
     let mut s = session(&state, &token).await?;
     if s.attempt.is_none() {

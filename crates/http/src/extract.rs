@@ -39,6 +39,51 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     }
 }
 
+/// The body of an operation that takes none: empty, or an empty JSON object. Anything else
+/// is refused as a field a typed body does not know would be: a client sending options
+/// (`{"dry_run": true}` to a publish) must not see them silently ignored.
+#[derive(Debug, Clone, Copy)]
+pub struct NoBody;
+
+impl<S: Send + Sync> FromRequest<S> for NoBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let headers = req.headers().clone();
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    codes::PAYLOAD_TOO_LARGE,
+                    "the request body exceeds the size limit",
+                )
+            } else {
+                crate::body_read::read_failed(&rejection)
+            }
+        })?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(NoBody);
+        }
+        require_json_content_type(&headers)?;
+        require_object(&bytes)?;
+        let members: serde_json::Map<String, serde_json::Value> = parse_json(&bytes)?;
+        if members.is_empty() {
+            return Ok(NoBody);
+        }
+        Err(ApiError::validation(
+            members
+                .keys()
+                .map(|name| {
+                    FieldError::new(
+                        format!("/{}", name.replace('~', "~0").replace('/', "~1")),
+                        "unknown_field",
+                        "this operation takes no body (send none, or {})",
+                    )
+                })
+                .collect(),
+        ))
+    }
+}
+
 /// Every request body is a JSON object. serde's derived structs also take an array, matched
 /// to the fields by position (`["Milk", 5]` made an item) with no field name checked, and
 /// other values got errors naming internal types.

@@ -407,6 +407,7 @@ async fn redeliver(
     Path((id, delivery_id)): Path<(String, String)>,
     Extension(rid): Extension<RequestId>,
     idem: Idem,
+    _: crate::extract::NoBody,
 ) -> Result<Response, ApiError> {
     p.require(Role::Admin)?;
     let parse =

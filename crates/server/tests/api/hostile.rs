@@ -958,3 +958,60 @@ async fn members_named_twice_are_refused_everywhere() {
     }
     assert_eq!(app.snapshot().await, before, "nothing changed");
 }
+
+/// Operations that take no body refuse one that says something (it was ignored: a publish
+/// with `{"dry_run": true}` published); an empty body or `{}` is fine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_without_a_body_refuse_one_that_says_something() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let ann = app.sign_up("ann@example.com").await;
+    let assessment: Value = app
+        .post(
+            "/api/v1/assessments",
+            &ann.token,
+            &json!({"title": "T", "time_limit_minutes": 30, "passing_score_percent": 50}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = assessment["id"].as_str().unwrap();
+    let question = json!({"type": "true_false", "prompt": "Rust is memory safe", "correct": true});
+    let added = app
+        .post(
+            &format!("/api/v1/assessments/{id}/questions"),
+            &ann.token,
+            &question,
+        )
+        .await;
+    assert_eq!(added.status(), 201);
+    let publish = format!("/api/v1/assessments/{id}/publish");
+    let before = app.snapshot().await;
+    let refused = app
+        .request(Method::POST, &publish, Some(&ann.token))
+        .header("content-type", "application/json")
+        .body(r#"{"dry_run": true}"#)
+        .send()
+        .await
+        .unwrap();
+    let problem = assert_problem(refused, 400, "validation_failed").await;
+    assert_eq!(problem["errors"][0]["field"], "/dry_run", "{problem}");
+    assert_eq!(problem["errors"][0]["code"], "unknown_field", "{problem}");
+    let text = app
+        .request(Method::POST, &publish, Some(&ann.token))
+        .header("content-type", "text/plain")
+        .body("dry run please")
+        .send()
+        .await
+        .unwrap();
+    assert_problem(text, 415, "unsupported_media_type").await;
+    assert_eq!(app.snapshot().await, before, "nothing changed");
+    let published = app
+        .request(Method::POST, &publish, Some(&ann.token))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(published.status(), 200, "an empty object is no body");
+}
