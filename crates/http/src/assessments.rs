@@ -1051,7 +1051,7 @@ fn import_error(e: ImportError) -> ApiError {
 
 /// Import questions from CSV or XLSX (columns `type,prompt,options,correct,points`), all or
 /// nothing: any bad row → 400 listing the row errors (the first 100; `detail` counts them
-/// all), and nothing is imported.
+/// all), and nothing is imported. `If-Match` is optional and checked as on adding a question.
 #[utoipa::path(post, path = "/assessments/{id}/questions/import", tag = "assessments", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "Assessment id")),
     request_body(description = "CSV or XLSX, raw or as a multipart `file` part; at most 5 MiB and 1,000 rows",
@@ -1059,17 +1059,22 @@ fn import_error(e: ImportError) -> ApiError {
                 (Vec<u8> = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"),
                 (ImportForm = "multipart/form-data"))),
     responses((status = 201, description = "Imported", body = ImportResponse),
-              (status = 409, description = "`not_editable`", body = crate::problem::Problem, content_type = "application/problem+json")))]
+              (status = 409, description = "`not_editable`", body = crate::problem::Problem, content_type = "application/problem+json"),
+              (status = 412, description = "`precondition_failed`", body = crate::problem::Problem, content_type = "application/problem+json")))]
 async fn import_questions(
     State(state): State<AppState>,
     p: Principal,
     PathId(id): PathId,
     Extension(rid): Extension<RequestId>,
     idem: Idem,
+    headers: HeaderMap,
     upload: Upload,
 ) -> Result<Response, ApiError> {
     let result = async {
         p.require(Role::Admin)?;
+        // Read before the parse: a malformed tag needs no parse to be refused. A stale one is
+        // refused by the store, in the same transaction as the insert (as on add_question).
+        let expected = if_match(&headers, false)?;
         let (format, bytes) = (upload.format, upload.bytes);
         let slot = parse_slot(
             &IMPORT_PARSES,
@@ -1087,7 +1092,7 @@ async fn import_questions(
         .map_err(import_error)?;
         let questions = specs.into_iter().map(|s| (Uuid::now_v7(), s)).collect();
         let render = |qs: &Vec<Question>| json_response(StatusCode::CREATED, &[], &ImportResponse { imported: qs.len(), questions: qs.iter().map(QuestionView::from).collect() });
-        let added = state.store.add_questions(&actor(&p, &state, &rid), id, None, questions, idem.with(&render)).await?;
+        let added = state.store.add_questions(&actor(&p, &state, &rid), id, expected, questions, idem.with(&render)).await?;
         tracing::info!(event = "assessments.imported", assessment_id = %id, questions = added.len());
         Ok(render(&added))
     }

@@ -12,6 +12,7 @@ both_backends!(
     drafts_are_validated_and_edited_with_etags,
     questions_are_validated_per_type_and_frozen_after_publishing,
     csv_and_xlsx_imports_are_all_or_nothing,
+    an_import_with_a_stale_if_match_is_refused_and_imports_nothing,
     fifty_concurrent_publishes_leave_exactly_the_quota_published,
     a_candidate_takes_an_assessment_end_to_end_without_ever_seeing_an_answer,
     two_concurrent_submits_yield_one_submission,
@@ -582,6 +583,71 @@ async fn csv_and_xlsx_imports_are_all_or_nothing(backend: Backend) {
         .await
         .unwrap();
     assert_problem(response, 400, "invalid_import").await;
+}
+
+/// The import checks `If-Match` as adding one question does: a stale or malformed tag is a
+/// `412` and the draft stays as it was; the current tag imports.
+async fn an_import_with_a_stale_if_match_is_refused_and_imports_nothing(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let ann = app.sign_up("ann@example.com").await;
+    let a = create(&app, &ann.token, settings("Guarded import")).await;
+    let id = a["id"].as_str().unwrap().to_owned();
+    let stale_tag = app
+        .get(&format!("/api/v1/assessments/{id}"), &ann.token)
+        .await
+        .headers()["etag"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    add_question(
+        &app,
+        &ann.token,
+        &id,
+        json!({"type": "true_false", "prompt": "First?", "correct": true}),
+    )
+    .await;
+    let detail = || async {
+        let response = app
+            .get(&format!("/api/v1/assessments/{id}"), &ann.token)
+            .await;
+        let etag = response.headers()["etag"].to_str().unwrap().to_owned();
+        (etag, response.json::<Value>().await.unwrap())
+    };
+    let (current_tag, before) = detail().await;
+    assert_ne!(
+        current_tag, stale_tag,
+        "adding a question moved the revision on"
+    );
+    let snapshot = app.snapshot().await;
+    let path = format!("/api/v1/assessments/{id}/questions/import");
+    let csv = "type,prompt,correct\ntrue_false,Imported?,true\n";
+    let import = |tag: String| {
+        app.request(Method::POST, &path, Some(&ann.token))
+            .header("content-type", "text/csv")
+            .header("if-match", tag)
+            .body(csv)
+            .send()
+    };
+    for tag in [
+        stale_tag,
+        "not-a-tag".to_owned(),
+        format!("W/{current_tag}"),
+    ] {
+        let response = import(tag.clone()).await.unwrap();
+        assert_problem(response, 412, "precondition_failed").await;
+        assert_eq!(app.snapshot().await, snapshot, "{tag}: nothing imported");
+        assert_eq!(
+            detail().await,
+            (current_tag.clone(), before.clone()),
+            "{tag}"
+        );
+    }
+    let response = import(current_tag.clone()).await.unwrap();
+    assert_eq!(response.status(), 201);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["imported"], 1);
+    let (after_tag, _) = detail().await;
+    assert_ne!(after_tag, current_tag);
 }
 
 async fn fifty_concurrent_publishes_leave_exactly_the_quota_published(backend: Backend) {
