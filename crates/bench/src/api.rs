@@ -14,8 +14,8 @@
 //! sent once more on a fresh connection only if repeating it is harmless: a GET or HEAD, a
 //! request with an `Idempotency-Key`, or one the caller marks as carrying client-chosen ids
 //! ([`Api::post_repeatable`]). The server may have applied the first copy before the
-//! connection died; a repeated `POST …/submit` would then be refused `409 already_submitted`
-//! and counted as a failure that never happened. Anything else gets a transport error, and
+//! connection died; a repeated request could then be refused (a repeated `POST …/items` is
+//! `409 name_taken`) and counted as a failure that never happened. Anything else gets a transport error, and
 //! its outcome is resolved at the end like any other unknown one.
 
 use anyhow::{Context, bail};

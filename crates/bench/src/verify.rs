@@ -388,8 +388,8 @@ pub fn same_json(a: &Value, b: &Value) -> bool {
     }
 }
 
-/// Submissions: every acknowledged submission, submitted again, must be refused as
-/// `409 already_submitted`. `resubmits` holds (invite, status, code) of those second tries.
+/// Submissions: every acknowledged submission, submitted again with other answers, must be
+/// refused as `409 already_submitted`. `resubmits` holds (invite, status, code) of those second tries.
 pub fn check_one_submission_per_invite(resubmits: &[(String, u16, Option<String>)]) -> Check {
     let problems = resubmits
         .iter()

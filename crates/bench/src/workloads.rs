@@ -1215,13 +1215,18 @@ impl Submit {
         })
     }
 
-    fn answers(&self) -> Value {
+    /// Every question answered with option `choice` (the submit sends 0).
+    fn answers_choosing(&self, choice: usize) -> Value {
         let answers: serde_json::Map<String, Value> = self
             .question_ids
             .iter()
-            .map(|q| (q.clone(), json!(0)))
+            .map(|q| (q.clone(), json!(choice)))
             .collect();
         json!({ "answers": answers })
+    }
+
+    fn answers(&self) -> Value {
+        self.answers_choosing(0)
     }
 
     async fn op(&self, session: &Session, samples: &mut Vec<Sample>) -> OpEnd {
@@ -1255,10 +1260,13 @@ impl Submit {
 
     async fn verify(&self, session: &Session) -> anyhow::Result<Vec<Check>> {
         let body = self.answers();
+        // A second submission with other answers (the same ones are answered as a retry of
+        // the first, with its 201).
+        let other = self.answers_choosing(1);
         let acked = lock(&self.acked).clone();
         let resubmits: Vec<(String, u16, Option<String>)> = futures_util::stream::iter(&acked)
             .map(|&i| {
-                let body = &body;
+                let body = &other;
                 async move {
                     let path = format!("/api/v1/public/invites/{}/submit", self.invites[i]);
                     let reply = session.api.post(&path, None, body).await;

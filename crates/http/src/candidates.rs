@@ -323,6 +323,39 @@ pub fn score(
     })
 }
 
+/// Whether a submit arriving after `existing` is a retry of it: the candidate's own submit
+/// (not the sweeper's), sent again without answers or with answers that parse to the same
+/// ones (compared parsed, so key spelling, number notation and multiple-choice order do not
+/// matter, while any changed answer does).
+fn is_retry_of(
+    session: &CandidateSession,
+    existing: &trueline_store::Submission,
+    given: Option<&Map<String, Value>>,
+) -> bool {
+    if existing.auto_submitted {
+        return false;
+    }
+    let Some(given) = given else {
+        return true;
+    };
+    let questions: Vec<(Uuid, trueline_core::assessments::QuestionSpec)> = session
+        .questions
+        .iter()
+        .map(|q| (q.id, q.spec.clone()))
+        .collect();
+    let parsed = |answers: &Map<String, Value>| {
+        let raw: Option<Vec<(Uuid, &Value)>> = answers
+            .iter()
+            .map(|(k, v)| Uuid::parse_str(k).ok().map(|id| (id, v)))
+            .collect();
+        parse_answers(&questions, raw?).ok()
+    };
+    match (parsed(given), existing.answers.as_object().and_then(parsed)) {
+        (Some(sent), Some(stored)) => sent == stored,
+        _ => false,
+    }
+}
+
 /// How often a submit without answers is scored again after a concurrent save replaced the
 /// saved answers (then `409 answers_changed`: a client saving that fast should send them).
 const SUBMIT_RETRIES: u32 = 3;
@@ -432,13 +465,14 @@ async fn save_answers(
     }))
 }
 
-/// Submit (once): scored on the server against the version the candidate took.
+/// Submit (once): scored on the server against the version the candidate took. Sending the
+/// same submit again (no answers, or the same answers) answers as the first did.
 #[utoipa::path(post, path = "/public/invites/{token}/submit", tag = "candidates",
     params(("token" = String, Path, description = "The invite token")),
     request_body = SubmitRequest,
-    responses((status = 201, description = "Submitted", body = CandidateView),
+    responses((status = 201, description = "Submitted (or, sent again without answers or with the same answers, already submitted by this candidate)", body = CandidateView),
               (status = 404, description = "Unknown or revoked invite", body = crate::problem::Problem, content_type = "application/problem+json"),
-              (status = 409, description = "`already_submitted`, `deadline_passed`, `invalid_transition` (not started) or `answers_changed` (no answers sent, and saves kept replacing the saved ones)", body = crate::problem::Problem, content_type = "application/problem+json"),
+              (status = 409, description = "`already_submitted` (with other answers), `deadline_passed`, `invalid_transition` (not started) or `answers_changed` (no answers sent, and saves kept replacing the saved ones)", body = crate::problem::Problem, content_type = "application/problem+json"),
               (status = 410, description = "`invite_expired`", body = crate::problem::Problem, content_type = "application/problem+json")))]
 async fn submit(
     State(state): State<AppState>,
@@ -454,10 +488,21 @@ async fn submit(
         // before them, do not move it past the deadline (the sweeper leaves a request
         // timeout for exactly such a submit).
         let now = state.clock.now();
+        // A submit that lost the race to a concurrent one reads the session once more, so an
+        // identical duplicate is answered as a retry (below) whichever of the two won.
+        let mut reread_after_race = false;
         loop {
             let mut s = session(&state, &token).await?;
             let attempt = s.attempt.clone().ok_or_else(|| ApiError::from(DomainError::InvalidTransition { from: "not_started", to: "submitted" }))?;
-            if s.submission.is_some() {
+            if let Some(existing) = &s.submission {
+                // Public routes take no Idempotency-Key: a candidate whose 201 was lost can
+                // only send the submit again. Sent without answers or with the same ones, it
+                // gets what the first got; different answers (or an attempt the sweeper
+                // submitted) are a second submission and refused.
+                if is_retry_of(&s, existing, body.answers.as_ref()) {
+                    tracing::info!(event = "mutation.assessments.submit.success", submission_id = %existing.id, replayed = true);
+                    return Ok((StatusCode::CREATED, Json(view_of(&state, &s))).into_response());
+                }
                 return Err(DomainError::AlreadySubmitted.into());
             }
             if now > attempt.deadline_at + grace(&state) {
@@ -470,6 +515,10 @@ async fn submit(
             let stored = match state.store.submit_attempt(attempt.id, submission, now, Some(now - grace(&state))).await {
                 Err(StoreError::Domain(DomainError::AnswersChanged)) if retries_left > 0 => {
                     retries_left -= 1;
+                    continue;
+                }
+                Err(StoreError::Domain(DomainError::AlreadySubmitted)) if !reread_after_race => {
+                    reread_after_race = true;
                     continue;
                 }
                 stored => stored?,

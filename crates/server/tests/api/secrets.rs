@@ -345,12 +345,21 @@ async fn secrets_never_reach_logs_error_bodies_events_or_webhook_payloads(backen
         Some(json!({})),
     )
     .await;
+    // Sent again, it is answered as a retry of the first; with other answers, refused.
+    flow.expect(
+        201,
+        Method::POST,
+        &format!("/api/v1/public/invites/{invite}/submit"),
+        None,
+        Some(json!({})),
+    )
+    .await;
     flow.expect(
         409,
         Method::POST,
         &format!("/api/v1/public/invites/{invite}/submit"),
         None,
-        Some(json!({})),
+        Some(json!({"answers": {"not-a-question": true}})),
     )
     .await;
 
