@@ -176,6 +176,55 @@ pub fn spawn_all(
     workers
 }
 
+/// Attempts the sweeper auto-submits per pass.
+const SWEEP_BATCH: u32 = 100;
+/// How long an attempt whose auto-submission failed is left out of the passes.
+const SWEEP_FAILURE_BACKOFF: Duration = Duration::from_secs(60);
+
+/// Attempts whose auto-submission failed, each left alone until its back-off time.
+///
+/// The store lists overdue attempts oldest first, so a pass always starts from the same head:
+/// without this, `SWEEP_BATCH` attempts that keep failing would fill every batch and no later
+/// attempt would ever be submitted. A pass asks for `SWEEP_BATCH` more than it is skipping and
+/// leaves the skipped out, so it always gets up to `SWEEP_BATCH` attempts it can try. Kept in
+/// memory only: a restart (or another instance) simply tries them again.
+#[derive(Debug, Default)]
+struct SweepBackoff {
+    until: std::collections::HashMap<uuid::Uuid, std::time::Instant>,
+}
+
+impl SweepBackoff {
+    /// Forgets the attempts whose back-off is over (they are tried again).
+    fn expire(&mut self, now: std::time::Instant) {
+        self.until.retain(|_, until| *until > now);
+    }
+
+    /// How many overdue attempts to ask for: enough to fill a batch past the skipped ones.
+    fn fetch_limit(&self) -> u32 {
+        SWEEP_BATCH.saturating_add(u32::try_from(self.until.len()).unwrap_or(u32::MAX))
+    }
+
+    /// The attempts of `overdue` to try in this pass, in order, at most `SWEEP_BATCH`.
+    fn pick(&self, overdue: Vec<uuid::Uuid>) -> Vec<uuid::Uuid> {
+        overdue
+            .into_iter()
+            .filter(|id| !self.until.contains_key(id))
+            .take(SWEEP_BATCH as usize)
+            .collect()
+    }
+
+    fn failed(&mut self, id: uuid::Uuid, now: std::time::Instant) {
+        self.until.insert(id, now + SWEEP_FAILURE_BACKOFF);
+    }
+}
+
+/// Why an attempt was not auto-submitted in this pass.
+enum AutoSubmit {
+    /// Someone else submitted it first (the candidate, or another instance's sweeper): done.
+    AlreadySubmitted,
+    Failed,
+}
+
 /// Auto-submits attempts left open past their deadline (plus grace, plus a request timeout)
 /// with their last saved
 /// answers, so a candidate who walks away still gets a result and the attempt cannot be
@@ -185,6 +234,7 @@ async fn submit_overdue_attempts(
     interval: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
+    let mut backoff = SweepBackoff::default();
     loop {
         // Beyond the grace, one more request timeout: a submit that arrived within the grace
         // may still be waiting for the store (its time was taken on arrival), and it, not
@@ -194,18 +244,25 @@ async fn submit_overdue_attempts(
         let in_flight = time::Duration::try_from(state.settings.request_timeout)
             .unwrap_or(time::Duration::seconds(30));
         let now = state.clock.now();
+        backoff.expire(std::time::Instant::now());
         match state
             .store
-            .overdue_attempts(now - grace - in_flight, 100)
+            .overdue_attempts(now - grace - in_flight, backoff.fetch_limit())
             .await
         {
             Ok(ids) => {
-                for id in ids {
+                for id in backoff.pick(ids) {
                     let submitted = async {
-                        let session = state.store.attempt_session(id).await.ok()??;
-                        let attempt = session.attempt.as_ref()?;
+                        let session = state
+                            .store
+                            .attempt_session(id)
+                            .await
+                            .ok()
+                            .flatten()
+                            .ok_or(AutoSubmit::Failed)?;
+                        let attempt = session.attempt.as_ref().ok_or(AutoSubmit::Failed)?;
                         // Guarded by `saved_at`: a save that was still in flight when the
-                        // deadline passed makes this pass fail, and the next one scores it.
+                        // deadline passed makes this pass fail, and a later one scores it.
                         let source = trueline_store::AnswersSource::Saved {
                             saved_at: attempt.saved_at,
                         };
@@ -215,19 +272,30 @@ async fn submit_overdue_attempts(
                             source,
                             true,
                         )
-                        .ok()?;
+                        .map_err(|_| AutoSubmit::Failed)?;
                         state
                             .store
                             .submit_attempt(id, submission, now, None)
                             .await
-                            .ok()
+                            .map_err(|e| match e {
+                                StoreError::Domain(
+                                    trueline_core::DomainError::AlreadySubmitted,
+                                ) => AutoSubmit::AlreadySubmitted,
+                                _ => AutoSubmit::Failed,
+                            })
                     }
                     .await;
                     match submitted {
-                        Some(s) => {
+                        Ok(s) => {
                             tracing::info!(event = "assessments.auto_submitted", attempt_id = %id, submission_id = %s.id)
                         }
-                        None => {
+                        // Between listing it and submitting it, the candidate's submit or
+                        // another instance's sweeper got there: the attempt is closed.
+                        Err(AutoSubmit::AlreadySubmitted) => {
+                            tracing::debug!(event = "assessments.auto_submit_superseded", attempt_id = %id)
+                        }
+                        Err(AutoSubmit::Failed) => {
+                            backoff.failed(id, std::time::Instant::now());
                             tracing::warn!(event = "assessments.auto_submit_failed", attempt_id = %id)
                         }
                     }
@@ -305,5 +373,36 @@ async fn purge_periodically<F, Fut>(
             Ok(purged) => tracing::info!(event = purge.purged, purged),
             Err(e) => tracing::warn!(event = purge.failed, purged = total, error = %e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+    use uuid::Uuid;
+
+    #[test]
+    fn attempts_that_keep_failing_do_not_block_the_ones_after_them() {
+        let mut backoff = SweepBackoff::default();
+        let overdue: Vec<Uuid> = (0..250).map(|_| Uuid::now_v7()).collect();
+        let now = Instant::now();
+        assert_eq!(backoff.fetch_limit(), SWEEP_BATCH);
+        let first = backoff.pick(overdue[..SWEEP_BATCH as usize].to_vec());
+        assert_eq!(first, overdue[..100]);
+        // The whole first batch fails: the next pass asks for enough to get past it, and
+        // tries the next 100.
+        for id in &first {
+            backoff.failed(*id, now);
+        }
+        assert_eq!(backoff.fetch_limit(), 2 * SWEEP_BATCH);
+        let limit = backoff.fetch_limit() as usize;
+        assert_eq!(backoff.pick(overdue[..limit].to_vec()), overdue[100..200]);
+        // Still backed off just before the time is up; tried again after it.
+        backoff.expire(now + SWEEP_FAILURE_BACKOFF - Duration::from_millis(1));
+        assert_eq!(backoff.fetch_limit(), 2 * SWEEP_BATCH);
+        backoff.expire(now + SWEEP_FAILURE_BACKOFF);
+        assert_eq!(backoff.fetch_limit(), SWEEP_BATCH);
+        assert_eq!(backoff.pick(overdue.clone()), overdue[..100]);
     }
 }
