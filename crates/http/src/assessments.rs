@@ -289,7 +289,7 @@ impl From<&Submission> for SubmissionDetail {
         Self {
             submission: SubmissionView::from(s),
             questions: s.per_question.clone(),
-            answers: s.answers.clone(),
+            answers: crate::candidates::canonical_keys(&s.answers),
             reviews: s
                 .reviews
                 .iter()

@@ -221,7 +221,7 @@ fn view_of(state: &AppState, session: &CandidateSession) -> CandidateView {
             Vec::new()
         },
         answers: match (&session.attempt, in_progress) {
-            (Some(t), true) => t.answers.clone(),
+            (Some(t), true) => canonical_keys(&t.answers),
             _ => json!({}),
         },
         result: session.submission.as_ref().map(|s| CandidateResult {
@@ -235,11 +235,16 @@ fn view_of(state: &AppState, session: &CandidateSession) -> CandidateView {
     }
 }
 
-/// Parses answers against the session's questions; every bad one is named.
+/// Parses answers against the session's questions; every bad one is named. The answers come
+/// back keyed by the canonical (lowercase, hyphenated) question ids, as `questions[].id` shows
+/// them: `Uuid::parse_str` also accepts uppercase, braces, `urn:uuid:` and no hyphens, and a
+/// key kept as sent could not be matched to its question by the client.
 fn checked_answers(
     session: &CandidateSession,
     answers: &Map<String, Value>,
 ) -> Result<Value, ApiError> {
+    use trueline_core::assessments::codes;
+    use trueline_core::validation::FieldError;
     let questions: Vec<(Uuid, trueline_core::assessments::QuestionSpec)> = session
         .questions
         .iter()
@@ -247,23 +252,51 @@ fn checked_answers(
         .collect();
     let mut raw = Vec::with_capacity(answers.len());
     let mut errors = Vec::new();
+    let mut seen = std::collections::HashSet::with_capacity(answers.len());
     for (key, value) in answers {
         match Uuid::parse_str(key) {
-            Ok(id) => raw.push((id, value)),
-            Err(_) => errors.push(trueline_core::validation::FieldError::new(
+            // Two spellings of one id: which answer is meant is anyone's guess.
+            Ok(id) if !seen.insert(id) => errors.push(FieldError::new(
                 format!("/answers/{key}"),
-                "unknown_question",
+                codes::DUPLICATE_ANSWER_ID,
+                format!("question {id} is answered more than once (under two spellings of its id)"),
+            )),
+            Ok(id) => raw.push((id, value)),
+            Err(_) => errors.push(FieldError::new(
+                format!("/answers/{key}"),
+                codes::UNKNOWN_QUESTION,
                 "the assessment has no such question",
             )),
         }
     }
-    if let Err(mut more) = parse_answers(&questions, raw) {
+    if let Err(mut more) = parse_answers(&questions, raw.iter().map(|(id, v)| (*id, *v))) {
         errors.append(&mut more);
     }
     if !errors.is_empty() {
         return Err(ApiError::validation(errors));
     }
-    Ok(Value::Object(answers.clone()))
+    Ok(Value::Object(
+        raw.into_iter()
+            .map(|(id, value)| (id.to_string(), value.clone()))
+            .collect(),
+    ))
+}
+
+/// `answers` with every key that is a question id spelled canonically (answers saved before
+/// keys were made canonical may be spelled as the candidate sent them).
+pub(crate) fn canonical_keys(answers: &Value) -> Value {
+    match answers {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(key, value)| {
+                    let key =
+                        Uuid::parse_str(key).map_or_else(|_| key.clone(), |id| id.to_string());
+                    (key, value.clone())
+                })
+                .collect(),
+        ),
+        other => other.clone(),
+    }
 }
 
 /// Scores `answers` (already validated, or saved) against the session's questions. Saved
@@ -317,7 +350,7 @@ pub fn score(
         total: scored.total,
         passed: scored.passed,
         per_question: Value::Array(per_question),
-        answers: answers.clone(),
+        answers: canonical_keys(answers),
         answers_source: source,
         auto_submitted,
     })

@@ -16,6 +16,7 @@ both_backends!(
     fifty_concurrent_publishes_leave_exactly_the_quota_published,
     a_candidate_takes_an_assessment_end_to_end_without_ever_seeing_an_answer,
     two_concurrent_submits_yield_one_submission,
+    answers_under_any_spelling_of_a_question_id_come_back_under_its_canonical_id,
     the_server_enforces_the_deadline_and_auto_submits_abandoned_attempts,
     expired_and_revoked_invites_are_refused,
     share_links_register_candidates_without_revealing_existing_invites,
@@ -928,6 +929,116 @@ async fn two_concurrent_submits_yield_one_submission(backend: Backend) {
         }
     }
     assert_eq!(app.count("submissions").await, 2, "one per candidate");
+}
+
+/// `Uuid::parse_str` reads uppercase, braces, `urn:uuid:` and unhyphenated ids; answers are
+/// kept and shown under the id as `questions[].id` spells it, and two spellings of one id in
+/// a request are refused.
+async fn answers_under_any_spelling_of_a_question_id_come_back_under_its_canonical_id(
+    backend: Backend,
+) {
+    let app = spawn_app(backend).await;
+    let ann = app.sign_up("ann@example.com").await;
+    let id = published(&app, &ann.token, settings("Spellings")).await;
+    let token = invite(&app, &ann.token, &id, "cand@example.com").await;
+    let started: Value = candidate(&app, Method::POST, &format!("{token}/start"), None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id_of = |prompt: &str| {
+        started["questions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|q| q["prompt"] == prompt)
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (sc, tf, st, nu) = (
+        id_of("2+2?"),
+        id_of("Rust is memory safe"),
+        id_of("Capital of France?"),
+        id_of("Boiling point of water in F"),
+    );
+    let spelled = json!({
+        sc.to_uppercase(): 1,
+        format!("{{{tf}}}"): true,
+        format!("urn:uuid:{st}"): "Paris",
+        nu.replace('-', ""): 212,
+    });
+    let expected = json!({sc.clone(): 1, tf.clone(): true, st.clone(): "Paris", nu.clone(): 212});
+    let saved = candidate(
+        &app,
+        Method::PUT,
+        &format!("{token}/answers"),
+        Some(json!({"answers": spelled})),
+    )
+    .await;
+    assert_eq!(saved.status(), 200);
+    let view: Value = candidate(&app, Method::GET, &token, None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(view["answers"], expected, "saved under the canonical ids");
+    // Two spellings of one id: refused, naming the key, and nothing is saved or submitted.
+    let before = app.snapshot().await;
+    for path in ["answers", "submit"] {
+        let method = if path == "answers" {
+            Method::PUT
+        } else {
+            Method::POST
+        };
+        let twice = json!({"answers": {sc.clone(): 0, sc.to_uppercase(): 1}});
+        let problem = assert_problem(
+            candidate(&app, method, &format!("{token}/{path}"), Some(twice)).await,
+            400,
+            "validation_failed",
+        )
+        .await;
+        assert_eq!(
+            problem["errors"][0]["code"], "duplicate_answer_id",
+            "{problem}"
+        );
+    }
+    assert_eq!(app.snapshot().await, before);
+    let again: Value = candidate(&app, Method::GET, &token, None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        again["answers"], expected,
+        "the refused requests changed nothing"
+    );
+    let submitted = candidate(
+        &app,
+        Method::POST,
+        &format!("{token}/submit"),
+        Some(json!({"answers": spelled})),
+    )
+    .await;
+    assert_eq!(submitted.status(), 201);
+    let subs: Value = app
+        .get(&format!("/api/v1/assessments/{id}/submissions"), &ann.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let sub_id = subs["data"][0]["id"].as_str().unwrap();
+    let detail: Value = app
+        .get(&format!("/api/v1/submissions/{sub_id}"), &ann.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        detail["answers"], expected,
+        "submitted under the canonical ids"
+    );
 }
 
 async fn the_server_enforces_the_deadline_and_auto_submits_abandoned_attempts(backend: Backend) {
