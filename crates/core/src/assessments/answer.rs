@@ -272,6 +272,35 @@ mod tests {
         assert_eq!(code(&number, json!("2")), Err(codes::INVALID_TYPE));
     }
 
+    /// An f64 holds every integer up to 2^53 exactly and not all beyond: an integer answer
+    /// outside ±(2^53 − 1) is refused, never rounded to a neighbour.
+    #[test]
+    fn numeric_answers_beyond_what_a_double_holds_exactly_are_refused() {
+        let number = spec(json!({"type": "numeric", "prompt": "p", "value": 1}));
+        let safe = 9_007_199_254_740_991_i64;
+        assert_eq!(code(&number, json!(safe)), Ok(Answer::Numeric(safe as f64)));
+        assert_eq!(
+            code(&number, json!(-safe)),
+            Ok(Answer::Numeric(-safe as f64))
+        );
+        for beyond in [
+            json!(safe + 1),
+            json!(9_007_199_254_740_993_i64),
+            json!(-9_007_199_254_740_993_i64),
+            json!(i64::MIN),
+            json!(u64::MAX),
+        ] {
+            let error = Answer::parse(&number, &beyond).expect_err("refused");
+            assert_eq!(
+                (error.code, error.detail.as_str()),
+                (codes::OUT_OF_RANGE, "must be within ±(2^53-1)"),
+                "{beyond}"
+            );
+        }
+        // Decimals are read as the nearest double, as documented.
+        assert_eq!(code(&number, json!(0.1)), Ok(Answer::Numeric(0.1)));
+    }
+
     #[test]
     fn a_submission_reports_every_bad_answer_and_unknown_or_repeated_ids() {
         let questions = vec![(1u32, single()), (2, multiple())];

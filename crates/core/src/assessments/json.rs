@@ -51,10 +51,21 @@ fn out_of_safe_range() -> Invalid {
     Invalid::new(codes::OUT_OF_RANGE, "must be within ±(2^53-1)")
 }
 
-/// A finite JSON number (integers included). serde_json cannot produce NaN or infinities from
-/// text, but a `Value` built in code can, so the check stays.
+/// A finite JSON number (integers included), as an f64. serde_json cannot produce NaN or
+/// infinities from text, but a `Value` built in code can, so the check stays.
+///
+/// An integer must be within ±(2^53 − 1), as [`strict_integer`] requires: serde_json keeps a
+/// 64-bit integer exactly, but the f64 it becomes here would silently round one beyond that
+/// (9007199254740993 would be kept as 9007199254740992). A number with a fraction or exponent
+/// was already read as the nearest f64 by serde_json, and is taken as that.
 pub(crate) fn finite_number(value: &Value, expected: &str) -> Result<f64, Invalid> {
     match value {
+        Value::Number(n) if !n.is_f64() => match n.as_i64() {
+            Some(i) if (-JSON_SAFE_INTEGER_MAX..=JSON_SAFE_INTEGER_MAX).contains(&i) => {
+                Ok(i as f64)
+            }
+            _ => Err(out_of_safe_range()),
+        },
         Value::Number(n) => match n.as_f64() {
             Some(x) if x.is_finite() => Ok(x),
             _ => Err(Invalid::new(

@@ -1264,6 +1264,22 @@ mod tests {
                 ("/tolerance", codes::OUT_OF_RANGE)
             ])
         );
+        // An integer key a double cannot hold exactly is refused, not rounded.
+        assert_eq!(
+            errors(
+                json!({"type": "numeric", "prompt": "p", "value": 9_007_199_254_740_993_u64,
+                "tolerance": -9_007_199_254_740_993_i64})
+            ),
+            pairs(&[
+                ("/value", codes::OUT_OF_RANGE),
+                ("/tolerance", codes::OUT_OF_RANGE)
+            ])
+        );
+        assert!(
+            QuestionSpec::from_json(&json!({"type": "numeric", "prompt": "p",
+                "value": 9_007_199_254_740_991_u64, "tolerance": 0}))
+            .is_ok()
+        );
         assert_eq!(
             errors(json!({"type": "numeric", "prompt": "p", "value": "1", "tolerance": null})),
             pairs(&[
