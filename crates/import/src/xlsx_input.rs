@@ -99,6 +99,34 @@ fn read_sheet(bytes: &[u8]) -> Result<Table, ImportError> {
         }
         rows.entry(row).or_default().insert(column, value);
     }
+    // A number shown as `15%` or `1/2` is saved as 0.15 or 0.5: taken as the saved value it
+    // would be a key the author never wrote. Which cells are shown so is known only from
+    // their style, read in a second pass over the sheet (only when the workbook has such a
+    // format at all; calamine reads values and styles in separate passes).
+    let shown_as: BTreeMap<usize, &'static str> = cells
+        .styles()
+        .iter()
+        .enumerate()
+        .filter_map(|(id, style)| {
+            let format = style.number_format.as_ref()?;
+            number_shown_as(&format.format_code, format.format_id).map(|what| (id, what))
+        })
+        .collect();
+    drop(cells);
+    if !shown_as.is_empty() {
+        let mut styles = workbook.worksheet_cells_reader(&sheet).map_err(not_xlsx)?;
+        while let Some((row, column, style)) = styles.next_style_id().map_err(not_xlsx)? {
+            let Some(what) = shown_as.get(&style) else {
+                continue;
+            };
+            let column = usize::try_from(column).unwrap_or(usize::MAX);
+            if let Some(cell) = rows.get_mut(&row).and_then(|cells| cells.get_mut(&column))
+                && let Cell::Number(x) = *cell
+            {
+                *cell = Cell::Unsupported(format!("a {what} (saved as the number {x})"));
+            }
+        }
+    }
     let mut table = Table::default();
     for (row, cells) in rows {
         table.push(Row {
@@ -107,6 +135,36 @@ fn read_sheet(bytes: &[u8]) -> Result<Table, ImportError> {
         })?;
     }
     Ok(table)
+}
+
+/// What a number format shows a number as, when that is not the number itself: `percentage`
+/// for a `%` in the code (built-in formats 9 `0%` and 10 `0.00%`), `fraction` for a `/`
+/// (built-in 12 `# ?/?` and 13 `# ??/??`; date formats have one too, but calamine reads
+/// those cells as dates). Quoted text, escaped characters and `[…]` sections (colours,
+/// conditions, locales) are not format characters.
+fn number_shown_as(code: &str, id: Option<u32>) -> Option<&'static str> {
+    match id {
+        Some(9 | 10) => return Some("percentage"),
+        Some(12 | 13) => return Some("fraction"),
+        _ => {}
+    }
+    let (mut quoted, mut escaped, mut bracketed) = (false, false, false);
+    for c in code.chars() {
+        match c {
+            _ if escaped => escaped = false,
+            '"' => quoted = !quoted,
+            _ if quoted => {}
+            // `\x` is a literal x; `_x` a space as wide as x; `*x` x repeated to fill.
+            '\\' | '_' | '*' => escaped = true,
+            '[' => bracketed = true,
+            ']' => bracketed = false,
+            _ if bracketed => {}
+            '%' => return Some("percentage"),
+            '/' => return Some("fraction"),
+            _ => {}
+        }
+    }
+    None
 }
 
 /// A cell as the import sees it; `None` for an empty cell.
@@ -438,6 +496,27 @@ mod tests {
                 max_bytes: XLSX_DECOMPRESSED_BYTES_MAX
             })
         );
+    }
+
+    #[test]
+    fn percentage_and_fraction_formats_are_recognised_and_others_are_not() {
+        for (code, id, shown) in [
+            ("0%", Some(9), Some("percentage")),
+            ("General", Some(10), Some("percentage")),
+            ("0.0%", Some(164), Some("percentage")),
+            ("[Red]0.00%;-0%", None, Some("percentage")),
+            ("# ?/?", Some(12), Some("fraction")),
+            ("# ??/16", Some(165), Some("fraction")),
+            ("General", Some(0), None),
+            ("0.00", Some(2), None),
+            ("#,##0", Some(3), None),
+            ("0.00\\%", None, None),
+            ("0 \"%\"", None, None),
+            ("0_%", None, None),
+            ("[$%-409]0", None, None),
+        ] {
+            assert_eq!(number_shown_as(code, id), shown, "{code} {id:?}");
+        }
     }
 
     #[test]

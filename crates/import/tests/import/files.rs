@@ -14,6 +14,10 @@ pub enum X {
     /// A formatted blank: rust_xlsxwriter writes it as a self-closing `<c r=".." s=".."/>`.
     Blank,
     Date,
+    /// A number with a custom number format code.
+    NumFormat(f64, &'static str),
+    /// A number with a built-in number format, by its index.
+    NumFormatIndex(f64, u8),
 }
 
 /// A workbook whose first worksheet holds `rows` from A1.
@@ -37,6 +41,12 @@ pub fn xlsx(rows: &[Vec<X>]) -> Vec<u8> {
                         ExcelDateTime::from_ymd(2024, 5, 1).expect("date"),
                         &date,
                     )
+                    .map(|_| ()),
+                X::NumFormat(x, code) => sheet
+                    .write_number_with_format(r, c, *x, &Format::new().set_num_format(*code))
+                    .map(|_| ()),
+                X::NumFormatIndex(x, index) => sheet
+                    .write_number_with_format(r, c, *x, &Format::new().set_num_format_index(*index))
                     .map(|_| ()),
             }
             .expect("cell written");

@@ -113,6 +113,89 @@ fn date_cells_are_reported_not_guessed() {
     );
 }
 
+/// A cell showing `15%` holds 0.15, and one showing `1/2` holds 0.5: taken as they are saved,
+/// they would be keys and points the author never wrote, so they are reported with where.
+/// Other number formats (decimals, thousands separators) are numbers as they are shown.
+#[test]
+fn numbers_shown_as_percentages_or_fractions_are_reported_not_taken_as_saved() {
+    use X::*;
+    let bytes = xlsx(&[
+        header(),
+        vec![S("numeric"), S("Rate?"), Blank, NumFormatIndex(0.15, 9)],
+        vec![
+            S("numeric"),
+            S("Rate?"),
+            Blank,
+            NumFormatIndex(0.155, 10),
+            NumFormat(1.0, "0%"),
+        ],
+        vec![S("numeric"), S("Rate?"), Blank, NumFormat(0.125, "0.0%")],
+        vec![S("numeric"), S("Half?"), Blank, NumFormatIndex(0.5, 12)],
+        vec![
+            S("numeric"),
+            S("Sixteenths?"),
+            Blank,
+            NumFormat(0.5625, "# ??/16"),
+        ],
+        vec![
+            S("numeric"),
+            S("Plain"),
+            Blank,
+            NumFormat(1234.5, "#,##0.00"),
+            NumFormatIndex(2.0, 1),
+        ],
+    ]);
+    let Err(ImportError::Rows(errors)) = read(&bytes) else {
+        panic!("expected row errors")
+    };
+    let got: Vec<_> = errors
+        .iter()
+        .map(|e| (e.row, e.column.as_str(), e.code))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (2, "correct", "unsupported_cell"),
+            (3, "correct", "unsupported_cell"),
+            (3, "points", "unsupported_cell"),
+            (4, "correct", "unsupported_cell"),
+            (5, "correct", "unsupported_cell"),
+            (6, "correct", "unsupported_cell"),
+        ],
+        "{errors:#?}"
+    );
+    assert_eq!(
+        errors[0].detail,
+        "holds a percentage (saved as the number 0.15), which a question cannot use; type it \
+         as text"
+    );
+    assert!(
+        errors[4]
+            .detail
+            .starts_with("holds a fraction (saved as the number 0.5)")
+    );
+    // The same sheet without them imports, the formatted plain numbers as numbers.
+    let plain = xlsx(&[
+        header(),
+        vec![
+            S("numeric"),
+            S("Plain"),
+            Blank,
+            NumFormat(1234.5, "#,##0.00"),
+            NumFormatIndex(2.0, 1),
+        ],
+    ]);
+    let questions = read(&plain).expect("imports");
+    assert_eq!(
+        questions[0].key(),
+        &AnswerKey::Numeric {
+            value: 1234.5,
+            tolerance: 0.0
+        }
+    );
+    assert_eq!(questions[0].points(), 2);
+}
+
 #[test]
 fn leading_blank_rows_and_gaps_keep_the_row_numbers_a_person_sees() {
     use X::*;
