@@ -1195,14 +1195,15 @@ impl Submit {
             }
             n += count;
         }
-        let first = invites.first().context("no invite was created")?;
-        let reply = api
-            .get(&format!("/api/v1/public/invites/{first}"), None)
-            .await;
-        let body = assessments_route(&reply, "GET /api/v1/public/invites/{token}")?;
+        // The question ids from the employer's view: a candidate's view lists the
+        // questions only once the attempt started (before, the submits answered nothing).
+        invites.first().context("no invite was created")?;
+        let reply = api.get(&format!("/api/v1/assessments/{id}"), token).await;
+        let body = assessments_route(&reply, "GET /api/v1/assessments/{id}")?;
         let question_ids = body["questions"]
             .as_array()
-            .context("the invite shows no questions")?
+            .filter(|questions| !questions.is_empty())
+            .context("the assessment shows no questions")?
             .iter()
             .map(|q| str_at(q, "/id"))
             .collect::<anyhow::Result<Vec<_>>>()?;

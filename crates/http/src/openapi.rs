@@ -105,7 +105,8 @@ fn complete(path: &str, writes: bool, op: &mut Operation) {
     let events = path.starts_with("/api/v1/events") || path.starts_with("/api/v1/streams");
     // Nor the password change (its body is passwords: no fingerprint of it is stored).
     let keyed = writes && secured && !events && path != "/api/v1/me/password";
-    if has_body || has_query {
+    // A write that takes no body still refuses one that says something (`NoBody`).
+    if has_body || has_query || writes {
         add(op, 400, "Invalid request");
     }
     if keyed || (writes && secured && events) {
@@ -126,7 +127,7 @@ fn complete(path: &str, writes: bool, op: &mut Operation) {
         add(op, 409, "Idempotency key in use or sealed to another token");
         add(op, 422, "Idempotency key used for another request");
     }
-    if has_body {
+    if has_body || writes {
         add(
             op,
             408,
