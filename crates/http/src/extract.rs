@@ -24,19 +24,24 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         require_json_content_type(req.headers())?;
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
-                    codes::PAYLOAD_TOO_LARGE,
-                    "the request body exceeds the size limit",
-                )
-            } else {
-                crate::body_read::read_failed(&rejection)
-            }
-        })?;
+        let bytes = body_bytes(req, state).await?;
         require_object(&bytes)?;
         parse_json(&bytes).map(ApiJson)
     }
+}
+
+/// The whole body, within the route's limit: `413` over it, else as `body_read` says.
+async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+    Bytes::from_request(req, state).await.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                codes::PAYLOAD_TOO_LARGE,
+                "the request body exceeds the size limit",
+            )
+        } else {
+            crate::body_read::read_failed(&rejection)
+        }
+    })
 }
 
 /// The body of an operation that takes none: empty, or an empty JSON object. Anything else
@@ -50,16 +55,7 @@ impl<S: Send + Sync> FromRequest<S> for NoBody {
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         let headers = req.headers().clone();
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
-                    codes::PAYLOAD_TOO_LARGE,
-                    "the request body exceeds the size limit",
-                )
-            } else {
-                crate::body_read::read_failed(&rejection)
-            }
-        })?;
+        let bytes = body_bytes(req, state).await?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(NoBody);
         }

@@ -900,6 +900,21 @@ async fn bodies_must_be_plain_json_objects_and_paths_must_decode() {
     assert_eq!(app.snapshot().await, before, "nothing changed");
 }
 
+/// A new draft assessment's id.
+async fn draft_assessment(app: &TestApp, token: &str) -> String {
+    let assessment: Value = app
+        .post(
+            "/api/v1/assessments",
+            token,
+            &json!({"title": "T", "time_limit_minutes": 30, "passing_score_percent": 50}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assessment["id"].as_str().unwrap().to_owned()
+}
+
 /// A member named twice in a body is refused (`duplicate_field`) in typed bodies, in a
 /// question's definition and in an event's `data` (both were free-form values that kept the
 /// last one without a word). Nothing changes.
@@ -907,17 +922,7 @@ async fn bodies_must_be_plain_json_objects_and_paths_must_decode() {
 async fn members_named_twice_are_refused_everywhere() {
     let app = spawn_app(Backend::Sqlite).await;
     let ann = app.sign_up("ann@example.com").await;
-    let assessment: Value = app
-        .post(
-            "/api/v1/assessments",
-            &ann.token,
-            &json!({"title": "T", "time_limit_minutes": 30, "passing_score_percent": 50}),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
-    let id = assessment["id"].as_str().unwrap();
+    let id = &draft_assessment(&app, &ann.token).await;
     let before = app.snapshot().await;
     for (path, body, field) in [
         (
@@ -965,17 +970,7 @@ async fn members_named_twice_are_refused_everywhere() {
 async fn operations_without_a_body_refuse_one_that_says_something() {
     let app = spawn_app(Backend::Sqlite).await;
     let ann = app.sign_up("ann@example.com").await;
-    let assessment: Value = app
-        .post(
-            "/api/v1/assessments",
-            &ann.token,
-            &json!({"title": "T", "time_limit_minutes": 30, "passing_score_percent": 50}),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
-    let id = assessment["id"].as_str().unwrap();
+    let id = &draft_assessment(&app, &ann.token).await;
     let question = json!({"type": "true_false", "prompt": "Rust is memory safe", "correct": true});
     let added = app
         .post(
