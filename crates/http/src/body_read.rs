@@ -40,14 +40,12 @@ impl std::error::Error for BodyStalled {}
 
 /// Whether `error` or one of its sources is a [`BodyStalled`].
 pub fn is_stalled(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut current = Some(error);
-    while let Some(e) = current {
-        if e.is::<BodyStalled>() {
-            return true;
-        }
-        current = e.source();
-    }
-    false
+    caused_by::<BodyStalled>(error)
+}
+
+/// Whether `error` or one of its sources is an `E`.
+fn caused_by<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(error), |e| e.source()).any(|e| e.is::<E>())
 }
 
 const UNTOUCHED: u8 = 0;
@@ -162,15 +160,11 @@ pub fn read_failed(error: &(dyn std::error::Error + 'static)) -> crate::problem:
     if is_stalled(error) {
         return timed_out_reading();
     }
-    let mut current = Some(error);
-    while let Some(e) = current {
-        if e.is::<http_body_util::LengthLimitError>() {
-            return ApiError::new(
-                codes::PAYLOAD_TOO_LARGE,
-                "the request body exceeds the size limit",
-            );
-        }
-        current = e.source();
+    if caused_by::<http_body_util::LengthLimitError>(error) {
+        return ApiError::new(
+            codes::PAYLOAD_TOO_LARGE,
+            "the request body exceeds the size limit",
+        );
     }
     ApiError::new(
         codes::BAD_REQUEST,

@@ -485,17 +485,17 @@ async fn a_first_start_with_the_pairing_refuses_a_missing_log_the_database_publi
     let token = body["token"]["token"].as_str().unwrap().to_owned();
     // The relay has published the sign-up's events once the owner reads them.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let page: Value = client
+    let events = |address: String| {
+        let request = client
             .get(format!("{address}/api/v1/events?after=0"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if !page["data"].as_array().unwrap().is_empty() {
+            .bearer_auth(&token);
+        async move {
+            let page: Value = request.send().await.unwrap().json().await.unwrap();
+            page["data"].as_array().unwrap().len()
+        }
+    };
+    loop {
+        if events(address.clone()).await > 0 {
             break;
         }
         assert!(std::time::Instant::now() < deadline, "nothing published");
@@ -534,16 +534,7 @@ async fn a_first_start_with_the_pairing_refuses_a_missing_log_the_database_publi
     // The volume back: its log is adopted (given an id) and serves the events it holds.
     std::fs::rename(&unmounted, &log).unwrap();
     let (mut server, address, _lines) = start_server(dir.path());
-    let page: Value = client
-        .get(format!("{address}/api/v1/events?after=0"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert!(!page["data"].as_array().unwrap().is_empty());
+    assert!(events(address).await > 0);
     terminate(&mut server);
     assert!(log.join("log-id").exists());
 }
