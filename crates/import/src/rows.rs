@@ -253,8 +253,8 @@ fn question(layout: &BTreeMap<usize, Column>, row: &Row) -> Result<QuestionSpec,
                             fields.tolerance = FieldValue::Present(tolerance);
                         }
                     }
-                    Err(detail) => {
-                        errors.push(Column::Correct, codes::INVALID_VALUE, detail);
+                    Err((code, detail)) => {
+                        errors.push(Column::Correct, code, detail);
                         fields.value = FieldValue::Rejected;
                     }
                 },
@@ -296,7 +296,21 @@ fn points(value: FieldValue<&Cell>, errors: &mut RowErrors) -> FieldValue<i64> {
         FieldValue::Absent => return FieldValue::Absent,
         FieldValue::Rejected => return FieldValue::Rejected,
         FieldValue::Present(Cell::Number(x)) => Some(*x),
-        FieldValue::Present(Cell::Text(text)) => text.trim().parse::<f64>().ok(),
+        FieldValue::Present(Cell::Text(text)) => {
+            let text = text.trim();
+            let digits = text.strip_prefix(['+', '-']).unwrap_or(text);
+            if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+                // A whole number however long: the domain's range check (not a rounded
+                // double, nor "not whole") answers one too large.
+                let wide = if text.starts_with('-') {
+                    i64::MIN
+                } else {
+                    i64::MAX
+                };
+                return FieldValue::Present(text.parse::<i64>().unwrap_or(wide));
+            }
+            text.parse::<f64>().ok()
+        }
         FieldValue::Present(_) => None,
     };
     // 2^53: every integer up to it is exact in f64; the domain checks the real range.
@@ -429,7 +443,7 @@ fn choice_correct(
 }
 
 /// `value` or `value±tolerance` (also `+/-` and `+-`); a Unicode minus `−` reads as `-`.
-fn value_and_tolerance(text: &str) -> Result<(f64, Option<f64>), String> {
+fn value_and_tolerance(text: &str) -> Result<(f64, Option<f64>), (&'static str, String)> {
     let text = text.trim().replace('\u{2212}', "-");
     // The separator is searched after the first character so a leading sign stays the value's.
     let after_first = text.char_indices().nth(1).map_or(text.len(), |(i, _)| i);
@@ -447,24 +461,54 @@ fn value_and_tolerance(text: &str) -> Result<(f64, Option<f64>), String> {
     }
 }
 
-fn number(text: &str, what: &str) -> Result<f64, String> {
+fn number(text: &str, what: &str) -> Result<f64, (&'static str, String)> {
     let text = text.trim();
     if text.is_empty() {
-        return Err(format!("{what} is missing; write value or value±tolerance"));
+        return Err((
+            codes::INVALID_VALUE,
+            format!("{what} is missing; write value or value±tolerance"),
+        ));
+    }
+    // As in a JSON body: a decimal is read as the nearest double, but an integer written as
+    // one must be one a double holds exactly (`12345678901234567` would become …568).
+    let digits = text.strip_prefix(['+', '-']).unwrap_or(text);
+    if !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && text
+            .parse::<i128>()
+            .map_or(true, |n| n.unsigned_abs() > MAX_EXACT_INTEGER)
+    {
+        return Err((
+            codes::OUT_OF_RANGE,
+            format!(
+                "{what} {} must be within ±(2^53-1); a double cannot hold a larger integer \
+                 exactly",
+                quoted(text)
+            ),
+        ));
     }
     match text.parse::<f64>() {
         // `parse` also reads "inf" and "NaN"; an answer key must be a finite number.
         Ok(x) if x.is_finite() => Ok(x),
-        _ if text.contains(',') => Err(format!(
-            "{what} {} is not a number; use a dot as the decimal separator",
-            quoted(text)
+        _ if text.contains(',') => Err((
+            codes::INVALID_VALUE,
+            format!(
+                "{what} {} is not a number; use a dot as the decimal separator",
+                quoted(text)
+            ),
         )),
-        _ => Err(format!(
-            "{what} {} is not a number; write value or value±tolerance, e.g. 2.75±0.01",
-            quoted(text)
+        _ => Err((
+            codes::INVALID_VALUE,
+            format!(
+                "{what} {} is not a number; write value or value±tolerance, e.g. 2.75±0.01",
+                quoted(text)
+            ),
         )),
     }
 }
+
+/// 2^53 − 1: every integer up to it is exact in a double, not every one beyond.
+const MAX_EXACT_INTEGER: u128 = 9_007_199_254_740_991;
 
 /// The column, code and detail of a domain error, in the spreadsheet's terms.
 fn describe(e: FieldError) -> (Column, &'static str, String) {
@@ -519,5 +563,35 @@ mod tests {
         for bad in ["", "±1", "3±", "abc", "3,14", "inf", "NaN", "1±2±3"] {
             assert!(value_and_tolerance(bad).is_err(), "{bad}");
         }
+    }
+
+    /// An integer a double cannot hold exactly is refused, as in a JSON body; decimals are
+    /// read as the nearest double, as documented.
+    #[test]
+    fn integers_beyond_what_a_double_holds_exactly_are_refused() {
+        assert_eq!(
+            value_and_tolerance("9007199254740991"),
+            Ok((9_007_199_254_740_991.0, None))
+        );
+        assert_eq!(
+            value_and_tolerance("-9007199254740991±1"),
+            Ok((-9_007_199_254_740_991.0, Some(1.0)))
+        );
+        for (text, what) in [
+            ("9007199254740992", "the value"),
+            ("12345678901234567", "the value"),
+            ("-12345678901234567", "the value"),
+            ("+123456789012345678901234567890123456789012", "the value"),
+            ("1±12345678901234567", "the tolerance"),
+        ] {
+            let (code, detail) = value_and_tolerance(text).expect_err(text);
+            assert_eq!(code, codes::OUT_OF_RANGE, "{text}");
+            assert!(detail.starts_with(what), "{text}: {detail}");
+        }
+        assert_eq!(
+            value_and_tolerance("12345678901234567.0"),
+            Ok((12_345_678_901_234_568.0, None))
+        );
+        assert_eq!(value_and_tolerance("6.022e23"), Ok((6.022e23, None)));
     }
 }

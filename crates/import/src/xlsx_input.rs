@@ -174,7 +174,11 @@ fn convert(value: &DataRef<'_>) -> Option<Cell> {
         DataRef::String(s) => text_cell(s),
         DataRef::SharedString(s) => text_cell(s),
         DataRef::Float(x) => Some(Cell::Number(as_displayed(*x))),
-        // Exact up to 2^53, far beyond any count or answer a question file holds.
+        // Exact up to 2^53; a wider integer goes on as its digits, which the row rules
+        // refuse as out of range rather than read as a rounded double.
+        DataRef::Int(i) if i.unsigned_abs() > 9_007_199_254_740_991 => {
+            Some(Cell::Text(i.to_string()))
+        }
         DataRef::Int(i) => Some(Cell::Number(*i as f64)),
         DataRef::Bool(b) => Some(Cell::Bool(*b)),
         DataRef::DateTime(_) | DataRef::DateTimeIso(_) => {
@@ -406,6 +410,23 @@ mod tests {
 
     /// The attack scaled to fit the decompressed budget: 300,000 cell formats naming a format
     /// code of 1 MiB (6.7 MiB of XML) would have calamine copy 300 GB.
+    #[test]
+    fn integer_cells_a_double_cannot_hold_go_on_as_their_digits() {
+        let exact = 9_007_199_254_740_991_i64;
+        assert_eq!(
+            convert(&DataRef::Int(exact)),
+            Some(Cell::Number(exact as f64))
+        );
+        assert_eq!(
+            convert(&DataRef::Int(-exact - 2)),
+            Some(Cell::Text("-9007199254740993".into()))
+        );
+        assert_eq!(
+            convert(&DataRef::Int(i64::MIN)),
+            Some(Cell::Text(i64::MIN.to_string()))
+        );
+    }
+
     #[test]
     fn a_long_format_code_named_by_many_cell_formats_is_refused() {
         let styles = format!(

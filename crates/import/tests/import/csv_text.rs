@@ -174,6 +174,35 @@ fn every_row_error_is_reported_at_once_with_the_row_a_person_sees() {
     );
 }
 
+/// An integer a double cannot hold exactly is refused, not rounded (as in a JSON body);
+/// however long, a whole number of points is out of range, not "not whole".
+#[test]
+fn integers_beyond_what_a_double_holds_exactly_are_refused_not_rounded() {
+    let text = "type,prompt,options,correct,points\n\
+        numeric,p,,12345678901234567,\n\
+        numeric,p,,1±9007199254740992,\n\
+        numeric,p,,2,9007199254740993\n\
+        numeric,p,,2,-123456789012345678901234567890\n\
+        numeric,p,,9007199254740991±0,1\n";
+    assert_eq!(
+        row_errors(csv(text)),
+        [
+            e(2, "correct", "out_of_range"),
+            e(3, "correct", "out_of_range"),
+            e(4, "points", "out_of_range"),
+            e(5, "points", "out_of_range"),
+        ]
+    );
+    let Err(ImportError::Rows(errors)) = csv(text) else {
+        panic!("expected row errors");
+    };
+    assert_eq!(
+        errors[0].detail,
+        "the value \"12345678901234567\" must be within ±(2^53-1); a double cannot hold a \
+         larger integer exactly"
+    );
+}
+
 #[test]
 fn row_error_details_speak_in_spreadsheet_terms() {
     let Err(ImportError::Rows(errors)) =
