@@ -281,6 +281,8 @@ pub struct SubmissionDetail {
     /// The candidate's answers, by question id (employers only).
     #[schema(value_type = Object)]
     pub answers: Value,
+    /// Every review transition, in the order they were made (not sorted by `at`: that is the
+    /// clock of the server that made each, which may step back).
     pub reviews: Vec<ReviewView>,
 }
 

@@ -42,7 +42,7 @@ where
     results
 }
 
-async fn published(f: &Fixture, a: &Actor, title: &str) -> Uuid {
+pub(crate) async fn published(f: &Fixture, a: &Actor, title: &str) -> Uuid {
     let id = draft(f, a, title).await;
     f.store
         .transition_assessment(a, id, AssessmentStatus::Published, 100, None)
@@ -52,7 +52,7 @@ async fn published(f: &Fixture, a: &Actor, title: &str) -> Uuid {
 }
 
 /// A started attempt of a new candidate of `assessment`.
-async fn started(f: &Fixture, a: &Actor, assessment: Uuid, email: &str) -> Attempt {
+pub(crate) async fn started(f: &Fixture, a: &Actor, assessment: Uuid, email: &str) -> Attempt {
     let candidate = invite(email);
     let token = candidate.token_hash;
     f.store
@@ -75,7 +75,7 @@ fn new_attempt(t: time::OffsetDateTime) -> NewAttempt {
     }
 }
 
-fn submission(answers: serde_json::Value, source: AnswersSource) -> NewSubmission {
+pub(crate) fn submission(answers: serde_json::Value, source: AnswersSource) -> NewSubmission {
     NewSubmission {
         id: Uuid::now_v7(),
         earned: 0,

@@ -14,6 +14,7 @@ pub mod events;
 pub mod fixtures;
 pub mod idempotency;
 pub mod inventory;
+pub mod reviews;
 pub mod schema;
 
 pub use fixtures::*;
@@ -88,6 +89,9 @@ macro_rules! conformance_suite {
             assessment_races::reads_of_an_assessment_show_one_moment_while_it_changes,
             assessments::invite_events_follow_the_request_order,
             assessments::draft_edits_that_change_nothing_are_no_ops,
+            reviews::a_review_trail_keeps_the_transition_order_when_the_clock_goes_back,
+            reviews::the_database_refuses_two_review_rows_of_one_step_and_a_step_below_one,
+            reviews::review_rows_written_before_the_sequence_are_numbered_by_time,
             delivery::outbox_rows_are_leased_per_organization_in_sequence_order,
             delivery::completing_marks_rows_once_and_creates_each_delivery_once,
             delivery::only_rows_every_destination_published_are_purged_oldest_first,

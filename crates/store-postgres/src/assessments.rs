@@ -564,7 +564,7 @@ async fn submission_in(
     .map_err(db_error)?;
     let Some(row) = row else { return Ok(None) };
     let mut submission = submission_from(&row)?;
-    let reviews = sqlx::query("SELECT from_status, to_status, decision, note, actor_user_id, request_id, at FROM submission_reviews WHERE submission_id = $1 ORDER BY at, id")
+    let reviews = sqlx::query("SELECT from_status, to_status, decision, note, actor_user_id, request_id, at FROM submission_reviews WHERE submission_id = $1 ORDER BY seq")
         .bind(id)
         .fetch_all(&mut **tx)
         .await
@@ -1563,9 +1563,13 @@ impl AssessmentStore for PgStore {
         if moved.rows_affected() != 1 {
             return Err(internal("submission status changed under its row lock"));
         }
+        // The trail's order is this sequence, not `at` (instances' clocks differ and may step
+        // back). The submission's row lock (taken FOR UPDATE above, held to commit) makes
+        // transitions of one submission run one after another, and this statement's snapshot
+        // is taken after it was granted: it sees every earlier transition's row.
         sqlx::query(
-            "INSERT INTO submission_reviews (id, submission_id, from_status, to_status, decision, note, actor_user_id, request_id, at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            "INSERT INTO submission_reviews (id, submission_id, seq, from_status, to_status, decision, note, actor_user_id, request_id, at)
+             VALUES ($1, $2, (SELECT coalesce(max(seq), 0) + 1 FROM submission_reviews WHERE submission_id = $2), $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(Uuid::now_v7())
         .bind(id)

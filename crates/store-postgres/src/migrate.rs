@@ -105,6 +105,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/0016_event_log_mark.up.sql"),
         include_str!("../migrations/0016_event_log_mark.down.sql"),
     ),
+    (
+        17,
+        "review sequence",
+        include_str!("../migrations/0017_review_sequence.up.sql"),
+        include_str!("../migrations/0017_review_sequence.down.sql"),
+    ),
 ];
 
 fn migrator() -> Migrator {

@@ -496,7 +496,7 @@ async fn submission_in(
     .map_err(db_error)?;
     let Some(row) = row else { return Ok(None) };
     let mut submission = submission_from(&row)?;
-    let reviews = sqlx::query("SELECT from_status, to_status, decision, note, actor_user_id, request_id, at FROM submission_reviews WHERE submission_id = ?1 ORDER BY at, id")
+    let reviews = sqlx::query("SELECT from_status, to_status, decision, note, actor_user_id, request_id, at FROM submission_reviews WHERE submission_id = ?1 ORDER BY seq")
         .bind(id)
         .fetch_all(&mut *tx)
         .await
@@ -1467,9 +1467,13 @@ impl AssessmentStore for SqliteStore {
                 "submission status changed inside its write transaction",
             ));
         }
+        // The trail's order is this sequence, not `at` (a clock may step back). This
+        // transaction holds the database's write lock from its start (`BEGIN IMMEDIATE` on
+        // the single writer), so no other transition of this submission can come between the
+        // guarded update above and this read of its highest step.
         sqlx::query(
-            "INSERT INTO submission_reviews (id, submission_id, from_status, to_status, decision, note, actor_user_id, request_id, at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            "INSERT INTO submission_reviews (id, submission_id, seq, from_status, to_status, decision, note, actor_user_id, request_id, at)
+             VALUES (?1, ?2, (SELECT coalesce(max(seq), 0) + 1 FROM submission_reviews WHERE submission_id = ?2), ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         )
         .bind(Uuid::now_v7())
         .bind(id)

@@ -81,6 +81,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/0012_event_log_mark.up.sql"),
         include_str!("../migrations/0012_event_log_mark.down.sql"),
     ),
+    (
+        13,
+        "review sequence",
+        include_str!("../migrations/0013_review_sequence.up.sql"),
+        include_str!("../migrations/0013_review_sequence.down.sql"),
+    ),
 ];
 
 fn migrator() -> Migrator {

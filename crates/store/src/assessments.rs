@@ -243,7 +243,9 @@ pub struct Submission {
     pub review_status: SubmissionStatus,
     pub submitted_at: OffsetDateTime,
     pub updated_at: OffsetDateTime,
-    /// Oldest first; only filled by [`AssessmentStore::submission`].
+    /// In the order the transitions were made (their per-submission sequence, not `at`,
+    /// which is the clock of the instance that made each); only filled by
+    /// [`AssessmentStore::submission`].
     pub reviews: Vec<ReviewRecord>,
 }
 
