@@ -602,3 +602,96 @@ async fn a_member_removal_locks_the_members_tokens_in_id_order() {
             .unwrap();
     assert_eq!(left, 0);
 }
+
+/// The schema as PostgreSQL's catalog describes it (sqlx's bookkeeping aside): relations,
+/// columns, constraints, indexes, triggers (and whether they are enabled), functions.
+/// Columns are compared by name, not position: PostgreSQL adds a column back at the end of
+/// its table (migration 9's down does, for `outbox.xid`), and no query reads columns by
+/// position.
+async fn schema_of(pool: &sqlx::PgPool) -> Vec<String> {
+    let mut schema = Vec::new();
+    for sql in [
+        "SELECT concat_ws(' | ', relname, relkind) FROM pg_class
+         WHERE relnamespace = 'public'::regnamespace AND relname NOT LIKE '\\_sqlx%'",
+        "SELECT concat_ws(' | ', table_name, column_name, data_type,
+                          is_nullable, column_default, collation_name)
+         FROM information_schema.columns
+         WHERE table_schema = 'public' AND table_name NOT LIKE '\\_sqlx%'",
+        "SELECT concat_ws(' | ', conrelid::regclass, conname, pg_get_constraintdef(oid))
+         FROM pg_constraint
+         WHERE connamespace = 'public'::regnamespace AND conrelid::regclass::text NOT LIKE '\\_sqlx%'",
+        "SELECT concat_ws(' | ', tablename, indexname, indexdef) FROM pg_indexes
+         WHERE schemaname = 'public' AND tablename NOT LIKE '\\_sqlx%'",
+        "SELECT concat_ws(' | ', tgrelid::regclass, tgname, tgenabled, pg_get_triggerdef(oid))
+         FROM pg_trigger WHERE NOT tgisinternal",
+        "SELECT concat_ws(' | ', proname, pg_get_functiondef(oid)) FROM pg_proc
+         WHERE pronamespace = 'public'::regnamespace AND prokind = 'f'",
+    ] {
+        let mut rows: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .fetch_all(pool)
+            .await
+            .unwrap();
+        rows.sort();
+        schema.extend(rows);
+    }
+    schema
+}
+
+/// Every down migration leaves the schema exactly as its up migration found it: the store,
+/// migrated down one version at a time, against a database made by running the up files one
+/// at a time.
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set TRUELINE_TEST_POSTGRES_URL and run with --ignored"]
+async fn each_down_migration_restores_the_schema_its_up_migration_found() {
+    let reference_database = TestDatabase::create().await;
+    let reference = sqlx::PgPool::connect(&reference_database.url)
+        .await
+        .unwrap();
+    let migrations = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    let mut ups: Vec<(i64, std::path::PathBuf)> = std::fs::read_dir(&migrations)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.to_string_lossy().ends_with(".up.sql"))
+        .map(|path| {
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            (name[..4].parse().unwrap(), path)
+        })
+        .collect();
+    ups.sort();
+    // The schema after each version, from the up files alone.
+    let mut expected = vec![(0, schema_of(&reference).await)];
+    for (version, path) in &ups {
+        let sql = std::fs::read_to_string(path).unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&reference)
+            .await
+            .unwrap();
+        expected.push((*version, schema_of(&reference).await));
+    }
+    reference.close().await;
+    let (_database, store) = migrated_store().await;
+    let same = |migrated: Vec<String>, made: Vec<String>, what: String| {
+        let only_migrated: Vec<_> = migrated.iter().filter(|l| !made.contains(l)).collect();
+        let only_made: Vec<_> = made.iter().filter(|l| !migrated.contains(l)).collect();
+        assert!(
+            migrated == made,
+            "{what}: only in the store's schema {only_migrated:#?}, only in the up files' {only_made:#?}"
+        );
+    };
+    let (latest, schema) = expected.pop().unwrap();
+    same(
+        schema_of(store.pool()).await,
+        schema,
+        format!("up to {latest}"),
+    );
+    let mut reverted = latest;
+    while let Some((version, schema)) = expected.pop() {
+        assert_eq!(store.migrate_down(1).await.unwrap(), [reverted]);
+        same(
+            schema_of(store.pool()).await,
+            schema,
+            format!("down from {reverted} to {version}"),
+        );
+        reverted = version;
+    }
+}

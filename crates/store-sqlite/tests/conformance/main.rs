@@ -137,3 +137,75 @@ async fn replace_goes_through_the_guards_on_deletes() {
         1
     );
 }
+
+/// The schema as SQLite keeps it: every table, index and trigger with its statement (sqlx's
+/// bookkeeping aside, and `sqlite_sequence`, which SQLite makes for the first AUTOINCREMENT
+/// table and never drops).
+async fn schema_of(pool: &sqlx::SqlitePool) -> Vec<(String, String, String, Option<String>)> {
+    sqlx::query_as(
+        "SELECT type, name, tbl_name, sql FROM sqlite_master
+         WHERE tbl_name NOT LIKE '\\_sqlx%' ESCAPE '\\' AND name <> 'sqlite_sequence'
+         ORDER BY type, name",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+/// Every down migration leaves the schema exactly as its up migration found it: the store,
+/// migrated down one version at a time, against a database made by running the up files one
+/// at a time.
+#[tokio::test]
+async fn each_down_migration_restores_the_schema_its_up_migration_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let reference_url = format!("sqlite://{}", dir.path().join("ups.db").display());
+    let reference = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(
+            reference_url
+                .parse::<sqlx::sqlite::SqliteConnectOptions>()
+                .unwrap()
+                .create_if_missing(true),
+        )
+        .await
+        .unwrap();
+    let migrations = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    let mut ups: Vec<(i64, std::path::PathBuf)> = std::fs::read_dir(&migrations)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.to_string_lossy().ends_with(".up.sql"))
+        .map(|path| {
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            (name[..4].parse().unwrap(), path)
+        })
+        .collect();
+    ups.sort();
+    // The schema after each version, from the up files alone.
+    let mut expected = vec![(0, schema_of(&reference).await)];
+    for (version, path) in &ups {
+        let sql = std::fs::read_to_string(path).unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&reference)
+            .await
+            .unwrap();
+        expected.push((*version, schema_of(&reference).await));
+    }
+    let url = format!("sqlite://{}", dir.path().join("trueline.db").display());
+    let store = SqliteStore::connect(&url, SqliteOptions::default())
+        .await
+        .unwrap();
+    store.migrate_up().await.unwrap();
+    let pool = store.bypass_pool().await.unwrap();
+    let (latest, schema) = expected.pop().unwrap();
+    assert_eq!(schema_of(&pool).await, schema, "up to {latest}");
+    let mut reverted = latest;
+    while let Some((version, schema)) = expected.pop() {
+        assert_eq!(store.migrate_down(1).await.unwrap(), [reverted]);
+        assert_eq!(
+            schema_of(&pool).await,
+            schema,
+            "down from {reverted} to {version}"
+        );
+        reverted = version;
+    }
+}
