@@ -9,6 +9,7 @@ use crate::auth::hash_token;
 use crate::extract::ApiJson;
 use crate::problem::{ApiError, codes};
 use crate::state::AppState;
+use crate::strict_json::StrictObject;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -105,7 +106,7 @@ pub struct AnswersRequest {
     /// Question id → answer: an option index (single_choice), an array of indices
     /// (multiple_choice), a boolean (true_false), a string (short_text) or a number (numeric).
     #[schema(value_type = Object)]
-    pub answers: Map<String, Value>,
+    pub answers: StrictObject,
 }
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
@@ -113,7 +114,7 @@ pub struct AnswersRequest {
 pub struct SubmitRequest {
     /// Final answers; when absent, the last saved answers are submitted.
     #[schema(value_type = Option<Object>)]
-    pub answers: Option<Map<String, Value>>,
+    pub answers: Option<StrictObject>,
 }
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
@@ -487,7 +488,7 @@ async fn save_answers(
     if s.submission.is_some() {
         return Err(DomainError::AlreadySubmitted.into());
     }
-    let answers = checked_answers(&s, &body.answers)?;
+    let answers = checked_answers(&s, &body.answers.0)?;
     let now = state.clock.now();
     let saved = state
         .store
@@ -532,7 +533,7 @@ async fn submit(
                 // only send the submit again. Sent without answers or with the same ones, it
                 // gets what the first got; different answers (or an attempt the sweeper
                 // submitted) are a second submission and refused.
-                if is_retry_of(&s, existing, body.answers.as_ref()) {
+                if is_retry_of(&s, existing, body.answers.as_ref().map(|a| &a.0)) {
                     tracing::info!(event = "mutation.assessments.submit.success", submission_id = %existing.id, replayed = true);
                     return Ok((StatusCode::CREATED, Json(view_of(&state, &s))).into_response());
                 }
@@ -542,7 +543,7 @@ async fn submit(
                 return Err(DomainError::DeadlinePassed.into());
             }
             let submission = match &body.answers {
-                Some(given) => score(&s, &checked_answers(&s, given)?, AnswersSource::Request, false)?,
+                Some(given) => score(&s, &checked_answers(&s, &given.0)?, AnswersSource::Request, false)?,
                 None => score(&s, &attempt.answers, AnswersSource::Saved { saved_at: attempt.saved_at }, false)?,
             };
             let stored = match state.store.submit_attempt(attempt.id, submission, now, Some(now - grace(&state))).await {

@@ -1,7 +1,7 @@
 //! The Events API: append (single, or a batch to one stream), read by id, catch-up by
 //! position, read a stream, live subscription over Server-Sent Events, statistics.
 
-use crate::extract::{ApiJson, ApiQuery, Principal, bearer_token, principal_for};
+use crate::extract::{ApiJsonData, ApiQuery, Principal, bearer_token, principal_for};
 use crate::list_type;
 use crate::problem::{ApiError, codes};
 use crate::state::AppState;
@@ -443,7 +443,7 @@ async fn append_event(
     State(state): State<AppState>,
     p: Principal,
     headers: HeaderMap,
-    ApiJson(body): ApiJson<AppendEventRequest>,
+    ApiJsonData(body): ApiJsonData<AppendEventRequest>,
 ) -> Result<Response, ApiError> {
     let result = async {
         p.require(Role::Member)?;
@@ -512,7 +512,7 @@ async fn append_to_stream(
     p: Principal,
     Path(stream): Path<String>,
     headers: HeaderMap,
-    ApiJson(body): ApiJson<AppendStreamRequest>,
+    ApiJsonData(body): ApiJsonData<AppendStreamRequest>,
 ) -> Result<Response, ApiError> {
     let result = async {
         p.require(Role::Member)?;

@@ -15,7 +15,10 @@ use trueline_core::accounts::Role;
 use trueline_core::ids::{OrgId, TokenId, UserId};
 use trueline_core::validation::FieldError;
 
-/// A JSON request body. Requires `Content-Type: application/json` (or `+json`).
+/// A JSON request body. Requires `Content-Type: application/json` (or `+json`). Integer
+/// literals too wide for 64 bits are refused as out of range by the fields' own rules
+/// ([`narrow_wide_integers`](crate::strict_json::narrow_wide_integers)), never read as
+/// rounded doubles.
 #[derive(Debug, Clone)]
 pub struct ApiJson<T>(pub T);
 
@@ -23,10 +26,35 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        require_json_content_type(req.headers())?;
-        let bytes = body_bytes(req, state).await?;
-        require_object(&bytes)?;
-        parse_json(&bytes).map(ApiJson)
+        let bytes = object_body(req, state).await?;
+        let narrowed = crate::strict_json::narrow_wide_integers(&bytes);
+        if let std::borrow::Cow::Owned(_) = narrowed {
+            // Syntax errors are reported with the positions of the body as sent.
+            serde_json::from_slice::<serde::de::IgnoredAny>(&bytes)
+                .map_err(|e| ApiError::new(codes::MALFORMED_JSON, e.to_string()))?;
+        }
+        parse_json(&narrowed).map(ApiJson)
+    }
+}
+
+/// The body of a JSON request: the right media type and a JSON object.
+async fn object_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+    require_json_content_type(req.headers())?;
+    let bytes = body_bytes(req, state).await?;
+    require_object(&bytes)?;
+    Ok(bytes)
+}
+
+/// A JSON request body carrying client data whose numbers are kept as serde_json reads them
+/// (an event's `data` and `metadata`: doubles, as documented), so no integer is narrowed.
+#[derive(Debug, Clone)]
+pub struct ApiJsonData<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJsonData<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        parse_json(&object_body(req, state).await?).map(ApiJsonData)
     }
 }
 

@@ -1004,6 +1004,49 @@ async fn answers_under_any_spelling_of_a_question_id_come_back_under_its_canonic
             "{problem}"
         );
     }
+    // An answer as an integer too wide for 64 bits is out of range (it was read as a
+    // rounded double); an id named twice in the same spelling is a duplicate too (the map
+    // kept the last one).
+    for path in ["answers", "submit"] {
+        let method = if path == "answers" {
+            Method::PUT
+        } else {
+            Method::POST
+        };
+        for (body, code, field) in [
+            (
+                format!(r#"{{"answers":{{"{nu}":212000000000000000000}}}}"#),
+                "out_of_range",
+                format!("/answers/{nu}"),
+            ),
+            (
+                format!(r#"{{"answers":{{"{sc}":0,"{sc}":1}}}}"#),
+                "duplicate_field",
+                "/answers".to_owned(),
+            ),
+        ] {
+            let response = app
+                .client
+                .request(
+                    method.clone(),
+                    app.url(&format!("/api/v1/public/invites/{token}/{path}")),
+                )
+                .header("content-type", "application/json")
+                .body(body.clone())
+                .send()
+                .await
+                .unwrap();
+            let problem = assert_problem(response, 400, "validation_failed").await;
+            assert_eq!(
+                (
+                    &problem["errors"][0]["code"],
+                    &problem["errors"][0]["field"]
+                ),
+                (&json!(code), &json!(field)),
+                "{body}: {problem}"
+            );
+        }
+    }
     assert_eq!(app.snapshot().await, before);
     let again: Value = candidate(&app, Method::GET, &token, None)
         .await

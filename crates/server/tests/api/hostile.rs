@@ -964,6 +964,106 @@ async fn members_named_twice_are_refused_everywhere() {
     assert_eq!(app.snapshot().await, before, "nothing changed");
 }
 
+/// An integer literal too wide for 64 bits was read by serde_json as the nearest double: a
+/// numeric answer key of `123456789012345678901` was stored rounded where the README says an
+/// integer must be within ±(2^53−1). Now every integer rule refuses it (`out_of_range`, at
+/// its field) and nothing changes; an event's `data` keeps numbers as doubles, as documented.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn integers_too_wide_for_64_bits_are_out_of_range_not_rounded() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let ann = app.sign_up("ann@example.com").await;
+    let id = &draft_assessment(&app, &ann.token).await;
+    let item: Value = app
+        .post(
+            "/api/v1/items",
+            &ann.token,
+            &json!({"name": "Milk", "qty": 5}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let item_id = item["id"].as_str().unwrap();
+    let before = app.snapshot().await;
+    for (method, path, body, field) in [
+        (
+            Method::POST,
+            format!("/api/v1/assessments/{id}/questions"),
+            r#"{"type":"numeric","prompt":"p","value":123456789012345678901,"tolerance":0}"#,
+            "/value",
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/assessments/{id}/questions"),
+            r#"{"type":"numeric","prompt":"p","value":1,"tolerance":-99999999999999999999999}"#,
+            "/tolerance",
+        ),
+        (
+            Method::POST,
+            "/api/v1/items".to_owned(),
+            r#"{"name":"Oats","qty":123456789012345678901}"#,
+            "/qty",
+        ),
+        (
+            Method::PATCH,
+            format!("/api/v1/items/{item_id}/qty"),
+            r#"{"delta":-123456789012345678901}"#,
+            "/delta",
+        ),
+    ] {
+        let response = app
+            .request(method, &path, Some(&ann.token))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let problem = assert_problem(response, 400, "validation_failed").await;
+        assert_eq!(
+            (
+                &problem["errors"][0]["field"],
+                &problem["errors"][0]["code"]
+            ),
+            (&json!(field), &json!("out_of_range")),
+            "{body}: {problem}"
+        );
+    }
+    // A syntax error after a wide integer is reported where it is in the body as sent.
+    let response = app
+        .request(Method::POST, "/api/v1/items", Some(&ann.token))
+        .header("content-type", "application/json")
+        .body(r#"{"qty":123456789012345678901234567890,"name":}"#)
+        .send()
+        .await
+        .unwrap();
+    let problem = assert_problem(response, 400, "malformed_json").await;
+    assert!(
+        problem["detail"].as_str().unwrap().ends_with("column 46"),
+        "{problem}"
+    );
+    assert_eq!(app.snapshot().await, before, "nothing changed");
+    // Event data: numbers are doubles (README), so the integer is kept as the nearest one.
+    let response = app
+        .request(Method::POST, "/api/v1/events", Some(&ann.token))
+        .header("content-type", "application/json")
+        .body(r#"{"type":"t","data":{"n":123456789012345678901}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let appended: Value = response.json().await.unwrap();
+    let event: Value = app
+        .get(
+            &format!("/api/v1/events/{}", appended["id"].as_str().unwrap()),
+            &ann.token,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(event["data"]["n"], json!(1.2345678901234568e20));
+}
+
 /// Operations that take no body refuse one that says something (it was ignored: a publish
 /// with `{"dry_run": true}` published); an empty body or `{}` is fine.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
