@@ -1145,16 +1145,19 @@ async fn move_to(
     id: Uuid,
     rid: RequestId,
     idem: Idem,
+    headers: &HeaderMap,
     to: AssessmentStatus,
 ) -> Result<Response, ApiError> {
     let result = async {
         p.require(Role::Admin)?;
+        let expected = if_match(headers, false)?;
         let render = |a: &Assessment| assessment_response(StatusCode::OK, a);
         let a = state
             .store
             .transition_assessment(
                 &actor(&p, &state, &rid),
                 id,
+                expected,
                 to,
                 state.settings.published_assessments_max,
                 idem.with(&render),
@@ -1169,50 +1172,77 @@ async fn move_to(
 
 /// Publish a draft: its settings and questions freeze; at most N published per organization.
 #[utoipa::path(post, path = "/assessments/{id}/publish", tag = "assessments", security(("bearer" = [])),
-    params(("id" = Uuid, Path, description = "Assessment id")),
+    params(("id" = Uuid, Path, description = "Assessment id"),
+           ("If-Match" = Option<String>, Header, description = "Optional: the ETag the caller saw, e.g. \"r3\"; another revision is `412`")),
     responses((status = 200, description = "Published", body = AssessmentView),
-              (status = 409, description = "`invalid_transition` or `active_assessment_limit`", body = crate::problem::Problem, content_type = "application/problem+json")))]
+              (status = 409, description = "`invalid_transition` or `active_assessment_limit`", body = crate::problem::Problem, content_type = "application/problem+json"),
+              (status = 412, description = "`precondition_failed`", body = crate::problem::Problem, content_type = "application/problem+json")))]
 async fn publish(
     State(state): State<AppState>,
     p: Principal,
     PathId(id): PathId,
     Extension(rid): Extension<RequestId>,
     idem: Idem,
+    headers: HeaderMap,
     _: crate::extract::NoBody,
 ) -> Result<Response, ApiError> {
-    move_to(state, p, id, rid, idem, AssessmentStatus::Published).await
+    move_to(
+        state,
+        p,
+        id,
+        rid,
+        idem,
+        &headers,
+        AssessmentStatus::Published,
+    )
+    .await
 }
 
 /// Close a published assessment: no new attempts; frees a publishing slot.
 #[utoipa::path(post, path = "/assessments/{id}/close", tag = "assessments", security(("bearer" = [])),
-    params(("id" = Uuid, Path, description = "Assessment id")),
+    params(("id" = Uuid, Path, description = "Assessment id"),
+           ("If-Match" = Option<String>, Header, description = "Optional: the ETag the caller saw, e.g. \"r3\"; another revision is `412`")),
     responses((status = 200, description = "Closed", body = AssessmentView),
-              (status = 409, description = "`invalid_transition`", body = crate::problem::Problem, content_type = "application/problem+json")))]
+              (status = 409, description = "`invalid_transition`", body = crate::problem::Problem, content_type = "application/problem+json"),
+              (status = 412, description = "`precondition_failed`", body = crate::problem::Problem, content_type = "application/problem+json")))]
 async fn close(
     State(state): State<AppState>,
     p: Principal,
     PathId(id): PathId,
     Extension(rid): Extension<RequestId>,
     idem: Idem,
+    headers: HeaderMap,
     _: crate::extract::NoBody,
 ) -> Result<Response, ApiError> {
-    move_to(state, p, id, rid, idem, AssessmentStatus::Closed).await
+    move_to(state, p, id, rid, idem, &headers, AssessmentStatus::Closed).await
 }
 
 /// Archive a closed assessment.
 #[utoipa::path(post, path = "/assessments/{id}/archive", tag = "assessments", security(("bearer" = [])),
-    params(("id" = Uuid, Path, description = "Assessment id")),
+    params(("id" = Uuid, Path, description = "Assessment id"),
+           ("If-Match" = Option<String>, Header, description = "Optional: the ETag the caller saw, e.g. \"r3\"; another revision is `412`")),
     responses((status = 200, description = "Archived", body = AssessmentView),
-              (status = 409, description = "`invalid_transition`", body = crate::problem::Problem, content_type = "application/problem+json")))]
+              (status = 409, description = "`invalid_transition`", body = crate::problem::Problem, content_type = "application/problem+json"),
+              (status = 412, description = "`precondition_failed`", body = crate::problem::Problem, content_type = "application/problem+json")))]
 async fn archive(
     State(state): State<AppState>,
     p: Principal,
     PathId(id): PathId,
     Extension(rid): Extension<RequestId>,
     idem: Idem,
+    headers: HeaderMap,
     _: crate::extract::NoBody,
 ) -> Result<Response, ApiError> {
-    move_to(state, p, id, rid, idem, AssessmentStatus::Archived).await
+    move_to(
+        state,
+        p,
+        id,
+        rid,
+        idem,
+        &headers,
+        AssessmentStatus::Archived,
+    )
+    .await
 }
 
 /// A new draft version of a published, closed or archived assessment (questions copied).

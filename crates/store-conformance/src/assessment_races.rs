@@ -45,7 +45,7 @@ where
 pub(crate) async fn published(f: &Fixture, a: &Actor, title: &str) -> Uuid {
     let id = draft(f, a, title).await;
     f.store
-        .transition_assessment(a, id, AssessmentStatus::Published, 100, None)
+        .transition_assessment(a, id, None, AssessmentStatus::Published, 100, None)
         .await
         .expect("publish");
     id
@@ -208,7 +208,7 @@ pub async fn an_edit_racing_a_publish_never_changes_the_published_version(f: &Fi
             let (store, a) = (f.store.clone(), a.clone());
             tokio::spawn(async move {
                 store
-                    .transition_assessment(&a, id, AssessmentStatus::Published, 1_000, None)
+                    .transition_assessment(&a, id, None, AssessmentStatus::Published, 1_000, None)
                     .await
                     .map(|_| ())
             })
@@ -252,7 +252,7 @@ pub async fn concurrent_transitions_and_revisions_run_one_after_another(f: &Fixt
             let a = a.clone();
             async move {
                 store
-                    .transition_assessment(&a, id, AssessmentStatus::Published, 1_000, None)
+                    .transition_assessment(&a, id, None, AssessmentStatus::Published, 1_000, None)
                     .await
             }
         })
@@ -393,7 +393,7 @@ pub async fn a_start_rechecks_revocation_expiry_and_status_in_its_transaction(f:
         Err(StoreError::Domain(DomainError::InviteExpired))
     ));
     f.store
-        .transition_assessment(&a, id, AssessmentStatus::Closed, 100, None)
+        .transition_assessment(&a, id, None, AssessmentStatus::Closed, 100, None)
         .await
         .expect("close");
     let after_close = f.store.start_attempt(&closed_token, new_attempt(t)).await;

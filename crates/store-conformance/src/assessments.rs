@@ -70,7 +70,7 @@ pub async fn staff_changes_to_assessments_are_audited(f: &Fixture) {
     let a = owner_actor(f, "ann@example.com").await;
     let id = draft(f, &a, "Audited").await;
     f.store
-        .transition_assessment(&a, id, AssessmentStatus::Published, 3, None)
+        .transition_assessment(&a, id, None, AssessmentStatus::Published, 3, None)
         .await
         .expect("publish");
     let outcomes = f
@@ -87,7 +87,7 @@ pub async fn staff_changes_to_assessments_are_audited(f: &Fixture) {
         .await
         .expect("share link");
     f.store
-        .transition_assessment(&a, id, AssessmentStatus::Closed, 3, None)
+        .transition_assessment(&a, id, None, AssessmentStatus::Closed, 3, None)
         .await
         .expect("close");
     let events = f
@@ -131,7 +131,7 @@ pub async fn lifecycle_edges_are_held_by_the_schema(f: &Fixture) {
     let set =
         |status: &str| format!("UPDATE assessments SET status = '{status}' WHERE title = 'Edges'");
     f.store
-        .transition_assessment(&a, id, AssessmentStatus::Published, 3, None)
+        .transition_assessment(&a, id, None, AssessmentStatus::Published, 3, None)
         .await
         .expect("publish");
     assert!(
@@ -139,7 +139,7 @@ pub async fn lifecycle_edges_are_held_by_the_schema(f: &Fixture) {
         "published → archived"
     );
     f.store
-        .transition_assessment(&a, id, AssessmentStatus::Closed, 3, None)
+        .transition_assessment(&a, id, None, AssessmentStatus::Closed, 3, None)
         .await
         .expect("close");
     assert!(
@@ -147,7 +147,7 @@ pub async fn lifecycle_edges_are_held_by_the_schema(f: &Fixture) {
         "closed → published"
     );
     f.store
-        .transition_assessment(&a, id, AssessmentStatus::Archived, 3, None)
+        .transition_assessment(&a, id, None, AssessmentStatus::Archived, 3, None)
         .await
         .expect("archive");
     for back in ["closed", "published"] {
@@ -176,7 +176,7 @@ pub async fn published_versions_are_frozen_by_the_schema(f: &Fixture) {
     let a = owner_actor(f, "ann@example.com").await;
     let id = draft(f, &a, "Rust basics").await;
     f.store
-        .transition_assessment(&a, id, AssessmentStatus::Published, 3, None)
+        .transition_assessment(&a, id, None, AssessmentStatus::Published, 3, None)
         .await
         .expect("publish");
     let refused = f
@@ -262,7 +262,7 @@ pub async fn concurrent_publishes_never_exceed_the_quota(f: &Fixture) {
         tasks.push(tokio::spawn(async move {
             barrier.wait().await;
             store
-                .transition_assessment(&a, id, AssessmentStatus::Published, 3, None)
+                .transition_assessment(&a, id, None, AssessmentStatus::Published, 3, None)
                 .await
         }));
     }
@@ -296,12 +296,12 @@ pub async fn closing_frees_a_slot_and_the_counter_follows_the_status(f: &Fixture
     let first = draft(f, &a, "One").await;
     let second = draft(f, &a, "Two").await;
     f.store
-        .transition_assessment(&a, first, AssessmentStatus::Published, 1, None)
+        .transition_assessment(&a, first, None, AssessmentStatus::Published, 1, None)
         .await
         .expect("publish");
     let full = f
         .store
-        .transition_assessment(&a, second, AssessmentStatus::Published, 1, None)
+        .transition_assessment(&a, second, None, AssessmentStatus::Published, 1, None)
         .await;
     assert!(matches!(
         full,
@@ -310,16 +310,16 @@ pub async fn closing_frees_a_slot_and_the_counter_follows_the_status(f: &Fixture
         }))
     ));
     f.store
-        .transition_assessment(&a, first, AssessmentStatus::Closed, 1, None)
+        .transition_assessment(&a, first, None, AssessmentStatus::Closed, 1, None)
         .await
         .expect("close");
     f.store
-        .transition_assessment(&a, second, AssessmentStatus::Published, 1, None)
+        .transition_assessment(&a, second, None, AssessmentStatus::Published, 1, None)
         .await
         .expect("publish second");
     let back = f
         .store
-        .transition_assessment(&a, first, AssessmentStatus::Published, 1, None)
+        .transition_assessment(&a, first, None, AssessmentStatus::Published, 1, None)
         .await;
     assert!(matches!(
         back,
@@ -337,7 +337,7 @@ pub async fn two_concurrent_submits_leave_exactly_one_submission(f: &Fixture) {
     let a = owner_actor(f, "ann@example.com").await;
     let id = draft(f, &a, "Quiz").await;
     f.store
-        .transition_assessment(&a, id, AssessmentStatus::Published, 3, None)
+        .transition_assessment(&a, id, None, AssessmentStatus::Published, 3, None)
         .await
         .expect("publish");
     let candidate = invite("cand@example.com");
@@ -420,7 +420,7 @@ pub async fn deadlines_are_enforced_by_the_guarded_statements(f: &Fixture) {
     let a = owner_actor(f, "ann@example.com").await;
     let id = draft(f, &a, "Quiz").await;
     f.store
-        .transition_assessment(&a, id, AssessmentStatus::Published, 3, None)
+        .transition_assessment(&a, id, None, AssessmentStatus::Published, 3, None)
         .await
         .expect("publish");
     let candidate = invite("late@example.com");
@@ -621,6 +621,74 @@ pub async fn draft_edits_and_share_links_write_outbox_events(f: &Fixture) {
     assert_eq!(f.count("outbox").await, before);
 }
 
+/// A lifecycle transition with an `If-Match` revision happens only from that revision: a
+/// publish of a draft someone edited since it was read is refused (`VersionMismatch`,
+/// before the transition is even considered) and changes nothing: status, counter, events
+/// and audit as they were.
+pub async fn transitions_with_a_stale_revision_change_nothing(f: &Fixture) {
+    let a = owner_actor(f, "ann@example.com").await;
+    let id = draft(f, &a, "Guarded").await;
+    let revision = || async {
+        let (current, _) = f
+            .store
+            .assessment(a.org_id, id)
+            .await
+            .expect("read")
+            .expect("exists");
+        (current.revision, current.status)
+    };
+    let (seen, _) = revision().await;
+    f.store
+        .update_assessment(&a, id, Some(seen), settings("Edited since"), None)
+        .await
+        .expect("edit");
+    let (current, _) = revision().await;
+    assert_ne!(seen, current);
+    let state = || async {
+        (
+            revision().await,
+            f.count("outbox").await,
+            f.count("audit_log").await,
+            f.raw
+                .scalar("SELECT published_assessments FROM organizations")
+                .await,
+        )
+    };
+    let before = state().await;
+    for (to, expected) in [
+        (AssessmentStatus::Published, seen),
+        (AssessmentStatus::Published, current + 1),
+        // Refused as stale even where the transition itself would be refused too.
+        (AssessmentStatus::Archived, seen),
+    ] {
+        let refused = f
+            .store
+            .transition_assessment(&a, id, Some(expected), to, 3, None)
+            .await;
+        assert!(
+            matches!(
+                refused,
+                Err(StoreError::Domain(DomainError::VersionMismatch { expected: e, current: c }))
+                    if e == expected && c == current
+            ),
+            "{to:?} at r{expected}: {refused:?}"
+        );
+        assert_eq!(state().await, before, "{to:?} at r{expected}");
+    }
+    let published = f
+        .store
+        .transition_assessment(&a, id, Some(current), AssessmentStatus::Published, 3, None)
+        .await
+        .expect("publish at the current revision");
+    assert_eq!(published.status, AssessmentStatus::Published);
+    let closed = f
+        .store
+        .transition_assessment(&a, id, Some(current), AssessmentStatus::Closed, 3, None)
+        .await
+        .expect("close at the revision it was published at");
+    assert_eq!(closed.status, AssessmentStatus::Closed);
+}
+
 /// The events of one request come out in the request's order on both stores: inviting
 /// `[c, a, b]` publishes c's, a's, then b's `invite.created` (PostgreSQL inserts the rows in
 /// email order, to not deadlock, and wrote the events in that order too).
@@ -629,7 +697,7 @@ pub async fn invite_events_follow_the_request_order(f: &Fixture) {
     let a = owner_actor(f, "ann@example.com").await;
     let id = draft(f, &a, "Ordered").await;
     f.store
-        .transition_assessment(&a, id, AssessmentStatus::Published, 3, None)
+        .transition_assessment(&a, id, None, AssessmentStatus::Published, 3, None)
         .await
         .expect("publish");
     let outcomes = f

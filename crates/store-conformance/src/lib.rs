@@ -73,6 +73,7 @@ macro_rules! conformance_suite {
             assessments::published_versions_are_frozen_by_the_schema,
             assessments::lifecycle_edges_are_held_by_the_schema,
             assessments::staff_changes_to_assessments_are_audited,
+            assessments::transitions_with_a_stale_revision_change_nothing,
             assessments::concurrent_publishes_never_exceed_the_quota,
             assessments::closing_frees_a_slot_and_the_counter_follows_the_status,
             assessments::two_concurrent_submits_leave_exactly_one_submission,

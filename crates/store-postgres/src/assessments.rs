@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 use trueline_core::DomainError;
 use trueline_core::assessments::{
     AssessmentSettings, AssessmentSettingsInput, AssessmentStatus, JsonInteger, QUESTIONS_MAX,
-    QuestionSpec, ReviewDecision, SubmissionStatus, decide, transition,
+    QuestionSpec, ReviewDecision, SubmissionStatus, decide, expect_revision, transition,
 };
 use trueline_core::ids::{EventId, OrgId, UserId};
 use trueline_store::{
@@ -286,15 +286,7 @@ async fn editable(
         }
         .into());
     }
-    if let Some(expected) = expected
-        && expected != a.revision
-    {
-        return Err(DomainError::VersionMismatch {
-            expected,
-            current: a.revision,
-        }
-        .into());
-    }
+    expect_revision(expected, a.revision)?;
     Ok(a)
 }
 
@@ -849,6 +841,7 @@ impl AssessmentStore for PgStore {
         &self,
         actor: &Actor,
         id: Uuid,
+        expected_revision: Option<u64>,
         to: AssessmentStatus,
         published_max: u32,
         idempotency: Option<Idempotency<'_, Assessment>>,
@@ -862,6 +855,8 @@ impl AssessmentStore for PgStore {
         let a = fetch_assessment(&mut tx, actor.org_id, id)
             .await?
             .ok_or(StoreError::not_found("assessment"))?;
+        // The precondition first (RFC 9110, 13.2.2): a stale tag is 412 whatever the state.
+        expect_revision(expected_revision, a.revision)?;
         transition(a.status, to)?;
         if to == AssessmentStatus::Published {
             if a.question_count == 0 {

@@ -330,12 +330,14 @@ pub trait AssessmentStore: Send + Sync {
 
     /// Moves the lifecycle (`draft → published → closed → archived`). Publishing needs at
     /// least one question and a free slot of the organization's `published_max`, checked
-    /// under a lock so concurrent publishes cannot exceed it. `InvalidTransition`,
-    /// `ActiveAssessmentLimit`.
+    /// under a lock so concurrent publishes cannot exceed it. With `expected_revision` (an
+    /// `If-Match`), only from that revision: what the caller saw is what gets published.
+    /// `VersionMismatch` (checked first), `InvalidTransition`, `ActiveAssessmentLimit`.
     async fn transition_assessment(
         &self,
         actor: &Actor,
         id: Uuid,
+        expected_revision: Option<u64>,
         to: AssessmentStatus,
         published_max: u32,
         idempotency: Option<Idempotency<'_, Assessment>>,

@@ -75,6 +75,17 @@ pub fn transition(from: AssessmentStatus, to: AssessmentStatus) -> Result<(), Do
     }
 }
 
+/// An `If-Match` precondition: the assessment must still be at the `expected` revision
+/// (`None`: unconditional, `If-Match: *` or none sent).
+pub fn expect_revision(expected: Option<u64>, current: u64) -> Result<(), DomainError> {
+    match expected {
+        Some(expected) if expected != current => {
+            Err(DomainError::VersionMismatch { expected, current })
+        }
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -31,7 +31,7 @@ pub mod text;
 
 pub use answer::{Answer, parse_answers};
 pub use json::JsonInteger;
-pub use lifecycle::{AssessmentStatus, transition};
+pub use lifecycle::{AssessmentStatus, expect_revision, transition};
 pub use question::{
     AcceptedAnswer, AnswerKey, CorrectInput, FieldValue, PublicQuestion, QuestionFields,
     QuestionSpec, QuestionType, parse_questions,

@@ -13,6 +13,7 @@ both_backends!(
     questions_are_validated_per_type_and_frozen_after_publishing,
     csv_and_xlsx_imports_are_all_or_nothing,
     an_import_with_a_stale_if_match_is_refused_and_imports_nothing,
+    publish_close_and_archive_honour_an_if_match,
     fifty_concurrent_publishes_leave_exactly_the_quota_published,
     a_candidate_takes_an_assessment_end_to_end_without_ever_seeing_an_answer,
     two_concurrent_submits_yield_one_submission,
@@ -649,6 +650,65 @@ async fn an_import_with_a_stale_if_match_is_refused_and_imports_nothing(backend:
     assert_eq!(body["imported"], 1);
     let (after_tag, _) = detail().await;
     assert_ne!(after_tag, current_tag);
+}
+
+/// What the author saw is what gets published: a publish (or close, or archive) with an
+/// `If-Match` of another revision, a weak or a malformed tag is `412` and changes nothing;
+/// with the current one, or none, it goes ahead.
+async fn publish_close_and_archive_honour_an_if_match(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let ann = app.sign_up("ann@example.com").await;
+    let a = create(&app, &ann.token, settings("Guarded publish")).await;
+    let id = a["id"].as_str().unwrap().to_owned();
+    let tag_of =
+        |response: &reqwest::Response| response.headers()["etag"].to_str().unwrap().to_owned();
+    let seen = tag_of(
+        &app.get(&format!("/api/v1/assessments/{id}"), &ann.token)
+            .await,
+    );
+    add_question(
+        &app,
+        &ann.token,
+        &id,
+        json!({"type": "true_false", "prompt": "Added since?", "correct": true}),
+    )
+    .await;
+    let current = tag_of(
+        &app.get(&format!("/api/v1/assessments/{id}"), &ann.token)
+            .await,
+    );
+    let move_to = |to: &'static str, tag: Option<String>| {
+        let mut request = app.request(
+            Method::POST,
+            &format!("/api/v1/assessments/{id}/{to}"),
+            Some(&ann.token),
+        );
+        if let Some(tag) = tag {
+            request = request.header("if-match", tag);
+        }
+        request.send()
+    };
+    let snapshot = app.snapshot().await;
+    for to in ["publish", "close", "archive"] {
+        for tag in [seen.clone(), format!("W/{current}"), "r-one".to_owned()] {
+            let response = move_to(to, Some(tag.clone())).await.unwrap();
+            assert_problem(response, 412, "precondition_failed").await;
+            assert_eq!(
+                app.snapshot().await,
+                snapshot,
+                "{to} {tag}: nothing changed"
+            );
+        }
+    }
+    let published = move_to("publish", Some(current.clone())).await.unwrap();
+    assert_eq!(published.status(), 200);
+    assert_eq!(tag_of(&published), current);
+    let body: Value = published.json().await.unwrap();
+    assert_eq!(body["status"], "published");
+    let closed = move_to("close", Some("*".to_owned())).await.unwrap();
+    assert_eq!(closed.status(), 200);
+    let archived = move_to("archive", None).await.unwrap();
+    assert_eq!(archived.status(), 200);
 }
 
 async fn fifty_concurrent_publishes_leave_exactly_the_quota_published(backend: Backend) {
