@@ -33,8 +33,23 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
             serde_json::from_slice::<serde::de::IgnoredAny>(&bytes)
                 .map_err(|e| ApiError::new(codes::MALFORMED_JSON, e.to_string()))?;
         }
-        parse_json(&narrowed).map(ApiJson)
+        if narrowed.contains(&b'[') {
+            parse_json_by_name(&narrowed).map(ApiJson)
+        } else {
+            parse_json(&narrowed).map(ApiJson)
+        }
     }
+}
+
+/// Parses a body that has an array somewhere: first as a value (syntax, members named
+/// twice), then into `T` with every struct required to be an object
+/// ([`ByName`](crate::strict_json::ByName)), not an array matched by position.
+fn parse_json_by_name<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let crate::strict_json::StrictValue(value) = parse_json(bytes)?;
+    serde_path_to_error::deserialize(crate::strict_json::ByName(value)).map_err(|e| {
+        let path = pointer(e.path());
+        ApiError::validation(vec![data_error(&path, &e.into_inner())])
+    })
 }
 
 /// The body of a JSON request: the right media type and a JSON object.
@@ -54,7 +69,12 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJsonData<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        parse_json(&object_body(req, state).await?).map(ApiJsonData)
+        let bytes = object_body(req, state).await?;
+        if bytes.contains(&b'[') {
+            parse_json_by_name(&bytes).map(ApiJsonData)
+        } else {
+            parse_json(&bytes).map(ApiJsonData)
+        }
     }
 }
 

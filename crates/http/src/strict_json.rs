@@ -101,6 +101,185 @@ impl<'de> Visitor<'de> for StrictVisitor {
     }
 }
 
+/// A parsed body read into a typed request the way serde_json reads text, except that a
+/// struct must be a JSON object at every level. serde's derived structs also take an array,
+/// matched to their fields by position (`{"candidates": [["a@example.com", "Ann"]]}`
+/// invited Ann with no field name checked); the top level is checked before parsing, and a
+/// body with an array anywhere is read through this.
+pub struct ByName(pub Value);
+
+impl<'de> de::IntoDeserializer<'de, serde_json::Error> for ByName {
+    type Deserializer = Self;
+
+    fn into_deserializer(self) -> Self {
+        self
+    }
+}
+
+impl ByName {
+    fn refused<'de, V: Visitor<'de>>(self, visitor: &V) -> serde_json::Error {
+        let unexpected = match &self.0 {
+            Value::Null => de::Unexpected::Unit,
+            Value::Bool(b) => de::Unexpected::Bool(*b),
+            Value::Number(n) => match (n.as_u64(), n.as_i64()) {
+                (Some(u), _) => de::Unexpected::Unsigned(u),
+                (None, Some(i)) => de::Unexpected::Signed(i),
+                _ => de::Unexpected::Float(n.as_f64().unwrap_or(f64::NAN)),
+            },
+            Value::String(s) => de::Unexpected::Str(s),
+            Value::Array(_) => de::Unexpected::Seq,
+            Value::Object(_) => de::Unexpected::Map,
+        };
+        de::Error::invalid_type(unexpected, visitor)
+    }
+}
+
+fn visit_array<'de, V: Visitor<'de>>(
+    items: Vec<Value>,
+    visitor: V,
+) -> Result<V::Value, serde_json::Error> {
+    let mut seq = de::value::SeqDeserializer::new(items.into_iter().map(ByName));
+    let value = visitor.visit_seq(&mut seq)?;
+    seq.end()?;
+    Ok(value)
+}
+
+fn visit_object<'de, V: Visitor<'de>>(
+    members: Map<String, Value>,
+    visitor: V,
+) -> Result<V::Value, serde_json::Error> {
+    let mut map = de::value::MapDeserializer::new(members.into_iter().map(|(k, v)| (k, ByName(v))));
+    let value = visitor.visit_map(&mut map)?;
+    map.end()?;
+    Ok(value)
+}
+
+impl<'de> Deserializer<'de> for ByName {
+    type Error = serde_json::Error;
+
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+        match self.0 {
+            Value::Null => visitor.visit_unit(),
+            Value::Bool(b) => visitor.visit_bool(b),
+            Value::Number(n) => match (n.as_u64(), n.as_i64(), n.as_f64()) {
+                (Some(u), _, _) => visitor.visit_u64(u),
+                (None, Some(i), _) => visitor.visit_i64(i),
+                (None, None, Some(f)) => visitor.visit_f64(f),
+                _ => Err(de::Error::custom("a number out of every range")),
+            },
+            Value::String(s) => visitor.visit_string(s),
+            Value::Array(items) => visit_array(items, visitor),
+            Value::Object(members) => visit_object(members, visitor),
+        }
+    }
+
+    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+        match self.0 {
+            Value::Null => visitor.visit_none(),
+            other => visitor.visit_some(ByName(other)),
+        }
+    }
+
+    /// The one difference from serde_json: a struct is an object, never an array.
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        match self.0 {
+            Value::Object(members) => visit_object(members, visitor),
+            _ => Err(self.refused(&visitor)),
+        }
+    }
+
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        visitor.visit_newtype_struct(self)
+    }
+
+    fn deserialize_enum<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _variants: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        match self.0 {
+            Value::String(variant) => visitor
+                .visit_enum(de::IntoDeserializer::<serde_json::Error>::into_deserializer(variant)),
+            Value::Object(members) if members.len() == 1 => {
+                let Some((variant, value)) = members.into_iter().next() else {
+                    return Err(de::Error::custom("an enum object names one variant"));
+                };
+                visitor.visit_enum(Variant(variant, value))
+            }
+            other => Err(ByName(other).refused(&visitor)),
+        }
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+        unit unit_struct seq tuple tuple_struct map identifier ignored_any
+    }
+}
+
+/// An enum given as `{"variant": value}`.
+struct Variant(String, Value);
+
+impl<'de> de::EnumAccess<'de> for Variant {
+    type Error = serde_json::Error;
+    type Variant = ByName;
+
+    fn variant_seed<S: de::DeserializeSeed<'de>>(
+        self,
+        seed: S,
+    ) -> Result<(S::Value, ByName), serde_json::Error> {
+        let variant =
+            seed.deserialize(de::IntoDeserializer::<serde_json::Error>::into_deserializer(self.0))?;
+        Ok((variant, ByName(self.1)))
+    }
+}
+
+impl<'de> de::VariantAccess<'de> for ByName {
+    type Error = serde_json::Error;
+
+    fn unit_variant(self) -> Result<(), serde_json::Error> {
+        match self.0 {
+            Value::Null => Ok(()),
+            _ => Err(de::Error::invalid_type(
+                de::Unexpected::Map,
+                &"a unit variant",
+            )),
+        }
+    }
+
+    fn newtype_variant_seed<S: de::DeserializeSeed<'de>>(
+        self,
+        seed: S,
+    ) -> Result<S::Value, serde_json::Error> {
+        seed.deserialize(self)
+    }
+
+    fn tuple_variant<V: Visitor<'de>>(
+        self,
+        _len: usize,
+        visitor: V,
+    ) -> Result<V::Value, serde_json::Error> {
+        self.deserialize_seq(visitor)
+    }
+
+    fn struct_variant<V: Visitor<'de>>(
+        self,
+        fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, serde_json::Error> {
+        self.deserialize_struct("", fields, visitor)
+    }
+}
+
 /// `json` with every integer literal too wide for 64 bits (beyond `i64` when negative,
 /// `u64` otherwise) written as the widest 64-bit integer of its sign; borrowed when there is
 /// none. serde_json reads such a literal as the nearest double, so `123456789012345678901`
@@ -184,6 +363,120 @@ fn too_wide(digits: &[u8], negative: bool) -> bool {
 #[allow(clippy::unwrap_used)] // Tests: a panic is the failure report.
 mod tests {
     use super::*;
+
+    #[derive(Debug, PartialEq, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Outer {
+        name: String,
+        inner: Vec<Inner>,
+        maybe: Option<Inner>,
+        kind: Kind,
+        tagged: Option<Tagged>,
+        id: Option<uuid::Uuid>,
+        either: Option<Either>,
+        count: u32,
+        #[serde(default)]
+        defaulted: bool,
+    }
+
+    #[derive(Debug, PartialEq, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Inner {
+        a: i64,
+        b: Option<String>,
+    }
+
+    #[derive(Debug, PartialEq, serde::Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    enum Kind {
+        One,
+        Two,
+    }
+
+    #[derive(Debug, PartialEq, serde::Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    enum Tagged {
+        Num(i64),
+        Pair(i64, i64),
+        Obj { x: bool },
+    }
+
+    #[derive(Debug, PartialEq, serde::Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        N(u64),
+        S(String),
+    }
+
+    fn by_name<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, (String, String)> {
+        let value: Value = serde_json::from_str(text).unwrap();
+        serde_path_to_error::deserialize(ByName(value)).map_err(|e| {
+            let path = e.path().to_string();
+            (path, e.into_inner().to_string())
+        })
+    }
+
+    #[test]
+    fn typed_bodies_read_by_name_as_serde_json_reads_them() {
+        for text in [
+            r#"{"name": "n", "inner": [{"a": -1}, {"a": 2, "b": "x"}], "maybe": null,
+                "kind": "two", "tagged": {"pair": [1, 2]}, "id": "67e55044-10b1-426f-9247-bb680e5fe0c8",
+                "either": "s", "count": 3, "defaulted": true}"#,
+            r#"{"name": "", "inner": [], "maybe": {"a": 9007199254740991, "b": null},
+                "kind": "one", "tagged": {"obj": {"x": true}}, "either": 7, "count": 0}"#,
+            r#"{"name": "n", "inner": [], "kind": "one", "tagged": {"num": -5}, "count": 1}"#,
+        ] {
+            assert_eq!(
+                by_name::<Outer>(text).unwrap(),
+                serde_json::from_str::<Outer>(text).unwrap(),
+                "{text}"
+            );
+        }
+        // Refusals say what serde_json says, at the same place.
+        for text in [
+            r#"{"name": 1, "inner": [], "kind": "one", "count": 1}"#,
+            r#"{"name": "n", "inner": [], "kind": "three", "count": 1}"#,
+            r#"{"name": "n", "inner": [{"a": 1, "c": 2}], "kind": "one", "count": 1}"#,
+            r#"{"name": "n", "inner": [], "kind": "one", "count": -1}"#,
+            r#"{"name": "n", "inner": [], "kind": "one"}"#,
+            r#"{"name": "n", "inner": [], "kind": "one", "count": 1, "extra": 0}"#,
+        ] {
+            let (_, expected) = serde_json::from_str::<Outer>(text)
+                .unwrap_err()
+                .to_string()
+                .rsplit_once(" at line ")
+                .map(|(m, rest)| (rest.to_owned(), m.to_owned()))
+                .unwrap();
+            assert_eq!(by_name::<Outer>(text).unwrap_err().1, expected, "{text}");
+        }
+    }
+
+    #[test]
+    fn a_struct_given_as_an_array_is_refused_at_every_level() {
+        for (text, path) in [
+            (
+                r#"{"name": "n", "inner": [[1, "x"]], "kind": "one", "count": 1}"#,
+                "inner[0]",
+            ),
+            (
+                r#"{"name": "n", "inner": [], "maybe": [1, null], "kind": "one", "count": 1}"#,
+                "maybe",
+            ),
+            (
+                r#"{"name": "n", "inner": [], "kind": "one", "tagged": {"obj": [true]}, "count": 1}"#,
+                "tagged.obj",
+            ),
+        ] {
+            // serde_json itself takes the array, by position.
+            assert!(serde_json::from_str::<Outer>(text).is_ok(), "{text}");
+            let (at, message) = by_name::<Outer>(text).unwrap_err();
+            assert_eq!(at, path, "{text}");
+            assert!(
+                message.starts_with("invalid type: sequence, expected"),
+                "{text}: {message}"
+            );
+        }
+    }
 
     #[test]
     fn integer_literals_too_wide_for_64_bits_are_narrowed_and_nothing_else_changes() {

@@ -846,6 +846,18 @@ async fn a_body_that_breaks_off_is_a_400_with_or_without_a_key() {
 async fn bodies_must_be_plain_json_objects_and_paths_must_decode() {
     let app = spawn_app(Backend::Sqlite).await;
     let ann = app.sign_up("ann@example.com").await;
+    let item: Value = app
+        .post(
+            "/api/v1/items",
+            &ann.token,
+            &json!({"name": "Milk", "qty": 5}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let item_id = item["id"].as_str().unwrap();
+    let assessment = draft_assessment(&app, &ann.token).await;
     let before = app.snapshot().await;
     for body in [r#"["SeqItem", 5, null]"#, "[]", " 5", r#""Milk""#] {
         let response = app
@@ -859,6 +871,41 @@ async fn bodies_must_be_plain_json_objects_and_paths_must_decode() {
         assert_eq!(problem["errors"][0]["field"], "", "{body}: {problem}");
         assert_eq!(
             problem["errors"][0]["code"], "invalid_type",
+            "{body}: {problem}"
+        );
+    }
+    // Below the top level too: an array where an object belongs is refused at its place.
+    for (path, body, field) in [
+        (
+            "/api/v1/inventory/adjustments".to_owned(),
+            format!(r#"{{"adjustments":[["{item_id}",-1]]}}"#),
+            "/adjustments/0",
+        ),
+        (
+            format!("/api/v1/assessments/{assessment}/invites"),
+            r#"{"candidates":[["cand@example.com","Cand"]]}"#.to_owned(),
+            "/candidates/0",
+        ),
+        (
+            "/api/v1/streams/s/events".to_owned(),
+            r#"{"events":[["t",{}]]}"#.to_owned(),
+            "/events/0",
+        ),
+    ] {
+        let response = app
+            .request(Method::POST, &path, Some(&ann.token))
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        let problem = assert_problem(response, 400, "validation_failed").await;
+        assert_eq!(
+            (
+                &problem["errors"][0]["field"],
+                &problem["errors"][0]["code"]
+            ),
+            (&json!(field), &json!("invalid_type")),
             "{body}: {problem}"
         );
     }
