@@ -892,20 +892,11 @@ async fn bodies_must_be_plain_json_objects_and_paths_must_decode() {
             "/events/0",
         ),
     ] {
-        let response = app
-            .request(Method::POST, &path, Some(&ann.token))
-            .header("content-type", "application/json")
-            .body(body.clone())
-            .send()
-            .await
-            .unwrap();
-        let problem = assert_problem(response, 400, "validation_failed").await;
+        let (at, problem) =
+            first_refusal(&app, Method::POST, &path, &ann.token, body.clone()).await;
         assert_eq!(
-            (
-                &problem["errors"][0]["field"],
-                &problem["errors"][0]["code"]
-            ),
-            (&json!(field), &json!("invalid_type")),
+            at,
+            (json!(field), json!("invalid_type")),
             "{body}: {problem}"
         );
     }
@@ -945,6 +936,27 @@ async fn bodies_must_be_plain_json_objects_and_paths_must_decode() {
         .unwrap();
     assert_problem(history, 404, "not_found").await;
     assert_eq!(app.snapshot().await, before, "nothing changed");
+}
+
+/// Sends a JSON body that must be refused as `400 validation_failed`: the field and code of
+/// its first error, and the problem.
+async fn first_refusal(
+    app: &TestApp,
+    method: Method,
+    path: &str,
+    token: &str,
+    body: String,
+) -> ((Value, Value), Value) {
+    let response = app
+        .request(method, path, Some(token))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let problem = assert_problem(response, 400, "validation_failed").await;
+    let error = &problem["errors"][0];
+    ((error["field"].clone(), error["code"].clone()), problem)
 }
 
 /// A new draft assessment's id.
@@ -1058,20 +1070,10 @@ async fn integers_too_wide_for_64_bits_are_out_of_range_not_rounded() {
             "/delta",
         ),
     ] {
-        let response = app
-            .request(method, &path, Some(&ann.token))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        let problem = assert_problem(response, 400, "validation_failed").await;
+        let (at, problem) = first_refusal(&app, method, &path, &ann.token, body.to_owned()).await;
         assert_eq!(
-            (
-                &problem["errors"][0]["field"],
-                &problem["errors"][0]["code"]
-            ),
-            (&json!(field), &json!("out_of_range")),
+            at,
+            (json!(field), json!("out_of_range")),
             "{body}: {problem}"
         );
     }
