@@ -4,6 +4,26 @@
 use crate::fixtures::*;
 use trueline_core::accounts::{Email, Role};
 
+/// The up migration files of a store's `migrations` directory as `(version, path)`, in
+/// version order: the schema tests run them alone to know what each down must restore.
+pub fn up_migration_files(dir: &std::path::Path) -> Vec<(i64, std::path::PathBuf)> {
+    let mut ups: Vec<(i64, std::path::PathBuf)> = std::fs::read_dir(dir)
+        .expect("the migrations directory")
+        .map(|entry| entry.expect("a directory entry").path())
+        .filter(|path| path.to_string_lossy().ends_with(".up.sql"))
+        .map(|path| {
+            let name = path
+                .file_name()
+                .expect("a file name")
+                .to_string_lossy()
+                .into_owned();
+            (name[..4].parse().expect("a four-digit version"), path)
+        })
+        .collect();
+    ups.sort();
+    ups
+}
+
 pub async fn database_refuses_removing_the_last_owner_behind_the_codes_back(f: &Fixture) {
     let owner = sign_up(f, "owner@example.com").await;
     let removed = f

@@ -846,16 +846,7 @@ async fn a_body_that_breaks_off_is_a_400_with_or_without_a_key() {
 async fn bodies_must_be_plain_json_objects_and_paths_must_decode() {
     let app = spawn_app(Backend::Sqlite).await;
     let ann = app.sign_up("ann@example.com").await;
-    let item: Value = app
-        .post(
-            "/api/v1/items",
-            &ann.token,
-            &json!({"name": "Milk", "qty": 5}),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
+    let item = app.create_item(&ann.token, "Milk", 5).await;
     let item_id = item["id"].as_str().unwrap();
     let assessment = draft_assessment(&app, &ann.token).await;
     let before = app.snapshot().await;
@@ -1032,16 +1023,7 @@ async fn integers_too_wide_for_64_bits_are_out_of_range_not_rounded() {
     let app = spawn_app(Backend::Sqlite).await;
     let ann = app.sign_up("ann@example.com").await;
     let id = &draft_assessment(&app, &ann.token).await;
-    let item: Value = app
-        .post(
-            "/api/v1/items",
-            &ann.token,
-            &json!({"name": "Milk", "qty": 5}),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
+    let item = app.create_item(&ann.token, "Milk", 5).await;
     let item_id = item["id"].as_str().unwrap();
     let before = app.snapshot().await;
     for (method, path, body, field) in [

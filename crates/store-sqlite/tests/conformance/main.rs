@@ -170,16 +170,7 @@ async fn each_down_migration_restores_the_schema_its_up_migration_found() {
         .await
         .unwrap();
     let migrations = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
-    let mut ups: Vec<(i64, std::path::PathBuf)> = std::fs::read_dir(&migrations)
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .filter(|path| path.to_string_lossy().ends_with(".up.sql"))
-        .map(|path| {
-            let name = path.file_name().unwrap().to_string_lossy().into_owned();
-            (name[..4].parse().unwrap(), path)
-        })
-        .collect();
-    ups.sort();
+    let ups = trueline_store_conformance::schema::up_migration_files(&migrations);
     // The schema after each version, from the up files alone.
     let mut expected = vec![(0, schema_of(&reference).await)];
     for (version, path) in &ups {
