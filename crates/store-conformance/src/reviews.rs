@@ -105,16 +105,10 @@ pub async fn the_database_refuses_two_review_rows_of_one_step_and_a_step_below_o
              FROM submission_reviews r JOIN submissions s ON s.id = r.submission_id"
         )
     };
-    let without_step = "INSERT INTO submission_reviews (id, submission_id, from_status, to_status,
-             decision, note, actor_user_id, request_id, at)
-         SELECT s.attempt_id, r.submission_id, 'verified', 'approved', 'approve', NULL,
-             r.actor_user_id, r.request_id, r.at
-         FROM submission_reviews r JOIN submissions s ON s.id = r.submission_id";
     for (what, sql) in [
         ("a second row of the same step", decision_at("r.seq")),
         ("step 0", decision_at("0")),
         ("a negative step", decision_at("-1")),
-        ("no step", without_step.to_owned()),
     ] {
         let refused = f.raw.execute(&sql).await;
         assert!(
@@ -125,6 +119,85 @@ pub async fn the_database_refuses_two_review_rows_of_one_step_and_a_step_below_o
     assert_eq!(f.count("submission_reviews").await, 1, "nothing written");
     // The same row as the next step is taken: what was refused above was the step.
     assert_eq!(f.raw.execute(&decision_at("r.seq + 1")).await, Ok(1));
+}
+
+/// The approval of the one verified submission as a version before the sequence wrote it:
+/// the guarded status update, then a review row that names no step (the same statements the
+/// store runs, less `seq`, outside the store's transaction).
+const APPROVAL_WITHOUT_A_STEP: [&str; 2] = [
+    "UPDATE submissions SET review_status = 'approved' WHERE review_status = 'verified'",
+    "INSERT INTO submission_reviews (id, submission_id, from_status, to_status,
+         decision, note, actor_user_id, request_id, at)
+     SELECT s.attempt_id, r.submission_id, 'verified', 'approved', 'approve', NULL,
+         r.actor_user_id, r.request_id, r.at
+     FROM submission_reviews r JOIN submissions s ON s.id = r.submission_id",
+];
+
+/// SQLite (one process uses its database, so no earlier version writes beside this one): a
+/// review row without its step is refused. Not in the shared suite: PostgreSQL numbers it.
+pub async fn a_review_row_without_a_step_is_refused(f: &Fixture) {
+    let a = owner_actor(f, "ann@example.com").await;
+    let assessment = published(f, &a, "Quiz").await;
+    let s = submitted(f, &a, assessment, "cand@example.com").await;
+    review_at(f, &a, s.id, Verify, now()).await;
+    let refused = f.raw.execute(APPROVAL_WITHOUT_A_STEP[1]).await;
+    assert!(
+        refused.as_ref().is_err_and(|e| e.contains("seq")),
+        "a row without a step must be refused for its step: {refused:?}"
+    );
+    assert_eq!(f.count("submission_reviews").await, 1, "nothing written");
+}
+
+/// PostgreSQL: during a rolling upgrade, instances of a version before the sequence still
+/// review submissions and write their rows without a step; the database numbers each as its
+/// submission's next step (migration 18), and the trail stays in transition order with the
+/// current version's steps before and after it.
+pub async fn a_review_row_an_earlier_version_writes_without_a_step_is_numbered_next(f: &Fixture) {
+    let a = owner_actor(f, "ann@example.com").await;
+    let assessment = published(f, &a, "Quiz").await;
+    let s = submitted(f, &a, assessment, "cand@example.com").await;
+    let t = now();
+    review_at(f, &a, s.id, Verify, t).await;
+    for sql in APPROVAL_WITHOUT_A_STEP {
+        assert_eq!(f.raw.execute(sql).await, Ok(1), "{sql}");
+    }
+    // The current version's next transition, by a clock an hour behind: still the third step.
+    review_at(f, &a, s.id, Archive, t - Duration::hours(1)).await;
+    let read = stored(f, &a, s.id).await;
+    assert_eq!(read.review_status, Archived);
+    assert_eq!(
+        trail(&read),
+        [
+            (Submitted, Verified),
+            (Verified, Approved),
+            (Approved, Archived)
+        ]
+    );
+    assert_eq!(
+        f.raw
+            .scalar(&format!(
+                "SELECT count(*) FROM submission_reviews WHERE submission_id = '{}'
+                 AND (seq, to_status) IN ((1, 'verified'), (2, 'approved'), (3, 'archived'))",
+                s.id
+            ))
+            .await,
+        3,
+        "steps 1, 2, 3"
+    );
+    // A row that names its step is judged as before: a second row of step 2 is refused.
+    let again = f
+        .raw
+        .execute(&format!(
+            "INSERT INTO submission_reviews (id, submission_id, seq, from_status, to_status,
+                 decision, note, actor_user_id, request_id, at)
+             SELECT gen_random_uuid(), submission_id, 2, from_status, to_status, decision, note,
+                 actor_user_id, request_id, at
+             FROM submission_reviews WHERE submission_id = '{}' AND seq = 2",
+            s.id
+        ))
+        .await;
+    assert!(again.is_err_and(|e| e.contains("seq")), "step 2 twice");
+    assert_eq!(f.count("submission_reviews").await, 3);
 }
 
 /// Rows of the review trail written before it had a sequence are numbered, when the

@@ -111,6 +111,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/0017_review_sequence.up.sql"),
         include_str!("../migrations/0017_review_sequence.down.sql"),
     ),
+    (
+        18,
+        "review sequence for earlier instances",
+        include_str!("../migrations/0018_review_sequence_for_earlier_instances.up.sql"),
+        include_str!("../migrations/0018_review_sequence_for_earlier_instances.down.sql"),
+    ),
 ];
 
 fn migrator() -> Migrator {

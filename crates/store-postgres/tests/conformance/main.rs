@@ -54,6 +54,15 @@ conformance_suite!(
     #[ignore = "needs PostgreSQL: set TRUELINE_TEST_POSTGRES_URL and run with --ignored"]
 );
 
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set TRUELINE_TEST_POSTGRES_URL and run with --ignored"]
+async fn a_review_row_an_earlier_version_writes_without_a_step_is_numbered_next() {
+    trueline_store_conformance::reviews::a_review_row_an_earlier_version_writes_without_a_step_is_numbered_next(
+        &postgres_fixture().await,
+    )
+    .await;
+}
+
 mod event_store {
     use std::sync::Arc;
     use trueline_store::Migrations;

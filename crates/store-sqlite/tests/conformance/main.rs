@@ -47,6 +47,14 @@ async fn sqlite_fixture() -> Fixture {
 
 conformance_suite!(sqlite_fixture);
 
+#[tokio::test]
+async fn a_review_row_without_a_step_is_refused() {
+    trueline_store_conformance::reviews::a_review_row_without_a_step_is_refused(
+        &sqlite_fixture().await,
+    )
+    .await;
+}
+
 /// SQLite keeps resolved tokens in memory. A revocation whose request is dropped half-way
 /// (a timeout, a client gone) may still commit on the connection's thread: the cache must
 /// not go on answering with the token as it was.
