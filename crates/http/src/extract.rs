@@ -5,6 +5,7 @@
 use crate::auth::{hash_token, looks_like_token};
 use crate::problem::{ApiError, codes};
 use crate::state::AppState;
+use crate::strict_json::ByName;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
@@ -33,23 +34,8 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
             serde_json::from_slice::<serde::de::IgnoredAny>(&bytes)
                 .map_err(|e| ApiError::new(codes::MALFORMED_JSON, e.to_string()))?;
         }
-        if narrowed.contains(&b'[') {
-            parse_json_by_name(&narrowed).map(ApiJson)
-        } else {
-            parse_json(&narrowed).map(ApiJson)
-        }
+        parse_json(&narrowed).map(ApiJson)
     }
-}
-
-/// Parses a body that has an array somewhere: first as a value (syntax, members named
-/// twice), then into `T` with every struct required to be an object
-/// ([`ByName`](crate::strict_json::ByName)), not an array matched by position.
-fn parse_json_by_name<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let crate::strict_json::StrictValue(value) = parse_json(bytes)?;
-    serde_path_to_error::deserialize(crate::strict_json::ByName(value)).map_err(|e| {
-        let path = pointer(e.path());
-        ApiError::validation(vec![data_error(&path, &e.into_inner())])
-    })
 }
 
 /// The body of a JSON request: the right media type and a JSON object.
@@ -69,12 +55,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJsonData<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = object_body(req, state).await?;
-        if bytes.contains(&b'[') {
-            parse_json_by_name(&bytes).map(ApiJsonData)
-        } else {
-            parse_json(&bytes).map(ApiJsonData)
-        }
+        parse_json(&object_body(req, state).await?).map(ApiJsonData)
     }
 }
 
@@ -190,11 +171,15 @@ pub fn require_json_content_type(headers: &axum::http::HeaderMap) -> Result<(), 
 }
 
 /// Parses JSON, turning serde's errors into problems with the failing field's JSON pointer.
+/// Every struct must be a JSON object, at every level ([`ByName`]).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     // The common case, a valid body, in one plain parse: the path tracking and the syntax
     // pass below are only needed to explain a refusal precisely (they were ~4 % of the
     // server's CPU per event append when run on every body).
-    if let Ok(value) = serde_json::from_slice::<T>(bytes) {
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    if let Ok(value) = T::deserialize(ByName(&mut deserializer))
+        && deserializer.end().is_ok()
+    {
         return Ok(value);
     }
     // Syntax first, without building anything: a truncated document must be reported as
@@ -202,7 +187,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
         .map_err(|e| ApiError::new(codes::MALFORMED_JSON, e.to_string()))?;
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+    let value = serde_path_to_error::deserialize(ByName(&mut deserializer)).map_err(|e| {
         let path = pointer(e.path());
         let inner = e.into_inner();
         match inner.classify() {

@@ -101,182 +101,204 @@ impl<'de> Visitor<'de> for StrictVisitor {
     }
 }
 
-/// A parsed body read into a typed request the way serde_json reads text, except that a
-/// struct must be a JSON object at every level. serde's derived structs also take an array,
-/// matched to their fields by position (`{"candidates": [["a@example.com", "Ann"]]}`
-/// invited Ann with no field name checked); the top level is checked before parsing, and a
-/// body with an array anywhere is read through this.
-pub struct ByName(pub Value);
+/// A deserializer read the way the one it wraps reads, except that a struct must be a JSON
+/// object at every level. serde's derived structs also take an array, matched to their fields
+/// by position (`{"candidates": [["a@example.com", "Ann"]]}` invited Ann with no field name
+/// checked). Wraps serde_json's streaming deserializer: one pass over the body, nothing
+/// built but the typed request. The same newtype wraps every visitor, seed and access the
+/// parse goes through, so nested structs are reached too.
+pub struct ByName<X>(pub X);
 
-impl<'de> de::IntoDeserializer<'de, serde_json::Error> for ByName {
-    type Deserializer = Self;
-
-    fn into_deserializer(self) -> Self {
-        self
-    }
-}
-
-impl ByName {
-    fn refused<'de, V: Visitor<'de>>(self, visitor: &V) -> serde_json::Error {
-        let unexpected = match &self.0 {
-            Value::Null => de::Unexpected::Unit,
-            Value::Bool(b) => de::Unexpected::Bool(*b),
-            Value::Number(n) => match (n.as_u64(), n.as_i64()) {
-                (Some(u), _) => de::Unexpected::Unsigned(u),
-                (None, Some(i)) => de::Unexpected::Signed(i),
-                _ => de::Unexpected::Float(n.as_f64().unwrap_or(f64::NAN)),
-            },
-            Value::String(s) => de::Unexpected::Str(s),
-            Value::Array(_) => de::Unexpected::Seq,
-            Value::Object(_) => de::Unexpected::Map,
-        };
-        de::Error::invalid_type(unexpected, visitor)
-    }
-}
-
-fn visit_array<'de, V: Visitor<'de>>(
-    items: Vec<Value>,
-    visitor: V,
-) -> Result<V::Value, serde_json::Error> {
-    let mut seq = de::value::SeqDeserializer::new(items.into_iter().map(ByName));
-    let value = visitor.visit_seq(&mut seq)?;
-    seq.end()?;
-    Ok(value)
-}
-
-fn visit_object<'de, V: Visitor<'de>>(
-    members: Map<String, Value>,
-    visitor: V,
-) -> Result<V::Value, serde_json::Error> {
-    let mut map = de::value::MapDeserializer::new(members.into_iter().map(|(k, v)| (k, ByName(v))));
-    let value = visitor.visit_map(&mut map)?;
-    map.end()?;
-    Ok(value)
-}
-
-impl<'de> Deserializer<'de> for ByName {
-    type Error = serde_json::Error;
-
-    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
-        match self.0 {
-            Value::Null => visitor.visit_unit(),
-            Value::Bool(b) => visitor.visit_bool(b),
-            Value::Number(n) => match (n.as_u64(), n.as_i64(), n.as_f64()) {
-                (Some(u), _, _) => visitor.visit_u64(u),
-                (None, Some(i), _) => visitor.visit_i64(i),
-                (None, None, Some(f)) => visitor.visit_f64(f),
-                _ => Err(de::Error::custom("a number out of every range")),
-            },
-            Value::String(s) => visitor.visit_string(s),
-            Value::Array(items) => visit_array(items, visitor),
-            Value::Object(members) => visit_object(members, visitor),
+macro_rules! forward_deserialize {
+    ($($method:ident($($arg:ident: $ty:ty),*);)*) => {$(
+        fn $method<V: Visitor<'de>>(self, $($arg: $ty,)* visitor: V) -> Result<V::Value, D::Error> {
+            self.0.$method($($arg,)* ByName(visitor))
         }
-    }
+    )*};
+}
 
-    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
-        match self.0 {
-            Value::Null => visitor.visit_none(),
-            other => visitor.visit_some(ByName(other)),
-        }
-    }
+impl<'de, D: Deserializer<'de>> Deserializer<'de> for ByName<D> {
+    type Error = D::Error;
 
-    /// The one difference from serde_json: a struct is an object, never an array.
+    /// The one difference: a struct is read as a map, which refuses an array.
     fn deserialize_struct<V: Visitor<'de>>(
         self,
         _name: &'static str,
         _fields: &'static [&'static str],
         visitor: V,
-    ) -> Result<V::Value, Self::Error> {
-        match self.0 {
-            Value::Object(members) => visit_object(members, visitor),
-            _ => Err(self.refused(&visitor)),
-        }
+    ) -> Result<V::Value, D::Error> {
+        self.0.deserialize_map(ByName(visitor))
     }
 
-    fn deserialize_newtype_struct<V: Visitor<'de>>(
-        self,
-        _name: &'static str,
-        visitor: V,
-    ) -> Result<V::Value, Self::Error> {
-        visitor.visit_newtype_struct(self)
+    forward_deserialize! {
+        deserialize_any(); deserialize_bool(); deserialize_i8(); deserialize_i16();
+        deserialize_i32(); deserialize_i64(); deserialize_i128(); deserialize_u8();
+        deserialize_u16(); deserialize_u32(); deserialize_u64(); deserialize_u128();
+        deserialize_f32(); deserialize_f64(); deserialize_char(); deserialize_str();
+        deserialize_string(); deserialize_bytes(); deserialize_byte_buf(); deserialize_option();
+        deserialize_unit(); deserialize_seq(); deserialize_map(); deserialize_identifier();
+        deserialize_ignored_any();
+        deserialize_unit_struct(name: &'static str);
+        deserialize_newtype_struct(name: &'static str);
+        deserialize_tuple(len: usize);
+        deserialize_tuple_struct(name: &'static str, len: usize);
+        deserialize_enum(name: &'static str, variants: &'static [&'static str]);
     }
 
-    fn deserialize_enum<V: Visitor<'de>>(
-        self,
-        _name: &'static str,
-        _variants: &'static [&'static str],
-        visitor: V,
-    ) -> Result<V::Value, Self::Error> {
-        match self.0 {
-            Value::String(variant) => visitor
-                .visit_enum(de::IntoDeserializer::<serde_json::Error>::into_deserializer(variant)),
-            Value::Object(members) if members.len() == 1 => {
-                let Some((variant, value)) = members.into_iter().next() else {
-                    return Err(de::Error::custom("an enum object names one variant"));
-                };
-                visitor.visit_enum(Variant(variant, value))
-            }
-            other => Err(ByName(other).refused(&visitor)),
-        }
-    }
-
-    serde::forward_to_deserialize_any! {
-        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
-        unit unit_struct seq tuple tuple_struct map identifier ignored_any
+    fn is_human_readable(&self) -> bool {
+        self.0.is_human_readable()
     }
 }
 
-/// An enum given as `{"variant": value}`.
-struct Variant(String, Value);
+macro_rules! forward_visit {
+    ($($method:ident($ty:ty);)*) => {$(
+        fn $method<E: de::Error>(self, v: $ty) -> Result<V::Value, E> {
+            self.0.$method(v)
+        }
+    )*};
+}
 
-impl<'de> de::EnumAccess<'de> for Variant {
-    type Error = serde_json::Error;
-    type Variant = ByName;
+impl<'de, V: Visitor<'de>> Visitor<'de> for ByName<V> {
+    type Value = V::Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.expecting(f)
+    }
+
+    forward_visit! {
+        visit_bool(bool); visit_i8(i8); visit_i16(i16); visit_i32(i32); visit_i64(i64);
+        visit_i128(i128); visit_u8(u8); visit_u16(u16); visit_u32(u32); visit_u64(u64);
+        visit_u128(u128); visit_f32(f32); visit_f64(f64); visit_char(char); visit_str(&str);
+        visit_borrowed_str(&'de str); visit_string(String); visit_bytes(&[u8]);
+        visit_borrowed_bytes(&'de [u8]); visit_byte_buf(Vec<u8>);
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<V::Value, E> {
+        self.0.visit_none()
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<V::Value, E> {
+        self.0.visit_unit()
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<V::Value, D::Error> {
+        self.0.visit_some(ByName(d))
+    }
+
+    fn visit_newtype_struct<D: Deserializer<'de>>(self, d: D) -> Result<V::Value, D::Error> {
+        self.0.visit_newtype_struct(ByName(d))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<V::Value, A::Error> {
+        self.0.visit_seq(ByName(seq))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<V::Value, A::Error> {
+        self.0.visit_map(ByName(map))
+    }
+
+    fn visit_enum<A: de::EnumAccess<'de>>(self, data: A) -> Result<V::Value, A::Error> {
+        self.0.visit_enum(ByName(data))
+    }
+}
+
+impl<'de, S: de::DeserializeSeed<'de>> de::DeserializeSeed<'de> for ByName<S> {
+    type Value = S::Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<S::Value, D::Error> {
+        self.0.deserialize(ByName(d))
+    }
+}
+
+impl<'de, A: SeqAccess<'de>> SeqAccess<'de> for ByName<A> {
+    type Error = A::Error;
+
+    fn next_element_seed<S: de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: S,
+    ) -> Result<Option<S::Value>, A::Error> {
+        self.0.next_element_seed(ByName(seed))
+    }
+
+    fn size_hint(&self) -> Option<usize> {
+        self.0.size_hint()
+    }
+}
+
+impl<'de, A: MapAccess<'de>> MapAccess<'de> for ByName<A> {
+    type Error = A::Error;
+
+    fn next_key_seed<S: de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: S,
+    ) -> Result<Option<S::Value>, A::Error> {
+        self.0.next_key_seed(ByName(seed))
+    }
+
+    fn next_value_seed<S: de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: S,
+    ) -> Result<S::Value, A::Error> {
+        self.0.next_value_seed(ByName(seed))
+    }
+
+    fn size_hint(&self) -> Option<usize> {
+        self.0.size_hint()
+    }
+}
+
+impl<'de, A: de::EnumAccess<'de>> de::EnumAccess<'de> for ByName<A> {
+    type Error = A::Error;
+    type Variant = ByName<A::Variant>;
 
     fn variant_seed<S: de::DeserializeSeed<'de>>(
         self,
         seed: S,
-    ) -> Result<(S::Value, ByName), serde_json::Error> {
-        let variant =
-            seed.deserialize(de::IntoDeserializer::<serde_json::Error>::into_deserializer(self.0))?;
-        Ok((variant, ByName(self.1)))
+    ) -> Result<(S::Value, Self::Variant), A::Error> {
+        let (value, variant) = self.0.variant_seed(ByName(seed))?;
+        Ok((value, ByName(variant)))
     }
 }
 
-impl<'de> de::VariantAccess<'de> for ByName {
-    type Error = serde_json::Error;
+impl<'de, A: de::VariantAccess<'de>> de::VariantAccess<'de> for ByName<A> {
+    type Error = A::Error;
 
-    fn unit_variant(self) -> Result<(), serde_json::Error> {
-        match self.0 {
-            Value::Null => Ok(()),
-            _ => Err(de::Error::invalid_type(
-                de::Unexpected::Map,
-                &"a unit variant",
-            )),
-        }
+    fn unit_variant(self) -> Result<(), A::Error> {
+        self.0.unit_variant()
     }
 
     fn newtype_variant_seed<S: de::DeserializeSeed<'de>>(
         self,
         seed: S,
-    ) -> Result<S::Value, serde_json::Error> {
-        seed.deserialize(self)
+    ) -> Result<S::Value, A::Error> {
+        self.0.newtype_variant_seed(ByName(seed))
     }
 
-    fn tuple_variant<V: Visitor<'de>>(
-        self,
-        _len: usize,
-        visitor: V,
-    ) -> Result<V::Value, serde_json::Error> {
-        self.deserialize_seq(visitor)
+    fn tuple_variant<V: Visitor<'de>>(self, len: usize, visitor: V) -> Result<V::Value, A::Error> {
+        self.0.tuple_variant(len, ByName(visitor))
     }
 
+    /// A struct variant's content, like a struct, must be an object: read as the content of
+    /// a newtype variant, through [`ByName::deserialize_struct`].
     fn struct_variant<V: Visitor<'de>>(
         self,
         fields: &'static [&'static str],
         visitor: V,
-    ) -> Result<V::Value, serde_json::Error> {
-        self.deserialize_struct("", fields, visitor)
+    ) -> Result<V::Value, A::Error> {
+        self.0.newtype_variant_seed(StructSeed { fields, visitor })
+    }
+}
+
+struct StructSeed<V> {
+    fields: &'static [&'static str],
+    visitor: V,
+}
+
+impl<'de, V: Visitor<'de>> de::DeserializeSeed<'de> for StructSeed<V> {
+    type Value = V::Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<V::Value, D::Error> {
+        ByName(d).deserialize_struct("", self.fields, self.visitor)
     }
 }
 
@@ -409,10 +431,15 @@ mod tests {
     }
 
     fn by_name<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, (String, String)> {
-        let value: Value = serde_json::from_str(text).unwrap();
-        serde_path_to_error::deserialize(ByName(value)).map_err(|e| {
+        let mut json = serde_json::Deserializer::from_str(text);
+        serde_path_to_error::deserialize(ByName(&mut json)).map_err(|e| {
             let path = e.path().to_string();
-            (path, e.into_inner().to_string())
+            let message = e.into_inner().to_string();
+            // serde_json says where; the path says it here.
+            let message = message
+                .rsplit_once(" at line ")
+                .map_or(message.clone(), |(m, _)| m.to_owned());
+            (path, message)
         })
     }
 
