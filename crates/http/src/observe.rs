@@ -108,6 +108,26 @@ pub async fn observe(mut request: Request, next: Next) -> Response {
     response
 }
 
+/// The `route` of a request whose head the HTTP layer could not read.
+pub const UNREADABLE_HEAD_ROUTE: &str = "(unreadable head)";
+
+/// The one log line of a request whose head the HTTP layer could not read (hyper answered
+/// it before any of our code ran; see `trueline::unreadable_head`): no method or route is
+/// known, nor when the head began, so the line has no `latency_ms` and the count goes to
+/// `http_unreadable_heads_total` instead of the latency histogram.
+pub fn unreadable_head_answered(id: &str, status: u16, code: &str) {
+    let span = request_span(id);
+    tracing::info!(
+        parent: &span,
+        event = "http.request.completed",
+        method = "-",
+        route = UNREADABLE_HEAD_ROUTE,
+        status,
+        code,
+    );
+    metrics::counter!("http_unreadable_heads_total", "status" => status.to_string()).increment(1);
+}
+
 /// The request's one closing log line and its latency sample. Written when the answer is
 /// ready, or, if the request is dropped before that (its client went away and the
 /// connection with it: hyper drops the handler's future), when it is dropped:

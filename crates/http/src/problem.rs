@@ -77,6 +77,8 @@ error_codes! {
     EVENT_TOO_LARGE = ("event_too_large", PAYLOAD_TOO_LARGE, "The event is too large");
     STORAGE_FULL = ("storage_full", INSUFFICIENT_STORAGE, "The event log's disk is full");
     PAYLOAD_TOO_LARGE = ("payload_too_large", PAYLOAD_TOO_LARGE, "Request body is too large");
+    URI_TOO_LONG = ("uri_too_long", URI_TOO_LONG, "The request target is too long");
+    REQUEST_HEAD_TOO_LARGE = ("request_head_too_large", REQUEST_HEADER_FIELDS_TOO_LARGE, "The request head is too large");
     UNSUPPORTED_MEDIA_TYPE = ("unsupported_media_type", UNSUPPORTED_MEDIA_TYPE, "Unsupported content type");
     RATE_LIMITED = ("rate_limited", TOO_MANY_REQUESTS, "Too many requests");
     TOO_MANY_SUBSCRIPTIONS = ("too_many_subscriptions", TOO_MANY_REQUESTS, "Too many open event subscriptions");
@@ -368,6 +370,25 @@ pub fn for_status(status: StatusCode) -> ApiError {
         _ => status.canonical_reason().unwrap_or("error").to_owned(),
     };
     ApiError::new(code, detail)
+}
+
+/// The problem for a request head the HTTP layer could not read, by the status hyper gave
+/// it (`400`, `414`, `431`); `None` for any other status.
+pub fn for_unreadable_head(status: StatusCode) -> Option<ApiError> {
+    let (code, detail) = match status {
+        StatusCode::BAD_REQUEST => (
+            codes::BAD_REQUEST,
+            "the request line or a header is not valid HTTP/1.1",
+        ),
+        StatusCode::URI_TOO_LONG => (codes::URI_TOO_LONG, "the request target is too long"),
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => (
+            codes::REQUEST_HEAD_TOO_LARGE,
+            "the request line and headers are larger than the server takes \
+             (server.max_request_head_bytes) or number more than 100 headers",
+        ),
+        _ => return None,
+    };
+    Some(ApiError::new(code, detail))
 }
 
 #[cfg(test)]

@@ -11,4 +11,5 @@ pub mod open_files;
 pub mod serve;
 pub mod startup;
 pub mod telemetry;
+pub mod unreadable_head;
 pub mod workers;

@@ -7,7 +7,8 @@
 //! in the kernel's backlog), a request head must arrive completely within
 //! `header_read_timeout` (the same clock closes keep-alive connections left idle that long),
 //! and a request head larger than `max_request_head_bytes` is refused by hyper with
-//! `431 Request Header Fields Too Large` before any handler runs. A client that stops taking
+//! `431 Request Header Fields Too Large` before any handler runs (made a problem on its way
+//! out by [`crate::unreadable_head`], like hyper's other answers to heads it cannot read). A client that stops taking
 //! a response (its receive window closed) for `write_stall_timeout` loses the connection:
 //! hyper has no write timeout, and the request timeout ends when the headers are sent.
 //! One client holds at most `max_connections_per_client` of the connections (the rest of
@@ -92,7 +93,10 @@ pub async fn serve(
             request.extensions_mut().insert(ConnectInfo(client));
             router.clone().oneshot(request)
         });
-        let stream = StallGuard::new(stream, limits.write_stall_timeout);
+        let stream = crate::unreadable_head::UnreadableHead::new(StallGuard::new(
+            stream,
+            limits.write_stall_timeout,
+        ));
         let connection = connections.watch(http.serve_connection(TokioIo::new(stream), service));
         let open = metrics::gauge!("http_connections_open");
         open.increment(1.0);

@@ -489,6 +489,24 @@ async fn read_response_head(stream: &mut TcpStream) -> String {
     String::from_utf8_lossy(&head).into_owned()
 }
 
+/// The problem a refused request head was answered with (`status`, `code`), checked to carry
+/// its request id in header and body.
+async fn head_refusal(response: reqwest::Response, status: u16, code: &str) {
+    assert_eq!(response.status(), status);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    let id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let problem: Value = response.json().await.unwrap();
+    assert_eq!(problem["code"], code, "{problem}");
+    assert_eq!(problem["status"], status, "{problem}");
+    assert_eq!(problem["request_id"], id.as_str(), "{problem}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn huge_request_heads_get_431_and_the_server_keeps_serving() {
     let app = spawn_app(Backend::Sqlite).await;
@@ -499,18 +517,18 @@ async fn huge_request_heads_get_431_and_the_server_keeps_serving() {
         .send()
         .await
         .unwrap();
-    assert_eq!(huge.status(), 431, "one 100 KB header");
+    head_refusal(huge, 431, "request_head_too_large").await;
     let mut many = app.request(Method::GET, "/api/v1/me", Some(&ann.token));
     for i in 0..150 {
         many = many.header(format!("x-h{i}"), "v");
     }
-    assert_eq!(many.send().await.unwrap().status(), 431, "150 headers");
+    head_refusal(many.send().await.unwrap(), 431, "request_head_too_large").await;
     let huge_token = app
         .request(Method::GET, "/api/v1/me", Some(&"t".repeat(200_000)))
         .send()
         .await
         .unwrap();
-    assert_eq!(huge_token.status(), 431, "a 200 KB bearer token");
+    head_refusal(huge_token, 431, "request_head_too_large").await;
     let fine = app
         .request(Method::GET, "/api/v1/me", Some(&ann.token))
         .header("x-padding", "p".repeat(30_000))
@@ -518,6 +536,57 @@ async fn huge_request_heads_get_431_and_the_server_keeps_serving() {
         .await
         .unwrap();
     assert_eq!(fine.status(), 200, "a 30 KB header is within the limit");
+}
+
+/// A request head hyper cannot read is answered before any of our code runs; the answer is
+/// still a problem with a request id (`trueline::unreadable_head`), also after a good
+/// request on the same connection, and the server goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_request_heads_are_answered_with_problems() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let address = app.address.trim_start_matches("http://").to_owned();
+    let heads: [&[u8]; 4] = [
+        b"GET /api/v1/he alth HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /livez HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n",
+        b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\nGET /livez HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n",
+        b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03\r\n\r\n",
+    ];
+    for head in heads {
+        let mut stream = TcpStream::connect(&address).await.unwrap();
+        stream.write_all(head).await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+            .await
+            .expect("answered and closed")
+            .unwrap();
+        let answer = String::from_utf8(answer).unwrap();
+        let last = answer.rfind("HTTP/1.1 ").unwrap();
+        let (head, body) = answer[last..].split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 400 "), "{answer}");
+        assert!(
+            head.contains("\r\ncontent-type: application/problem+json\r\n"),
+            "{head}"
+        );
+        let problem: Value = serde_json::from_str(body).unwrap();
+        assert_eq!(problem["code"], "bad_request", "{problem}");
+        let id = problem["request_id"].as_str().unwrap();
+        assert!(
+            head.contains(&format!("\r\nx-request-id: {id}\r\n")),
+            "{head}"
+        );
+        if last > 0 {
+            assert!(
+                answer.starts_with("HTTP/1.1 200 "),
+                "the good request first: {answer}"
+            );
+        }
+    }
+    let fine = app
+        .request(Method::GET, "/livez", None)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fine.status(), 200);
 }
 
 /// Opens a connection that sends a request head one line at a time, forever; returns how
