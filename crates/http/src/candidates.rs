@@ -7,6 +7,7 @@
 
 use crate::auth::hash_token;
 use crate::extract::ApiJson;
+use crate::idempotency::{Idem, Stored, json_response};
 use crate::problem::{ApiError, codes};
 use crate::state::AppState;
 use crate::strict_json::StrictObject;
@@ -36,7 +37,9 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(start))
         .routes(routes!(save_answers))
         .routes(routes!(submit))
-        .routes(routes!(register))
+        .merge(OpenApiRouter::new().routes(routes!(register)).route_layer(
+            axum::middleware::from_fn(crate::idempotency::share_registration_layer),
+        ))
 }
 
 /// Longest path token accepted (longer ones are refused before hashing).
@@ -573,7 +576,9 @@ async fn submit(
 }
 
 /// Register through a share link: creates this candidate's own invite. An email that is
-/// already invited is refused (its token is never revealed).
+/// already invited is refused (its token is never revealed). With an `Idempotency-Key` (at
+/// least 32 characters: the candidate's secret), the same key and request again replay the
+/// answer with its token.
 #[utoipa::path(post, path = "/public/share/{token}/register", tag = "candidates",
     params(("token" = String, Path, description = "The share-link token")),
     request_body = RegisterRequest,
@@ -583,6 +588,7 @@ async fn submit(
 async fn register(
     State(state): State<AppState>,
     Path(token): Path<String>,
+    idem: Idem,
     ApiJson(body): ApiJson<RegisterRequest>,
 ) -> Result<Response, ApiError> {
     let share = token_hash(&token)?;
@@ -611,9 +617,22 @@ async fn register(
         token_hash: hash,
         expires_at,
     };
+    let render = |stored: &trueline_store::Invite| {
+        json_response(
+            StatusCode::CREATED,
+            &[],
+            &RegisterResponse {
+                invite_id: stored.id,
+                token: invite_token.clone(),
+                expires_at: stored.expires_at,
+            },
+        )
+    };
+    // The token is shown once: the replayable copy is sealed (see `idempotency`).
+    let sealed = |stored: &trueline_store::Invite| idem.seal(render(stored));
     let stored = state
         .store
-        .register_via_share_link(&share, invite, now)
+        .register_via_share_link(&share, invite, now, idem.with(&sealed))
         .await
         .map_err(|e| match e {
             trueline_store::StoreError::Domain(DomainError::NotFound(_)) => {
@@ -621,10 +640,5 @@ async fn register(
             }
             other => other.into(),
         })?;
-    let body = RegisterResponse {
-        invite_id: stored.id,
-        token: invite_token,
-        expires_at: stored.expires_at,
-    };
-    Ok((StatusCode::CREATED, Json(body)).into_response())
+    Ok(Stored(render(&stored)).into_response())
 }

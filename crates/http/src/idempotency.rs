@@ -1,5 +1,7 @@
 //! `Idempotency-Key` on every authenticated `POST`, `PATCH` and `PUT` (the event routes
-//! and the password change excepted: see `events::KeyedIds` and `accounts::password_router`).
+//! and the password change excepted: see `events::KeyedIds` and `accounts::password_router`),
+//! and on the one public write that hands out a secret, the share-link registration
+//! ([`share_registration_layer`]).
 //!
 //! Before the handler runs, this middleware claims the key for (organization, user, key) with
 //! a fingerprint of (method, path, canonical body: JSON re-serialized, multipart by its parts):
@@ -356,12 +358,120 @@ pub async fn layer(served: Served, request: Request, next: Next) -> Response {
     let Some(raw_key) = request.headers().get(&IDEMPOTENCY_KEY).cloned() else {
         return next.run(request).await;
     };
-    match claimed(request, raw_key, next).await {
+    match claimed(request, raw_key, next, KeyOwner::Caller).await {
         Ok(response) | Err(response) => response,
     }
 }
 
-async fn claimed(request: Request, raw_key: HeaderValue, next: Next) -> Result<Response, Response> {
+/// `Idempotency-Key` on a candidate's registration through a share link
+/// (`POST /public/share/{token}/register`): its answer hands out the candidate's invite token
+/// once, and a registration sent again after a lost answer was `409 already_invited` with no
+/// way to get the token. With a key, the same key and request again replay the answer, as on
+/// the authenticated routes (see [`share_registration_scope`] for whose key it is).
+pub async fn share_registration_layer(request: Request, next: Next) -> Response {
+    if request.method() != Method::POST {
+        return next.run(request).await;
+    }
+    let Some(raw_key) = request.headers().get(&IDEMPOTENCY_KEY).cloned() else {
+        return next.run(request).await;
+    };
+    match claimed(request, raw_key, next, KeyOwner::ShareRegistration).await {
+        Ok(response) | Err(response) => response,
+    }
+}
+
+/// Whose keys a layer claims.
+#[derive(Debug, Clone, Copy)]
+enum KeyOwner {
+    /// The authenticated caller: (organization, user); secrets sealed to the bearer token.
+    Caller,
+    /// A candidate registering through a share link: no account, no token.
+    ShareRegistration,
+}
+
+/// The shortest key a share-link registration takes: there the key is the candidate's only
+/// secret (see [`share_registration_scope`]), so it must not be guessable.
+pub const SHARE_REGISTRATION_KEY_CHARS_MIN: usize = 32;
+
+impl KeyOwner {
+    /// The scope of `key` in this request, and the key sealing its secrets.
+    async fn scope(
+        self,
+        parts: &mut Parts,
+        state: &AppState,
+        key: &IdempotencyKey,
+    ) -> Result<(IdempotencyScope, SealKey), ApiError> {
+        match self {
+            KeyOwner::Caller => {
+                let principal = Principal::from_request_parts(parts, state).await?;
+                // The principal was resolved from this header, so it is there.
+                let seal_key = SealKey::of(
+                    parts
+                        .headers
+                        .get(axum::http::header::AUTHORIZATION)
+                        .and_then(crate::extract::bearer_token)
+                        .unwrap_or_default(),
+                );
+                let scope = IdempotencyScope::new(
+                    principal.org_id,
+                    principal.user_id,
+                    key.as_str().to_owned(),
+                );
+                Ok((scope, seal_key))
+            }
+            KeyOwner::ShareRegistration => {
+                if key.as_str().len() < SHARE_REGISTRATION_KEY_CHARS_MIN {
+                    return Err(ApiError::field(
+                        "/headers/idempotency-key",
+                        "invalid_idempotency_key",
+                        format!(
+                            "a registration's key is the candidate's secret: at least \
+                             {SHARE_REGISTRATION_KEY_CHARS_MIN} characters (send a random UUID)"
+                        ),
+                    ));
+                }
+                let axum::extract::Path(token) =
+                    axum::extract::Path::<String>::from_request_parts(parts, state)
+                        .await
+                        .map_err(|_| ApiError::new(codes::NOT_FOUND, "share link not found"))?;
+                Ok(share_registration_scope(&token, key.as_str()))
+            }
+        }
+    }
+}
+
+/// The scope of a key sent with a share-link registration. No organization or user is known
+/// before the link is looked up, and anyone may hold the link: the key is what tells the
+/// candidate's retry from another registration. It is stored as the SHA-256 of the link's
+/// token and the key, under the nil organization and user; the stored answer (with the
+/// invite token) is sealed to the link's token and the key. The database holds neither, so a
+/// copy of it opens nothing, and a replay needs the key and the same request (email, name).
+fn share_registration_scope(share_token: &str, key: &str) -> (IdempotencyScope, SealKey) {
+    let mut hasher = Sha256::new();
+    hasher.update(b"trueline share registration key v1\n");
+    hasher.update(share_token.as_bytes());
+    hasher.update(b"\n");
+    hasher.update(key.as_bytes());
+    let stored: String = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let nobody = uuid::Uuid::nil();
+    let scope = IdempotencyScope::new(
+        trueline_core::ids::OrgId(nobody),
+        trueline_core::ids::UserId(nobody),
+        stored,
+    );
+    (scope, SealKey::of(&format!("{share_token}\n{key}")))
+}
+
+async fn claimed(
+    request: Request,
+    raw_key: HeaderValue,
+    next: Next,
+    owner: KeyOwner,
+) -> Result<Response, Response> {
     let key = raw_key
         .to_str()
         .ok()
@@ -373,17 +483,10 @@ async fn claimed(request: Request, raw_key: HeaderValue, next: Next) -> Result<R
         .cloned()
         .ok_or_else(|| ApiError::internal("AppState extension missing").into_response())?;
     let (mut parts, body) = request.into_parts();
-    let principal = Principal::from_request_parts(&mut parts, &state)
+    let (scope, seal_key) = owner
+        .scope(&mut parts, &state, &key)
         .await
         .map_err(IntoResponse::into_response)?;
-    // The principal was resolved from this header, so it is there.
-    let seal_key = SealKey::of(
-        parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(crate::extract::bearer_token)
-            .unwrap_or_default(),
-    );
     // The body limit of the route (the import takes more than the rest): buffered here to be
     // fingerprinted, a body must not get past the limit its handler would have applied.
     let import = parts
@@ -401,7 +504,6 @@ async fn claimed(request: Request, raw_key: HeaderValue, next: Next) -> Result<R
     let bytes = axum::body::to_bytes(body, limit)
         .await
         .map_err(|e| crate::body_read::read_failed(&e).into_response())?;
-    let scope = IdempotencyScope::new(principal.org_id, principal.user_id, key.as_str().to_owned());
     // Nested routers see the path without their prefix; the fingerprint uses the full one.
     let path = parts
         .extensions

@@ -105,12 +105,18 @@ fn complete(path: &str, writes: bool, op: &mut Operation) {
     let events = path.starts_with("/api/v1/events") || path.starts_with("/api/v1/streams");
     // Nor the password change (its body is passwords: no fingerprint of it is stored).
     let keyed = writes && secured && !events && path != "/api/v1/me/password";
+    // The one public write that hands out a secret takes keys too (`share_registration_layer`).
+    let registration = path == "/api/v1/public/share/{token}/register";
     // A write that takes no body still refuses one that says something (`NoBody`).
     if has_body || has_query || writes {
         add(op, 400, "Invalid request");
     }
-    if keyed || (writes && secured && events) {
-        let description = if keyed {
+    if keyed || registration || (writes && secured && events) {
+        let description = if registration {
+            "Makes the registration safe to retry: the same key and request again get the \
+             stored answer with its token. At least 32 characters, unguessable (a random \
+             UUID): here the key is the candidate's secret (README, Idempotency keys)"
+        } else if keyed {
             "Makes the request safe to retry: the same key and request again get the stored \
              response (README, Idempotency keys)"
         } else {
@@ -121,7 +127,7 @@ fn complete(path: &str, writes: bool, op: &mut Operation) {
             .get_or_insert_with(Vec::new)
             .push(RefOr::T(idempotency_key_parameter(description)));
     }
-    if keyed {
+    if keyed || registration {
         // The idempotency layer runs on every POST and PATCH, and on authenticated PUTs.
         add(op, 400, "Invalid request or Idempotency-Key");
         add(op, 409, "Idempotency key in use or sealed to another token");

@@ -1200,6 +1200,7 @@ impl AssessmentStore for PgStore {
         share_token_hash: &[u8; 32],
         invite: NewInvite,
         now: OffsetDateTime,
+        idempotency: Option<Idempotency<'_, Invite>>,
     ) -> Result<Invite, StoreError> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         // FOR SHARE, as `create_invites` does: a close, or a removal or rotation of the link,
@@ -1243,6 +1244,7 @@ impl AssessmentStore for PgStore {
             now,
         )
         .await?;
+        complete_idempotency(&mut tx, idempotency, &stored, now).await?;
         tx.commit().await.map_err(db_error)?;
         Ok(stored)
     }

@@ -1107,6 +1107,7 @@ impl AssessmentStore for SqliteStore {
         share_token_hash: &[u8; 32],
         invite: NewInvite,
         now: OffsetDateTime,
+        idempotency: Option<Idempotency<'_, Invite>>,
     ) -> Result<Invite, StoreError> {
         let mut tx = self.begin_write().await?;
         let row = sqlx::query(
@@ -1145,6 +1146,7 @@ impl AssessmentStore for SqliteStore {
             now,
         )
         .await?;
+        complete_idempotency(&mut tx, idempotency, &stored, now).await?;
         tx.commit().await.map_err(db_error)?;
         Ok(stored)
     }

@@ -387,12 +387,14 @@ pub trait AssessmentStore: Send + Sync {
     ) -> Result<(), StoreError>;
 
     /// Creates an invite through a share link. `NotFound("share link")` if the link is
-    /// unknown or its assessment is not published; `AlreadyInvited` if the email is.
+    /// unknown or its assessment is not published; `AlreadyInvited` if the email is. The
+    /// idempotency record (if any) is completed in the same transaction.
     async fn register_via_share_link(
         &self,
         share_token_hash: &[u8; 32],
         invite: NewInvite,
         now: OffsetDateTime,
+        idempotency: Option<Idempotency<'_, Invite>>,
     ) -> Result<Invite, StoreError>;
 
     /// What an invite token unlocks (`None` if the token is unknown).

@@ -21,6 +21,7 @@ both_backends!(
     the_server_enforces_the_deadline_and_auto_submits_abandoned_attempts,
     expired_and_revoked_invites_are_refused,
     share_links_register_candidates_without_revealing_existing_invites,
+    a_share_link_registration_with_a_key_is_safe_to_retry,
     pass_is_decided_on_exact_arithmetic_and_unicode_answers_match,
     reviews_follow_the_state_machine_and_are_audited,
     results_are_exported_as_formula_safe_csv,
@@ -1427,6 +1428,94 @@ async fn share_links_register_candidates_without_revealing_existing_invites(back
         before,
         "the refusal changed nothing"
     );
+}
+
+/// A registration whose answer was lost can be sent again with its key and gets the same
+/// answer (the same token, which works); without a key it was `409 already_invited` with no
+/// way to the token. The key is the candidate's secret there: another request with it, a
+/// short key, or the key on another link get no token and change nothing.
+async fn a_share_link_registration_with_a_key_is_safe_to_retry(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let ann = app.sign_up("ann@example.com").await;
+    let id = published(&app, &ann.token, settings("Open")).await;
+    let mut urls = Vec::new();
+    for _ in 0..2 {
+        let other = if urls.is_empty() {
+            id.clone()
+        } else {
+            published(&app, &ann.token, settings("Other")).await
+        };
+        let link: Value = app
+            .post(
+                &format!("/api/v1/assessments/{other}/share-link"),
+                &ann.token,
+                &json!({}),
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+        urls.push(app.url(link["register_url"].as_str().unwrap()));
+    }
+    let register = |url: &str, key: &str, body: Value| {
+        app.client
+            .post(url)
+            .header("idempotency-key", key)
+            .json(&body)
+            .send()
+    };
+    let key = uuid::Uuid::new_v4().to_string();
+    let bob = json!({"email": "bob@example.com", "name": "Bob"});
+    let first = register(&urls[0], &key, bob.clone()).await.unwrap();
+    assert_eq!(first.status(), 201);
+    assert!(first.headers().get("idempotent-replayed").is_none());
+    let first = first.text().await.unwrap();
+    let again = register(&urls[0], &key, bob.clone()).await.unwrap();
+    assert_eq!(again.status(), 201);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(
+        again.text().await.unwrap(),
+        first,
+        "byte-identical, with the same token"
+    );
+    let token = serde_json::from_str::<Value>(&first).unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        candidate(&app, Method::GET, &token, None).await.status(),
+        200
+    );
+    // Without the key, the email is taken: its token is not told.
+    let unkeyed = app.client.post(&urls[0]).json(&bob).send().await.unwrap();
+    let problem = assert_problem(unkeyed, 409, "already_invited").await;
+    assert!(!problem.to_string().contains("tli_"));
+    // The key with another request, a short key: refused, nothing changed.
+    let before = (
+        assessment_and_counts(&app, &ann.token, &id).await,
+        app.count("invites").await,
+    );
+    let other = register(&urls[0], &key, json!({"email": "bob@example.com"}))
+        .await
+        .unwrap();
+    assert_problem(other, 422, "idempotency_key_reused").await;
+    let short = register(&urls[0], "abc", json!({"email": "carol@example.com"}))
+        .await
+        .unwrap();
+    let problem = assert_problem(short, 400, "validation_failed").await;
+    assert_eq!(problem["errors"][0]["code"], "invalid_idempotency_key");
+    let after = (
+        assessment_and_counts(&app, &ann.token, &id).await,
+        app.count("invites").await,
+    );
+    assert_eq!(after, before, "the refusals changed nothing");
+    // A key belongs to its link.
+    let elsewhere = register(&urls[1], &key, bob.clone()).await.unwrap();
+    assert_eq!(elsewhere.status(), 201);
+    assert!(elsewhere.headers().get("idempotent-replayed").is_none());
+    let elsewhere: Value = elsewhere.json().await.unwrap();
+    assert_ne!(elsewhere["token"].as_str().unwrap(), token);
+    assert_eq!(app.count("invites").await, before.1 + 1);
 }
 
 async fn pass_is_decided_on_exact_arithmetic_and_unicode_answers_match(backend: Backend) {

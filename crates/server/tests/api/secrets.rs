@@ -284,15 +284,28 @@ async fn secrets_never_reach_logs_error_bodies_events_or_webhook_payloads(backen
         .await;
     let share = link["token"].as_str().unwrap().to_owned();
     secrets.push(("share-link token", share.clone()));
-    let registered = flow
-        .expect(
-            201,
-            Method::POST,
-            &format!("/api/v1/public/share/{share}/register"),
-            None,
-            Some(json!({"email": "self@example.com"})),
-        )
-        .await;
+    // Keyed and replayed: the key is the candidate's secret there, stored only hashed, and
+    // the stored answer (with the invite token) sealed.
+    let registration_key = uuid::Uuid::new_v4().to_string();
+    secrets.push(("share registration key", registration_key.clone()));
+    let mut registered = Value::Null;
+    for _ in 0..2 {
+        let (status, body) = flow
+            .call_keyed(
+                Method::POST,
+                &format!("/api/v1/public/share/{share}/register"),
+                None,
+                Some(json!({"email": "self@example.com"})),
+                Some(&registration_key),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        assert!(
+            registered.is_null() || registered == body,
+            "the replay is the same"
+        );
+        registered = body;
+    }
     let registered = registered["token"].as_str().unwrap().to_owned();
     secrets.push(("registered invite token", registered.clone()));
     flow.expect(
