@@ -75,6 +75,22 @@ async fn sign_up_over_http(client: &reqwest::Client, address: &str, email: &str)
         .unwrap()
 }
 
+/// Every line the server wrote, once it has exited: the reader thread may still be passing
+/// on what the last write held (the logger writes in batches, the rest at exit), so this
+/// waits for the end of its output instead of taking what has arrived so far.
+pub(crate) fn all_lines(lines: std::sync::mpsc::Receiver<String>) -> Vec<String> {
+    let mut all = Vec::new();
+    loop {
+        match lines.recv_timeout(Duration::from_secs(10)) {
+            Ok(line) => all.push(line),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return all,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                panic!("the server's output did not end after it exited")
+            }
+        }
+    }
+}
+
 pub(crate) fn terminate(child: &mut Child) {
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -165,7 +181,7 @@ async fn logs_are_json_lines_with_base_fields_and_never_contain_secrets() {
         .unwrap();
     assert_eq!(refused.status(), 403);
     terminate(&mut child);
-    let lines: Vec<String> = lines.try_iter().collect();
+    let lines = all_lines(lines);
     assert!(lines.len() >= 6, "{lines:?}");
     let mut completed = 0;
     for line in &lines {
