@@ -239,6 +239,67 @@ pub async fn client_ids_make_appends_idempotent(f: &EventsFixture) {
     ));
 }
 
+/// A refused retry names the same event on every backend: the first (in the request's
+/// order) whose content differs from the stored one; else, when some ids are new, the first
+/// existing one in the request's order; else the first out of the stream's order.
+pub async fn a_conflict_names_the_same_event_on_every_backend(f: &EventsFixture) {
+    let org = OrgId::new();
+    let (a, b) = (event("a", "1"), event("b", "2"));
+    append(f, org, "s", vec![a.clone(), b.clone()]).await;
+    let conflict = |r| match refusal(r) {
+        AppendRefusal::EventIdConflict { id } => id,
+        other => panic!("expected a conflict, got {other:?}"),
+    };
+    let mut changed_b = b.clone();
+    changed_b.data = b"20".to_vec();
+    let differs = f
+        .events
+        .append(
+            org,
+            "s",
+            ExpectedVersion::Any,
+            vec![a.clone(), event("new", "0"), changed_b],
+            now(),
+        )
+        .await;
+    assert_eq!(conflict(differs), b.id, "the event whose content differs");
+    let mixed = f
+        .events
+        .append(
+            org,
+            "s",
+            ExpectedVersion::Any,
+            vec![event("new", "0"), b.clone(), a.clone()],
+            now(),
+        )
+        .await;
+    assert_eq!(
+        conflict(mixed),
+        b.id,
+        "the first existing one, in the request's order"
+    );
+    let reordered = f
+        .events
+        .append(
+            org,
+            "s",
+            ExpectedVersion::Any,
+            vec![b.clone(), a.clone()],
+            now(),
+        )
+        .await;
+    assert_eq!(
+        conflict(reordered),
+        a.id,
+        "the first out of the stream's order"
+    );
+    assert_eq!(
+        f.events.stats(org).await.expect("stats").last_position,
+        2,
+        "refusals wrote nothing"
+    );
+}
+
 pub async fn event_ids_are_scoped_to_the_organization(f: &EventsFixture) {
     let (a, b) = (OrgId::new(), OrgId::new());
     let shared = event("a", "1");
@@ -646,6 +707,7 @@ macro_rules! event_store_suite {
             appends_assign_gapless_positions_and_stream_versions,
             expected_versions_are_enforced,
             client_ids_make_appends_idempotent,
+            a_conflict_names_the_same_event_on_every_backend,
             event_ids_are_scoped_to_the_organization,
             reads_by_position_type_stream_and_direction,
             unicode_payloads_round_trip_exactly,

@@ -410,26 +410,48 @@ impl EventStore for PgEventStore {
 /// The retry rule shared with the embedded engine: all ids present, same content, one
 /// contiguous run of `stream` (consecutive stream versions in batch order; other streams'
 /// events may lie between them in the organization's order) → the originals; anything
-/// else → a conflict.
+/// else → a conflict, naming the event the engine names (checked in its order: the first
+/// whose content differs, else the first existing one when some are new, else the first out
+/// of the stream's order).
 fn duplicates(
     stream: &str,
     events: &[NewEvent],
     existing: &[EventRecord],
 ) -> Result<Vec<Appended>, AppendRefusal> {
+    let originals: Vec<Option<&EventRecord>> = events
+        .iter()
+        .map(|e| existing.iter().find(|x| x.id == e.id))
+        .collect();
+    for (e, found) in events.iter().zip(&originals) {
+        let differs = found.is_some_and(|found| {
+            found.stream != stream
+                || found.event_type != e.event_type
+                || found.data != e.data
+                || found.metadata != e.metadata
+        });
+        if differs {
+            return Err(AppendRefusal::EventIdConflict { id: e.id });
+        }
+    }
+    if originals.iter().any(Option::is_none) {
+        let first_existing = events
+            .iter()
+            .zip(&originals)
+            .find_map(|(e, found)| found.map(|_| e.id));
+        return Err(AppendRefusal::EventIdConflict {
+            id: first_existing.unwrap_or(events[0].id),
+        });
+    }
     let mut out = Vec::with_capacity(events.len());
-    for (i, e) in events.iter().enumerate() {
-        let Some(found) = existing.iter().find(|x| x.id == e.id) else {
-            return Err(AppendRefusal::EventIdConflict { id: existing[0].id });
+    for (i, (e, found)) in events.iter().zip(&originals).enumerate() {
+        let Some(found) = found else {
+            return Err(AppendRefusal::EventIdConflict { id: e.id });
         };
-        let same = found.stream == stream
-            && found.event_type == e.event_type
-            && found.data == e.data
-            && found.metadata == e.metadata;
         let contiguous = i == 0
             || out
                 .last()
                 .is_some_and(|prev: &Appended| prev.stream_version + 1 == found.stream_version);
-        if !same || !contiguous {
+        if !contiguous {
             return Err(AppendRefusal::EventIdConflict { id: e.id });
         }
         out.push(Appended {
