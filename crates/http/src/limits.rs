@@ -2,7 +2,10 @@
 //!
 //! - **Load shedding**: at most `max_in_flight` API requests run at once; beyond that the
 //!   server answers `503 overloaded` with `Retry-After` at once instead of queueing without
-//!   bound (queues turn a burst into timeouts for everyone).
+//!   bound (queues turn a burst into timeouts for everyone). One client holds at most
+//!   `max_in_flight_per_client` of them (`429 rate_limited` beyond): a request holds its
+//!   place while its body arrives, and one client sending many bodies slowly (each may pause
+//!   up to the body read timeout) held every place the server has.
 //! - **Rate limits** (GCRA, `governor`): per client IP, per bearer token, and a much stricter
 //!   one per IP on signup, login and share-link registration (credential stuffing, spam).
 //!   A refusal is `429 rate_limited` with `Retry-After`; every limited response carries
@@ -44,6 +47,8 @@ pub struct LimitSettings {
     pub auth_per_ip_per_minute: u32,
     pub auth_per_ip_burst: u32,
     pub max_in_flight: usize,
+    /// Of `max_in_flight`, what one client (IP, IPv6 /64) may hold at once.
+    pub max_in_flight_per_client: usize,
 }
 
 impl Default for LimitSettings {
@@ -57,6 +62,7 @@ impl Default for LimitSettings {
             auth_per_ip_per_minute: 20,
             auth_per_ip_burst: 10,
             max_in_flight: 1024,
+            max_in_flight_per_client: 128,
         }
     }
 }
@@ -98,6 +104,8 @@ impl<K: std::hash::Hash + Eq + Clone> Limit<K> {
 pub struct Limits {
     settings: LimitSettings,
     in_flight: Arc<Semaphore>,
+    /// Requests in flight per client key (only keys with one or more).
+    client_in_flight: Arc<std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>>,
     per_ip: Limit<IpAddr>,
     per_token: Limit<[u8; 16]>,
     auth: Limit<IpAddr>,
@@ -114,6 +122,7 @@ impl Limits {
         let window = |rate: u32, burst: u32| u64::from(burst.div_ceil(rate.max(1)).max(1));
         Self {
             in_flight: Arc::new(Semaphore::new(settings.max_in_flight.max(1))),
+            client_in_flight: Arc::default(),
             per_ip: Limit::new(
                 "ip",
                 per_second(settings.per_ip_per_second, settings.per_ip_burst),
@@ -142,6 +151,47 @@ impl Limits {
         self.per_ip.limiter.retain_recent();
         self.per_token.limiter.retain_recent();
         self.auth.limiter.retain_recent();
+    }
+}
+
+/// A client's place among the requests in flight, given back when its request is answered
+/// (or dropped).
+struct ClientSlot {
+    client: IpAddr,
+    in_flight: Arc<std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>>,
+}
+
+impl Limits {
+    /// A place for one more request of `client`, or `None` when it holds its share.
+    fn client_slot(&self, client: IpAddr) -> Option<ClientSlot> {
+        let mut in_flight = self
+            .client_in_flight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = in_flight.entry(client).or_default();
+        if *count >= self.settings.max_in_flight_per_client.max(1) {
+            return None;
+        }
+        *count += 1;
+        Some(ClientSlot {
+            client,
+            in_flight: self.client_in_flight.clone(),
+        })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut in_flight = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = in_flight.get_mut(&self.client) {
+            *count -= 1;
+            if *count == 0 {
+                in_flight.remove(&self.client);
+            }
+        }
     }
 }
 
@@ -218,7 +268,26 @@ pub async fn layer(request: Request, next: Next) -> Response {
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| client_key(c.0.ip()));
     let mut advertised: Option<(String, String)> = None;
+    let mut _client_slot = None;
     if let Some(ip) = ip {
+        let Some(slot) = limits.client_slot(ip) else {
+            let cap = limits.settings.max_in_flight_per_client;
+            tracing::info!(
+                event = "http.rate_limited",
+                limit = "in_flight",
+                max_in_flight_per_client = cap
+            );
+            return ApiError::new(
+                codes::RATE_LIMITED,
+                format!(
+                    "this client has {cap} requests in flight, its share of the server; \
+                     retry when one is answered"
+                ),
+            )
+            .retry_after(1)
+            .into_response();
+        };
+        _client_slot = Some(slot);
         if is_auth_route(request.method(), &path) {
             match limits.auth.check(&ip) {
                 Ok(remaining) => {

@@ -62,6 +62,8 @@ pub struct LimitsConfig {
     pub auth_per_ip_burst: u32,
     /// API requests served at once; beyond it, `503 overloaded` at once.
     pub max_in_flight: usize,
+    /// Of those, what one client may hold; beyond it, `429 rate_limited`.
+    pub max_in_flight_per_client: usize,
 }
 
 impl Default for LimitsConfig {
@@ -76,6 +78,7 @@ impl Default for LimitsConfig {
             auth_per_ip_per_minute: d.auth_per_ip_per_minute,
             auth_per_ip_burst: d.auth_per_ip_burst,
             max_in_flight: d.max_in_flight,
+            max_in_flight_per_client: d.max_in_flight_per_client,
         }
     }
 }

@@ -395,6 +395,7 @@ impl Application {
                 auth_per_ip_per_minute: l.auth_per_ip_per_minute,
                 auth_per_ip_burst: l.auth_per_ip_burst,
                 max_in_flight: l.max_in_flight,
+                max_in_flight_per_client: l.max_in_flight_per_client,
             },
         ));
         trueline_http::limits::spawn_sweeper(state.limits.clone());

@@ -637,6 +637,66 @@ async fn idle_client(address: String, give_up: Duration) -> Option<Duration> {
     }
 }
 
+/// One client holds at most `limits.max_in_flight_per_client` of the requests in flight: a
+/// request holds its place while its body arrives, and one client sending bodies slowly
+/// held every place of the server (`503 overloaded` for everyone). Past its share a client
+/// gets `429`, others are served, and a place frees when one of its requests ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_past_its_share_of_requests_in_flight_gets_429_and_others_are_served() {
+    let app = spawn_app_with(
+        Backend::Sqlite,
+        |c| {
+            c.limits.enabled = true;
+            c.limits.max_in_flight_per_client = 2;
+            c.server.body_read_timeout_ms = 30_000;
+            c.server.trusted_proxies = vec!["127.0.0.1/32".to_owned()];
+        },
+        axum::Router::new(),
+    )
+    .await;
+    let ann = app.sign_up("ann@example.com").await;
+    let address = app.address.trim_start_matches("http://").to_owned();
+    // Two requests of client 10.0.0.1 whose bodies never come.
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let mut stream = TcpStream::connect(&address).await.unwrap();
+        let head = format!(
+            "POST /api/v1/items HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+             X-Forwarded-For: 10.0.0.1\r\nContent-Type: application/json\r\n\
+             Content-Length: 100\r\n\r\n{{",
+            ann.token
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stalled.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = app.snapshot().await;
+    let from = |client: &str| {
+        app.request(Method::POST, "/api/v1/items", Some(&ann.token))
+            .header("x-forwarded-for", client)
+            .json(&json!({"name": format!("From {client}"), "qty": 1}))
+            .send()
+    };
+    let refused = from("10.0.0.1").await.unwrap();
+    assert_eq!(refused.headers()["retry-after"], "1");
+    assert_problem(refused, 429, "rate_limited").await;
+    assert_eq!(app.snapshot().await, before, "the refusal changed nothing");
+    let other = from("10.0.0.2").await.unwrap();
+    assert_eq!(other.status(), 201, "another client is served");
+    // One of the stalled requests ends: its place is free again.
+    drop(stalled.pop());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let retried = from("10.0.0.1").await.unwrap();
+        if retried.status() == 201 {
+            break;
+        }
+        assert_eq!(retried.status(), 429);
+        assert!(Instant::now() < deadline, "the place was given back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// One client holds at most its share of the connections: the ones past it are closed as
 /// they come, and a place frees when one of its connections ends. (Rate limits count
 /// requests: a client keeping every connection alive with a request every few seconds held
