@@ -404,10 +404,16 @@ impl EventLog {
         let limit = limit.min(READ_LIMIT_MAX);
         let mut locs = Vec::new();
         let mut after = after_org_position;
+        let mut until = None;
         loop {
             let (found, resume) = {
                 let index = self.index();
-                collect_org(&index, &org, after, limit - locs.len(), filter, chunk)
+                // The walk ends where the log ended when the read began: a read of a rare
+                // type, resumed chunk after chunk, would otherwise chase the appends made
+                // meanwhile and might never end.
+                let until = *until.get_or_insert(index.last_position);
+                let left = limit - locs.len();
+                collect_org(&index, &org, after, left, filter, chunk, until)
             };
             locs.extend(found);
             match resume {
@@ -613,9 +619,9 @@ impl Drop for EventLog {
 /// they keep their rate.
 const FILTER_SCAN_CHUNK: usize = 512;
 
-/// The locations of up to `limit` events of `org` after org position `after` that pass
-/// `filter`, walking at most `budget` positions; with the org position to resume after when
-/// the budget ran out first.
+/// The locations of up to `limit` events of `org` after org position `after` and at global
+/// positions up to `until` that pass `filter`, walking at most `budget` positions; with the
+/// org position to resume after when the budget ran out first.
 fn collect_org(
     index: &Index,
     org: &OrgId,
@@ -623,6 +629,7 @@ fn collect_org(
     limit: usize,
     filter: OrgFilter<'_>,
     budget: usize,
+    until: u64,
 ) -> (Vec<Location>, Option<u64>) {
     let mut out = Vec::new();
     let Some(o) = index.org(org) else {
@@ -651,7 +658,9 @@ fn collect_org(
         let mut i = s.positions.lower_bound(first_pos);
         let mut walked = 0;
         while out.len() < limit {
-            let Some(p) = s.positions.get(i) else { break };
+            let Some(p) = s.positions.get(i).filter(|p| *p <= until) else {
+                break;
+            };
             if walked == budget {
                 // The org position of the last one walked (a stream's positions are some of
                 // its organization's).
@@ -670,7 +679,9 @@ fn collect_org(
     } else {
         let mut i = start;
         while out.len() < limit {
-            let Some(p) = o.positions.get(i) else { break };
+            let Some(p) = o.positions.get(i).filter(|p| *p <= until) else {
+                break;
+            };
             if i - start == budget {
                 return (out, Some(o.first_org_position + i as u64 - 1));
             }
@@ -1365,6 +1376,20 @@ mod tests {
             }
         }
         assert_eq!(compared, 4 * 3 * 7 * 4 * 4);
+        // A read sees the log as it ended when the read began: nothing appended after that
+        // (here: before the test's read, positions past `until` stand for later appends).
+        let index = log.index();
+        let until = 60;
+        let filter = OrgFilter {
+            event_type: Some("rare"),
+            stream: None,
+        };
+        let (found, resume) = collect_org(&index, &org(1), 0, 1000, filter, usize::MAX, until);
+        assert_eq!(resume, None);
+        let expected = (1..=until).filter(|n| n % 11 == 0 && n % 4 != 0).count();
+        assert_eq!(found.len(), expected);
+        assert!(found.iter().all(|l| l.position <= until));
+        drop(index);
         let rare = positions(log.locate_org(
             org(1),
             0,
