@@ -577,7 +577,7 @@ async fn submit(
 
 /// Register through a share link: creates this candidate's own invite. An email that is
 /// already invited is refused (its token is never revealed). With an `Idempotency-Key` (at
-/// least 32 characters: the candidate's secret), the same key and request again replay the
+/// least 26 characters: the candidate's secret), the same key and request again replay the
 /// answer with its token.
 #[utoipa::path(post, path = "/public/share/{token}/register", tag = "candidates",
     params(("token" = String, Path, description = "The share-link token")),

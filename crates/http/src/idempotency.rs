@@ -391,7 +391,8 @@ enum KeyOwner {
 
 /// The shortest key a share-link registration takes: there the key is the candidate's only
 /// secret (see [`share_registration_scope`]), so it must not be guessable.
-pub const SHARE_REGISTRATION_KEY_CHARS_MIN: usize = 32;
+/// 26: a ULID, the shortest common form of a random key (a UUID has 36).
+pub const SHARE_REGISTRATION_KEY_CHARS_MIN: usize = 26;
 
 impl KeyOwner {
     /// The scope of `key` in this request, and the key sealing its secrets.
@@ -426,7 +427,7 @@ impl KeyOwner {
                         "invalid_idempotency_key",
                         format!(
                             "a registration's key is the candidate's secret: at least \
-                             {SHARE_REGISTRATION_KEY_CHARS_MIN} characters (send a random UUID)"
+                             {SHARE_REGISTRATION_KEY_CHARS_MIN} characters (send a random UUID or ULID)"
                         ),
                     ));
                 }

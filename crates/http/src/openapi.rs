@@ -114,8 +114,8 @@ fn complete(path: &str, writes: bool, op: &mut Operation) {
     if keyed || registration || (writes && secured && events) {
         let description = if registration {
             "Makes the registration safe to retry: the same key and request again get the \
-             stored answer with its token. At least 32 characters, unguessable (a random \
-             UUID): here the key is the candidate's secret (README, Idempotency keys)"
+             stored answer with its token. At least 26 characters, unguessable (a random \
+             UUID or ULID): here the key is the candidate's secret (README, Idempotency keys)"
         } else if keyed {
             "Makes the request safe to retry: the same key and request again get the stored \
              response (README, Idempotency keys)"

@@ -106,7 +106,10 @@ impl<'de> Visitor<'de> for StrictVisitor {
 /// by position (`{"candidates": [["a@example.com", "Ann"]]}` invited Ann with no field name
 /// checked). Wraps serde_json's streaming deserializer: one pass over the body, nothing
 /// built but the typed request. The same newtype wraps every visitor, seed and access the
-/// parse goes through, so nested structs are reached too.
+/// parse goes through, so nested structs are reached too. Not reached: what serde buffers
+/// before reading it (`#[serde(flatten)]`, untagged and internally or adjacently tagged
+/// enums read their content through serde's own `Content` deserializer), so a struct in
+/// there still takes an array. No request type uses them.
 pub struct ByName<X>(pub X);
 
 macro_rules! forward_deserialize {

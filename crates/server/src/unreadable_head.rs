@@ -7,9 +7,12 @@
 //! request's `http.request.completed` line. (Reading the head a second time ourselves, to
 //! answer before hyper does, would parse every request twice and track every body's end.)
 //!
-//! hyper 1's automatic answer is exactly a status line and three headers (`connection:
-//! close`, `content-length: 0`, `date`), written as one buffer, after which the connection
-//! closes. None of our responses looks like it: every one carries `x-request-id`. If a
+//! hyper 1's automatic answer is exactly a status line and two or three headers
+//! (`connection: close` unless the connection's last request was HTTP/1.0, `content-length:
+//! 0`, `date`), written as one buffer, after which the connection closes. None of our
+//! responses looks like it: every one carries `x-request-id`, and no body of ours can end
+//! like it (JSON escapes CR and LF, CSV ends with a field, XLSX is a zip, the docs page is
+//! fixed). If a
 //! future hyper wrote it differently it would pass through unchanged, as before; the API
 //! tests would fail (`hostile::unreadable_request_heads_are_answered_with_problems`).
 
@@ -45,6 +48,8 @@ const AUTOMATIC_ANSWER_MAX: usize = 256;
 struct Automatic<'a> {
     /// Where it starts in the write.
     start: usize,
+    /// `HTTP/1.1`, or `HTTP/1.0` after an HTTP/1.0 request on the connection.
+    version: &'a str,
     status: u16,
     /// Its `date` header's value, kept in the problem.
     date: &'a str,
@@ -55,25 +60,33 @@ fn automatic_answer(written: &[u8]) -> Option<Automatic<'_>> {
     // Cheap first: a response with a body (nearly all of ours) ends with that body.
     let head = written.strip_suffix(b"\r\n\r\n")?;
     let window = head.len().saturating_sub(AUTOMATIC_ANSWER_MAX);
-    let start = window + head[window..].windows(9).rposition(|w| w == b"HTTP/1.1 ")?;
+    let start = window + head[window..].windows(7).rposition(|w| w == b"HTTP/1.")?;
     let text = std::str::from_utf8(&head[start..]).ok()?;
     let mut lines = text.split("\r\n");
-    let status: u16 = lines.next()?.get(9..12)?.parse().ok()?;
+    let status_line = lines.next()?;
+    let version = status_line
+        .get(..8)
+        .filter(|v| matches!(*v, "HTTP/1.1" | "HTTP/1.0"))?;
+    if status_line.get(8..9) != Some(" ") {
+        return None;
+    }
+    let status: u16 = status_line.get(9..12)?.parse().ok()?;
     if !matches!(status, 400 | 414 | 431) {
         return None;
     }
-    let (mut close, mut empty, mut date) = (false, false, None);
+    let (mut empty, mut date) = (false, None);
     for line in lines {
         match line {
-            "connection: close" => close = true,
+            "connection: close" => {}
             "content-length: 0" => empty = true,
             _ if line.starts_with("date: ") => date = Some(&line["date: ".len()..]),
             _ => return None,
         }
     }
-    let date = date.filter(|_| close && empty)?;
+    let date = date.filter(|_| empty)?;
     Some(Automatic {
         start,
+        version,
         status,
         date,
     })
@@ -90,9 +103,9 @@ fn problem_answer(automatic: &Automatic<'_>) -> Option<Vec<u8>> {
     let body = serde_json::to_vec(&problem).ok()?;
     trueline_http::observe::unreadable_head_answered(&id, status, &problem.code);
     let reason = status_code.canonical_reason().unwrap_or("Error");
-    let date = automatic.date;
+    let (version, date) = (automatic.version, automatic.date);
     let mut answer = format!(
-        "HTTP/1.1 {status} {reason}\r\nconnection: close\r\ncontent-type: {}\r\n\
+        "{version} {status} {reason}\r\nconnection: close\r\ncontent-type: {}\r\n\
          x-request-id: {id}\r\ncontent-length: {}\r\ndate: {date}\r\n\r\n",
         trueline_http::problem::PROBLEM_JSON,
         body.len(),
@@ -208,6 +221,7 @@ mod tests {
         let at = |start, status| {
             Some(Automatic {
                 start,
+                version: "HTTP/1.1",
                 status,
                 date,
             })
@@ -219,6 +233,16 @@ mod tests {
         // After the end of an earlier response on the same connection.
         let after = [b"{\"ok\":true}".as_slice(), HYPER_431].concat();
         assert_eq!(automatic_answer(&after), at(11, 431));
+        // After an HTTP/1.0 request on the connection: its version, no `connection: close`.
+        let old = b"HTTP/1.0 400 Bad Request\r\ncontent-length: 0\r\n\
+            date: Fri, 04 Dec 2026 09:07:32 GMT\r\n\r\n";
+        let expected = Automatic {
+            start: 0,
+            version: "HTTP/1.0",
+            status: 400,
+            date,
+        };
+        assert_eq!(automatic_answer(old), Some(expected));
         // Our own responses carry more headers (x-request-id at least).
         let ours = b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\
             x-request-id: r\r\ndate: Fri, 04 Dec 2026 09:07:32 GMT\r\n\r\n";

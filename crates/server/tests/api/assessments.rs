@@ -1509,13 +1509,25 @@ async fn a_share_link_registration_with_a_key_is_safe_to_retry(backend: Backend)
         app.count("invites").await,
     );
     assert_eq!(after, before, "the refusals changed nothing");
+    // A refused registration stores nothing under its key: the key then serves a corrected
+    // request.
+    let key2 = uuid::Uuid::new_v4().to_string();
+    let taken = register(&urls[0], &key2, json!({"email": "bob@example.com"}))
+        .await
+        .unwrap();
+    assert_problem(taken, 409, "already_invited").await;
+    let corrected = register(&urls[0], &key2, json!({"email": "dora@example.com"}))
+        .await
+        .unwrap();
+    assert_eq!(corrected.status(), 201);
+    assert!(corrected.headers().get("idempotent-replayed").is_none());
     // A key belongs to its link.
     let elsewhere = register(&urls[1], &key, bob.clone()).await.unwrap();
     assert_eq!(elsewhere.status(), 201);
     assert!(elsewhere.headers().get("idempotent-replayed").is_none());
     let elsewhere: Value = elsewhere.json().await.unwrap();
     assert_ne!(elsewhere["token"].as_str().unwrap(), token);
-    assert_eq!(app.count("invites").await, before.1 + 1);
+    assert_eq!(app.count("invites").await, before.1 + 2);
 }
 
 async fn pass_is_decided_on_exact_arithmetic_and_unicode_answers_match(backend: Backend) {

@@ -545,11 +545,13 @@ async fn huge_request_heads_get_431_and_the_server_keeps_serving() {
 async fn unreadable_request_heads_are_answered_with_problems() {
     let app = spawn_app(Backend::Sqlite).await;
     let address = app.address.trim_start_matches("http://").to_owned();
-    let heads: [&[u8]; 4] = [
+    let heads: [&[u8]; 5] = [
         b"GET /api/v1/he alth HTTP/1.1\r\nHost: x\r\n\r\n",
         b"GET /livez HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n",
         b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\nGET /livez HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n",
         b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03\r\n\r\n",
+        // After an HTTP/1.0 keep-alive request, hyper answers in HTTP/1.0.
+        b"GET /livez HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /livez HTTP/1.0\r\nBad Header: 1\r\n\r\n",
     ];
     for head in heads {
         let mut stream = TcpStream::connect(&address).await.unwrap();
@@ -560,9 +562,15 @@ async fn unreadable_request_heads_are_answered_with_problems() {
             .expect("answered and closed")
             .unwrap();
         let answer = String::from_utf8(answer).unwrap();
-        let last = answer.rfind("HTTP/1.1 ").unwrap();
+        // The last status line (a problem's detail may say "HTTP/1.1" too).
+        let last = answer
+            .match_indices("HTTP/1.")
+            .map(|(at, _)| at)
+            .filter(|at| *at == 0 || answer[..*at].ends_with('}'))
+            .last()
+            .unwrap();
         let (head, body) = answer[last..].split_once("\r\n\r\n").unwrap();
-        assert!(head.starts_with("HTTP/1.1 400 "), "{answer}");
+        assert_eq!(head.get(8..13), Some(" 400 "), "{answer}");
         assert!(
             head.contains("\r\ncontent-type: application/problem+json\r\n"),
             "{head}"
@@ -575,8 +583,9 @@ async fn unreadable_request_heads_are_answered_with_problems() {
             "{head}"
         );
         if last > 0 {
-            assert!(
-                answer.starts_with("HTTP/1.1 200 "),
+            assert_eq!(
+                answer.get(8..13),
+                Some(" 200 "),
                 "the good request first: {answer}"
             );
         }
