@@ -1360,17 +1360,7 @@ async fn share_links_register_candidates_without_revealing_existing_invites(back
     let ann = app.sign_up("ann@example.com").await;
     let id = published(&app, &ann.token, settings("Open")).await;
     invite(&app, &ann.token, &id, "known@example.com").await;
-    let link: Value = app
-        .post(
-            &format!("/api/v1/assessments/{id}/share-link"),
-            &ann.token,
-            &json!({}),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
-    let url = app.url(link["register_url"].as_str().unwrap());
+    let url = share_link_url(&app, &ann.token, &id).await;
     let response = app
         .client
         .post(&url)
@@ -1430,6 +1420,21 @@ async fn share_links_register_candidates_without_revealing_existing_invites(back
     );
 }
 
+/// A new share link of the assessment `id`; its registration URL.
+async fn share_link_url(app: &TestApp, token: &str, id: &str) -> String {
+    let link: Value = app
+        .post(
+            &format!("/api/v1/assessments/{id}/share-link"),
+            token,
+            &json!({}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    app.url(link["register_url"].as_str().unwrap())
+}
+
 /// A registration whose answer was lost can be sent again with its key and gets the same
 /// answer (the same token, which works); without a key it was `409 already_invited` with no
 /// way to the token. The key is the candidate's secret there: another request with it, a
@@ -1438,25 +1443,11 @@ async fn a_share_link_registration_with_a_key_is_safe_to_retry(backend: Backend)
     let app = spawn_app(backend).await;
     let ann = app.sign_up("ann@example.com").await;
     let id = published(&app, &ann.token, settings("Open")).await;
-    let mut urls = Vec::new();
-    for _ in 0..2 {
-        let other = if urls.is_empty() {
-            id.clone()
-        } else {
-            published(&app, &ann.token, settings("Other")).await
-        };
-        let link: Value = app
-            .post(
-                &format!("/api/v1/assessments/{other}/share-link"),
-                &ann.token,
-                &json!({}),
-            )
-            .await
-            .json()
-            .await
-            .unwrap();
-        urls.push(app.url(link["register_url"].as_str().unwrap()));
-    }
+    let other = published(&app, &ann.token, settings("Other")).await;
+    let urls = [
+        share_link_url(&app, &ann.token, &id).await,
+        share_link_url(&app, &ann.token, &other).await,
+    ];
     let register = |url: &str, key: &str, body: Value| {
         app.client
             .post(url)
