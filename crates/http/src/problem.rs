@@ -378,7 +378,7 @@ pub fn for_unreadable_head(status: StatusCode) -> Option<ApiError> {
     let (code, detail) = match status {
         StatusCode::BAD_REQUEST => (
             codes::BAD_REQUEST,
-            "the request line or a header is not valid HTTP/1.1",
+            "the request line or a header could not be read as HTTP/1.x",
         ),
         StatusCode::URI_TOO_LONG => (codes::URI_TOO_LONG, "the request target is too long"),
         StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => (

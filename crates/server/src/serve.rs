@@ -8,8 +8,9 @@
 //! `header_read_timeout` (the same clock closes keep-alive connections left idle that long),
 //! and a request head larger than `max_request_head_bytes` is refused by hyper with
 //! `431 Request Header Fields Too Large` before any handler runs (made a problem on its way
-//! out by [`crate::unreadable_head`], like hyper's other answers to heads it cannot read). A client that stops taking
-//! a response (its receive window closed) for `write_stall_timeout` loses the connection:
+//! out by [`crate::unreadable_head`], like hyper's other answers to heads it cannot read).
+//! A client that stops taking a response (its receive window closed) for
+//! `write_stall_timeout` loses the connection:
 //! hyper has no write timeout, and the request timeout ends when the headers are sent.
 //! One client holds at most `max_connections_per_client` of the connections (the rest of
 //! its connections are closed as they come): rate limits count requests, and a client that
