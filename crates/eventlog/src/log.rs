@@ -505,6 +505,10 @@ impl EventLog {
         }
     }
 
+    /// Everything about the storage, for operators and tools. It walks the index (every
+    /// stream and organization, for `index_memory_bytes`) under its read lock, which the
+    /// writer needs to publish: milliseconds at a million streams, so not for a path any
+    /// client can call often. Health checks use [`EventLog::writer_failure`].
     pub fn storage_stats(&self) -> StorageStats {
         let index = self.index();
         StorageStats {
@@ -524,6 +528,21 @@ impl EventLog {
                 .unwrap_or_else(PoisonError::into_inner)
                 .clone(),
         }
+    }
+
+    /// Why the writer stopped, if it did (appends then fail until a restart). Takes no index
+    /// lock: for health checks.
+    pub fn writer_failure(&self) -> Option<String> {
+        self.shared
+            .writer_failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The report of the recovery this log was opened with. Takes no index lock.
+    pub fn last_recovery(&self) -> RecoveryReport {
+        self.shared.recovery.clone()
     }
 
     /// Applies the retention policy now (it also runs after each segment roll). Returns the
@@ -1322,6 +1341,33 @@ pub(crate) fn check_checkpoint_tail(file: &File, cp: &Checkpoint) -> Result<(), 
 mod tests {
     use super::*;
     use crate::{ExpectedVersion, NewEvent};
+
+    /// What `/readyz` and `/stats` ask (any client may call them often) takes no index lock:
+    /// answered while the writer's lock is held. (`storage_stats` walked every stream under
+    /// the read lock; a loop of `/readyz` calls at a million streams held appends off.)
+    #[test]
+    fn health_facts_take_no_index_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = EventLog::open(dir.path(), Options::default()).unwrap();
+        let log = std::sync::Arc::new(log);
+        let held = log.shared.index.write().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let asking = log.clone();
+        std::thread::spawn(move || {
+            let facts = (
+                asking.writer_failure(),
+                asking.last_recovery().truncated.is_none(),
+            );
+            let _ = tx.send(facts);
+        });
+        let facts = rx.recv_timeout(std::time::Duration::from_secs(5));
+        drop(held);
+        assert_eq!(
+            facts,
+            Ok((None, true)),
+            "answered while the index lock was held"
+        );
+    }
 
     /// A read walking its positions a few at a time, letting the index lock go in between,
     /// finds exactly what one walk in a single hold finds, whatever the filter, the start and

@@ -411,22 +411,23 @@ impl EventStore for FileEventStore {
         })
     }
 
+    /// What `/stats` shows of the storage: no totals of the whole log (they would tell one
+    /// organization about the others), and nothing that takes the index lock (any member may
+    /// call `/stats`; walking the index there held up every append: see
+    /// [`engine::EventLog::storage_stats`]).
     fn storage(&self) -> serde_json::Value {
-        let s = self.log.storage_stats();
+        let recovery = self.log.last_recovery();
         serde_json::json!({
             "backend": "file",
-            "segments": s.segments,
-            "bytes": s.bytes,
-            "events": s.events,
-            "index_memory_bytes": s.index_memory_bytes,
-            "last_recovery_ms": s.last_recovery.duration.as_secs_f64() * 1000.0,
-            "last_recovery_truncated_bytes": s.last_recovery.truncated.as_ref().map_or(0, |t| t.truncated_bytes),
-            "writer_failure": s.writer_failure,
+            "last_recovery_ms": recovery.duration.as_secs_f64() * 1000.0,
+            "last_recovery_truncated_bytes": recovery.truncated.as_ref().map_or(0, |t| t.truncated_bytes),
+            "writer_failure": self.log.writer_failure(),
         })
     }
 
+    /// `/readyz`, unauthenticated: only the writer's state, without the index lock.
     async fn health(&self) -> Result<(), String> {
-        match self.log.storage_stats().writer_failure {
+        match self.log.writer_failure() {
             None => Ok(()),
             Some(failure) => Err(format!("event log writer stopped: {failure}")),
         }
