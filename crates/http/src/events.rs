@@ -999,48 +999,23 @@ fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
 /// a connection and up to a read batch of events, so an organization may hold only
 /// `subscriptions_per_org` at once on an instance.
 struct SubscriptionSlot {
-    state: AppState,
-    org: trueline_core::ids::OrgId,
+    _held: crate::slots::Slot<trueline_core::ids::OrgId>,
 }
 
 impl SubscriptionSlot {
     fn take(state: &AppState, org: trueline_core::ids::OrgId) -> Result<Self, ApiError> {
         let max = state.settings.subscriptions_per_org;
-        let mut open = state
-            .subscriptions
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if open.get(&org).copied().unwrap_or(0) >= max {
-            return Err(ApiError::new(
+        let slot = state.subscriptions.take(org, max).ok_or_else(|| {
+            ApiError::new(
                 codes::TOO_MANY_SUBSCRIPTIONS,
                 format!(
                     "this organization has {max} event subscriptions open on this server; \
                      close one first"
                 ),
             )
-            .retry_after(15));
-        }
-        *open.entry(org).or_insert(0) += 1;
-        Ok(Self {
-            state: state.clone(),
-            org,
-        })
-    }
-}
-
-impl Drop for SubscriptionSlot {
-    fn drop(&mut self) {
-        let mut open = self
-            .state
-            .subscriptions
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(count) = open.get_mut(&self.org) {
-            *count -= 1;
-            if *count == 0 {
-                open.remove(&self.org);
-            }
-        }
+            .retry_after(15)
+        })?;
+        Ok(Self { _held: slot })
     }
 }
 

@@ -23,6 +23,7 @@ pub mod pagination;
 pub mod platform;
 pub mod problem;
 pub mod request_id;
+pub mod slots;
 pub mod state;
 pub mod strict_json;
 pub mod unread_body;

@@ -104,8 +104,8 @@ impl<K: std::hash::Hash + Eq + Clone> Limit<K> {
 pub struct Limits {
     settings: LimitSettings,
     in_flight: Arc<Semaphore>,
-    /// Requests in flight per client key (only keys with one or more).
-    client_in_flight: Arc<std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>>,
+    /// Requests in flight per client key.
+    client_in_flight: crate::slots::KeyedSlots<IpAddr>,
     per_ip: Limit<IpAddr>,
     per_token: Limit<[u8; 16]>,
     auth: Limit<IpAddr>,
@@ -122,7 +122,7 @@ impl Limits {
         let window = |rate: u32, burst: u32| u64::from(burst.div_ceil(rate.max(1)).max(1));
         Self {
             in_flight: Arc::new(Semaphore::new(settings.max_in_flight.max(1))),
-            client_in_flight: Arc::default(),
+            client_in_flight: crate::slots::KeyedSlots::default(),
             per_ip: Limit::new(
                 "ip",
                 per_second(settings.per_ip_per_second, settings.per_ip_burst),
@@ -151,47 +151,6 @@ impl Limits {
         self.per_ip.limiter.retain_recent();
         self.per_token.limiter.retain_recent();
         self.auth.limiter.retain_recent();
-    }
-}
-
-/// A client's place among the requests in flight, given back when its request is answered
-/// (or dropped).
-struct ClientSlot {
-    client: IpAddr,
-    in_flight: Arc<std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>>,
-}
-
-impl Limits {
-    /// A place for one more request of `client`, or `None` when it holds its share.
-    fn client_slot(&self, client: IpAddr) -> Option<ClientSlot> {
-        let mut in_flight = self
-            .client_in_flight
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let count = in_flight.entry(client).or_default();
-        if *count >= self.settings.max_in_flight_per_client.max(1) {
-            return None;
-        }
-        *count += 1;
-        Some(ClientSlot {
-            client,
-            in_flight: self.client_in_flight.clone(),
-        })
-    }
-}
-
-impl Drop for ClientSlot {
-    fn drop(&mut self) {
-        let mut in_flight = self
-            .in_flight
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(count) = in_flight.get_mut(&self.client) {
-            *count -= 1;
-            if *count == 0 {
-                in_flight.remove(&self.client);
-            }
-        }
     }
 }
 
@@ -270,8 +229,9 @@ pub async fn layer(request: Request, next: Next) -> Response {
     let mut advertised: Option<(String, String)> = None;
     let mut _client_slot = None;
     if let Some(ip) = ip {
-        let Some(slot) = limits.client_slot(ip) else {
-            let cap = limits.settings.max_in_flight_per_client;
+        let cap = limits.settings.max_in_flight_per_client.max(1);
+        // Given back when the request is answered (or dropped).
+        let Some(slot) = limits.client_in_flight.take(ip, cap) else {
             tracing::info!(
                 event = "http.rate_limited",
                 limit = "in_flight",

@@ -108,8 +108,7 @@ pub struct SharedState {
     /// Hot-row combining of quantity deltas (`None`: one transaction per request).
     pub combiner: Option<Arc<crate::combiner::Combiner>>,
     /// Open event subscriptions per organization (see `events::SubscriptionSlot`).
-    pub subscriptions:
-        std::sync::Mutex<std::collections::HashMap<trueline_core::ids::OrgId, usize>>,
+    pub subscriptions: crate::slots::KeyedSlots<trueline_core::ids::OrgId>,
 }
 
 impl SharedState {
@@ -143,7 +142,7 @@ impl SharedState {
                 crate::limits::LimitSettings::default(),
             )),
             combiner: None,
-            subscriptions: std::sync::Mutex::new(std::collections::HashMap::new()),
+            subscriptions: crate::slots::KeyedSlots::default(),
         }
     }
 

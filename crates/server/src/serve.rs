@@ -21,7 +21,6 @@ use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -119,20 +118,18 @@ pub async fn serve(
 #[derive(Clone)]
 struct PerClient {
     cap: usize,
-    open: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>,
+    open: trueline_http::slots::KeyedSlots<IpAddr>,
 }
 
-/// A client's place among its connections, given back when the connection ends.
-struct Held {
-    client: Option<IpAddr>,
-    open: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>,
-}
+/// A client's place among its connections, given back when the connection ends (`None`: a
+/// trusted proxy's, not counted).
+type Held = Option<trueline_http::slots::Slot<IpAddr>>;
 
 impl PerClient {
     fn new(cap: usize) -> Self {
         Self {
             cap,
-            open: Arc::default(),
+            open: trueline_http::slots::KeyedSlots::default(),
         }
     }
 
@@ -140,41 +137,10 @@ impl PerClient {
     /// trusted proxy carries many clients: it is not counted.
     fn admit(&self, peer: IpAddr, trusted: &[crate::client_addr::Cidr]) -> Option<Held> {
         if trusted.iter().any(|c| c.contains(peer)) {
-            return Some(Held {
-                client: None,
-                open: self.open.clone(),
-            });
+            return Some(None);
         }
         let client = trueline_http::limits::client_key(peer);
-        let mut open = self
-            .open
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let count = open.entry(client).or_default();
-        if *count >= self.cap {
-            return None;
-        }
-        *count += 1;
-        Some(Held {
-            client: Some(client),
-            open: self.open.clone(),
-        })
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        let Some(client) = self.client else { return };
-        let mut open = self
-            .open
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(count) = open.get_mut(&client) {
-            *count -= 1;
-            if *count == 0 {
-                open.remove(&client);
-            }
-        }
+        self.open.take(client, self.cap).map(Some)
     }
 }
 
