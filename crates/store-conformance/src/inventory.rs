@@ -1107,6 +1107,39 @@ pub async fn combined_deltas_honour_keys_of_earlier_requests(f: &Fixture) {
     assert_eq!(events, 4);
 }
 
+/// A batch that fails half-way (here its outbox table is gone, so the event insert fails
+/// after the item's update and history record) changes nothing, and leaves the writer
+/// usable: no transaction stays open, and the same request applies once the table is back.
+pub async fn a_combined_batch_that_fails_half_way_changes_nothing(f: &Fixture) {
+    let a = owner_actor(f, "ann@example.com").await;
+    let x = create(f, &a, "X", 5).await;
+    let before = trail(f).await;
+    f.raw
+        .execute("ALTER TABLE outbox RENAME TO outbox_away")
+        .await
+        .expect("rename");
+    let failed = f
+        .store
+        .apply_deltas(&[job(&a, x.id, -1, Some(("k", 1))), job(&a, x.id, -1, None)])
+        .await;
+    assert!(failed.is_err(), "{failed:?}");
+    f.raw
+        .execute("ALTER TABLE outbox_away RENAME TO outbox")
+        .await
+        .expect("rename back");
+    assert_eq!(trail(f).await, before, "no item, history record or event");
+    let item = f.store.item(a.org_id, x.id).await.expect("get").expect("x");
+    assert_eq!((item.qty, item.version), (5, 1));
+    assert_eq!(key_state(f, "k").await, "absent");
+    let outcomes = f
+        .store
+        .apply_deltas(&[job(&a, x.id, -1, Some(("k", 1)))])
+        .await
+        .expect("batch");
+    assert_eq!(summarize(&outcomes), ["applied 4"]);
+    assert_eq!(key_state(f, "k").await, "completed");
+}
+
 /// More jobs than one multi-row statement holds: every delta, record, event and key lands.
 pub async fn large_combined_batches_apply_every_delta(f: &Fixture) {
     let a = owner_actor(f, "ann@example.com").await;

@@ -1,27 +1,29 @@
 //! Hot-row combining on SQLite: a whole batch of quantity deltas in one `BEGIN IMMEDIATE`
-//! transaction with a fixed number of calls (begin with the two reads, one multi-statement
-//! write, commit), decided by the shared planner [`trueline_store::combine::plan`].
+//! transaction, decided by the shared planner [`trueline_store::combine::plan`].
 //!
-//! Every call is a round trip to the connection's worker thread, which on two busy cores
-//! costs ~0.2 ms of scheduling: that, not SQLite's work, was most of a batch beside its
-//! `fsync`. So `BEGIN IMMEDIATE` goes out as plain SQL together with the reads, and the
-//! transaction ends with plain `COMMIT` or `ROLLBACK`; the writer rolls back such a
-//! transaction if a failure leaves it open (see `writer::WriteConn::begin_untracked`).
+//! The batch runs on the caller's thread, straight on the writer connection's SQLite handle
+//! ([`WriteConn::with_handle`](crate::writer::WriteConn::with_handle): sqlx's `lock_handle`,
+//! wrapped by rusqlite), not as commands to the connection's worker thread. Each sqlx call is a hand-off between two threads (and every row read comes back
+//! through a channel, waking the caller): under `spread` the writer thread sat idle ~30 % of
+//! the time between the calls of a batch, and was preempted ~3,300 times a second by the
+//! threads it woke (`perf sched`, docs/benchmarks.md 2026-12-04). Here a batch costs one
+//! hand-off (taking the handle) and SQLite's own work; the statements are prepared once per
+//! connection and run once per row.
+//!
+//! The combiner calls this from its own thread (a current-thread runtime that exists for
+//! it), where blocking is the point; on a multi-thread runtime the work goes through
+//! `block_in_place`. `BEGIN IMMEDIATE`, `COMMIT` and `ROLLBACK` are plain SQL that sqlx does
+//! not track: the writer's untracked-transaction flag stays set until the handle says no
+//! transaction is open (see `writer::WriteConn::begin_untracked`).
 
-use crate::inventory::{ITEM_COLUMNS, item_from};
-use crate::platform::stored_response;
 use crate::{SqliteStore, db_error, from_micros, micros};
-use sqlx::sqlite::SqliteRow;
-use sqlx::{QueryBuilder, Row, Sqlite};
+use rusqlite::{Connection, OptionalExtension, Row, params};
 use std::collections::HashMap;
-use trueline_core::ids::ItemId;
-use trueline_store::combine::{KeyId, KeyState, Plan, PlannedKey, plan};
-use trueline_store::{DeltaJob, DeltaOutcome, HistoryKind, IdempotencyScope, Item, StoreError};
-
-/// Rows per multi-row statement: well under SQLite's 32766 bound parameters at 13 per row.
-const ROWS_PER_STATEMENT: usize = 500;
-
-type Tx = crate::platform::Tx;
+use trueline_core::ids::{ItemId, OrgId, UserId};
+use trueline_store::combine::{KeyId, KeyState, Plan, plan};
+use trueline_store::{
+    DeltaJob, DeltaOutcome, HistoryKind, IdempotencyScope, Item, StoreError, StoredResponse,
+};
 
 pub(crate) async fn apply_deltas(
     store: &SqliteStore,
@@ -29,293 +31,349 @@ pub(crate) async fn apply_deltas(
 ) -> Result<Vec<DeltaOutcome>, StoreError> {
     let mut conn = store.writer.acquire().await?;
     conn.begin_untracked();
-    let outcome = apply_in_transaction(&mut conn, jobs).await;
-    let ended = match &outcome {
-        Ok(_) => sqlx::query("COMMIT").execute(&mut *conn).await,
-        Err(_) => sqlx::query("ROLLBACK").execute(&mut *conn).await,
-    };
-    if let Err(e) = &ended {
-        conn.note_error(e);
-    }
-    match (outcome, ended) {
-        (Ok(outcomes), Ok(_)) => {
-            conn.end_untracked();
-            Ok(outcomes)
+    let ran = conn
+        .with_handle(|db| blocking(|| (run_batch(db, jobs), db.is_autocommit())))
+        .await;
+    match ran {
+        Err(e) => {
+            conn.note_error(&e);
+            Err(db_error(e))
         }
-        // A failed COMMIT may leave the transaction open: the flag stays set, and the writer
-        // rolls it back before anyone else uses the connection.
-        (Ok(_), Err(e)) => Err(db_error(e)),
-        (Err(e), rolled_back) => {
-            if rolled_back.is_ok() {
+        Ok((outcome, closed)) => {
+            if closed {
                 conn.end_untracked();
             }
-            Err(e)
+            outcome
         }
     }
 }
 
-/// `BEGIN IMMEDIATE` with the reads (one call), the plan, the writes.
-async fn apply_in_transaction(
-    conn: &mut Tx,
-    jobs: &[DeltaJob],
-) -> Result<Vec<DeltaOutcome>, StoreError> {
-    let (items, keys) = begin_and_load(conn, jobs).await?;
-    let plan = plan(jobs, items, &keys);
-    write_rows(conn, jobs, &plan).await?;
-    write_existing_keys(conn, jobs, &plan).await?;
-    Ok(plan.outcomes)
+/// Runs `work` on this thread: directly on a current-thread runtime (the combiner's own),
+/// through `block_in_place` on a multi-thread one (so its other tasks move elsewhere).
+fn blocking<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
+        _ => work(),
+    }
 }
 
-/// Starts the transaction and reads the batch's items and idempotency keys in one call;
-/// each row names the query it answers in its first column.
-async fn begin_and_load(
-    conn: &mut Tx,
-    jobs: &[DeltaJob],
-) -> Result<(HashMap<ItemId, Item>, HashMap<KeyId, KeyState>), StoreError> {
-    let mut ids: Vec<ItemId> = jobs.iter().map(|j| j.item_id).collect();
-    ids.sort();
-    ids.dedup();
-    let scopes: Vec<_> = jobs
+/// The transaction: `BEGIN IMMEDIATE`, the reads, the plan, the writes, `COMMIT`; on any
+/// failure `ROLLBACK` (the caller sees from the handle whether one is still open).
+fn run_batch(db: &Connection, jobs: &[DeltaJob]) -> Result<Vec<DeltaOutcome>, StoreError> {
+    db.execute_batch("BEGIN IMMEDIATE").map_err(direct_error)?;
+    let applied = load(db, jobs).and_then(|(items, keys)| {
+        let plan = plan(jobs, items, &keys);
+        write(db, jobs, &plan)?;
+        Ok(plan.outcomes)
+    });
+    let end = if applied.is_ok() {
+        "COMMIT"
+    } else {
+        "ROLLBACK"
+    };
+    match (applied, db.execute_batch(end)) {
+        (Ok(outcomes), Ok(())) => Ok(outcomes),
+        (Ok(_), Err(e)) => {
+            // A failed COMMIT can leave the transaction open.
+            let _ = db.execute_batch("ROLLBACK");
+            Err(direct_error(e))
+        }
+        (Err(e), _) => Err(e),
+    }
+}
+
+/// What the plan decides on: the items, the stored keys.
+type Loaded = (HashMap<ItemId, Item>, HashMap<KeyId, KeyState>);
+
+/// The batch's items (by id, any organization: the plan checks the job's) and the key rows
+/// it carries.
+fn load(db: &Connection, jobs: &[DeltaJob]) -> Result<Loaded, StoreError> {
+    let mut items = HashMap::with_capacity(jobs.len());
+    let mut item_stmt = db
+        .prepare_cached(&format!("SELECT {ITEM_COLUMNS} FROM items WHERE id = ?1"))
+        .map_err(direct_error)?;
+    for job in jobs {
+        if items.contains_key(&job.item_id) {
+            continue;
+        }
+        let found = item_stmt
+            .query_row([job.item_id.0.as_bytes()], item_from)
+            .optional()
+            .map_err(direct_error)?;
+        if let Some(item) = found {
+            let item = item?;
+            items.insert(item.id, item);
+        }
+    }
+    let mut keys = HashMap::new();
+    let mut key_stmt = db.prepare_cached(KEY_LOOKUP).map_err(direct_error)?;
+    for scope in jobs
         .iter()
         .filter_map(|j| j.idempotency.as_ref().map(|k| &k.scope))
-        .collect();
-    let mut query = QueryBuilder::<Sqlite>::new("BEGIN IMMEDIATE");
-    for chunk in ids.chunks(ROWS_PER_STATEMENT) {
-        query.push(format!(
-            ";\nSELECT 'item' AS answer, {ITEM_COLUMNS} FROM items WHERE id IN ("
-        ));
-        let mut list = query.separated(", ");
-        for id in chunk {
-            list.push_bind(id.0);
-        }
-        query.push(")");
-    }
-    for chunk in scopes.chunks(ROWS_PER_STATEMENT) {
-        query.push(";\n");
-        push_key_lookup(&mut query, chunk);
-    }
-    let rows = query
-        .build()
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(db_error)?;
-    let mut items = HashMap::with_capacity(ids.len());
-    let mut keys = HashMap::new();
-    for row in rows {
-        let answer: &str = row.try_get("answer").map_err(db_error)?;
-        if answer == "item" {
-            let item = item_from(&row)?;
-            items.insert(item.id, item);
-        } else {
-            let (id, key) = key_from(&row)?;
-            keys.insert(id, key);
+    {
+        let found = key_stmt
+            .query_row(
+                params![
+                    scope.org_id.0.as_bytes(),
+                    scope.user_id.0.as_bytes(),
+                    scope.key
+                ],
+                key_from,
+            )
+            .optional()
+            .map_err(direct_error)?;
+        if let Some(state) = found {
+            keys.insert((scope.org_id.0, scope.user_id.0, scope.key.clone()), state?);
         }
     }
     Ok((items, keys))
 }
 
-/// Reads the idempotency keys of `scopes` (rows answer `key`). The bundled SQLite searches
-/// the key index once per listed key for this row-value `IN` (older versions, e.g. 3.40,
-/// scan the whole index: every key ever stored, on every batch); a test holds the plan.
-fn push_key_lookup(query: &mut QueryBuilder<Sqlite>, scopes: &[&IdempotencyScope]) {
-    query.push(
-        "SELECT 'key' AS answer, org_id, user_id, key, fingerprint, state, locked_until,
-                response_status, response_headers, response_body
-         FROM idempotency_keys WHERE (org_id, user_id, key) IN (",
+/// One key row by its primary key.
+const KEY_LOOKUP: &str = "SELECT fingerprint, state, locked_until, response_status,
+        response_headers, response_body
+    FROM idempotency_keys WHERE org_id = ?1 AND user_id = ?2 AND key = ?3";
+
+/// The columns the planner reads of an item, in `ITEM_COLUMNS` order.
+const ITEM_COLUMNS: &str = crate::inventory::ITEM_COLUMNS;
+
+fn item_from(row: &Row<'_>) -> rusqlite::Result<Result<Item, StoreError>> {
+    let qty: i64 = row.get(4)?;
+    let version: i64 = row.get(5)?;
+    let created_at: i64 = row.get(6)?;
+    let updated_at: i64 = row.get(7)?;
+    let fields = (
+        uuid_at(row, 0)?,
+        uuid_at(row, 1)?,
+        row.get::<_, String>(2)?,
+        row.get::<_, Option<String>>(3)?,
+        uuid_at(row, 8)?,
+        row.get::<_, String>(9)?,
     );
-    query.push_values(scopes, |mut row, scope| {
-        row.push_bind(scope.org_id.0)
-            .push_bind(scope.user_id.0)
-            .push_bind(&scope.key);
-    });
-    query.push(")");
+    let (id, org_id, name, sku, created_by, name_key) = fields;
+    Ok((|| {
+        Ok(Item {
+            id: ItemId(id),
+            org_id: OrgId(org_id),
+            name,
+            sku,
+            qty: qty as u64,
+            version: version as u64,
+            created_at: from_micros(created_at)?,
+            updated_at: from_micros(updated_at)?,
+            created_by: UserId(created_by),
+            name_key,
+        })
+    })())
 }
 
-fn key_from(row: &SqliteRow) -> Result<(KeyId, KeyState), StoreError> {
-    let id: KeyId = (
-        row.try_get("org_id").map_err(db_error)?,
-        row.try_get("user_id").map_err(db_error)?,
-        row.try_get("key").map_err(db_error)?,
-    );
-    let fingerprint: Vec<u8> = row.try_get("fingerprint").map_err(db_error)?;
-    let state: String = row.try_get("state").map_err(db_error)?;
-    let completed = if state == "completed" {
-        Some(stored_response(row)?)
-    } else {
-        None
-    };
-    let key = KeyState {
-        fingerprint: fingerprint
-            .try_into()
-            .map_err(|_| StoreError::Internal("a stored fingerprint is not 32 bytes".into()))?,
-        completed,
-        locked_until: from_micros(row.try_get("locked_until").map_err(db_error)?)?,
-        fresh: false,
-    };
-    Ok((id, key))
+/// A 16-byte BLOB column as a UUID (how sqlx stores `Uuid` on SQLite).
+fn uuid_at(row: &Row<'_>, index: usize) -> rusqlite::Result<uuid::Uuid> {
+    let bytes: [u8; 16] = row.get(index)?;
+    Ok(uuid::Uuid::from_bytes(bytes))
 }
 
-/// Every row the batch adds or changes, as one multi-statement string sent to SQLite in a
-/// single call: each statement is a round trip to the connection's worker thread, and those
-/// hand-offs, not SQLite's own work, were most of a batch's time (perf: context switches).
-/// The parameters are anonymous `?`, which SQLite numbers across the statements in order.
-///
-/// Every changed item once, guarded by the version it was loaded at (under the write lock
+fn key_from(row: &Row<'_>) -> rusqlite::Result<Result<KeyState, StoreError>> {
+    let fingerprint: Vec<u8> = row.get(0)?;
+    let state: String = row.get(1)?;
+    let locked_until: i64 = row.get(2)?;
+    let status: Option<i64> = row.get(3)?;
+    let headers: Option<String> = row.get(4)?;
+    let body: Option<Vec<u8>> = row.get(5)?;
+    Ok((|| {
+        let completed = match (state.as_str(), status, headers, body) {
+            ("completed", Some(status), Some(headers), Some(body)) => Some(StoredResponse {
+                status: u16::try_from(status).map_err(|e| StoreError::Internal(e.to_string()))?,
+                headers: serde_json::from_str(&headers)
+                    .map_err(|e| StoreError::Internal(e.to_string()))?,
+                body,
+            }),
+            ("completed", ..) => {
+                return Err(StoreError::Internal(
+                    "a completed idempotency key without its response".into(),
+                ));
+            }
+            _ => None,
+        };
+        Ok(KeyState {
+            fingerprint: fingerprint
+                .try_into()
+                .map_err(|_| StoreError::Internal("a stored fingerprint is not 32 bytes".into()))?,
+            completed,
+            locked_until: from_micros(locked_until)?,
+            fresh: false,
+        })
+    })())
+}
+
+/// Every row the batch adds or changes, one prepared statement per table run once per row:
+/// every changed item once, guarded by the version it was loaded at (under the write lock
 /// nothing can have moved it; if something did, the batch fails as a whole), its history
-/// records, the outbox events, and the new idempotency keys, inserted completed. Inserts
-/// affect exactly their rows, so the total tells whether every guarded update matched.
-async fn write_rows(tx: &mut Tx, jobs: &[DeltaJob], plan: &Plan) -> Result<(), StoreError> {
-    let mut query = QueryBuilder::<Sqlite>::new("");
-    let mut expected = 0u64;
-    let mut separator = "";
-    for chunk in plan.items.chunks(ROWS_PER_STATEMENT) {
-        query.push(separator);
-        separator = ";\n";
-        query.push(
-            "UPDATE items SET qty = v.column2, version = v.column3, updated_at = v.column4
-             FROM (",
-        );
-        query.push_values(chunk, |mut row, (item, loaded)| {
-            row.push_bind(item.id.0)
-                .push_bind(item.qty as i64)
-                .push_bind(item.version as i64)
-                .push_bind(micros(item.updated_at))
-                .push_bind(*loaded as i64);
-        });
-        query.push(") AS v WHERE items.id = v.column1 AND items.version = v.column5");
-        expected += chunk.len() as u64;
+/// records, the outbox events, the new idempotency keys (inserted completed), the existing
+/// ones (expired claims taken over) completed, and the claims of refused jobs deleted.
+fn write(db: &Connection, jobs: &[DeltaJob], plan: &Plan) -> Result<(), StoreError> {
+    let moved =
+        || StoreError::Internal("an item changed under the combined batch's write lock".into());
+    let mut update = db
+        .prepare_cached(
+            "UPDATE items SET qty = ?2, version = ?3, updated_at = ?4 WHERE id = ?1 AND version = ?5",
+        )
+        .map_err(direct_error)?;
+    for (item, loaded) in &plan.items {
+        let changed = update
+            .execute(params![
+                item.id.0.as_bytes(),
+                item.qty as i64,
+                item.version as i64,
+                micros(item.updated_at),
+                *loaded as i64,
+            ])
+            .map_err(direct_error)?;
+        if changed != 1 {
+            return Err(moved());
+        }
     }
-    for chunk in plan.changes.chunks(ROWS_PER_STATEMENT) {
-        query.push(separator);
-        separator = ";\n";
-        query.push(
+    let mut history = db
+        .prepare_cached(
             "INSERT INTO item_history (id, org_id, item_id, version, kind, delta, qty_after, name,
-                                       sku, reason, actor_user_id, request_id, at) ",
-        );
-        query.push_values(chunk, |mut row, change| {
-            let actor = &jobs[change.job].actor;
-            row.push_bind(uuid::Uuid::now_v7())
-                .push_bind(actor.org_id.0)
-                .push_bind(change.item.id.0)
-                .push_bind(change.item.version as i64)
-                .push_bind(HistoryKind::QtyChanged.as_str())
-                .push_bind(change.delta)
-                .push_bind(change.item.qty as i64)
-                .push_bind(change.item.name.clone())
-                .push_bind(change.item.sku.clone())
-                .push_bind(None::<String>)
-                .push_bind(actor.user_id.0)
-                .push_bind(actor.request_id.clone())
-                .push_bind(micros(actor.now));
-        });
-        expected += chunk.len() as u64;
+                                       sku, reason, actor_user_id, request_id, at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, NULL, ?10, ?11, ?12)",
+        )
+        .map_err(direct_error)?;
+    for change in &plan.changes {
+        let actor = &jobs[change.job].actor;
+        history
+            .execute(params![
+                uuid::Uuid::now_v7().as_bytes(),
+                actor.org_id.0.as_bytes(),
+                change.item.id.0.as_bytes(),
+                change.item.version as i64,
+                HistoryKind::QtyChanged.as_str(),
+                change.delta,
+                change.item.qty as i64,
+                change.item.name,
+                change.item.sku,
+                actor.user_id.0.as_bytes(),
+                actor.request_id,
+                micros(actor.now),
+            ])
+            .map_err(direct_error)?;
     }
-    for chunk in plan.events.chunks(ROWS_PER_STATEMENT) {
-        query.push(separator);
-        separator = ";\n";
-        query.push(
-            "INSERT INTO outbox (event_id, org_id, event_type, stream, payload, created_at) ",
-        );
-        query.push_values(chunk, |mut row, event| {
-            row.push_bind(event.event_id.0)
-                .push_bind(event.org_id.0)
-                .push_bind(event.event_type.clone())
-                .push_bind(event.stream.clone())
-                .push_bind(event.payload.to_string())
-                .push_bind(micros(event.created_at));
-        });
-        expected += chunk.len() as u64;
+    let mut outbox = db
+        .prepare_cached(
+            "INSERT INTO outbox (event_id, org_id, event_type, stream, payload, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .map_err(direct_error)?;
+    for event in &plan.events {
+        outbox
+            .execute(params![
+                event.event_id.0.as_bytes(),
+                event.org_id.0.as_bytes(),
+                event.event_type,
+                event.stream,
+                event.payload.to_string(),
+                micros(event.created_at),
+            ])
+            .map_err(direct_error)?;
     }
-    let mut new = Vec::new();
-    for done in plan.complete.iter().filter(|done| !done.exists) {
-        new.push((done, encode_headers(done)?));
-    }
-    for chunk in new.chunks(ROWS_PER_STATEMENT) {
-        query.push(separator);
-        separator = ";\n";
-        query.push(
+    write_keys(db, jobs, plan)
+}
+
+/// The keys of applied jobs, stored completed with their response; the pending claims of
+/// refused jobs deleted (a refused request stores nothing).
+fn write_keys(db: &Connection, jobs: &[DeltaJob], plan: &Plan) -> Result<(), StoreError> {
+    let mut insert = db
+        .prepare_cached(
             "INSERT INTO idempotency_keys
              (org_id, user_id, key, fingerprint, state, locked_until, response_status,
-              response_headers, response_body, created_at, completed_at) ",
-        );
-        query.push_values(chunk, |mut row, (done, headers)| {
-            let now = micros(jobs[done.job].actor.now);
-            row.push_bind(done.scope.org_id.0)
-                .push_bind(done.scope.user_id.0)
-                .push_bind(done.scope.key.clone())
-                .push_bind(done.fingerprint.to_vec())
-                .push_bind("completed")
-                .push_bind(micros(done.locked_until))
-                .push_bind(i64::from(done.response.status))
-                .push_bind(headers.clone())
-                .push_bind(done.response.body.clone())
-                .push_bind(now)
-                .push_bind(now);
-        });
-        expected += chunk.len() as u64;
-    }
-    if expected == 0 {
-        return Ok(());
-    }
-    let done = query.build().execute(&mut *tx).await.map_err(db_error)?;
-    if done.rows_affected() != expected {
-        return Err(StoreError::Internal(
-            "an item changed under the combined batch's write lock".into(),
-        ));
-    }
-    Ok(())
-}
-
-/// Rows that existed (expired claims taken over) are completed or, if their job was
-/// refused, deleted. Rare: one statement each.
-async fn write_existing_keys(
-    tx: &mut Tx,
-    jobs: &[DeltaJob],
-    plan: &Plan,
-) -> Result<(), StoreError> {
-    let existing = plan.complete.iter().filter(|done| done.exists);
-    for planned in existing {
-        let headers = encode_headers(planned)?;
-        let scope = &planned.scope;
-        let done = sqlx::query(
-            // A taken-over claim becomes this request's: its fingerprint and age too.
-            "UPDATE idempotency_keys
-             SET state = 'completed', response_status = ?4, response_headers = ?5,
-                 response_body = ?6, completed_at = ?7, created_at = ?7, fingerprint = ?8
-             WHERE org_id = ?1 AND user_id = ?2 AND key = ?3 AND state = 'pending'",
+              response_headers, response_body, created_at, completed_at)
+             VALUES (?1, ?2, ?3, ?4, 'completed', ?5, ?6, ?7, ?8, ?9, ?9)",
         )
-        .bind(scope.org_id.0)
-        .bind(scope.user_id.0)
-        .bind(&scope.key)
-        .bind(i64::from(planned.response.status))
-        .bind(headers)
-        .bind(&planned.response.body)
-        .bind(micros(jobs[planned.job].actor.now))
-        .bind(planned.fingerprint.to_vec())
-        .execute(&mut *tx)
-        .await
-        .map_err(db_error)?;
-        if done.rows_affected() != 1 {
+        .map_err(direct_error)?;
+    for done in &plan.complete {
+        let headers = serde_json::to_string(&done.response.headers)
+            .map_err(|e| StoreError::Internal(format!("cannot encode headers: {e}")))?;
+        let scope = &done.scope;
+        let now = micros(jobs[done.job].actor.now);
+        let changed = if done.exists {
+            // A taken-over claim becomes this request's: its fingerprint and age too.
+            db.prepare_cached(
+                "UPDATE idempotency_keys
+                 SET state = 'completed', response_status = ?4, response_headers = ?5,
+                     response_body = ?6, completed_at = ?7, created_at = ?7, fingerprint = ?8
+                 WHERE org_id = ?1 AND user_id = ?2 AND key = ?3 AND state = 'pending'",
+            )
+            .and_then(|mut update| {
+                update.execute(params![
+                    scope.org_id.0.as_bytes(),
+                    scope.user_id.0.as_bytes(),
+                    scope.key,
+                    i64::from(done.response.status),
+                    headers,
+                    done.response.body,
+                    now,
+                    &done.fingerprint[..],
+                ])
+            })
+        } else {
+            insert.execute(params![
+                scope.org_id.0.as_bytes(),
+                scope.user_id.0.as_bytes(),
+                scope.key,
+                &done.fingerprint[..],
+                micros(done.locked_until),
+                i64::from(done.response.status),
+                headers,
+                done.response.body,
+                now,
+            ])
+        }
+        .map_err(direct_error)?;
+        if changed != 1 {
             return Err(StoreError::Internal(
                 "an idempotency key changed under the combined batch's write lock".into(),
             ));
         }
     }
     for scope in &plan.release {
-        crate::platform::drop_inline_claim(tx, scope).await?;
+        release_claim(db, scope)?;
     }
     Ok(())
 }
 
-fn encode_headers(done: &PlannedKey) -> Result<String, StoreError> {
-    serde_json::to_string(&done.response.headers)
-        .map_err(|e| StoreError::Internal(format!("cannot encode headers: {e}")))
+fn release_claim(db: &Connection, scope: &IdempotencyScope) -> Result<(), StoreError> {
+    db.prepare_cached(
+        "DELETE FROM idempotency_keys
+         WHERE org_id = ?1 AND user_id = ?2 AND key = ?3 AND state = 'pending'",
+    )
+    .and_then(|mut delete| {
+        delete.execute(params![
+            scope.org_id.0.as_bytes(),
+            scope.user_id.0.as_bytes(),
+            scope.key
+        ])
+    })
+    .map_err(direct_error)?;
+    Ok(())
+}
+
+/// As [`db_error`] for an error of the handle: what the storage is short of (5 BUSY, 7 NOMEM,
+/// 10 IOERR, 13 FULL) is `Unavailable`, anything else `Internal`.
+fn direct_error(e: rusqlite::Error) -> StoreError {
+    match &e {
+        rusqlite::Error::SqliteFailure(f, _)
+            if matches!(f.extended_code & 0xff, 5 | 7 | 10 | 13) =>
+        {
+            StoreError::Unavailable(e.to_string())
+        }
+        _ => StoreError::Internal(e.to_string()),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use trueline_core::ids::{OrgId, UserId};
     use trueline_store::Migrations;
 
     /// The plan, not a timing: a scan of the key index costs every key ever stored.
@@ -327,21 +385,19 @@ mod tests {
             .await
             .unwrap();
         store.migrate_up().await.unwrap();
-        let scopes: Vec<IdempotencyScope> = (0..3)
-            .map(|i| IdempotencyScope::new(OrgId::new(), UserId::new(), format!("key-{i}")))
-            .collect();
-        let refs: Vec<&IdempotencyScope> = scopes.iter().collect();
-        let mut query = QueryBuilder::<Sqlite>::new("EXPLAIN QUERY PLAN ");
-        push_key_lookup(&mut query, &refs);
         let mut conn = store.writer.acquire().await.unwrap();
-        let plan: Vec<String> = query
-            .build()
-            .fetch_all(&mut *conn)
-            .await
-            .unwrap()
-            .iter()
-            .map(|row| row.get::<String, _>("detail"))
-            .collect();
+        let plan: Vec<String> = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "EXPLAIN QUERY PLAN {KEY_LOOKUP}"
+        )))
+        .bind(OrgId::new().0)
+        .bind(UserId::new().0)
+        .bind("key")
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| sqlx::Row::get::<String, _>(row, "detail"))
+        .collect();
         assert!(
             plan.iter()
                 .any(|step| step.starts_with("SEARCH idempotency_keys USING")

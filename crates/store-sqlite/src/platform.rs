@@ -198,24 +198,6 @@ impl IdempotencyStore for SqliteStore {
     }
 }
 
-/// Drops a key claimed inline whose delta was refused (a refused request stores nothing).
-pub(crate) async fn drop_inline_claim(
-    tx: &mut Tx,
-    scope: &trueline_store::IdempotencyScope,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "DELETE FROM idempotency_keys
-         WHERE org_id = ?1 AND user_id = ?2 AND key = ?3 AND state = 'pending'",
-    )
-    .bind(scope.org_id.0)
-    .bind(scope.user_id.0)
-    .bind(&scope.key)
-    .execute(&mut *tx)
-    .await
-    .map_err(db_error)?;
-    Ok(())
-}
-
 #[async_trait::async_trait]
 impl trueline_store::EventLogMarks for SqliteStore {
     async fn event_log_mark(&self) -> Result<Option<trueline_store::EventLogMark>, StoreError> {

@@ -46,6 +46,10 @@ impl std::fmt::Debug for Writer {
 /// The connection, and whether a transaction begun with plain SQL (which sqlx does not
 /// track, see [`WriteConn::begin_untracked`]) may still be open on it.
 struct Held {
+    /// rusqlite over `conn`'s own SQLite handle (see [`WriteConn::with_handle`]), made on
+    /// first use. Declared before `conn` so that it is dropped first: dropping it finalizes
+    /// its prepared statements, and sqlx's close of a handle with statements left open panics.
+    direct: Option<rusqlite::Connection>,
     conn: SqliteConnection,
     untracked_tx: bool,
     /// Replace the connection before its next use.
@@ -75,6 +79,38 @@ impl WriteConn {
     /// The untracked transaction was committed or rolled back.
     pub fn end_untracked(&mut self) {
         self.held().untracked_tx = false;
+    }
+
+    /// Runs `work` on this thread with the connection's SQLite handle, through rusqlite,
+    /// instead of as commands to the connection's worker thread: for work that is only
+    /// statements, no awaits (the combined delta batch). Each sqlx call is a hand-off between
+    /// two threads, and each row it reads comes back through a channel; here only taking the
+    /// handle is one. rusqlite's statement cache lives as long as the connection.
+    pub async fn with_handle<T>(
+        &mut self,
+        work: impl FnOnce(&rusqlite::Connection) -> T,
+    ) -> Result<T, sqlx::Error> {
+        let held = self.held();
+        let mut handle = held.conn.lock_handle().await?;
+        let direct = match &mut held.direct {
+            Some(direct) => direct,
+            empty => {
+                let raw = handle.as_raw_handle().as_ptr();
+                // SAFETY: `raw` is this connection's open handle, opened by sqlx in
+                // multi-thread mode (usable from any one thread at a time). The wrapper
+                // does not own it (never closes it) and is used only here, while `handle`
+                // keeps sqlx's worker off the connection; it is dropped before the
+                // connection is closed or replaced (field order of `Held`, `reconnect`,
+                // `close`).
+                #[allow(unsafe_code)]
+                let wrapped = unsafe { rusqlite::Connection::from_handle(raw) }
+                    .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
+                empty.insert(wrapped)
+            }
+        };
+        let done = work(direct);
+        drop(handle);
+        Ok(done)
     }
 
     /// Looks at an error of this connection: if its worker thread is gone, the connection is
@@ -151,6 +187,7 @@ impl Writer {
     ) -> Self {
         Writer {
             conn: Arc::new(Mutex::new(Some(Held {
+                direct: None,
                 conn,
                 untracked_tx: false,
                 broken: false,
@@ -164,6 +201,7 @@ impl Writer {
     async fn reconnect(&self, conn: &mut WriteConn) -> Result<(), StoreError> {
         let fresh = self.options.connect().await.map_err(db_error)?;
         let held = conn.held();
+        held.direct = None;
         held.conn = fresh;
         held.untracked_tx = false;
         held.broken = false;
@@ -247,7 +285,8 @@ impl Writer {
     pub async fn close(&self) {
         let held = self.conn.lock().await.take();
         // (A replacement is never opened after this: `acquire` refuses a closed writer.)
-        if let Some(held) = held {
+        if let Some(mut held) = held {
+            held.direct = None;
             let _ = held.conn.close().await;
         }
     }
@@ -344,6 +383,51 @@ mod tests {
         assert_eq!(rows(&w).await, 1);
     }
 
+    /// Statements run through the handle are the connection's own (sqlx sees their rows at
+    /// once), and the statements kept prepared for the next use never stop the connection
+    /// from being replaced or closed: sqlx's close of a handle with a statement still
+    /// prepared panics.
+    #[tokio::test]
+    async fn work_on_the_handle_is_the_connections_and_lets_it_close() {
+        // sqlx closes a handle on the connection's worker thread and panics there: watch
+        // every thread (nextest runs each test in its own process).
+        let panicked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = panicked.clone();
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            seen.store(true, std::sync::atomic::Ordering::SeqCst);
+            previous(info);
+        }));
+        let dir = tempfile::tempdir().unwrap();
+        let w = writer(&dir).await;
+        mark_connection(&w).await;
+        let mut c = w.acquire().await.unwrap();
+        assert_eq!(insert(&mut c, 1).await.unwrap(), 1);
+        assert_eq!(
+            insert(&mut c, 2).await.unwrap(),
+            1,
+            "the kept statement again"
+        );
+        drop(c);
+        assert_eq!(rows(&w).await, 2);
+        // Replaced (its worker "crashed") with a statement of ours still prepared.
+        let mut c = w.acquire().await.unwrap();
+        c.note_error(&sqlx::Error::WorkerCrashed);
+        drop(c);
+        let mut c = w.acquire().await.unwrap();
+        assert_eq!(insert(&mut c, 3).await.unwrap(), 1, "on the new connection");
+        drop(c);
+        assert!(!same_connection(&w).await, "replaced");
+        assert_eq!(rows(&w).await, 3);
+        w.close().await;
+        // The replaced connection's worker ends on its own time.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            !panicked.load(std::sync::atomic::Ordering::SeqCst),
+            "a connection was closed with statements still prepared"
+        );
+    }
+
     #[tokio::test]
     async fn a_connection_with_a_transaction_sqlx_still_counts_open_is_replaced() {
         let dir = tempfile::tempdir().unwrap();
@@ -370,6 +454,15 @@ mod tests {
             "only the second insert, on the new connection"
         );
         assert!(!same_connection(&w).await, "replaced");
+    }
+
+    async fn insert(c: &mut WriteConn, n: i64) -> Result<usize, sqlx::Error> {
+        c.with_handle(move |db| {
+            db.prepare_cached("INSERT INTO t VALUES (?1)")
+                .and_then(|mut s| s.execute([n]))
+                .unwrap()
+        })
+        .await
     }
 
     /// Whether the writer still has the connection that created the temporary table.
