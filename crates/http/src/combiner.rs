@@ -87,36 +87,85 @@ async fn next_batch<J>(
     max_batch: usize,
 ) -> Option<Vec<(J, Reply)>> {
     loop {
-        let mut batch = vec![rx.recv().await?];
-        while batch.len() < max_batch {
-            match rx.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
-            }
+        let first = rx.recv().await?;
+        let mut batch = ready_batch(rx, max_batch.saturating_sub(1));
+        if !first.1.is_closed() {
+            batch.insert(0, first);
         }
-        batch.retain(|(_, reply)| !reply.is_closed());
         if !batch.is_empty() {
             return Some(batch);
         }
     }
 }
 
+/// Everything queued behind it (up to `max_batch`) without waiting, less the jobs whose
+/// request is gone (see [`next_batch`]); empty when nothing is queued.
+fn ready_batch<J>(rx: &mut mpsc::Receiver<(J, Reply)>, max_batch: usize) -> Vec<(J, Reply)> {
+    let mut batch = Vec::new();
+    while batch.len() < max_batch {
+        match rx.try_recv() {
+            Ok(next) => batch.push(next),
+            Err(_) => break,
+        }
+    }
+    batch.retain(|(_, reply)| !reply.is_closed());
+    batch
+}
+
 async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<(DeltaJob, Reply)>, max_batch: usize) {
-    while let Some(batch) = next_batch(&mut rx, max_batch).await {
+    while let Some(first) = next_batch(&mut rx, max_batch).await {
+        // The store runs the first batch and then every one that is ready when it is done
+        // (on SQLite without giving the writer connection back in between).
+        let mut batches = Batches {
+            rx: &mut rx,
+            max_batch,
+            first: Some(first),
+            replies: Vec::new(),
+            started: std::time::Instant::now(),
+        };
+        store.apply_delta_batches(&mut batches).await;
+    }
+}
+
+/// The queue, as the store's source of batches and sink of outcomes.
+struct Batches<'a> {
+    rx: &'a mut mpsc::Receiver<(DeltaJob, Reply)>,
+    max_batch: usize,
+    /// The batch the run starts with (waited for).
+    first: Option<Vec<(DeltaJob, Reply)>>,
+    /// Of the batch handed out last.
+    replies: Vec<Reply>,
+    started: std::time::Instant,
+}
+
+impl trueline_store::DeltaBatches for Batches<'_> {
+    fn next_ready(&mut self) -> Option<Vec<DeltaJob>> {
+        let batch = match self.first.take() {
+            Some(first) => first,
+            None => ready_batch(self.rx, self.max_batch),
+        };
+        if batch.is_empty() {
+            return None;
+        }
         let (jobs, replies): (Vec<DeltaJob>, Vec<Reply>) = batch.into_iter().unzip();
         metrics::histogram!("inventory_combined_batch_size").record(jobs.len() as f64);
-        let started = std::time::Instant::now();
-        let applied = store.apply_deltas(&jobs).await;
+        self.replies = replies;
+        self.started = std::time::Instant::now();
+        Some(jobs)
+    }
+
+    fn done(&mut self, outcome: Result<Vec<DeltaOutcome>, StoreError>) {
         metrics::histogram!("inventory_combined_batch_seconds")
-            .record(started.elapsed().as_secs_f64());
-        match applied {
+            .record(self.started.elapsed().as_secs_f64());
+        let replies = std::mem::take(&mut self.replies);
+        match outcome {
             Ok(outcomes) => {
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {
                     let _ = reply.send(Ok(outcome));
                 }
             }
             Err(e) => {
-                tracing::warn!(event = "inventory.combined_batch_failed", jobs = jobs.len(), error = %e);
+                tracing::warn!(event = "inventory.combined_batch_failed", jobs = replies.len(), error = %e);
                 for reply in replies {
                     let _ = reply.send(Err(copy_error(&e)));
                 }

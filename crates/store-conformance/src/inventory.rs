@@ -862,7 +862,7 @@ pub async fn outbox_rows_exist_exactly_for_committed_changes(f: &Fixture) {
     assert_eq!(n, 1);
 }
 
-fn job(a: &Actor, item: ItemId, d: i64, key: Option<(&str, u8)>) -> trueline_store::DeltaJob {
+pub fn job(a: &Actor, item: ItemId, d: i64, key: Option<(&str, u8)>) -> trueline_store::DeltaJob {
     trueline_store::DeltaJob {
         actor: a.clone(),
         item_id: item,
@@ -1105,6 +1105,74 @@ pub async fn combined_deltas_honour_keys_of_earlier_requests(f: &Fixture) {
         .scalar("SELECT count(*) FROM outbox WHERE event_type = 'inventory.item.qty_changed'")
         .await;
     assert_eq!(events, 4);
+}
+
+/// Batches handed out one after the other: the run asks for the next only once the previous
+/// one's outcome is back, and ends when none is ready.
+pub struct QueuedBatches {
+    pub queued: std::collections::VecDeque<Vec<trueline_store::DeltaJob>>,
+    pub outcomes: Vec<Result<Vec<String>, String>>,
+    handed_out: usize,
+}
+
+impl QueuedBatches {
+    pub fn new(batches: Vec<Vec<trueline_store::DeltaJob>>) -> Self {
+        QueuedBatches {
+            queued: batches.into(),
+            outcomes: Vec::new(),
+            handed_out: 0,
+        }
+    }
+}
+
+impl trueline_store::DeltaBatches for QueuedBatches {
+    fn next_ready(&mut self) -> Option<Vec<trueline_store::DeltaJob>> {
+        assert_eq!(
+            self.outcomes.len(),
+            self.handed_out,
+            "asked for a batch before the previous one's outcome"
+        );
+        let next = self.queued.pop_front()?;
+        self.handed_out += 1;
+        Some(next)
+    }
+
+    fn done(&mut self, outcome: Result<Vec<trueline_store::DeltaOutcome>, StoreError>) {
+        self.outcomes
+            .push(outcome.map(|o| summarize(&o)).map_err(|e| e.to_string()));
+    }
+}
+
+/// A run of batches: each its own transaction, in order (a later batch sees what an earlier
+/// one applied, a key completed earlier replays), every outcome handed back.
+pub async fn a_run_of_combined_batches_applies_each_in_order(f: &Fixture) {
+    let a = owner_actor(f, "ann@example.com").await;
+    let x = create(f, &a, "X", 1).await;
+    let mut batches = QueuedBatches::new(vec![
+        vec![job(&a, x.id, -1, Some(("k1", 1))), job(&a, x.id, -1, None)],
+        vec![job(&a, x.id, 5, Some(("k1", 1))), job(&a, x.id, 2, None)],
+        vec![job(&a, x.id, -3, Some(("k2", 2)))],
+    ]);
+    f.store.apply_delta_batches(&mut batches).await;
+    assert_eq!(
+        batches.outcomes,
+        [
+            Ok(vec![
+                "applied 0".to_owned(),
+                "refused insufficient".to_owned()
+            ]),
+            Ok(vec!["replayed 0".to_owned(), "applied 2".to_owned()]),
+            Ok(vec!["refused insufficient".to_owned()]),
+        ]
+    );
+    let item = f.store.item(a.org_id, x.id).await.expect("get").expect("x");
+    assert_eq!((item.qty, item.version), (2, 3));
+    assert_eq!(key_state(f, "k1").await, "completed");
+    assert_eq!(key_state(f, "k2").await, "absent");
+    // Nothing ready: nothing runs.
+    let mut none = QueuedBatches::new(vec![]);
+    f.store.apply_delta_batches(&mut none).await;
+    assert!(none.outcomes.is_empty());
 }
 
 /// A batch that fails half-way (here its outbox table is gone, so the event insert fails

@@ -63,6 +63,7 @@ macro_rules! conformance_suite {
             inventory::combined_deltas_honour_keys_of_earlier_requests,
             inventory::large_combined_batches_apply_every_delta,
             inventory::a_combined_batch_that_fails_half_way_changes_nothing,
+            inventory::a_run_of_combined_batches_applies_each_in_order,
             inventory::combined_batches_of_two_organizations_in_opposite_orders_do_not_deadlock,
             idempotency::a_completed_key_replays_and_a_different_request_is_a_mismatch,
             idempotency::a_failed_mutation_stores_nothing_and_a_released_key_can_be_reused,

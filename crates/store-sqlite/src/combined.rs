@@ -22,7 +22,8 @@ use std::collections::HashMap;
 use trueline_core::ids::{ItemId, OrgId, UserId};
 use trueline_store::combine::{KeyId, KeyState, Plan, plan};
 use trueline_store::{
-    DeltaJob, DeltaOutcome, HistoryKind, IdempotencyScope, Item, StoreError, StoredResponse,
+    DeltaBatches, DeltaJob, DeltaOutcome, HistoryKind, IdempotencyScope, Item, StoreError,
+    StoredResponse,
 };
 
 pub(crate) async fn apply_deltas(
@@ -44,6 +45,76 @@ pub(crate) async fn apply_deltas(
                 conn.end_untracked();
             }
             outcome
+        }
+    }
+}
+
+/// Batch after batch while `batches` has one ready, keeping the writer connection and its
+/// handle between them (one hand-off per run instead of one per batch) until another writer
+/// waits for the connection. Each batch is its own transaction, committed before its outcome
+/// goes back.
+pub(crate) async fn apply_delta_batches(
+    store: &SqliteStore,
+    batches: &mut (dyn DeltaBatches + Send),
+) {
+    let Some(mut jobs) = batches.next_ready() else {
+        return;
+    };
+    loop {
+        let mut conn = match store.writer.acquire().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                batches.done(Err(e));
+                match batches.next_ready() {
+                    Some(next) => {
+                        jobs = next;
+                        continue;
+                    }
+                    None => return,
+                }
+            }
+        };
+        conn.begin_untracked();
+        let writer = &store.writer;
+        let ran = conn
+            .with_handle(|db| {
+                blocking(|| {
+                    loop {
+                        let outcome = run_batch(db, &jobs);
+                        let closed = db.is_autocommit();
+                        batches.done(outcome);
+                        if !closed {
+                            // The writer rolls it back before its next use.
+                            return (false, batches.next_ready());
+                        }
+                        if writer.wanted() {
+                            return (true, batches.next_ready());
+                        }
+                        match batches.next_ready() {
+                            Some(next) => jobs = next,
+                            None => return (true, None),
+                        }
+                    }
+                })
+            })
+            .await;
+        let next = match ran {
+            Err(e) => {
+                conn.note_error(&e);
+                batches.done(Err(db_error(e)));
+                batches.next_ready()
+            }
+            Ok((closed, next)) => {
+                if closed {
+                    conn.end_untracked();
+                }
+                next
+            }
+        };
+        drop(conn);
+        match next {
+            Some(next) => jobs = next,
+            None => return,
         }
     }
 }

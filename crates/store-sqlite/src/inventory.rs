@@ -433,6 +433,10 @@ impl ItemStore for SqliteStore {
         crate::combined::apply_deltas(self, jobs).await
     }
 
+    async fn apply_delta_batches(&self, batches: &mut (dyn trueline_store::DeltaBatches + Send)) {
+        crate::combined::apply_delta_batches(self, batches).await;
+    }
+
     async fn adjust_batch(
         &self,
         actor: &Actor,

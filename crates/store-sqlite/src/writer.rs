@@ -31,6 +31,8 @@ use crate::db_error;
 pub(crate) struct Writer {
     /// `None` once closed.
     conn: Arc<Mutex<Option<Held>>>,
+    /// Callers of [`Writer::acquire`] waiting for the connection (see [`Writer::wanted`]).
+    waiting: std::sync::atomic::AtomicUsize,
     /// How long a caller waits for the writer before `dependency_unavailable`.
     acquire_timeout: Duration,
     /// How to open a replacement connection.
@@ -137,6 +139,22 @@ impl DerefMut for WriteConn {
     }
 }
 
+/// Counts one waiter of [`Writer::acquire`] for as long as it lives (a cancelled wait too).
+struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn on(count: &'a std::sync::atomic::AtomicUsize) -> Self {
+        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// A write transaction (`BEGIN IMMEDIATE`) on the writer connection.
 pub(crate) struct WriteTx {
     conn: WriteConn,
@@ -192,6 +210,7 @@ impl Writer {
                 untracked_tx: false,
                 broken: false,
             }))),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
             acquire_timeout,
             options,
         }
@@ -214,9 +233,12 @@ impl Writer {
 
     /// The writer connection, once whoever holds it is done (at most `acquire_timeout`).
     pub async fn acquire(&self) -> Result<WriteConn, StoreError> {
-        let guard = tokio::time::timeout(self.acquire_timeout, self.conn.clone().lock_owned())
-            .await
-            .map_err(|_| db_error(sqlx::Error::PoolTimedOut))?;
+        let guard = {
+            let _waiting = Waiting::on(&self.waiting);
+            tokio::time::timeout(self.acquire_timeout, self.conn.clone().lock_owned())
+                .await
+                .map_err(|_| db_error(sqlx::Error::PoolTimedOut))?
+        };
         if guard.is_none() {
             return Err(db_error(sqlx::Error::PoolClosed));
         }
@@ -270,6 +292,12 @@ impl Writer {
                 Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
             }
         }
+    }
+
+    /// Whether someone waits for the connection: a holder that could go on (the combiner,
+    /// between batches) lets it go instead.
+    pub fn wanted(&self) -> bool {
+        self.waiting.load(std::sync::atomic::Ordering::Relaxed) > 0
     }
 
     /// Whether someone holds the writer right now (for the pool gauges).

@@ -201,6 +201,14 @@ pub enum DeltaOutcome {
     Refused(trueline_core::DomainError),
 }
 
+/// The combiner's side of [`ItemStore::apply_delta_batches`].
+pub trait DeltaBatches {
+    /// The next batch if one is ready now (never waits); `None` ends the run.
+    fn next_ready(&mut self) -> Option<Vec<DeltaJob>>;
+    /// The outcome of the batch [`DeltaBatches::next_ready`] handed out last.
+    fn done(&mut self, outcome: Result<Vec<DeltaOutcome>, StoreError>);
+}
+
 #[async_trait::async_trait]
 pub trait ItemStore: Send + Sync {
     /// `NameTaken` if the organization has an item with the same case-folded name.
@@ -248,12 +256,23 @@ pub trait ItemStore: Send + Sync {
     /// Hot-row combining: applies many independent deltas in ONE transaction. The adapter
     /// locks the batch's items (in id order) and keys, [`crate::combine::plan`] decides each
     /// job in job order against its item's running quantity with the same domain rule as the
-    /// guarded statement, and the plan is written with one set-based statement per table (the
-    /// item UPDATE guarded by the loaded version, the schema's CHECK still in force). Each job
-    /// is refused individually; each applied one gets its own history record, outbox event
-    /// and idempotency record. Outcomes come back in job order. `Err` only if the transaction
-    /// itself failed (then nothing applied).
+    /// guarded statement, and the plan is written (the item UPDATE guarded by the loaded
+    /// version, the schema's CHECK still in force). Each job is refused individually; each
+    /// applied one gets its own history record, outbox event and idempotency record.
+    /// Outcomes come back in job order. `Err` only if the transaction itself failed (then
+    /// nothing applied).
     async fn apply_deltas(&self, jobs: &[DeltaJob]) -> Result<Vec<DeltaOutcome>, StoreError>;
+
+    /// Applies batch after batch, each as [`ItemStore::apply_deltas`] (its own transaction),
+    /// for as long as `batches` has one ready, handing each outcome back before asking for
+    /// the next. An adapter may keep its write connection from one batch to the next (SQLite
+    /// does, until another writer waits for it).
+    async fn apply_delta_batches(&self, batches: &mut (dyn DeltaBatches + Send)) {
+        while let Some(jobs) = batches.next_ready() {
+            let outcome = self.apply_deltas(&jobs).await;
+            batches.done(outcome);
+        }
+    }
 
     /// All-or-nothing across items. Rows are locked in id order, so crossing batches cannot
     /// deadlock. Lines apply in request order against running quantities. On any failing

@@ -208,3 +208,61 @@ async fn each_down_migration_restores_the_schema_its_up_migration_found() {
         reverted = version;
     }
 }
+
+/// A run of combined batches keeps the writer connection from one batch to the next, but not
+/// from another writer: a write that waits gets the connection after the current batch, while
+/// batches keep coming (here they stop only once that write is done).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_of_combined_batches_lets_a_waiting_writer_in() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use trueline_store_conformance::inventory::{create, job, new_item, owner_actor};
+    let f = sqlite_fixture().await;
+    let a = owner_actor(&f, "ann@example.com").await;
+    let x = create(&f, &a, "X", 0).await;
+    let written = Arc::new(AtomicBool::new(false));
+
+    struct Endless {
+        jobs: trueline_store::DeltaJob,
+        until: Arc<AtomicBool>,
+        ran: usize,
+    }
+    impl trueline_store::DeltaBatches for Endless {
+        fn next_ready(&mut self) -> Option<Vec<trueline_store::DeltaJob>> {
+            // Bounded, so that a writer kept out fails the test instead of hanging it.
+            (!self.until.load(Ordering::SeqCst) && self.ran < 20_000)
+                .then(|| vec![self.jobs.clone()])
+        }
+        fn done(
+            &mut self,
+            outcome: Result<Vec<trueline_store::DeltaOutcome>, trueline_store::StoreError>,
+        ) {
+            outcome.unwrap();
+            self.ran += 1;
+        }
+    }
+    let mut batches = Endless {
+        jobs: job(&a, x.id, 1, None),
+        until: written.clone(),
+        ran: 0,
+    };
+    let store = f.store.clone();
+    let (other, stop) = (a.clone(), written.clone());
+    let writer = tokio::spawn(async move {
+        // Once the run is under way.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let created = store.create_item(&other, new_item("Y", 0), None).await;
+        stop.store(true, Ordering::SeqCst);
+        created
+    });
+    f.store.apply_delta_batches(&mut batches).await;
+    writer
+        .await
+        .unwrap()
+        .expect("the waiting write got the connection");
+    assert!(
+        batches.ran < 20_000,
+        "the run stopped because the write was done"
+    );
+    let item = f.store.item(a.org_id, x.id).await.unwrap().unwrap();
+    assert_eq!(item.qty as usize, batches.ran);
+}
