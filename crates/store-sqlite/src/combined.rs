@@ -3,12 +3,14 @@
 //!
 //! The batch runs on the caller's thread, straight on the writer connection's SQLite handle
 //! ([`WriteConn::with_handle`](crate::writer::WriteConn::with_handle): sqlx's `lock_handle`,
-//! wrapped by rusqlite), not as commands to the connection's worker thread. Each sqlx call is a hand-off between two threads (and every row read comes back
-//! through a channel, waking the caller): under `spread` the writer thread sat idle ~30 % of
-//! the time between the calls of a batch, and was preempted ~3,300 times a second by the
-//! threads it woke (`perf sched`, docs/benchmarks.md 2026-12-04). Here a batch costs one
-//! hand-off (taking the handle) and SQLite's own work; the statements are prepared once per
-//! connection and run once per row.
+//! wrapped by rusqlite), not as commands to the connection's worker thread. Each sqlx call
+//! is a hand-off between two threads (and every row read comes back through a channel,
+//! waking the caller): under `spread` the writer thread sat idle ~30 % of the time between
+//! the calls of a batch, and was preempted ~3,300 times a second by the threads it woke
+//! (`perf sched`, docs/benchmarks.md, 2026-12-04 midday). Here a batch costs SQLite's own
+//! work and at most one hand-off (taking the handle), which a run of batches
+//! ([`apply_delta_batches`]) shares until another writer waits; the statements are prepared
+//! once per connection and run once per row.
 //!
 //! The combiner calls this from its own thread (a current-thread runtime that exists for
 //! it), where blocking is the point; on a multi-thread runtime the work goes through

@@ -109,8 +109,8 @@ impl SqliteStore {
             .pragma("recursive_triggers", "ON")
             .pragma("journal_size_limit", (64 * 1024 * 1024).to_string());
         // One writer connection outside any pool (see `writer`). Its statement journals
-        // (every multi-row statement of a combined batch keeps one, to undo just that
-        // statement on error) live in memory rather than in temporary files: they are small
+        // (a statement that changes several rows keeps one, to undo just that statement on
+        // error) live in memory rather than in temporary files: they are small
         // and short-lived, and writing them was ~5 % of the writer's CPU. (Not for readers:
         // their temporary tables, e.g. big sorts, may be large.)
         let writer_options = connect.clone().pragma("temp_store", "MEMORY");
