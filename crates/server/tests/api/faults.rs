@@ -358,14 +358,18 @@ async fn a_nats_outage_is_caught_up_without_loss_or_duplicates() {
     .await;
     let ann = app.sign_up("ann@example.com").await;
     app.create_item(&ann.token, "Before", 1).await;
-    let nats_drained = || async {
-        app.state
-            .store
-            .outbox_stats(Destination::Nats)
-            .await
-            .map(|s| s.pending == 0)
-            .unwrap_or(false)
+    // A row is NATS-pending only once the event log has it: both caught up, the log first.
+    let caught_up = |destination| {
+        let store = app.state.store.clone();
+        async move {
+            store
+                .outbox_stats(destination)
+                .await
+                .is_ok_and(|s| s.pending == 0)
+        }
     };
+    let nats_drained =
+        || async { caught_up(Destination::EventLog).await && caught_up(Destination::Nats).await };
     assert!(eventually(20, nats_drained).await);
     for mode in [Mode::Refuse, Mode::Blackhole] {
         proxy.set(mode);
