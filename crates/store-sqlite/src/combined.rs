@@ -18,37 +18,41 @@
 //! not track: the writer's untracked-transaction flag stays set until the handle says no
 //! transaction is open (see `writer::WriteConn::begin_untracked`).
 
-use crate::{SqliteStore, db_error, from_micros, micros};
+use crate::inventory::ITEM_COLUMNS;
+use crate::platform::decode_response;
+use crate::{SqliteStore, db_error, from_micros, micros, storage_is_short};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use std::collections::HashMap;
 use trueline_core::ids::{ItemId, OrgId, UserId};
 use trueline_store::combine::{KeyId, KeyState, Plan, plan};
 use trueline_store::{
     DeltaBatches, DeltaJob, DeltaOutcome, HistoryKind, IdempotencyScope, Item, StoreError,
-    StoredResponse,
 };
 
+/// One batch: a run of one (below).
 pub(crate) async fn apply_deltas(
     store: &SqliteStore,
     jobs: &[DeltaJob],
 ) -> Result<Vec<DeltaOutcome>, StoreError> {
-    let mut conn = store.writer.acquire().await?;
-    conn.begin_untracked();
-    let ran = conn
-        .with_handle(|db| blocking(|| (run_batch(db, jobs), db.is_autocommit())))
-        .await;
-    match ran {
-        Err(e) => {
-            conn.note_error(&e);
-            Err(db_error(e))
+    struct One {
+        jobs: Option<Vec<DeltaJob>>,
+        outcome: Option<Result<Vec<DeltaOutcome>, StoreError>>,
+    }
+    impl DeltaBatches for One {
+        fn next_ready(&mut self) -> Option<Vec<DeltaJob>> {
+            self.jobs.take()
         }
-        Ok((outcome, closed)) => {
-            if closed {
-                conn.end_untracked();
-            }
-            outcome
+        fn done(&mut self, outcome: Result<Vec<DeltaOutcome>, StoreError>) {
+            self.outcome = Some(outcome);
         }
     }
+    let mut one = One {
+        jobs: Some(jobs.to_vec()),
+        outcome: None,
+    };
+    apply_delta_batches(store, &mut one).await;
+    one.outcome
+        .unwrap_or_else(|| Err(StoreError::Internal("the batch did not run".into())))
 }
 
 /// Batch after batch while `batches` has one ready, keeping the writer connection and its
@@ -59,64 +63,58 @@ pub(crate) async fn apply_delta_batches(
     store: &SqliteStore,
     batches: &mut (dyn DeltaBatches + Send),
 ) {
-    let Some(mut jobs) = batches.next_ready() else {
-        return;
+    let mut next = batches.next_ready();
+    while let Some(jobs) = next {
+        next = hold_writer_for(store, jobs, batches).await;
+    }
+}
+
+/// Takes the writer and runs `jobs`, then every batch ready after it while nobody else waits
+/// for the writer; returns the batch taken but not run (it goes to the next hold).
+async fn hold_writer_for(
+    store: &SqliteStore,
+    mut jobs: Vec<DeltaJob>,
+    batches: &mut (dyn DeltaBatches + Send),
+) -> Option<Vec<DeltaJob>> {
+    let mut conn = match store.writer.acquire().await {
+        Ok(conn) => conn,
+        Err(e) => {
+            batches.done(Err(e));
+            return batches.next_ready();
+        }
     };
-    loop {
-        let mut conn = match store.writer.acquire().await {
-            Ok(conn) => conn,
-            Err(e) => {
-                batches.done(Err(e));
-                match batches.next_ready() {
-                    Some(next) => {
-                        jobs = next;
-                        continue;
+    conn.begin_untracked();
+    let writer = &store.writer;
+    let ran = conn
+        .with_handle(|db| {
+            blocking(|| {
+                loop {
+                    let outcome = run_batch(db, &jobs);
+                    let closed = db.is_autocommit();
+                    batches.done(outcome);
+                    // Still open: the writer rolls it back before its next use.
+                    if !closed || writer.wanted() {
+                        return (closed, batches.next_ready());
                     }
-                    None => return,
+                    match batches.next_ready() {
+                        Some(next) => jobs = next,
+                        None => return (true, None),
+                    }
                 }
-            }
-        };
-        conn.begin_untracked();
-        let writer = &store.writer;
-        let ran = conn
-            .with_handle(|db| {
-                blocking(|| {
-                    loop {
-                        let outcome = run_batch(db, &jobs);
-                        let closed = db.is_autocommit();
-                        batches.done(outcome);
-                        if !closed {
-                            // The writer rolls it back before its next use.
-                            return (false, batches.next_ready());
-                        }
-                        if writer.wanted() {
-                            return (true, batches.next_ready());
-                        }
-                        match batches.next_ready() {
-                            Some(next) => jobs = next,
-                            None => return (true, None),
-                        }
-                    }
-                })
             })
-            .await;
-        let next = match ran {
-            Err(e) => {
-                conn.note_error(&e);
-                batches.done(Err(db_error(e)));
-                batches.next_ready()
+        })
+        .await;
+    match ran {
+        Err(e) => {
+            conn.note_error(&e);
+            batches.done(Err(db_error(e)));
+            batches.next_ready()
+        }
+        Ok((closed, next)) => {
+            if closed {
+                conn.end_untracked();
             }
-            Ok((closed, next)) => {
-                if closed {
-                    conn.end_untracked();
-                }
-                next
-            }
-        };
-        drop(conn);
-        match next {
-            Some(next) => jobs = next,
-            None => return,
+            next
         }
     }
 }
@@ -207,9 +205,7 @@ const KEY_LOOKUP: &str = "SELECT fingerprint, state, locked_until, response_stat
         response_headers, response_body
     FROM idempotency_keys WHERE org_id = ?1 AND user_id = ?2 AND key = ?3";
 
-/// The columns the planner reads of an item, in `ITEM_COLUMNS` order.
-const ITEM_COLUMNS: &str = crate::inventory::ITEM_COLUMNS;
-
+/// An item from a row of `ITEM_COLUMNS`, in that order.
 fn item_from(row: &Row<'_>) -> rusqlite::Result<Result<Item, StoreError>> {
     let qty: i64 = row.get(4)?;
     let version: i64 = row.get(5)?;
@@ -255,12 +251,9 @@ fn key_from(row: &Row<'_>) -> rusqlite::Result<Result<KeyState, StoreError>> {
     let body: Option<Vec<u8>> = row.get(5)?;
     Ok((|| {
         let completed = match (state.as_str(), status, headers, body) {
-            ("completed", Some(status), Some(headers), Some(body)) => Some(StoredResponse {
-                status: u16::try_from(status).map_err(|e| StoreError::Internal(e.to_string()))?,
-                headers: serde_json::from_str(&headers)
-                    .map_err(|e| StoreError::Internal(e.to_string()))?,
-                body,
-            }),
+            ("completed", Some(status), Some(headers), Some(body)) => {
+                Some(decode_response(status, &headers, body)?)
+            }
             ("completed", ..) => {
                 return Err(StoreError::Internal(
                     "a completed idempotency key without its response".into(),
@@ -435,9 +428,7 @@ fn release_claim(db: &Connection, scope: &IdempotencyScope) -> Result<(), StoreE
 /// 10 IOERR, 13 FULL) is `Unavailable`, anything else `Internal`.
 fn direct_error(e: rusqlite::Error) -> StoreError {
     match &e {
-        rusqlite::Error::SqliteFailure(f, _)
-            if matches!(f.extended_code & 0xff, 5 | 7 | 10 | 13) =>
-        {
+        rusqlite::Error::SqliteFailure(f, _) if storage_is_short(f.extended_code) => {
             StoreError::Unavailable(e.to_string())
         }
         _ => StoreError::Internal(e.to_string()),

@@ -274,12 +274,18 @@ pub(crate) fn db_error(e: sqlx::Error) -> StoreError {
             if d.message().contains("database is locked")
                 || d.code()
                     .and_then(|c| c.parse::<i32>().ok())
-                    .is_some_and(|c| matches!(c & 0xff, 5 | 7 | 10 | 13)) =>
+                    .is_some_and(storage_is_short) =>
         {
             StoreError::Unavailable(e.to_string())
         }
         _ => StoreError::Internal(e.to_string()),
     }
+}
+
+/// Whether an SQLite result code (extended or primary) says the storage is short of
+/// something: 5 SQLITE_BUSY, 7 NOMEM, 10 IOERR, 13 FULL (see [`db_error`]).
+pub(crate) fn storage_is_short(code: i32) -> bool {
+    matches!(code & 0xff, 5 | 7 | 10 | 13)
 }
 
 /// The message of a constraint or trigger failure, for translation into a domain error.

@@ -66,12 +66,24 @@ pub(crate) async fn complete_idempotency<T>(
 }
 
 pub(crate) fn stored_response(row: &sqlx::sqlite::SqliteRow) -> Result<StoredResponse, StoreError> {
-    let status: i64 = row.try_get("response_status").map_err(db_error)?;
-    let headers: String = row.try_get("response_headers").map_err(db_error)?;
+    decode_response(
+        row.try_get("response_status").map_err(db_error)?,
+        &row.try_get::<String, _>("response_headers")
+            .map_err(db_error)?,
+        row.try_get("response_body").map_err(db_error)?,
+    )
+}
+
+/// A completed key's response from its stored columns.
+pub(crate) fn decode_response(
+    status: i64,
+    headers: &str,
+    body: Vec<u8>,
+) -> Result<StoredResponse, StoreError> {
     Ok(StoredResponse {
         status: u16::try_from(status).map_err(|e| StoreError::Internal(e.to_string()))?,
-        headers: serde_json::from_str(&headers).map_err(|e| StoreError::Internal(e.to_string()))?,
-        body: row.try_get("response_body").map_err(db_error)?,
+        headers: serde_json::from_str(headers).map_err(|e| StoreError::Internal(e.to_string()))?,
+        body,
     })
 }
 
