@@ -326,6 +326,29 @@ mod tests {
         );
     }
 
+    /// The bundled SQLite is built with the options of `.cargo/config.toml` (a build from
+    /// outside the workspace, or a `LIBSQLITE3_FLAGS` set over it, would lose them quietly).
+    /// `HAVE_FDATASYNC` is not among the options SQLite reports; it comes with the others.
+    #[tokio::test]
+    async fn the_bundled_sqlite_has_our_build_options() {
+        use sqlx::Connection;
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("o.db").display());
+        let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        let options: Vec<String> = sqlx::query_scalar("PRAGMA compile_options")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+        assert!(
+            options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"),
+            "{options:?}"
+        );
+        assert!(
+            !options.iter().any(|o| o == "ENABLE_MEMORY_MANAGEMENT"),
+            "{options:?}"
+        );
+    }
+
     /// The reader answering said nothing of the writer: a closed writer was `ready`.
     #[tokio::test]
     async fn a_closed_writer_fails_the_health_check() {
