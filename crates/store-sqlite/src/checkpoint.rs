@@ -11,9 +11,25 @@ use std::time::Duration;
 /// the single writer (and every request waiting for it) for the copy and the file's fsync.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(200);
 
-/// WAL frames (pages) after which a checkpoint round also lets the writer start the WAL over
-/// (SQLite's own auto-checkpoint threshold).
-const RESTART_AFTER_FRAMES: i64 = 1_000;
+/// WAL frames (pages) after which a checkpoint round also holds the writer so the WAL starts
+/// over ([`crate::SqliteOptions::wal_restart_frames`]). Each held round stalls every write
+/// for as long as it copies what was committed during the round before it (12–15 ms under
+/// deltas spread over many items, where the WAL grows by ~70,000 frames a second): at
+/// SQLite's own auto-checkpoint threshold of 1,000 frames that was every round, 4–5 times a
+/// second and ~6 % of the writer's time; at 48,000 (~190 MiB) it is about once a second
+/// (docs/benchmarks.md, "2026-12-04, afternoon").
+pub(crate) const RESTART_AFTER_FRAMES: i64 = 48_000;
+
+/// The most bytes one WAL frame takes: a frame header and a page of the default size.
+pub(crate) const FRAME_BYTES: i64 = 24 + 4096;
+
+/// What SQLite cuts the WAL file back to when it starts over, for `restart_frames`: the
+/// frames of a restart plus what one round can add (64 MiB). The file must keep the blocks
+/// the next cycle writes again: cut back below that, the filesystem allocates (and zeroes)
+/// them anew every cycle, which cost more than the held rounds saved.
+pub(crate) fn wal_size_limit(restart_frames: i64) -> i64 {
+    restart_frames.max(0) * FRAME_BYTES + 64 * 1024 * 1024
+}
 
 /// Checkpoints on their own connection until the store is closed or dropped; a final one
 /// truncates the WAL.
@@ -25,19 +41,20 @@ const RESTART_AFTER_FRAMES: i64 = 1_000;
 /// the WAL grew by every commit for as long as writes kept coming (1.4 GB in 22 s of
 /// `spread`), every commit appended to fresh blocks of the file, which the filesystem
 /// allocated and zeroed (16 % of the server's CPU) and `fdatasync` had to journal. So when
-/// the WAL holds more than [`RESTART_AFTER_FRAMES`], a second passive checkpoint runs with
-/// the writer held: it only copies what was committed during the first, and the writer's
-/// next transaction writes from the start of the WAL again, over blocks that exist.
+/// the WAL holds more than `restart_frames`, a second passive checkpoint runs with the
+/// writer held: it only copies what was committed during the first, and the writer's next
+/// transaction writes from the start of the WAL again, over blocks that exist.
 pub(crate) async fn checkpoint_continuously(
     checkpointer: SqlitePool,
     writer: Arc<writer::Writer>,
     alive: std::sync::Weak<()>,
+    restart_frames: i64,
 ) {
     let mut failures = Failures::default();
     while !writer.is_closed() && alive.strong_count() > 0 {
         tokio::time::sleep(CHECKPOINT_INTERVAL).await;
         let round = match checkpoint(&checkpointer).await {
-            Ok(frames) if frames > RESTART_AFTER_FRAMES => {
+            Ok(frames) if frames > restart_frames => {
                 let Ok(_held) = writer.acquire().await else {
                     continue;
                 };
@@ -156,14 +173,44 @@ mod tests {
         );
     }
 
+    /// SQLite cuts the WAL back to a size that holds a whole cycle's frames: cut back below
+    /// that, every cycle allocated the file's blocks anew.
+    #[tokio::test]
+    async fn the_wal_is_cut_back_no_further_than_a_cycle_writes() {
+        use super::{FRAME_BYTES, RESTART_AFTER_FRAMES, wal_size_limit};
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::connect(
+            &format!("sqlite://{}", dir.path().join("t.db").display()),
+            SqliteOptions::default(),
+        )
+        .await
+        .unwrap();
+        let limit: i64 = sqlx::query_scalar("PRAGMA journal_size_limit")
+            .fetch_one(&store.reader)
+            .await
+            .unwrap();
+        assert_eq!(limit, wal_size_limit(RESTART_AFTER_FRAMES));
+        assert!(limit > RESTART_AFTER_FRAMES * FRAME_BYTES);
+        let page_size: i64 = sqlx::query_scalar("PRAGMA page_size")
+            .fetch_one(&store.reader)
+            .await
+            .unwrap();
+        assert_eq!(page_size + 24, FRAME_BYTES, "a frame is a header and a page");
+        store.close().await;
+    }
+
     /// Without the held second round the WAL only grew while commits kept coming.
     #[tokio::test]
     async fn the_wal_starts_over_under_continuous_writes_and_reads() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");
+        // A low threshold, so that a test's commits cross it several times.
         let store = SqliteStore::connect(
             &format!("sqlite://{}", path.display()),
-            SqliteOptions::default(),
+            SqliteOptions {
+                wal_restart_frames: 1_000,
+                ..SqliteOptions::default()
+            },
         )
         .await
         .unwrap();

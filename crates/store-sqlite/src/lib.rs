@@ -60,6 +60,10 @@ pub struct SqliteOptions {
     /// owns the database (the server, or a tool holding the server lock): a guest beside a
     /// running server must not reset the WAL under it.
     pub checkpoints: bool,
+    /// WAL frames after which the checkpointer holds the writer for a round so the WAL
+    /// starts over (see the `checkpoint` module); the WAL file is cut back to about this
+    /// many frames plus 64 MiB when it does. Default 48,000 (~190 MiB of 4 KiB pages).
+    pub wal_restart_frames: i64,
 }
 
 impl Default for SqliteOptions {
@@ -68,6 +72,7 @@ impl Default for SqliteOptions {
             readers: 4,
             acquire_timeout: Duration::from_secs(5),
             checkpoints: true,
+            wal_restart_frames: checkpoint::RESTART_AFTER_FRAMES,
         }
     }
 }
@@ -100,14 +105,18 @@ impl SqliteStore {
             .foreign_keys(true)
             .busy_timeout(Duration::from_millis(BUSY_TIMEOUT_MS))
             // Checkpoints run beside the writer (the `checkpoint` module), and the WAL
-            // file is cut back after a reset so it does not stay at its high-water mark.
+            // file is cut back after a reset so it does not stay at its high-water mark
+            // (but not below what the next cycle writes again).
             .pragma("wal_autocheckpoint", "0")
             // `REPLACE` (`INSERT OR REPLACE`) deletes the row it conflicts with; without
             // recursive triggers that delete fires no trigger, so it went past every guard on
             // deletes (the audit log's and history's immutability, the last-owner count). No
             // trigger of the schema changes its own table, so nothing recurses.
             .pragma("recursive_triggers", "ON")
-            .pragma("journal_size_limit", (64 * 1024 * 1024).to_string());
+            .pragma(
+                "journal_size_limit",
+                checkpoint::wal_size_limit(options.wal_restart_frames).to_string(),
+            );
         // One writer connection outside any pool (see `writer`). Its statement journals
         // (a statement that changes several rows keeps one, to undo just that statement on
         // error) live in memory rather than in temporary files: they are small
@@ -140,6 +149,7 @@ impl SqliteStore {
                 checkpointer,
                 writer.clone(),
                 std::sync::Arc::downgrade(&alive),
+                options.wal_restart_frames,
             ));
         }
         Ok(Self {
