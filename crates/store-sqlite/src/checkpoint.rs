@@ -16,7 +16,7 @@ const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(200);
 /// for as long as it copies what was committed during the round before it (12–15 ms under
 /// deltas spread over many items, where the WAL grows by ~70,000 frames a second): at
 /// SQLite's own auto-checkpoint threshold of 1,000 frames that was every round, 4–5 times a
-/// second and ~6 % of the writer's time; at 48,000 (~190 MiB) it is about once a second
+/// second and ~6 % of the writer's time; at 48,000 (~190 MiB) it is 1–2 times a second
 /// (docs/benchmarks.md, "2026-12-04, afternoon").
 pub(crate) const RESTART_AFTER_FRAMES: i64 = 48_000;
 
@@ -195,7 +195,11 @@ mod tests {
             .fetch_one(&store.reader)
             .await
             .unwrap();
-        assert_eq!(page_size + 24, FRAME_BYTES, "a frame is a header and a page");
+        assert_eq!(
+            page_size + 24,
+            FRAME_BYTES,
+            "a frame is a header and a page"
+        );
         store.close().await;
     }
 
