@@ -196,6 +196,9 @@ pub struct Application {
     log_marks: Option<(Arc<FileEventStore>, uuid::Uuid, u64)>,
     /// SQLite: held while this server runs (one server per database file).
     _sqlite_lock: Option<std::fs::File>,
+    /// SQLite: closed when the server stops, so its checkpointer's last round truncates the
+    /// WAL before the process exits.
+    sqlite: Option<SqliteStore>,
 }
 
 /// The file of a `sqlite:` URL.
@@ -420,6 +423,7 @@ impl Application {
             trusted_proxies,
             log_marks,
             _sqlite_lock: sqlite_lock,
+            sqlite,
         })
     }
 
@@ -539,6 +543,9 @@ impl Application {
                 self.state.clock.now(),
             )
             .await;
+        }
+        if let Some(sqlite) = &self.sqlite {
+            sqlite.close().await;
         }
         tracing::info!(event = "server.stopped");
         Ok(())

@@ -86,6 +86,10 @@ pub struct SqliteStore {
     tokens: std::sync::Arc<token_cache::TokenCache>,
     /// Dropped with the last clone of the store: stops the checkpointer.
     _alive: std::sync::Arc<()>,
+    /// The checkpointer's task (taken by [`SqliteStore::close`], which waits for its final
+    /// round), and how `close` wakes it from its sleep.
+    checkpointer: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
+    closing: Arc<tokio::sync::Notify>,
 }
 
 impl SqliteStore {
@@ -139,18 +143,21 @@ impl SqliteStore {
             .await
             .map_err(db_error)?;
         let alive = std::sync::Arc::new(());
+        let closing = Arc::new(tokio::sync::Notify::new());
+        let mut task = None;
         if options.checkpoints {
             let checkpointer = SqlitePoolOptions::new()
                 .max_connections(1)
                 .connect_with(connect.clone())
                 .await
                 .map_err(db_error)?;
-            tokio::spawn(checkpoint::checkpoint_continuously(
+            task = Some(tokio::spawn(checkpoint::checkpoint_continuously(
                 checkpointer,
                 writer.clone(),
                 std::sync::Arc::downgrade(&alive),
+                closing.clone(),
                 options.wal_restart_frames,
-            ));
+            )));
         }
         Ok(Self {
             writer,
@@ -158,6 +165,8 @@ impl SqliteStore {
             connect,
             tokens: std::sync::Arc::default(),
             _alive: alive,
+            checkpointer: Arc::new(std::sync::Mutex::new(task)),
+            closing,
         })
     }
 
@@ -211,9 +220,21 @@ impl SqliteStore {
         })
     }
 
+    /// Closes the connections, then waits (up to 5 s) for the checkpointer's last round,
+    /// which copies the WAL back and truncates it: otherwise a process that exits next can
+    /// leave a WAL of up to its size limit (~250 MiB) for the next start to read back.
     pub async fn close(&self) {
         self.reader.close().await;
         self.writer.close().await;
+        let task = self
+            .checkpointer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(task) = task {
+            self.closing.notify_one();
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
     }
 
     async fn health_check(&self) -> StoreHealth {
