@@ -147,6 +147,12 @@ mod tests {
     use super::{FAILURE_LOG_INTERVAL, Failures};
     use crate::{SqliteOptions, SqliteStore};
 
+    /// A store on `t.db` in `dir`.
+    async fn open(dir: &tempfile::TempDir, options: SqliteOptions) -> SqliteStore {
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        SqliteStore::connect(&url, options).await.unwrap()
+    }
+
     #[test]
     fn a_checkpoint_failing_every_round_is_logged_once_a_minute_and_its_end_once() {
         let mut failures = Failures::default();
@@ -183,12 +189,7 @@ mod tests {
     async fn the_wal_is_cut_back_no_further_than_a_cycle_writes() {
         use super::{FRAME_BYTES, RESTART_AFTER_FRAMES, wal_size_limit};
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::connect(
-            &format!("sqlite://{}", dir.path().join("t.db").display()),
-            SqliteOptions::default(),
-        )
-        .await
-        .unwrap();
+        let store = open(&dir, SqliteOptions::default()).await;
         let limit: i64 = sqlx::query_scalar("PRAGMA journal_size_limit")
             .fetch_one(&store.reader)
             .await
@@ -212,13 +213,7 @@ mod tests {
     #[tokio::test]
     async fn closing_the_store_copies_the_wal_back_and_removes_it() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.db");
-        let store = SqliteStore::connect(
-            &format!("sqlite://{}", path.display()),
-            SqliteOptions::default(),
-        )
-        .await
-        .unwrap();
+        let store = open(&dir, SqliteOptions::default()).await;
         {
             let mut tx = store.writer.begin().await.unwrap();
             sqlx::query("CREATE TABLE t (x BLOB)")
@@ -242,7 +237,7 @@ mod tests {
         // Its content is in the database file.
         let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&format!(
             "sqlite://{}",
-            path.display()
+            dir.path().join("t.db").display()
         ))
         .await
         .unwrap();
@@ -257,17 +252,12 @@ mod tests {
     #[tokio::test]
     async fn the_wal_starts_over_under_continuous_writes_and_reads() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.db");
         // A low threshold, so that a test's commits cross it several times.
-        let store = SqliteStore::connect(
-            &format!("sqlite://{}", path.display()),
-            SqliteOptions {
-                wal_restart_frames: 1_000,
-                ..SqliteOptions::default()
-            },
-        )
-        .await
-        .unwrap();
+        let options = SqliteOptions {
+            wal_restart_frames: 1_000,
+            ..SqliteOptions::default()
+        };
+        let store = open(&dir, options).await;
         {
             let mut c = store.writer.acquire().await.unwrap();
             sqlx::query("CREATE TABLE t (x BLOB)")
