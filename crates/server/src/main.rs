@@ -2,10 +2,13 @@
 
 use clap::Parser;
 
-// glibc's malloc, not mimalloc: mimalloc 3 doubled the idle RSS (48 MB against 24 MB; the
-// performance issue's budget is 30 MB) and kept ~20 MiB more under load, while its CPU gain
-// no longer showed once log lines were batched (events-append at 64 clients, alternating
-// binaries: 27.1k/s glibc against 26.9k/s mimalloc, medians of 3; docs/benchmarks.md).
+// jemalloc, for Rust and for SQLite (its `malloc` replaces glibc's in the whole process):
+// A/B on this VM, alternating binaries, 64 clients: `hot-item` 18.8k/19.3k → 21.8k/22.6k
+// req/s, `spread` +5 %, peak RSS under load ~10 MiB lower, idle RSS ~3 MiB higher
+// (docs/benchmarks.md, 2026-12-04 evening). mimalloc was tried before and dropped: mimalloc 3
+// doubled the idle RSS (48 MB against 24 MB; the budget is 30 MB).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> std::process::ExitCode {
     let cli = trueline::cli::Cli::parse();

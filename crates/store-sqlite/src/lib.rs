@@ -19,6 +19,7 @@ mod inventory;
 mod migrate;
 mod platform;
 mod token_cache;
+mod wal_vfs;
 mod writer;
 
 use sqlx::ConnectOptions;
@@ -101,8 +102,11 @@ impl SqliteStore {
                 "in-memory SQLite is not supported; use a file (sqlite://data/trueline.db)".into(),
             ));
         }
+        wal_vfs::register().map_err(StoreError::Internal)?;
         let connect = SqliteConnectOptions::from_str(url)
             .map_err(|e| StoreError::Internal(format!("invalid SQLite URL: {e}")))?
+            // The default VFS, with a commit's WAL frames written in a few calls (`wal_vfs`).
+            .vfs(wal_vfs::NAME)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
