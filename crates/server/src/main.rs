@@ -2,11 +2,12 @@
 
 use clap::Parser;
 
-// jemalloc, for Rust and for SQLite (its `malloc` replaces glibc's in the whole process):
-// A/B on this VM, alternating binaries, 64 clients: `hot-item` 18.8k/19.3k → 21.8k/22.6k
-// req/s, `spread` +5 %, peak RSS under load ~10 MiB lower, idle RSS ~3 MiB higher
-// (docs/benchmarks.md, 2026-12-04 evening). mimalloc was tried before and dropped: mimalloc 3
-// doubled the idle RSS (48 MB against 24 MB; the budget is 30 MB).
+// jemalloc, for Rust and for SQLite (its `malloc` replaces glibc's in the whole process).
+// A/B on this VM, alternating binaries, 64 clients: `hot-item` 18.8k/19.3k → 21.8k/21.6k
+// req/s, `spread` +4–6 %, `events-append` +25 % in the full run, peak RSS under `hot-item`
+// ~10 MiB lower, idle RSS 1–3 MiB higher (docs/benchmarks.md, 2026-12-04 evening).
+// mimalloc was tried before and dropped: mimalloc 3 doubled the idle RSS (48 MB against
+// 24 MB; the budget is 30 MB).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -23,6 +23,13 @@
 //!   transaction fails and SQLite never counts those frames).
 //! - What a crash can lose is what SQLite's own design already treats as lost: frames of a
 //!   transaction that had not committed.
+//! - Only with powersafe overwrite (the unix VFS's default): without it SQLite pads a commit
+//!   to a sector boundary and may split a frame's writes around a sync, and a 24-byte write
+//!   would no longer have to be a frame header; such a WAL is written straight through.
+//!
+//! Tests: `every_commit_is_in_the_wal_file_when_it_returns` (every sync mode, spilled and
+//! rewritten frames, read back from a copy as a crash leaves the files) and
+//! `a_commit_writes_its_frames_at_once`; every other SQLite test runs through this VFS too.
 //!
 //! Only this module has `unsafe` code of the adapter besides the one `from_handle` in
 //! `writer`: a VFS is a table of C callbacks over raw pointers. Each function states what
