@@ -4,9 +4,9 @@
 //!
 //! Why: SQLite writes each WAL frame as two `pwrite` calls, its 24-byte header and its page.
 //! Under `spread` a combined batch writes ~140 frames, so the writer thread made ~280 system
-//! calls per commit, and the kernel's per-call work (entering, locking the inode, stamping
-//! its time, a partial-page write for every header) was the largest single cost of the
-//! writer after the B-tree work (docs/benchmarks.md, 2026-12-04 evening). Everything here
+//! calls per commit, and the kernel's `pwrite` work (per call: entering, locking the inode,
+//! stamping its time, a partial-page write for every header) was ~12 % of the writer's
+//! thread, as much as its `fdatasync` (docs/benchmarks.md, 2026-12-04 evening). Everything here
 //! is delegation except `xWrite` on a WAL file, and every other call on that file writes
 //! what is held first.
 //!
