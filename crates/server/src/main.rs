@@ -11,6 +11,19 @@ use clap::Parser;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc's options (it reads them at its first allocation, before `main`; `MALLOC_CONF`
+/// in the environment still overrides them). One arena instead of four per CPU: memory a
+/// thread frees stays in its arena for the next allocation there, and with eight arenas on
+/// two cores the outbox relay's rounds (allocated on whichever worker runs them, freed on
+/// another) left up to ~30 MiB more resident under `hot-item`, at no throughput gain (A/B in
+/// docs/benchmarks.md, "2026-12-04, night"). Threads still allocate small objects from their
+/// own caches, so they do not contend on the arena for them.
+// SAFETY: a NUL-terminated string that jemalloc only reads; `malloc_conf` is the name the
+// unprefixed build looks up (`const char *malloc_conf`, which a `&[u8; N]` is laid out as).
+#[allow(unsafe_code)]
+#[unsafe(export_name = "malloc_conf")]
+static MALLOC_CONF: &[u8; 10] = b"narenas:1\0";
+
 fn main() -> std::process::ExitCode {
     let cli = trueline::cli::Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

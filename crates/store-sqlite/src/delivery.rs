@@ -176,6 +176,9 @@ impl DeliveryStore for SqliteStore {
             }
             tx.commit().await.map_err(db_error)?;
         }
+        // The round's rows split evenly: one organization's backlog does not crowd out the
+        // others', and a round holds at most `max_rows` however many organizations it has.
+        let per_org = (max_rows / (leased.len().max(1) as u32)).max(1);
         let mut out = Vec::new();
         for org in leased {
             let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -184,7 +187,7 @@ impl DeliveryStore for SqliteStore {
                 pending(destination)
             )))
             .bind(org.0)
-            .bind(i64::from(max_rows))
+            .bind(i64::from(per_org))
             .fetch_all(&self.reader)
             .await
             .map_err(db_error)?;

@@ -28,15 +28,23 @@ pub struct RelaySettings {
     /// How often to look for rows without a wake-up (other instances' commits).
     pub poll: Duration,
     pub orgs_per_round: u32,
-    pub rows_per_org: u32,
+    /// Rows a round takes in all, split evenly among its organizations. 4,000 (was 500 per
+    /// organization, up to 8,000 a round), with `gather` at 250 ms: with 500 every `spread`
+    /// round was full, so the relay went again at once, ~20 rounds a second, each with its
+    /// reads, its group commit in the event log and its durable completion on the SQLite
+    /// writer. Four rounds a second left the writer and the CPU to the requests (`spread`
+    /// +7.7 %, `hot-item` +5 %, docs/benchmarks.md, "2026-12-04, night"). A round holds its
+    /// rows in memory, so this also bounds that (see the allocator's options in `main.rs`).
+    pub rows_per_round: u32,
     pub backoff_base: Duration,
     pub backoff_max: Duration,
     /// After a round that caught up, how long to let new rows gather before the next one:
     /// under load, fewer and larger rounds (each costs a durable write transaction, the
     /// completion; on PostgreSQL also the lease) leave the database's writer to the requests.
     /// 50 ms (was 10): under `hot-item` a combined batch waited ~0.8 ms instead of ~0.6 ms
-    /// for the SQLite writer at 10 ms; events reach the log (and subscribers) at most this
-    /// much later.
+    /// for the SQLite writer at 10 ms; 250 ms since `rows_per_round` went to 4,000 (see
+    /// there). Under load, events reach the log (and subscribers) up to this much later; a
+    /// commit after an idle round still wakes the relay at once.
     pub gather: Duration,
 }
 
@@ -47,10 +55,10 @@ impl Default for RelaySettings {
             lease: Duration::from_secs(30),
             poll: Duration::from_millis(1000),
             orgs_per_round: 16,
-            rows_per_org: 500,
+            rows_per_round: 4000,
             backoff_base: Duration::from_millis(200),
             backoff_max: Duration::from_secs(30),
-            gather: Duration::from_millis(50),
+            gather: Duration::from_millis(250),
         }
     }
 }
@@ -218,8 +226,8 @@ fn deliveries(rows: &[OutboxRow], published: &[i64], hooks: &[Webhook]) -> Vec<N
     if hooks.is_empty() {
         return Vec::new();
     }
-    // A set: a round publishes up to 16 organizations x 500 rows, and a linear `contains`
-    // per row made that 64 million comparisons.
+    // A set: a round publishes up to 4,000 rows, and a linear `contains` per row made
+    // 64 million comparisons when a round could hold 8,000.
     let published: std::collections::HashSet<i64> = published.iter().copied().collect();
     rows.iter()
         .filter(|r| published.contains(&r.seq))
@@ -244,7 +252,7 @@ struct Round {
     published: usize,
     /// Rows were found (so this instance holds leases).
     found: bool,
-    /// The round was limited by `rows_per_org` or `orgs_per_round`: more is waiting.
+    /// The round was limited by `rows_per_round` or `orgs_per_round`: more is waiting.
     full: bool,
 }
 
@@ -282,7 +290,7 @@ async fn round(
             now,
             now + lease,
             settings.orgs_per_round,
-            settings.rows_per_org,
+            settings.rows_per_round,
             &waiting,
         )
         .await
@@ -309,10 +317,11 @@ async fn round(
             .get(org)
             .is_none_or(|(_, until)| *until <= started)
     });
+    let per_org = (settings.rows_per_round / (by_org.len().max(1) as u32)).max(1);
     let full = by_org.len() as u32 >= settings.orgs_per_round
         || by_org
             .iter()
-            .any(|(_, rows)| rows.len() as u32 >= settings.rows_per_org);
+            .any(|(_, rows)| rows.len() as u32 >= per_org);
     // Organizations are independent: publish them concurrently, each in order.
     let results = futures_util::future::join_all(by_org.iter().map(|(org, rows)| async move {
         match (destination, nats) {
