@@ -15,9 +15,9 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// in the environment still overrides them). One arena instead of four per CPU: memory a
 /// thread frees stays in its arena for the next allocation there, and with eight arenas on
 /// two cores the outbox relay's rounds (allocated on whichever worker runs them, freed on
-/// another) left up to ~30 MiB more resident under `hot-item`, at no throughput gain (A/B in
-/// docs/benchmarks.md, "2026-12-04, night"). Threads still allocate small objects from their
-/// own caches, so they do not contend on the arena for them.
+/// another) kept ~20–25 MiB more resident under `hot-item`; one arena cost no throughput
+/// (A/B in docs/benchmarks.md, "2026-12-04, night"). Threads still allocate small objects
+/// from their own caches, so they seldom contend for the arena.
 // SAFETY: a NUL-terminated string that jemalloc only reads; `malloc_conf` is the name the
 // unprefixed build looks up (`const char *malloc_conf`, which a `&[u8; N]` is laid out as).
 #[allow(unsafe_code)]

@@ -112,6 +112,65 @@ pub async fn outbox_rows_are_leased_per_organization_in_sequence_order(f: &Fixtu
     );
 }
 
+/// A round's rows are split evenly among its organizations: one organization's backlog
+/// does not crowd out the others', and a round stays within `max_rows`.
+pub async fn a_round_splits_max_rows_among_its_organizations(f: &Fixture) {
+    let a = owner_actor(f, "ann@example.com").await;
+    let b = owner_actor(f, "bob@example.com").await;
+    let milk = create(f, &a, "Milk", 1).await;
+    let eggs = create(f, &b, "Eggs", 1).await;
+    for _ in 0..6 {
+        f.store
+            .adjust_qty(&a, milk.id, delta(1), None)
+            .await
+            .expect("adjust");
+        f.store
+            .adjust_qty(&b, eggs.id, delta(1), None)
+            .await
+            .expect("adjust");
+    }
+    let t = now();
+    let all = lease(f, Destination::EventLog, "relay-1", t, 10, 16).await;
+    assert_eq!(all.len(), 16, "per organization: signup, create, 6 deltas");
+    let first_of = |rows: &[OutboxRow], org, n: usize| -> Vec<i64> {
+        rows.iter()
+            .filter(|r| r.org_id == org)
+            .map(|r| r.seq)
+            .take(n)
+            .collect()
+    };
+    let lease_again = |max_orgs: u32, max_rows: u32| {
+        f.store.lease_outbox(
+            Destination::EventLog,
+            "relay-1",
+            t,
+            t + Duration::seconds(30),
+            max_orgs,
+            max_rows,
+            &[],
+        )
+    };
+    let round = lease_again(10, 6).await.expect("lease");
+    assert_eq!(round.len(), 6, "{round:?}");
+    for org in [a.org_id, b.org_id] {
+        assert_eq!(
+            first_of(&round, org, 6),
+            first_of(&all, org, 3),
+            "each organization's first three rows"
+        );
+    }
+    let one = lease_again(1, 6).await.expect("lease");
+    assert_eq!(one.len(), 6, "one organization takes the whole round");
+    assert!(one.iter().all(|r| r.org_id == one[0].org_id));
+    assert_eq!(
+        one.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        first_of(&all, one[0].org_id, 6)
+    );
+    // Fewer rows than organizations: one each.
+    let thin = lease_again(10, 1).await.expect("lease");
+    assert_eq!(thin.len(), 2, "{thin:?}");
+}
+
 pub async fn completing_marks_rows_once_and_creates_each_delivery_once(f: &Fixture) {
     let a = owner_actor(f, "ann@example.com").await;
     let hook = f

@@ -96,6 +96,7 @@ macro_rules! conformance_suite {
             reviews::the_database_refuses_two_review_rows_of_one_step_and_a_step_below_one,
             reviews::review_rows_written_before_the_sequence_are_numbered_by_time,
             delivery::outbox_rows_are_leased_per_organization_in_sequence_order,
+            delivery::a_round_splits_max_rows_among_its_organizations,
             delivery::completing_marks_rows_once_and_creates_each_delivery_once,
             delivery::only_rows_every_destination_published_are_purged_oldest_first,
             delivery::the_outbox_tells_whether_it_ever_published,

@@ -177,7 +177,7 @@ impl DeliveryStore for SqliteStore {
             tx.commit().await.map_err(db_error)?;
         }
         // The round's rows split evenly: one organization's backlog does not crowd out the
-        // others', and a round holds at most `max_rows` however many organizations it has.
+        // others', and a round holds at most `max_rows` (or one row of each organization).
         let per_org = (max_rows / (leased.len().max(1) as u32)).max(1);
         let mut out = Vec::new();
         for org in leased {

@@ -204,9 +204,9 @@ pub enum AttemptOutcome {
 #[async_trait::async_trait]
 pub trait DeliveryStore: Send + Sync {
     /// Leases up to `max_orgs` organizations with pending rows for `destination` (whose
-    /// lease is free, expired or already ours) and returns up to `max_rows` of their pending
-    /// rows in all, split evenly among them (each gets `max_rows / organizations`, at least
-    /// one), each one's in sequence order.
+    /// lease is free, expired or already ours) and returns their pending rows, each one's in
+    /// sequence order: up to `max_rows / organizations` of each (at least one), so a round
+    /// holds at most `max_rows` rows unless it has more organizations than that.
     #[allow(clippy::too_many_arguments)]
     /// `skip`: organizations the caller is not taking now (backing off after failures); they
     /// neither take a place among `max_orgs` nor keep others out.

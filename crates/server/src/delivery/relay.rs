@@ -32,9 +32,10 @@ pub struct RelaySettings {
     /// organization, up to 8,000 a round), with `gather` at 250 ms: with 500 every `spread`
     /// round was full, so the relay went again at once, ~20 rounds a second, each with its
     /// reads, its group commit in the event log and its durable completion on the SQLite
-    /// writer. Four rounds a second left the writer and the CPU to the requests (`spread`
-    /// +7.7 %, `hot-item` +5 %, docs/benchmarks.md, "2026-12-04, night"). A round holds its
-    /// rows in memory, so this also bounds that (see the allocator's options in `main.rs`).
+    /// writer. Four rounds a second left more of the writer and the CPU to the requests
+    /// (`spread` +3.5–7.7 %, `hot-item` +2–5 %, p99 +2.5 ms; docs/benchmarks.md,
+    /// "2026-12-04, night"). A round holds its rows in memory, so this also bounds that (see
+    /// the allocator's options in `main.rs`).
     pub rows_per_round: u32,
     pub backoff_base: Duration,
     pub backoff_max: Duration,
@@ -319,9 +320,7 @@ async fn round(
     });
     let per_org = (settings.rows_per_round / (by_org.len().max(1) as u32)).max(1);
     let full = by_org.len() as u32 >= settings.orgs_per_round
-        || by_org
-            .iter()
-            .any(|(_, rows)| rows.len() as u32 >= per_org);
+        || by_org.iter().any(|(_, rows)| rows.len() as u32 >= per_org);
     // Organizations are independent: publish them concurrently, each in order.
     let results = futures_util::future::join_all(by_org.iter().map(|(org, rows)| async move {
         match (destination, nats) {

@@ -788,3 +788,22 @@ async fn verify_fails_on_a_damaged_log_but_not_on_a_damaged_checkpoint() {
     let (ok, said) = run_to_end(dir.path(), &["eventlog", "verify"], &[]);
     assert!(!ok, "{said}");
 }
+
+/// The allocator runs with the options `main.rs` exports (one arena): jemalloc prints the
+/// options it read when asked for its statistics at exit.
+#[test]
+fn jemalloc_runs_with_one_arena() {
+    let out = Command::new(BIN)
+        .arg("--version")
+        .env("MALLOC_CONF", "stats_print:true")
+        .output()
+        .expect("run trueline");
+    assert!(out.status.success());
+    let stats = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stats.contains("malloc_conf: \"narenas:1\""),
+        "the binary's malloc_conf was not read: {}",
+        stats.lines().take(20).collect::<Vec<_>>().join("\n")
+    );
+    assert!(stats.contains("opt.narenas: 1"), "{stats:.2000}");
+}
