@@ -20,6 +20,9 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// from their own caches, so they seldom contend for the arena.
 // SAFETY: a NUL-terminated string that jemalloc only reads; `malloc_conf` is the name the
 // unprefixed build looks up (`const char *malloc_conf`, which a `&[u8; N]` is laid out as).
+// Linux only: elsewhere (macOS, Android, Windows) tikv-jemalloc builds with its `_rjem_`
+// prefix and would not read this name.
+#[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
 #[unsafe(export_name = "malloc_conf")]
 static MALLOC_CONF: &[u8; 10] = b"narenas:1\0";

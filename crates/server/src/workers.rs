@@ -170,11 +170,21 @@ pub fn spawn_all(
             };
             // NATS follows the event log and has no wake-up of its own: it polls.
             let wake = Arc::new(tokio::sync::Notify::new());
+            // NATS takes one acknowledged publish at a time per organization: rounds as
+            // large as the event log's could outlast the lease (`outbox.lease_s`).
+            let relay = RelaySettings {
+                rows_per_round: NATS_ROWS_PER_ROUND,
+                ..relay
+            };
             relay::run(state, Destination::Nats, relay, Some(nats), wake, stop).await;
         }));
     }
     workers
 }
+
+/// Rows a NATS relay round takes in all (500 per organization before rounds were counted in
+/// all, 2026-12-04).
+const NATS_ROWS_PER_ROUND: u32 = 500;
 
 /// Attempts the sweeper auto-submits per pass.
 const SWEEP_BATCH: u32 = 100;

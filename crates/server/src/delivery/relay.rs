@@ -33,7 +33,7 @@ pub struct RelaySettings {
     /// round was full, so the relay went again at once, ~20 rounds a second, each with its
     /// reads, its group commit in the event log and its durable completion on the SQLite
     /// writer. Four rounds a second left more of the writer and the CPU to the requests
-    /// (`spread` +3.5–7.7 %, `hot-item` +2–5 %, p99 +2.5 ms; docs/benchmarks.md,
+    /// (`spread` +3.5–7.7 %, `hot-item` +1.8 %, p99 +2.5 ms; docs/benchmarks.md,
     /// "2026-12-04, night"). A round holds its rows in memory, so this also bounds that (see
     /// the allocator's options in `main.rs`).
     pub rows_per_round: u32,
@@ -318,6 +318,10 @@ async fn round(
             .get(org)
             .is_none_or(|(_, until)| *until <= started)
     });
+    // The store's share per organization (see `lease_outbox`). It divides by the
+    // organizations it leased; one that came back without rows (another instance published
+    // them meanwhile) makes this share larger, so such a round may count as not full and
+    // wait `gather` once: a delay, never a row skipped.
     let per_org = (settings.rows_per_round / (by_org.len().max(1) as u32)).max(1);
     let full = by_org.len() as u32 >= settings.orgs_per_round
         || by_org.iter().any(|(_, rows)| rows.len() as u32 >= per_org);

@@ -791,6 +791,7 @@ async fn verify_fails_on_a_damaged_log_but_not_on_a_damaged_checkpoint() {
 
 /// The allocator runs with the options `main.rs` exports (one arena): jemalloc prints the
 /// options it read when asked for its statistics at exit.
+#[cfg(target_os = "linux")]
 #[test]
 fn jemalloc_runs_with_one_arena() {
     let out = Command::new(BIN)
