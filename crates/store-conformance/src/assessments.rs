@@ -732,7 +732,7 @@ pub async fn invite_events_follow_the_request_order(f: &Fixture) {
         .iter()
         .filter(|r| r.event_type == "assessments.invite.created")
         .map(|r| {
-            r.payload["invite_id"]
+            crate::delivery::payload_of(r)["invite_id"]
                 .as_str()
                 .unwrap_or_default()
                 .to_owned()

@@ -10,6 +10,11 @@ use trueline_store::{
 };
 use uuid::Uuid;
 
+/// An outbox row's payload as a value (the store hands it on as JSON text).
+pub(crate) fn payload_of(row: &OutboxRow) -> serde_json::Value {
+    serde_json::from_str(row.payload.get()).expect("an outbox payload is JSON")
+}
+
 /// Leases until at least `expected` rows come back (PostgreSQL publishes a row only once no
 /// older transaction anywhere on the server is still running, so rows can lag briefly while
 /// other tests run).
@@ -195,7 +200,7 @@ pub async fn completing_marks_rows_once_and_creates_each_delivery_once(f: &Fixtu
         org_id: a.org_id,
         event_id: item_row.event_id,
         event_type: item_row.event_type.clone(),
-        payload: item_row.payload.clone(),
+        payload: payload_of(item_row),
     };
     let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
     let changed = f
@@ -414,7 +419,7 @@ pub async fn an_attempt_whose_lease_was_lost_records_nothing(f: &Fixture) {
         org_id: a.org_id,
         event_id: rows[0].event_id,
         event_type: rows[0].event_type.clone(),
-        payload: rows[0].payload.clone(),
+        payload: payload_of(&rows[0]),
     };
     f.store
         .complete_outbox(Destination::EventLog, &[rows[0].seq], &[d], t)
@@ -516,7 +521,7 @@ pub async fn deliveries_retry_then_die_and_can_be_redelivered(f: &Fixture) {
         org_id: a.org_id,
         event_id: row.event_id,
         event_type: row.event_type.clone(),
-        payload: row.payload.clone(),
+        payload: payload_of(row),
     };
     f.store
         .complete_outbox(Destination::EventLog, &[row.seq], &[d], t)

@@ -174,7 +174,7 @@ impl DeliveryStore for PgStore {
                     org_id: OrgId(row.try_get("org_id").map_err(db_error)?),
                     event_type: row.try_get("event_type").map_err(db_error)?,
                     stream: row.try_get("stream").map_err(db_error)?,
-                    payload,
+                    payload: serde_json::value::to_raw_value(&payload).map_err(json_err)?,
                     created_at: row.try_get("created_at").map_err(db_error)?,
                     attempts: attempts as u32,
                 });

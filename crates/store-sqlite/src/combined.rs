@@ -18,9 +18,10 @@
 //! not track: the writer's untracked-transaction flag stays set until the handle says no
 //! transaction is open (see `writer::WriteConn::begin_untracked`).
 
+use crate::direct::{blocking, direct_error};
 use crate::inventory::ITEM_COLUMNS;
 use crate::platform::decode_response;
-use crate::{SqliteStore, db_error, from_micros, micros, storage_is_short};
+use crate::{SqliteStore, db_error, from_micros, micros};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use std::collections::HashMap;
 use trueline_core::ids::{ItemId, OrgId, UserId};
@@ -116,15 +117,6 @@ async fn hold_writer_for(
             }
             next
         }
-    }
-}
-
-/// Runs `work` on this thread: directly on a current-thread runtime (the combiner's own),
-/// through `block_in_place` on a multi-thread one (so its other tasks move elsewhere).
-fn blocking<T>(work: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
-        _ => work(),
     }
 }
 
@@ -422,17 +414,6 @@ fn release_claim(db: &Connection, scope: &IdempotencyScope) -> Result<(), StoreE
     })
     .map_err(direct_error)?;
     Ok(())
-}
-
-/// As [`db_error`] for an error of the handle: what the storage is short of (5 BUSY, 7 NOMEM,
-/// 10 IOERR, 13 FULL) is `Unavailable`, anything else `Internal`.
-fn direct_error(e: rusqlite::Error) -> StoreError {
-    match &e {
-        rusqlite::Error::SqliteFailure(f, _) if storage_is_short(f.extended_code) => {
-            StoreError::Unavailable(e.to_string())
-        }
-        _ => StoreError::Internal(e.to_string()),
-    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! `DeliveryStore` on SQLite: outbox leases and progress, webhooks, delivery jobs.
 
 use crate::accounts::audit;
+use crate::direct::direct_error;
 use crate::platform::complete_idempotency;
 use crate::{SqliteStore, db_error, from_micros, micros};
 use sqlx::sqlite::SqliteRow;
@@ -25,6 +26,30 @@ fn pending(destination: Destination) -> &'static str {
 
 fn json_err(e: serde_json::Error) -> StoreError {
     StoreError::Internal(format!("stored JSON is invalid: {e}"))
+}
+
+/// An outbox row from a row of the relay's `SELECT` (`lease_outbox`), in its column order.
+fn outbox_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<OutboxRow, StoreError>> {
+    let seq: i64 = row.get(0)?;
+    let event_id: [u8; 16] = row.get(1)?;
+    let org_id: [u8; 16] = row.get(2)?;
+    let event_type: String = row.get(3)?;
+    let stream: String = row.get(4)?;
+    let payload: String = row.get(5)?;
+    let created_at: i64 = row.get(6)?;
+    let attempts: i64 = row.get(7)?;
+    Ok((|| {
+        Ok(OutboxRow {
+            seq,
+            event_id: EventId(Uuid::from_bytes(event_id)),
+            org_id: OrgId(Uuid::from_bytes(org_id)),
+            event_type,
+            stream,
+            payload: serde_json::value::RawValue::from_string(payload).map_err(json_err)?,
+            created_at: from_micros(created_at)?,
+            attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+        })
+    })())
 }
 
 fn webhook_from(row: &SqliteRow) -> Result<Webhook, StoreError> {
@@ -179,34 +204,27 @@ impl DeliveryStore for SqliteStore {
         // The round's rows split evenly: one organization's backlog does not crowd out the
         // others', and a round holds at most `max_rows` (or one row of each organization).
         let per_org = (max_rows / (leased.len().max(1) as u32)).max(1);
-        let mut out = Vec::new();
-        for org in leased {
-            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "SELECT seq, event_id, org_id, event_type, stream, payload, created_at, attempts
-                 FROM outbox WHERE org_id = ?1 AND {} ORDER BY seq LIMIT ?2",
-                pending(destination)
-            )))
-            .bind(org.0)
-            .bind(i64::from(per_org))
-            .fetch_all(&self.reader)
-            .await
-            .map_err(db_error)?;
-            for row in rows {
-                let payload: String = row.try_get("payload").map_err(db_error)?;
-                let attempts: i64 = row.try_get("attempts").map_err(db_error)?;
-                out.push(OutboxRow {
-                    seq: row.try_get("seq").map_err(db_error)?,
-                    event_id: EventId(row.try_get("event_id").map_err(db_error)?),
-                    org_id: OrgId(row.try_get("org_id").map_err(db_error)?),
-                    event_type: row.try_get("event_type").map_err(db_error)?,
-                    stream: row.try_get("stream").map_err(db_error)?,
-                    payload: serde_json::from_str(&payload).map_err(json_err)?,
-                    created_at: from_micros(row.try_get("created_at").map_err(db_error)?)?,
-                    attempts: attempts as u32,
-                });
+        // On the reader's own handle: a round reads thousands of rows, and through sqlx each
+        // came back to this task through a channel (the `direct` module).
+        let sql = format!(
+            "SELECT seq, event_id, org_id, event_type, stream, payload, created_at, attempts
+             FROM outbox WHERE org_id = ?1 AND {} ORDER BY seq LIMIT ?2",
+            pending(destination)
+        );
+        self.read_direct(|db| {
+            let mut select = db.prepare(&sql).map_err(direct_error)?;
+            let mut out = Vec::new();
+            for org in leased {
+                let mut rows = select
+                    .query(rusqlite::params![org.0.as_bytes(), i64::from(per_org)])
+                    .map_err(direct_error)?;
+                while let Some(row) = rows.next().map_err(direct_error)? {
+                    out.push(outbox_row(row).map_err(direct_error)??);
+                }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
+        .await
     }
 
     async fn complete_outbox(

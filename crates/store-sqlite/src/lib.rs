@@ -15,6 +15,7 @@ mod assessments;
 mod checkpoint;
 mod combined;
 mod delivery;
+mod direct;
 mod inventory;
 mod migrate;
 mod platform;

@@ -50,7 +50,10 @@ async fn relay_round(store: &PgStore) -> Vec<(String, i64)> {
         .await
         .unwrap();
     rows.into_iter()
-        .map(|r| (r.stream, r.payload["n"].as_i64().unwrap()))
+        .map(|r| {
+            let payload: serde_json::Value = serde_json::from_str(r.payload.get()).unwrap();
+            (r.stream, payload["n"].as_i64().unwrap())
+        })
         .collect()
 }
 
