@@ -47,7 +47,7 @@ fn outbox_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<OutboxRow, Sto
             stream,
             payload: serde_json::value::RawValue::from_string(payload).map_err(json_err)?,
             created_at: from_micros(created_at)?,
-            attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+            attempts: attempts as u32,
         })
     })())
 }

@@ -4,7 +4,7 @@
 //! Each sqlx call on SQLite is a hand-off between two threads, and every row read comes
 //! back through a channel, waking the caller. That is fine for a request's few rows; for
 //! the thousands a batch writes or a relay round reads it is most of the cost: the outbox
-//! relay took 30–50 ms to read a round of 4,000 rows through sqlx under `spread`, ~10 µs a
+//! relay took ~40–55 ms to read a round of 4,000 rows through sqlx under `spread`, ~10 µs a
 //! row (docs/benchmarks.md, "2026-12-04, late night"). Here a batch costs SQLite's own work
 //! and one hand-off (taking the handle).
 
@@ -15,6 +15,10 @@ impl SqliteStore {
     /// Runs `work` on a reader connection's own handle (read-only, like every reader), on
     /// this thread (see [`blocking`]). The rusqlite wrapper lives for this call only: its
     /// statements are finalized before the handle goes back to sqlx.
+    ///
+    /// Call it from a task of the multi-thread runtime or from a current-thread runtime,
+    /// not from a `LocalSet` or a `Handle::enter` inside another runtime, where
+    /// `block_in_place` panics (the relay runs in a spawned task).
     pub(crate) async fn read_direct<T>(
         &self,
         work: impl FnOnce(&rusqlite::Connection) -> Result<T, StoreError>,
@@ -29,6 +33,9 @@ impl SqliteStore {
         #[allow(unsafe_code)]
         let direct = unsafe { rusqlite::Connection::from_handle(raw) }.map_err(direct_error)?;
         let done = blocking(|| work(&direct));
+        // Every statement ran to its end or was dropped: no read transaction stays open
+        // on a connection that goes back to the pool.
+        debug_assert!(direct.is_autocommit());
         drop(direct);
         drop(handle);
         done

@@ -31,8 +31,8 @@
 //! rewritten frames, read back from a copy as a crash leaves the files) and
 //! `a_commit_writes_its_frames_at_once`; every other SQLite test runs through this VFS too.
 //!
-//! Only this module has `unsafe` code of the adapter besides the one `from_handle` in
-//! `writer`: a VFS is a table of C callbacks over raw pointers. Each function states what
+//! Only this module has `unsafe` code of the adapter besides the two `from_handle`s (in
+//! `writer` and `direct`): a VFS is a table of C callbacks over raw pointers. Each function states what
 //! it relies on.
 #![allow(unsafe_code)]
 

@@ -32,9 +32,10 @@ pub struct OutboxRow {
     pub org_id: OrgId,
     pub event_type: String,
     pub stream: String,
-    /// The event's data as JSON text, as stored (SQLite) or as the database writes it out
-    /// (PostgreSQL's `jsonb`, compacted), not parsed: the relay hands it on as it is, and
-    /// parsing and writing again every row of a round was a share of the relay's cost.
+    /// The event's data as JSON text, not parsed: the relay hands it on as it is, and
+    /// parsing and writing again every row of a round was a share of the relay's cost. On
+    /// SQLite the stored text (which serde_json wrote: compact, keys sorted); on PostgreSQL
+    /// the `jsonb` value written again by serde_json (the same form).
     pub payload: Box<serde_json::value::RawValue>,
     pub created_at: OffsetDateTime,
     pub attempts: u32,

@@ -243,7 +243,11 @@ fn deliveries(
             .iter()
             .filter(|h| h.org_id == r.org_id && h.matches(&r.event_type))
         {
-            // Parsed only for rows a webhook wants (a delivery job stores it as a value).
+            // Parsed only for rows a webhook wants (a delivery job stores it as a value). A
+            // payload that does not parse (deeper than serde_json's 128 levels; the server
+            // writes none) fails the round before its completion, as it failed the lease
+            // before payloads were kept as text: a stalled relay shows in `outbox_lag_seconds`
+            // and the log, a webhook delivery skipped would show nowhere.
             let payload = match &payload {
                 Some(parsed) => parsed,
                 None => payload.insert(
@@ -516,15 +520,28 @@ mod tests {
 
     /// The metadata and data of a relayed event are byte for byte what they were when both
     /// went through `serde_json::Value`: a row republished after a crash is compared with
-    /// the stored event by these bytes (event id duplicates must match exactly).
+    /// the stored event by these bytes (event id duplicates must match exactly). Payloads as
+    /// the stores write them (`Value::to_string`); that parsing such text and writing it
+    /// again gives it back exactly relies on serde_json's `float_roundtrip` (enabled by
+    /// `trueline-core`).
     #[test]
     fn metadata_is_the_json_it_always_was() {
-        for at in [
+        let payloads = [
+            serde_json::json!({"delta": -1, "item_id": "x", "qty_after": 4}),
+            serde_json::json!({"f": [0.1, 5e-324, 1.7976931348623157e308, -0.0, 1e21, 2.5e-7]}),
+            serde_json::json!({"big": u64::MAX, "small": i64::MIN, "z": null, "t": true}),
+            serde_json::json!({"s": "é\u{301} \"quoted\" \\ \n\t\u{1} 😀 </script>"}),
+            serde_json::json!({"b": {"nested": [1, {"a": []}]}, "a": "keys sorted"}),
+        ];
+        let times = [
             time::macros::datetime!(2026-12-04 23:59:59.123456 UTC),
             time::macros::datetime!(1970-01-01 00:00:00 UTC),
             time::OffsetDateTime::now_utc(),
-        ] {
-            let row = row(at, r#"{"delta":-1,"item_id":"x","qty_after":4}"#);
+        ];
+        for (at, payload) in times.iter().cycle().zip(&payloads) {
+            let at = *at;
+            let stored = payload.to_string();
+            let row = row(at, &stored);
             let committed = at
                 .format(&time::format_description::well_known::Rfc3339)
                 .unwrap();
@@ -534,8 +551,8 @@ mod tests {
             .unwrap();
             let event = event_of(&row);
             assert_eq!(event.metadata, before, "{at}");
-            let value: serde_json::Value = serde_json::from_str(row.payload.get()).unwrap();
-            assert_eq!(event.data, serde_json::to_vec(&value).unwrap());
+            let value: serde_json::Value = serde_json::from_str(&stored).unwrap();
+            assert_eq!(event.data, serde_json::to_vec(&value).unwrap(), "{stored}");
         }
     }
 }
