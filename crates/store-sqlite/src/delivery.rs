@@ -201,11 +201,11 @@ impl DeliveryStore for SqliteStore {
             }
             tx.commit().await.map_err(db_error)?;
         }
-        // The round's rows split evenly: one organization's backlog does not crowd out the
-        // others', and a round holds at most `max_rows` (or one row of each organization).
         if leased.is_empty() {
             return Ok(Vec::new());
         }
+        // The round's rows split evenly: one organization's backlog does not crowd out the
+        // others', and a round holds at most `max_rows` (or one row of each organization).
         let per_org = (max_rows / (leased.len() as u32)).max(1);
         // On the reader's own handle: a round reads thousands of rows, and through sqlx each
         // came back to this task through a channel (the `direct` module).
