@@ -199,7 +199,14 @@ pub struct Application {
     /// SQLite: closed when the server stops, so its checkpointer's last round truncates the
     /// WAL before the process exits.
     sqlite: Option<SqliteStore>,
+    /// PostgreSQL: closed when the server stops, so each connection ends with a goodbye
+    /// instead of being cut (which PostgreSQL logs as an unexpected end of the client's
+    /// connection).
+    pg: Option<PgStore>,
 }
+
+/// How long closing the PostgreSQL pool may wait for connections still in use.
+const PG_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The file of a `sqlite:` URL.
 pub fn sqlite_path(url: &str) -> String {
@@ -424,6 +431,7 @@ impl Application {
             log_marks,
             _sqlite_lock: sqlite_lock,
             sqlite,
+            pg,
         })
     }
 
@@ -546,6 +554,17 @@ impl Application {
         }
         if let Some(sqlite) = &self.sqlite {
             sqlite.close().await;
+        }
+        if let Some(pg) = &self.pg
+            && tokio::time::timeout(PG_CLOSE_TIMEOUT, pg.close())
+                .await
+                .is_err()
+        {
+            tracing::warn!(
+                event = "server.pool_not_closed",
+                timeout_ms = PG_CLOSE_TIMEOUT.as_millis() as u64,
+                "PostgreSQL connections still in use when the server stopped"
+            );
         }
         tracing::info!(event = "server.stopped");
         Ok(())

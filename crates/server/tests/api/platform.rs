@@ -524,3 +524,43 @@ async fn shutdown_fails_readiness_first_and_lets_in_flight_requests_finish(backe
         .unwrap();
     assert!(result.is_ok(), "the server stops cleanly: {result:?}");
 }
+
+/// A server on PostgreSQL that stops closes its pool: each connection says goodbye instead of
+/// being cut when the process exits (PostgreSQL logs those as unexpected ends of a client's
+/// connection), and none is left open while the process lives on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL: set TRUELINE_TEST_POSTGRES_URL and run with --ignored"]
+async fn a_server_that_stops_closes_its_postgres_connections() {
+    // Named, to tell the server's connections from the test's own.
+    let mut app = spawn_app_with(
+        Backend::Postgres,
+        |c| {
+            let url = c.database_url();
+            let separator = if url.contains('?') { '&' } else { '?' };
+            c.database.url = Some(format!("{url}{separator}application_name=trueline_stop"));
+        },
+        axum::Router::new(),
+    )
+    .await;
+    let ours = "SELECT count(*) FROM pg_stat_activity
+                WHERE application_name = 'trueline_stop' AND datname = current_database()";
+    // Connections in use: a sign-up, its reads and writes.
+    app.sign_up("ann@example.com").await;
+    assert!(
+        app.scalar(ours).await > 0,
+        "the server has connections open"
+    );
+    app.trigger_shutdown();
+    let server = app.server.take().unwrap();
+    let result = tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(result.is_ok(), "the server stops cleanly: {result:?}");
+    // The test still holds the server's state (and so its pool) alive: only closing ends them.
+    // A backend leaves `pg_stat_activity` a moment after its client said goodbye.
+    assert!(
+        eventually(5, || async { app.scalar(ours).await == 0 }).await,
+        "the server's connections are closed"
+    );
+}
