@@ -117,6 +117,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/0018_review_sequence_for_earlier_instances.up.sql"),
         include_str!("../migrations/0018_review_sequence_for_earlier_instances.down.sql"),
     ),
+    (
+        19,
+        "outbox NATS backlog by organization",
+        include_str!("../migrations/0019_outbox_nats_pending_by_org.up.sql"),
+        include_str!("../migrations/0019_outbox_nats_pending_by_org.down.sql"),
+    ),
 ];
 
 fn migrator() -> Migrator {

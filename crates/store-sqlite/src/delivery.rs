@@ -24,6 +24,36 @@ fn pending(destination: Destination) -> &'static str {
     }
 }
 
+/// The organizations with rows pending for `destination`, oldest first (`?1`: how many), each
+/// with its oldest row's `seq`. Organization by organization through the pending rows' index
+/// (organization, seq): a few seeks each, where a `GROUP BY` over the pending rows read the
+/// whole backlog every round (migration 14).
+fn candidates_sql(destination: Destination) -> String {
+    let pending = pending(destination);
+    format!(
+        "WITH RECURSIVE orgs(org_id) AS (
+             SELECT (SELECT org_id FROM outbox WHERE {pending} ORDER BY org_id LIMIT 1)
+             UNION ALL
+             SELECT (SELECT o.org_id FROM outbox AS o
+                     WHERE {pending} AND o.org_id > orgs.org_id ORDER BY o.org_id LIMIT 1)
+             FROM orgs WHERE orgs.org_id IS NOT NULL
+         )
+         SELECT org_id,
+                (SELECT min(seq) FROM outbox AS p WHERE {pending} AND p.org_id = orgs.org_id)
+                    AS first
+         FROM orgs WHERE org_id IS NOT NULL ORDER BY first LIMIT ?1"
+    )
+}
+
+/// A round's rows of one organization (`?1`), oldest first (`?2`: how many).
+fn rows_sql(destination: Destination) -> String {
+    format!(
+        "SELECT seq, event_id, org_id, event_type, stream, payload, created_at, attempts
+         FROM outbox WHERE org_id = ?1 AND {} ORDER BY seq LIMIT ?2",
+        pending(destination)
+    )
+}
+
 fn json_err(e: serde_json::Error) -> StoreError {
     StoreError::Internal(format!("stored JSON is invalid: {e}"))
 }
@@ -130,15 +160,11 @@ impl DeliveryStore for SqliteStore {
         max_rows: u32,
         skip: &[OrgId],
     ) -> Result<Vec<OutboxRow>, StoreError> {
-        let candidates = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT org_id, min(seq) AS first FROM outbox WHERE {} GROUP BY org_id
-             ORDER BY first LIMIT ?1",
-            pending(destination)
-        )))
-        .bind(i64::from(max_orgs) * 4 + skip.len() as i64)
-        .fetch_all(&self.reader)
-        .await
-        .map_err(db_error)?;
+        let candidates = sqlx::query(sqlx::AssertSqlSafe(candidates_sql(destination)))
+            .bind(i64::from(max_orgs) * 4 + skip.len() as i64)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(db_error)?;
         if candidates.is_empty() {
             return Ok(Vec::new());
         }
@@ -209,11 +235,7 @@ impl DeliveryStore for SqliteStore {
         let per_org = (max_rows / (leased.len() as u32)).max(1);
         // On the reader's own handle: a round reads thousands of rows, and through sqlx each
         // came back to this task through a channel (the `direct` module).
-        let sql = format!(
-            "SELECT seq, event_id, org_id, event_type, stream, payload, created_at, attempts
-             FROM outbox WHERE org_id = ?1 AND {} ORDER BY seq LIMIT ?2",
-            pending(destination)
-        );
+        let sql = rows_sql(destination);
         self.read_direct(|db| {
             let mut select = db.prepare(&sql).map_err(direct_error)?;
             let mut out = Vec::new();
@@ -739,5 +761,59 @@ impl DeliveryStore for SqliteStore {
         complete_idempotency(&mut tx, idempotency, &delivery, actor.now).await?;
         tx.commit().await.map_err(db_error)?;
         Ok(delivery)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::SqliteOptions;
+    use trueline_store::Migrations;
+
+    /// The plans, not a timing: the relay's queries seek through the pending rows' index by
+    /// organization; a scan of it costs the whole backlog, every round.
+    #[tokio::test]
+    async fn the_relay_finds_pending_rows_by_organization_without_reading_the_backlog() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let store = SqliteStore::connect(&url, SqliteOptions::default())
+            .await
+            .unwrap();
+        store.migrate_up().await.unwrap();
+        let mut conn = store.writer.acquire().await.unwrap();
+        for destination in [Destination::EventLog, Destination::Nats] {
+            for sql in [candidates_sql(destination), rows_sql(destination)] {
+                let plan: Vec<String> =
+                    sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
+                        .bind(OrgId::new().0)
+                        .bind(10)
+                        .fetch_all(&mut *conn)
+                        .await
+                        .unwrap()
+                        .iter()
+                        .map(|row| row.get::<String, _>("detail"))
+                        .collect();
+                let index = match destination {
+                    Destination::EventLog => "outbox_pending",
+                    Destination::Nats => "outbox_nats_pending",
+                };
+                let searches = plan
+                    .iter()
+                    .filter(|step| step.starts_with("SEARCH") && step.contains(index))
+                    .count();
+                assert!(
+                    searches >= 1 && !plan.iter().any(|step| step.contains("GROUP BY")),
+                    "{destination:?}: {plan:?}"
+                );
+                // Scans: only the first organization's, which stops at its first entry.
+                assert!(
+                    plan.iter()
+                        .filter(|step| step.starts_with("SCAN outbox"))
+                        .count()
+                        <= 1,
+                    "{destination:?}: {plan:?}"
+                );
+            }
+        }
     }
 }

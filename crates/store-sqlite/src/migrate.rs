@@ -87,6 +87,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/0013_review_sequence.up.sql"),
         include_str!("../migrations/0013_review_sequence.down.sql"),
     ),
+    (
+        14,
+        "outbox backlog by organization",
+        include_str!("../migrations/0014_outbox_pending_by_org.up.sql"),
+        include_str!("../migrations/0014_outbox_pending_by_org.down.sql"),
+    ),
 ];
 
 fn migrator() -> Migrator {

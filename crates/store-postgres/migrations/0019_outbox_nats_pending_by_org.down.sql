@@ -1,0 +1,3 @@
+DROP INDEX outbox_nats_pending;
+CREATE INDEX outbox_nats_pending ON outbox (ord)
+WHERE published_at IS NOT NULL AND nats_published_at IS NULL;
