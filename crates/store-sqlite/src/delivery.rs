@@ -786,7 +786,8 @@ mod tests {
                 (candidates_sql(destination), false),
                 (rows_sql(destination), true),
             ] {
-                let explain = sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")));
+                let explain = format!("EXPLAIN QUERY PLAN {sql}");
+                let explain = sqlx::query(sqlx::AssertSqlSafe(explain));
                 let explain = if of_one_org {
                     explain.bind(OrgId::new().0)
                 } else {

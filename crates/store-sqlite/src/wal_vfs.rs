@@ -32,8 +32,8 @@
 //! `a_commit_writes_its_frames_at_once`; every other SQLite test runs through this VFS too.
 //!
 //! Only this module has `unsafe` code of the adapter besides the two `from_handle`s (in
-//! `writer` and `direct`): a VFS is a table of C callbacks over raw pointers. Each function states what
-//! it relies on.
+//! `writer` and `direct`): a VFS is a table of C callbacks over raw pointers. Each function
+//! states what it relies on.
 #![allow(unsafe_code)]
 
 use rusqlite::ffi;
