@@ -306,7 +306,7 @@ async fn write_outbox(tx: &mut Tx, plan: &Plan) -> Result<(), StoreError> {
     .bind(e.iter().map(|e| e.org_id.0).collect::<Vec<_>>())
     .bind(e.iter().map(|e| e.event_type.clone()).collect::<Vec<_>>())
     .bind(e.iter().map(|e| e.stream.clone()).collect::<Vec<_>>())
-    .bind(e.iter().map(|e| e.payload.to_string()).collect::<Vec<_>>())
+    .bind(e.iter().map(|e| e.payload.get()).collect::<Vec<_>>())
     .bind(e.iter().map(|e| e.created_at).collect::<Vec<_>>())
     .execute(&mut **tx)
     .await

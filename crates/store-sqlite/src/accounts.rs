@@ -140,7 +140,7 @@ pub(crate) async fn audit(
         org_id,
         event_type: format!("accounts.{action}"),
         stream: format!("organization-{org_id}"),
-        payload,
+        payload: OutboxEvent::payload_of(&payload)?,
         created_at: now,
     };
     write_outbox(tx, &event).await

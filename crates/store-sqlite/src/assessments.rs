@@ -178,7 +178,7 @@ async fn event(
             org_id,
             event_type: event_type.to_owned(),
             stream,
-            payload,
+            payload: OutboxEvent::payload_of(&payload)?,
             created_at: now,
         },
     )

@@ -330,7 +330,7 @@ fn write(db: &Connection, jobs: &[DeltaJob], plan: &Plan) -> Result<(), StoreErr
                 event.org_id.0.as_bytes(),
                 event.event_type,
                 event.stream,
-                event.payload.to_string(),
+                event.payload.get(),
                 micros(event.created_at),
             ])
             .map_err(direct_error)?;

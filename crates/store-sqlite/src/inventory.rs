@@ -3,7 +3,6 @@
 
 use crate::platform::{Tx, complete_idempotency, write_outbox};
 use crate::{SqliteStore, constraint_message, db_error, from_micros, micros};
-use serde_json::json;
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 use std::collections::HashMap;
@@ -14,7 +13,7 @@ use trueline_core::inventory::{Delta, JSON_SAFE_INTEGER_MAX, Quantity, QuantityR
 use trueline_store::{
     Actor, CursorKey, DeltaJob, DeltaOutcome, HistoryKind, HistoryRecord, Idempotency, Item,
     ItemCursor, ItemFilter, ItemPatch, ItemSort, ItemStore, NewItem, Page, PageRequest, QtyChange,
-    StoreError, item_event,
+    ItemChange, StoreError, item_event,
 };
 
 pub(crate) const ITEM_COLUMNS: &str =
@@ -150,10 +149,16 @@ pub(crate) async fn apply_delta(
         reason,
     )
     .await?;
-    let extra = json!({ "delta": delta.get(), "qty_after": item.qty, "reason": reason });
     write_outbox(
         tx,
-        &item_event(actor, &item, "inventory.item.qty_changed", extra),
+        &item_event(
+            actor,
+            &item,
+            ItemChange::QtyChanged {
+                delta: delta.get(),
+                reason,
+            },
+        ),
     )
     .await?;
     Ok(item)
@@ -242,7 +247,7 @@ impl ItemStore for SqliteStore {
         .await?;
         write_outbox(
             &mut tx,
-            &item_event(actor, &item, "inventory.item.created", json!({})),
+            &item_event(actor, &item, ItemChange::Created),
         )
         .await?;
         complete_idempotency(&mut tx, idempotency, &item, actor.now).await?;
@@ -379,10 +384,16 @@ impl ItemStore for SqliteStore {
             HistoryKind::Updated
         };
         record(&mut tx, actor, &item, kind, 0, None).await?;
-        let extra = json!({ "previous_name": current.name, "previous_sku": current.sku });
         write_outbox(
             &mut tx,
-            &item_event(actor, &item, "inventory.item.updated", extra),
+            &item_event(
+                actor,
+                &item,
+                ItemChange::Updated {
+                    previous_name: &current.name,
+                    previous_sku: current.sku.as_deref(),
+                },
+            ),
         )
         .await?;
         complete_idempotency(&mut tx, idempotency, &item, actor.now).await?;
@@ -408,7 +419,7 @@ impl ItemStore for SqliteStore {
         record(&mut tx, actor, &item, HistoryKind::Deleted, -removed, None).await?;
         write_outbox(
             &mut tx,
-            &item_event(actor, &item, "inventory.item.deleted", json!({})),
+            &item_event(actor, &item, ItemChange::Deleted),
         )
         .await?;
         tx.commit().await.map_err(db_error)?;

@@ -20,7 +20,7 @@ pub(crate) async fn write_outbox(tx: &mut Tx, event: &OutboxEvent) -> Result<(),
     .bind(event.org_id.0)
     .bind(&event.event_type)
     .bind(&event.stream)
-    .bind(event.payload.to_string())
+    .bind(event.payload.get())
     .bind(micros(event.created_at))
     .execute(&mut *tx)
     .await

@@ -8,9 +8,8 @@
 //! version it was loaded at, and the schema's CHECK still refuses a quantity out of range.
 
 use crate::{
-    DeltaJob, DeltaOutcome, IdempotencyScope, Item, OutboxEvent, StoredResponse, item_event,
+    DeltaJob, DeltaOutcome, ItemChange, IdempotencyScope, Item, OutboxEvent, StoredResponse, item_event,
 };
-use serde_json::json;
 use std::collections::HashMap;
 use time::OffsetDateTime;
 use trueline_core::DomainError;
@@ -149,13 +148,13 @@ pub fn plan(
                     if !changed.contains(&item.id) {
                         changed.push(item.id);
                     }
-                    let reason: Option<String> = None;
-                    let extra = json!({ "delta": job.delta.get(), "qty_after": item.qty, "reason": reason });
                     plan.events.push(item_event(
                         &job.actor,
                         item,
-                        "inventory.item.qty_changed",
-                        extra,
+                        ItemChange::QtyChanged {
+                            delta: job.delta.get(),
+                            reason: None,
+                        },
                     ));
                     plan.changes.push(PlannedChange {
                         job: index,

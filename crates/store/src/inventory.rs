@@ -2,7 +2,6 @@
 
 use crate::{Actor, Idempotency, OutboxEvent, Page, PageRequest, StoreError};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use time::OffsetDateTime;
 use trueline_core::ids::{EventId, ItemId, OrgId, UserId};
 use trueline_core::inventory::{Delta, ItemName, Quantity, Sku};
@@ -296,32 +295,179 @@ pub trait ItemStore: Send + Sync {
     ) -> Result<Page<HistoryRecord, u64>, StoreError>;
 }
 
+/// What changed an item, with what its event carries beyond the item itself.
+#[derive(Debug, Clone, Copy)]
+pub enum ItemChange<'a> {
+    Created,
+    /// The name and SKU before the change.
+    Updated {
+        previous_name: &'a str,
+        previous_sku: Option<&'a str>,
+    },
+    QtyChanged {
+        delta: i64,
+        reason: Option<&'a str>,
+    },
+    Deleted,
+}
+
+impl ItemChange<'_> {
+    pub fn event_type(&self) -> &'static str {
+        match self {
+            ItemChange::Created => "inventory.item.created",
+            ItemChange::Updated { .. } => "inventory.item.updated",
+            ItemChange::QtyChanged { .. } => "inventory.item.qty_changed",
+            ItemChange::Deleted => "inventory.item.deleted",
+        }
+    }
+}
+
+/// An item event's payload, serialized straight to text. Fields in alphabetical order: the
+/// bytes a `serde_json::Value` object (a sorted map) gave before, so the payloads of events
+/// written before and after are alike (test `item_event_payloads_are_the_json_they_always_were`).
+/// `None` fields are left out; `Some(None)` ones are written as `null`.
+#[derive(Serialize)]
+struct ItemPayload<'a> {
+    actor_user_id: UserId,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delta: Option<i64>,
+    item_id: ItemId,
+    name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    previous_name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    previous_sku: Option<Option<&'a str>>,
+    qty: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    qty_after: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<Option<&'a str>>,
+    request_id: &'a str,
+    sku: Option<&'a str>,
+    version: u64,
+}
+
 /// The outbox event of an item change (payloads carry ids and values, never secrets). Both
 /// adapters build every inventory event here, so the payloads are identical.
-pub fn item_event(
-    actor: &Actor,
-    item: &Item,
-    event_type: &str,
-    extra: serde_json::Value,
-) -> OutboxEvent {
-    let mut payload = json!({
-        "item_id": item.id,
-        "name": item.name,
-        "sku": item.sku,
-        "qty": item.qty,
-        "version": item.version,
-        "actor_user_id": actor.user_id,
-        "request_id": actor.request_id,
-    });
-    if let (Some(p), Some(e)) = (payload.as_object_mut(), extra.as_object()) {
-        p.extend(e.clone());
+pub fn item_event(actor: &Actor, item: &Item, change: ItemChange<'_>) -> OutboxEvent {
+    let mut payload = ItemPayload {
+        actor_user_id: actor.user_id,
+        delta: None,
+        item_id: item.id,
+        name: &item.name,
+        previous_name: None,
+        previous_sku: None,
+        qty: item.qty,
+        qty_after: None,
+        reason: None,
+        request_id: &actor.request_id,
+        sku: item.sku.as_deref(),
+        version: item.version,
+    };
+    match change {
+        ItemChange::Created | ItemChange::Deleted => {}
+        ItemChange::Updated {
+            previous_name,
+            previous_sku,
+        } => {
+            payload.previous_name = Some(previous_name);
+            payload.previous_sku = Some(previous_sku);
+        }
+        ItemChange::QtyChanged { delta, reason } => {
+            payload.delta = Some(delta);
+            payload.qty_after = Some(item.qty);
+            payload.reason = Some(reason);
+        }
     }
     OutboxEvent {
         event_id: EventId::new(),
         org_id: actor.org_id,
-        event_type: event_type.to_owned(),
+        event_type: change.event_type().to_owned(),
         stream: format!("item-{}", item.id),
-        payload,
+        // Cannot fail: strings, integers and UUIDs, in a struct (no map with non-string keys).
+        payload: serde_json::value::to_raw_value(&payload)
+            .expect("an item event's payload always serializes"),
         created_at: actor.now,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    /// The payload as it was built before it was serialized straight to text: a
+    /// `serde_json::Value` object (keys sorted) with the change's fields merged in.
+    fn as_before(actor: &Actor, item: &Item, extra: Value) -> String {
+        let mut payload = json!({
+            "item_id": item.id,
+            "name": item.name,
+            "sku": item.sku,
+            "qty": item.qty,
+            "version": item.version,
+            "actor_user_id": actor.user_id,
+            "request_id": actor.request_id,
+        });
+        if let (Some(p), Some(e)) = (payload.as_object_mut(), extra.as_object()) {
+            p.extend(e.clone());
+        }
+        payload.to_string()
+    }
+
+    #[test]
+    fn item_event_payloads_are_the_json_they_always_were() {
+        let now = OffsetDateTime::UNIX_EPOCH;
+        let actor = Actor {
+            org_id: OrgId::new(),
+            user_id: UserId::new(),
+            role: trueline_core::accounts::Role::Member,
+            request_id: "req \"quoted\" \u{e9}".into(),
+            now,
+        };
+        for sku in [None, Some("SKU-1".to_owned())] {
+            let item = Item {
+                id: ItemId::new(),
+                org_id: actor.org_id,
+                name: "Bolt \\ 8\" \u{1f529}".into(),
+                sku: sku.clone(),
+                qty: 9_007_199_254_740_991,
+                version: 7,
+                created_at: now,
+                updated_at: now,
+                created_by: actor.user_id,
+                name_key: "bolt".into(),
+            };
+            let cases = [
+                (ItemChange::Created, json!({})),
+                (ItemChange::Deleted, json!({})),
+                (
+                    ItemChange::Updated {
+                        previous_name: "Old",
+                        previous_sku: sku.as_deref(),
+                    },
+                    json!({ "previous_name": "Old", "previous_sku": sku }),
+                ),
+                (
+                    ItemChange::QtyChanged {
+                        delta: -3,
+                        reason: None,
+                    },
+                    json!({ "delta": -3, "qty_after": item.qty, "reason": null }),
+                ),
+                (
+                    ItemChange::QtyChanged {
+                        delta: 5,
+                        reason: Some("recount"),
+                    },
+                    json!({ "delta": 5, "qty_after": item.qty, "reason": "recount" }),
+                ),
+            ];
+            for (change, extra) in cases {
+                let event = item_event(&actor, &item, change);
+                assert_eq!(event.payload.get(), as_before(&actor, &item, extra), "{change:?}");
+                assert_eq!(event.event_type, change.event_type());
+                assert_eq!(event.stream, format!("item-{}", item.id));
+            }
+        }
     }
 }
