@@ -226,6 +226,13 @@ pub(crate) struct Writer {
     completer: Completer,
 }
 
+/// The zeros `Writer::ensure_allocated` writes, a piece at a time. A fresh 4 MiB buffer per
+/// chunk was allocated, zeroed, faulted in and unmapped again (the last with a TLB flush on
+/// every CPU) every time: ~1 % of the server's CPU under `spread`, whose events fill the
+/// first, unprepared segment (docs/benchmarks.md, "2026-12-05, morning"). Never written, so
+/// its pages are the kernel's shared zero page and cost no memory.
+static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+
 /// Longest a group waits for more appends (only `Always` mode fsyncs per group, but the wait
 /// also batches writes in other modes).
 const LINGER_MAX: Duration = Duration::from_micros(200);
@@ -602,8 +609,12 @@ impl Writer {
         }
         let segment_size = self.shared.options.segment_size_bytes;
         let target = (end + PREALLOCATE_CHUNK_BYTES).min(segment_size.max(end));
-        let zeros = vec![0u8; (target - self.allocated) as usize];
-        self.hook_write_at(&zeros, self.allocated)?;
+        let mut offset = self.allocated;
+        while offset < target {
+            let n = (target - offset).min(ZEROS.len() as u64) as usize;
+            self.hook_write_at(&ZEROS[..n], offset)?;
+            offset += n as u64;
+        }
         self.hook_sync()?;
         self.allocated = target;
         Ok(())
