@@ -12,8 +12,8 @@ use trueline_core::ids::{ItemId, OrgId, UserId};
 use trueline_core::inventory::{Delta, JSON_SAFE_INTEGER_MAX, Quantity, QuantityRejection};
 use trueline_store::{
     Actor, CursorKey, DeltaJob, DeltaOutcome, HistoryKind, HistoryRecord, Idempotency, Item,
-    ItemCursor, ItemFilter, ItemPatch, ItemSort, ItemStore, NewItem, Page, PageRequest, QtyChange,
-    ItemChange, StoreError, item_event,
+    ItemChange, ItemCursor, ItemFilter, ItemPatch, ItemSort, ItemStore, NewItem, Page, PageRequest,
+    QtyChange, StoreError, item_event,
 };
 
 pub(crate) const ITEM_COLUMNS: &str =
@@ -268,11 +268,7 @@ impl ItemStore for PgStore {
             None,
         )
         .await?;
-        write_outbox(
-            &mut tx,
-            &item_event(actor, &item, ItemChange::Created),
-        )
-        .await?;
+        write_outbox(&mut tx, &item_event(actor, &item, ItemChange::Created)).await?;
         complete_idempotency(&mut tx, idempotency, &item, actor.now).await?;
         tx.commit().await.map_err(db_error)?;
         Ok(item)
@@ -449,11 +445,7 @@ impl ItemStore for PgStore {
         item.qty = 0;
         item.version += 1;
         record(&mut tx, actor, &item, HistoryKind::Deleted, -removed, None).await?;
-        write_outbox(
-            &mut tx,
-            &item_event(actor, &item, ItemChange::Deleted),
-        )
-        .await?;
+        write_outbox(&mut tx, &item_event(actor, &item, ItemChange::Deleted)).await?;
         tx.commit().await.map_err(db_error)?;
         Ok(true)
     }

@@ -8,7 +8,8 @@
 //! version it was loaded at, and the schema's CHECK still refuses a quantity out of range.
 
 use crate::{
-    DeltaJob, DeltaOutcome, ItemChange, IdempotencyScope, Item, OutboxEvent, StoredResponse, item_event,
+    DeltaJob, DeltaOutcome, IdempotencyScope, Item, ItemChange, OutboxEvent, StoredResponse,
+    item_event,
 };
 use std::collections::HashMap;
 use time::OffsetDateTime;

@@ -379,14 +379,17 @@ pub fn item_event(actor: &Actor, item: &Item, change: ItemChange<'_>) -> OutboxE
             payload.reason = Some(reason);
         }
     }
+    // Cannot fail: a struct of strings, integers and UUIDs (serde_json fails only on a map
+    // with non-string keys, or on a `Serialize` impl that reports an error).
+    #[allow(clippy::expect_used)]
+    let payload =
+        serde_json::value::to_raw_value(&payload).expect("an item event's payload serializes");
     OutboxEvent {
         event_id: EventId::new(),
         org_id: actor.org_id,
         event_type: change.event_type().to_owned(),
         stream: format!("item-{}", item.id),
-        // Cannot fail: strings, integers and UUIDs, in a struct (no map with non-string keys).
-        payload: serde_json::value::to_raw_value(&payload)
-            .expect("an item event's payload always serializes"),
+        payload,
         created_at: actor.now,
     }
 }
@@ -464,7 +467,11 @@ mod tests {
             ];
             for (change, extra) in cases {
                 let event = item_event(&actor, &item, change);
-                assert_eq!(event.payload.get(), as_before(&actor, &item, extra), "{change:?}");
+                assert_eq!(
+                    event.payload.get(),
+                    as_before(&actor, &item, extra),
+                    "{change:?}"
+                );
                 assert_eq!(event.event_type, change.event_type());
                 assert_eq!(event.stream, format!("item-{}", item.id));
             }

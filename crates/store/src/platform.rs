@@ -115,7 +115,9 @@ pub struct OutboxEvent {
 
 impl OutboxEvent {
     /// The JSON text of a payload.
-    pub fn payload_of(value: &impl serde::Serialize) -> Result<Box<serde_json::value::RawValue>, StoreError> {
+    pub fn payload_of(
+        value: &impl serde::Serialize,
+    ) -> Result<Box<serde_json::value::RawValue>, StoreError> {
         serde_json::value::to_raw_value(value)
             .map_err(|e| StoreError::Internal(format!("cannot encode an event payload: {e}")))
     }
