@@ -123,17 +123,6 @@ impl OutboxEvent {
     }
 }
 
-impl PartialEq for OutboxEvent {
-    fn eq(&self, other: &Self) -> bool {
-        self.event_id == other.event_id
-            && self.org_id == other.org_id
-            && self.event_type == other.event_type
-            && self.stream == other.stream
-            && self.payload.get() == other.payload.get()
-            && self.created_at == other.created_at
-    }
-}
-
 /// What the database remembers of the embedded event log it is used with (the file backend):
 /// the log's identity and a global position the log had reached. The log is a directory of
 /// its own; this lets a start tell a missing, replaced or rolled-back log from the one the
