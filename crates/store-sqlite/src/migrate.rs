@@ -93,6 +93,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/0014_outbox_pending_by_org.up.sql"),
         include_str!("../migrations/0014_outbox_pending_by_org.down.sql"),
     ),
+    (
+        15,
+        "history kinds checked in place",
+        include_str!("../migrations/0015_history_kind_check.up.sql"),
+        include_str!("../migrations/0015_history_kind_check.down.sql"),
+    ),
 ];
 
 fn migrator() -> Migrator {

@@ -209,6 +209,85 @@ async fn each_down_migration_restores_the_schema_its_up_migration_found() {
     }
 }
 
+/// Migration 15 rebuilds `item_history` (a CHECK cannot change in place): both ways, every
+/// record stays as it was, with its row id, and the table keeps its guards (records cannot be
+/// changed or deleted, a kind must be one of the five, a version is recorded once).
+#[tokio::test]
+async fn migration_15_rebuilds_history_with_its_records_and_guards() {
+    use trueline_core::inventory::Delta;
+    use trueline_store_conformance::inventory::{create, owner_actor};
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("trueline.db").display());
+    let store = Arc::new(
+        SqliteStore::connect(&url, SqliteOptions::default())
+            .await
+            .unwrap(),
+    );
+    store.migrate_up().await.unwrap();
+    let pool = store.bypass_pool().await.unwrap();
+    let f = Fixture {
+        store: store.clone(),
+        raw: Arc::new(Raw(pool.clone())),
+        guard: Box::new(dir),
+    };
+    let a = owner_actor(&f, "owner@example.com").await;
+    let item = create(&f, &a, "Milk", 10).await;
+    for delta in [-3, 5, -1] {
+        f.store
+            .adjust_qty(&a, item.id, Delta::new(delta).unwrap(), None)
+            .await
+            .unwrap();
+    }
+    let records = || async {
+        sqlx::query_as::<_, (i64, Vec<u8>, i64, String, i64, i64)>(
+            "SELECT rowid, id, version, kind, delta, qty_after FROM item_history ORDER BY rowid",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+    };
+    let before = records().await;
+    assert_eq!(before.len(), 4);
+    let guarded = |step: &'static str| {
+        let f = &f;
+        async move {
+            for (what, sql) in [
+                (
+                    "a record changed",
+                    "UPDATE item_history SET delta = 7".to_owned(),
+                ),
+                ("a record deleted", "DELETE FROM item_history".to_owned()),
+                (
+                    "an unknown kind",
+                    "INSERT INTO item_history (id, org_id, item_id, version, kind, delta,
+                         qty_after, name, actor_user_id, request_id, at)
+                     SELECT randomblob(16), org_id, item_id, 99, 'forged', 1, 1, name,
+                         actor_user_id, request_id, at FROM item_history LIMIT 1"
+                        .to_owned(),
+                ),
+                (
+                    "a version recorded twice",
+                    "INSERT INTO item_history (id, org_id, item_id, version, kind, delta,
+                         qty_after, name, actor_user_id, request_id, at)
+                     SELECT randomblob(16), org_id, item_id, version, 'qty_changed', 1, 1,
+                         name, actor_user_id, request_id, at FROM item_history LIMIT 1"
+                        .to_owned(),
+                ),
+            ] {
+                let refused = f.raw.execute(&sql).await;
+                assert!(refused.is_err(), "{step}: {what}: {refused:?}");
+            }
+        }
+    };
+    guarded("at 15").await;
+    assert_eq!(f.store.migrate_down(1).await.unwrap(), [15]);
+    assert_eq!(records().await, before, "down");
+    guarded("down at 14").await;
+    assert_eq!(f.store.migrate_up().await.unwrap(), [15]);
+    assert_eq!(records().await, before, "up again");
+    guarded("up again at 15").await;
+}
+
 /// A run of combined batches keeps the writer connection from one batch to the next, but not
 /// from another writer: a write that waits gets the connection after the current batch, while
 /// batches keep coming (here they stop only once that write is done).
