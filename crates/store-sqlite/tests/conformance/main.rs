@@ -252,29 +252,24 @@ async fn migration_15_rebuilds_history_with_its_records_and_guards() {
         let f = &f;
         async move {
             for (what, sql) in [
-                (
-                    "a record changed",
-                    "UPDATE item_history SET delta = 7".to_owned(),
-                ),
-                ("a record deleted", "DELETE FROM item_history".to_owned()),
+                ("a record changed", "UPDATE item_history SET delta = 7"),
+                ("a record deleted", "DELETE FROM item_history"),
                 (
                     "an unknown kind",
                     "INSERT INTO item_history (id, org_id, item_id, version, kind, delta,
                          qty_after, name, actor_user_id, request_id, at)
                      SELECT randomblob(16), org_id, item_id, 99, 'forged', 1, 1, name,
-                         actor_user_id, request_id, at FROM item_history LIMIT 1"
-                        .to_owned(),
+                         actor_user_id, request_id, at FROM item_history LIMIT 1",
                 ),
                 (
                     "a version recorded twice",
                     "INSERT INTO item_history (id, org_id, item_id, version, kind, delta,
                          qty_after, name, actor_user_id, request_id, at)
                      SELECT randomblob(16), org_id, item_id, version, 'qty_changed', 1, 1,
-                         name, actor_user_id, request_id, at FROM item_history LIMIT 1"
-                        .to_owned(),
+                         name, actor_user_id, request_id, at FROM item_history LIMIT 1",
                 ),
             ] {
-                let refused = f.raw.execute(&sql).await;
+                let refused = f.raw.execute(sql).await;
                 assert!(refused.is_err(), "{step}: {what}: {refused:?}");
             }
         }
