@@ -17,6 +17,12 @@ use trueline_store::{
 };
 use uuid::Uuid;
 
+/// A user's live tokens but one, locked (a password change revokes them): searched through
+/// `api_tokens_by_user` (migration 20; before it, a scan of every token ever issued).
+pub(crate) const LIVE_TOKENS_OF_USER: &str = "SELECT id FROM api_tokens
+    WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > $2 AND id <> $3
+    ORDER BY id FOR UPDATE";
+
 type Tx = sqlx::Transaction<'static, sqlx::Postgres>;
 
 fn role_of(row: &PgRow, column: &str) -> Result<Role, StoreError> {
@@ -352,17 +358,13 @@ impl AccountStore for PgStore {
         // The tokens to revoke, locked (no login can add one meanwhile: the users row is
         // locked, and a login re-checks the hash under FOR SHARE), so their count is known
         // before any event is written.
-        let to_revoke: Vec<Uuid> = sqlx::query_scalar(
-            "SELECT id FROM api_tokens
-             WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > $2 AND id <> $3
-             ORDER BY id FOR UPDATE",
-        )
-        .bind(change.user_id.0)
-        .bind(change.now)
-        .bind(change.keep.0)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db_error)?;
+        let to_revoke: Vec<Uuid> = sqlx::query_scalar(LIVE_TOKENS_OF_USER)
+            .bind(change.user_id.0)
+            .bind(change.now)
+            .bind(change.keep.0)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_error)?;
         // Organizations in the order of their outbox commit locks (migration 9's deferred
         // trigger takes them in the order rows were inserted; a combined batch inserts in this
         // order too): a change touching several organizations and a batch touching the same

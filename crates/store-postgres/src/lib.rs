@@ -165,6 +165,56 @@ pub(crate) fn constraint_name(e: &sqlx::Error) -> Option<&str> {
 mod tests {
     use super::*;
 
+    /// The plans, not a timing: lookups made per request can search an index, where a scan
+    /// would read every row ever stored (migration 20 added the two indexes these use).
+    /// Sequential scans are priced out, so a plan names an index whenever one can serve the
+    /// search, even on empty tables.
+    #[tokio::test]
+    #[ignore = "needs PostgreSQL: set TRUELINE_TEST_POSTGRES_URL and run with --ignored"]
+    async fn per_request_lookups_search_an_index() {
+        use trueline_store::Migrations;
+        let database = testing::TestDatabase::create().await;
+        let store = PgStore::connect(&database.url, PgOptions::default())
+            .await
+            .unwrap();
+        store.migrate_up().await.unwrap();
+        let mut tx = store.pool().begin().await.unwrap();
+        sqlx::query("SET LOCAL enable_seqscan = off")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        let id = uuid::Uuid::now_v7();
+        for (sql, index) in [
+            (
+                format!(
+                    "SELECT {} FROM {}",
+                    assessments::SUBMISSION_COLUMNS,
+                    assessments::SUBMISSION_OF_INVITE
+                ),
+                "submissions_by_invite",
+            ),
+            (
+                accounts::LIVE_TOKENS_OF_USER.to_owned(),
+                "api_tokens_by_user",
+            ),
+        ] {
+            let mut explain =
+                sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(format!("EXPLAIN {sql}")))
+                    .bind(id);
+            if sql.contains("$2") {
+                explain = explain.bind(time::OffsetDateTime::now_utc()).bind(id);
+            }
+            let plan = explain.fetch_all(&mut *tx).await.unwrap();
+            assert!(
+                plan.iter().any(|step| step.contains(index))
+                    && !plan.iter().any(|step| step.contains("Seq Scan")),
+                "{sql}: {plan:?}"
+            );
+        }
+        tx.rollback().await.unwrap();
+        store.pool().close().await;
+    }
+
     #[tokio::test]
     #[ignore = "needs PostgreSQL: set TRUELINE_TEST_POSTGRES_URL and run with --ignored"]
     async fn errors_a_retry_can_get_past_are_unavailable_not_internal() {

@@ -123,6 +123,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/0019_outbox_nats_pending_by_org.up.sql"),
         include_str!("../migrations/0019_outbox_nats_pending_by_org.down.sql"),
     ),
+    (
+        20,
+        "indexes for two lookups that scanned",
+        include_str!("../migrations/0020_lookup_indexes.up.sql"),
+        include_str!("../migrations/0020_lookup_indexes.down.sql"),
+    ),
 ];
 
 fn migrator() -> Migrator {

@@ -17,6 +17,13 @@ use trueline_store::{
 };
 use uuid::Uuid;
 
+/// The organizations of a user's live tokens but one (a password change revokes them):
+/// searched through `api_tokens_by_user` (migration 16; before it, a scan of every token ever
+/// issued, under the write lock).
+pub(crate) const LIVE_TOKEN_ORGS_OF_USER: &str = "SELECT DISTINCT org_id FROM api_tokens
+    WHERE user_id = ?1 AND revoked_at IS NULL AND expires_at > ?2 AND id <> ?3
+    ORDER BY org_id";
+
 /// A connection inside a transaction: a write transaction derefs to it.
 type Tx = sqlx::SqliteConnection;
 
@@ -586,17 +593,13 @@ impl AccountStore for SqliteStore {
             if updated.rows_affected() != 1 {
                 return Err(trueline_store::wrong_password().into());
             }
-            let orgs: Vec<Uuid> = sqlx::query_scalar(
-                "SELECT DISTINCT org_id FROM api_tokens
-                 WHERE user_id = ?1 AND revoked_at IS NULL AND expires_at > ?2 AND id <> ?3
-                 ORDER BY org_id",
-            )
-            .bind(change.user_id.0)
-            .bind(micros(change.now))
-            .bind(change.keep.0)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db_error)?;
+            let orgs: Vec<Uuid> = sqlx::query_scalar(LIVE_TOKEN_ORGS_OF_USER)
+                .bind(change.user_id.0)
+                .bind(micros(change.now))
+                .bind(change.keep.0)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db_error)?;
             let mut revoked = 0;
             for org in orgs {
                 revoked += revoke_selected(

@@ -15,7 +15,7 @@ use trueline_core::ids::{EventId, OrgId, UserId};
 use trueline_store::{
     Actor, Assessment, AssessmentStore, Attempt, CandidateSession, Idempotency, Invite,
     InviteOutcome, NewAttempt, NewInvite, NewSubmission, OutboxEvent, Page, PageRequest, Question,
-    ReviewRecord, StoreError, Submission, SubmissionFilter,
+    ReviewRecord, SessionAssessment, StoreError, Submission, SubmissionFilter,
 };
 use uuid::Uuid;
 
@@ -28,12 +28,23 @@ const ASSESSMENT_SELECT: &str = "SELECT a.id, a.org_id, a.family_id, a.version_n
     (SELECT count(*) FROM submissions s WHERE s.assessment_id = a.id) AS submission_count
     FROM assessments a";
 
+/// An assessment's columns for a candidate's request (`SessionAssessment`): no counts.
+const SESSION_ASSESSMENT_SELECT: &str = "SELECT a.id, a.org_id, a.status, a.title,
+    a.description, a.time_limit_minutes, a.passing_score_percent, a.shuffle_questions,
+    a.show_score_to_candidate
+    FROM assessments a";
+
 const INVITE_SELECT: &str = "SELECT i.id, i.assessment_id, i.email, i.name, i.expires_at,
     i.revoked_at, i.via_share_link, i.created_at, t.started_at, t.submitted_at
     FROM invites i LEFT JOIN attempts t ON t.invite_id = i.id";
 
-const SUBMISSION_COLUMNS: &str = "id, assessment_id, invite_id, attempt_id, email, earned, total,
+pub(crate) const SUBMISSION_COLUMNS: &str =
+    "id, assessment_id, invite_id, attempt_id, email, earned, total,
     passed, per_question, answers, auto_submitted, review_status, submitted_at, updated_at";
+
+/// A candidate session's submission: searched through `submissions_by_invite` (migration 16;
+/// before it, every candidate request scanned every submission stored).
+pub(crate) const SUBMISSION_OF_INVITE: &str = "submissions WHERE invite_id = ?1";
 
 const ATTEMPT_COLUMNS: &str = "id, invite_id, assessment_id, started_at, deadline_at,
     question_order, answers, saved_at, submitted_at";
@@ -47,7 +58,11 @@ fn opt_instant(row: &SqliteRow, column: &str) -> Result<Option<OffsetDateTime>, 
     value.map(from_micros).transpose()
 }
 
-fn assessment_from(row: &SqliteRow) -> Result<Assessment, StoreError> {
+/// The status and settings columns of an assessment row (of `ASSESSMENT_SELECT` or
+/// `SESSION_ASSESSMENT_SELECT`).
+fn status_and_settings(
+    row: &SqliteRow,
+) -> Result<(AssessmentStatus, AssessmentSettings), StoreError> {
     let status: String = row.try_get("status").map_err(db_error)?;
     let input = AssessmentSettingsInput {
         title: row.try_get("title").map_err(db_error)?,
@@ -63,15 +78,33 @@ fn assessment_from(row: &SqliteRow) -> Result<Assessment, StoreError> {
             .map_err(db_error)?
             == 1,
     };
+    Ok((
+        AssessmentStatus::parse(&status)
+            .ok_or_else(|| internal(format!("unknown status {status}")))?,
+        AssessmentSettings::parse(input)
+            .map_err(|e| internal(format!("stored settings invalid: {e:?}")))?,
+    ))
+}
+
+fn session_assessment_from(row: &SqliteRow) -> Result<SessionAssessment, StoreError> {
+    let (status, settings) = status_and_settings(row)?;
+    Ok(SessionAssessment {
+        id: row.try_get("id").map_err(db_error)?,
+        org_id: OrgId(row.try_get("org_id").map_err(db_error)?),
+        status,
+        settings,
+    })
+}
+
+fn assessment_from(row: &SqliteRow) -> Result<Assessment, StoreError> {
+    let (status, settings) = status_and_settings(row)?;
     Ok(Assessment {
         id: row.try_get("id").map_err(db_error)?,
         org_id: OrgId(row.try_get("org_id").map_err(db_error)?),
         family_id: row.try_get("family_id").map_err(db_error)?,
         version_number: row.try_get::<i64, _>("version_number").map_err(db_error)? as u32,
-        status: AssessmentStatus::parse(&status)
-            .ok_or_else(|| internal(format!("unknown status {status}")))?,
-        settings: AssessmentSettings::parse(input)
-            .map_err(|e| internal(format!("stored settings invalid: {e:?}")))?,
+        status,
+        settings,
         revision: row.try_get::<i64, _>("revision").map_err(db_error)? as u64,
         has_share_link: row.try_get::<i64, _>("has_share_link").map_err(db_error)? == 1,
         published_at: opt_instant(row, "published_at")?,
@@ -378,13 +411,13 @@ async fn session_where(
     let invite = invite_from(&row)?;
     let mut tx = store.reader.begin().await.map_err(db_error)?;
     let assessment_row = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "{ASSESSMENT_SELECT} WHERE a.id = ?1"
+        "{SESSION_ASSESSMENT_SELECT} WHERE a.id = ?1"
     )))
     .bind(invite.assessment_id)
     .fetch_one(&mut *tx)
     .await
     .map_err(db_error)?;
-    let assessment = assessment_from(&assessment_row)?;
+    let assessment = session_assessment_from(&assessment_row)?;
     let questions = questions_in(&mut tx, invite.assessment_id).await?;
     let attempt = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE invite_id = ?1"
@@ -397,7 +430,7 @@ async fn session_where(
     .map(attempt_from)
     .transpose()?;
     let submission = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {SUBMISSION_COLUMNS} FROM submissions WHERE invite_id = ?1"
+        "SELECT {SUBMISSION_COLUMNS} FROM {SUBMISSION_OF_INVITE}"
     )))
     .bind(invite.id)
     .fetch_optional(&mut *tx)

@@ -338,6 +338,50 @@ pub(crate) fn constraint_message(e: &sqlx::Error) -> Option<&str> {
 mod tests {
     use super::{SqliteOptions, SqliteStore};
 
+    /// The plans, not a timing: lookups made per request search an index, where a scan would
+    /// read every row ever stored (migration 16 added the two indexes these use).
+    #[tokio::test]
+    async fn per_request_lookups_search_an_index() {
+        use sqlx::Row;
+        use trueline_store::Migrations;
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let store = SqliteStore::connect(&url, SqliteOptions::default())
+            .await
+            .unwrap();
+        store.migrate_up().await.unwrap();
+        let id = uuid::Uuid::now_v7();
+        for (sql, params, expected) in [
+            (
+                format!(
+                    "SELECT {} FROM {}",
+                    crate::assessments::SUBMISSION_COLUMNS,
+                    crate::assessments::SUBMISSION_OF_INVITE
+                ),
+                1,
+                "SEARCH submissions USING INDEX submissions_by_invite (invite_id=?)",
+            ),
+            (
+                crate::accounts::LIVE_TOKEN_ORGS_OF_USER.to_owned(),
+                3,
+                "SEARCH api_tokens USING INDEX api_tokens_by_user (user_id=?)",
+            ),
+        ] {
+            let mut explain = sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")));
+            for _ in 0..params {
+                explain = explain.bind(id);
+            }
+            let plan: Vec<String> = explain
+                .fetch_all(&store.reader)
+                .await
+                .unwrap()
+                .iter()
+                .map(|row| row.get::<String, _>("detail"))
+                .collect();
+            assert_eq!(plan, [expected], "{sql}");
+        }
+    }
+
     /// A full disk (here: a database at its page limit) is the storage's state, not a bug:
     /// `Unavailable` (503 with Retry-After), as PostgreSQL's disk_full is.
     #[tokio::test]

@@ -99,6 +99,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/0015_history_kind_check.up.sql"),
         include_str!("../migrations/0015_history_kind_check.down.sql"),
     ),
+    (
+        16,
+        "indexes for two lookups that scanned",
+        include_str!("../migrations/0016_lookup_indexes.up.sql"),
+        include_str!("../migrations/0016_lookup_indexes.down.sql"),
+    ),
 ];
 
 fn migrator() -> Migrator {

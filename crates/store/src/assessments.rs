@@ -169,11 +169,23 @@ pub struct Attempt {
     pub submitted_at: Option<OffsetDateTime>,
 }
 
+/// The assessment as a candidate's requests use it: what it is, whether it takes
+/// submissions, and its settings. Not [`Assessment`], whose invite and submission counts are
+/// a count over every invite and submission of the assessment: per candidate request, a cost
+/// that grew with the assessment's invites (docs/benchmarks.md, 2026-12-05 midday).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionAssessment {
+    pub id: Uuid,
+    pub org_id: OrgId,
+    pub status: AssessmentStatus,
+    pub settings: AssessmentSettings,
+}
+
 /// Everything a candidate's token gives access to.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CandidateSession {
     pub invite: Invite,
-    pub assessment: Assessment,
+    pub assessment: SessionAssessment,
     pub questions: Vec<Question>,
     pub attempt: Option<Attempt>,
     pub submission: Option<Submission>,
