@@ -455,6 +455,22 @@ pub async fn saves_and_submits_recheck_revocation_in_their_transaction(f: &Fixtu
         .await
         .expect("read")
         .expect("exists");
+    // The session's assessment (read without the employer's counts) is the assessment.
+    let (full, _) = f
+        .store
+        .assessment(a.org_id, id)
+        .await
+        .expect("read")
+        .expect("exists");
+    assert_eq!(
+        session.assessment,
+        trueline_store::SessionAssessment {
+            id,
+            org_id: a.org_id,
+            status: full.status,
+            settings: full.settings,
+        }
+    );
     let kept = session.attempt.expect("attempt");
     assert_eq!(
         (kept.answers, kept.submitted_at),
