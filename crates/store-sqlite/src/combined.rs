@@ -418,25 +418,13 @@ fn release_claim(db: &Connection, scope: &IdempotencyScope) -> Result<(), StoreE
 #[cfg(test)]
 mod tests {
     use super::*;
-    use trueline_store::Migrations;
-
-    /// A store on a fresh database file, migrated (the directory lives as long as the guard).
-    async fn migrated() -> (tempfile::TempDir, SqliteStore) {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("t.db").display());
-        let store = SqliteStore::connect(&url, crate::SqliteOptions::default())
-            .await
-            .unwrap();
-        store.migrate_up().await.unwrap();
-        (dir, store)
-    }
 
     /// The plan, not a timing: SQLite evaluates `x IN (…)` of more than two constants in a
     /// CHECK through an ephemeral b-tree built anew for every execution, an in-memory database
     /// opened and closed per history record (the reason for migration 15).
     #[tokio::test]
     async fn history_records_are_checked_without_an_ephemeral_table() {
-        let (_dir, store) = migrated().await;
+        let (_dir, store) = crate::tests::migrated().await;
         let mut conn = store.writer.acquire().await.unwrap();
         let opcodes: Vec<String> =
             sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN {HISTORY_INSERT}")))
@@ -456,7 +444,7 @@ mod tests {
     /// The plan, not a timing: a scan of the key index costs every key ever stored.
     #[tokio::test]
     async fn idempotency_keys_are_looked_up_through_the_index() {
-        let (_dir, store) = migrated().await;
+        let (_dir, store) = crate::tests::migrated().await;
         let mut conn = store.writer.acquire().await.unwrap();
         let plan: Vec<String> = sqlx::query(sqlx::AssertSqlSafe(format!(
             "EXPLAIN QUERY PLAN {KEY_LOOKUP}"

@@ -767,19 +767,12 @@ impl DeliveryStore for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::SqliteOptions;
-    use trueline_store::Migrations;
 
     /// The plans, not a timing: the relay's queries seek through the pending rows' index by
     /// organization; a scan of it costs the whole backlog, every round.
     #[tokio::test]
     async fn the_relay_finds_pending_rows_by_organization_without_reading_the_backlog() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("t.db").display());
-        let store = SqliteStore::connect(&url, SqliteOptions::default())
-            .await
-            .unwrap();
-        store.migrate_up().await.unwrap();
+        let (_dir, store) = crate::tests::migrated().await;
         let mut conn = store.writer.acquire().await.unwrap();
         for destination in [Destination::EventLog, Destination::Nats] {
             for (sql, of_one_org) in [

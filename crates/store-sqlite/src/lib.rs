@@ -335,14 +335,11 @@ pub(crate) fn constraint_message(e: &sqlx::Error) -> Option<&str> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::{SqliteOptions, SqliteStore};
 
-    /// The plans, not a timing: lookups made per request search an index, where a scan would
-    /// read every row ever stored (migration 16 added the two indexes these use).
-    #[tokio::test]
-    async fn per_request_lookups_search_an_index() {
-        use sqlx::Row;
+    /// A store on a fresh database file, migrated (the directory lives as long as the guard).
+    pub(crate) async fn migrated() -> (tempfile::TempDir, SqliteStore) {
         use trueline_store::Migrations;
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("t.db").display());
@@ -350,6 +347,15 @@ mod tests {
             .await
             .unwrap();
         store.migrate_up().await.unwrap();
+        (dir, store)
+    }
+
+    /// The plans, not a timing: lookups made per request search an index, where a scan would
+    /// read every row ever stored (migration 16 added the two indexes these use).
+    #[tokio::test]
+    async fn per_request_lookups_search_an_index() {
+        use sqlx::Row;
+        let (_dir, store) = migrated().await;
         let id = uuid::Uuid::now_v7();
         for (sql, params, expected) in [
             (
